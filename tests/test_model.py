@@ -1,0 +1,168 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vaeflow_cli import config as config_mod
+from vaeflow_cli.data import dequantize, load_splits
+from vaeflow_cli.distributions import bits_per_dim, gaussian_log_prob
+from vaeflow_cli.model import VAEFlow, build_model, slerp
+from vaeflow_cli.runs import RunDir, load_run_model
+from vaeflow_cli.sampling import interpolate_images, interpolate_prior, reconstruct, sample_images
+from vaeflow_cli.train import Interrupted, held_out_bpd, train_phase
+from vaeflow_plugins.glow import IdentityFlow
+from vaeflow_plugins.priors import GaussianPrior
+
+# ---------------------------------------------------------------- bits per dimension
+
+
+def test_uniform_density_is_exactly_8_bits_per_dim():
+    for dims in (1, 784, 3072):
+        assert bits_per_dim(torch.zeros(3, dtype=torch.float64), dims).tolist() == [8.0, 8.0, 8.0]
+
+
+class ConstantEncoder(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, y):
+        z = torch.zeros(y.shape[0], self.d) + 0 * self.dummy
+        return z, z  # q(z|y) = N(0, I)
+
+
+class ConstantDecoder(nn.Module):
+    def __init__(self, shape, mean, std):
+        super().__init__()
+        self.shape, self.mean, self.std = shape, mean, std
+
+    def forward(self, z):
+        full = (z.shape[0], *self.shape)
+        return torch.full(full, self.mean), torch.full(full, self.std)
+
+
+def test_bound_matches_closed_form_for_a_known_gaussian_density():
+    """q(z|y) = p(z) = N(0, I) and p(y|z) = N(0.5, 0.2^2) per pixel: ELBO = log N(y; 0.5, 0.2) exactly
+    in expectation, so the bpd is a closed form computed here with math only."""
+    shape, d = (1, 2, 3), 3
+    model = VAEFlow(encoder=ConstantEncoder(d), decoder=ConstantDecoder(shape, 0.5, 0.2), prior=GaussianPrior(latent_dim=d),
+                    flow=IdentityFlow(image_shape=shape), image_shape=shape, latent_dim=d)
+    y = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7, 0.0]]).reshape(1, *shape)
+    log_p = sum(-0.5 * ((v - 0.5) / 0.2) ** 2 - 0.5 * math.log(2 * math.pi) - math.log(0.2) for v in y.flatten().tolist())
+    expected = (-log_p + 6 * math.log(256)) / (6 * math.log(2))
+    b = model.bound(y.expand(20000, *shape), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(b.log_px_z, torch.tensor(log_p), atol=1e-4)
+    assert abs(b.kl.mean().item()) < 0.05  # KL(N(0,I) || N(0,I)) = 0, estimated by one sample each
+    assert abs(b.bpd.mean().item() - expected) < 0.01 * 3 / 6  # the KL noise, in bits per dim
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    x, m, s = torch.randn(4, 2, 3), torch.randn(4, 2, 3), torch.rand(4, 2, 3) + 0.1
+    ref = torch.distributions.Normal(m, s).log_prob(x).sum((1, 2))
+    assert torch.allclose(gaussian_log_prob(x, m, s), ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- dequantization
+
+
+def test_dequantization_is_in_the_bin_reproducible_and_centred():
+    x = np.random.RandomState(0).randint(0, 256, size=(64, 3, 8, 8)).astype(np.uint8)
+    x[0] = 255
+    idx = np.arange(100, 164)
+    y = dequantize(x, seed=3, epoch=2, indices=idx)
+    assert y.dtype == np.float32
+    assert (y >= x / 256.0).all() and (y < (x.astype(np.float64) + 1) / 256.0).all()
+    # the same image gets the same noise whichever batch it is in
+    part = dequantize(x[10:20], seed=3, epoch=2, indices=idx[10:20])
+    assert np.array_equal(part, y[10:20])
+    assert not np.array_equal(dequantize(x, seed=3, epoch=3, indices=idx), y)
+    assert not np.array_equal(dequantize(x, seed=4, epoch=2, indices=idx), y)
+    noise = y * 256.0 - x
+    assert abs(noise.mean() - 0.5) < 0.01 and abs(noise.var() - 1 / 12) < 0.005
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.fixture()
+def tiny(tiny_config):
+    return config_mod.resolve(tiny_config)
+
+
+def test_elbo_is_finite_and_improves_over_a_few_steps(tiny):
+    torch.manual_seed(0)
+    data = load_splits(tiny)
+    model = build_model(tiny, data.image_shape)
+    before = held_out_bpd(model, data.train, seed=0, use_flow=False, device=torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    idx = np.arange(32)
+    y = torch.from_numpy(dequantize(data.train[idx], seed=0, epoch=0, indices=idx))
+    for _ in range(15):
+        loss = model.bound(y, use_flow=False).bpd.mean()
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = held_out_bpd(model, data.train, seed=0, use_flow=False, device=torch.device("cpu"))
+    assert math.isfinite(before) and math.isfinite(after)
+    assert after < before - 0.1
+
+
+def test_phase_two_starts_at_the_phase_one_bound_and_trains_only_the_glow_layer(tiny, tmp_path):
+    run = tmp_path / "two-phase"
+    train_phase(tiny, run, "vae", progress=False)
+    vae_state = {k: v.clone() for k, v in RunDir(run).load_checkpoint("vae")["model"].items()}
+    train_phase(tiny, run, "glow", progress=False)
+    records = RunDir(run).read_metrics()
+    vae_final = [r for r in records if r["phase"] == "vae"][-1]["test_bpd"]
+    glow_start = [r for r in records if r["phase"] == "glow" and r["epoch"] == 0][0]["test_bpd"]
+    assert glow_start == pytest.approx(vae_final, abs=1e-6)
+    glow_state = RunDir(run).load_checkpoint("glow")["model"]
+    frozen = [k for k in vae_state if not k.startswith("flow.")]
+    assert all(torch.equal(vae_state[k], glow_state[k]) for k in frozen)  # BN statistics included
+    assert any(not torch.equal(vae_state[k], glow_state[k]) for k in vae_state if k.startswith("flow."))
+
+
+def test_interrupted_training_resumes_exactly(tiny, tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    train_phase(tiny, straight, "vae", progress=False)
+    with pytest.raises(Interrupted):
+        train_phase(tiny, broken, "vae", progress=False, max_steps=4)  # mid-way through epoch 2 of 2 (3 steps each)
+    assert RunDir(broken).load_checkpoint("vae")["step"] == 1
+    train_phase(tiny, broken, "vae", progress=False, resume=True)
+    a, b = RunDir(straight).load_checkpoint("vae"), RunDir(broken).load_checkpoint("vae")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(RunDir(straight).read_metrics()) == strip(RunDir(broken).read_metrics())
+
+
+def test_sampling_is_deterministic_under_a_seed_and_interpolation_hits_reconstructions(tiny, tmp_path):
+    run = tmp_path / "s"
+    train_phase(tiny, run, "vae", progress=False)
+    train_phase(tiny, run, "glow", progress=False)
+    model, _, phase = load_run_model(run)
+    assert phase == "glow"
+    a = sample_images(model, 6, temperature=0.5, seed=7)
+    assert a.dtype == np.uint8 and a.shape == (6, 1, 28, 28)
+    assert np.array_equal(a, sample_images(model, 6, temperature=0.5, seed=7))
+    assert not np.array_equal(a, sample_images(model, 6, temperature=0.5, seed=8))
+    vae = sample_images(model, 6, seed=7, vae_only=True)
+    assert not np.array_equal(a, vae)
+
+    imgs = load_splits(tiny).test[:2]
+    path = interpolate_images(model, imgs[0], imgs[1], steps=5)
+    rec = reconstruct(model, imgs)
+    assert path.shape == (5, 1, 28, 28)
+    assert np.array_equal(path[0], rec[0]) and np.array_equal(path[-1], rec[1])
+    rows = interpolate_prior(model, pairs=2, steps=4, seed=0)
+    assert rows.shape == (2, 4, 1, 28, 28)
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    path = slerp(a, b, torch.linspace(0, 1, 6))
+    assert torch.allclose(path[:, 0], a, atol=1e-5) and torch.allclose(path[:, -1], b, atol=1e-5)

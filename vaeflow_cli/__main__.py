@@ -1,0 +1,5 @@
+"""``python -m vaeflow_cli`` (and ``torchrun -m vaeflow_cli``) runs the CLI."""
+
+from vaeflow_cli.cli import main
+
+main()

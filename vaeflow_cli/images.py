@@ -1,0 +1,62 @@
+"""Turning model outputs into uint8 images, grids, PNG and NPY bytes."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+
+def to_uint8(x) -> np.ndarray:
+    """Images in [0, 1) (a tensor or array (N, C, H, W)) -> uint8 clamp(floor(256 x), 0, 255) (model.md)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.clip(np.floor(np.asarray(x, np.float64) * 256.0), 0, 255).astype(np.uint8)
+
+
+def grid(images: np.ndarray, *, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 (N, C, H, W) -> one uint8 image (rows*H', cols*W', C); ``nrow`` images per row."""
+    n, c, h, w = images.shape
+    cols = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        out[top : top + h, left : left + w] = images[i].transpose(1, 2, 0)
+    return out
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 (H, W, C) with C in {1, 3} -> PNG bytes."""
+    from PIL import Image
+
+    arr = image[:, :, 0] if image.shape[2] == 1 else image
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def read_image(path, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """A PNG/JPEG file as uint8 (C, H, W) matching ``image_shape`` (converted to L or RGB; must have that size)."""
+    from PIL import Image
+
+    from vaeflow_cli.errors import VaeflowError
+
+    c, h, w = image_shape
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if c == 1 else "RGB")
+            arr = np.asarray(im)
+    except (OSError, SyntaxError) as exc:
+        raise VaeflowError(f"{path}: cannot read image ({exc})") from None
+    if arr.shape[:2] != (h, w):
+        raise VaeflowError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the model needs {w}x{h}")
+    return arr.reshape(h, w, c).transpose(2, 0, 1).copy()

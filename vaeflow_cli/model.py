@@ -1,0 +1,138 @@
+"""The model of Morrow & Chiu: a VAE (encoder, Gaussian decoder, learned prior) whose decoder
+distribution is the base of a Glow layer f in pixel space (paper eqs. 3-4; model.md).
+
+    log p(y|z) = log N(f(y); g_mu(z), g_sigma(z)^2) + log|det df/dy|
+    ELBO(y)    = E_q[log p(y|z)] - KL(q(z|y) || p(z))
+
+``use_flow=False`` gives the phase-1 model (f = identity), which phase 1 trains without running f.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vaeflow_cli.distributions import bits_per_dim, gaussian_entropy, gaussian_log_prob
+
+
+@dataclass
+class Bound:
+    """Single-sample ELBO terms per image, in nats; each (B,)."""
+
+    log_px_z: torch.Tensor  # log p(y|z) at z ~ q(z|y)
+    log_pz: torch.Tensor  # log p(z)
+    entropy: torch.Tensor  # H[q(z|y)], analytic
+    dims: int
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return self.log_px_z + self.log_pz + self.entropy
+
+    @property
+    def kl(self) -> torch.Tensor:
+        return -(self.log_pz + self.entropy)
+
+    @property
+    def bpd(self) -> torch.Tensor:
+        """Upper bound on bits per dimension of the discrete images (model.md)."""
+        return bits_per_dim(self.elbo, self.dims)
+
+
+class VAEFlow(nn.Module):
+    def __init__(self, *, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, flow: nn.Module,
+                 image_shape: tuple[int, int, int], latent_dim: int) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.prior, self.flow = encoder, decoder, prior, flow
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.dims = math.prod(self.image_shape)
+
+    # ---------------------------------------------------------------- likelihood
+
+    def encode(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of q(z|y), each (B, d)."""
+        return self.encoder(y)
+
+    def log_px_given_z(self, y: torch.Tensor, z: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
+        """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32."""
+        mean, std = self.decoder(z)  # (B, C, H, W) each
+        if use_flow:
+            xbar, log_det = self.flow(y)
+        else:
+            xbar, log_det = y, y.new_zeros(y.shape[0])
+        return gaussian_log_prob(xbar.float(), mean.float(), std.float()) + log_det.float()
+
+    def bound(self, y: torch.Tensor, *, use_flow: bool = True, generator: torch.Generator | None = None) -> Bound:
+        """One-sample ELBO of dequantized images y in [0,1) (B, C, H, W)."""
+        mean, log_std = self.encode(y)
+        eps = _randn(mean.shape, generator, mean)
+        z = mean + torch.exp(log_std) * eps  # (B, d)
+        return Bound(
+            log_px_z=self.log_px_given_z(y, z, use_flow=use_flow),
+            log_pz=self.prior.log_prob(z),
+            entropy=gaussian_entropy(log_std),
+            dims=self.dims,
+        )
+
+    # ---------------------------------------------------------------- sampling (paper, section 3.5)
+
+    def decode(self, z: torch.Tensor, *, temperature: float = 0.5, vae_only: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [0,1]-ish space from latents: xbar = g_mu + T g_sigma eps, x = f^-1(xbar);
+        ``vae_only`` returns g_mu(z) (the paper's Figure 4, left column)."""
+        mean, std = self.decoder(z)
+        if vae_only:
+            return mean
+        xbar = mean + temperature * std * _randn(mean.shape, generator, mean)
+        return self.flow.inverse(xbar)[0]
+
+    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """u ~ N(0, I), z = h^-1(u), then ``decode``. -> (n, C, H, W)."""
+        device = next(self.parameters()).device
+        u = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        return self.decode(self.prior.from_base(u), temperature=temperature, vae_only=vae_only, generator=generator)
+
+
+def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise; drawn on the CPU from ``generator`` when one is given, so that a seed
+    gives the same numbers on every device."""
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    return torch.randn(shape, generator=generator).to(device=like.device, dtype=like.dtype)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of a and b (B, d) at fractions t (K,) -> (B, K, d)."""
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.acos((an * bn).sum(1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None, None]  # (B, 1, 1)
+    t = t[None, :, None]
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / so
+
+
+def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None) -> VAEFlow:
+    """The model described by a resolved config's [model] section."""
+    if registry is None:
+        from vaeflow_cli.plugins import get_registry
+
+        registry = get_registry()
+    m = cfg["model"]
+    d = m["latent_dim"]
+
+    def make(kind, section, **context):
+        kwargs = {k: v for k, v in m[section].items() if k != "type"}
+        return registry.get(kind, m[section]["type"]).factory(**context, **kwargs)
+
+    shape = tuple(image_shape)
+    return VAEFlow(
+        encoder=make("encoder", "encoder", image_shape=shape, latent_dim=d),
+        decoder=make("decoder", "decoder", image_shape=shape, latent_dim=d),
+        prior=make("prior", "prior", latent_dim=d),
+        flow=make("flow", "flow", image_shape=shape),
+        image_shape=shape,
+        latent_dim=d,
+    )

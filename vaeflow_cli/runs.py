@@ -1,0 +1,151 @@
+"""Run directories and checkpoints.
+
+A run directory is self-describing; ``sample``/``interpolate``/``evaluate`` rebuild the model from
+it alone::
+
+    RUN/config.toml            the resolved config (every component's keyword arguments)
+    RUN/checkpoints/vae.pt     phase 1: weights, optimizer, LR schedule, RNG, position
+    RUN/checkpoints/glow.pt    phase 2: the same
+    RUN/metrics.jsonl          one JSON object per epoch (and one at the start of phase 2)
+    RUN/samples/*.png          sample grids written after each epoch
+
+Everything is written to a temporary file in the same folder, flushed to disk and renamed, so a
+crash never leaves a half-written file. Checkpoints load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vaeflow_cli import config as config_mod
+from vaeflow_cli.errors import VaeflowError
+
+CHECKPOINT_FORMAT = 1
+PHASES = ("vae", "glow")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    def checkpoint_path(self, phase: str) -> Path:
+        return self.path / "checkpoints" / f"{phase}.pt"
+
+    # ---------------------------------------------------------------- config
+
+    def read_config(self) -> dict:
+        if not self.config_path.exists():
+            raise VaeflowError(f"{self.path} is not a vaeflow run (no config.toml); train one with: vaeflow train-vae --run {self.path}")
+        return config_mod.load_toml(self.config_path)
+
+    def write_config(self, cfg: dict) -> None:
+        atomic_write_bytes(self.config_path, config_mod.dumps(cfg).encode())
+
+    # ---------------------------------------------------------------- metrics
+
+    def append_metrics(self, record: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, phase: str, after_epoch: int) -> None:
+        """Drop records of ``phase`` beyond ``after_epoch`` (written after the checkpoint we resume from)."""
+        keep = [r for r in self.read_metrics() if not (r.get("phase") == phase and r.get("epoch", 0) > after_epoch)]
+        atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, phase: str, state: dict[str, Any]) -> Path:
+        import torch
+
+        path = self.checkpoint_path(phase)
+        atomic_write(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, "phase": phase, **state}, fh))
+        return path
+
+    def load_checkpoint(self, phase: str, *, map_location="cpu") -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint_path(phase), map_location=map_location)
+
+
+def load_checkpoint(path: Path, *, map_location="cpu") -> dict[str, Any]:
+    """A checkpoint dict, loaded without unpickling arbitrary objects; one clear error otherwise."""
+    import torch
+
+    if not path.exists():
+        raise VaeflowError(f"checkpoint {path} not found; train that phase first (vaeflow train-vae / train-glow --run {path.parent.parent})")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, wrong file, disallowed global
+        raise VaeflowError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); it is truncated or not a vaeflow checkpoint: retrain that phase or restore the file") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise VaeflowError(f"{path} is not a vaeflow checkpoint")
+    if state["format"] > CHECKPOINT_FORMAT:
+        raise VaeflowError(f"checkpoint {path} has format {state['format']}, newer than this vaeflow understands ({CHECKPOINT_FORMAT}); upgrade vaeflow")
+    return state
+
+
+def check_signature(state: dict, cfg: dict, path: Path) -> None:
+    """A checkpoint must come from the same model and data config as the run's."""
+    want = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
+    if state.get("signature") != want:
+        raise VaeflowError(f"checkpoint {path} was trained with a different [model]/[data] config than {path.parent.parent}/config.toml; use the run's own config or a new --run")
+
+
+def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto"):
+    """(model in eval mode, resolved config, phase loaded) from a run directory alone.
+
+    ``phase="auto"`` loads the phase-2 checkpoint when there is one, else phase 1 (whose Glow layer
+    is still the identity)."""
+    from vaeflow_cli.data import build_dataset
+    from vaeflow_cli.model import build_model
+
+    rd = RunDir(run)
+    cfg = config_mod.resolve(base=rd.read_config())
+    if phase == "auto":
+        phase = "glow" if rd.checkpoint_path("glow").exists() else "vae"
+    state = rd.load_checkpoint(phase)
+    check_signature(state, cfg, rd.checkpoint_path(phase))
+    model = build_model(cfg, build_dataset(cfg).image_shape)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, phase

@@ -1,0 +1,56 @@
+"""Sampling and interpolation from a trained run (paper, section 3.5 and Figure 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vaeflow_cli.images import to_uint8
+from vaeflow_cli.model import VAEFlow, slerp
+
+
+@torch.no_grad()
+def sample_images(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0,
+                  vae_only: bool = False) -> np.ndarray:
+    """n samples as uint8 (n, C, H, W); the same seed gives the same images on any device."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    return to_uint8(model.sample(n, temperature=temperature, vae_only=vae_only, generator=g))
+
+
+@torch.no_grad()
+def interpolate_prior(model: VAEFlow, *, pairs: int, steps: int, seed: int = 0,
+                      temperature: float = 0.0) -> np.ndarray:
+    """Rows of images along spherical paths between pairs of base points u ~ N(0, I), mapped to
+    z = h^-1(u) and decoded: uint8 (pairs, steps, C, H, W). At temperature 0 each image is
+    f^-1(g_mu(z)), so frames change only with z."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    device = next(model.parameters()).device
+    ua = torch.randn(pairs, model.latent_dim, generator=g)
+    ub = torch.randn(pairs, model.latent_dim, generator=g)
+    u = slerp(ua, ub, torch.linspace(0, 1, steps)).reshape(pairs * steps, -1).to(device)
+    x = model.decode(model.prior.from_base(u), temperature=temperature, generator=g)
+    return to_uint8(x).reshape(pairs, steps, *model.image_shape)
+
+
+@torch.no_grad()
+def interpolate_images(model: VAEFlow, a: np.ndarray, b: np.ndarray, *, steps: int) -> np.ndarray:
+    """Linear path between the encoder means of uint8 images a and b (C, H, W), decoded at
+    temperature 0: uint8 (steps, C, H, W). The endpoints are the two images' reconstructions."""
+    model.eval()
+    device = next(model.parameters()).device
+    y = torch.from_numpy((np.stack([a, b]).astype(np.float32) + 0.5) / 256.0).to(device)
+    mean, _ = model.encode(y)  # (2, d)
+    t = torch.linspace(0, 1, steps, device=device)[:, None]
+    z = (1 - t) * mean[0] + t * mean[1]  # (steps, d)
+    return to_uint8(model.decode(z, temperature=0.0))
+
+
+@torch.no_grad()
+def reconstruct(model: VAEFlow, images: np.ndarray) -> np.ndarray:
+    """f^-1(g_mu(m(y))) for uint8 images (N, C, H, W) -> uint8 (N, C, H, W)."""
+    model.eval()
+    device = next(model.parameters()).device
+    y = torch.from_numpy((images.astype(np.float32) + 0.5) / 256.0).to(device)
+    return to_uint8(model.decode(model.encode(y)[0], temperature=0.0))

@@ -1,0 +1,293 @@
+"""Two-phase training (paper, section 3.4).
+
+Phase ``vae`` maximises the phase-1 ELBO over encoder, decoder and prior (f = identity, not run).
+Phase ``glow`` freezes them (eval mode, no gradients) and maximises E_q[log p(y|z)] over the Glow
+layer; its first evaluation equals the phase-1 bound because the layer starts as the identity.
+
+The loss is the bound in bits per dimension, averaged over the batch. Checkpoints at each epoch
+end (and on Ctrl-C) hold the weights, the optimizer and LR-schedule state, the RNG state and the
+position in the epoch; the epoch order and the dequantization noise are functions of
+(seed, epoch), so ``--resume`` continues exactly where training stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaeflow_cli import config as config_mod
+from vaeflow_cli.data import EVAL_EPOCH, Splits, batch_indices, dequantize, epoch_order, load_splits
+from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.images import grid, png_bytes, to_uint8
+from vaeflow_cli.model import VAEFlow, build_model
+from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature
+
+EVAL_BATCH = 256  # fixed, so that the held-out bound does not depend on the training batch size
+SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
+
+
+class Interrupted(VaeflowError):
+    """Training was interrupted (Ctrl-C); a checkpoint was saved."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VaeflowError(f"train.device = {name!r} but no CUDA device is available; use --set train.device=cpu (or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise VaeflowError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(x).to(device, non_blocking=True)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def held_out_bpd(model: VAEFlow, images: np.ndarray, *, seed: int, use_flow: bool, device: torch.device,
+                 limit: int = 0) -> float:
+    """Mean single-sample ELBO bound (bits/dim) on ``images`` with fixed dequantization and latent
+    noise, so that the same model and data always give the same number."""
+    was_training = model.training
+    model.eval()
+    n = len(images) if limit <= 0 else min(limit, len(images))
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for start in range(0, n, EVAL_BATCH):
+        idx = np.arange(start, min(start + EVAL_BATCH, n))
+        y = to_tensor(dequantize(images[idx], seed=seed, epoch=EVAL_EPOCH, indices=idx), device)
+        total += model.bound(y, use_flow=use_flow, generator=g).bpd.sum().item()
+    model.train(was_training)
+    return total / n
+
+
+# ------------------------------------------------------------------ the training loop
+
+
+@dataclass
+class PhaseResult:
+    run_dir: Path
+    phase: str
+    epochs: int
+    test_bpd: float | None
+    checkpoint: Path
+
+
+def _phase_modules(model: VAEFlow, phase: str):
+    return [model.encoder, model.decoder, model.prior] if phase == "vae" else [model.flow]
+
+
+def _set_mode(model: VAEFlow, phase: str) -> None:
+    """Train mode for what this phase trains; the frozen phase-1 parts stay in eval mode."""
+    model.eval()
+    for m in _phase_modules(model, phase):
+        m.train()
+
+
+def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: int) -> Path:
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    with torch.no_grad():
+        model.eval()
+        x = model.sample(n, temperature=0.5, vae_only=(phase == "vae"), generator=g)
+    path = rd.samples_dir / f"{phase}-epoch{epoch:04d}.png"
+    atomic_write_bytes(path, png_bytes(grid(to_uint8(x))))
+    return path
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def prepare_run(cfg: dict, rd: RunDir, phase: str) -> None:
+    """Check that ``cfg`` fits the run directory and write it there."""
+    if rd.config_path.exists():
+        existing = config_mod.resolve(base=rd.read_config())
+        if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
+            raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
+    elif phase == "glow":
+        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); run vaeflow train-vae --run {rd.path} first")
+    rd.write_config(cfg)
+
+
+def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = False, progress: bool = True,
+                max_steps: int | None = None) -> PhaseResult:
+    """Train one phase ('vae' or 'glow') of a resolved config into ``run_dir``.
+
+    ``max_steps`` stops after that many optimizer steps in this call (checkpointing first), as a
+    Ctrl-C would; tests use it to interrupt and resume deterministically."""
+    if phase not in ("vae", "glow"):
+        raise ValueError(phase)
+    rd = RunDir(run_dir)
+    ckpt_path = rd.checkpoint_path(phase)
+    if ckpt_path.exists() and not resume:
+        raise VaeflowError(f"{rd.path} already has a phase-{1 if phase == 'vae' else 2} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
+    prepare_run(cfg, rd, phase)
+    pcfg = cfg["train"][phase]
+    seed = cfg["train"]["seed"]
+    device = resolve_device(cfg["train"]["device"])
+    signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
+
+    data: Splits = load_splits(cfg)
+    torch.manual_seed(seed + (0 if phase == "vae" else 1))
+    model = build_model(cfg, data.image_shape).to(device)
+    if phase == "glow":
+        vae_state = rd.load_checkpoint("vae", map_location=device)
+        check_signature(vae_state, cfg, rd.checkpoint_path("vae"))
+        if not vae_state.get("complete"):
+            raise VaeflowError(f"phase 1 of {rd.path} is not finished (epoch {vae_state['epoch']}/{vae_state['epochs']}); run vaeflow train-vae --run {rd.path} --resume")
+        model.load_state_dict(vae_state["model"])
+        for m in _phase_modules(model, "vae"):
+            m.requires_grad_(False)
+    params = [p for m in _phase_modules(model, phase) for p in m.parameters() if p.requires_grad]
+    if not params:
+        raise VaeflowError(f"the {phase} phase has no parameters to train (model.{'flow' if phase == 'glow' else 'encoder'} type)")
+    opt = torch.optim.Adam(params, lr=pcfg["lr"])
+    halve = pcfg["lr_halve_every"]
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=halve if halve > 0 else 10**9, gamma=0.5)
+    use_flow = phase == "glow"
+
+    epoch, step, global_step, loss_sum, loss_n = 0, 0, 0, 0.0, 0
+    if resume and ckpt_path.exists():
+        state = rd.load_checkpoint(phase, map_location=device)
+        check_signature(state, cfg, ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], device)
+        epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
+        loss_sum, loss_n = state["loss_sum"], state["loss_n"]
+        rd.truncate_metrics(phase, epoch)
+        log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
+    elif resume:
+        log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
+    if phase == "glow" and epoch == 0 and step == 0:
+        start = held_out_bpd(model, data.test, seed=seed, use_flow=True, device=device, limit=cfg["train"]["eval_samples"])
+        rd.truncate_metrics(phase, -1)
+        rd.append_metrics({"phase": "glow", "epoch": 0, "test_bpd": start, "note": "start of phase 2 (Glow layer = identity)"})
+        log(f"glow start: held-out bound <= {start:.4f} bpd (equals the phase-1 bound)")
+
+    def checkpoint(complete: bool = False) -> Path:
+        return rd.save_checkpoint(phase, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": _rng_state(device), "epoch": epoch, "step": step, "global_step": global_step,
+            "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n, "complete": complete,
+            "signature": signature,
+        })
+
+    n_train = len(data.train)
+    steps_per_epoch = math.ceil(n_train / pcfg["batch_size"])
+    test_bpd = None
+    bar = _Progress(enabled=progress)
+    steps_this_call = 0
+    try:
+        with bar:
+            while epoch < pcfg["epochs"]:
+                t0 = time.perf_counter()
+                batches = batch_indices(epoch_order(n_train, seed=seed, epoch=epoch), pcfg["batch_size"])
+                bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
+                _set_mode(model, phase)
+                while step < len(batches):
+                    if max_steps is not None and steps_this_call >= max_steps:
+                        raise KeyboardInterrupt
+                    idx = batches[step]
+                    y = to_tensor(dequantize(data.train[idx], seed=seed, epoch=epoch, indices=idx), device)
+                    loss = model.bound(y, use_flow=use_flow).bpd.mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if pcfg["grad_clip"] > 0:
+                        torch.nn.utils.clip_grad_norm_(params, pcfg["grad_clip"])
+                    opt.step()
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise VaeflowError(f"non-finite loss at {phase} epoch {epoch + 1} step {step}; lower train.{phase}.lr or set train.{phase}.grad_clip, then resume from the last checkpoint")
+                    loss_sum += value * len(idx)
+                    loss_n += len(idx)
+                    step += 1
+                    global_step += 1
+                    steps_this_call += 1
+                    bar.advance(value)
+                test_bpd = held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=cfg["train"]["eval_samples"])
+                record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
+                          "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
+                          "seconds": round(time.perf_counter() - t0, 3)}
+                sched.step()
+                epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
+                path = checkpoint(complete=epoch >= pcfg["epochs"])
+                rd.append_metrics(record)
+                grid_path = _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"])
+                bar.finish_epoch(
+                    f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
+                    f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s; {grid_path}"
+                )
+    except KeyboardInterrupt:
+        path = checkpoint()
+        raise Interrupted(f"interrupted at {phase} epoch {epoch + 1} step {step}; saved {path}; continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
+    if pcfg["epochs"] <= epoch and test_bpd is None:
+        log(f"phase {phase} of {rd.path} is already complete ({epoch} epochs); raise train.{phase}.epochs to train further")
+        path = checkpoint(complete=True)
+    return PhaseResult(rd.path, phase, epoch, test_bpd, path)
+
+
+class _Progress:
+    """A rich progress bar on stderr (or nothing), plus one log line per epoch."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.progress = None
+        self.task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                                     console=Console(stderr=True), transient=True)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def start_epoch(self, description: str, total: int, done: int) -> None:
+        if self.progress is not None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(description, total=total, completed=done, loss="-")
+
+    def advance(self, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
+
+    def finish_epoch(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, highlight=False, markup=False)
+        else:
+            log(message)
