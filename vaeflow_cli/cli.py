@@ -57,6 +57,15 @@ SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set tra
 RunOpt = typer.Option(None, "--run", help="Run directory (default: [run] dir of the config).")
 
 
+def _run_or_default(run: Optional[Path]) -> Path:
+    """--run, or the run directory of the embedded default config."""
+    if run is not None:
+        return run
+    from vaeflow_cli import config as config_mod
+
+    return Path(config_mod.embedded_default().get("run", {}).get("dir", config_mod.DEFAULTS["run"]["dir"]))
+
+
 def _write_output(data: bytes, out: str) -> None:
     from vaeflow_cli.runs import atomic_write_bytes
 
@@ -74,13 +83,13 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
     from vaeflow_cli.train import train_phase
 
     if config is None and run is not None and RunDir(run).config_path.exists():
-        cfg = config_mod.resolve(base=RunDir(run).read_config(), overrides=overrides or [])
+        cfg = RunDir(run).resolved_config(overrides or [])
     else:
         cfg = config_mod.resolve(config, overrides or [])
         if run is None and config is None and phase == "glow":
             rd = RunDir(cfg["run"]["dir"])
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
-                cfg = config_mod.resolve(base=rd.read_config(), overrides=overrides or [])
+                cfg = rd.resolved_config(overrides or [])
     result = train_phase(cfg, run if run is not None else cfg["run"]["dir"], phase, resume=resume)
     typer.echo(str(result.run_dir))
 
@@ -104,7 +113,7 @@ def train_glow(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt,
 @app.command()
 @cli_errors
 def sample(
-    run: Path = typer.Option(..., "--run", help="Trained run directory."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
     temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, help="Glow-layer temperature T (paper: 0.5)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
@@ -127,6 +136,7 @@ def sample(
         raise VaeflowError(f"--format must be png or npy, not {fmt!r}")
     if fmt == "png" and not as_grid and out == "-":
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
+    run = _run_or_default(run)
     model, _, phase = load_run_model(run, device=str(resolve_device(device)))
     if phase == "vae" and not vae_only:
         log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
@@ -147,7 +157,7 @@ def sample(
 @app.command()
 @cli_errors
 def interpolate(
-    run: Path = typer.Option(..., "--run", help="Trained run directory."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     steps: int = typer.Option(8, "--steps", min=2, help="Images per path, endpoints included."),
     pairs: int = typer.Option(4, "--pairs", min=1, help="Number of random pairs (rows)."),
     seed: int = typer.Option(0, "--seed", help="Random seed for the endpoints."),
@@ -165,6 +175,7 @@ def interpolate(
 
     if (src is None) != (dst is None):
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
+    run = _run_or_default(run)
     model, _, _ = load_run_model(run, device=str(resolve_device(device)))
     if src is not None:
         a, b = read_image(src, model.image_shape), read_image(dst, model.image_shape)

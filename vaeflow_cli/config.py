@@ -35,6 +35,7 @@ _PHASE = {
     "batch_size": 64,
     "lr": 1e-4,  # Adam
     "lr_halve_every": 0,  # epochs; 0 keeps the learning rate constant
+    "warmup_steps": 0,  # linear learning-rate warm-up at the start of the phase
     "grad_clip": 0.0,  # max gradient norm; 0 disables clipping
 }
 
@@ -82,13 +83,14 @@ def embedded_default() -> dict[str, Any]:
 
 
 def resolve(path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None,
-            registry=None) -> dict[str, Any]:
-    """The validated, fully-resolved config from a file (or ``base``, or the embedded default) and
-    ``--set KEY=VALUE`` overrides. Component sections are filled with their factories' defaults."""
+            source: str = "run config", registry=None) -> dict[str, Any]:
+    """The validated, fully-resolved config from a file (or ``base``, named ``source`` in errors, or
+    the embedded default) and ``--set KEY=VALUE`` overrides. Component sections are filled with
+    their factories' defaults."""
     if path is not None:
         raw, where = load_toml(path), str(path)
     elif base is not None:
-        raw, where = copy.deepcopy(base), "run config"
+        raw, where = copy.deepcopy(base), source
     else:
         raw, where = embedded_default(), DEFAULT_CONFIG_NAME
     if registry is None:

@@ -97,8 +97,15 @@ def _entry_points() -> Iterable[md.EntryPoint]:
     return md.entry_points(group=ENTRY_POINT_GROUP)
 
 
-def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_points: bool = True) -> Registry:
-    """Register the built-ins, the allowed entry-point plugins and ``extra`` (name, object) pairs."""
+_FROM_ENV = object()
+
+
+def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_points: bool = True,
+                   allowed=_FROM_ENV) -> Registry:
+    """Register the built-ins, the allowed entry-point plugins and ``extra`` (name, object) pairs.
+
+    ``allowed``: names of the external plugins to load; None loads all; by default it comes from
+    the environment variable ``VAEFLOW_PLUGINS``."""
     pm = pluggy.PluginManager("vaeflow")
     pm.add_hookspecs(hookspecs)
     registry = Registry()
@@ -108,7 +115,8 @@ def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_point
         pm.register(importlib.import_module(modname), name=modname)
         registry.plugins[modname] = PluginInfo(modname, __version__, builtin=True)
     if load_entry_points:
-        allowed = _allowed_external()
+        if allowed is _FROM_ENV:
+            allowed = _allowed_external()
         for ep in _entry_points():
             dist = ep.dist.name if ep.dist is not None else ""
             if allowed is not None and ep.name not in allowed and dist not in allowed:

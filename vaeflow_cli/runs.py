@@ -4,7 +4,7 @@ A run directory is self-describing; ``sample``/``interpolate``/``evaluate`` rebu
 it alone::
 
     RUN/config.toml            the resolved config (every component's keyword arguments)
-    RUN/checkpoints/vae.pt     phase 1: weights, optimizer, LR schedule, RNG, position
+    RUN/checkpoints/vae.pt     phase 1: weights, optimizer, RNG, position (which fixes the LR schedule)
     RUN/checkpoints/glow.pt    phase 2: the same
     RUN/metrics.jsonl          one JSON object per epoch (and one at the start of phase 2)
     RUN/samples/*.png          sample grids written after each epoch
@@ -72,6 +72,10 @@ class RunDir:
         if not self.config_path.exists():
             raise VaeflowError(f"{self.path} is not a vaeflow run (no config.toml); train one with: vaeflow train-vae --run {self.path}")
         return config_mod.load_toml(self.config_path)
+
+    def resolved_config(self, overrides: list[str] = ()) -> dict:
+        """The run's stored config, validated against the registry, with ``--set`` overrides."""
+        return config_mod.resolve(base=self.read_config(), overrides=overrides, source=str(self.config_path))
 
     def write_config(self, cfg: dict) -> None:
         atomic_write_bytes(self.config_path, config_mod.dumps(cfg).encode())
@@ -141,7 +145,7 @@ def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto")
     from vaeflow_cli.model import build_model
 
     rd = RunDir(run)
-    cfg = config_mod.resolve(base=rd.read_config())
+    cfg = rd.resolved_config()
     if phase == "auto":
         phase = "glow" if rd.checkpoint_path("glow").exists() else "vae"
     state = rd.load_checkpoint(phase)

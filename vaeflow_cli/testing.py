@@ -19,13 +19,16 @@ import torch
 from torch import nn
 
 
-def perturb(module: nn.Module, *, scale: float = 0.05, seed: int = 0) -> nn.Module:
-    """Add N(0, scale^2) noise to every floating-point parameter, in place."""
+def perturb(module: nn.Module, *, scale: float = 0.1, seed: int = 0) -> nn.Module:
+    """Add noise to every floating-point parameter, in place: N(0, scale^2 / fan_in) for weight
+    matrices and kernels (so every layer's output moves by about ``scale``), N(0, scale^2) for
+    vectors and scalars."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             if p.is_floating_point():
-                p.add_(scale * torch.randn(p.shape, generator=g).to(p))
+                fan_in = p[0].numel() if p.dim() >= 2 else 1
+                p.add_(scale / fan_in**0.5 * torch.randn(p.shape, generator=g).to(p))
     return module
 
 

@@ -5,7 +5,7 @@ Phase ``glow`` freezes them (eval mode, no gradients) and maximises E_q[log p(y|
 layer; its first evaluation equals the phase-1 bound because the layer starts as the identity.
 
 The loss is the bound in bits per dimension, averaged over the batch. Checkpoints at each epoch
-end (and on Ctrl-C) hold the weights, the optimizer and LR-schedule state, the RNG state and the
+end (and on Ctrl-C) hold the weights, the optimizer state, the RNG state and the
 position in the epoch; the epoch order and the dequantization noise are functions of
 (seed, epoch), so ``--resume`` continues exactly where training stopped.
 """
@@ -80,6 +80,18 @@ def held_out_bpd(model: VAEFlow, images: np.ndarray, *, seed: int, use_flow: boo
 # ------------------------------------------------------------------ the training loop
 
 
+def learning_rate(pcfg: dict, epoch: int, global_step: int) -> float:
+    """The schedule: ``lr`` halved every ``lr_halve_every`` epochs (paper: 250), after a linear
+    warm-up over the first ``warmup_steps`` steps. A function of the position alone, so a resumed
+    run continues it exactly."""
+    lr = pcfg["lr"]
+    if pcfg["lr_halve_every"] > 0:
+        lr *= 0.5 ** (epoch // pcfg["lr_halve_every"])
+    if pcfg["warmup_steps"] > 0:
+        lr *= min(1.0, (global_step + 1) / pcfg["warmup_steps"])
+    return lr
+
+
 @dataclass
 class PhaseResult:
     run_dir: Path
@@ -126,7 +138,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def prepare_run(cfg: dict, rd: RunDir, phase: str) -> None:
     """Check that ``cfg`` fits the run directory and write it there."""
     if rd.config_path.exists():
-        existing = config_mod.resolve(base=rd.read_config())
+        existing = rd.resolved_config()
         if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
     elif phase == "glow":
@@ -167,8 +179,6 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     if not params:
         raise VaeflowError(f"the {phase} phase has no parameters to train (model.{'flow' if phase == 'glow' else 'encoder'} type)")
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
-    halve = pcfg["lr_halve_every"]
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=halve if halve > 0 else 10**9, gamma=0.5)
     use_flow = phase == "glow"
 
     epoch, step, global_step, loss_sum, loss_n = 0, 0, 0, 0.0, 0
@@ -177,7 +187,6 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         check_signature(state, cfg, ckpt_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], device)
         epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
         loss_sum, loss_n = state["loss_sum"], state["loss_n"]
@@ -193,7 +202,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
 
     def checkpoint(complete: bool = False) -> Path:
         return rd.save_checkpoint(phase, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "lr": opt.param_groups[0]["lr"],
             "rng": _rng_state(device), "epoch": epoch, "step": step, "global_step": global_step,
             "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n, "complete": complete,
             "signature": signature,
@@ -217,6 +226,8 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                     idx = batches[step]
                     y = to_tensor(dequantize(data.train[idx], seed=seed, epoch=epoch, indices=idx), device)
                     loss = model.bound(y, use_flow=use_flow).bpd.mean()
+                    for group in opt.param_groups:
+                        group["lr"] = learning_rate(pcfg, epoch, global_step)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if pcfg["grad_clip"] > 0:
@@ -235,7 +246,6 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                 record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
                           "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
                           "seconds": round(time.perf_counter() - t0, 3)}
-                sched.step()
                 epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
                 path = checkpoint(complete=epoch >= pcfg["epochs"])
                 rd.append_metrics(record)
