@@ -139,7 +139,8 @@ def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_point
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise VaeflowError(f"plugin {exc.plugin!r} has a hook that vaeflow does not define: {exc}") from None
+        hooks = ", ".join(KINDS)
+        raise VaeflowError(f"plugin {pm.get_name(exc.plugin)!r} has a hook that vaeflow does not define ({exc}); vaeflow's hooks are {hooks}") from None
     # Call each implementation directly so every component is attributed to the plugin that made it.
     for hook_name, kind in KINDS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration order
