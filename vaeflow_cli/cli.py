@@ -47,7 +47,7 @@ def cli_errors(fn):
         except VaeflowError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail("interrupted; nothing was saved after the last checkpoint", 130)
 
     return wrapper
 

@@ -12,9 +12,12 @@ position in the epoch; the epoch order and the dequantization noise are function
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,32 @@ SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoc
 
 class Interrupted(VaeflowError):
     """Training was interrupted (Ctrl-C); a checkpoint was saved."""
+
+
+class _StopRequested(Exception):
+    """Raised at a step boundary after Ctrl-C (or ``max_steps``), where the state is consistent."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigint():
+    """The first Ctrl-C asks training to stop at the next step boundary (and save); a second one
+    aborts at once, keeping only the last checkpoint. Yields a dict whose "stop" key is the flag."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        log("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def log(msg: str) -> None:
@@ -214,18 +243,21 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     bar = _Progress(enabled=progress)
     steps_this_call = 0
     try:
-        with bar:
+        with bar, _stop_on_sigint() as interrupt:
             while epoch < pcfg["epochs"]:
                 t0 = time.perf_counter()
                 batches = batch_indices(epoch_order(n_train, seed=seed, epoch=epoch), pcfg["batch_size"])
                 bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
                 _set_mode(model, phase)
                 while step < len(batches):
-                    if max_steps is not None and steps_this_call >= max_steps:
-                        raise KeyboardInterrupt
+                    if interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps):
+                        raise _StopRequested
                     idx = batches[step]
                     y = to_tensor(dequantize(data.train[idx], seed=seed, epoch=epoch, indices=idx), device)
                     loss = model.bound(y, use_flow=use_flow).bpd.mean()
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise VaeflowError(f"non-finite loss at {phase} epoch {epoch + 1} step {step}; lower train.{phase}.lr or set train.{phase}.grad_clip, then resume from the last checkpoint")
                     for group in opt.param_groups:
                         group["lr"] = learning_rate(pcfg, epoch, global_step)
                     opt.zero_grad(set_to_none=True)
@@ -233,9 +265,6 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                     if pcfg["grad_clip"] > 0:
                         torch.nn.utils.clip_grad_norm_(params, pcfg["grad_clip"])
                     opt.step()
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise VaeflowError(f"non-finite loss at {phase} epoch {epoch + 1} step {step}; lower train.{phase}.lr or set train.{phase}.grad_clip, then resume from the last checkpoint")
                     loss_sum += value * len(idx)
                     loss_n += len(idx)
                     step += 1
@@ -254,7 +283,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                     f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
                     f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s; {grid_path}"
                 )
-    except KeyboardInterrupt:
+    except _StopRequested:
         path = checkpoint()
         raise Interrupted(f"interrupted at {phase} epoch {epoch + 1} step {step}; saved {path}; continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
     if pcfg["epochs"] <= epoch and test_bpd is None:
