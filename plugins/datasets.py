@@ -159,41 +159,50 @@ class CIFAR10:
 
 
 class CelebA:
-    """CelebA aligned faces: root/img_align_celeba/*.jpg and root/list_eval_partition.txt
-    (0 train, 1 val, 2 test). Center crop ``crop`` (148, the common 64x64 convention) then an
-    antialiased resize to ``size``."""
+    """CelebA aligned faces: root/img_align_celeba/*.jpg (178x218) and root/list_eval_partition.txt
+    (0 train 162,770 / 1 val 19,867 / 2 test 19,962). Preprocessing: centre crop ``crop`` (148, the
+    common 64x64 convention of e.g. the WAE / Two-Stage VAE code) then a Lanczos3 antialiased resize
+    to ``size``, decoded in Rust. Each split is decoded once and cached as a memory-mapped uint8 file
+    in ``cache_dir`` (default root/.vaeflow-cache), rebuilt when the files or parameters change."""
 
     splits = ("train", "val", "test")
 
-    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64) -> None:
+    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64, cache_dir: str = "", threads: int = 0) -> None:
+        if crop < 1 or size < 1:
+            raise VaeflowError(f"celeba: crop and size must be positive, got crop={crop}, size={size}")
         self.root = Path(root)
-        self.crop = crop
-        self.size = size
+        self.crop, self.size, self.threads = crop, size, threads
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".vaeflow-cache"
         self.image_shape = (3, size, size)
 
-    def split(self, name: str) -> np.ndarray:
+    def files(self, name: str) -> list[Path]:
         code = {"train": "0", "val": "1", "test": "2"}.get(name)
         if code is None:
             raise VaeflowError(f"celeba has splits train, val and test, not {name!r}")
         part = self.root / "list_eval_partition.txt"
         if not part.exists():
-            raise VaeflowError(f"celeba: {part} not found; set data.root to the CelebA folder")
-        files = [line.split()[0] for line in part.read_text().splitlines() if line.strip() and line.split()[1] == code]
-        from PIL import Image
+            raise VaeflowError(f"celeba: {part} not found; set data.root to the CelebA folder (vaeflow data download celeba)")
+        files = []
+        for n, line in enumerate(part.read_text().splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise VaeflowError(f"{part}:{n}: expected '<file>.jpg <0|1|2>', found {line!r}")
+            if fields[1] == code:
+                files.append(self.root / "img_align_celeba" / fields[0])
+        return files
 
-        out = np.empty((len(files), self.size, self.size, 3), np.uint8)
-        for i, fname in enumerate(files):
-            path = self.root / "img_align_celeba" / fname
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
-                    w, h = im.size
-                    left, top = (w - self.crop) // 2, (h - self.crop) // 2
-                    im = im.crop((left, top, left + self.crop, top + self.crop))
-                    out[i] = np.asarray(im.resize((self.size, self.size), Image.Resampling.LANCZOS))
-            except (OSError, SyntaxError) as exc:
-                raise VaeflowError(f"{path}: cannot decode image ({exc})") from None
-        return out.transpose(0, 3, 1, 2)
+    def split(self, name: str) -> np.ndarray:
+        from vaeflow_cli.data import cached_array, decode_images, file_signature
+
+        files = self.files(name)
+        key = ["celeba-v1", self.crop, self.size, file_signature(files)]
+
+        def build():
+            return decode_images(files, crop=self.crop, size=self.size, threads=self.threads).transpose(0, 3, 1, 2)
+
+        return cached_array(self.cache_dir, f"celeba-{name}-{self.crop}-{self.size}", key, build)
 
 
 @hookimpl

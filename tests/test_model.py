@@ -68,6 +68,35 @@ def test_gaussian_log_prob_matches_torch_distributions():
 # ---------------------------------------------------------------- dequantization
 
 
+def reference_dequantize(x, *, seed, epoch, indices):
+    """An independent numpy implementation of the documented noise: splitmix64 of
+    (index * D + pixel) XOR splitmix64(seed * golden XOR epoch), top 16 bits."""
+    golden, m1, m2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+    def mix(v):
+        v = v + golden
+        v = (v ^ (v >> np.uint64(30))) * m1
+        v = (v ^ (v >> np.uint64(27))) * m2
+        return v ^ (v >> np.uint64(31))
+
+    dims = int(np.prod(x.shape[1:]))
+    with np.errstate(over="ignore"):
+        key = mix(np.uint64(seed) * golden ^ np.uint64(epoch))
+        counter = np.asarray(indices, np.uint64)[:, None] * np.uint64(dims) + np.arange(dims, dtype=np.uint64)
+        u = (mix(counter ^ key) >> np.uint64(48)).astype(np.float32) * np.float32(2.0**-16)
+    return (x.astype(np.float32) + u.reshape(x.shape)) * np.float32(1 / 256)
+
+
+def test_rust_dequantization_matches_the_reference_bit_for_bit_on_any_thread_count():
+    x = np.random.RandomState(1).randint(0, 256, size=(37, 3, 5, 7)).astype(np.uint8)
+    idx = np.random.RandomState(2).randint(0, 10**9, size=37)
+    ref = reference_dequantize(x, seed=11, epoch=5, indices=idx)
+    for threads in (0, 1, 2, 3):
+        assert np.array_equal(dequantize(x, seed=11, epoch=5, indices=idx, threads=threads), ref)
+    out = np.zeros_like(ref)
+    assert dequantize(x, seed=11, epoch=5, indices=idx, out=out) is out and np.array_equal(out, ref)
+
+
 def test_dequantization_is_in_the_bin_reproducible_and_centred():
     x = np.random.RandomState(0).randint(0, 256, size=(64, 3, 8, 8)).astype(np.uint8)
     x[0] = 255

@@ -1,4 +1,5 @@
-"""The data path: datasets from the registry, reproducible dequantization, shuffled batches.
+"""The data path: datasets from the registry, reproducible dequantization, JPEG decoding,
+shuffled batches. The heavy parts run in Rust (``vaeflow_cli._native``, source in native/).
 
 Dequantization (model.md): y = (x + u) / 256 with u ~ U[0,1). u is a counter-based hash of
 (seed, epoch, image index, pixel index) -- splitmix64 -- so the same image in the same epoch gets
@@ -8,39 +9,87 @@ x + u is exact in float32 and y always lies in [x/256, (x+1)/256).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from vaeflow_cli.errors import VaeflowError
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 EVAL_EPOCH = 2**32 - 1  # the noise stream used for held-out evaluation
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+def dequantize(x: np.ndarray, *, seed: int, epoch: int, indices: np.ndarray, out: np.ndarray | None = None,
+               threads: int = 0) -> np.ndarray:
+    """uint8 images (B, ...) -> float32 y = (x + u) / 256 in [0, 1), computed in Rust on ``threads``
+    threads (0: all cores) with the GIL released, into ``out`` when given (e.g. a pinned buffer)."""
+    from vaeflow_cli import _native
+
+    x = np.ascontiguousarray(x, dtype=np.uint8)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    _native.dequantize(x, np.ascontiguousarray(indices, dtype=np.uint64), seed, epoch, out, threads)
+    return out
 
 
-def dequantization_noise(shape: tuple[int, ...], *, seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
-    """u in [0, 1) of ``shape`` = (B, ...) for images ``indices`` (B,), as float32 multiples of 2^-16."""
-    dims = int(np.prod(shape[1:]))
-    with np.errstate(over="ignore"):
-        key = _splitmix64(np.uint64(seed) * _GOLDEN ^ np.uint64(epoch))
-        counter = np.asarray(indices, np.uint64)[:, None] * np.uint64(dims) + np.arange(dims, dtype=np.uint64)
-        bits = _splitmix64(counter ^ key)
-    return ((bits >> np.uint64(48)).astype(np.float32) * np.float32(2.0**-16)).reshape(shape)
+def decode_images(paths, *, crop: int | None, size: int, threads: int = 0) -> np.ndarray:
+    """JPEG files -> uint8 (N, size, size, 3): decode, centre-crop to ``crop`` (None: no crop) and
+    resize with Lanczos3 antialiasing, in parallel in Rust with the GIL released. An unreadable file
+    raises VaeflowError naming it (and how many others failed)."""
+    pixels, failures = decode_images_with_failures(paths, crop=crop, size=size, threads=threads)
+    if failures:
+        first = failures[0][1]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise VaeflowError(f"cannot decode image {first}{more}; replace or remove the file")
+    return pixels
 
 
-def dequantize(x: np.ndarray, *, seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
-    """uint8 images (B, C, H, W) -> float32 y = (x + u) / 256 in [0, 1)."""
-    u = dequantization_noise(x.shape, seed=seed, epoch=epoch, indices=indices)
-    return (x.astype(np.float32) + u) * np.float32(1.0 / 256.0)
+def decode_images_with_failures(paths, *, crop: int | None, size: int, threads: int = 0):
+    """(uint8 (N, size, size, 3), [(index, message), ...]); failed images are zeros."""
+    from vaeflow_cli import _native
+
+    paths = [str(p) for p in paths]
+    flat, failures = _native.decode_images(paths, crop, size, threads)
+    return flat.reshape(len(paths), size, size, 3), failures
+
+
+def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
+    """A uint8 array cached as ``cache_dir/name-<hash>.npy`` and memory-mapped on later calls.
+
+    The hash covers ``key_parts`` (the source files' names, sizes and mtimes and the preprocessing
+    parameters), so changing any of them builds a new cache; ``build()`` makes the array. The file
+    is written to a temporary name, fsynced and renamed, so an interrupted build leaves no cache."""
+    import hashlib
+    import json
+
+    from vaeflow_cli.runs import atomic_write
+
+    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"{name}-{digest}.npy"
+    if path.exists():
+        try:
+            return np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise VaeflowError(f"cache {path} is unreadable ({exc}); delete it to rebuild") from None
+    array = np.ascontiguousarray(build())
+    try:
+        atomic_write(path, lambda fh: np.save(fh, array))
+    except OSError as exc:
+        raise VaeflowError(f"cannot write the cache {path} ({exc}); set data.cache_dir to a writable folder") from None
+    return np.load(path, mmap_mode="r")
+
+
+def file_signature(paths) -> list:
+    """(name, size, mtime_ns) of each file, for cache keys; a missing file is a clear error."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise VaeflowError(f"{p} not found; check data.root") from None
+        out.append([os.path.basename(p), st.st_size, st.st_mtime_ns])
+    return out
 
 
 @dataclass

@@ -1,0 +1,69 @@
+//! The thin PyO3 layer: argument checks, GIL release, numpy arrays in and out.
+
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::{decode, dequant, with_threads};
+
+/// dequantize(x, indices, seed, epoch, out, threads=0): out[i] = (x[i] + u) / 256 in place, for a
+/// C-contiguous uint8 batch x of shape (B, ...) and float32 out of the same shape.
+#[pyfunction]
+#[pyo3(signature = (x, indices, seed, epoch, out, threads = 0))]
+fn dequantize(
+    py: Python<'_>,
+    x: PyReadonlyArrayDyn<'_, u8>,
+    indices: PyReadonlyArray1<'_, u64>,
+    seed: u64,
+    epoch: u64,
+    mut out: PyReadwriteArrayDyn<'_, f32>,
+    threads: usize,
+) -> PyResult<()> {
+    if x.shape() != out.shape() {
+        return Err(PyValueError::new_err(format!("out has shape {:?}, x has {:?}", out.shape(), x.shape())));
+    }
+    let batch = *x.shape().first().ok_or_else(|| PyValueError::new_err("x must have a batch dimension"))?;
+    if indices.len() != batch {
+        return Err(PyValueError::new_err(format!("{} indices for a batch of {batch}", indices.len())));
+    }
+    let dims = if batch == 0 { 0 } else { x.len() / batch };
+    let xs = x.as_slice().map_err(|_| PyValueError::new_err("x must be C-contiguous"))?;
+    let idx = indices.as_slice().map_err(|_| PyValueError::new_err("indices must be contiguous"))?;
+    let os = out.as_slice_mut().map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
+    py.detach(|| with_threads(threads, || dequant::dequantize(xs, dims, idx, seed, epoch, os)));
+    Ok(())
+}
+
+/// decode_images(paths, crop, size, threads=0) -> (uint8 array (N*size*size*3,), failures):
+/// failures is a list of (index, message) for files that could not be decoded (zeros in the array).
+#[pyfunction]
+#[pyo3(signature = (paths, crop, size, threads = 0))]
+fn decode_images<'py>(
+    py: Python<'py>,
+    paths: Vec<String>,
+    crop: Option<usize>,
+    size: usize,
+    threads: usize,
+) -> PyResult<(Bound<'py, PyArray1<u8>>, Vec<(usize, String)>)> {
+    if size == 0 {
+        return Err(PyValueError::new_err("size must be positive"));
+    }
+    if crop == Some(0) {
+        return Err(PyValueError::new_err("crop must be positive"));
+    }
+    let (pixels, failures) = py.detach(|| {
+        let mut out = vec![0u8; paths.len() * size * size * 3];
+        let failures = with_threads(threads, || decode::decode_files(&paths, crop, size, &mut out));
+        (out, failures)
+    });
+    let failures = failures.into_iter().map(|(i, e)| (i, e.to_string())).collect();
+    Ok((PyArray1::from_vec(py, pixels), failures))
+}
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_images, m)?)?;
+    Ok(())
+}

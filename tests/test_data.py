@@ -1,0 +1,162 @@
+"""Datasets in their real formats, written small, and the Rust decoder against Pillow."""
+
+import gzip
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaeflow_cli.data import decode_images
+from vaeflow_cli.errors import VaeflowError
+from vaeflow_plugins.datasets import CIFAR10, CelebA, FashionMNIST, IDXDataset, read_idx_images
+
+from conftest import write_idx
+
+
+def smooth_image(rng, w=178, h=218):
+    """A face-sized RGB image with smooth structure, like a photo rather than noise."""
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    f = rng.uniform(1, 4, size=3)
+    img = np.stack([np.sin(f[0] * 6 * xx + f[1] * 3 * yy), np.cos(f[1] * 5 * yy), np.sin(f[2] * 4 * (xx + yy))], -1)
+    return ((img + 1) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def celeba_root(tmp_path):
+    root = tmp_path / "celeba"
+    (root / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    lines = []
+    for i in range(7):
+        name = f"{i + 1:06d}.jpg"
+        Image.fromarray(smooth_image(rng)).save(root / "img_align_celeba" / name, quality=90)
+        lines.append(f"{name} {0 if i < 4 else (1 if i < 5 else 2)}")
+    (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def pillow_reference(path, crop, size):
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        left, top = (w - crop) // 2, (h - crop) // 2
+        return np.asarray(im.crop((left, top, left + crop, top + crop)).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def test_decode_images_agrees_with_pillow(celeba_root):
+    paths = sorted((celeba_root / "img_align_celeba").glob("*.jpg"))
+    for crop, size in ((148, 64), (148, 32), (100, 50)):
+        ours = decode_images(paths, crop=crop, size=size)
+        assert ours.dtype == np.uint8 and ours.shape == (len(paths), size, size, 3)
+        ref = np.stack([pillow_reference(p, crop, size) for p in paths])
+        mad = np.abs(ours.astype(int) - ref.astype(int)).mean()
+        assert mad < 1.5, (crop, size, mad)
+    full = decode_images(paths[:1], crop=None, size=16)
+    assert full.shape == (1, 16, 16, 3)
+
+
+def test_decode_images_names_a_corrupt_or_truncated_file(tmp_path, celeba_root):
+    good = sorted((celeba_root / "img_align_celeba").glob("*.jpg"))[0]
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"\xff\xd8 not really")
+    for bad in (truncated, garbage, tmp_path / "missing.jpg"):
+        with pytest.raises(VaeflowError, match=str(bad.name)):
+            decode_images([good, bad], crop=148, size=8)
+    with pytest.raises(VaeflowError, match=r"cut.jpg.*\(and 1 more\)"):
+        decode_images([truncated, garbage], crop=148, size=8)
+
+
+def test_celeba_splits_cache_and_rebuild(celeba_root):
+    ds = CelebA(root=str(celeba_root), crop=148, size=16)
+    train = ds.split("train")
+    assert isinstance(train, np.memmap) and train.shape == (4, 3, 16, 16) and train.dtype == np.uint8
+    assert ds.split("val").shape == (1, 3, 16, 16) and ds.split("test").shape == (2, 3, 16, 16)
+    caches = sorted((celeba_root / ".vaeflow-cache").glob("*.npy"))
+    assert len(caches) == 3
+    again = CelebA(root=str(celeba_root), crop=148, size=16).split("train")
+    assert np.array_equal(again, train)
+    assert len(list((celeba_root / ".vaeflow-cache").glob("*.npy"))) == 3  # read, not rebuilt
+    CelebA(root=str(celeba_root), crop=148, size=8).split("train")  # new parameters: new cache
+    assert len(list((celeba_root / ".vaeflow-cache").glob("celeba-train-*.npy"))) == 2
+    first = celeba_root / "img_align_celeba" / "000001.jpg"
+    Image.fromarray(np.zeros((218, 178, 3), np.uint8)).save(first, quality=90)  # a changed source file
+    os.utime(first, ns=(1, 1))
+    rebuilt = CelebA(root=str(celeba_root), crop=148, size=16).split("train")
+    assert rebuilt[0].max() < 10 and not np.array_equal(rebuilt, train)
+    assert not list((celeba_root / ".vaeflow-cache").glob("*.tmp"))
+
+
+def test_celeba_bad_input(celeba_root):
+    (celeba_root / "img_align_celeba" / "000002.jpg").write_bytes(b"broken")
+    with pytest.raises(VaeflowError, match="000002.jpg"):
+        CelebA(root=str(celeba_root), size=8).split("train")
+    assert not list((celeba_root / ".vaeflow-cache").glob("celeba-train-*"))  # no cache of a failed build
+    (celeba_root / "list_eval_partition.txt").unlink()
+    with pytest.raises(VaeflowError, match="list_eval_partition.txt not found"):
+        CelebA(root=str(celeba_root)).split("train")
+
+
+def test_idx_reader_gzip_plain_and_bad_files(tmp_path):
+    imgs = np.random.RandomState(0).randint(0, 256, size=(5, 28, 28)).astype(np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte", imgs, gz=True)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", imgs[:2])
+    for cls in (IDXDataset, FashionMNIST):
+        ds = cls(root=str(tmp_path))
+        assert np.array_equal(ds.split("train")[:, 0], imgs) and ds.split("test").shape == (2, 1, 28, 28)
+    bad = tmp_path / "bad"
+    bad.write_bytes(struct.pack(">IIII", 0x00000801, 5, 28, 28) + imgs.tobytes())
+    with pytest.raises(VaeflowError, match="wrong IDX magic number"):
+        read_idx_images(bad)
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(gzip.compress(struct.pack(">IIII", 0x00000803, 5, 28, 28) + imgs.tobytes()[:-10]))
+    with pytest.raises(VaeflowError, match="truncated or corrupt"):
+        read_idx_images(cut)
+    with pytest.raises(VaeflowError, match="not found; set data.root"):
+        IDXDataset(root=str(tmp_path / "nowhere")).split("train")
+
+
+def cifar_images(n, seed):
+    return np.random.RandomState(seed).randint(0, 256, size=(n, 3, 32, 32)).astype(np.uint8)
+
+
+def test_cifar10_binary_and_python_batches(tmp_path):
+    binary, python = tmp_path / "cifar-10-batches-bin", tmp_path / "cifar-10-batches-py"
+    binary.mkdir()
+    python.mkdir()
+    for i, stem in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        imgs = cifar_images(3, i)
+        labels = np.arange(3, dtype=np.uint8)
+        rows = np.concatenate([labels[:, None], imgs.reshape(3, -1)], 1)
+        (binary / f"{stem}.bin").write_bytes(rows.tobytes())
+        with open(python / stem, "wb") as fh:
+            pickle.dump({b"data": imgs.reshape(3, -1), b"labels": labels.tolist()}, fh)
+    from_bin = CIFAR10(root=str(tmp_path)).split("train")
+    assert from_bin.shape == (15, 3, 32, 32) and np.array_equal(from_bin[:3], cifar_images(3, 0))
+    for f in binary.iterdir():
+        f.unlink()
+    from_py = CIFAR10(root=str(tmp_path)).split("train")
+    assert np.array_equal(from_py, from_bin)
+    assert np.array_equal(CIFAR10(root=str(tmp_path)).split("test"), cifar_images(3, 5))
+
+
+def test_cifar10_refuses_pickled_code_and_truncated_batches(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for stem in [f"data_batch_{k}" for k in range(1, 6)]:
+        (folder / stem).write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(VaeflowError, match="refusing to load"):
+        CIFAR10(root=str(tmp_path)).split("train")
+    assert not (tmp_path / "pwned").exists()
+    (folder / "test_batch.bin").write_bytes(b"\0" * 3000)
+    (tmp_path / "test_batch.bin").write_bytes(b"\0" * 3000)
+    with pytest.raises(VaeflowError, match="not a multiple of 3073 bytes"):
+        CIFAR10(root=str(tmp_path)).split("test")
