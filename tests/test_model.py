@@ -69,8 +69,9 @@ def test_gaussian_log_prob_matches_torch_distributions():
 
 
 def reference_dequantize(x, *, seed, epoch, indices):
-    """An independent numpy implementation of the documented noise: splitmix64 of
-    (index * D + pixel) XOR splitmix64(seed * golden XOR epoch), top 16 bits."""
+    """An independent numpy implementation of the documented noise: with W = ceil(D / 4) words per
+    image, word w of image i is splitmix64((i * W + w) XOR splitmix64(seed * golden XOR epoch)) and
+    pixel 4w + l takes its 16-bit lane l."""
     golden, m1, m2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
     def mix(v):
@@ -80,10 +81,13 @@ def reference_dequantize(x, *, seed, epoch, indices):
         return v ^ (v >> np.uint64(31))
 
     dims = int(np.prod(x.shape[1:]))
+    words = -(-dims // 4)
     with np.errstate(over="ignore"):
         key = mix(np.uint64(seed) * golden ^ np.uint64(epoch))
-        counter = np.asarray(indices, np.uint64)[:, None] * np.uint64(dims) + np.arange(dims, dtype=np.uint64)
-        u = (mix(counter ^ key) >> np.uint64(48)).astype(np.float32) * np.float32(2.0**-16)
+        counter = np.asarray(indices, np.uint64)[:, None] * np.uint64(words) + np.arange(words, dtype=np.uint64)
+        bits = mix(counter ^ key)  # (B, W)
+        lanes = (bits[:, :, None] >> (np.uint64(16) * np.arange(4, dtype=np.uint64))) & np.uint64(0xFFFF)  # (B, W, 4)
+        u = lanes.reshape(len(x), -1)[:, :dims].astype(np.float32) * np.float32(2.0**-16)
     return (x.astype(np.float32) + u.reshape(x.shape)) * np.float32(1 / 256)
 
 
