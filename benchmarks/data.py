@@ -71,11 +71,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep-jpegs", metavar="DIR", help="write the generated JPEGs here and keep them")
     args = ap.parse_args()
     n = args.images
     result: dict[str, float | int | str] = {"images": n, "crop": CROP, "size": SIZE}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpegs(Path(tmp), n)
+        folder = Path(args.keep_jpegs or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = make_jpegs(folder, n)
         t_rust1 = best_time(lambda: decode_images(paths, crop=CROP, size=SIZE, threads=1), args.repeats)
         t_rust2 = best_time(lambda: decode_images(paths, crop=CROP, size=SIZE, threads=2), args.repeats)
         t_pil = best_time(lambda: pillow_decode(paths, draft=False), args.repeats)
@@ -110,6 +113,25 @@ def main() -> None:
         memcpy_gb_per_s=gb / t_copy,
         dequantize_fraction_of_memcpy=t_copy / t_deq,
     )
+    # the full loader on a cached (memory-mapped) uint8 dataset, 64x64 batches of 256, one epoch
+    from vaeflow_cli.data import BatchLoader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache.npy"
+        np.save(cache, np.random.RandomState(1).randint(0, 256, size=(8192, 3, SIZE, SIZE)).astype(np.uint8))
+        mapped = np.load(cache, mmap_mode="r")
+        loader = BatchLoader(mapped, batch_size=256, seed=0)
+        t_loader = best_time(lambda: sum(len(i) for i, _ in loader.epoch(0)), args.repeats)
+
+        def numpy_epoch():  # the obvious alternative: index, then numpy noise, on the main thread
+            order = np.random.default_rng(0).permutation(len(mapped))
+            for i in range(0, len(order), 256):
+                xb = mapped[np.sort(order[i : i + 256])]
+                (xb + rng.random(xb.shape, dtype=np.float32)) * np.float32(1 / 256)
+
+        t_np_loader = best_time(numpy_epoch, args.repeats)
+    result.update(loader_images_per_s=len(mapped) / t_loader, loader_images_per_s_numpy=len(mapped) / t_np_loader,
+                  loader_speedup_vs_numpy=t_np_loader / t_loader)
     for k, v in result.items():
         print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}", file=sys.stderr)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))

@@ -160,3 +160,47 @@ def test_cifar10_refuses_pickled_code_and_truncated_batches(tmp_path):
     (tmp_path / "test_batch.bin").write_bytes(b"\0" * 3000)
     with pytest.raises(VaeflowError, match="not a multiple of 3073 bytes"):
         CIFAR10(root=str(tmp_path)).split("test")
+
+
+# ---------------------------------------------------------------- the batch loader
+
+
+def test_loader_shards_shuffles_and_resumes(tmp_path):
+    from vaeflow_cli.data import BatchLoader, dequantize
+
+    images = np.random.RandomState(0).randint(0, 256, size=(23, 1, 4, 4)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    full = BatchLoader(mapped, batch_size=4, seed=3)
+    e0 = list(full.epoch(0))
+    assert len(e0) == len(full) == 6 and sum(len(i) for i, _ in e0) == 23
+    assert sorted(np.concatenate([i for i, _ in e0]).tolist()) == list(range(23))
+    for idx, y in e0:
+        assert np.array_equal(y, dequantize(images[idx], seed=3, epoch=0, indices=idx))
+    e1 = np.concatenate([i for i, _ in full.epoch(1)])
+    assert not np.array_equal(np.concatenate([i for i, _ in e0]), e1)  # a new order every epoch
+    resumed = list(full.epoch(0, start=4))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(e0[4:], resumed))
+    # two ranks: disjoint, equal-sized shards; drop_last drops the partial batch
+    shards = [BatchLoader(images, batch_size=4, seed=3, rank=r, world_size=2, drop_last=True) for r in (0, 1)]
+    got = [np.concatenate([i for i, _ in s.epoch(0)]) for s in shards]
+    assert len(got[0]) == len(got[1]) == 8 and not set(got[0]) & set(got[1])
+    assert all(len(s) == 2 for s in shards)
+
+
+def test_loader_stops_cleanly_and_reports_errors():
+    from vaeflow_cli.data import BatchLoader
+
+    images = np.zeros((50, 1, 2, 2), np.uint8)
+    loader = BatchLoader(images, batch_size=2, seed=0, prefetch=1)
+    for n, _ in enumerate(loader.epoch(0)):
+        if n == 2:
+            break  # the producer thread must not hang
+    assert loader.wait_seconds >= 0
+
+    class Broken(np.ndarray):
+        def __getitem__(self, key):
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(BatchLoader(images.view(Broken), batch_size=2, seed=0).epoch(0))

@@ -127,5 +127,84 @@ def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n)
 
 
-def batch_indices(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+class BatchLoader:
+    """Shuffled, dequantized batches of a uint8 image array (in memory or memory-mapped), prepared
+    ``prefetch`` batches ahead on a background thread while the model trains.
+
+    The order of an epoch is a function of (seed, epoch); with ``world_size`` > 1 each rank takes
+    every world_size-th image of that order (trimmed so every rank gets as many), so the ranks'
+    shards are disjoint and change every epoch. The dequantization noise depends on the image's
+    index only, so a batch is the same whichever rank or step it is drawn at. ``wait_seconds``
+    adds up how long the consumer waited for data."""
+
+    def __init__(self, images: np.ndarray, *, batch_size: int, seed: int, shuffle: bool = True,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, prefetch: int = 2,
+                 threads: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.prefetch, self.threads = max(1, prefetch), threads
+        self.wait_seconds = 0.0
+
+    def indices(self, epoch: int) -> list[np.ndarray]:
+        """The batches of image indices this rank draws in ``epoch``."""
+        n = len(self.images)
+        order = epoch_order(n, seed=self.seed, epoch=epoch) if self.shuffle else np.arange(n)
+        if self.world_size > 1:
+            order = order[: n - n % self.world_size][self.rank :: self.world_size]
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        return [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
+
+    def __len__(self) -> int:
+        per_rank = len(self.images) // self.world_size if self.world_size > 1 else len(self.images)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def _make(self, idx: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        x = self.images[np.sort(idx)] if isinstance(self.images, np.memmap) else self.images[idx]
+        if isinstance(self.images, np.memmap):  # read the memory map in file order, then reorder
+            x = x[np.argsort(np.argsort(idx))]
+        return idx, dequantize(x, seed=self.seed, epoch=epoch, indices=idx, threads=self.threads)
+
+    def epoch(self, epoch: int, *, start: int = 0):
+        """Yield (indices (B,), float32 batch (B, C, H, W)) for steps start, start+1, ... of ``epoch``."""
+        import queue
+        import threading
+        import time
+
+        batches = self.indices(epoch)[start:]
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for idx in batches:
+                    item = self._make(idx, epoch)
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(None)
+            except BaseException as exc:  # hand the error to the consumer
+                q.put(exc)
+
+        worker = threading.Thread(target=produce, name="vaeflow-loader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                t = time.perf_counter()
+                item = q.get()
+                self.wait_seconds += time.perf_counter() - t
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vaeflow_cli import config as config_mod
-from vaeflow_cli.data import EVAL_EPOCH, Splits, batch_indices, dequantize, epoch_order, load_splits
+from vaeflow_cli.data import EVAL_EPOCH, BatchLoader, Splits, dequantize, load_splits
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.images import grid, png_bytes, to_uint8
 from vaeflow_cli.model import VAEFlow, build_model
@@ -237,8 +237,8 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
             "signature": signature,
         })
 
-    n_train = len(data.train)
-    steps_per_epoch = math.ceil(n_train / pcfg["batch_size"])
+    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"], seed=seed)
+    steps_per_epoch = len(loader)
     test_bpd = None
     bar = _Progress(enabled=progress)
     steps_this_call = 0
@@ -246,14 +246,13 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         with bar, _stop_on_sigint() as interrupt:
             while epoch < pcfg["epochs"]:
                 t0 = time.perf_counter()
-                batches = batch_indices(epoch_order(n_train, seed=seed, epoch=epoch), pcfg["batch_size"])
+                loader.wait_seconds = 0.0
                 bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
                 _set_mode(model, phase)
-                while step < len(batches):
+                for idx, batch in loader.epoch(epoch, start=step):
                     if interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps):
                         raise _StopRequested
-                    idx = batches[step]
-                    y = to_tensor(dequantize(data.train[idx], seed=seed, epoch=epoch, indices=idx), device)
+                    y = to_tensor(batch, device)
                     loss = model.bound(y, use_flow=use_flow).bpd.mean()
                     value = loss.item()
                     if not math.isfinite(value):
@@ -274,7 +273,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                 test_bpd = held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=cfg["train"]["eval_samples"])
                 record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
                           "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
-                          "seconds": round(time.perf_counter() - t0, 3)}
+                          "seconds": round(time.perf_counter() - t0, 3), "data_wait_seconds": round(loader.wait_seconds, 3)}
                 epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
                 path = checkpoint(complete=epoch >= pcfg["epochs"])
                 rd.append_metrics(record)

@@ -64,7 +64,11 @@ pub fn crop_resize(rgb: Vec<u8>, w: usize, h: usize, crop: Option<usize>, size: 
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
         .crop(left as f64, top as f64, cw as f64, ch as f64);
-    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| e.to_string())
+    // One resizer per thread: it keeps its buffers and its choice of SIMD code between images.
+    thread_local! {
+        static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
+    }
+    RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).map_err(|e| e.to_string())
 }
 
 /// Read, decode, crop and resize one file into `out`.
