@@ -193,16 +193,33 @@ class CelebA:
                 files.append(self.root / "img_align_celeba" / fields[0])
         return files
 
-    def split(self, name: str) -> np.ndarray:
-        from vaeflow_cli.data import cached_array, decode_images, file_signature
+    def _cache(self, name: str):
+        """(files, cache name, cache key) of a split."""
+        from vaeflow_cli.data import file_signature
 
         files = self.files(name)
-        key = ["celeba-v1", self.crop, self.size, file_signature(files)]
+        return files, f"celeba-{name}-{self.crop}-{self.size}", ["celeba-v1", self.crop, self.size, file_signature(files)]
+
+    def split(self, name: str) -> np.ndarray:
+        from vaeflow_cli.data import cached_array, decode_images
+
+        files, cache_name, key = self._cache(name)
 
         def build():
             return decode_images(files, crop=self.crop, size=self.size, threads=self.threads).transpose(0, 3, 1, 2)
 
-        return cached_array(self.cache_dir, f"celeba-{name}-{self.crop}-{self.size}", key, build)
+        return cached_array(self.cache_dir, cache_name, key, build)
+
+    def info(self) -> dict:
+        from vaeflow_cli.data import cache_path
+
+        sizes, cache = {}, {}
+        for name in self.splits:
+            files, cache_name, key = self._cache(name)
+            sizes[name] = len(files)
+            path = cache_path(self.cache_dir, cache_name, key)
+            cache[name] = str(path) if path.exists() else "not built (decoded on first use)"
+        return {"splits": sizes, "preprocessing": {"crop": self.crop, "size": self.size}, "cache": cache}
 
 
 @hookimpl

@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 def _fail(message: str, code: int = 2):
@@ -215,6 +217,28 @@ def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = S
     from vaeflow_cli import config as config_mod
 
     typer.echo(config_mod.dumps(config_mod.resolve(config, set or [])), nl=False)
+
+
+@data_app.command("download")
+@cli_errors
+def data_download(name: str = typer.Argument(..., help="mnist, fashion-mnist or cifar10."),
+                  root: Path = typer.Option(..., "--root", help="Folder to download into (data.root).")):
+    """Download a dataset's official files: resumable, MD5-verified, written atomically. Prints the files."""
+    from vaeflow_cli.download import download
+    from vaeflow_cli.train import log
+
+    for path in download(name, root, log=log):
+        typer.echo(str(path))
+
+
+@data_app.command("info")
+@cli_errors
+def data_info(name: str = typer.Argument(..., help="A registered dataset."),
+              root: str = typer.Option("", "--root", help="The dataset's folder (data.root).")):
+    """Print a dataset's split sizes, image shape and cache state as JSON."""
+    from vaeflow_cli.data import dataset_info
+
+    typer.echo(json.dumps(dataset_info(name, root), indent=2))
 
 
 def main() -> None:

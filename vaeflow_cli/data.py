@@ -54,19 +54,24 @@ def decode_images_with_failures(paths, *, crop: int | None, size: int, threads: 
     return flat.reshape(len(paths), size, size, 3), failures
 
 
+def cache_path(cache_dir: Path, name: str, key_parts) -> Path:
+    """Where ``cached_array`` keeps the array for these key parts."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"{name}-{digest}.npy"
+
+
 def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
     """A uint8 array cached as ``cache_dir/name-<hash>.npy`` and memory-mapped on later calls.
 
     The hash covers ``key_parts`` (the source files' names, sizes and mtimes and the preprocessing
     parameters), so changing any of them builds a new cache; ``build()`` makes the array. The file
     is written to a temporary name, fsynced and renamed, so an interrupted build leaves no cache."""
-    import hashlib
-    import json
-
     from vaeflow_cli.runs import atomic_write
 
-    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"{name}-{digest}.npy"
+    path = cache_path(cache_dir, name, key_parts)
     if path.exists():
         try:
             return np.load(path, mmap_mode="r")
@@ -108,6 +113,21 @@ def build_dataset(cfg: dict, registry=None):
     data = cfg["data"]
     kwargs = {k: v for k, v in data.items() if k != "name"}
     return registry.get("dataset", data["name"]).factory(**kwargs)
+
+
+def dataset_info(name: str, root: str, registry=None) -> dict:
+    """Split sizes, image shape and (where the dataset caches) cache state of a dataset, with its
+    default options. A dataset with an ``info()`` method reports without loading its images."""
+    if registry is None:
+        from vaeflow_cli.plugins import get_registry
+
+        registry = get_registry()
+    ds = registry.get("dataset", name).factory(root=root)
+    if hasattr(ds, "info"):
+        details = ds.info()
+    else:
+        details = {"splits": {s: len(ds.split(s)) for s in ds.splits}}
+    return {"name": name, "root": root, "image_shape": list(ds.image_shape), **details}
 
 
 def load_splits(cfg: dict, registry=None, *, test_split: str = "test") -> Splits:
