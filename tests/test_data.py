@@ -204,3 +204,48 @@ def test_loader_stops_cleanly_and_reports_errors():
 
     with pytest.raises(OSError, match="disk gone"):
         list(BatchLoader(images.view(Broken), batch_size=2, seed=0).epoch(0))
+
+
+# ---------------------------------------------------------------- imagefolder
+
+
+def test_imagefolder_reads_every_kind_of_image_and_splits_stably(tmp_path, capfd):
+    from vaeflow_cli.data import pillow_decode
+    from vaeflow_plugins.datasets import ImageFolder
+
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    rgb = smooth_image(rng, w=90, h=70)
+    Image.fromarray(rgb).save(root / "rgb.jpg", quality=90)
+    Image.fromarray(rgb).save(root / "sub" / "progressive.JPG", quality=90, progressive=True)
+    Image.fromarray(rgb[:, :, 0]).save(root / "gray.jpeg", quality=90)
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=90)
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(root / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(root / "palette.png")
+    for i in range(30):
+        Image.fromarray(smooth_image(rng, w=40, h=40)).save(root / f"extra{i:02d}.png")
+    (root / "notes.txt").write_text("not an image")
+
+    ds = ImageFolder(root=str(root), size=16, test_fraction=0.3)
+    train, test = ds.split("train"), ds.split("test")
+    assert train.shape[1:] == test.shape[1:] == (3, 16, 16) and len(train) + len(test) == 36
+    assert 3 <= len(test) <= 20
+    names = {p.name for p in ds.files("test")}
+    for p in ds.files("train") + ds.files("test"):
+        got = (train if p.name not in names else test)[[q.name for q in ds.files("train" if p.name not in names else "test")].index(p.name)]
+        ref = pillow_decode(p, crop=0, size=16).transpose(2, 0, 1)
+        assert np.abs(got.astype(int) - ref.astype(int)).mean() < 3, p.name
+    # adding files never moves the others between splits
+    Image.fromarray(rgb).save(root / "new.png")
+    assert names <= {p.name for p in ImageFolder(root=str(root), size=16, test_fraction=0.3).files("test")} | {"new.png"}
+    info = ds.info()
+    assert info["splits"]["train"] + info["splits"]["test"] == 37
+
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(VaeflowError, match="broken.jpg.*skip_bad"):
+        for split in ("train", "test"):
+            ImageFolder(root=str(root), size=16, test_fraction=0.3).split(split)
+    both = [ImageFolder(root=str(root), size=16, test_fraction=0.3, skip_bad=True).split(s) for s in ("train", "test")]
+    assert sum(len(b) for b in both) == 37
+    assert "skipped 1 unreadable image(s)" in capfd.readouterr().err

@@ -45,6 +45,48 @@ def decode_images(paths, *, crop: int | None, size: int, threads: int = 0) -> np
     return pixels
 
 
+def decode_with_fallback(paths, *, crop: int | None, size: int, skip_bad: bool = False, threads: int = 0,
+                         log=None) -> np.ndarray:
+    """Like ``decode_images`` for any image files: JPEGs in Rust, anything Rust cannot decode (PNG,
+    CMYK or other unusual JPEGs) through Pillow with the same crop and Lanczos resize. A file that
+    neither can read is an error naming it or, with ``skip_bad``, dropped and counted on stderr."""
+    paths = [str(p) for p in paths]
+    pixels, failures = decode_images_with_failures(paths, crop=crop, size=size, threads=threads)
+    bad = []
+    for i, message in failures:
+        try:
+            pixels[i] = pillow_decode(paths[i], crop=crop, size=size)
+        except (OSError, SyntaxError, ValueError) as exc:
+            bad.append((i, f"{message}; Pillow: {exc}"))
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise VaeflowError(f"cannot decode image {bad[0][1]}{more}; replace or remove the file, or set data.skip_bad = true")
+    if bad:
+        (log or _stderr)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {paths[bad[0][0]]}")
+        pixels = np.delete(pixels, [i for i, _ in bad], axis=0)
+    return pixels
+
+
+def pillow_decode(path, *, crop: int | None, size: int) -> np.ndarray:
+    """One image through Pillow: RGB, centre crop as in ``decode_images``, Lanczos resize."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        c = min(w, h) if crop == 0 else crop
+        if c is not None and (c > w or c > h):
+            raise ValueError(f"image is {w}x{h}, smaller than the crop {c}")
+        box = (0, 0, w, h) if c is None else ((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c)
+        return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=box))
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
 def decode_images_with_failures(paths, *, crop: int | None, size: int, threads: int = 0):
     """(uint8 (N, size, size, 3), [(index, message), ...]); failed images are zeros."""
     from vaeflow_cli import _native

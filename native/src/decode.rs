@@ -51,10 +51,14 @@ pub fn decode_rgb(data: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
     }
 }
 
-/// Centre-crop an RGB image to `crop` x `crop` (None: no crop) and resize it to `size` x `size`
-/// into `out` (size*size*3 bytes).
+/// Centre-crop an RGB image to `crop` x `crop` (None: no crop; Some(0): the square of the shorter
+/// side) and resize it to `size` x `size` into `out` (size*size*3 bytes).
 pub fn crop_resize(rgb: Vec<u8>, w: usize, h: usize, crop: Option<usize>, size: usize, out: &mut [u8]) -> Result<(), String> {
     let (left, top, cw, ch) = match crop {
+        Some(0) => {
+            let c = w.min(h); // the centred square of the shorter side
+            ((w - c) / 2, (h - c) / 2, c, c)
+        }
         Some(c) if c > w || c > h => return Err(format!("image is {w}x{h}, smaller than the crop {c}")),
         Some(c) => ((w - c) / 2, (h - c) / 2, c, c),
         None => (0, 0, w, h),

@@ -34,7 +34,8 @@ fn dequantize(
     Ok(())
 }
 
-/// decode_images(paths, crop, size, threads=0) -> (uint8 array (N*size*size*3,), failures):
+/// decode_images(paths, crop, size, threads=0) -> (uint8 array (N*size*size*3,), failures);
+/// crop None: no crop, 0: the centred square of the shorter side, c: a centred c x c square.
 /// failures is a list of (index, message) for files that could not be decoded (zeros in the array).
 #[pyfunction]
 #[pyo3(signature = (paths, crop, size, threads = 0))]
@@ -47,9 +48,6 @@ fn decode_images<'py>(
 ) -> PyResult<(Bound<'py, PyArray1<u8>>, Vec<(usize, String)>)> {
     if size == 0 {
         return Err(PyValueError::new_err("size must be positive"));
-    }
-    if crop == Some(0) {
-        return Err(PyValueError::new_err("crop must be positive"));
     }
     let (pixels, failures) = py.detach(|| {
         let mut out = vec![0u8; paths.len() * size * size * 3];

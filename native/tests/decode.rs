@@ -22,6 +22,7 @@ fn crop_and_resize_give_the_requested_square() {
     let mut out = vec![0u8; 8 * 8 * 3];
     crop_resize(rgb.clone(), w, h, Some(16), 8, &mut out).unwrap();
     assert!(out.iter().any(|&v| v > 0));
+    crop_resize(rgb.clone(), w, h, Some(0), 8, &mut out).unwrap(); // 20x20, the shorter side
     let err = crop_resize(rgb, w, h, Some(21), 8, &mut out).unwrap_err();
     assert!(err.contains("smaller than the crop"), "{err}");
 }
