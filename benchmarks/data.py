@@ -102,6 +102,12 @@ def main() -> None:
     t_deq = best_time(lambda: dequantize(x, seed=0, epoch=0, indices=idx, out=out), args.repeats * 5)
     t_deq1 = best_time(lambda: dequantize(x, seed=0, epoch=0, indices=idx, out=out, threads=1), args.repeats * 5)
     t_numpy = best_time(lambda: np.multiply(x + rng.random(x.shape, dtype=np.float32), np.float32(1 / 256), out=out), args.repeats * 5)
+    import torch
+
+    from vaeflow_cli.data import dequantize_on_device
+
+    xt, it = torch.from_numpy(x), torch.from_numpy(idx.astype(np.int64))
+    t_torch = best_time(lambda: dequantize_on_device(xt, it, seed=0, epoch=0), args.repeats * 2)
     src = np.empty_like(out)
     t_copy = best_time(lambda: np.copyto(out, src), args.repeats * 5)
     gb = out.nbytes / 1e9
@@ -110,6 +116,7 @@ def main() -> None:
         dequantize_gb_per_s_rust_1thread=gb / t_deq1,
         dequantize_gb_per_s_numpy=gb / t_numpy,
         dequantize_speedup_vs_numpy=t_numpy / t_deq,
+        dequantize_gb_per_s_torch_cpu=gb / t_torch,  # train.dequantize = "device" when the device is the CPU
         memcpy_gb_per_s=gb / t_copy,
         dequantize_fraction_of_memcpy=t_copy / t_deq,
     )

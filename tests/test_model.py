@@ -199,3 +199,23 @@ def test_slerp_endpoints_and_norm():
     a, b = torch.randn(3, 5), torch.randn(3, 5)
     path = slerp(a, b, torch.linspace(0, 1, 6))
     assert torch.allclose(path[:, 0], a, atol=1e-5) and torch.allclose(path[:, -1], b, atol=1e-5)
+
+
+def test_device_dequantization_is_bit_identical_to_rust():
+    from vaeflow_cli.data import dequantize_on_device
+
+    x = np.random.RandomState(3).randint(0, 256, size=(9, 3, 5, 3)).astype(np.uint8)
+    idx = np.array([0, 5, 2**40, 7, 99, 3, 1, 2, 12345678901])
+    for seed, epoch in ((0, 0), (7, 3), (2**40 + 1, 2**32 - 1)):
+        want = dequantize(x, seed=seed, epoch=epoch, indices=idx)
+        got = dequantize_on_device(torch.from_numpy(x), torch.from_numpy(idx), seed=seed, epoch=epoch).numpy()
+        assert np.array_equal(got, want), (seed, epoch)
+
+
+def test_training_with_device_dequantization_matches_host(tiny, tmp_path):
+    host = dict(tiny, train={**tiny["train"], "dequantize": "host"})
+    dev = dict(tiny, train={**tiny["train"], "dequantize": "device"})
+    train_phase(host, tmp_path / "h", "vae", progress=False)
+    train_phase(dev, tmp_path / "d", "vae", progress=False)
+    a, b = RunDir(tmp_path / "h").load_checkpoint("vae"), RunDir(tmp_path / "d").load_checkpoint("vae")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

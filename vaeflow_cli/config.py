@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "seed": 0,
         "eval_samples": 0,  # held-out images used for the per-epoch bound; 0 = the whole split
+        "dequantize": "host",  # host: in Rust on the CPU; device: send uint8, dequantize with torch there
         "vae": dict(_PHASE),
         "glow": dict(_PHASE),
     },
@@ -260,6 +261,8 @@ def validate(cfg: dict, *, where: str, registry) -> dict:
                 raise VaeflowError(f"{where}: 'train.{phase}.{k}' must be at least 1, got {p[k]}")
         if not p["lr"] > 0:
             raise VaeflowError(f"{where}: 'train.{phase}.lr' must be positive, got {p['lr']}")
+    if out["train"]["dequantize"] not in ("host", "device"):
+        raise VaeflowError(f"{where}: 'train.dequantize' must be \"host\" or \"device\", got {out['train']['dequantize']!r}")
     return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vaeflow_cli import config as config_mod
-from vaeflow_cli.data import EVAL_EPOCH, BatchLoader, Splits, dequantize, load_splits
+from vaeflow_cli.data import EVAL_EPOCH, BatchLoader, Splits, dequantize, dequantize_on_device, load_splits
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.images import grid, png_bytes, to_uint8
 from vaeflow_cli.model import VAEFlow, build_model
@@ -237,7 +237,8 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
             "signature": signature,
         })
 
-    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"], seed=seed)
+    on_device = cfg["train"]["dequantize"] == "device"
+    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"], seed=seed, dequantize=not on_device)
     steps_per_epoch = len(loader)
     test_bpd = None
     bar = _Progress(enabled=progress)
@@ -253,6 +254,8 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                     if interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps):
                         raise _StopRequested
                     y = to_tensor(batch, device)
+                    if on_device:  # uint8 crossed to the device; the same noise, computed there
+                        y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)), seed=seed, epoch=epoch)
                     loss = model.bound(y, use_flow=use_flow).bpd.mean()
                     value = loss.item()
                     if not math.isfinite(value):

@@ -79,8 +79,13 @@ pub fn crop_resize(rgb: Vec<u8>, w: usize, h: usize, crop: Option<usize>, size: 
 pub fn decode_file(path: &Path, crop: Option<usize>, size: usize, out: &mut [u8]) -> Result<(), DecodeError> {
     let err = |reason: String| DecodeError { path: path.display().to_string(), reason };
     let data = std::fs::read(path).map_err(|e| err(format!("cannot read ({e})")))?;
-    let (rgb, w, h) = decode_rgb(&data).map_err(err)?;
-    crop_resize(rgb, w, h, crop, size, out).map_err(err)
+    // A decoder bug on a hostile file must be an error for that file, never a panic into Python.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (rgb, w, h) = decode_rgb(&data)?;
+        crop_resize(rgb, w, h, crop, size, out)
+    }))
+    .unwrap_or_else(|_| Err("the decoder panicked on this file".into()))
+    .map_err(err)
 }
 
 /// Decode many files in parallel into `out` (n * size * size * 3 bytes, image-major). Returns the
