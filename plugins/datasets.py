@@ -158,49 +158,36 @@ class CIFAR10:
 # ------------------------------------------------------------------ CelebA
 
 
-class CelebA:
-    """CelebA aligned faces: root/img_align_celeba/*.jpg (178x218) and root/list_eval_partition.txt
-    (0 train 162,770 / 1 val 19,867 / 2 test 19,962). Preprocessing: centre crop ``crop`` (148, the
-    common 64x64 convention of e.g. the WAE / Two-Stage VAE code) then a Lanczos3 antialiased resize
-    to ``size``, decoded in Rust. Each split is decoded once and cached as a memory-mapped uint8 file
-    in ``cache_dir`` (default root/.vaeflow-cache), rebuilt when the files or parameters change."""
+class DecodedImageFiles:
+    """Shared part of the datasets made of image files: each split's files are decoded once (JPEGs
+    in Rust, others through Pillow), centre-cropped to ``crop`` (0: the square of the shorter
+    side), resized (Lanczos3) to ``size`` and cached as a memory-mapped uint8 file in ``cache_dir``
+    (default root/.vaeflow-cache), rebuilt when the files or parameters change. Subclasses say
+    which files make each split (``files``) and name their cache (``label``)."""
 
-    splits = ("train", "val", "test")
+    splits: tuple[str, ...] = ()
+    label = "images"
 
-    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64, cache_dir: str = "", threads: int = 0,
-                 skip_bad: bool = False) -> None:
+    def __init__(self, *, root: str, crop: int, size: int, cache_dir: str, threads: int, skip_bad: bool) -> None:
         if crop < 0 or size < 1:
-            raise VaeflowError(f"celeba: crop must be >= 0 (0: the shorter side) and size positive, got crop={crop}, size={size}")
+            raise VaeflowError(f"{self.label}: crop must be >= 0 (0: the shorter side) and size positive, got crop={crop}, size={size}")
         self.root = Path(root)
         self.crop, self.size, self.threads, self.skip_bad = crop, size, threads, skip_bad
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".vaeflow-cache"
         self.image_shape = (3, size, size)
 
     def files(self, name: str) -> list[Path]:
-        code = {"train": "0", "val": "1", "test": "2"}.get(name)
-        if code is None:
-            raise VaeflowError(f"celeba has splits train, val and test, not {name!r}")
-        part = self.root / "list_eval_partition.txt"
-        if not part.exists():
-            raise VaeflowError(f"celeba: {part} not found; set data.root to the CelebA folder (vaeflow data download celeba)")
-        files = []
-        for n, line in enumerate(part.read_text().splitlines(), 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise VaeflowError(f"{part}:{n}: expected '<file>.jpg <0|1|2>', found {line!r}")
-            if fields[1] == code:
-                files.append(self.root / "img_align_celeba" / fields[0])
-        return files
+        raise NotImplementedError
+
+    def _cache_key(self) -> list:
+        return [f"{self.label}-v1", self.crop, self.size, self.skip_bad]
 
     def _cache(self, name: str):
         """(files, cache name, cache key) of a split."""
         from vaeflow_cli.data import file_signature
 
         files = self.files(name)
-        key = ["celeba-v1", self.crop, self.size, self.skip_bad, file_signature(files)]
-        return files, f"celeba-{name}-{self.crop}-{self.size}", key
+        return files, f"{self.label}-{name}-{self.crop}-{self.size}", [*self._cache_key(), file_signature(files)]
 
     def split(self, name: str) -> np.ndarray:
         from vaeflow_cli.data import cached_array, decode_with_fallback
@@ -225,10 +212,42 @@ class CelebA:
         return {"splits": sizes, "preprocessing": {"crop": self.crop, "size": self.size}, "cache": cache}
 
 
+class CelebA(DecodedImageFiles):
+    """CelebA aligned faces: root/img_align_celeba/*.jpg (178x218) and root/list_eval_partition.txt
+    (0 train 162,770 / 1 val 19,867 / 2 test 19,962). Preprocessing: centre crop ``crop`` (148, the
+    common 64x64 convention of e.g. the WAE / Two-Stage VAE code) then a Lanczos3 antialiased resize
+    to ``size``; decoded once and cached (see ``DecodedImageFiles``)."""
+
+    splits = ("train", "val", "test")
+    label = "celeba"
+
+    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64, cache_dir: str = "", threads: int = 0,
+                 skip_bad: bool = False) -> None:
+        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad)
+
+    def files(self, name: str) -> list[Path]:
+        code = {"train": "0", "val": "1", "test": "2"}.get(name)
+        if code is None:
+            raise VaeflowError(f"celeba has splits train, val and test, not {name!r}")
+        part = self.root / "list_eval_partition.txt"
+        if not part.exists():
+            raise VaeflowError(f"celeba: {part} not found; set data.root to the CelebA folder (vaeflow data download celeba)")
+        files = []
+        for n, line in enumerate(part.read_text().splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise VaeflowError(f"{part}:{n}: expected '<file>.jpg <0|1|2>', found {line!r}")
+            if fields[1] == code:
+                files.append(self.root / "img_align_celeba" / fields[0])
+        return files
+
+
 # ------------------------------------------------------------------ any folder of images
 
 
-class ImageFolder(CelebA):
+class ImageFolder(DecodedImageFiles):
     """Every .jpg/.jpeg/.png file under ``root`` (recursively, any case; grayscale, RGB, RGBA, CMYK
     and progressive files all become RGB), centre-cropped to ``crop`` (0: the square of the shorter
     side) and resized to ``size``, decoded once and cached like CelebA.
@@ -239,6 +258,7 @@ class ImageFolder(CelebA):
 
     splits = ("train", "test")
     SUFFIXES = (".jpg", ".jpeg", ".png")
+    label = "imagefolder"
 
     def __init__(self, *, root: str = "", crop: int = 0, size: int = 64, test_fraction: float = 0.1,
                  cache_dir: str = "", threads: int = 0, skip_bad: bool = False) -> None:
@@ -266,9 +286,8 @@ class ImageFolder(CelebA):
 
         return [p for p in paths if is_test(p) == (name == "test")]
 
-    def _cache(self, name: str):
-        files, _, key = super()._cache(name)
-        return files, f"imagefolder-{name}-{self.crop}-{self.size}", ["imagefolder-v1", self.test_fraction, *key]
+    def _cache_key(self) -> list:
+        return [*super()._cache_key(), self.test_fraction]
 
 
 @hookimpl
