@@ -74,10 +74,14 @@ def decode_images(paths, *, crop: int | None, size: int, threads: int = 0) -> np
     raises VaeflowError naming it (and how many others failed)."""
     pixels, failures = decode_images_with_failures(paths, crop=crop, size=size, threads=threads)
     if failures:
-        first = failures[0][1]
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise VaeflowError(f"cannot decode image {first}{more}; replace or remove the file")
+        raise _decode_failure(failures, "replace or remove the file")
     return pixels
+
+
+def _decode_failure(failures: list[tuple[int, str]], hint: str) -> VaeflowError:
+    """One line naming the first file that failed and how many others did."""
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return VaeflowError(f"cannot decode image {failures[0][1]}{more}; {hint}")
 
 
 def decode_with_fallback(paths, *, crop: int | None, size: int, skip_bad: bool = False, threads: int = 0,
@@ -94,8 +98,7 @@ def decode_with_fallback(paths, *, crop: int | None, size: int, skip_bad: bool =
         except (OSError, SyntaxError, ValueError) as exc:
             bad.append((i, f"{message}; Pillow: {exc}"))
     if bad and not skip_bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise VaeflowError(f"cannot decode image {bad[0][1]}{more}; replace or remove the file, or set data.skip_bad = true")
+        raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true")
     if bad:
         (log or _stderr)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {paths[bad[0][0]]}")
         pixels = np.delete(pixels, [i for i, _ in bad], axis=0)
