@@ -132,7 +132,8 @@ def sample(
     from vaeflow_cli.images import grid, npy_bytes, png_bytes
     from vaeflow_cli.runs import RunDir, atomic_write_bytes, load_run_model
     from vaeflow_cli.sampling import sample_images
-    from vaeflow_cli.train import log, resolve_device
+    from vaeflow_cli.console import log
+    from vaeflow_cli.train import resolve_device
 
     if fmt not in ("png", "npy"):
         raise VaeflowError(f"--format must be png or npy, not {fmt!r}")
@@ -224,8 +225,8 @@ def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = S
 def data_download(name: str = typer.Argument(..., help="mnist, fashion-mnist or cifar10."),
                   root: Path = typer.Option(..., "--root", help="Folder to download into (data.root).")):
     """Download a dataset's official files: resumable, MD5-verified, written atomically. Prints the files."""
+    from vaeflow_cli.console import log
     from vaeflow_cli.download import download
-    from vaeflow_cli.train import log
 
     for path in download(name, root, log=log):
         typer.echo(str(path))

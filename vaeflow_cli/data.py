@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaeflow_cli.console import log as console_log
 from vaeflow_cli.errors import VaeflowError
 
 EVAL_EPOCH = 2**32 - 1  # the noise stream used for held-out evaluation
@@ -100,7 +101,7 @@ def decode_with_fallback(paths, *, crop: int | None, size: int, skip_bad: bool =
     if bad and not skip_bad:
         raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true")
     if bad:
-        (log or _stderr)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {paths[bad[0][0]]}")
+        (log or console_log)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {paths[bad[0][0]]}")
         pixels = np.delete(pixels, [i for i, _ in bad], axis=0)
     return pixels
 
@@ -117,12 +118,6 @@ def pillow_decode(path, *, crop: int | None, size: int) -> np.ndarray:
             raise ValueError(f"image is {w}x{h}, smaller than the crop {c}")
         box = (0, 0, w, h) if c is None else ((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c)
         return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=box))
-
-
-def _stderr(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
 
 
 def decode_images_with_failures(paths, *, crop: int | None, size: int, threads: int = 0):
@@ -263,9 +258,10 @@ class BatchLoader:
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def _make(self, idx: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        x = self.images[np.sort(idx)] if isinstance(self.images, np.memmap) else self.images[idx]
         if isinstance(self.images, np.memmap):  # read the memory map in file order, then reorder
-            x = x[np.argsort(np.argsort(idx))]
+            x = self.images[np.sort(idx)][np.argsort(np.argsort(idx))]
+        else:
+            x = self.images[idx]
         if not self.dequantize:
             return idx, np.ascontiguousarray(x)
         return idx, dequantize(x, seed=self.seed, epoch=epoch, indices=idx, threads=self.threads)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vaeflow_cli import config as config_mod
+from vaeflow_cli.console import log
 from vaeflow_cli.data import EVAL_EPOCH, BatchLoader, Splits, dequantize, dequantize_on_device, load_splits
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.images import grid, png_bytes, to_uint8
@@ -64,10 +65,6 @@ def _stop_on_sigint():
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str) -> torch.device:
