@@ -120,6 +120,23 @@ def main() -> None:
         memcpy_gb_per_s=gb / t_copy,
         dequantize_fraction_of_memcpy=t_copy / t_deq,
     )
+    if torch.cuda.is_available():  # where dequantization wins: host (Rust, pinned, float32 copy) or GPU (uint8 copy)
+        pinned = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
+        pinned_u8 = torch.from_numpy(x).pin_memory()
+        it_gpu = it.cuda()
+
+        def host_path():
+            dequantize(x, seed=0, epoch=0, indices=idx, out=pinned.numpy())
+            pinned.to("cuda", non_blocking=True)
+            torch.cuda.synchronize()
+
+        def device_path():
+            dequantize_on_device(pinned_u8.to("cuda", non_blocking=True), it_gpu, seed=0, epoch=0)
+            torch.cuda.synchronize()
+
+        t_host, t_dev = best_time(host_path, args.repeats * 5), best_time(device_path, args.repeats * 5)
+        result.update(cuda_device=torch.cuda.get_device_name(), dequantize_host_to_cuda_ms=1e3 * t_host,
+                      dequantize_on_cuda_ms=1e3 * t_dev, dequantize_on_cuda_speedup=t_host / t_dev)
     # the full loader on a cached (memory-mapped) uint8 dataset, 64x64 batches of 256, one epoch
     from vaeflow_cli.data import BatchLoader
 

@@ -79,6 +79,7 @@ class IDXDataset:
 
     image_shape = (1, 28, 28)
     splits = ("train", "test")
+    train_size = 60_000  # published split size (vaeflow timing uses it when the files are absent)
     files = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
     label = "mnist"
 
@@ -139,6 +140,7 @@ class CIFAR10:
 
     image_shape = (3, 32, 32)
     splits = ("train", "test")
+    train_size = 50_000  # published split size (vaeflow timing uses it when the files are absent)
 
     def __init__(self, *, root: str = "") -> None:
         self.root = Path(root)
@@ -219,6 +221,7 @@ class CelebA(DecodedImageFiles):
     to ``size``; decoded once and cached (see ``DecodedImageFiles``)."""
 
     splits = ("train", "val", "test")
+    train_size = 162_770  # published split size (vaeflow timing uses it when the files are absent)
     label = "celeba"
 
     def __init__(self, *, root: str = "", crop: int = 148, size: int = 64, cache_dir: str = "", threads: int = 0,

@@ -176,7 +176,162 @@ class IdentityFlow(FlowSequence):
         super().__init__([])
 
 
+# ------------------------------------------------------------------ the standalone Glow baseline
+
+
+class DataInitActNorm(ActNorm):
+    """ActNorm with Glow's data-dependent initialisation: on the first forward pass in training
+    mode, bias and log-scale are set so that the output has zero mean and unit variance per
+    channel. The ``initialized`` buffer is saved with the weights, so a resumed run keeps them."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, x):
+        if self.training and not bool(self.initialized):
+            with torch.no_grad():
+                mean = x.mean(dim=(0, 2, 3), keepdim=True)
+                std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6) if x.shape[0] * x.shape[2] * x.shape[3] > 1 else torch.ones_like(mean)
+                self.bias.copy_(-mean)
+                self.log_scale.copy_(-torch.log(std))
+                self.initialized.fill_(True)
+        return super().forward(x)
+
+
+class AffineCoupling(nn.Module):
+    """Glow's affine coupling: x_b <- (x_b + t(x_a)) * sigmoid(s(x_a) + 2), channel split in half;
+    log|det| = sum log sigmoid(s + 2). The network's last conv is zeroed, so the layer starts
+    close to (not exactly) the identity."""
+
+    def __init__(self, channels: int, *, hidden: int, parity: int) -> None:
+        super().__init__()
+        ca = channels // 2
+        self.parity = parity % 2
+        self.cond = slice(0, ca) if self.parity == 0 else slice(ca, channels)
+        self.moved = slice(ca, channels) if self.parity == 0 else slice(0, ca)
+        n_cond = ca if self.parity == 0 else channels - ca
+        self.net = coupling_net(n_cond, 2 * (channels - n_cond), hidden)
+
+    def _scale_shift(self, x):
+        h = self.net(x[:, self.cond])
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        log_scale = F.logsigmoid(raw + 2.0)
+        return log_scale, shift
+
+    def forward(self, x):
+        log_scale, shift = self._scale_shift(x)
+        out = x.clone()
+        out[:, self.moved] = (x[:, self.moved] + shift) * torch.exp(log_scale)
+        return out, log_scale.flatten(1).sum(1)
+
+    def inverse(self, y):
+        log_scale, shift = self._scale_shift(y)
+        out = y.clone()
+        out[:, self.moved] = y[:, self.moved] * torch.exp(-log_scale) - shift
+        return out, -log_scale.flatten(1).sum(1)
+
+
+def squeeze(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 4C, H/2, W/2), each 2x2 block of pixels to channels."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, 4 * c, h // 2, w // 2)
+
+
+def unsqueeze(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    x = x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, c // 4, 2 * h, 2 * w)
+
+
+class _GlowLevel(nn.Module):
+    """One level: squeeze, K steps of flow, then (except at the top) split off half the channels,
+    whose learned Gaussian prior N(mu(h), sigma(h)^2) given the kept half h is folded in as an
+    affine map to N(0, I), and recurse on h. The top level's learned prior (Glow's learntop) is a
+    per-channel-and-position mean and log-scale. The output has the input's shape and is N(0, I)
+    under the model, so the whole Glow is one bijection with a standard normal base."""
+
+    def __init__(self, channels: int, height: int, width: int, *, levels: int, steps: int, hidden: int,
+                 coupling: str, lu: bool) -> None:
+        super().__init__()
+        c = 4 * channels
+        blocks = []
+        for k in range(steps):
+            blocks += [DataInitActNorm(c), InvConv1x1(c, lu=lu)]
+            if coupling == "affine":
+                blocks.append(AffineCoupling(c, hidden=hidden, parity=k))
+            else:
+                blocks.append(AdditiveCoupling((c, height // 2, width // 2), hidden=hidden, parity=k, split="channel"))
+        self.steps = FlowSequence(blocks)
+        self.top = levels == 1
+        if self.top:
+            self.prior_mean = nn.Parameter(torch.zeros(1, c, height // 2, width // 2))
+            self.prior_log_std = nn.Parameter(torch.zeros(1, c, height // 2, width // 2))
+        else:
+            self.split_prior = nn.Conv2d(c // 2, c, 3, padding=1)  # Glow's Conv2dZeros: starts at N(0, I)
+            nn.init.zeros_(self.split_prior.weight)
+            nn.init.zeros_(self.split_prior.bias)
+            self.next = _GlowLevel(c // 2, height // 2, width // 2, levels=levels - 1, steps=steps, hidden=hidden,
+                                   coupling=coupling, lu=lu)
+
+    def forward(self, x):
+        h, log_det = self.steps(squeeze(x))
+        if self.top:
+            out = (h - self.prior_mean) * torch.exp(-self.prior_log_std)
+            return unsqueeze(out), log_det - self.prior_log_std.sum().expand(x.shape[0])
+        kept, z = h.chunk(2, dim=1)
+        mean, log_std = self.split_prior(kept).chunk(2, dim=1)
+        eps = (z - mean) * torch.exp(-log_std)
+        rest, ld = self.next(kept)
+        return unsqueeze(torch.cat([rest, eps], 1)), log_det + ld - log_std.flatten(1).sum(1)
+
+    def inverse(self, y):
+        y = squeeze(y)
+        if self.top:
+            h = y * torch.exp(self.prior_log_std) + self.prior_mean
+            log_det = self.prior_log_std.sum().expand(y.shape[0])
+        else:
+            rest, eps = y.chunk(2, dim=1)
+            kept, log_det = self.next.inverse(rest)
+            mean, log_std = self.split_prior(kept).chunk(2, dim=1)
+            h = torch.cat([kept, eps * torch.exp(log_std) + mean], 1)
+            log_det = log_det + log_std.flatten(1).sum(1)
+        x, ld = self.steps.inverse(h)
+        return unsqueeze(x), log_det + ld
+
+
+class MultiScaleGlow(nn.Module):
+    """The standalone Glow of Kingma & Dhariwal (2018), the paper's baseline: ``levels`` levels
+    (L) of squeeze -> ``steps`` (K) x [ActNorm (data-dependent init) -> 1x1 conv -> affine or
+    additive coupling] -> split, with learned split priors and a learned top prior. Registered as a
+    flow: x -> (z, log_det) with z ~ N(0, I) under the model (the learned priors are folded into
+    the bijection), so ``vaeflow train-baseline`` trains it alone as a density model, and it can
+    also serve as a VAE's pixel-space flow. Inputs are centred (x - 0.5) first, as in Glow.
+    Needs H and W divisible by 2^levels."""
+
+    def __init__(self, *, image_shape: tuple[int, int, int], levels: int = 3, steps: int = 32,
+                 hidden_channels: int = 512, coupling: str = "affine", lu: bool = True) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        if h % 2**levels or w % 2**levels:
+            raise ValueError(f"multiscale-glow with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
+        if coupling not in ("affine", "additive"):
+            raise ValueError(f"coupling must be 'affine' or 'additive', not {coupling!r}")
+        self.body = _GlowLevel(c, h, w, levels=levels, steps=steps, hidden=hidden_channels, coupling=coupling, lu=lu)
+
+    test_kwargs = {"levels": 2, "steps": 2, "hidden_channels": 8}  # fits the component suite's 4x4 images
+
+    def forward(self, x):
+        return self.body(x - 0.5)
+
+    def inverse(self, z):
+        x, log_det = self.body.inverse(z)
+        return x + 0.5, log_det
+
+
 @hookimpl
 def register_flows(register):
     register("glow-layer", GlowLayer)
     register("identity", IdentityFlow)
+    register("multiscale-glow", MultiScaleGlow)

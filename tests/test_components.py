@@ -7,7 +7,8 @@ import torch
 
 from vaeflow_cli.plugins import build_registry
 from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior_component, perturb
-from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, GlowLayer, InvConv1x1
+from vaeflow_plugins.glow import (ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, GlowLayer, InvConv1x1,
+                                  MultiScaleGlow, squeeze, unsqueeze)
 
 REGISTRY = build_registry(allowed=None)  # every installed plugin, third-party ones too
 
@@ -61,7 +62,43 @@ GLOW_PARTS = {
     "coupling-ch1": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="channel"), 3),
     "checker0": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
     "checker1": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=1, split="checkerboard"), 1),
+    "affine0": (lambda: AffineCoupling(4, hidden=8, parity=0), 4),
+    "affine1": (lambda: AffineCoupling(3, hidden=8, parity=1), 3),
 }
+
+
+def test_squeeze_moves_2x2_blocks_to_channels_and_back():
+    x = torch.arange(2 * 3 * 4 * 6.0).reshape(2, 3, 4, 6)
+    s = squeeze(x)
+    assert s.shape == (2, 12, 2, 3) and torch.equal(unsqueeze(s), x)
+    assert s[0, :4, 0, 0].tolist() == [x[0, 0, 0, 0], x[0, 0, 0, 1], x[0, 0, 1, 0], x[0, 0, 1, 1]]
+
+
+def test_data_dependent_actnorm_normalises_its_first_training_batch_only():
+    norm = DataInitActNorm(3).train()
+    x = 5 + 3 * torch.randn(16, 3, 4, 4)
+    y, _ = norm(x)
+    assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(y.std((0, 2, 3)), torch.ones(3), atol=1e-4)
+    before = norm.bias.clone()
+    norm(torch.randn(16, 3, 4, 4))
+    assert torch.equal(norm.bias, before) and bool(norm.initialized)
+    fresh = DataInitActNorm(3).eval()
+    assert torch.equal(fresh(x)[0], x)  # no initialisation outside training
+
+
+def test_multiscale_glow_is_a_density_with_a_standard_normal_base():
+    """With its steps at the identity (additive couplings start there), the Glow is its learned top
+    prior: x ~ N(0.5 + mean, exp(log_std)^2) per pixel, a closed form to compare against."""
+    glow = MultiScaleGlow(image_shape=(1, 2, 2), levels=1, steps=1, hidden_channels=4, coupling="additive").eval()
+    with torch.no_grad():
+        glow.body.prior_mean.fill_(0.25)
+        glow.body.prior_log_std.fill_(math.log(0.5))
+    x = torch.rand(5, 1, 2, 2)
+    z, log_det = glow(x)
+    log_p = -0.5 * (z**2).flatten(1).sum(1) - 2 * math.log(2 * math.pi) + log_det
+    expected = torch.distributions.Normal(0.75, 0.5).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(log_p, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("part", GLOW_PARTS)

@@ -1,3 +1,4 @@
+from pathlib import Path
 """Datasets in their real formats, written small, and the Rust decoder against Pillow."""
 
 import gzip
@@ -69,6 +70,15 @@ def test_decode_images_names_a_corrupt_or_truncated_file(tmp_path, celeba_root):
             decode_images([good, bad], crop=148, size=8)
     with pytest.raises(VaeflowError, match=r"cut.jpg.*\(and 1 more\)"):
         decode_images([truncated, garbage], crop=148, size=8)
+
+
+def test_a_decoder_panic_is_one_error_and_prints_nothing(capfd):
+    """cargo fuzz found a file on which zune-jpeg panics: it must become the file's error, with
+    no Rust panic message or backtrace on stderr."""
+    path = Path(__file__).parent.parent / "native" / "tests" / "data" / "fuzz-progressive-panic.jpg"
+    with pytest.raises(VaeflowError, match="fuzz-progressive-panic.jpg.*panicked"):
+        decode_images([path], crop=None, size=8)
+    assert "panicked at" not in capfd.readouterr().err
 
 
 def test_celeba_splits_cache_and_rebuild(celeba_root):
@@ -186,6 +196,27 @@ def test_loader_shards_shuffles_and_resumes(tmp_path):
     got = [np.concatenate([i for i, _ in s.epoch(0)]) for s in shards]
     assert len(got[0]) == len(got[1]) == 8 and not set(got[0]) & set(got[1])
     assert all(len(s) == 2 for s in shards)
+
+
+def test_loader_ring_of_host_buffers_gives_the_same_batches():
+    """The pinned-buffer path (taken on CUDA) writes batches into a reused ring; consumed one step
+    at a time, as training does, the batches equal the plain loader's. Pinning itself needs CUDA,
+    so the ring runs here with ordinary memory."""
+    import torch
+
+    from vaeflow_cli.data import BatchLoader, HostBuffers
+
+    images = np.random.RandomState(1).randint(0, 256, size=(37, 1, 3, 3)).astype(np.uint8)
+    for dequantize in (True, False):
+        plain = [(i, y.copy()) for i, y in BatchLoader(images, batch_size=4, seed=5, dequantize=dequantize).epoch(2)]
+        ringed = BatchLoader(images, batch_size=4, seed=5, dequantize=dequantize, prefetch=2)
+        ringed.buffers = HostBuffers(ringed.prefetch + 3, pin=False)
+        addresses = set()
+        for (i, y), (j, z) in zip(plain, ringed.epoch(2), strict=True):
+            addresses.add(z.ctypes.data)
+            t = ringed.to_device(z, "cpu")
+            assert np.array_equal(i, j) and torch.equal(t, torch.from_numpy(y))
+        assert len(addresses) <= ringed.prefetch + 4  # reused (+1: the short last batch)
 
 
 def test_loader_stops_cleanly_and_reports_errors():

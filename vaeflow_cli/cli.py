@@ -112,6 +112,15 @@ def train_glow(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt,
     _train("glow", config, run, set, resume)
 
 
+@app.command("train-baseline")
+@cli_errors
+def train_baseline(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
+                   resume: bool = typer.Option(False, "--resume", help="Continue from the run's baseline checkpoint.")):
+    """Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's
+    standalone Glow baseline: configs/glow-cifar10.toml). Prints the run directory."""
+    _train("baseline", config, run, set, resume)
+
+
 @app.command()
 @cli_errors
 def sample(
@@ -141,6 +150,8 @@ def sample(
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
     run = _run_or_default(run)
     model, _, phase = load_run_model(run, device=str(resolve_device(device)))
+    if phase == "baseline" and vae_only:
+        raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no VAE decoder for --vae-only")
     if phase == "vae" and not vae_only:
         log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
     images = sample_images(model, n, temperature=temperature, seed=seed, vae_only=vae_only)  # (N, C, H, W)
@@ -179,7 +190,9 @@ def interpolate(
     if (src is None) != (dst is None):
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
     run = _run_or_default(run)
-    model, _, _ = load_run_model(run, device=str(resolve_device(device)))
+    model, _, phase = load_run_model(run, device=str(resolve_device(device)))
+    if phase == "baseline":
+        raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
     if src is not None:
         a, b = read_image(src, model.image_shape), read_image(dst, model.image_shape)
         images = interpolate_images(model, a, b, steps=steps)
@@ -188,6 +201,59 @@ def interpolate(
         images = interpolate_prior(model, pairs=pairs, steps=steps, seed=seed).reshape(-1, *model.image_shape)
         name = f"interpolate-seed{seed}.png"
     _write_output(png_bytes(grid(images, nrow=steps)), out or str(RunDir(run).samples_dir / name))
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
+    metrics: str = typer.Option("bpd", "--metrics", help="Comma-separated: bpd, iwae, fid."),
+    iwae_k: int = typer.Option(64, "--iwae-k", min=1, help="Importance samples K of the IWAE bound."),
+    n_samples: int = typer.Option(10_000, "--n-samples", min=2, help="Generated images for FID."),
+    temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
+    fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+):
+    """Held-out bpd bounds (ELBO, IWAE) of the phase-1 and full models, and FID of samples.
+
+    Results also go into RUN/eval/evaluate-SPLIT.json and .txt."""
+    from vaeflow_cli.evaluate import evaluate_run, format_table, parse_metrics, parse_temperatures
+
+    result = evaluate_run(_run_or_default(run), split=split, metrics=parse_metrics(metrics), iwae_k=iwae_k,
+                          n_samples=n_samples, temperatures=parse_temperatures(temperature),
+                          fid_weights=fid_weights, device=device)
+    typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command()
+@cli_errors
+def timing(
+    config: Optional[Path] = ConfigOpt,
+    set: Optional[List[str]] = SetOpt,
+    steps: int = typer.Option(20, "--steps", min=1, help="Timed training steps per model (after the warm-up)."),
+    warmup: int = typer.Option(3, "--warmup", min=1, help="Untimed steps first (ActNorm init, caches)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size for all three models (default: train.vae.batch_size)."),
+    glow_levels: int = typer.Option(3, "--glow-levels", min=1, help="Standalone Glow: levels L (paper's baseline: 3)."),
+    glow_steps: int = typer.Option(32, "--glow-steps", min=1, help="Standalone Glow: steps per level K (32)."),
+    glow_width: int = typer.Option(512, "--glow-width", min=1, help="Standalone Glow: coupling width (512)."),
+    glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine or additive."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+):
+    """Seconds per epoch of the VAE phase, the Glow-layer phase and a standalone multi-scale Glow
+    on the config's data shape and batch size (the paper's Table 4), and the speedup."""
+    from vaeflow_cli import config as config_mod
+    from vaeflow_cli.timing import format_table, run_timing
+
+    if glow_coupling not in ("affine", "additive"):
+        raise VaeflowError(f"--glow-coupling must be affine or additive, not {glow_coupling!r}")
+    cfg = config_mod.resolve(config, set or [])
+    result = run_timing(cfg, steps=steps, warmup=warmup, batch_size=batch_size, device=device,
+                        baseline={"levels": glow_levels, "steps": glow_steps, "hidden_channels": glow_width,
+                                  "coupling": glow_coupling})
+    typer.echo(json.dumps(result) if as_json else format_table(result))
 
 
 @app.command("plugins")

@@ -29,6 +29,7 @@ from vaeflow_cli.errors import VaeflowError
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
+PHASES = ("vae", "glow", "baseline")  # [train.<phase>] sections; baseline = the [model.flow] alone
 
 _PHASE = {
     "epochs": 10,  # passes over the training split
@@ -56,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "dequantize": "host",  # host: in Rust on the CPU; device: send uint8, dequantize with torch there
         "vae": dict(_PHASE),
         "glow": dict(_PHASE),
+        "baseline": dict(_PHASE),  # vaeflow train-baseline: the [model.flow] alone (standalone Glow)
     },
     "run": {
         "dir": "runs/default",  # used when --run is not given
@@ -254,7 +256,7 @@ def validate(cfg: dict, *, where: str, registry) -> dict:
         out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type")
     if out["model"]["latent_dim"] < 1:
         raise VaeflowError(f"{where}: 'model.latent_dim' must be at least 1")
-    for phase in ("vae", "glow"):
+    for phase in PHASES:
         p = out["train"][phase]
         for k in ("epochs", "batch_size"):
             if p[k] < 1:

@@ -205,21 +205,73 @@ def dataset_info(name: str, root: str, registry=None) -> dict:
     return {"name": name, "root": root, "image_shape": list(ds.image_shape), **details}
 
 
+def load_split(cfg: dict, name: str, registry=None, *, dataset=None) -> np.ndarray:
+    """One split of the config's dataset as uint8 (N, C, H, W), checked against its image shape."""
+    ds = dataset if dataset is not None else build_dataset(cfg, registry)
+    splits = getattr(ds, "splits", None)
+    if splits is not None and name not in splits:
+        raise VaeflowError(f"dataset {cfg['data']['name']!r} has splits {', '.join(splits)}, not {name!r}")
+    arr = ds.split(name)
+    shape = tuple(ds.image_shape)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or tuple(arr.shape[1:]) != shape:
+        raise VaeflowError(f"dataset {cfg['data']['name']!r} split {name!r} gave {arr.dtype} {arr.shape}, expected uint8 (N, {', '.join(map(str, shape))})")
+    if len(arr) == 0:
+        raise VaeflowError(f"dataset {cfg['data']['name']!r} split {name!r} is empty; check data.root")
+    return arr
+
+
 def load_splits(cfg: dict, registry=None, *, test_split: str = "test") -> Splits:
     ds = build_dataset(cfg, registry)
-    train, test = ds.split("train"), ds.split(test_split)
-    shape = tuple(ds.image_shape)
-    for name, arr in (("train", train), (test_split, test)):
-        if arr.dtype != np.uint8 or arr.ndim != 4 or tuple(arr.shape[1:]) != shape:
-            raise VaeflowError(f"dataset {cfg['data']['name']!r} split {name!r} gave {arr.dtype} {arr.shape}, expected uint8 (N, {', '.join(map(str, shape))})")
-        if len(arr) == 0:
-            raise VaeflowError(f"dataset {cfg['data']['name']!r} split {name!r} is empty; check data.root")
-    return Splits(train, test, shape)
+    train = load_split(cfg, "train", dataset=ds)
+    test = load_split(cfg, test_split, dataset=ds)
+    return Splits(train, test, tuple(ds.image_shape))
 
 
 def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
     """The shuffled image order of one epoch, a function of (seed, epoch) only."""
     return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n)
+
+
+class HostBuffers:
+    """A ring of ``count`` reusable host buffers (page-locked when ``pin``) for the loader's
+    batches. The producer takes the next buffer with next(); the consumer calls copied(buffer)
+    after starting an asynchronous device copy from it, and next() waits for that copy before it
+    hands the buffer out again. With a queue of P batches, P + 3 buffers leave the one being
+    written, the P queued, the one in use and the one whose copy may still be running."""
+
+    def __init__(self, count: int, *, pin: bool) -> None:
+        self.count, self.pin = count, pin
+        self.position = 0
+        self.tensors: dict[int, object] = {}  # slot -> torch tensor (owns the memory)
+        self.events: dict[int, object] = {}  # slot -> CUDA event of the last copy out of it
+        self.slot_of: dict[int, int] = {}  # data address -> slot
+
+    def next(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        import torch
+
+        slot = self.position % self.count
+        self.position += 1
+        event = self.events.pop(slot, None)
+        if event is not None:
+            event.synchronize()
+        tensor = self.tensors.get(slot)
+        torch_dtype = torch.uint8 if np.dtype(dtype) == np.uint8 else torch.float32
+        if tensor is None or tuple(tensor.shape) != tuple(shape) or tensor.dtype != torch_dtype:
+            if tensor is not None:
+                self.slot_of.pop(tensor.data_ptr(), None)
+            tensor = torch.empty(shape, dtype=torch_dtype, pin_memory=self.pin)
+            self.tensors[slot] = tensor
+            self.slot_of[tensor.data_ptr()] = slot
+        return tensor.numpy()
+
+    def copied(self, array: np.ndarray) -> None:
+        import torch
+
+        slot = self.slot_of.get(array.ctypes.data)
+        if slot is not None and torch.cuda.is_available():
+            event = torch.cuda.Event()
+            event.record()
+            self.events[slot] = event
 
 
 class BatchLoader:
@@ -234,7 +286,7 @@ class BatchLoader:
 
     def __init__(self, images: np.ndarray, *, batch_size: int, seed: int, shuffle: bool = True,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, prefetch: int = 2,
-                 threads: int = 0, dequantize: bool = True) -> None:
+                 threads: int = 0, dequantize: bool = True, pin_memory: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.images, self.batch_size, self.seed = images, batch_size, seed
@@ -243,6 +295,9 @@ class BatchLoader:
         self.prefetch, self.threads = max(1, prefetch), threads
         self.dequantize = dequantize  # False: yield the uint8 images (to dequantize on the device)
         self.wait_seconds = 0.0
+        # With pin_memory, batches are written into a ring of page-locked host buffers, so that
+        # to_device() copies them asynchronously; the ring outlives the steps that use a buffer.
+        self.buffers = HostBuffers(self.prefetch + 3, pin=True) if pin_memory else None
 
     def indices(self, epoch: int) -> list[np.ndarray]:
         """The batches of image indices this rank draws in ``epoch``."""
@@ -263,8 +318,26 @@ class BatchLoader:
         else:
             x = self.images[idx]
         if not self.dequantize:
-            return idx, np.ascontiguousarray(x)
-        return idx, dequantize(x, seed=self.seed, epoch=epoch, indices=idx, threads=self.threads)
+            if self.buffers is None:
+                return idx, np.ascontiguousarray(x)
+            out = self.buffers.next(x.shape, np.uint8)
+            out[...] = x
+            return idx, out
+        out = None if self.buffers is None else self.buffers.next(x.shape, np.float32)
+        return idx, dequantize(x, seed=self.seed, epoch=epoch, indices=idx, threads=self.threads, out=out)
+
+    def to_device(self, batch: np.ndarray, device):
+        """The batch as a tensor on ``device``: an asynchronous copy from a pinned buffer (the
+        buffer is not reused before the copy has finished), a plain copy otherwise. A batch from
+        a pinned loader is valid until the next few batches are drawn: use it, don't keep it."""
+        import torch
+
+        tensor = torch.from_numpy(batch)
+        if self.buffers is None or torch.device(device).type != "cuda":
+            return tensor.to(device)
+        moved = tensor.to(device, non_blocking=True)
+        self.buffers.copied(batch)
+        return moved
 
     def epoch(self, epoch: int, *, start: int = 0):
         """Yield (indices (B,), batch (B, C, H, W)) for steps start, start+1, ... of ``epoch``; the

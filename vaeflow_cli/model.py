@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vaeflow_cli.distributions import bits_per_dim, gaussian_entropy, gaussian_log_prob
+from vaeflow_cli.distributions import LOG_2PI, bits_per_dim, gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
 
 
 @dataclass
@@ -77,6 +77,31 @@ class VAEFlow(nn.Module):
             dims=self.dims,
         )
 
+    def iwae_log_likelihood(self, y: torch.Tensor, *, k: int, use_flow: bool = True,
+                            generator: torch.Generator | None = None, chunk: int = 64) -> torch.Tensor:
+        """IWAE_K lower bound on log p(y), (B,) nats (Burda et al.): log (1/K) sum_k w_k with
+        w_k = p(y|z_k) p(z_k) / q(z_k|y), z_k ~ q(z|y). The Glow layer runs once per image;
+        the decoder runs on ``chunk`` samples per image at a time. IWAE_1 is an unbiased
+        estimate of the ELBO and IWAE_K increases with K toward log p(y)."""
+        mean, log_std = self.encode(y)  # (B, d)
+        if use_flow:
+            xbar, log_det = self.flow(y)
+        else:
+            xbar, log_det = y, y.new_zeros(y.shape[0])
+        xbar, log_det = xbar.float(), log_det.float()
+        b, d = mean.shape
+        log_w = []
+        for start in range(0, k, chunk):
+            kc = min(chunk, k - start)
+            eps = _randn((b, kc, d), generator, mean)
+            z = (mean[:, None] + torch.exp(log_std)[:, None] * eps).reshape(b * kc, d)
+            dec_mean, dec_std = self.decoder(z)
+            log_px = gaussian_log_prob(xbar.repeat_interleave(kc, 0), dec_mean.float(), dec_std.float()).reshape(b, kc)
+            log_pz = self.prior.log_prob(z).reshape(b, kc)
+            log_q = (-0.5 * (eps * eps + LOG_2PI) - log_std[:, None]).sum(-1)
+            log_w.append(log_px + log_det[:, None] + log_pz.float() - log_q.float())
+        return torch.logsumexp(torch.cat(log_w, 1), 1) - math.log(k)
+
     # ---------------------------------------------------------------- sampling (paper, section 3.5)
 
     def decode(self, z: torch.Tensor, *, temperature: float = 0.5, vae_only: bool = False,
@@ -97,6 +122,39 @@ class VAEFlow(nn.Module):
         return self.decode(self.prior.from_base(u), temperature=temperature, vae_only=vae_only, generator=generator)
 
 
+class FlowModel(nn.Module):
+    """A flow alone as a density model, log p(y) = log N(f(y); 0, I) + log|det df/dy|: the
+    standalone Glow baseline (``vaeflow train-baseline``). Its likelihood is exact, so ``bound``
+    puts all of it in ``log_px_z`` (no latent: log p(z) = entropy = 0) and bpd is the exact value."""
+
+    def __init__(self, *, flow: nn.Module, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.flow = flow
+        self.image_shape = tuple(image_shape)
+        self.dims = math.prod(self.image_shape)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        z, log_det = self.flow(y)
+        return standard_normal_log_prob(z.float()) + log_det.float()
+
+    def iwae_log_likelihood(self, y: torch.Tensor, *, k: int = 1, use_flow: bool = True,
+                            generator: torch.Generator | None = None, chunk: int = 64) -> torch.Tensor:
+        """A flow's likelihood is exact: every IWAE_K equals log p(y)."""
+        return self.log_prob(y)
+
+    def bound(self, y: torch.Tensor, *, use_flow: bool = True, generator: torch.Generator | None = None) -> Bound:
+        log_p = self.log_prob(y)
+        zero = torch.zeros_like(log_p)
+        return Bound(log_px_z=log_p, log_pz=zero, entropy=zero, dims=self.dims)
+
+    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """x = f^-1(T * eps), eps ~ N(0, I) (Glow's temperature)."""
+        device = next(self.parameters()).device
+        z = temperature * torch.randn(n, *self.image_shape, generator=generator).to(device)
+        return self.flow.inverse(z)[0]
+
+
 def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     """Standard normal noise; drawn on the CPU from ``generator`` when one is given, so that a seed
     gives the same numbers on every device."""
@@ -114,8 +172,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / so
 
 
-def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None) -> VAEFlow:
-    """The model described by a resolved config's [model] section."""
+def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, baseline: bool = False):
+    """The model described by a resolved config's [model] section: the VAE with its flow decoder,
+    or with ``baseline`` the [model.flow] alone as a density (FlowModel)."""
     if registry is None:
         from vaeflow_cli.plugins import get_registry
 
@@ -128,6 +187,8 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None) -> 
         return registry.get(kind, m[section]["type"]).factory(**context, **kwargs)
 
     shape = tuple(image_shape)
+    if baseline:
+        return FlowModel(flow=make("flow", "flow", image_shape=shape), image_shape=shape)
     return VAEFlow(
         encoder=make("encoder", "encoder", image_shape=shape, latent_dim=d),
         decoder=make("decoder", "decoder", image_shape=shape, latent_dim=d),

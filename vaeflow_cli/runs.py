@@ -25,7 +25,6 @@ from vaeflow_cli import config as config_mod
 from vaeflow_cli.errors import VaeflowError
 
 CHECKPOINT_FORMAT = 1
-PHASES = ("vae", "glow")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -140,16 +139,16 @@ def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto")
     """(model in eval mode, resolved config, phase loaded) from a run directory alone.
 
     ``phase="auto"`` loads the phase-2 checkpoint when there is one, else phase 1 (whose Glow layer
-    is still the identity)."""
+    is still the identity), else the standalone baseline (a FlowModel)."""
     from vaeflow_cli.data import build_dataset
     from vaeflow_cli.model import build_model
 
     rd = RunDir(run)
     cfg = rd.resolved_config()
     if phase == "auto":
-        phase = "glow" if rd.checkpoint_path("glow").exists() else "vae"
+        phase = next((p for p in ("glow", "vae", "baseline") if rd.checkpoint_path(p).exists()), "vae")
     state = rd.load_checkpoint(phase)
     check_signature(state, cfg, rd.checkpoint_path(phase))
-    model = build_model(cfg, build_dataset(cfg).image_shape)
+    model = build_model(cfg, build_dataset(cfg).image_shape, baseline=phase == "baseline")
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, phase

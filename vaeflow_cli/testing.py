@@ -70,8 +70,11 @@ def check_bijection(flow: nn.Module, x: torch.Tensor, *, inverse_atol: float = 1
 
 
 def check_flow_component(factory, *, image_shape=(3, 4, 4), batch: int = 3, seed: int = 0, **kwargs) -> None:
-    """Build a registered flow factory on a small image shape, perturb it, and check it."""
+    """Build a registered flow factory on a small image shape, perturb it, and check it. A factory
+    whose defaults are too big for small images (a multi-scale flow, say) may carry a dict
+    ``test_kwargs`` of settings that fit them; explicit ``kwargs`` override it."""
     torch.manual_seed(seed)
+    kwargs = {**getattr(factory, "test_kwargs", {}), **kwargs}
     flow = perturb(factory(image_shape=tuple(image_shape), **kwargs), seed=seed)
     x = 0.5 * torch.randn(batch, *image_shape, generator=torch.Generator().manual_seed(seed))
     check_bijection(flow, x)

@@ -27,13 +27,13 @@ import torch
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.console import log
-from vaeflow_cli.data import EVAL_EPOCH, BatchLoader, Splits, dequantize, dequantize_on_device, load_splits
+from vaeflow_cli.data import BatchLoader, Splits, dequantize_on_device, load_splits
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.images import grid, png_bytes, to_uint8
+from vaeflow_cli.likelihood import held_out_bpd
 from vaeflow_cli.model import VAEFlow, build_model
 from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature
 
-EVAL_BATCH = 256  # fixed, so that the held-out bound does not depend on the training batch size
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
 
 
@@ -78,31 +78,6 @@ def resolve_device(name: str) -> torch.device:
         raise VaeflowError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(x).to(device, non_blocking=True)
-
-
-# ------------------------------------------------------------------ evaluation
-
-
-@torch.no_grad()
-def held_out_bpd(model: VAEFlow, images: np.ndarray, *, seed: int, use_flow: bool, device: torch.device,
-                 limit: int = 0) -> float:
-    """Mean single-sample ELBO bound (bits/dim) on ``images`` with fixed dequantization and latent
-    noise, so that the same model and data always give the same number."""
-    was_training = model.training
-    model.eval()
-    n = len(images) if limit <= 0 else min(limit, len(images))
-    g = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for start in range(0, n, EVAL_BATCH):
-        idx = np.arange(start, min(start + EVAL_BATCH, n))
-        y = to_tensor(dequantize(images[idx], seed=seed, epoch=EVAL_EPOCH, indices=idx), device)
-        total += model.bound(y, use_flow=use_flow, generator=g).bpd.sum().item()
-    model.train(was_training)
-    return total / n
-
-
 # ------------------------------------------------------------------ the training loop
 
 
@@ -131,7 +106,34 @@ def _phase_modules(model: VAEFlow, phase: str):
     return [model.encoder, model.decoder, model.prior] if phase == "vae" else [model.flow]
 
 
-def _set_mode(model: VAEFlow, phase: str) -> None:
+PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline"}
+
+
+def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
+    """The parameters ``phase`` trains; in phase 2 the VAE's are frozen (requires_grad off)."""
+    if phase == "glow":
+        for m in _phase_modules(model, "vae"):
+            m.requires_grad_(False)
+    return [p for m in _phase_modules(model, phase) for p in m.parameters() if p.requires_grad]
+
+
+def training_step(model, y: torch.Tensor, opt: torch.optim.Optimizer, params, *, use_flow: bool,
+                  grad_clip: float) -> float:
+    """One Adam step on the batch's mean bpd bound; returns the loss. A non-finite loss is
+    returned without stepping (the caller decides what to do)."""
+    loss = model.bound(y, use_flow=use_flow).bpd.mean()
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return value
+
+
+def set_phase_mode(model: VAEFlow, phase: str) -> None:
     """Train mode for what this phase trains; the frozen phase-1 parts stay in eval mode."""
     model.eval()
     for m in _phase_modules(model, phase):
@@ -178,12 +180,12 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
 
     ``max_steps`` stops after that many optimizer steps in this call (checkpointing first), as a
     Ctrl-C would; tests use it to interrupt and resume deterministically."""
-    if phase not in ("vae", "glow"):
+    if phase not in config_mod.PHASES:
         raise ValueError(phase)
     rd = RunDir(run_dir)
     ckpt_path = rd.checkpoint_path(phase)
     if ckpt_path.exists() and not resume:
-        raise VaeflowError(f"{rd.path} already has a phase-{1 if phase == 'vae' else 2} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
+        raise VaeflowError(f"{rd.path} already has a {PHASE_NAMES[phase]} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
     prepare_run(cfg, rd, phase)
     pcfg = cfg["train"][phase]
     seed = cfg["train"]["seed"]
@@ -191,21 +193,19 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
 
     data: Splits = load_splits(cfg)
-    torch.manual_seed(seed + (0 if phase == "vae" else 1))
-    model = build_model(cfg, data.image_shape).to(device)
+    torch.manual_seed(seed + config_mod.PHASES.index(phase))
+    model = build_model(cfg, data.image_shape, baseline=phase == "baseline").to(device)
     if phase == "glow":
         vae_state = rd.load_checkpoint("vae", map_location=device)
         check_signature(vae_state, cfg, rd.checkpoint_path("vae"))
         if not vae_state.get("complete"):
             raise VaeflowError(f"phase 1 of {rd.path} is not finished (epoch {vae_state['epoch']}/{vae_state['epochs']}); run vaeflow train-vae --run {rd.path} --resume")
         model.load_state_dict(vae_state["model"])
-        for m in _phase_modules(model, "vae"):
-            m.requires_grad_(False)
-    params = [p for m in _phase_modules(model, phase) for p in m.parameters() if p.requires_grad]
+    params = trainable_parameters(model, phase)
     if not params:
         raise VaeflowError(f"the {phase} phase has no parameters to train (model.{'flow' if phase == 'glow' else 'encoder'} type)")
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
-    use_flow = phase == "glow"
+    use_flow = phase != "vae"
 
     epoch, step, global_step, loss_sum, loss_n = 0, 0, 0, 0.0, 0
     if resume and ckpt_path.exists():
@@ -235,7 +235,8 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         })
 
     on_device = cfg["train"]["dequantize"] == "device"
-    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"], seed=seed, dequantize=not on_device)
+    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"], seed=seed, dequantize=not on_device,
+                         pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     test_bpd = None
     bar = _Progress(enabled=progress)
@@ -246,24 +247,18 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                 t0 = time.perf_counter()
                 loader.wait_seconds = 0.0
                 bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
-                _set_mode(model, phase)
+                set_phase_mode(model, phase)
                 for idx, batch in loader.epoch(epoch, start=step):
                     if interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps):
                         raise _StopRequested
-                    y = to_tensor(batch, device)
+                    y = loader.to_device(batch, device)
                     if on_device:  # uint8 crossed to the device; the same noise, computed there
                         y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)), seed=seed, epoch=epoch)
-                    loss = model.bound(y, use_flow=use_flow).bpd.mean()
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise VaeflowError(f"non-finite loss at {phase} epoch {epoch + 1} step {step}; lower train.{phase}.lr or set train.{phase}.grad_clip, then resume from the last checkpoint")
                     for group in opt.param_groups:
                         group["lr"] = learning_rate(pcfg, epoch, global_step)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if pcfg["grad_clip"] > 0:
-                        torch.nn.utils.clip_grad_norm_(params, pcfg["grad_clip"])
-                    opt.step()
+                    value = training_step(model, y, opt, params, use_flow=use_flow, grad_clip=pcfg["grad_clip"])
+                    if not math.isfinite(value):
+                        raise VaeflowError(f"non-finite loss at {phase} epoch {epoch + 1} step {step}; lower train.{phase}.lr or set train.{phase}.grad_clip, then resume from the last checkpoint")
                     loss_sum += value * len(idx)
                     loss_n += len(idx)
                     step += 1

@@ -75,17 +75,55 @@ pub fn crop_resize(rgb: Vec<u8>, w: usize, h: usize, crop: Option<usize>, size: 
     RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).map_err(|e| e.to_string())
 }
 
+thread_local! {
+    /// Set while this thread decodes under catch_unwind: a panic there becomes the file's error,
+    /// so the panic hook must not also print it (and a backtrace) to stderr.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn install_quiet_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+}
+
+/// Run `f`, turning a panic inside it into an error that carries the panic's message.
+fn catch_decoder_panic<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    install_quiet_panic_hook();
+    QUIET_PANICS.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("the decoder panicked on this file ({message})"))
+    })
+}
+
+/// Decode, crop and resize JPEG bytes into `out`. A decoder bug on a hostile file must be an
+/// error for that file, never a panic into Python: cargo fuzz found two in zune-jpeg 0.4.21
+/// (tests/data/fuzz-*-panic.jpg), and this is what the fuzz target drives.
+pub fn decode_bytes(data: &[u8], crop: Option<usize>, size: usize, out: &mut [u8]) -> Result<(), String> {
+    catch_decoder_panic(|| {
+        let (rgb, w, h) = decode_rgb(data)?;
+        crop_resize(rgb, w, h, crop, size, out)
+    })
+}
+
 /// Read, decode, crop and resize one file into `out`.
 pub fn decode_file(path: &Path, crop: Option<usize>, size: usize, out: &mut [u8]) -> Result<(), DecodeError> {
     let err = |reason: String| DecodeError { path: path.display().to_string(), reason };
     let data = std::fs::read(path).map_err(|e| err(format!("cannot read ({e})")))?;
-    // A decoder bug on a hostile file must be an error for that file, never a panic into Python.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let (rgb, w, h) = decode_rgb(&data)?;
-        crop_resize(rgb, w, h, crop, size, out)
-    }))
-    .unwrap_or_else(|_| Err("the decoder panicked on this file".into()))
-    .map_err(err)
+    decode_bytes(&data, crop, size, out).map_err(err)
 }
 
 /// Decode many files in parallel into `out` (n * size * size * 3 bytes, image-major). Returns the

@@ -59,3 +59,17 @@ fn a_truncated_jpeg_is_an_error() {
         assert!(decode_rgb(&bytes[..cut]).is_err(), "cut at {cut} of {} decoded", bytes.len());
     }
 }
+
+#[test]
+fn a_decoder_panic_found_by_fuzzing_is_an_error_for_that_file() {
+    // cargo fuzz found these files: zune-jpeg 0.4.21 unwraps a None in its progressive decoder,
+    // and fails an assertion in its upsampler.
+    let mut out = vec![0u8; 4 * 4 * 3];
+    for name in ["fuzz-progressive-panic.jpg", "fuzz-upsampler-panic.jpg"] {
+        let err = decode_file(&data(name), None, 4, &mut out).unwrap_err();
+        assert!(err.reason.contains("panicked"), "{err}");
+        assert!(err.to_string().contains(name));
+    }
+    // the same thread decodes the next file normally
+    decode_file(&data("rgb30x20.jpg"), None, 4, &mut out).unwrap();
+}
