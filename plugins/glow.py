@@ -155,7 +155,7 @@ class GlowLayer(FlowSequence):
     """
 
     def __init__(self, *, image_shape: tuple[int, int, int], depth: int = 32, hidden_channels: int = 128,
-                 lu: bool = True, split: str = "auto") -> None:
+                 lu: bool = True, split: str = "auto", checkpointing: bool = False) -> None:
         c = image_shape[0]
         if split == "auto":
             split = "channel" if c >= 2 else "checkerboard"
@@ -167,6 +167,21 @@ class GlowLayer(FlowSequence):
                 AdditiveCoupling(tuple(image_shape), hidden=hidden_channels, parity=i, split=split),
             ]
         super().__init__(blocks)
+        self.checkpointing = checkpointing
+
+    def forward(self, x):
+        """With ``checkpointing`` (model.flow.checkpointing) and gradients on, each layer's
+        activations are recomputed in the backward pass instead of stored: the coupling networks'
+        full-resolution hidden maps are most of phase 2's memory, so larger batches fit."""
+        if not (self.checkpointing and torch.is_grad_enabled()):
+            return super().forward(x)
+        from torch.utils.checkpoint import checkpoint
+
+        log_det = x.new_zeros(x.shape[0], dtype=torch.float32)
+        for layer in self.layers:
+            x, ld = checkpoint(layer, x, use_reentrant=False)
+            log_det = log_det + ld
+        return x, log_det
 
 
 class IdentityFlow(FlowSequence):
@@ -214,7 +229,7 @@ class AffineCoupling(nn.Module):
         self.net = coupling_net(n_cond, 2 * (channels - n_cond), hidden)
 
     def _scale_shift(self, x):
-        h = self.net(x[:, self.cond])
+        h = self.net(x[:, self.cond]).float()  # float32 under autocast: the log-det sums log_scale
         shift, raw = h[:, 0::2], h[:, 1::2]
         log_scale = F.logsigmoid(raw + 2.0)
         return log_scale, shift
@@ -281,7 +296,7 @@ class _GlowLevel(nn.Module):
             out = (h - self.prior_mean) * torch.exp(-self.prior_log_std)
             return unsqueeze(out), log_det - self.prior_log_std.sum().expand(x.shape[0])
         kept, z = h.chunk(2, dim=1)
-        mean, log_std = self.split_prior(kept).chunk(2, dim=1)
+        mean, log_std = self.split_prior(kept).float().chunk(2, dim=1)
         eps = (z - mean) * torch.exp(-log_std)
         rest, ld = self.next(kept)
         return unsqueeze(torch.cat([rest, eps], 1)), log_det + ld - log_std.flatten(1).sum(1)
@@ -294,7 +309,7 @@ class _GlowLevel(nn.Module):
         else:
             rest, eps = y.chunk(2, dim=1)
             kept, log_det = self.next.inverse(rest)
-            mean, log_std = self.split_prior(kept).chunk(2, dim=1)
+            mean, log_std = self.split_prior(kept).float().chunk(2, dim=1)
             h = torch.cat([kept, eps * torch.exp(log_std) + mean], 1)
             log_det = log_det + log_std.flatten(1).sum(1)
         x, ld = self.steps.inverse(h)

@@ -70,7 +70,8 @@ class AffineCoupling(nn.Module):
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last)
 
     def _st(self, x):
-        s, t = self.net(x * self.mask).chunk(2, dim=1)
+        # float32 whatever the autocast precision: the log-det sums s (train.precision)
+        s, t = self.net(x * self.mask).float().chunk(2, dim=1)
         free = 1.0 - self.mask
         return torch.tanh(s) * free, t * free
 

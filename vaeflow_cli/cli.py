@@ -56,7 +56,7 @@ def cli_errors(fn):
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: the embedded MNIST config).")
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.vae.epochs=3 (repeatable).")
-RunOpt = typer.Option(None, "--run", help="Run directory (default: [run] dir of the config).")
+RunOpt = typer.Option(None, "--run", "--run-dir", help="Run directory (default: [run] dir of the config). Under torchrun write --run-dir: torchrun's own parser takes --run for its --run-path.")
 
 
 def _run_or_default(run: Optional[Path]) -> Path:

@@ -55,6 +55,13 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "eval_samples": 0,  # held-out images used for the per-epoch bound; 0 = the whole split
         "dequantize": "host",  # host: in Rust on the CPU; device: send uint8, dequantize with torch there
+        "precision": "fp32",  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, CUDA only)
+        "tf32": True,  # TF32 matmuls and convolutions on CUDA
+        "channels_last": False,  # channels_last memory format on CUDA
+        "compile": False,  # torch.compile the training objective
+        "checkpoint_every": 0,  # also checkpoint every N optimizer steps (0: at epoch ends only)
+        "keep_checkpoints": 3,  # step-tagged checkpoints kept besides PHASE.pt
+        "max_bad_steps": 10,  # consecutive non-finite losses (each skipped) before the run stops
         "vae": dict(_PHASE),
         "glow": dict(_PHASE),
         "baseline": dict(_PHASE),  # vaeflow train-baseline: the [model.flow] alone (standalone Glow)
@@ -263,6 +270,13 @@ def validate(cfg: dict, *, where: str, registry) -> dict:
                 raise VaeflowError(f"{where}: 'train.{phase}.{k}' must be at least 1, got {p[k]}")
         if not p["lr"] > 0:
             raise VaeflowError(f"{where}: 'train.{phase}.lr' must be positive, got {p['lr']}")
+    if out["train"]["precision"] not in ("fp32", "bf16", "fp16"):
+        raise VaeflowError(f"{where}: 'train.precision' must be \"fp32\", \"bf16\" or \"fp16\", got {out['train']['precision']!r}")
+    for k in ("checkpoint_every", "keep_checkpoints"):
+        if out["train"][k] < 0:
+            raise VaeflowError(f"{where}: 'train.{k}' must be >= 0, got {out['train'][k]}")
+    if out["train"]["max_bad_steps"] < 1:
+        raise VaeflowError(f"{where}: 'train.max_bad_steps' must be at least 1, got {out['train']['max_bad_steps']}")
     if out["train"]["dequantize"] not in ("host", "device"):
         raise VaeflowError(f"{where}: 'train.dequantize' must be \"host\" or \"device\", got {out['train']['dequantize']!r}")
     return out
@@ -315,6 +329,35 @@ def dumps(cfg: dict) -> str:
     return "\n".join(lines).lstrip() + "\n"
 
 
-def model_signature(cfg: dict) -> dict:
-    """The parts of a config that fix the model's parameters and the data (must match to resume)."""
-    return {"data": cfg["data"], "model": cfg["model"]}
+def model_signature(cfg: dict, registry=None) -> dict:
+    """The parts of a config that fix the model's parameters and the data (must match to resume).
+    Component keys at their factory's default are left out, so that a component gaining a new
+    option (with a default) keeps the checkpoints made before it."""
+    return normalize_signature({"data": cfg["data"], "model": cfg["model"]}, registry)
+
+
+def normalize_signature(sig: dict, registry=None) -> dict:
+    """``sig`` without the component keys that equal their factory's default (see model_signature)."""
+    if registry is None:
+        from vaeflow_cli.plugins import get_registry
+
+        registry = get_registry()
+
+    def strip(section, kind: str, name_key: str):
+        if not isinstance(section, dict):
+            return section
+        try:
+            comp = registry.get(kind, section.get(name_key))
+        except (VaeflowError, TypeError):
+            return section
+        defaults = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
+        return {k: v for k, v in section.items()
+                if not (k in defaults and defaults[k] is not inspect.Parameter.empty and defaults[k] == v)}
+
+    out = copy.deepcopy(sig)
+    if "data" in out:
+        out["data"] = strip(out["data"], "dataset", "name")
+    for sec, kind in COMPONENT_SECTIONS.items():
+        if sec in out.get("model", {}):
+            out["model"][sec] = strip(out["model"][sec], kind, "type")
+    return out

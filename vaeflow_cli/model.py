@@ -53,8 +53,9 @@ class VAEFlow(nn.Module):
     # ---------------------------------------------------------------- likelihood
 
     def encode(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std) of q(z|y), each (B, d)."""
-        return self.encoder(y)
+        """(mean, log_std) of q(z|y), each (B, d), in float32 whatever the autocast precision."""
+        mean, log_std = self.encoder(y)
+        return mean.float(), log_std.float()
 
     def log_px_given_z(self, y: torch.Tensor, z: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
         """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32."""

@@ -40,6 +40,21 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a crash right after it keeps the new name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -100,12 +115,31 @@ class RunDir:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save_checkpoint(self, phase: str, state: dict[str, Any]) -> Path:
+    def save_checkpoint(self, phase: str, state: dict[str, Any], *, keep: int = 0, tag: str = "") -> Path:
+        """Write ``checkpoints/PHASE.pt`` atomically (temporary file, fsync, rename). With ``keep``
+        > 0 and a ``tag``, the checkpoint is first written as ``PHASE-TAG.pt`` and PHASE.pt becomes
+        a hard link to it; only the ``keep`` newest tagged files are kept."""
         import torch
 
         path = self.checkpoint_path(phase)
-        atomic_write(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, "phase": phase, **state}, fh))
+        payload = {"format": CHECKPOINT_FORMAT, "phase": phase, **state}
+        if keep <= 0 or not tag:
+            atomic_write(path, lambda fh: torch.save(payload, fh))
+            return path
+        tagged = path.with_name(f"{phase}-{tag}.pt")
+        atomic_write(tagged, lambda fh: torch.save(payload, fh))
+        link = path.with_name(f".{path.name}.link.tmp")
+        link.unlink(missing_ok=True)
+        os.link(tagged, link)
+        os.replace(link, path)
+        _fsync_dir(path.parent)
+        for old in sorted(path.parent.glob(f"{phase}-*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
         return path
+
+    def kept_checkpoints(self, phase: str) -> list[Path]:
+        """The tagged checkpoints of ``phase``, oldest first."""
+        return sorted((self.path / "checkpoints").glob(f"{phase}-*.pt"))
 
     def load_checkpoint(self, phase: str, *, map_location="cpu") -> dict[str, Any]:
         return load_checkpoint(self.checkpoint_path(phase), map_location=map_location)
@@ -131,7 +165,11 @@ def load_checkpoint(path: Path, *, map_location="cpu") -> dict[str, Any]:
 def check_signature(state: dict, cfg: dict, path: Path) -> None:
     """A checkpoint must come from the same model and data config as the run's."""
     want = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
-    if state.get("signature") != want:
+    try:
+        got = json.dumps(config_mod.normalize_signature(json.loads(state.get("signature") or "null") or {}), sort_keys=True)
+    except (TypeError, ValueError):
+        got = None
+    if got != want:
         raise VaeflowError(f"checkpoint {path} was trained with a different [model]/[data] config than {path.parent.parent}/config.toml; use the run's own config or a new --run")
 
 

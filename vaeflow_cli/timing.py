@@ -22,7 +22,8 @@ from vaeflow_cli.console import log
 from vaeflow_cli.data import BatchLoader, build_dataset
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import FlowModel, build_model
-from vaeflow_cli.train import resolve_device, set_phase_mode, trainable_parameters, training_step
+from vaeflow_cli.engine import Stepper, configure_backends
+from vaeflow_cli.train import resolve_device, set_phase_mode, trainable_parameters
 
 PAPER_SPEEDUP = 3.5  # Table 4: Glow 512 s/epoch against VAE 118 s and Glow layer 162 s (GTX 1080 Ti)
 
@@ -45,18 +46,22 @@ def dataset_shape(cfg: dict) -> tuple[tuple[int, int, int], int, str]:
 
 
 def _time_model(model, phase: str, *, images: np.ndarray, batch_size: int, steps: int, warmup: int,
-                device: torch.device, lr: float, seed: int) -> float:
-    """Seconds per training step of ``model`` in ``phase`` (mean over ``steps`` after ``warmup``)."""
+                device: torch.device, lr: float, seed: int, precision: str = "fp32", compile: bool = False,
+                channels_last: bool = False) -> dict:
+    """{"s_per_step": mean seconds per training step over ``steps`` after ``warmup``,
+    "data_wait_share": the share of that time spent waiting for the loader, "peak_memory_bytes":
+    peak CUDA memory allocated (None on the CPU)}."""
     params = trainable_parameters(model, phase)
     opt = torch.optim.Adam(params, lr=lr)
     set_phase_mode(model, phase)
+    stepper = Stepper(model, params, opt, use_flow=phase != "vae", device=device, precision=precision,
+                      compile=compile, channels_last=channels_last)
     loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, pin_memory=device.type == "cuda")
     batches = loader.epoch(0)
-    use_flow = phase != "vae"
 
     def step():
         _, batch = next(batches)
-        value = training_step(model, loader.to_device(batch, device), opt, params, use_flow=use_flow, grad_clip=0.0)
+        value = stepper.step(loader.to_device(batch, device))
         if not math.isfinite(value):
             raise VaeflowError(f"timing: the {phase} model gave a non-finite loss; check the config")
 
@@ -64,23 +69,34 @@ def _time_model(model, phase: str, *, images: np.ndarray, batch_size: int, steps
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    loader.wait_seconds = 0.0
     t = time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - t) / steps
+    total = time.perf_counter() - t
     batches.close()
-    return seconds
+    return {"s_per_step": total / steps, "data_wait_share": loader.wait_seconds / total,
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
 
 
 def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
-               baseline: dict | None = None, device: str | None = None) -> dict:
-    """Time the three models of Table 4 for a resolved config; returns the result dict (JSON-ready)."""
+               baseline: dict | None = None, device: str | None = None, image_shape=None,
+               train_images: int | None = None) -> dict:
+    """Time the three models of Table 4 for a resolved config; returns the result dict (JSON-ready).
+    ``image_shape`` and ``train_images`` override the dataset's (benchmarks use synthetic shapes).
+    Precision, compile and channels_last come from the config's [train] section."""
     if steps < 1 or warmup < 1:
         raise VaeflowError("timing needs --steps >= 1 and --warmup >= 1")
-    dev = resolve_device(device or cfg["train"]["device"])
-    shape, n_train, size_source = dataset_shape(cfg)
+    tcfg = cfg["train"]
+    dev = resolve_device(device or tcfg["device"])
+    configure_backends(dev, tcfg)
+    if image_shape is not None:
+        shape, n_train, size_source = tuple(image_shape), int(train_images), "given"
+    else:
+        shape, n_train, size_source = dataset_shape(cfg)
     b = batch_size or cfg["train"]["vae"]["batch_size"]
     if b > n_train:
         raise VaeflowError(f"batch size {b} is larger than the training split ({n_train} images)")
@@ -106,11 +122,13 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
         raise VaeflowError(f"timing: the standalone Glow cannot be built: {exc}") from None
     glow = FlowModel(flow=glow_flow, image_shape=shape).to(dev)
     lr = cfg["train"]["vae"]["lr"]
-    per_step = {}
+    measured = {}
     for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae, "glow"), ("glow_baseline", glow, "baseline")):
-        log(f"timing {name}: {warmup} warm-up + {steps} timed steps of batch {b} on {dev}")
-        per_step[name] = _time_model(model, phase, images=images, batch_size=b, steps=steps, warmup=warmup,
-                                     device=dev, lr=lr, seed=seed)
+        log(f"timing {name}: {warmup} warm-up + {steps} timed steps of batch {b} on {dev} ({tcfg['precision']})")
+        measured[name] = _time_model(model, phase, images=images, batch_size=b, steps=steps, warmup=warmup,
+                                     device=dev, lr=lr, seed=seed, precision=tcfg["precision"],
+                                     compile=tcfg["compile"], channels_last=tcfg["channels_last"])
+    per_step = {k: v["s_per_step"] for k, v in measured.items()}
     epoch = {k: v * steps_per_epoch for k, v in per_step.items()}
     result = {
         "vae_s_per_epoch": epoch["vae"],
@@ -134,6 +152,9 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
         "parameters": {"vae": sum(p.numel() for m in (vae.encoder, vae.decoder, vae.prior) for p in m.parameters()),
                        "glow_layer": sum(p.numel() for p in vae.flow.parameters()),
                        "glow_baseline": sum(p.numel() for p in glow.parameters())},
+        "precision": tcfg["precision"],
+        "data_wait_share": {k: v["data_wait_share"] for k, v in measured.items()},
+        "peak_memory_bytes": {k: v["peak_memory_bytes"] for k, v in measured.items()},
         "torch": torch.__version__,
     }
     return result

@@ -28,6 +28,7 @@ import torch
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.console import log
 from vaeflow_cli.data import BatchLoader, Splits, dequantize_on_device, load_splits
+from vaeflow_cli.engine import Stepper, configure_backends, init_distributed
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.images import grid, png_bytes, to_uint8
 from vaeflow_cli.likelihood import held_out_bpd
@@ -43,6 +44,10 @@ class Interrupted(VaeflowError):
 
 class _StopRequested(Exception):
     """Raised at a step boundary after Ctrl-C (or ``max_steps``), where the state is consistent."""
+
+
+class _TooManyBadSteps(Exception):
+    """train.max_bad_steps consecutive non-finite losses."""
 
 
 @contextlib.contextmanager
@@ -110,27 +115,15 @@ PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline"}
 
 
 def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
-    """The parameters ``phase`` trains; in phase 2 the VAE's are frozen (requires_grad off)."""
-    if phase == "glow":
-        for m in _phase_modules(model, "vae"):
+    """The parameters ``phase`` trains. The other phase's modules are frozen (requires_grad off):
+    the VAE in phase 2, the unused Glow layer in phase 1 (which DDP requires)."""
+    if phase in ("vae", "glow"):
+        other = "glow" if phase == "vae" else "vae"
+        for m in _phase_modules(model, other):
             m.requires_grad_(False)
-    return [p for m in _phase_modules(model, phase) for p in m.parameters() if p.requires_grad]
-
-
-def training_step(model, y: torch.Tensor, opt: torch.optim.Optimizer, params, *, use_flow: bool,
-                  grad_clip: float) -> float:
-    """One Adam step on the batch's mean bpd bound; returns the loss. A non-finite loss is
-    returned without stepping (the caller decides what to do)."""
-    loss = model.bound(y, use_flow=use_flow).bpd.mean()
-    value = loss.item()
-    if not math.isfinite(value):
-        return value
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    opt.step()
-    return value
+    for m in _phase_modules(model, phase):
+        m.requires_grad_(True)
+    return [p for m in _phase_modules(model, phase) for p in m.parameters()]
 
 
 def set_phase_mode(model: VAEFlow, phase: str) -> None:
@@ -176,24 +169,30 @@ def prepare_run(cfg: dict, rd: RunDir, phase: str) -> None:
 
 def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = False, progress: bool = True,
                 max_steps: int | None = None) -> PhaseResult:
-    """Train one phase ('vae' or 'glow') of a resolved config into ``run_dir``.
+    """Train one phase ('vae', 'glow' or 'baseline') of a resolved config into ``run_dir``.
 
-    ``max_steps`` stops after that many optimizer steps in this call (checkpointing first), as a
-    Ctrl-C would; tests use it to interrupt and resume deterministically."""
+    Under torchrun every rank runs this; rank 0 alone writes the run directory. ``max_steps``
+    stops after that many optimizer steps in this call (checkpointing first), as a Ctrl-C would;
+    tests use it to interrupt and resume deterministically."""
     if phase not in config_mod.PHASES:
         raise ValueError(phase)
+    tcfg, pcfg = cfg["train"], cfg["train"][phase]
+    ddp, ddp_device = init_distributed(tcfg["device"])
     rd = RunDir(run_dir)
     ckpt_path = rd.checkpoint_path(phase)
     if ckpt_path.exists() and not resume:
         raise VaeflowError(f"{rd.path} already has a {PHASE_NAMES[phase]} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
-    prepare_run(cfg, rd, phase)
-    pcfg = cfg["train"][phase]
-    seed = cfg["train"]["seed"]
-    device = resolve_device(cfg["train"]["device"])
+    if pcfg["batch_size"] % ddp.world_size:
+        raise VaeflowError(f"train.{phase}.batch_size = {pcfg['batch_size']} is the global batch and must divide by the {ddp.world_size} processes")
+    if ddp.is_main:
+        prepare_run(cfg, rd, phase)
+    seed = tcfg["seed"]
+    device = ddp_device or resolve_device(tcfg["device"])
+    configure_backends(device, tcfg)
     signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
 
     data: Splits = load_splits(cfg)
-    torch.manual_seed(seed + config_mod.PHASES.index(phase))
+    torch.manual_seed(seed + config_mod.PHASES.index(phase) + 1000 * ddp.rank)
     model = build_model(cfg, data.image_shape, baseline=phase == "baseline").to(device)
     if phase == "glow":
         vae_state = rd.load_checkpoint("vae", map_location=device)
@@ -206,41 +205,56 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         raise VaeflowError(f"the {phase} phase has no parameters to train (model.{'flow' if phase == 'glow' else 'encoder'} type)")
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
     use_flow = phase != "vae"
+    stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
+                      grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
 
-    epoch, step, global_step, loss_sum, loss_n = 0, 0, 0, 0.0, 0
+    epoch, step, global_step, loss_sum, loss_n, skipped = 0, 0, 0, 0.0, 0, 0
     if resume and ckpt_path.exists():
         state = rd.load_checkpoint(phase, map_location=device)
         check_signature(state, cfg, ckpt_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], device)
+        if "scaler" in state:
+            stepper.scaler.load_state_dict(state["scaler"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        if len(rngs) != ddp.world_size:
+            log(f"resuming with {ddp.world_size} processes from a checkpoint of {len(rngs)}: data order is kept, latent noise differs")
+        _set_rng_state(rngs[ddp.rank % len(rngs)], device)
         epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
-        loss_sum, loss_n = state["loss_sum"], state["loss_n"]
-        rd.truncate_metrics(phase, epoch)
-        log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
-    elif resume:
+        loss_sum, loss_n, skipped = state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
+        if ddp.is_main:
+            rd.truncate_metrics(phase, epoch)
+            log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
+    elif resume and ddp.is_main:
         log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
     if phase == "glow" and epoch == 0 and step == 0:
-        start = held_out_bpd(model, data.test, seed=seed, use_flow=True, device=device, limit=cfg["train"]["eval_samples"])
-        rd.truncate_metrics(phase, -1)
-        rd.append_metrics({"phase": "glow", "epoch": 0, "test_bpd": start, "note": "start of phase 2 (Glow layer = identity)"})
-        log(f"glow start: held-out bound <= {start:.4f} bpd (equals the phase-1 bound)")
+        start = ddp.broadcast(held_out_bpd(model, data.test, seed=seed, use_flow=True, device=device, limit=tcfg["eval_samples"]) if ddp.is_main else None)
+        if ddp.is_main:
+            rd.truncate_metrics(phase, -1)
+            rd.append_metrics({"phase": "glow", "epoch": 0, "test_bpd": start, "note": "start of phase 2 (Glow layer = identity)"})
+            log(f"glow start: held-out bound <= {start:.4f} bpd (equals the phase-1 bound)")
 
     def checkpoint(complete: bool = False) -> Path:
+        """Every rank calls this at the same step (the RNG states are gathered); rank 0 writes."""
+        rngs = ddp.gather(_rng_state(device))
+        if not ddp.is_main:
+            return ckpt_path
         return rd.save_checkpoint(phase, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "lr": opt.param_groups[0]["lr"],
-            "rng": _rng_state(device), "epoch": epoch, "step": step, "global_step": global_step,
-            "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n, "complete": complete,
-            "signature": signature,
-        })
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": stepper.scaler.state_dict(),
+            "lr": opt.param_groups[0]["lr"], "rng": rngs[0], "rng_ranks": rngs, "epoch": epoch, "step": step,
+            "global_step": global_step, "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n,
+            "skipped_steps": skipped, "complete": complete, "signature": signature, "world_size": ddp.world_size,
+        }, keep=tcfg["keep_checkpoints"], tag=f"step{global_step:09d}")
 
-    on_device = cfg["train"]["dequantize"] == "device"
-    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"], seed=seed, dequantize=not on_device,
+    on_device = tcfg["dequantize"] == "device"
+    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"] // ddp.world_size, seed=seed,
+                         dequantize=not on_device, rank=ddp.rank, world_size=ddp.world_size,
                          pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     test_bpd = None
-    bar = _Progress(enabled=progress)
+    bar = _Progress(enabled=progress and ddp.is_main)
     steps_this_call = 0
+    every = tcfg["checkpoint_every"]
     try:
         with bar, _stop_on_sigint() as interrupt:
             while epoch < pcfg["epochs"]:
@@ -249,39 +263,59 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                 bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
                 set_phase_mode(model, phase)
                 for idx, batch in loader.epoch(epoch, start=step):
-                    if interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps):
+                    stop = interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps)
+                    if ddp.enabled:  # every rank stops at the same step
+                        stop = ddp.sum(float(stop))[0] > 0
+                    if stop:
                         raise _StopRequested
                     y = loader.to_device(batch, device)
                     if on_device:  # uint8 crossed to the device; the same noise, computed there
-                        y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)), seed=seed, epoch=epoch)
+                        y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=seed, epoch=epoch)
                     for group in opt.param_groups:
                         group["lr"] = learning_rate(pcfg, epoch, global_step)
-                    value = training_step(model, y, opt, params, use_flow=use_flow, grad_clip=pcfg["grad_clip"])
-                    if not math.isfinite(value):
-                        raise VaeflowError(f"non-finite loss at {phase} epoch {epoch + 1} step {step}; lower train.{phase}.lr or set train.{phase}.grad_clip, then resume from the last checkpoint")
-                    loss_sum += value * len(idx)
-                    loss_n += len(idx)
+                    value = stepper.step(y)
                     step += 1
                     global_step += 1
                     steps_this_call += 1
-                    bar.advance(value)
-                test_bpd = held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=cfg["train"]["eval_samples"])
+                    if math.isnan(value):
+                        skipped += 1
+                        log(f"{phase} epoch {epoch + 1} step {step}: non-finite loss, step skipped ({stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
+                        if stepper.bad_steps >= tcfg["max_bad_steps"]:
+                            raise _TooManyBadSteps
+                    else:
+                        loss_sum += value * len(idx)
+                        loss_n += len(idx)
+                        bar.advance(value)
+                    if every > 0 and global_step % every == 0 and step < steps_per_epoch:
+                        checkpoint()
+                wait = loader.wait_seconds
+                loss_sum, loss_n = ddp.sum(loss_sum, loss_n)
+                test_bpd = ddp.broadcast(held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]) if ddp.is_main else None)
+                seconds = time.perf_counter() - t0
                 record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
                           "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
-                          "seconds": round(time.perf_counter() - t0, 3), "data_wait_seconds": round(loader.wait_seconds, 3)}
+                          "skipped_steps": skipped, "seconds": round(seconds, 3), "data_wait_seconds": round(wait, 3),
+                          "data_wait_share": round(wait / max(seconds, 1e-9), 4)}
                 epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
+                if ddp.is_main:  # the record first: a kill before the checkpoint only repeats the epoch
+                    rd.append_metrics(record)
                 path = checkpoint(complete=epoch >= pcfg["epochs"])
-                rd.append_metrics(record)
-                grid_path = _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"])
-                bar.finish_epoch(
-                    f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
-                    f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s; {grid_path}"
-                )
+                if ddp.is_main:
+                    grid_path = _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"])
+                    bar.finish_epoch(
+                        f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
+                        f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
+                        f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
+                    )
     except _StopRequested:
         path = checkpoint()
         raise Interrupted(f"interrupted at {phase} epoch {epoch + 1} step {step}; saved {path}; continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
+    except _TooManyBadSteps:
+        path = checkpoint()  # the skipped steps changed nothing: this is the last good state
+        raise VaeflowError(f"{stepper.bad_steps} non-finite losses in a row at {phase} epoch {epoch + 1} step {step} (train.max_bad_steps = {tcfg['max_bad_steps']}); saved the last good state to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume") from None
     if pcfg["epochs"] <= epoch and test_bpd is None:
-        log(f"phase {phase} of {rd.path} is already complete ({epoch} epochs); raise train.{phase}.epochs to train further")
+        if ddp.is_main:
+            log(f"phase {phase} of {rd.path} is already complete ({epoch} epochs); raise train.{phase}.epochs to train further")
         path = checkpoint(complete=True)
     return PhaseResult(rd.path, phase, epoch, test_bpd, path)
 
