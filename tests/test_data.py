@@ -212,9 +212,8 @@ def test_loader_ring_of_host_buffers_gives_the_same_batches():
         ringed = BatchLoader(images, batch_size=4, seed=5, dequantize=dequantize, prefetch=2)
         ringed.buffers = HostBuffers(ringed.prefetch + 3, pin=False)
         addresses = set()
-        for (i, y), (j, z) in zip(plain, ringed.epoch(2), strict=True):
-            addresses.add(z.ctypes.data)
-            t = ringed.to_device(z, "cpu")
+        for (i, y), (j, t) in zip(plain, ringed.device_epoch(2, "cpu"), strict=True):
+            addresses.add(t.data_ptr())
             assert np.array_equal(i, j) and torch.equal(t, torch.from_numpy(y))
         assert len(addresses) <= ringed.prefetch + 4  # reused (+1: the short last batch)
 

@@ -202,3 +202,12 @@ def test_ddp_with_gloo_on_two_processes_matches_one_process(tmp_path, tiny_confi
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     model, _, _ = load_run_model(ddp)  # the checkpoint is a plain model (no DDP "module." prefixes)
     assert model is not None
+
+
+def test_compiled_training_runs(tiny, tmp_path):
+    """train.compile = true: torch.compile (inductor, C++ on the CPU) runs the objective. Its
+    random numbers come from inductor's own generator, so the numbers differ from eager mode."""
+    cfg = config_mod.resolve(base=tiny, overrides=["train.compile=true", "train.vae.epochs=1"])
+    result = train_phase(cfg, tmp_path / "compiled", "vae", progress=False)
+    assert np.isfinite(result.test_bpd)
+    assert RunDir(tmp_path / "compiled").read_metrics()[-1]["skipped_steps"] == 0

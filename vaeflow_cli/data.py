@@ -264,13 +264,14 @@ class HostBuffers:
             self.slot_of[tensor.data_ptr()] = slot
         return tensor.numpy()
 
-    def copied(self, array: np.ndarray) -> None:
+    def copied(self, array: np.ndarray, stream=None) -> None:
+        """Record that a device copy out of ``array`` was issued (on ``stream``, default current)."""
         import torch
 
         slot = self.slot_of.get(array.ctypes.data)
         if slot is not None and torch.cuda.is_available():
             event = torch.cuda.Event()
-            event.record()
+            event.record(stream)
             self.events[slot] = event
 
 
@@ -296,7 +297,7 @@ class BatchLoader:
         self.dequantize = dequantize  # False: yield the uint8 images (to dequantize on the device)
         self.wait_seconds = 0.0
         # With pin_memory, batches are written into a ring of page-locked host buffers, so that
-        # to_device() copies them asynchronously; the ring outlives the steps that use a buffer.
+        # device_epoch() copies them asynchronously; the ring outlives the steps that use a buffer.
         self.buffers = HostBuffers(self.prefetch + 3, pin=True) if pin_memory else None
 
     def indices(self, epoch: int) -> list[np.ndarray]:
@@ -326,18 +327,50 @@ class BatchLoader:
         out = None if self.buffers is None else self.buffers.next(x.shape, np.float32)
         return idx, dequantize(x, seed=self.seed, epoch=epoch, indices=idx, threads=self.threads, out=out)
 
-    def to_device(self, batch: np.ndarray, device):
-        """The batch as a tensor on ``device``: an asynchronous copy from a pinned buffer (the
-        buffer is not reused before the copy has finished), a plain copy otherwise. A batch from
-        a pinned loader is valid until the next few batches are drawn: use it, don't keep it."""
+    def device_epoch(self, epoch: int, device, *, start: int = 0):
+        """``epoch`` with the batches already on ``device``: on CUDA the copy of batch k+1 is issued
+        on a side stream before batch k is handed out, so host-to-device transfer overlaps the
+        compute of step k; the compute stream waits for each batch's own copy only."""
         import torch
 
-        tensor = torch.from_numpy(batch)
-        if self.buffers is None or torch.device(device).type != "cuda":
-            return tensor.to(device)
-        moved = tensor.to(device, non_blocking=True)
-        self.buffers.copied(batch)
-        return moved
+        device = torch.device(device)
+        host = self.epoch(epoch, start=start)
+        if device.type != "cuda":
+            for idx, batch in host:
+                yield idx, torch.from_numpy(batch).to(device)
+            return
+        stream = torch.cuda.Stream(device)
+
+        def issue(batch):
+            with torch.cuda.stream(stream):
+                moved = torch.from_numpy(batch).to(device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(stream)
+            if self.buffers is not None:
+                self.buffers.copied(batch, stream)
+            return moved, done
+
+        pending = None
+        try:
+            for idx, batch in host:
+                ready = (idx, *issue(batch))
+                if pending is not None:
+                    yield self._hand_over(pending)
+                pending = ready
+            if pending is not None:
+                yield self._hand_over(pending)
+        finally:
+            host.close()
+
+    @staticmethod
+    def _hand_over(item):
+        import torch
+
+        idx, moved, done = item
+        current = torch.cuda.current_stream(moved.device)
+        current.wait_event(done)
+        moved.record_stream(current)  # the allocator must not reuse it before compute is done
+        return idx, moved
 
     def epoch(self, epoch: int, *, start: int = 0):
         """Yield (indices (B,), batch (B, C, H, W)) for steps start, start+1, ... of ``epoch``; the

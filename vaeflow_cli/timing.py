@@ -57,11 +57,11 @@ def _time_model(model, phase: str, *, images: np.ndarray, batch_size: int, steps
     stepper = Stepper(model, params, opt, use_flow=phase != "vae", device=device, precision=precision,
                       compile=compile, channels_last=channels_last)
     loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, pin_memory=device.type == "cuda")
-    batches = loader.epoch(0)
+    batches = loader.device_epoch(0, device)
 
     def step():
         _, batch = next(batches)
-        value = stepper.step(loader.to_device(batch, device))
+        value = stepper.step(batch)
         if not math.isfinite(value):
             raise VaeflowError(f"timing: the {phase} model gave a non-finite loss; check the config")
 

@@ -262,13 +262,12 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                 loader.wait_seconds = 0.0
                 bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
                 set_phase_mode(model, phase)
-                for idx, batch in loader.epoch(epoch, start=step):
+                for idx, y in loader.device_epoch(epoch, device, start=step):
                     stop = interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps)
                     if ddp.enabled:  # every rank stops at the same step
                         stop = ddp.sum(float(stop))[0] > 0
                     if stop:
                         raise _StopRequested
-                    y = loader.to_device(batch, device)
                     if on_device:  # uint8 crossed to the device; the same noise, computed there
                         y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=seed, epoch=epoch)
                     for group in opt.param_groups:
