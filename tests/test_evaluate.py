@@ -163,3 +163,69 @@ def test_timing_gives_finite_times_for_all_three_models(tiny_config):
         assert math.isfinite(r[key]) and r[key] > 0
     assert r["batch_size"] == 32 and r["image_shape"] == [1, 28, 28] and r["steps_per_epoch"] == 3
     assert r["speedup"] == pytest.approx(r["glow_baseline_s_per_epoch"] / ((r["vae_s_per_epoch"] + r["glow_layer_s_per_epoch"]) / 2))
+
+
+# ---------------------------------------------------------------- the paper's figures and joint training
+
+
+def test_figure4_and_temperature_figures_have_the_documented_layout(trained_run):
+    from PIL import Image
+
+    from vaeflow_cli.runs import load_run_model
+    from vaeflow_cli.sampling import compare_grid, temperature_grid
+
+    path = run_cli("sample", "--run", trained_run, "--compare", "--n", "3", "--per-z", "4").stdout.decode().strip()
+    assert Image.open(path).size == (5 * 30 + 2, 3 * 30 + 2)  # rows: z; columns: VAE mean + 4 samples
+    path = run_cli("sample", "--run", trained_run, "--temperatures", "0,0.5,1", "--n", "4").stdout.decode().strip()
+    assert Image.open(path).size == (4 * 30 + 2, 3 * 30 + 2)  # rows: T; columns: the same 4 latents
+    model, _, _ = load_run_model(trained_run)
+    grid = compare_grid(model, rows=2, per_z=3, seed=5)
+    g = torch.Generator().manual_seed(5)
+    z = model.prior.from_base(torch.randn(2, model.latent_dim, generator=g))
+    from vaeflow_cli.images import to_uint8
+
+    with torch.no_grad():
+        assert np.array_equal(grid[:, 0], to_uint8(model.decode(z, vae_only=True)))  # column 0: g_mu(z)
+        rows = temperature_grid(model, temperatures=[0.0, 1.0], n=2, seed=5)
+        assert np.array_equal(rows[0], to_uint8(model.decode(z, temperature=0.0)))  # T = 0: f^-1(g_mu(z))
+    assert not np.array_equal(rows[0], rows[1])
+
+
+def test_joint_training_runs_a_step_and_changes_every_parameter(trained_run, tmp_path):
+    import shutil
+
+    from vaeflow_cli.runs import RunDir
+    from vaeflow_cli.train import Interrupted
+
+    run = tmp_path / "joint"
+    shutil.copytree(trained_run, run)
+    cfg = config_mod.resolve(run / "config.toml", ["train.joint.lr=1e-3"])
+    with pytest.raises(Interrupted):
+        train_phase(cfg, run, "joint", progress=False, max_steps=1)
+    before, after = RunDir(run).load_checkpoint("glow")["model"], RunDir(run).load_checkpoint("joint")["model"]
+    from vaeflow_cli.runs import load_run_model
+
+    model, _, phase = load_run_model(run)
+    assert phase == "joint"
+    names = [n for n, _ in model.named_parameters()]
+    assert {n.split(".")[0] for n in names} == {"encoder", "decoder", "prior", "flow"}
+    # a 1-channel 1x1 convolution's strictly lower/upper LU parts are empty (masked): no gradient
+    masked = {n for n in names if n.endswith((".lower", ".upper")) and before[n].numel() == 1}
+    unchanged = [n for n in names if n not in masked and torch.equal(before[n], after[n])]
+    assert not unchanged, f"joint training left {unchanged} unchanged"
+
+
+def test_digit_fd_and_training_curves(trained_run):
+    r = evaluate_run(trained_run, metrics=["digit_fd"], n_samples=64)
+    assert r["digit_fd_classifier_accuracy"] > 0.9  # the features come from a working classifier
+    assert math.isfinite(r["digit_fd_vae"]) and math.isfinite(r["digit_fd_full"]) and r["digit_fd_full"] > 0
+    assert (trained_run / "eval" / "digit-cnn.pt").exists()
+    from vaeflow_cli import digitfd
+    from vaeflow_cli.data import load_split
+
+    net, _ = digitfd.load_or_train(trained_run / "eval" / "digit-cnn.pt")
+    real = load_split(config_mod.resolve(trained_run / "config.toml"), "test")
+    mu, sigma = fid.statistics(digitfd.features(net, real))
+    assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
+    path = run_cli("plot", "--run", trained_run).stdout.decode().strip()
+    assert path.endswith("training-curves.png") and open(path, "rb").read(4) == b"\x89PNG"

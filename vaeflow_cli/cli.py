@@ -88,7 +88,7 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
         cfg = RunDir(run).resolved_config(overrides or [])
     else:
         cfg = config_mod.resolve(config, overrides or [])
-        if run is None and config is None and phase == "glow":
+        if run is None and config is None and phase in ("glow", "joint"):
             rd = RunDir(cfg["run"]["dir"])
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
                 cfg = rd.resolved_config(overrides or [])
@@ -112,6 +112,15 @@ def train_glow(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt,
     _train("glow", config, run, set, resume)
 
 
+@app.command("train-joint")
+@cli_errors
+def train_joint(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
+                resume: bool = typer.Option(False, "--resume", help="Continue from the run's joint checkpoint.")):
+    """After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full
+    model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory."""
+    _train("joint", config, run, set, resume)
+
+
 @app.command("train-baseline")
 @cli_errors
 def train_baseline(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
@@ -133,10 +142,14 @@ def sample(
     as_grid: bool = typer.Option(True, "--grid/--no-grid", help="One grid PNG, or one PNG per sample."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    compare: bool = typer.Option(False, "--compare", help="Figure 4: per row, one z: its VAE mean, then --per-z Glow-layer samples at -t."),
+    per_z: int = typer.Option(5, "--per-z", min=1, help="With --compare: Glow-layer samples per z."),
+    temperatures: Optional[str] = typer.Option(None, "--temperatures", help="Temperature figure: one row per T (e.g. 0,0.25,0.5,0.75,1), the same --n latents and noise in each row."),
 ):
     """Draw samples: u ~ N(0,I), z = h^-1(u), xbar = g_mu + T g_sigma eps, x = f^-1(xbar).
 
     Prints the written paths, one per line (or writes the PNG / NPY bytes to stdout with --out -).
+    --compare and --temperatures write one grid PNG (the paper's Figure 4; a temperature figure).
     """
     from vaeflow_cli.images import grid, npy_bytes, png_bytes
     from vaeflow_cli.runs import RunDir, atomic_write_bytes, load_run_model
@@ -154,6 +167,24 @@ def sample(
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no VAE decoder for --vae-only")
     if phase == "vae" and not vae_only:
         log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
+    if compare or temperatures is not None:
+        from vaeflow_cli.evaluate import parse_temperatures
+        from vaeflow_cli.sampling import compare_grid, temperature_grid
+
+        if phase == "baseline":
+            raise VaeflowError(f"{run} is a standalone flow (train-baseline): --compare and --temperatures need a VAE")
+        if compare and temperatures is not None:
+            raise VaeflowError("--compare and --temperatures make different figures; give one")
+        if compare:
+            rows = compare_grid(model, rows=n, per_z=per_z, temperature=temperature, seed=seed)
+            name = f"compare-seed{seed}-t{temperature:g}.png"
+        else:
+            temps = parse_temperatures(temperatures)
+            rows = temperature_grid(model, temperatures=temps, n=n, seed=seed)
+            name = f"temperatures-seed{seed}.png"
+        figure = grid(rows.reshape(-1, *rows.shape[2:]), nrow=rows.shape[1])
+        _write_output(png_bytes(figure), out or str(RunDir(run).samples_dir / name))
+        return
     images = sample_images(model, n, temperature=temperature, seed=seed, vae_only=vae_only)  # (N, C, H, W)
     stem = f"sample-seed{seed}-" + ("vae" if vae_only else f"t{temperature:g}")
     if fmt == "npy":
@@ -254,6 +285,16 @@ def timing(
                         baseline={"levels": glow_levels, "steps": glow_steps, "hidden_channels": glow_width,
                                   "coupling": glow_coupling})
     typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command()
+@cli_errors
+def plot(run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
+         out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png).")):
+    """Plot training loss and held-out bound per epoch, all phases. Prints the PNG's path."""
+    from vaeflow_cli.plots import training_curves
+
+    typer.echo(str(training_curves(_run_or_default(run), out)))
 
 
 @app.command("plugins")

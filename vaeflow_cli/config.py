@@ -29,7 +29,8 @@ from vaeflow_cli.errors import VaeflowError
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
-PHASES = ("vae", "glow", "baseline")  # [train.<phase>] sections; baseline = the [model.flow] alone
+PHASES = ("vae", "glow", "baseline", "joint")  # [train.<phase>] sections; baseline = the [model.flow]
+# alone; joint = everything fine-tuned together after the two phases (paper, section 3.4)
 
 _PHASE = {
     "epochs": 10,  # passes over the training split
@@ -65,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "vae": dict(_PHASE),
         "glow": dict(_PHASE),
         "baseline": dict(_PHASE),  # vaeflow train-baseline: the [model.flow] alone (standalone Glow)
+        "joint": {**_PHASE, "epochs": 5, "lr": 1e-5},  # vaeflow train-joint: all parts, after phase 2
     },
     "run": {
         "dir": "runs/default",  # used when --run is not given

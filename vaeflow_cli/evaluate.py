@@ -24,7 +24,7 @@ import numpy as np
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
 
-METRICS = ("bpd", "iwae", "fid")
+METRICS = ("bpd", "iwae", "fid", "digit_fd")
 SAMPLE_BATCH = 500  # samples drawn per forward pass when generating images for FID
 
 
@@ -103,12 +103,12 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     seed = cfg["train"]["seed"] if seed is None else seed
     dev = resolve_device(device)
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
-    models = [p for p in ("vae", "glow", "baseline") if rd.checkpoint_path(p).exists()]
+    models = [p for p in ("vae", "glow", "joint", "baseline") if rd.checkpoint_path(p).exists()]
     if not models:
         raise VaeflowError(f"{rd.path} has no checkpoint; train it first (vaeflow train-vae --run {rd.path})")
     images = load_split(cfg, split)
     result: dict = {"run": str(rd.path), "split": split, "images": len(images), "seed": seed}
-    label = {"vae": "vae", "glow": "full", "baseline": "baseline"}
+    label = {"vae": "vae", "glow": "full", "joint": "joint", "baseline": "baseline"}
     loaded = {}
     for phase in models:
         model, _, _ = load_run_model(rd.path, device=str(dev), phase=phase)
@@ -127,8 +127,21 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
             result["iwae_k"] = iwae_k
             log(f"iwae: IWAE_{iwae_k} bound of the {label[phase]} model on {len(images)} {split} images")
             result[f"bpd_iwae_{label[phase]}"] = iwae_bpd(model, images, k=iwae_k, seed=seed, use_flow=use_flow, device=dev)
+    if "digit_fd" in metrics:
+        from vaeflow_cli import digitfd
+
+        net, accuracy = digitfd.load_or_train(rd.path / "eval" / "digit-cnn.pt")
+        mu_r, sigma_r = fid_mod.statistics(digitfd.features(net, images))
+        result.update(digit_fd_classifier_accuracy=accuracy, n_samples=n_samples)
+        for phase in (p for p in models if p != "baseline"):
+            scores = {}
+            for t in temperatures:
+                log(f"digit_fd: {n_samples} samples of the {label[phase]} model at T={t:g}")
+                samples = generate(loaded[phase], n_samples, temperature=t, seed=seed)
+                scores[t] = fid_mod.frechet_distance(*fid_mod.statistics(digitfd.features(net, samples)), mu_r, sigma_r)
+            result[f"digit_fd_{label[phase]}"] = scores[temperatures[0]] if len(temperatures) == 1 else {f"{t:g}": v for t, v in scores.items()}
     if "fid" in metrics:
-        phase = "glow" if "glow" in loaded else models[0]
+        phase = "glow" if "glow" in loaded else models[0]  # the two-phase model (the paper's)
         model = loaded[phase]
         sha = fid_mod.file_sha256(weights)
         net = fid_mod.build_extractor(weights, dev)
@@ -148,7 +161,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         if not sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX):
             log(f"fid: {weights} is not the standard {fid_mod.WEIGHTS_FILE} (sha256 {sha[:12]}...): these FIDs are not comparable with published ones")
         if len(temperatures) > 1:
-            result["fid_plot"] = str(_plot_sweep(rd.path / "eval" / f"fid-temperature-{split}.png", scores, label[phase], n_samples))
+            from vaeflow_cli.plots import fid_sweep
+
+            result["fid_plot"] = str(fid_sweep(rd.path / "eval" / f"fid-temperature-{split}.png", scores, label[phase], n_samples))
     result["temperature"] = temperatures[0] if len(temperatures) == 1 else list(temperatures)
     result["versions"] = {p: _version(p) for p in ("vaeflow", "torch", "torch-fidelity", "numpy")}
     out = rd.path / "eval"
@@ -157,35 +172,10 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     return result
 
 
-def _plot_sweep(path: Path, scores: dict[float, float], model: str, n: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from vaeflow_cli.runs import atomic_write_bytes
-
-    temps = sorted(scores)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    ax.plot(temps, [scores[t] for t in temps], "o-")
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("FID")
-    ax.set_title(f"FID against temperature ({model} model, {n} samples)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def format_table(r: dict) -> str:
     """A readable table; likelihood bounds are printed as upper bounds ("<=")."""
     lines = [f"run {r['run']}, split {r['split']} ({r['images']} images)"]
-    names = {"vae": "VAE (phase 1)", "full": "VAE + Glow layer", "baseline": "standalone flow"}
+    names = {"vae": "VAE (phase 1)", "full": "VAE + Glow layer", "joint": "jointly fine-tuned", "baseline": "standalone flow"}
     if "bpd_baseline" in r:
         lines.append(f"  {names['baseline']:18s} bpd = {r['bpd_baseline']:.4f} (exact)")
     for key, name in names.items():
@@ -196,6 +186,14 @@ def format_table(r: dict) -> str:
             cells.append(f"IWAE_{r['iwae_k']} bpd <= {r[f'bpd_iwae_{key}']:.4f}")
         if cells:
             lines.append(f"  {name:18s} " + "   ".join(cells))
+    for key, name in names.items():
+        if f"digit_fd_{key}" in r:
+            v = r[f"digit_fd_{key}"]
+            per_t = v if isinstance(v, dict) else {f"{r['temperature']:g}": v}
+            cells = ", ".join(f"T={t}: {x:.3f}" for t, x in per_t.items())
+            lines.append(f"  {name:18s} digit_fd ({r['n_samples']} samples; digit-CNN features, not Inception): {cells}")
+    if "digit_fd_classifier_accuracy" in r:
+        lines.append(f"  (digit classifier accuracy on the 500 held-out digits: {r['digit_fd_classifier_accuracy']:.3f})")
     if "fid" in r:
         fids = r["fid"] if isinstance(r["fid"], dict) else {f"{r['temperature']:g}": r["fid"]}
         for t, v in fids.items():

@@ -54,3 +54,32 @@ def reconstruct(model: VAEFlow, images: np.ndarray) -> np.ndarray:
     device = next(model.parameters()).device
     y = torch.from_numpy((images.astype(np.float32) + 0.5) / 256.0).to(device)
     return to_uint8(model.decode(model.encode(y)[0], temperature=0.0))
+
+
+@torch.no_grad()
+def compare_grid(model: VAEFlow, *, rows: int, per_z: int, temperature: float = 0.5, seed: int = 0) -> np.ndarray:
+    """The paper's Figure 4: for each of ``rows`` latents z ~ p(z), the VAE mean g_mu(z) followed
+    by ``per_z`` Glow-layer samples x = f^-1(g_mu + T g_sigma eps) of the same z:
+    uint8 (rows, 1 + per_z, C, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    device = next(model.parameters()).device
+    z = model.prior.from_base(torch.randn(rows, model.latent_dim, generator=g).to(device))
+    mean = model.decode(z, vae_only=True)
+    zz = z.repeat_interleave(per_z, 0)
+    samples = model.decode(zz, temperature=temperature, generator=g).reshape(rows, per_z, *model.image_shape)
+    return to_uint8(torch.cat([mean[:, None], samples], 1))
+
+
+@torch.no_grad()
+def temperature_grid(model: VAEFlow, *, temperatures, n: int, seed: int = 0) -> np.ndarray:
+    """One row per temperature T, the same ``n`` latents z and the same noise eps in every row:
+    x = f^-1(g_mu(z) + T g_sigma(z) eps): uint8 (len(temperatures), n, C, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    device = next(model.parameters()).device
+    z = model.prior.from_base(torch.randn(n, model.latent_dim, generator=g).to(device))
+    mean, std = model.decoder(z)
+    eps = torch.randn(mean.shape, generator=g).to(device=device, dtype=mean.dtype)
+    rows = [model.flow.inverse(mean + t * std * eps)[0] for t in temperatures]
+    return to_uint8(torch.stack(rows))

@@ -108,10 +108,13 @@ class PhaseResult:
 
 
 def _phase_modules(model: VAEFlow, phase: str):
+    if phase == "joint":
+        return [model.encoder, model.decoder, model.prior, model.flow]
     return [model.encoder, model.decoder, model.prior] if phase == "vae" else [model.flow]
 
 
-PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline"}
+PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline", "joint": "the joint fine-tuning"}
+PREVIOUS = {"glow": "vae", "joint": "glow"}  # the finished phase a phase starts from
 
 
 def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
@@ -162,7 +165,7 @@ def prepare_run(cfg: dict, rd: RunDir, phase: str) -> None:
         existing = rd.resolved_config()
         if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
-    elif phase == "glow":
+    elif phase in PREVIOUS:
         raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); run vaeflow train-vae --run {rd.path} first")
     rd.write_config(cfg)
 
@@ -194,12 +197,15 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     data: Splits = load_splits(cfg)
     torch.manual_seed(seed + config_mod.PHASES.index(phase) + 1000 * ddp.rank)
     model = build_model(cfg, data.image_shape, baseline=phase == "baseline").to(device)
-    if phase == "glow":
-        vae_state = rd.load_checkpoint("vae", map_location=device)
-        check_signature(vae_state, cfg, rd.checkpoint_path("vae"))
-        if not vae_state.get("complete"):
-            raise VaeflowError(f"phase 1 of {rd.path} is not finished (epoch {vae_state['epoch']}/{vae_state['epochs']}); run vaeflow train-vae --run {rd.path} --resume")
-        model.load_state_dict(vae_state["model"])
+    if phase in PREVIOUS:
+        before = PREVIOUS[phase]
+        if not rd.checkpoint_path(before).exists():
+            raise VaeflowError(f"{rd.path} has no {PHASE_NAMES[before]} checkpoint; run vaeflow train-{before} --run {rd.path} first")
+        prev_state = rd.load_checkpoint(before, map_location=device)
+        check_signature(prev_state, cfg, rd.checkpoint_path(before))
+        if not prev_state.get("complete"):
+            raise VaeflowError(f"{PHASE_NAMES[before]} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume")
+        model.load_state_dict(prev_state["model"])
     params = trainable_parameters(model, phase)
     if not params:
         raise VaeflowError(f"the {phase} phase has no parameters to train (model.{'flow' if phase == 'glow' else 'encoder'} type)")
@@ -227,12 +233,13 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
             log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
     elif resume and ddp.is_main:
         log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
-    if phase == "glow" and epoch == 0 and step == 0:
+    if phase in PREVIOUS and epoch == 0 and step == 0:
         start = ddp.broadcast(held_out_bpd(model, data.test, seed=seed, use_flow=True, device=device, limit=tcfg["eval_samples"]) if ddp.is_main else None)
         if ddp.is_main:
+            note = "start of phase 2 (Glow layer = identity)" if phase == "glow" else "start of joint fine-tuning (the two-phase model)"
             rd.truncate_metrics(phase, -1)
-            rd.append_metrics({"phase": "glow", "epoch": 0, "test_bpd": start, "note": "start of phase 2 (Glow layer = identity)"})
-            log(f"glow start: held-out bound <= {start:.4f} bpd (equals the phase-1 bound)")
+            rd.append_metrics({"phase": phase, "epoch": 0, "test_bpd": start, "note": note})
+            log(f"{phase} start: held-out bound <= {start:.4f} bpd (equals the {PHASE_NAMES[PREVIOUS[phase]]} bound)")
 
     def checkpoint(complete: bool = False) -> Path:
         """Every rank calls this at the same step (the RNG states are gathered); rank 0 writes."""
