@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vaeflow_cli.distributions import standard_normal_log_prob
+from vaeflow_cli.distributions import gaussian_log_prob, standard_normal_log_prob
 from vaeflow_cli.flows import FlowSequence
 from vaeflow_cli.hookspecs import hookimpl
 
@@ -99,7 +99,60 @@ class RealNVPPrior(FlowPrior):
         return self.h.inverse(u)
 
 
+class _ConcatMLP(nn.Module):
+    """``layers`` fully-connected ReLU layers of width ``hidden``; the output layer sees the last
+    hidden layer concatenated with the input (Dai & Wipf's second-stage networks)."""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        mods, d = [], d_in
+        for _ in range(layers):
+            mods += [nn.Linear(d, hidden), nn.ReLU()]
+            d = hidden
+        self.body = nn.Sequential(*mods)
+        self.out = nn.Linear(hidden + d_in, d_out)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.body(x), x], dim=1))
+
+
+class TwoStageVAEPrior(nn.Module):
+    """Dai & Wipf's second-stage VAE as the prior p(z) (the paper's Table 1 comparison): an encoder
+    q(u|z) and a decoder p(z|u) = N(g(u), gamma_z^2 I) with a learned scalar gamma_z, both 3
+    fully-connected layers of width 1024 with the input concatenated before the output layer,
+    u of the latent size, p(u) = N(0, I).
+
+    Until the second stage is trained (``vaeflow train-prior``, which sets ``trained``), the prior is
+    N(0, I): phase 1 is then the first-stage VAE of Dai & Wipf. Afterwards log_prob(z) is the
+    second stage's one-sample ELBO, a lower bound on log p(z), so the model's ELBO stays a lower
+    bound on log p(x) (a bound of a bound); sampling draws u ~ N(0, I) and z = g(u)."""
+
+    def __init__(self, *, latent_dim: int, hidden: int = 1024, layers: int = 3) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = _ConcatMLP(latent_dim, 2 * latent_dim, hidden, layers)
+        self.decoder = _ConcatMLP(latent_dim, latent_dim, hidden, layers)
+        self.log_gamma = nn.Parameter(torch.zeros(()))
+        self.register_buffer("trained", torch.tensor(False))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.float()
+        if not bool(self.trained):
+            return standard_normal_log_prob(z)
+        mean, log_std = self.encoder(z).float().chunk(2, dim=1)
+        log_std = log_std.clamp(-10.0, 5.0)
+        u = mean + torch.exp(log_std) * torch.randn_like(mean)
+        recon = self.decoder(u).float()
+        log_pz_u = gaussian_log_prob(z, recon, torch.exp(self.log_gamma).expand_as(z))
+        kl = 0.5 * (mean * mean + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(1)
+        return log_pz_u - kl
+
+    def from_base(self, u: torch.Tensor) -> torch.Tensor:
+        return self.decoder(u) if bool(self.trained) else u
+
+
 @hookimpl
 def register_priors(register):
     register("realnvp", RealNVPPrior)
     register("gaussian", GaussianPrior)
+    register("two-stage-vae", TwoStageVAEPrior)

@@ -211,3 +211,34 @@ def test_compiled_training_runs(tiny, tmp_path):
     result = train_phase(cfg, tmp_path / "compiled", "vae", progress=False)
     assert np.isfinite(result.test_bpd)
     assert RunDir(tmp_path / "compiled").read_metrics()[-1]["skipped_steps"] == 0
+
+
+# ---------------------------------------------------------------- the two-stage VAE prior (Table 1)
+
+
+def test_two_stage_prior_trains_its_second_stage_samples_and_evaluates(tiny, tmp_path):
+    from vaeflow_cli.evaluate import evaluate_run
+    from vaeflow_cli.sampling import sample_images
+
+    cfg = config_mod.resolve(base=tiny, overrides=["model.prior.type='two-stage-vae'", "model.prior.hidden=32",
+                                                   "train.vae.epochs=1", "train.prior.epochs=2"])
+    run = tmp_path / "two-stage"
+    train_phase(cfg, run, "vae", progress=False)
+    vae = RunDir(run).load_checkpoint("vae")["model"]
+    assert not vae["prior.trained"].item()  # phase 1 is Dai & Wipf's first stage: p(z) = N(0, I)
+    train_phase(cfg, run, "prior", progress=False)
+    state = RunDir(run).load_checkpoint("prior")
+    assert state["model"]["prior.trained"].item() and state["start"] == "vae"
+    changed = lambda k: not torch.equal(vae[k], state["model"][k])  # noqa: E731
+    assert all(changed(k) for k in vae if k.startswith("prior.") and k != "prior.trained")
+    assert not any(changed(k) for k in vae if k.startswith(("encoder.", "decoder.", "flow.")))
+    records = [r for r in RunDir(run).read_metrics() if r["phase"] == "prior"]
+    assert [r["epoch"] for r in records] == [0, 1, 2] and records[-1]["test_bpd"] < records[0]["test_bpd"]
+    model, _, phase = load_run_model(run)
+    assert phase == "prior"
+    a = sample_images(model, 4, seed=1)
+    assert a.shape == (4, 1, 28, 28) and np.array_equal(a, sample_images(model, 4, seed=1))
+    r = evaluate_run(run, metrics=["bpd", "iwae"], iwae_k=4)
+    assert np.isfinite(r["bpd_elbo_prior"]) and r["prior_type"] == "two-stage-vae"
+    again = evaluate_run(run, metrics=["bpd"])
+    assert again["bpd_elbo_prior"] == r["bpd_elbo_prior"]  # the second stage's noise is fixed in evaluation

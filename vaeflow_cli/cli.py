@@ -88,7 +88,7 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
         cfg = RunDir(run).resolved_config(overrides or [])
     else:
         cfg = config_mod.resolve(config, overrides or [])
-        if run is None and config is None and phase in ("glow", "joint"):
+        if run is None and config is None and phase in ("glow", "joint", "prior"):
             rd = RunDir(cfg["run"]["dir"])
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
                 cfg = rd.resolved_config(overrides or [])
@@ -119,6 +119,16 @@ def train_joint(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt
     """After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full
     model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory."""
     _train("joint", config, run, set, resume)
+
+
+@app.command("train-prior")
+@cli_errors
+def train_prior(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
+                resume: bool = typer.Option(False, "--resume", help="Continue from the run's prior checkpoint.")):
+    """Train the prior alone on z ~ q(z|x) of the frozen encoder ([train.prior]), starting from
+    phase 2 (or phase 1): the second stage of a two-stage VAE prior (model.prior.type =
+    "two-stage-vae"; Dai & Wipf, the paper's Table 1), or more steps for any other prior."""
+    _train("prior", config, run, set, resume)
 
 
 @app.command("train-baseline")

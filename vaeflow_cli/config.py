@@ -29,8 +29,9 @@ from vaeflow_cli.errors import VaeflowError
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
-PHASES = ("vae", "glow", "baseline", "joint")  # [train.<phase>] sections; baseline = the [model.flow]
-# alone; joint = everything fine-tuned together after the two phases (paper, section 3.4)
+PHASES = ("vae", "glow", "baseline", "joint", "prior")  # [train.<phase>] sections; baseline = the
+# [model.flow] alone; joint = everything fine-tuned together after the two phases (paper, section
+# 3.4); prior = the prior alone on the frozen encoder's q(z|x) (the two-stage VAE's second stage)
 
 _PHASE = {
     "epochs": 10,  # passes over the training split
@@ -67,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "glow": dict(_PHASE),
         "baseline": dict(_PHASE),  # vaeflow train-baseline: the [model.flow] alone (standalone Glow)
         "joint": {**_PHASE, "epochs": 5, "lr": 1e-5},  # vaeflow train-joint: all parts, after phase 2
+        "prior": {**_PHASE, "epochs": 20, "lr": 1e-3},  # vaeflow train-prior: the prior alone
     },
     "run": {
         "dir": "runs/default",  # used when --run is not given

@@ -32,10 +32,28 @@ def held_out_bpd(model, images: np.ndarray, *, seed: int, use_flow: bool, device
     model.eval()
     n = len(images) if limit <= 0 else min(limit, len(images))
     g = torch.Generator().manual_seed(seed)
-    total = sum(model.bound(y, use_flow=use_flow, generator=g).bpd.sum().item()
-                for y in _batches(images, n, EVAL_BATCH, seed, device))
+    with _fixed_global_rng(seed, device):
+        total = sum(model.bound(y, use_flow=use_flow, generator=g).bpd.sum().item()
+                    for y in _batches(images, n, EVAL_BATCH, seed, device))
     model.train(was_training)
     return total / n
+
+
+def _fixed_global_rng(seed: int, device: torch.device):
+    """A component that draws its own noise (the two-stage prior's ELBO) gets the same numbers on
+    every evaluation; training's RNG stream is restored afterwards."""
+    import contextlib
+
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def ctx():
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    return ctx()
 
 
 @torch.no_grad()
@@ -48,8 +66,9 @@ def iwae_bpd(model, images: np.ndarray, *, k: int, seed: int, use_flow: bool, de
     g = torch.Generator().manual_seed(seed)
     per_batch = max(1, EVAL_BATCH // k)
     total = 0.0
-    for y in _batches(images, n, per_batch, seed, device):
-        log_p = model.iwae_log_likelihood(y, k=k, use_flow=use_flow, generator=g, chunk=min(k, EVAL_BATCH))
-        total += bits_per_dim(log_p, model.dims).sum().item()
+    with _fixed_global_rng(seed, device):
+        for y in _batches(images, n, per_batch, seed, device):
+            log_p = model.iwae_log_likelihood(y, k=k, use_flow=use_flow, generator=g, chunk=min(k, EVAL_BATCH))
+            total += bits_per_dim(log_p, model.dims).sum().item()
     model.train(was_training)
     return total / n

@@ -176,16 +176,20 @@ def check_signature(state: dict, cfg: dict, path: Path) -> None:
 def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto"):
     """(model in eval mode, resolved config, phase loaded) from a run directory alone.
 
-    ``phase="auto"`` loads the joint fine-tuning's checkpoint when there is one, else phase 2's,
-    else phase 1's (whose Glow layer is still the identity), else the standalone baseline (a
-    FlowModel)."""
+    ``phase="auto"`` loads the newest checkpoint of phase 1, phase 2, the prior training or the
+    joint fine-tuning (a phase-1 model's Glow layer is still the identity), else the standalone
+    baseline (a FlowModel)."""
     from vaeflow_cli.data import build_dataset
     from vaeflow_cli.model import build_model
 
     rd = RunDir(run)
     cfg = rd.resolved_config()
     if phase == "auto":
-        phase = next((p for p in ("joint", "glow", "vae", "baseline") if rd.checkpoint_path(p).exists()), "vae")
+        found = [p for p in ("joint", "prior", "glow", "vae") if rd.checkpoint_path(p).exists()]
+        if found:  # the newest: phases may run in either order (train-prior before or after train-glow)
+            phase = max(found, key=lambda p: rd.checkpoint_path(p).stat().st_mtime_ns)
+        else:
+            phase = "baseline" if rd.checkpoint_path("baseline").exists() else "vae"
     state = rd.load_checkpoint(phase)
     check_signature(state, cfg, rd.checkpoint_path(phase))
     model = build_model(cfg, build_dataset(cfg).image_shape, baseline=phase == "baseline")

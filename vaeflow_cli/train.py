@@ -108,21 +108,33 @@ class PhaseResult:
 
 
 def _phase_modules(model: VAEFlow, phase: str):
+    return {"vae": lambda: [model.encoder, model.decoder, model.prior],
+            "joint": lambda: [model.encoder, model.decoder, model.prior, model.flow],
+            "prior": lambda: [model.prior]}.get(phase, lambda: [model.flow])()
+
+
+PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline", "joint": "the joint fine-tuning",
+               "prior": "the prior training"}
+
+
+def previous_phase(rd: RunDir, phase: str) -> str | None:
+    """The finished phase whose checkpoint ``phase`` starts from: phase 2 from phase 1 (or from a
+    prior trained on it), joint fine-tuning from phase 2, the prior from phase 2 or else phase 1."""
+    has = lambda p: rd.checkpoint_path(p).exists()  # noqa: E731
+    if phase == "glow":
+        return "prior" if has("prior") and not has("glow") and rd.load_checkpoint("prior").get("start") == "vae" else "vae"
     if phase == "joint":
-        return [model.encoder, model.decoder, model.prior, model.flow]
-    return [model.encoder, model.decoder, model.prior] if phase == "vae" else [model.flow]
-
-
-PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline", "joint": "the joint fine-tuning"}
-PREVIOUS = {"glow": "vae", "joint": "glow"}  # the finished phase a phase starts from
+        return "glow"
+    if phase == "prior":
+        return "glow" if has("glow") else "vae"
+    return None
 
 
 def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
     """The parameters ``phase`` trains. The other phase's modules are frozen (requires_grad off):
     the VAE in phase 2, the unused Glow layer in phase 1 (which DDP requires)."""
-    if phase in ("vae", "glow"):
-        other = "glow" if phase == "vae" else "vae"
-        for m in _phase_modules(model, other):
+    if isinstance(model, VAEFlow):
+        for m in (model.encoder, model.decoder, model.prior, model.flow):
             m.requires_grad_(False)
     for m in _phase_modules(model, phase):
         m.requires_grad_(True)
@@ -165,7 +177,7 @@ def prepare_run(cfg: dict, rd: RunDir, phase: str) -> None:
         existing = rd.resolved_config()
         if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
-    elif phase in PREVIOUS:
+    elif phase not in ("vae", "baseline"):
         raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); run vaeflow train-vae --run {rd.path} first")
     rd.write_config(cfg)
 
@@ -197,8 +209,8 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     data: Splits = load_splits(cfg)
     torch.manual_seed(seed + config_mod.PHASES.index(phase) + 1000 * ddp.rank)
     model = build_model(cfg, data.image_shape, baseline=phase == "baseline").to(device)
-    if phase in PREVIOUS:
-        before = PREVIOUS[phase]
+    before = previous_phase(rd, phase)
+    if before is not None:
         if not rd.checkpoint_path(before).exists():
             raise VaeflowError(f"{rd.path} has no {PHASE_NAMES[before]} checkpoint; run vaeflow train-{before} --run {rd.path} first")
         prev_state = rd.load_checkpoint(before, map_location=device)
@@ -210,7 +222,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     if not params:
         raise VaeflowError(f"the {phase} phase has no parameters to train (model.{'flow' if phase == 'glow' else 'encoder'} type)")
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
-    use_flow = phase != "vae"
+    use_flow = phase != "vae" and not (phase == "prior" and before == "vae")
     stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
                       grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
 
@@ -233,13 +245,16 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
             log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
     elif resume and ddp.is_main:
         log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
-    if phase in PREVIOUS and epoch == 0 and step == 0:
-        start = ddp.broadcast(held_out_bpd(model, data.test, seed=seed, use_flow=True, device=device, limit=tcfg["eval_samples"]) if ddp.is_main else None)
+    if phase == "prior" and hasattr(model.prior, "trained"):
+        model.prior.trained.fill_(True)  # a second-stage prior: from now on log p(z) is its ELBO
+    if before is not None and epoch == 0 and step == 0:
+        start = ddp.broadcast(held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]) if ddp.is_main else None)
         if ddp.is_main:
-            note = "start of phase 2 (Glow layer = identity)" if phase == "glow" else "start of joint fine-tuning (the two-phase model)"
+            note = {"glow": "start of phase 2 (Glow layer = identity)", "joint": "start of joint fine-tuning (the two-phase model)",
+                    "prior": f"start of prior training (from {PHASE_NAMES[before]})"}[phase]
             rd.truncate_metrics(phase, -1)
             rd.append_metrics({"phase": phase, "epoch": 0, "test_bpd": start, "note": note})
-            log(f"{phase} start: held-out bound <= {start:.4f} bpd (equals the {PHASE_NAMES[PREVIOUS[phase]]} bound)")
+            log(f"{phase} start: held-out bound <= {start:.4f} bpd ({note})")
 
     def checkpoint(complete: bool = False) -> Path:
         """Every rank calls this at the same step (the RNG states are gathered); rank 0 writes."""
@@ -251,6 +266,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
             "lr": opt.param_groups[0]["lr"], "rng": rngs[0], "rng_ranks": rngs, "epoch": epoch, "step": step,
             "global_step": global_step, "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n,
             "skipped_steps": skipped, "complete": complete, "signature": signature, "world_size": ddp.world_size,
+            "start": before,
         }, keep=tcfg["keep_checkpoints"], tag=f"step{global_step:09d}")
 
     on_device = tcfg["dequantize"] == "device"
