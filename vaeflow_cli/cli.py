@@ -189,7 +189,7 @@ def sample(
             rows = compare_grid(model, rows=n, per_z=per_z, temperature=temperature, seed=seed)
             name = f"compare-seed{seed}-t{temperature:g}.png"
         else:
-            temps = parse_temperatures(temperatures)
+            temps = parse_temperatures(temperatures, "--temperatures")
             rows = temperature_grid(model, temperatures=temps, n=n, seed=seed)
             name = f"temperatures-seed{seed}.png"
         figure = grid(rows.reshape(-1, *rows.shape[2:]), nrow=rows.shape[1])

@@ -43,13 +43,13 @@ def parse_metrics(text: str) -> list[str]:
     return names
 
 
-def parse_temperatures(text: str) -> list[float]:
+def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise VaeflowError(f"--temperature {text!r} must be a number or a comma-separated list, e.g. 0,0.25,0.5") from None
+        raise VaeflowError(f"{option} {text!r} must be a number or a comma-separated list, e.g. 0,0.25,0.5") from None
     if not values or any(t < 0 for t in values):
-        raise VaeflowError(f"--temperature {text!r}: give one or more non-negative numbers")
+        raise VaeflowError(f"{option} {text!r}: give one or more non-negative numbers")
     return values
 
 

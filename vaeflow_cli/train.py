@@ -184,7 +184,9 @@ def prepare_run(cfg: dict, rd: RunDir, phase: str) -> None:
 
 def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = False, progress: bool = True,
                 max_steps: int | None = None) -> PhaseResult:
-    """Train one phase ('vae', 'glow' or 'baseline') of a resolved config into ``run_dir``.
+    """Train one phase of a resolved config into ``run_dir``: 'vae' (phase 1), 'glow' (phase 2),
+    'prior' (the prior alone on the frozen encoder), 'joint' (everything, after phase 2) or
+    'baseline' (the [model.flow] alone as a density).
 
     Under torchrun every rank runs this; rank 0 alone writes the run directory. ``max_steps``
     stops after that many optimizer steps in this call (checkpointing first), as a Ctrl-C would;
@@ -220,7 +222,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         model.load_state_dict(prev_state["model"])
     params = trainable_parameters(model, phase)
     if not params:
-        raise VaeflowError(f"the {phase} phase has no parameters to train (model.{'flow' if phase == 'glow' else 'encoder'} type)")
+        raise VaeflowError(f"the {phase} phase has no parameters to train: the components it trains ({', '.join(type(m).__name__ for m in _phase_modules(model, phase))}) have none; check the [model] types")
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
     use_flow = phase != "vae" and not (phase == "prior" and before == "vae")
     stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
