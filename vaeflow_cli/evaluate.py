@@ -85,6 +85,23 @@ def _split_statistics(rd, net, images: np.ndarray, split: str, weights_sha: str)
     return mu, sigma
 
 
+def _frechet_by_temperature(model, featurize, reference, temperatures, n: int, seed: int, what: str) -> dict:
+    """{T: Frechet distance between the features of n samples at T and the reference (mu, sigma)}."""
+    from vaeflow_cli import fid
+
+    scores = {}
+    for t in temperatures:
+        log(f"{what}: {n} samples at T={t:g}")
+        mu, sigma = fid.statistics(featurize(generate(model, n, temperature=t, seed=seed)))
+        scores[t] = fid.frechet_distance(mu, sigma, *reference)
+    return scores
+
+
+def _per_temperature(scores: dict, temperatures) -> float | dict:
+    """One number for one temperature, else {"T": number} (the JSON form)."""
+    return scores[temperatures[0]] if len(temperatures) == 1 else {f"{t:g}": v for t, v in scores.items()}
+
+
 def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae_k: int = 64,
                  n_samples: int = 10_000, temperatures=(0.5,), fid_weights: str | Path | None = None,
                  device: str = "cpu", seed: int | None = None) -> dict:
@@ -92,8 +109,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     from vaeflow_cli import fid as fid_mod
     from vaeflow_cli.data import load_split
     from vaeflow_cli.likelihood import held_out_bpd, iwae_bpd
-    from vaeflow_cli.runs import RunDir, atomic_write_bytes, load_run_model
-    from vaeflow_cli.train import resolve_device
+    from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature, model_from_state
+    from vaeflow_cli.train import resolve_device, uses_flow
 
     metrics = list(metrics)
     if iwae_k < 1 or n_samples < 2:
@@ -112,11 +129,11 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     label = {"vae": "vae", "glow": "full", "prior": "prior", "joint": "joint", "baseline": "baseline"}
     loaded = {}
     for phase in models:
-        model, _, _ = load_run_model(rd.path, device=str(dev), phase=phase)
-        loaded[phase] = model
-        state_complete = rd.load_checkpoint(phase).get("complete", False)
-        result[f"{label[phase]}_checkpoint_complete"] = bool(state_complete)
-        use_flow = phase != "vae" and not (phase == "prior" and rd.load_checkpoint("prior").get("start") == "vae")
+        state = rd.load_checkpoint(phase)
+        check_signature(state, cfg, rd.checkpoint_path(phase))
+        model = loaded[phase] = model_from_state(cfg, state, device=str(dev))
+        result[f"{label[phase]}_checkpoint_complete"] = bool(state.get("complete", False))
+        use_flow = uses_flow(phase, state.get("start"))
         if phase == "baseline":  # a flow's likelihood is exact: no bound, no IWAE
             if "bpd" in metrics or "iwae" in metrics:
                 result["bpd_baseline"] = held_out_bpd(model, images, seed=seed, use_flow=True, device=dev)
@@ -135,26 +152,19 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         mu_r, sigma_r = fid_mod.statistics(digitfd.features(net, images))
         result.update(digit_fd_classifier_accuracy=accuracy, n_samples=n_samples)
         for phase in (p for p in models if p != "baseline"):
-            scores = {}
-            for t in temperatures:
-                log(f"digit_fd: {n_samples} samples of the {label[phase]} model at T={t:g}")
-                samples = generate(loaded[phase], n_samples, temperature=t, seed=seed)
-                scores[t] = fid_mod.frechet_distance(*fid_mod.statistics(digitfd.features(net, samples)), mu_r, sigma_r)
-            result[f"digit_fd_{label[phase]}"] = scores[temperatures[0]] if len(temperatures) == 1 else {f"{t:g}": v for t, v in scores.items()}
+            scores = _frechet_by_temperature(loaded[phase], lambda x: digitfd.features(net, x), (mu_r, sigma_r),
+                                             temperatures, n_samples, seed, f"digit_fd ({label[phase]} model)")
+            result[f"digit_fd_{label[phase]}"] = _per_temperature(scores, temperatures)
     if "fid" in metrics:
         phase = "glow" if "glow" in loaded else models[0]  # the two-phase model (the paper's)
         model = loaded[phase]
         sha = fid_mod.file_sha256(weights)
         net = fid_mod.build_extractor(weights, dev)
         mu_r, sigma_r = _split_statistics(rd, net, images, split, sha)
-        scores = {}
-        for t in temperatures:
-            log(f"fid: {n_samples} samples of the {label[phase]} model at T={t:g}")
-            samples = generate(model, n_samples, temperature=t, seed=seed)
-            mu_s, sigma_s = fid_mod.statistics(fid_mod.features(net, samples))
-            scores[t] = fid_mod.frechet_distance(mu_s, sigma_s, mu_r, sigma_r)
+        scores = _frechet_by_temperature(model, lambda x: fid_mod.features(net, x), (mu_r, sigma_r), temperatures,
+                                         n_samples, seed, f"fid ({label[phase]} model)")
         result.update(
-            fid=scores[temperatures[0]] if len(temperatures) == 1 else {f"{t:g}": v for t, v in scores.items()},
+            fid=_per_temperature(scores, temperatures),
             fid_model=label[phase], n_samples=n_samples,
             fid_weights={"path": str(weights), "sha256": sha,
                          "standard": sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX)},

@@ -7,6 +7,8 @@ so that the same model and data always give the same number.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -39,21 +41,14 @@ def held_out_bpd(model, images: np.ndarray, *, seed: int, use_flow: bool, device
     return total / n
 
 
+@contextlib.contextmanager
 def _fixed_global_rng(seed: int, device: torch.device):
     """A component that draws its own noise (the two-stage prior's ELBO) gets the same numbers on
     every evaluation; training's RNG stream is restored afterwards."""
-    import contextlib
-
     device = torch.device(device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-
-    @contextlib.contextmanager
-    def ctx():
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-    return ctx()
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()

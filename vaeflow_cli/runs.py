@@ -133,7 +133,7 @@ class RunDir:
         os.link(tagged, link)
         os.replace(link, path)
         _fsync_dir(path.parent)
-        for old in sorted(path.parent.glob(f"{phase}-*.pt"))[:-keep]:
+        for old in self.kept_checkpoints(phase)[:-keep]:
             old.unlink(missing_ok=True)
         return path
 
@@ -179,9 +179,6 @@ def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto")
     ``phase="auto"`` loads the newest checkpoint of phase 1, phase 2, the prior training or the
     joint fine-tuning (a phase-1 model's Glow layer is still the identity), else the standalone
     baseline (a FlowModel)."""
-    from vaeflow_cli.data import build_dataset
-    from vaeflow_cli.model import build_model
-
     rd = RunDir(run)
     cfg = rd.resolved_config()
     if phase == "auto":
@@ -192,6 +189,14 @@ def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto")
             phase = "baseline" if rd.checkpoint_path("baseline").exists() else "vae"
     state = rd.load_checkpoint(phase)
     check_signature(state, cfg, rd.checkpoint_path(phase))
-    model = build_model(cfg, build_dataset(cfg).image_shape, baseline=phase == "baseline")
+    return model_from_state(cfg, state, device=device), cfg, phase
+
+
+def model_from_state(cfg: dict, state: dict, *, device: str = "cpu"):
+    """The model of a resolved config with a loaded checkpoint's weights, in eval mode on ``device``."""
+    from vaeflow_cli.data import build_dataset
+    from vaeflow_cli.model import build_model
+
+    model = build_model(cfg, build_dataset(cfg).image_shape, baseline=state["phase"] == "baseline")
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg, phase
+    return model.to(device).eval()

@@ -117,6 +117,11 @@ PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline", 
                "prior": "the prior training"}
 
 
+def uses_flow(phase: str, start: str | None) -> bool:
+    """Whether ``phase``'s model runs its Glow layer: not phase 1, nor a prior trained on phase 1."""
+    return phase != "vae" and not (phase == "prior" and start == "vae")
+
+
 def previous_phase(rd: RunDir, phase: str) -> str | None:
     """The finished phase whose checkpoint ``phase`` starts from: phase 2 from phase 1 (or from a
     prior trained on it), joint fine-tuning from phase 2, the prior from phase 2 or else phase 1."""
@@ -224,7 +229,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     if not params:
         raise VaeflowError(f"the {phase} phase has no parameters to train: the components it trains ({', '.join(type(m).__name__ for m in _phase_modules(model, phase))}) have none; check the [model] types")
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
-    use_flow = phase != "vae" and not (phase == "prior" and before == "vae")
+    use_flow = uses_flow(phase, before)
     stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
                       grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
 
