@@ -162,34 +162,45 @@ class CIFAR10:
 
 class DecodedImageFiles:
     """Shared part of the datasets made of image files: each split's files are decoded once (JPEGs
-    in Rust, others through Pillow), centre-cropped to ``crop`` (0: the square of the shorter
-    side), resized (Lanczos3) to ``size`` and cached as a memory-mapped uint8 file in ``cache_dir``
-    (default root/.vaeflow-cache), rebuilt when the files or parameters change. Subclasses say
-    which files make each split (``files``) and name their cache (``label``)."""
+    in Rust, others through Pillow), cropped (``crop``: an int c >= 1 is the centred c x c square,
+    0 the centred square of the shorter side, a (top, left, height, width) tuple that box of
+    every image), resized (Lanczos3) to ``size`` and cached as a memory-mapped uint8 file in
+    ``cache_dir`` (default root/.vaeflow-cache), rebuilt when the files or parameters change. The
+    cache is keyed on the crop itself (the box, not the name that chose it). Subclasses say which
+    files make each split (``files``) and name their cache (``label``)."""
 
     splits: tuple[str, ...] = ()
     label = "images"
 
-    def __init__(self, *, root: str, crop: int, size: int, cache_dir: str, threads: int, skip_bad: bool) -> None:
-        if crop < 0 or size < 1:
+    def __init__(self, *, root: str, crop: int | tuple[int, int, int, int], size: int, cache_dir: str, threads: int,
+                 skip_bad: bool, crop_name: str | int | None = None) -> None:
+        if size < 1 or (isinstance(crop, int) and crop < 0):
             raise VaeflowError(f"{self.label}: crop must be >= 0 (0: the shorter side) and size positive, got crop={crop}, size={size}")
         self.root = Path(root)
         self.crop, self.size, self.threads, self.skip_bad = crop, size, threads, skip_bad
+        self.crop_name = crop if crop_name is None else crop_name
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".vaeflow-cache"
         self.image_shape = (3, size, size)
 
     def files(self, name: str) -> list[Path]:
         raise NotImplementedError
 
+    def _crop_key(self):
+        return list(self.crop) if isinstance(self.crop, tuple) else self.crop
+
     def _cache_key(self) -> list:
-        return [f"{self.label}-v1", self.crop, self.size, self.skip_bad]
+        return [f"{self.label}-v1", self._crop_key(), self.size, self.skip_bad]
 
     def _cache(self, name: str):
         """(files, cache name, cache key) of a split."""
         from vaeflow_cli.data import file_signature
 
         files = self.files(name)
-        return files, f"{self.label}-{name}-{self.crop}-{self.size}", [*self._cache_key(), file_signature(files)]
+        if isinstance(self.crop, tuple):
+            tag = "t{}l{}h{}w{}".format(*self.crop)  # the box: top, left, height, width
+        else:
+            tag = str(self.crop)
+        return files, f"{self.label}-{name}-{tag}-{self.size}", [*self._cache_key(), file_signature(files)]
 
     def split(self, name: str) -> np.ndarray:
         from vaeflow_cli.data import cached_array, decode_with_fallback
@@ -211,22 +222,79 @@ class DecodedImageFiles:
             sizes[name] = len(files)
             path = cache_path(self.cache_dir, cache_name, key)
             cache[name] = str(path) if path.exists() else "not built (decoded on first use)"
-        return {"splits": sizes, "preprocessing": {"crop": self.crop, "size": self.size}, "cache": cache}
+        preprocessing = {"crop": self.crop_name, "size": self.size}
+        if isinstance(self.crop, tuple):
+            preprocessing["crop_box"] = list(self.crop)  # top, left, height, width
+        return {"splits": sizes, "preprocessing": preprocessing, "cache": cache}
+
+
+# The 64x64 CelebA crop conventions of img_align_celeba (178 wide x 218 high), as
+# (top, left, height, width): numpy's img[top:top + height, left:left + width]. Sources in CelebA's
+# docstring.
+CELEBA_CROPS: dict[str, tuple[int, int, int, int]] = {
+    "two-stage-vae-128": (45, 25, 128, 128),  # rows 45:173, columns 25:153
+    "wae-140": (39, 19, 140, 140),  # rows 39:179, columns 19:159
+    "realnvp-148": (40, 15, 148, 148),  # rows 40:188, columns 15:163
+    "center-148": (35, 15, 148, 148),  # rows 35:183, columns 15:163
+}
+
+
+def celeba_crop_box(crop: str, crop_box) -> tuple[int, int, int, int]:
+    """The (top, left, height, width) box that CelebA's ``crop`` and ``crop_box`` options name."""
+    names = ", ".join(f'"{n}"' for n in CELEBA_CROPS)
+    if not isinstance(crop, str):
+        raise VaeflowError(f"celeba: data.crop names a crop convention ({names}) or is \"box\" with "
+                           f"data.crop_box = [top, left, height, width]; got {crop!r} (the old crop = 148, "
+                           f"a centred square, is \"center-148\")")
+    if crop == "box":
+        ok = (isinstance(crop_box, (list, tuple)) and len(crop_box) == 4
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in crop_box)
+              and crop_box[0] >= 0 and crop_box[1] >= 0 and crop_box[2] >= 1 and crop_box[3] >= 1)
+        if not ok:
+            raise VaeflowError(f"celeba: data.crop = \"box\" needs data.crop_box = [top, left, height, width] "
+                               f"(integers, top and left >= 0, height and width >= 1); got {list(crop_box)!r}")
+        return tuple(crop_box)
+    if crop not in CELEBA_CROPS:
+        raise VaeflowError(f"celeba: unknown data.crop {crop!r}; use one of {names}, or \"box\" with data.crop_box")
+    if len(crop_box):
+        raise VaeflowError(f"celeba: data.crop_box is used only with data.crop = \"box\", but data.crop is {crop!r}; "
+                           f"remove one of them")
+    return CELEBA_CROPS[crop]
 
 
 class CelebA(DecodedImageFiles):
-    """CelebA aligned faces: root/img_align_celeba/*.jpg (178x218) and root/list_eval_partition.txt
-    (0 train 162,770 / 1 val 19,867 / 2 test 19,962). Preprocessing: centre crop ``crop`` (148, the
-    common 64x64 convention of e.g. the WAE / Two-Stage VAE code) then a Lanczos3 antialiased resize
-    to ``size``; decoded once and cached (see ``DecodedImageFiles``)."""
+    """CelebA aligned faces: root/img_align_celeba/*.jpg (178 wide x 218 high) and
+    root/list_eval_partition.txt (0 train 162,770 / 1 val 19,867 / 2 test 19,962). Preprocessing:
+    the crop named by ``crop``, then a Lanczos3 antialiased resize to ``size``; decoded once and
+    cached (see ``DecodedImageFiles``). The conventions (numpy slices img[rows, columns]):
+
+    - ``"two-stage-vae-128"`` (default) -- rows 45:173, columns 25:153. Dai & Wipf's Two-Stage VAE
+      code (github.com/daib13/TwoStageVAE, preprocess.py, load_celeba_data: ``img[45:173,25:153]``,
+      then scipy imresize to 64): its ``celeba`` dataset, the one its README trains the ResNet on.
+    - ``"wae-140"`` -- rows 39:179, columns 19:159. WAE (github.com/tolstikhin/wae, datahandler.py,
+      _read_celeba_image, crop_style "closecrop": PIL crop (19, 39, 159, 179), ANTIALIAS resize to
+      64); Two-Stage VAE's ``celeba140`` (load_celeba140_data: ``img[39:179,19:159]``, commented
+      "consistent with the preprocess in WAE").
+    - ``"realnvp-148"`` -- rows 40:188, columns 15:163, a 148 square 5 rows below centre. Real NVP
+      (github.com/tensorflow/models, research/real_nvp/real_nvp_multiscale_dataset.py:
+      ``image[40:188, 15:163, :]``).
+    - ``"center-148"`` -- rows 35:183, columns 15:163: the truly centred 148 square (what
+      ``crop = 148`` gave in earlier versions; torchvision CenterCrop(148) takes the same pixels).
+    - ``"box"`` -- the box ``crop_box = [top, left, height, width]`` (rows top:top+height, columns
+      left:left+width); a box that does not fit an image is an error naming the file.
+
+    The paper does not say which crop it used; the default is Two-Stage VAE's, because the paper
+    builds its VAE on that code base (see configs/celeba.toml)."""
 
     splits = ("train", "val", "test")
     train_size = 162_770  # published split size (vaeflow timing uses it when the files are absent)
     label = "celeba"
 
-    def __init__(self, *, root: str = "", crop: int = 148, size: int = 64, cache_dir: str = "", threads: int = 0,
-                 skip_bad: bool = False) -> None:
-        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad)
+    def __init__(self, *, root: str = "", crop: str = "two-stage-vae-128", crop_box: list = [],  # a list: never mutated
+                 size: int = 64, cache_dir: str = "", threads: int = 0, skip_bad: bool = False) -> None:
+        box = celeba_crop_box(crop, crop_box)
+        super().__init__(root=root, crop=box, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad,
+                         crop_name=crop)
 
     def files(self, name: str) -> list[Path]:
         code = {"train": "0", "val": "1", "test": "2"}.get(name)

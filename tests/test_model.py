@@ -8,7 +8,7 @@ from torch import nn
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.data import dequantize, load_splits
 from vaeflow_cli.distributions import bits_per_dim, gaussian_log_prob
-from vaeflow_cli.model import VAEFlow, build_model, slerp
+from vaeflow_cli.model import LogitTransform, VAEFlow, build_model, slerp
 from vaeflow_cli.runs import RunDir, load_run_model
 from vaeflow_cli.sampling import interpolate_images, interpolate_prior, reconstruct, sample_images
 from vaeflow_cli.train import Interrupted, held_out_bpd, train_phase
@@ -57,6 +57,41 @@ def test_bound_matches_closed_form_for_a_known_gaussian_density():
     assert torch.allclose(b.log_px_z, torch.tensor(log_p), atol=1e-4)
     assert abs(b.kl.mean().item()) < 0.05  # KL(N(0,I) || N(0,I)) = 0, estimated by one sample each
     assert abs(b.bpd.mean().item() - expected) < 0.01 * 3 / 6  # the KL noise, in bits per dim
+
+
+def test_logit_transform_log_det_matches_autograd_and_inverts():
+    t = LogitTransform(1e-6)
+    y = torch.rand(3, 1, 3, 4, dtype=torch.float64) * 0.999
+    x, log_det = t(y)
+    back, inv_log_det = t.inverse(x)
+    assert torch.allclose(back.double(), y, atol=1e-6)
+    assert torch.allclose(log_det + inv_log_det, torch.zeros(3), atol=1e-4)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda v: torch.logit(1e-6 + (1 - 2e-6) * v), y[i].reshape(-1))
+        assert torch.allclose(log_det[i].double(), torch.linalg.slogdet(jac)[1], rtol=1e-6)
+    with pytest.raises(ValueError):
+        LogitTransform(0.5)
+
+
+def test_bound_in_logit_space_matches_a_closed_form():
+    """With model.pixel_transform = "logit" the decoder's Gaussian is on t = logit(a + (1 - 2a) y):
+    log p(y|z) = log N(t; m, s) + sum log dt/dy, computed here with math only."""
+    shape, d, a = (1, 2, 2), 2, 1e-3
+    model = VAEFlow(encoder=ConstantEncoder(d), decoder=ConstantDecoder(shape, -1.0, 2.0), prior=GaussianPrior(latent_dim=d),
+                    flow=IdentityFlow(image_shape=shape), image_shape=shape, latent_dim=d, transform=LogitTransform(a))
+    vals = [0.001, 0.25, 0.5, 0.999]
+    log_p = 0.0
+    for v in vals:
+        p = a + (1 - 2 * a) * v
+        t = math.log(p / (1 - p))
+        log_p += -0.5 * ((t + 1.0) / 2.0) ** 2 - 0.5 * math.log(2 * math.pi) - math.log(2.0) + math.log((1 - 2 * a) / (p * (1 - p)))
+    y = torch.tensor(vals).reshape(1, *shape)
+    b = model.bound(y, generator=torch.Generator().manual_seed(0))
+    assert abs(b.log_px_z.item() - log_p) < 1e-3
+    assert abs(model.iwae_log_likelihood(y, k=4, generator=torch.Generator().manual_seed(0)).item() - log_p) < 1e-3  # q = p(z): w = p(y|z)
+    # decoding maps back through the transform: the decoder mean -1 is sigmoid(-1) in pixel space
+    img = model.decode(torch.zeros(1, d), vae_only=True)
+    assert torch.allclose(img, torch.full((1, *shape), (torch.sigmoid(torch.tensor(-1.0)).item() - a) / (1 - 2 * a)), atol=1e-6)
 
 
 def test_gaussian_log_prob_matches_torch_distributions():
@@ -144,7 +179,9 @@ def test_elbo_is_finite_and_improves_over_a_few_steps(tiny):
     assert after < before - 0.1
 
 
-def test_phase_two_starts_at_the_phase_one_bound_and_trains_only_the_glow_layer(tiny, tmp_path):
+@pytest.mark.parametrize("transform", ["none", "logit"])
+def test_phase_two_starts_at_the_phase_one_bound_and_trains_only_the_glow_layer(tiny, tmp_path, transform):
+    tiny = config_mod.resolve(base=tiny, overrides=[f"model.pixel_transform='{transform}'"])
     run = tmp_path / "two-phase"
     train_phase(tiny, run, "vae", progress=False)
     vae_state = {k: v.clone() for k, v in RunDir(run).load_checkpoint("vae")["model"].items()}
@@ -174,7 +211,9 @@ def test_interrupted_training_resumes_exactly(tiny, tmp_path):
     assert strip(RunDir(straight).read_metrics()) == strip(RunDir(broken).read_metrics())
 
 
-def test_sampling_is_deterministic_under_a_seed_and_interpolation_hits_reconstructions(tiny, tmp_path):
+@pytest.mark.parametrize("transform", ["none", "logit"])
+def test_sampling_is_deterministic_under_a_seed_and_interpolation_hits_reconstructions(tiny, tmp_path, transform):
+    tiny = config_mod.resolve(base=tiny, overrides=[f"model.pixel_transform='{transform}'"])
     run = tmp_path / "s"
     train_phase(tiny, run, "vae", progress=False)
     train_phase(tiny, run, "glow", progress=False)
@@ -249,3 +288,10 @@ def test_standalone_glow_baseline_trains_from_a_config_and_its_bpd_is_exact(tiny
     assert all(v.item() for k, v in RunDir(run).load_checkpoint("baseline")["model"].items() if k.endswith("initialized"))
     samples = sample_images(model, 3, temperature=0.7, seed=0)
     assert samples.shape == (3, 1, 28, 28) and samples.dtype == np.uint8
+
+
+def test_to_uint8_floors_clamps_and_maps_non_finite_values_to_fixed_pixels():
+    from vaeflow_cli.images import to_uint8
+
+    x = torch.tensor([[[[0.0, 0.5, 0.999, 1.5, -0.2, float("nan"), float("inf"), float("-inf")]]]])
+    assert to_uint8(x).tolist() == [[[[0, 128, 255, 255, 0, 0, 255, 0]]]]

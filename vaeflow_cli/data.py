@@ -69,9 +69,15 @@ def dequantize_on_device(x, indices, *, seed: int, epoch: int):
         return (x.reshape(b, -1).to(torch.float32) + u).mul_(1.0 / 256).reshape(x.shape)
 
 
-def decode_images(paths, *, crop: int | None, size: int, threads: int = 0) -> np.ndarray:
-    """JPEG files -> uint8 (N, size, size, 3): decode, centre-crop to ``crop`` (None: no crop) and
-    resize with Lanczos3 antialiasing, in parallel in Rust with the GIL released. An unreadable file
+CropSpec = int | tuple[int, int, int, int] | None  # see decode_images
+
+
+def decode_images(paths, *, crop: CropSpec, size: int, threads: int = 0) -> np.ndarray:
+    """JPEG files -> uint8 (N, size, size, 3): decode, crop and resize with Lanczos3 antialiasing,
+    in parallel in Rust with the GIL released. ``crop``: None keeps the whole image; 0 the centred
+    square of the shorter side; an int c a centred c x c square ((w - c) // 2 columns from the
+    left, (h - c) // 2 rows from the top); a (top, left, height, width) box keeps numpy's
+    ``img[top:top + height, left:left + width]``. An unreadable file, or one the crop does not fit,
     raises VaeflowError naming it (and how many others failed)."""
     pixels, failures = decode_images_with_failures(paths, crop=crop, size=size, threads=threads)
     if failures:
@@ -85,7 +91,7 @@ def _decode_failure(failures: list[tuple[int, str]], hint: str) -> VaeflowError:
     return VaeflowError(f"cannot decode image {failures[0][1]}{more}; {hint}")
 
 
-def decode_with_fallback(paths, *, crop: int | None, size: int, skip_bad: bool = False, threads: int = 0,
+def decode_with_fallback(paths, *, crop: CropSpec, size: int, skip_bad: bool = False, threads: int = 0,
                          log=None) -> np.ndarray:
     """Like ``decode_images`` for any image files: JPEGs in Rust, anything Rust cannot decode (PNG,
     CMYK or other unusual JPEGs) through Pillow with the same crop and Lanczos resize. A file that
@@ -106,26 +112,54 @@ def decode_with_fallback(paths, *, crop: int | None, size: int, skip_bad: bool =
     return pixels
 
 
-def pillow_decode(path, *, crop: int | None, size: int) -> np.ndarray:
-    """One image through Pillow: RGB, centre crop as in ``decode_images``, Lanczos resize."""
+def _check_crop(crop) -> CropSpec:
+    """``crop`` as ``decode_images`` takes it (a box as a tuple of 4 ints), or ValueError."""
+    if crop is None:
+        return None
+    if isinstance(crop, (list, tuple)):
+        if len(crop) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in crop):
+            raise ValueError(f"a crop box is (top, left, height, width), four integers >= 0; got {crop!r}")
+        return tuple(int(v) for v in crop)
+    if isinstance(crop, (int, np.integer)) and not isinstance(crop, bool) and crop >= 0:
+        return int(crop)
+    raise ValueError(f"crop must be None, an integer >= 0 or a (top, left, height, width) box; got {crop!r}")
+
+
+def _crop_region(crop: CropSpec, w: int, h: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) that ``crop`` keeps of a w x h image (Pillow's box), as the Rust
+    decoder computes it, or ValueError when it does not fit."""
+    crop = _check_crop(crop)
+    if crop is None:
+        return 0, 0, w, h
+    if isinstance(crop, tuple):
+        top, left, ch, cw = crop
+        if ch == 0 or cw == 0:
+            raise ValueError("empty crop box (zero height or width)")
+        if top + ch > h or left + cw > w:
+            raise ValueError(f"image is {w}x{h}, the crop box (rows {top}:{top + ch}, columns {left}:{left + cw}) does not fit in it")
+        return left, top, left + cw, top + ch
+    c = min(w, h) if crop == 0 else crop
+    if c > w or c > h:
+        raise ValueError(f"image is {w}x{h}, smaller than the crop {c}")
+    return (w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c
+
+
+def pillow_decode(path, *, crop: CropSpec, size: int) -> np.ndarray:
+    """One image through Pillow: RGB, the crop of ``decode_images``, Lanczos resize."""
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGB")
-        w, h = im.size
-        c = min(w, h) if crop == 0 else crop
-        if c is not None and (c > w or c > h):
-            raise ValueError(f"image is {w}x{h}, smaller than the crop {c}")
-        box = (0, 0, w, h) if c is None else ((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c)
+        box = _crop_region(crop, *im.size)
         return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=box))
 
 
-def decode_images_with_failures(paths, *, crop: int | None, size: int, threads: int = 0):
+def decode_images_with_failures(paths, *, crop: CropSpec, size: int, threads: int = 0):
     """(uint8 (N, size, size, 3), [(index, message), ...]); failed images are zeros."""
     from vaeflow_cli import _native
 
     paths = [str(p) for p in paths]
-    flat, failures = _native.decode_images(paths, crop, size, threads)
+    flat, failures = _native.decode_images(paths, _check_crop(crop), size, threads)
     return flat.reshape(len(paths), size, size, 3), failures
 
 

@@ -7,6 +7,11 @@ a gradient scaler). Whatever the precision, the model sums log-densities and flo
 in float32 (model.py casts decoder outputs and encoder parameters; the flows cast the coupling
 outputs their log-dets are made of).
 
+Threads (``train.threads``): torch's intra-op CPU thread count is set deliberately at the start
+of training and timing (configure_backends), never left at torch's default of every core, which
+oversubscribes a machine shared with other jobs or with the other ranks of a torchrun job. 0 (auto)
+gives each process max(1, usable cores // LOCAL_WORLD_SIZE).
+
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) each process takes one device (NCCL on CUDA,
 gloo on the CPU), the loader gives each rank a disjoint shard of the epoch's order, and
 DistributedDataParallel averages gradients, so a step of world_size ranks with batch
@@ -107,8 +112,59 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device | None]:
     return Dist(rank, world, local), torch.device("cpu")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS reports one (taskset,
+    cgroups cpusets, Slurm), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def resolve_threads(threads: int) -> int:
+    """The intra-op thread count for ``train.threads``: itself when positive; 0 (auto) gives each
+    process of this node an equal share of the usable cores, max(1, cores // LOCAL_WORLD_SIZE)
+    (LOCAL_WORLD_SIZE: processes torchrun started on this node; 1 when run alone)."""
+    if threads < 0:
+        raise VaeflowError(f"train.threads must be >= 0 (0 = one share of the usable cores per process), got {threads}")
+    if threads > 0:
+        return threads
+    try:
+        local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_world = 1
+    return max(1, usable_cores() // local_world)
+
+
+_applied_threads: int | None = None  # the count last set and logged by set_threads (log once per value)
+
+
+def set_threads(threads: int) -> int:
+    """Apply ``train.threads`` (see resolve_threads) to torch: intra-op threads always, and the
+    inter-op pool as well while it has not started (torch refuses to resize it afterwards). Logs
+    the count on stderr the first time it is chosen. Returns the count."""
+    global _applied_threads
+    n = resolve_threads(int(threads))
+    torch.set_num_threads(n)
+    if _applied_threads is None:  # only the first call in a process may size the inter-op pool
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # parallel work already ran (or the pool was sized): keep it
+            pass
+    if n != _applied_threads:
+        from vaeflow_cli.console import log
+
+        source = "train.threads" if threads else f"auto: {usable_cores()} usable cores / {os.environ.get('LOCAL_WORLD_SIZE', '1')} local processes"
+        log(f"torch: {n} intra-op thread{'s' if n != 1 else ''} ({source})")
+        _applied_threads = n
+    return n
+
+
 def configure_backends(device: torch.device, train_cfg: dict) -> None:
-    """TF32 matmuls and convolutions where allowed (``train.tf32``) on CUDA."""
+    """The process-wide settings a training or timing run starts with: torch's CPU thread count
+    (``train.threads``, see set_threads) and, on CUDA, TF32 matmuls and convolutions where allowed
+    (``train.tf32``)."""
+    set_threads(train_cfg.get("threads", 0))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(train_cfg["tf32"])
         torch.backends.cudnn.allow_tf32 = bool(train_cfg["tf32"])
@@ -144,7 +200,7 @@ class Stepper:
         self.dtype = PRECISIONS[precision]
         self.grad_clip = grad_clip
         self.dist = dist or Dist()
-        self.channels_last = channels_last and device.type == "cuda"
+        self.channels_last = channels_last
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         objective: nn.Module = Objective(model, use_flow=use_flow)

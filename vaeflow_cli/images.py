@@ -9,10 +9,13 @@ import numpy as np
 
 
 def to_uint8(x) -> np.ndarray:
-    """Images in [0, 1) (a tensor or array (N, C, H, W)) -> uint8 clamp(floor(256 x), 0, 255) (model.md)."""
+    """Images in [0, 1) (a tensor or array (N, C, H, W)) -> uint8 clamp(floor(256 x), 0, 255) (model.md).
+    Non-finite values (a diverged flow's inverse) become 0 (NaN, -inf) or 255 (+inf), never
+    whatever a cast of NaN happens to give."""
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy()
-    return np.clip(np.floor(np.asarray(x, np.float64) * 256.0), 0, 255).astype(np.uint8)
+    x = np.nan_to_num(np.asarray(x, np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(np.floor(x * 256.0), 0, 255).astype(np.uint8)
 
 
 def grid(images: np.ndarray, *, nrow: int | None = None, pad: int = 2) -> np.ndarray:

@@ -41,11 +41,64 @@ class Bound:
         return bits_per_dim(self.elbo, self.dims)
 
 
+PIXEL_TRANSFORMS = ("none", "logit")
+
+
+class LogitTransform(nn.Module):
+    """The fixed elementwise bijection t = logit(alpha + (1 - 2 alpha) y) of dequantized pixels
+    y in [0, 1) (RealNVP's data transform: Dinh et al., 2017, section 4.1), applied before the
+    Glow layer in both phases, so that the decoder's Gaussian lives in logit space.
+    forward(y) -> (t, log|det dt/dy|) and inverse(t) -> (y, log|det dy/dt|), shapes (B, C, H, W)
+    and (B,), log-determinants in float32 nats.
+
+    Why (measured, docs/model.md): the pixels of 8-bit digits are near 0 or near 1, and a Gaussian
+    in [0, 1) must then put a standard deviation near 1/(256 sqrt 12) on the background and a
+    mean accurate to a thousandth there; in logit space the saturated values are spread over a few
+    units and a Gaussian fits them at a sensible scale."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        if not 0.0 < alpha < 0.5:
+            raise ValueError(f"model.logit_alpha must be in (0, 0.5), got {alpha}")
+        self.alpha = alpha
+
+    def _log_det(self, p: torch.Tensor) -> torch.Tensor:  # log dt/dy at p = alpha + (1 - 2 alpha) y
+        return (math.log1p(-2 * self.alpha) - torch.log(p) - torch.log1p(-p)).flatten(1).sum(1)
+
+    def forward(self, y):
+        p = self.alpha + (1 - 2 * self.alpha) * y.float()
+        return torch.log(p) - torch.log1p(-p), self._log_det(p)
+
+    def inverse(self, t):
+        p = torch.sigmoid(t.float())
+        return (p - self.alpha) / (1 - 2 * self.alpha), -self._log_det(p)
+
+
+class IdentityTransform(nn.Module):
+    """No pixel transform: the decoder's Gaussian lives on y in [0, 1) itself (the paper's text)."""
+
+    def forward(self, y):
+        return y, y.new_zeros(y.shape[0], dtype=torch.float32)
+
+    def inverse(self, t):
+        return t, t.new_zeros(t.shape[0], dtype=torch.float32)
+
+
+def pixel_transform(name: str, alpha: float = 1e-6) -> nn.Module:
+    """``model.pixel_transform``: "none" or "logit" (with ``model.logit_alpha``)."""
+    if name == "logit":
+        return LogitTransform(alpha)
+    if name == "none":
+        return IdentityTransform()
+    raise ValueError(f"model.pixel_transform must be one of {', '.join(PIXEL_TRANSFORMS)}, not {name!r}")
+
+
 class VAEFlow(nn.Module):
     def __init__(self, *, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, flow: nn.Module,
-                 image_shape: tuple[int, int, int], latent_dim: int) -> None:
+                 image_shape: tuple[int, int, int], latent_dim: int, transform: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder, self.decoder, self.prior, self.flow = encoder, decoder, prior, flow
+        self.transform = transform if transform is not None else IdentityTransform()
         self.image_shape = tuple(image_shape)
         self.latent_dim = latent_dim
         self.dims = math.prod(self.image_shape)
@@ -57,14 +110,26 @@ class VAEFlow(nn.Module):
         mean, log_std = self.encoder(y)
         return mean.float(), log_std.float()
 
+    def to_decoder_space(self, y: torch.Tensor, *, use_flow: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """xbar = f(t(y)) and log|det dxbar/dy| (B,) in float32: the pixel transform t (identity
+        or logit), then the Glow layer f unless ``use_flow`` is off (phase 1: f = identity)."""
+        xbar, log_det = self.transform(y)
+        if use_flow:
+            xbar, flow_log_det = self.flow(xbar)
+            log_det = log_det.float() + flow_log_det.float()
+        return xbar.float(), log_det.float()
+
+    def from_decoder_space(self, xbar: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
+        """y = t^-1(f^-1(xbar)), the inverse of ``to_decoder_space`` (log-det not needed)."""
+        if use_flow:
+            xbar = self.flow.inverse(xbar)[0]
+        return self.transform.inverse(xbar)[0]
+
     def log_px_given_z(self, y: torch.Tensor, z: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
         """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32."""
         mean, std = self.decoder(z)  # (B, C, H, W) each
-        if use_flow:
-            xbar, log_det = self.flow(y)
-        else:
-            xbar, log_det = y, y.new_zeros(y.shape[0])
-        return gaussian_log_prob(xbar.float(), mean.float(), std.float()) + log_det.float()
+        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
+        return gaussian_log_prob(xbar, mean.float(), std.float()) + log_det
 
     def bound(self, y: torch.Tensor, *, use_flow: bool = True, generator: torch.Generator | None = None) -> Bound:
         """One-sample ELBO of dequantized images y in [0,1) (B, C, H, W)."""
@@ -85,11 +150,7 @@ class VAEFlow(nn.Module):
         the decoder runs on ``chunk`` samples per image at a time. IWAE_1 is an unbiased
         estimate of the ELBO and IWAE_K increases with K toward log p(y)."""
         mean, log_std = self.encode(y)  # (B, d)
-        if use_flow:
-            xbar, log_det = self.flow(y)
-        else:
-            xbar, log_det = y, y.new_zeros(y.shape[0])
-        xbar, log_det = xbar.float(), log_det.float()
+        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
         b, d = mean.shape
         log_w = []
         for start in range(0, k, chunk):
@@ -107,13 +168,14 @@ class VAEFlow(nn.Module):
 
     def decode(self, z: torch.Tensor, *, temperature: float = 0.5, vae_only: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in [0,1]-ish space from latents: xbar = g_mu + T g_sigma eps, x = f^-1(xbar);
-        ``vae_only`` returns g_mu(z) (the paper's Figure 4, left column)."""
+        """Images in [0,1]-ish space from latents: xbar = g_mu + T g_sigma eps, x = t^-1(f^-1(xbar))
+        (t: the pixel transform); ``vae_only`` returns t^-1(g_mu(z)) (the paper's Figure 4, left
+        column)."""
         mean, std = self.decoder(z)
         if vae_only:
-            return mean
+            return self.from_decoder_space(mean, use_flow=False)
         xbar = mean + temperature * std * _randn(mean.shape, generator, mean)
-        return self.flow.inverse(xbar)[0]
+        return self.from_decoder_space(xbar)
 
     def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -197,4 +259,5 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
         flow=make("flow", "flow", image_shape=shape),
         image_shape=shape,
         latent_dim=d,
+        transform=pixel_transform(m["pixel_transform"], m["logit_alpha"]),
     )

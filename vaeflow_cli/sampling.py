@@ -81,5 +81,5 @@ def temperature_grid(model: VAEFlow, *, temperatures, n: int, seed: int = 0) -> 
     z = model.prior.from_base(torch.randn(n, model.latent_dim, generator=g).to(device))
     mean, std = model.decoder(z)
     eps = torch.randn(mean.shape, generator=g).to(device=device, dtype=mean.dtype)
-    rows = [model.flow.inverse(mean + t * std * eps)[0] for t in temperatures]
+    rows = [model.from_decoder_space(mean + t * std * eps) for t in temperatures]
     return to_uint8(torch.stack(rows))

@@ -2,11 +2,15 @@
 Glow-layer phase and a standalone multi-scale Glow (Kingma & Dhariwal) on the same data shape,
 batch size and device.
 
-Each model runs the real training step (``train.training_step``: the loss, backward, Adam) on
+Each model runs the real training step (``engine.Stepper``: the loss, backward, Adam) on
 batches from the real loader (Rust dequantization, background prefetch) over synthetic uint8
-images of the dataset's shape, so the data need not be downloaded. ``warmup`` steps run first
-(data-dependent ActNorm init, allocator and kernel caches), then ``steps`` steps are timed and
-extrapolated to one epoch of the dataset's training split.
+images of the dataset's shape, so the data need not be downloaded. ``warmup`` steps of each model
+run first (data-dependent ActNorm init, allocator and kernel caches). Then the three models'
+steps are interleaved: ``steps`` rounds of one step of each (the order rotates every round), each
+step timed on its own, so that whatever else loads the machine (another job, a thermal or
+frequency change) falls on all three alike. Each model's median seconds per step, extrapolated to
+one epoch of the dataset's training split, is its time; the interquartile range of its steps is
+the spread. torch's thread count is set first (``train.threads``, engine.set_threads).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,52 +50,78 @@ def dataset_shape(cfg: dict) -> tuple[tuple[int, int, int], int, str]:
         return tuple(ds.image_shape), int(size), "published split size (data not found)"
 
 
-def _time_model(model, phase: str, *, images: np.ndarray, batch_size: int, steps: int, warmup: int,
-                device: torch.device, lr: float, seed: int, precision: str = "fp32", compile: bool = False,
-                channels_last: bool = False) -> dict:
-    """{"s_per_step": mean seconds per training step over ``steps`` after ``warmup``,
-    "data_wait_share": the share of that time spent waiting for the loader, "peak_memory_bytes":
-    peak CUDA memory allocated (None on the CPU)}."""
+@dataclass
+class _Timed:
+    """One model's training steps on its own loader, and the seconds each timed step took."""
+
+    name: str
+    phase: str
+    stepper: Stepper
+    loader: BatchLoader
+    batches: object
+    device: torch.device
+    times: list = field(default_factory=list)
+    peak: int | None = None
+
+    def step(self, timed: bool) -> None:
+        cuda = self.device.type == "cuda"
+        if timed and cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t = time.perf_counter()
+        _, batch = next(self.batches)
+        value = self.stepper.step(batch)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        if not math.isfinite(value):
+            raise VaeflowError(f"timing: the {self.phase} model gave a non-finite loss; check the config")
+        if timed:
+            self.times.append(time.perf_counter() - t)
+            if cuda:
+                self.peak = max(self.peak or 0, torch.cuda.max_memory_allocated(self.device))
+
+
+def _prepare(name: str, model, phase: str, *, images: np.ndarray, batch_size: int, device: torch.device, lr: float,
+             seed: int, precision: str = "fp32", compile: bool = False, channels_last: bool = False) -> _Timed:
     params = trainable_parameters(model, phase)
     opt = torch.optim.Adam(params, lr=lr)
     set_phase_mode(model, phase)
     stepper = Stepper(model, params, opt, use_flow=phase != "vae", device=device, precision=precision,
                       compile=compile, channels_last=channels_last)
     loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, pin_memory=device.type == "cuda")
-    batches = loader.device_epoch(0, device)
+    return _Timed(name, phase, stepper, loader, loader.device_epoch(0, device), device)
 
-    def step():
-        _, batch = next(batches)
-        value = stepper.step(batch)
-        if not math.isfinite(value):
-            raise VaeflowError(f"timing: the {phase} model gave a non-finite loss; check the config")
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    loader.wait_seconds = 0.0
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    total = time.perf_counter() - t
-    batches.close()
-    return {"s_per_step": total / steps, "data_wait_share": loader.wait_seconds / total,
-            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+def interleave(timed: list[_Timed], *, steps: int, warmup: int) -> None:
+    """``warmup`` untimed steps of each model, then ``steps`` rounds of one timed step of each;
+    round r starts with model r mod len(timed), so none always follows the same one."""
+    for t in timed:
+        for _ in range(warmup):
+            t.step(timed=False)
+        t.loader.wait_seconds = 0.0
+    for r in range(steps):
+        for i in range(len(timed)):
+            timed[(r + i) % len(timed)].step(timed=True)
+
+
+def spread(times) -> dict:
+    """{"median", "iqr" (75th minus 25th percentile), "min", "max"} of a list of seconds."""
+    q25, q50, q75 = np.percentile(np.asarray(times, dtype=np.float64), [25, 50, 75])
+    return {"median": float(q50), "iqr": float(q75 - q25), "min": float(min(times)), "max": float(max(times))}
 
 
 def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
                baseline: dict | None = None, device: str | None = None, image_shape=None,
-               train_images: int | None = None) -> dict:
+               train_images: int | None = None, threads: int | None = None) -> dict:
     """Time the three models of Table 4 for a resolved config; returns the result dict (JSON-ready).
     ``image_shape`` and ``train_images`` override the dataset's (benchmarks use synthetic shapes).
-    Precision, compile and channels_last come from the config's [train] section."""
+    Precision, compile, channels_last and threads come from the config's [train] section
+    (``threads`` overrides train.threads)."""
     if steps < 1 or warmup < 1:
         raise VaeflowError("timing needs --steps >= 1 and --warmup >= 1")
-    tcfg = cfg["train"]
+    tcfg = dict(cfg["train"])
+    if threads is not None:
+        tcfg["threads"] = threads
     dev = resolve_device(device or tcfg["device"])
     configure_backends(dev, tcfg)
     if image_shape is not None:
@@ -114,6 +145,8 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
 
     torch.manual_seed(seed)
     vae = build_model(cfg, shape).to(dev)
+    torch.manual_seed(seed)
+    vae2 = build_model(cfg, shape).to(dev)  # phase 2's own copy: the phases' frozen parts and modes differ
     from vaeflow_cli.plugins import get_registry
 
     try:
@@ -122,14 +155,20 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
         raise VaeflowError(f"timing: the standalone Glow cannot be built: {exc}") from None
     glow = FlowModel(flow=glow_flow, image_shape=shape).to(dev)
     lr = cfg["train"]["vae"]["lr"]
-    measured = {}
-    for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae, "glow"), ("glow_baseline", glow, "baseline")):
-        log(f"timing {name}: {warmup} warm-up + {steps} timed steps of batch {b} on {dev} ({tcfg['precision']})")
-        measured[name] = _time_model(model, phase, images=images, batch_size=b, steps=steps, warmup=warmup,
-                                     device=dev, lr=lr, seed=seed, precision=tcfg["precision"],
-                                     compile=tcfg["compile"], channels_last=tcfg["channels_last"])
-    per_step = {k: v["s_per_step"] for k, v in measured.items()}
+    options = {"precision": tcfg["precision"], "compile": tcfg["compile"], "channels_last": tcfg["channels_last"]}
+    timed = [_prepare(name, model, phase, images=images, batch_size=b, device=dev, lr=lr, seed=seed, **options)
+             for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae2, "glow"), ("glow_baseline", glow, "baseline"))]
+    log(f"timing: {warmup} warm-up steps of each model, then {steps} rounds of one step of each (interleaved), "
+        f"batch {b} on {dev} ({tcfg['precision']}, torch threads = {torch.get_num_threads()})")
+    try:
+        interleave(timed, steps=steps, warmup=warmup)
+    finally:
+        for t in timed:
+            t.batches.close()
+    stats = {t.name: spread(t.times) for t in timed}
+    per_step = {k: v["median"] for k, v in stats.items()}
     epoch = {k: v * steps_per_epoch for k, v in per_step.items()}
+    rounds = [g / ((v + p) / 2) for v, p, g in zip(*(t.times for t in timed))]  # each round's own speedup
     result = {
         "vae_s_per_epoch": epoch["vae"],
         "glow_layer_s_per_epoch": epoch["glow_layer"],
@@ -139,6 +178,12 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
         "vae_s_per_step": per_step["vae"],
         "glow_layer_s_per_step": per_step["glow_layer"],
         "glow_baseline_s_per_step": per_step["glow_baseline"],
+        **{f"{k}_s_per_step_{s}": v[s] for k, v in stats.items() for s in ("median", "iqr", "min", "max")},
+        "spread": "iqr: 75th minus 25th percentile of the timed steps' seconds; *_s_per_step and *_s_per_epoch are medians",
+        "speedup_per_round": spread(rounds),
+        "interleaved": True,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "image_shape": list(shape),
         "batch_size": b,
@@ -153,8 +198,8 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
                        "glow_layer": sum(p.numel() for p in vae.flow.parameters()),
                        "glow_baseline": sum(p.numel() for p in glow.parameters())},
         "precision": tcfg["precision"],
-        "data_wait_share": {k: v["data_wait_share"] for k, v in measured.items()},
-        "peak_memory_bytes": {k: v["peak_memory_bytes"] for k, v in measured.items()},
+        "data_wait_share": {t.name: t.loader.wait_seconds / sum(t.times) for t in timed},
+        "peak_memory_bytes": {t.name: t.peak for t in timed},
         "torch": torch.__version__,
     }
     return result
@@ -162,12 +207,12 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
 
 def format_table(r: dict) -> str:
     """The result as a table like the paper's Table 4."""
-    rows = [("VAE (phase 1)", r["vae_s_per_step"], r["vae_s_per_epoch"]),
-            ("Glow layer (phase 2)", r["glow_layer_s_per_step"], r["glow_layer_s_per_epoch"]),
-            ("standalone Glow", r["glow_baseline_s_per_step"], r["glow_baseline_s_per_epoch"])]
+    rows = [("VAE (phase 1)", "vae"), ("Glow layer (phase 2)", "glow_layer"), ("standalone Glow", "glow_baseline")]
     lines = [f"device {r['device']}, images {'x'.join(map(str, r['image_shape']))}, batch {r['batch_size']}, "
-             f"{r['steps_per_epoch']} steps per epoch ({r['train_images']} training images)",
-             f"{'model':24s}{'s/step':>12s}{'s/epoch':>14s}"]
-    lines += [f"{name:24s}{step:12.4f}{ep:14.1f}" for name, step, ep in rows]
+             f"{r['steps_per_epoch']} steps per epoch ({r['train_images']} training images), "
+             f"{r['timed_steps']} interleaved rounds",
+             f"{'model':24s}{'s/step (median)':>16s}{'IQR':>10s}{'s/epoch':>14s}"]
+    lines += [f"{name:24s}{r[k + '_s_per_step']:16.4f}{r[k + '_s_per_step_iqr']:10.4f}{r[k + '_s_per_epoch']:14.1f}"
+              for name, k in rows]
     lines.append(f"speedup (Glow epoch / mean of the two phases): {r['speedup']:.2f}x  (paper: {r['paper_speedup']}x on a GTX 1080 Ti)")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-//! JPEG decode (zune-jpeg) + centre crop + antialiased resize (fast_image_resize, Lanczos3: the
-//! same convolution resampling as Pillow's LANCZOS) to `size` x `size` RGB, in parallel.
+//! JPEG decode (zune-jpeg) + crop (a centred square or an offset box) + antialiased resize
+//! (fast_image_resize, Lanczos3: the same convolution resampling as Pillow's LANCZOS) to
+//! `size` x `size` RGB, in parallel.
 
 use std::path::Path;
 
@@ -51,18 +52,64 @@ pub fn decode_rgb(data: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
     }
 }
 
-/// Centre-crop an RGB image to `crop` x `crop` (None: no crop; Some(0): the square of the shorter
-/// side) and resize it to `size` x `size` into `out` (size*size*3 bytes).
-pub fn crop_resize(rgb: Vec<u8>, w: usize, h: usize, crop: Option<usize>, size: usize, out: &mut [u8]) -> Result<(), String> {
-    let (left, top, cw, ch) = match crop {
-        Some(0) => {
-            let c = w.min(h); // the centred square of the shorter side
-            ((w - c) / 2, (h - c) / 2, c, c)
+/// The part of a decoded image that is kept and resized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crop {
+    /// The whole image.
+    Full,
+    /// The centred square of the shorter side.
+    Shorter,
+    /// A centred `n` x `n` square: (w - n) / 2 columns from the left, (h - n) / 2 rows from the top.
+    Centred(usize),
+    /// Rows `top..top + height` and columns `left..left + width`, i.e. numpy's
+    /// `img[top:top + height, left:left + width]`.
+    Box { top: usize, left: usize, height: usize, width: usize },
+}
+
+/// The centred forms, as before boxes existed: None: no crop, Some(0): the square of the shorter
+/// side, Some(n): a centred n x n square.
+impl From<Option<usize>> for Crop {
+    fn from(crop: Option<usize>) -> Crop {
+        match crop {
+            None => Crop::Full,
+            Some(0) => Crop::Shorter,
+            Some(n) => Crop::Centred(n),
         }
-        Some(c) if c > w || c > h => return Err(format!("image is {w}x{h}, smaller than the crop {c}")),
-        Some(c) => ((w - c) / 2, (h - c) / 2, c, c),
-        None => (0, 0, w, h),
-    };
+    }
+}
+
+impl Crop {
+    /// (left, top, width, height) of the kept region of a `w` x `h` image, or why it does not fit.
+    pub fn region(self, w: usize, h: usize) -> Result<(usize, usize, usize, usize), String> {
+        match self {
+            Crop::Full => Ok((0, 0, w, h)),
+            Crop::Shorter => {
+                let c = w.min(h);
+                Ok(((w - c) / 2, (h - c) / 2, c, c))
+            }
+            Crop::Centred(0) => Err("empty crop (0 x 0)".into()),
+            Crop::Centred(c) if c > w || c > h => Err(format!("image is {w}x{h}, smaller than the crop {c}")),
+            Crop::Centred(c) => Ok(((w - c) / 2, (h - c) / 2, c, c)),
+            Crop::Box { height: 0, .. } | Crop::Box { width: 0, .. } => Err("empty crop box (zero height or width)".into()),
+            Crop::Box { top, left, height, width } => {
+                let fits = top.checked_add(height).is_some_and(|b| b <= h) && left.checked_add(width).is_some_and(|r| r <= w);
+                if !fits {
+                    return Err(format!(
+                        "image is {w}x{h}, the crop box (rows {top}:{}, columns {left}:{}) does not fit in it",
+                        top.saturating_add(height),
+                        left.saturating_add(width)
+                    ));
+                }
+                Ok((left, top, width, height))
+            }
+        }
+    }
+}
+
+/// Crop an RGB image (see `Crop`; `Option<usize>` gives the centred forms) and resize the kept
+/// region to `size` x `size` into `out` (size*size*3 bytes).
+pub fn crop_resize(rgb: Vec<u8>, w: usize, h: usize, crop: impl Into<Crop>, size: usize, out: &mut [u8]) -> Result<(), String> {
+    let (left, top, cw, ch) = crop.into().region(w, h)?;
     let src = Image::from_vec_u8(w as u32, h as u32, rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
     let mut dst = Image::from_slice_u8(size as u32, size as u32, out, PixelType::U8x3).map_err(|e| e.to_string())?;
     let options = ResizeOptions::new()
@@ -112,7 +159,8 @@ fn catch_decoder_panic<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, St
 /// Decode, crop and resize JPEG bytes into `out`. A decoder bug on a hostile file must be an
 /// error for that file, never a panic into Python: cargo fuzz found two in zune-jpeg 0.4.21
 /// (tests/data/fuzz-*-panic.jpg), and this is what the fuzz target drives.
-pub fn decode_bytes(data: &[u8], crop: Option<usize>, size: usize, out: &mut [u8]) -> Result<(), String> {
+pub fn decode_bytes(data: &[u8], crop: impl Into<Crop>, size: usize, out: &mut [u8]) -> Result<(), String> {
+    let crop = crop.into();
     catch_decoder_panic(|| {
         let (rgb, w, h) = decode_rgb(data)?;
         crop_resize(rgb, w, h, crop, size, out)
@@ -120,7 +168,7 @@ pub fn decode_bytes(data: &[u8], crop: Option<usize>, size: usize, out: &mut [u8
 }
 
 /// Read, decode, crop and resize one file into `out`.
-pub fn decode_file(path: &Path, crop: Option<usize>, size: usize, out: &mut [u8]) -> Result<(), DecodeError> {
+pub fn decode_file(path: &Path, crop: impl Into<Crop>, size: usize, out: &mut [u8]) -> Result<(), DecodeError> {
     let err = |reason: String| DecodeError { path: path.display().to_string(), reason };
     let data = std::fs::read(path).map_err(|e| err(format!("cannot read ({e})")))?;
     decode_bytes(&data, crop, size, out).map_err(err)
@@ -128,7 +176,8 @@ pub fn decode_file(path: &Path, crop: Option<usize>, size: usize, out: &mut [u8]
 
 /// Decode many files in parallel into `out` (n * size * size * 3 bytes, image-major). Returns the
 /// failures in file order; their slots in `out` are zeros.
-pub fn decode_files<P: AsRef<Path> + Sync>(paths: &[P], crop: Option<usize>, size: usize, out: &mut [u8]) -> Vec<(usize, DecodeError)> {
+pub fn decode_files<P: AsRef<Path> + Sync>(paths: &[P], crop: impl Into<Crop>, size: usize, out: &mut [u8]) -> Vec<(usize, DecodeError)> {
+    let crop = crop.into();
     let per = size * size * 3;
     assert_eq!(out.len(), per * paths.len(), "out must hold paths.len() images");
     let mut failures: Vec<(usize, DecodeError)> = out
@@ -145,4 +194,79 @@ pub fn decode_files<P: AsRef<Path> + Sync>(paths: &[P], crop: Option<usize>, siz
         .collect();
     failures.sort_by_key(|(i, _)| *i);
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CelebA-sized (178 wide, 218 high) RGB image whose red channel is the row index and green
+    /// channel the column index, so every pixel says where it came from.
+    fn coordinates(w: usize, h: usize) -> Vec<u8> {
+        (0..h).flat_map(|r| (0..w).flat_map(move |c| [r as u8, c as u8, 7])).collect()
+    }
+
+    fn kept(crop: impl Into<Crop>, size: usize) -> Vec<u8> {
+        let mut out = vec![0u8; size * size * 3];
+        crop_resize(coordinates(178, 218), 178, 218, crop, size, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_box_crop_keeps_exactly_its_rows_and_columns() {
+        // (top, left, side): Two-Stage VAE's 128 and 140 (= WAE), Real NVP's 148, the centred 148
+        for (top, left, side) in [(45, 25, 128), (39, 19, 140), (40, 15, 148), (35, 15, 148)] {
+            // resized to its own size the box comes back pixel for pixel
+            let out = kept(Crop::Box { top, left, height: side, width: side }, side);
+            for i in 0..side {
+                for j in 0..side {
+                    let p = &out[3 * (i * side + j)..3 * (i * side + j) + 3];
+                    assert_eq!(p, [(top + i) as u8, (left + j) as u8, 7], "box at ({top}, {left}), pixel ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_resized_box_crop_samples_its_own_region() {
+        // A linear ramp stays linear under Lanczos: output row i of a 128 -> 64 resize sits at
+        // input row top + 2i + 0.5. Away from the edges the values say which rows were kept.
+        let (top, left, side, size) = (45usize, 25usize, 128usize, 64usize);
+        let out = kept(Crop::Box { top, left, height: side, width: side }, size);
+        for i in 4..size - 4 {
+            for j in 4..size - 4 {
+                let p = &out[3 * (i * size + j)..];
+                let (want_r, want_c) = (top as f64 + 2.0 * i as f64 + 0.5, left as f64 + 2.0 * j as f64 + 0.5);
+                assert!((p[0] as f64 - want_r).abs() <= 1.0, "row of ({i}, {j}): {} vs {want_r}", p[0]);
+                assert!((p[1] as f64 - want_c).abs() <= 1.0, "column of ({i}, {j}): {} vs {want_c}", p[1]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_centred_forms_are_boxes_too() {
+        assert_eq!(Crop::from(None), Crop::Full);
+        assert_eq!(Crop::from(Some(0)), Crop::Shorter);
+        assert_eq!(Crop::from(Some(148)), Crop::Centred(148));
+        // on a 178 x 218 image the centred 148 is rows 35:183, columns 15:163
+        assert_eq!(Crop::Centred(148).region(178, 218), Ok((15, 35, 148, 148)));
+        assert_eq!(kept(Some(148), 148), kept(Crop::Box { top: 35, left: 15, height: 148, width: 148 }, 148));
+        // the shorter side's square: rows 20:198, all columns
+        assert_eq!(Crop::Shorter.region(178, 218), Ok((0, 20, 178, 178)));
+        assert_eq!(kept(Some(0), 32), kept(Crop::Box { top: 20, left: 0, height: 178, width: 178 }, 32));
+        assert_eq!(kept(None, 16), kept(Crop::Box { top: 0, left: 0, height: 218, width: 178 }, 16));
+    }
+
+    #[test]
+    fn a_box_that_does_not_fit_is_an_error_not_a_panic() {
+        let mut out = vec![0u8; 4 * 4 * 3];
+        for (top, left, height, width) in [(71, 15, 148, 148), (40, 31, 148, 148), (0, 0, 219, 10), (usize::MAX, 0, 2, 2), (0, usize::MAX, 2, 2)] {
+            let err = crop_resize(coordinates(178, 218), 178, 218, Crop::Box { top, left, height, width }, 4, &mut out).unwrap_err();
+            assert!(err.contains("does not fit") && err.contains("178x218"), "{err}");
+        }
+        let err = crop_resize(coordinates(178, 218), 178, 218, Crop::Box { top: 0, left: 0, height: 0, width: 5 }, 4, &mut out).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+        // the box that touches the bottom-right corner fits
+        crop_resize(coordinates(178, 218), 178, 218, Crop::Box { top: 70, left: 30, height: 148, width: 148 }, 4, &mut out).unwrap();
+    }
 }

@@ -34,21 +34,34 @@ fn dequantize(
     Ok(())
 }
 
+/// The crop argument from Python: a tuple (top, left, height, width) or an int.
+#[derive(FromPyObject)]
+enum CropArg {
+    Box(usize, usize, usize, usize),
+    Square(usize),
+}
+
 /// decode_images(paths, crop, size, threads=0) -> (uint8 array (N*size*size*3,), failures);
-/// crop None: no crop, 0: the centred square of the shorter side, c: a centred c x c square.
+/// crop None: no crop, 0: the centred square of the shorter side, c: a centred c x c square,
+/// (top, left, height, width): that box, numpy's img[top:top + height, left:left + width].
 /// failures is a list of (index, message) for files that could not be decoded (zeros in the array).
 #[pyfunction]
 #[pyo3(signature = (paths, crop, size, threads = 0))]
 fn decode_images<'py>(
     py: Python<'py>,
     paths: Vec<String>,
-    crop: Option<usize>,
+    crop: Option<CropArg>,
     size: usize,
     threads: usize,
 ) -> PyResult<(Bound<'py, PyArray1<u8>>, Vec<(usize, String)>)> {
     if size == 0 {
         return Err(PyValueError::new_err("size must be positive"));
     }
+    let crop = match crop {
+        None => decode::Crop::Full,
+        Some(CropArg::Square(n)) => decode::Crop::from(Some(n)),
+        Some(CropArg::Box(top, left, height, width)) => decode::Crop::Box { top, left, height, width },
+    };
     let (pixels, failures) = py.detach(|| {
         let mut out = vec![0u8; paths.len() * size * size * 3];
         let failures = with_threads(threads, || decode::decode_files(&paths, crop, size, &mut out));
