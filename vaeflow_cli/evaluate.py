@@ -207,6 +207,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     cfg = rd.resolved_config()
     seed = cfg["train"]["seed"] if seed is None else seed
     dev = resolve_device(device)
+    from vaeflow_cli.engine import set_threads
+
+    set_threads(cfg["train"].get("threads", 0))  # the run's train.threads, as in training (IWAE and FID are heavy)
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
     models = [p for p in ("vae", "glow", "prior", "joint", "baseline") if rd.checkpoint_path(p).exists()]
     if not models:
