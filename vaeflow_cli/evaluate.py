@@ -207,9 +207,13 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     cfg = rd.resolved_config()
     seed = cfg["train"]["seed"] if seed is None else seed
     dev = resolve_device(device)
-    from vaeflow_cli.engine import set_threads
+    import torch
 
-    set_threads(cfg["train"].get("threads", 0))  # the run's train.threads, as in training (IWAE and FID are heavy)
+    from vaeflow_cli.engine import resolve_threads
+
+    # the run's train.threads, as in training (IWAE and FID are heavy); not logged, so that an
+    # error below stays the only line on stderr
+    torch.set_num_threads(resolve_threads(cfg["train"].get("threads", 0)))
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
     models = [p for p in ("vae", "glow", "prior", "joint", "baseline") if rd.checkpoint_path(p).exists()]
     if not models:
