@@ -28,6 +28,7 @@ else:  # pragma: no cover
 from vaeflow_cli.errors import VaeflowError
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
+PIXEL_TRANSFORMS = ("none", "logit")  # model.pixel_transform (model.pixel_transform builds them)
 COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
 PHASES = ("vae", "glow", "baseline", "joint", "prior")  # [train.<phase>] sections; baseline = the
 # [model.flow] alone; joint = everything fine-tuned together after the two phases (paper, section
@@ -270,8 +271,8 @@ def validate(cfg: dict, *, where: str, registry) -> dict:
         out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type")
     if out["model"]["latent_dim"] < 1:
         raise VaeflowError(f"{where}: 'model.latent_dim' must be at least 1")
-    if out["model"]["pixel_transform"] not in ("none", "logit"):
-        raise VaeflowError(f"{where}: 'model.pixel_transform' must be \"none\" or \"logit\", got {out['model']['pixel_transform']!r}")
+    if out["model"]["pixel_transform"] not in PIXEL_TRANSFORMS:
+        raise VaeflowError(f"{where}: 'model.pixel_transform' must be one of {', '.join(map(repr, PIXEL_TRANSFORMS))}, got {out['model']['pixel_transform']!r}")
     if not 0 < out["model"]["logit_alpha"] < 0.5:
         raise VaeflowError(f"{where}: 'model.logit_alpha' must be in (0, 0.5), got {out['model']['logit_alpha']}")
     if out["train"]["threads"] < 0:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vaeflow_cli.config import PIXEL_TRANSFORMS
 from vaeflow_cli.distributions import LOG_2PI, bits_per_dim, gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
 
 
@@ -41,9 +42,6 @@ class Bound:
         return bits_per_dim(self.elbo, self.dims)
 
 
-PIXEL_TRANSFORMS = ("none", "logit")
-
-
 class LogitTransform(nn.Module):
     """The fixed elementwise bijection t = logit(alpha + (1 - 2 alpha) y) of dequantized pixels
     y in [0, 1) (RealNVP's data transform: Dinh et al., 2017, section 4.1), applied before the
@@ -51,7 +49,7 @@ class LogitTransform(nn.Module):
     forward(y) -> (t, log|det dt/dy|) and inverse(t) -> (y, log|det dy/dt|), shapes (B, C, H, W)
     and (B,), log-determinants in float32 nats.
 
-    Why (measured, docs/model.md): the pixels of 8-bit digits are near 0 or near 1, and a Gaussian
+    Why (measured; README, "The model, and the choices the paper leaves open"): the pixels of 8-bit digits are near 0 or near 1, and a Gaussian
     in [0, 1) must then put a standard deviation near 1/(256 sqrt 12) on the background and a
     mean accurate to a thousandth there; in logit space the saturated values are spread over a few
     units and a Gaussian fits them at a sensible scale."""
