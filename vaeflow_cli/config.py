@@ -25,6 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from vaeflow_cli.constraints import OneOf, Range, declared_constraints, problem
 from vaeflow_cli.errors import VaeflowError
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
@@ -81,18 +82,55 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# The valid values of the plain keys (component keys declare theirs in their factories' signatures,
+# see vaeflow_cli.constraints). "*" stands for every [train.<phase>] section.
+CONSTRAINTS: dict[str, list] = {
+    "model.latent_dim": [Range(1, 65536)],
+    "model.pixel_transform": [OneOf(PIXEL_TRANSFORMS)],
+    "model.logit_alpha": [Range(gt=0, lt=0.5)],
+    "train.seed": [Range(0, 2**32 - 1)],
+    "train.eval_samples": [Range(0)],
+    "train.dequantize": [OneOf(("host", "device"))],
+    "train.precision": [OneOf(("fp32", "bf16", "fp16"))],
+    "train.threads": [Range(0, 4096)],
+    "train.checkpoint_every": [Range(0)],
+    "train.keep_checkpoints": [Range(0)],
+    "train.max_bad_steps": [Range(1)],
+    "train.*.epochs": [Range(1, 10**7)],
+    "train.*.batch_size": [Range(1, 2**20)],
+    "train.*.lr": [Range(gt=0, le=10)],
+    "train.*.lr_halve_every": [Range(0)],
+    "train.*.warmup_steps": [Range(0)],
+    "train.*.grad_clip": [Range(0)],
+    "run.sample_n": [Range(1, 4096)],
+}
+
+
+def _plain_constraints(dotted: str) -> list:
+    parts = dotted.split(".")
+    if len(parts) == 3 and parts[0] == "train" and parts[1] in PHASES:
+        return CONSTRAINTS.get(f"train.*.{parts[2]}", [])
+    return CONSTRAINTS.get(dotted, [])
+
+
 # ------------------------------------------------------------------ loading
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise VaeflowError(f"config file {str(p)!r} is a directory; pass a TOML file to --config")
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise VaeflowError(f"config file {str(p)!r} not found; pass an existing file to --config") from None
+    except UnicodeDecodeError as exc:
+        raise VaeflowError(f"{p}: not UTF-8 text (byte {exc.start}); a TOML config must be UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise VaeflowError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
+    except OSError as exc:
+        raise VaeflowError(f"config file {str(p)!r} cannot be read ({exc.strerror}); check the path and its permissions") from None
 
 
 def embedded_default() -> dict[str, Any]:
@@ -163,8 +201,14 @@ def check_type(value: Any, default: Any, *, key: str, where: str) -> Any:
         return value
     want = type(default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise VaeflowError(f"{where}: {key!r} = {value} is too large for a number") from None
     if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+        found = problem(value, [])
+        if found:
+            raise VaeflowError(f"{where}: {key!r} {found}, got {value!r}")
         return value
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
     raise VaeflowError(
@@ -245,6 +289,7 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
     params = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
     fixed = {name_key} | ({"root"} if kind == "dataset" else set())
     out = {k: section[k] for k in section if k in fixed}
+    declared = declared_constraints(comp.factory)
     for k, v in section.items():
         if k in fixed:
             continue
@@ -252,6 +297,9 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
             raise VaeflowError(f"{where}: unknown key '{key}.{k}' for {kind} {name!r}{_suggest(k, params)}")
         default = params[k]
         out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=where)
+        found = problem(out[k], declared.get(k, []))
+        if found:
+            raise VaeflowError(f"{where}: '{key}.{k}' {found} for {kind} {name!r}, got {out[k]!r}; fix it in [{key}]")
     for k, default in params.items():
         if k in out:
             continue
@@ -269,31 +317,22 @@ def validate(cfg: dict, *, where: str, registry) -> dict:
     out["data"] = _validate_component(cfg["data"], "dataset", "data", where=where, registry=registry, name_key="name")
     for sec, kind in COMPONENT_SECTIONS.items():
         out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type")
-    if out["model"]["latent_dim"] < 1:
-        raise VaeflowError(f"{where}: 'model.latent_dim' must be at least 1")
-    if out["model"]["pixel_transform"] not in PIXEL_TRANSFORMS:
-        raise VaeflowError(f"{where}: 'model.pixel_transform' must be one of {', '.join(map(repr, PIXEL_TRANSFORMS))}, got {out['model']['pixel_transform']!r}")
-    if not 0 < out["model"]["logit_alpha"] < 0.5:
-        raise VaeflowError(f"{where}: 'model.logit_alpha' must be in (0, 0.5), got {out['model']['logit_alpha']}")
-    if out["train"]["threads"] < 0:
-        raise VaeflowError(f"{where}: 'train.threads' must be >= 0 (0 = one share of the usable cores per process), got {out['train']['threads']}")
-    for phase in PHASES:
-        p = out["train"][phase]
-        for k in ("epochs", "batch_size"):
-            if p[k] < 1:
-                raise VaeflowError(f"{where}: 'train.{phase}.{k}' must be at least 1, got {p[k]}")
-        if not p["lr"] > 0:
-            raise VaeflowError(f"{where}: 'train.{phase}.lr' must be positive, got {p['lr']}")
-    if out["train"]["precision"] not in ("fp32", "bf16", "fp16"):
-        raise VaeflowError(f"{where}: 'train.precision' must be \"fp32\", \"bf16\" or \"fp16\", got {out['train']['precision']!r}")
-    for k in ("checkpoint_every", "keep_checkpoints"):
-        if out["train"][k] < 0:
-            raise VaeflowError(f"{where}: 'train.{k}' must be >= 0, got {out['train'][k]}")
-    if out["train"]["max_bad_steps"] < 1:
-        raise VaeflowError(f"{where}: 'train.max_bad_steps' must be at least 1, got {out['train']['max_bad_steps']}")
-    if out["train"]["dequantize"] not in ("host", "device"):
-        raise VaeflowError(f"{where}: 'train.dequantize' must be \"host\" or \"device\", got {out['train']['dequantize']!r}")
+    _check_plain(out, where)
     return out
+
+
+def _check_plain(cfg: dict, where: str, prefix: str = "") -> None:
+    """The declared constraints (CONSTRAINTS) and finiteness of every plain key."""
+    for k, v in cfg.items():
+        dotted = f"{prefix}{k}"
+        if dotted == "data" or _is_component(dotted):
+            continue
+        if isinstance(v, dict):
+            _check_plain(v, where, dotted + ".")
+            continue
+        found = problem(v, _plain_constraints(dotted))
+        if found:
+            raise VaeflowError(f"{where}: {dotted!r} {found}, got {v!r}")
 
 
 def _is_toml_value(v: Any) -> bool:

@@ -10,6 +10,8 @@ x + u is exact in float32 and y always lies in [x/256, (x+1)/256).
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,45 +73,90 @@ def dequantize_on_device(x, indices, *, seed: int, epoch: int):
 
 CropSpec = int | tuple[int, int, int, int] | None  # see decode_images
 
+# The default bound on an image's width x height, checked on the header before anything is
+# decoded (data.max_pixels of the image-file datasets): 40 megapixels, ~1000 CelebA images
+# (178 x 218), at most ~120 MB of decoded RGB per image.
+DEFAULT_MAX_PIXELS = 40_000_000
 
-def decode_images(paths, *, crop: CropSpec, size: int, threads: int = 0) -> np.ndarray:
+
+def file_problem(path) -> str | None:
+    """Why ``path`` cannot be read as a data file (missing, a directory, a device, a FIFO that
+    would block, no permission), or None for a regular file. Nothing is opened."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "not found"
+    except PermissionError:
+        return "permission denied"
+    except ValueError:
+        return "not a valid path (it contains a NUL byte)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    return None
+
+
+def decode_images(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """JPEG files -> uint8 (N, size, size, 3): decode, crop and resize with Lanczos3 antialiasing,
     in parallel in Rust with the GIL released. ``crop``: None keeps the whole image; 0 the centred
     square of the shorter side; an int c a centred c x c square ((w - c) // 2 columns from the
     left, (h - c) // 2 rows from the top); a (top, left, height, width) box keeps numpy's
-    ``img[top:top + height, left:left + width]``. An unreadable file, or one the crop does not fit,
-    raises VaeflowError naming it (and how many others failed)."""
-    pixels, failures = decode_images_with_failures(paths, crop=crop, size=size, threads=threads)
+    ``img[top:top + height, left:left + width]``. An image whose header claims more than
+    ``max_pixels`` pixels is refused before it is decoded. An unreadable file, one the crop does
+    not fit or one over the bound raises VaeflowError naming it (and how many others failed)."""
+    pixels, failures = _decode_native(paths, crop=crop, size=size, threads=threads, max_pixels=max_pixels)
     if failures:
-        raise _decode_failure(failures, "replace or remove the file")
+        raise _decode_failure(failures, "replace or remove the file", max_pixels=max_pixels)
     return pixels
 
 
-def _decode_failure(failures: list[tuple[int, str]], hint: str) -> VaeflowError:
-    """One line naming the first file that failed and how many others did."""
+def _decode_failure(failures: list[tuple[int, str, str]], hint: str, *, max_pixels: int, key: str = "max_pixels") -> VaeflowError:
+    """One line naming the first file that failed and how many others did; a file over the pixel
+    bound also says which key raises it."""
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    return VaeflowError(f"cannot decode image {failures[0][1]}{more}; {hint}")
+    _, message, kind = failures[0]
+    if kind == "size":
+        hint = f"{hint}, or raise {key} (now {max_pixels}) to accept images this large"
+    return VaeflowError(f"cannot decode image {message}{more}; {hint}")
 
 
 def decode_with_fallback(paths, *, crop: CropSpec, size: int, skip_bad: bool = False, threads: int = 0,
-                         log=None) -> np.ndarray:
+                         log=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Like ``decode_images`` for any image files: JPEGs in Rust, anything Rust cannot decode (PNG,
     CMYK or other unusual JPEGs) through Pillow with the same crop and Lanczos resize. A file that
-    neither can read is an error naming it or, with ``skip_bad``, dropped and counted on stderr."""
+    neither can read, or whose header claims more than ``max_pixels`` pixels, is an error naming
+    it or, with ``skip_bad``, dropped and counted on stderr. Files that Rust could not read at all
+    (missing, a directory), whose crop does not fit or that are over the bound are not retried."""
     paths = [str(p) for p in paths]
-    pixels, failures = decode_images_with_failures(paths, crop=crop, size=size, threads=threads)
+    pixels, failures = _decode_native(paths, crop=crop, size=size, threads=threads, max_pixels=max_pixels)
     bad = []
-    for i, message in failures:
+    for i, message, kind in failures:
+        if kind != "decode":
+            bad.append((i, message, kind))
+            continue
         try:
-            pixels[i] = pillow_decode(paths[i], crop=crop, size=size)
-        except (OSError, SyntaxError, ValueError) as exc:
-            bad.append((i, f"{message}; Pillow: {exc}"))
+            pixels[i] = pillow_decode(paths[i], crop=crop, size=size, max_pixels=max_pixels)
+        except ImageProblem as exc:
+            bad.append((i, f"{paths[i]}: {exc}" if exc.kind == "size" else f"{message}; Pillow: {exc}", exc.kind))
+        except Exception as exc:  # noqa: BLE001: any failure of Pillow on a hostile file is that file's
+            bad.append((i, f"{message}; Pillow: {type(exc).__name__}: {_first_line(exc)}", "decode"))
     if bad and not skip_bad:
-        raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true")
+        raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true", max_pixels=max_pixels,
+                              key="data.max_pixels")
     if bad:
-        (log or console_log)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {paths[bad[0][0]]}")
-        pixels = np.delete(pixels, [i for i, _ in bad], axis=0)
+        (log or console_log)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {bad[0][1]}")
+        pixels = np.delete(pixels, [i for i, _, _ in bad], axis=0)
     return pixels
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _check_crop(crop) -> CropSpec:
@@ -144,23 +191,79 @@ def _crop_region(crop: CropSpec, w: int, h: int) -> tuple[int, int, int, int]:
     return (w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c
 
 
-def pillow_decode(path, *, crop: CropSpec, size: int) -> np.ndarray:
-    """One image through Pillow: RGB, the crop of ``decode_images``, Lanczos resize."""
+class ImageProblem(ValueError):
+    """An image file Pillow may not or cannot read; ``kind`` as the Rust decoder's failures:
+    "read", "size" (over the pixel bound) or "decode"."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# What vaeflow decodes through Pillow: PNG and JPEG (MPO is how Pillow names many camera JPEGs).
+PILLOW_FORMATS = ("PNG", "JPEG", "MPO")
+
+_PIL_OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-wide
+
+
+def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """A lazily decoded Pillow image of the PNG/JPEG file ``path`` (use it in a ``with``), whose
+    header was checked against ``max_pixels`` before any pixel was decoded; ImageProblem
+    otherwise. Pillow's own decompression-bomb check (a warning above 89 megapixels, an error
+    above twice that) is replaced by this bound for the call, so that the bound the user set is
+    the one that holds, and no warning reaches stderr."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    problem = file_problem(path)
+    if problem is not None:
+        raise ImageProblem(problem, "read")
+    with _PIL_OPEN_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # only for this open, which reads the header alone
+        try:
+            with warnings.catch_warnings():  # e.g. "malformed MPO file": the caller reports what matters
+                warnings.simplefilter("ignore")
+                im = Image.open(path, formats=PILLOW_FORMATS)
+        except Exception as exc:  # noqa: BLE001: an unidentifiable or malformed header
+            raise ImageProblem(f"not a PNG or JPEG image Pillow can read ({_first_line(exc)})", "decode") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ImageProblem(f"the header claims {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} "
+                           f"(nothing was decoded)", "size")
+    return im
+
+
+def pillow_decode(path, *, crop: CropSpec, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One image through Pillow: RGB, the crop of ``decode_images``, Lanczos resize. Raises
+    ImageProblem for a file over ``max_pixels`` or that is not a readable PNG/JPEG file."""
+    from PIL import Image
+
+    with open_image(path, max_pixels=max_pixels) as im, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's warnings on odd files would be stray stderr lines
         im = im.convert("RGB")
         box = _crop_region(crop, *im.size)
         return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=box))
 
 
-def decode_images_with_failures(paths, *, crop: CropSpec, size: int, threads: int = 0):
-    """(uint8 (N, size, size, 3), [(index, message), ...]); failed images are zeros."""
+def _decode_native(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(uint8 (N, size, size, 3), [(index, message, kind), ...]) from the Rust decoder; kind is
+    "read", "size", "crop" or "decode" (see native/src/python.rs); failed images are zeros."""
     from vaeflow_cli import _native
 
     paths = [str(p) for p in paths]
-    flat, failures = _native.decode_images(paths, _check_crop(crop), size, threads)
+    if not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool) or max_pixels < 1:
+        raise VaeflowError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    flat, failures = _native.decode_images(paths, _check_crop(crop), size, threads, min(int(max_pixels), 2**63))
     return flat.reshape(len(paths), size, size, 3), failures
+
+
+def decode_images_with_failures(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(uint8 (N, size, size, 3), [(index, message), ...]); failed images are zeros."""
+    pixels, failures = _decode_native(paths, crop=crop, size=size, threads=threads, max_pixels=max_pixels)
+    return pixels, [(i, message) for i, message, _ in failures]
 
 
 def cache_path(cache_dir: Path, name: str, key_parts) -> Path:
@@ -181,11 +284,18 @@ def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
     from vaeflow_cli.runs import atomic_write
 
     path = cache_path(cache_dir, name, key_parts)
-    if path.exists():
+    try:
+        present = path.exists()
+    except OSError as exc:
+        raise VaeflowError(f"cannot look into the cache folder {cache_dir} ({exc.strerror}); set data.cache_dir to a folder you may use") from None
+    if present:
+        problem = file_problem(path)
+        if problem is not None:
+            raise VaeflowError(f"cache {path} {problem}; delete it to rebuild the cache")
         try:
-            return np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise VaeflowError(f"cache {path} is unreadable ({exc}); delete it to rebuild") from None
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001: truncated, empty (EOFError), a bad header, object arrays
+            raise VaeflowError(f"cache {path} is unreadable ({type(exc).__name__}: {_first_line(exc)}); delete it to rebuild") from None
     array = np.ascontiguousarray(build())
     try:
         atomic_write(path, lambda fh: np.save(fh, array))
@@ -202,6 +312,8 @@ def file_signature(paths) -> list:
             st = os.stat(p)
         except FileNotFoundError:
             raise VaeflowError(f"{p} not found; check data.root") from None
+        except (OSError, ValueError) as exc:  # permission denied on a folder, a NUL byte in a name
+            raise VaeflowError(f"{p}: cannot be read ({getattr(exc, 'strerror', None) or exc}); check data.root and its permissions") from None
         out.append([os.path.basename(p), st.st_size, st.st_mtime_ns])
     return out
 
@@ -221,7 +333,7 @@ def build_dataset(cfg: dict, registry=None):
         registry = get_registry()
     data = cfg["data"]
     kwargs = {k: v for k, v in data.items() if k != "name"}
-    return registry.get("dataset", data["name"]).factory(**kwargs)
+    return registry.get("dataset", data["name"]).build("[data]", **kwargs)
 
 
 def dataset_info(name: str, root: str, registry=None) -> dict:

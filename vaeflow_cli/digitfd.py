@@ -18,7 +18,7 @@ from torch import nn
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.runs import atomic_write, load_checkpoint
+from vaeflow_cli.runs import atomic_write
 
 FORMAT = 1
 
@@ -80,10 +80,26 @@ def train_classifier(*, epochs: int = 4, seed: int = 0) -> tuple[DigitCNN, float
 
 
 def load_or_train(cache: Path) -> tuple[DigitCNN, float]:
-    """The classifier cached at ``cache`` (weights-only), trained and written atomically if absent."""
+    """The classifier cached at ``cache`` (weights-only, checked against the network's keys and
+    shapes), trained and written atomically if absent. A cache that is unreadable or not this
+    classifier is one VaeflowError that says to delete it."""
+    import os
+
     net = DigitCNN()
-    if cache.exists():
-        state = load_checkpoint(cache)
+    if os.path.lexists(cache):
+        from vaeflow_cli.fid import load_weights_file, state_dict_problem
+
+        fix = "delete it and evaluate again to retrain the classifier"
+        state = load_weights_file(cache, what="digit_fd classifier cache", fix=fix)
+        problem = None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            problem = "not a digit classifier cache of this vaeflow (no 'format' = 1)"
+        elif not isinstance(state.get("accuracy"), float) or not 0.0 <= state["accuracy"] <= 1.0:
+            problem = "its 'accuracy' is not a number in [0, 1]"
+        else:
+            problem = state_dict_problem(state.get("model"), net.state_dict())
+        if problem is not None:
+            raise VaeflowError(f"digit_fd classifier cache {cache} is unusable: {problem}; {fix}")
         net.load_state_dict(state["model"])
         return net.eval(), state["accuracy"]
     log(f"digit_fd: training the digit classifier (cached in {cache})")

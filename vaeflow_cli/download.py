@@ -3,22 +3,38 @@
 A file is streamed into ``NAME.part`` (a later run resumes it with an HTTP Range request), its MD5
 is checked, and only then is it renamed to ``NAME``; an archive is extracted into a temporary
 folder that is renamed into place. A checksum mismatch deletes the download. ``VAEFLOW_MIRROR``
-(a base URL) fetches every file by name from a mirror instead, still checked against the MD5.
+(a base http(s) URL) fetches every file by name from a mirror instead, still checked against the MD5.
+
+Every failure is one line: a malformed mirror URL or a local file in the way is a VaeflowError
+(exit 2); the network (an unreachable host, a timeout, an HTTP error, a dropped connection) and a
+full disk are a RuntimeFailure (exit 1), and the partial file is kept for the next run to resume.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.errors import RuntimeFailure, VaeflowError
+
+MIRROR_ENV = "VAEFLOW_MIRROR"
+SCHEMES = ("http", "https")
+TIMEOUT_S = 60
+# What the network raises: URLError and socket errors, timeouts and TLS errors (all OSError),
+# http.client's protocol errors (IncompleteRead, BadStatusLine, ...), ValueError for a URL
+# urllib or http.client refuses (control characters, a bad port).
+NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,42 @@ MANUAL = {
 }
 
 
+def check_url(url: str, *, what: str) -> str:
+    """``url`` if it is an http(s) URL with a host (and a valid port), else one VaeflowError
+    naming ``what`` (e.g. "VAEFLOW_MIRROR") and the value."""
+    example = "e.g. https://mirror.example.org/datasets/"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018: raises ValueError for a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise VaeflowError(f"{what} = {url!r} is not a valid URL ({exc}); give a base URL ({example}) or unset it") from None
+    if parts.scheme.lower() not in SCHEMES or not parts.hostname:
+        why = f"scheme {parts.scheme!r} is not http or https" if parts.scheme else "it has no http:// or https:// scheme"
+        raise VaeflowError(f"{what} = {url!r} is not an http(s) URL ({why}); give a base URL ({example}) or unset it")
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise VaeflowError(f"{what} = {url!r} contains spaces or control characters; give a base URL ({example}) or unset it")
+    return url
+
+
+def _local_error(path: Path, exc: OSError, doing: str) -> VaeflowError:
+    """One line for a local file error while downloading: a full disk is a run-time failure, the
+    rest (permission, a directory in the way) is for the user to fix."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RuntimeFailure(f"cannot {doing} {path} ({reason}): free space, then run the same command again to resume")
+    return VaeflowError(f"cannot {doing} {path} ({reason}); choose a --root you may write to, or remove what is in the way")
+
+
+def _network_error(url: str, exc: BaseException) -> RuntimeFailure:
+    if isinstance(exc, urllib.error.HTTPError):
+        return RuntimeFailure(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL (and {MIRROR_ENV}) "
+                              f"and the network, then run again (the partial file is kept)")
+    reason = getattr(exc, "reason", None) or exc
+    text = " ".join(str(reason).split()) or type(exc).__name__
+    return RuntimeFailure(f"download of {url} failed ({type(exc).__name__}: {text[:200]}); check the network "
+                          f"(and {MIRROR_ENV}), then run the same command again to resume")
+
+
 def md5sum(path: Path) -> str:
     h = hashlib.md5()
     with path.open("rb") as fh:
@@ -59,60 +111,116 @@ def md5sum(path: Path) -> str:
     return h.hexdigest()
 
 
+def _file_md5(path: Path) -> str:
+    """The MD5 of a local file, or one line saying why it cannot be read."""
+    from vaeflow_cli.data import file_problem
+
+    problem = file_problem(path)
+    if problem is not None:
+        raise VaeflowError(f"{path} {problem}; remove it and run the download again")
+    try:
+        return md5sum(path)
+    except OSError as exc:
+        raise _local_error(path, exc, "read") from None
+
+
 def fetch(url: str, dest: Path, md5: str, *, chunk: int = 1 << 16, log=None) -> Path:
     """Download ``url`` to ``dest`` unless a verified copy is there; resume a ``.part`` file."""
-    if dest.exists():
-        if md5sum(dest) == md5:
+    check_url(url, what="the download URL")
+    if os.path.lexists(dest):
+        if _file_md5(dest) == md5:
             return dest
         raise VaeflowError(f"{dest} exists but its MD5 is not {md5}; delete it and run the download again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _local_error(dest.parent, exc, "create the folder") from None
     part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
+    offset = 0
+    if os.path.lexists(part):
+        if part.is_dir() or not part.is_file():
+            raise VaeflowError(f"{part} is not a regular file; remove it and run the download again")
+        offset = part.stat().st_size
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if not (exc.code == 416 and offset):  # 416 with a part file: it is already complete
+            raise _network_error(url, exc) from None
+        response = None
+    except NETWORK_ERRORS as exc:
+        raise _network_error(url, exc) from None
+    if response is not None:
+        with response:
             resumed = offset > 0 and response.status == 206
             if log and offset:
                 log(f"{dest.name}: {'resuming at byte ' + str(offset) if resumed else 'server cannot resume; restarting'}")
             expected = response.headers.get("Content-Length")
+            try:
+                expected = int(expected) if expected is not None else None
+            except ValueError:
+                expected = None  # a malformed header: the MD5 decides
             received = 0
-            with part.open("ab" if resumed else "wb") as fh:
-                while block := response.read(chunk):
-                    fh.write(block)
+            try:
+                fh = part.open("ab" if resumed else "wb")
+            except OSError as exc:
+                raise _local_error(part, exc, "write") from None
+            with fh:
+                while True:
+                    try:
+                        block = response.read(chunk)
+                    except NETWORK_ERRORS as exc:
+                        raise _network_error(url, exc) from None
+                    if not block:
+                        break
+                    try:
+                        fh.write(block)
+                    except OSError as exc:
+                        raise _local_error(part, exc, "write") from None
                     received += len(block)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if expected is not None and received < int(expected):
+                try:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError as exc:
+                    raise _local_error(part, exc, "write") from None
+            if expected is not None and received < expected:
                 # http.client's read(n) returns b"" when the server hangs up early: check ourselves
-                raise VaeflowError(f"download of {url} stopped after {received} of {expected} bytes; run the same command again to resume")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:  # the part file is already complete
-            pass
-        else:
-            raise VaeflowError(f"download of {url} failed: HTTP {exc.code}; check the network and run again (the partial file is kept)") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise VaeflowError(f"download of {url} failed ({getattr(exc, 'reason', exc)}); run the same command again to resume") from None
-    got = md5sum(part)
+                raise RuntimeFailure(f"download of {url} stopped after {received} of {expected} bytes; run the same command again to resume")
+    got = _file_md5(part)
     if got != md5:
         part.unlink()
+        # what was served is not the file (a wrong mirror, a corrupted transfer): exit code 2
         raise VaeflowError(f"checksum mismatch for {url}: MD5 {got}, expected {md5}; the download was deleted, run again")
-    os.replace(part, dest)
+    try:
+        os.replace(part, dest)
+    except OSError as exc:
+        raise _local_error(dest, exc, "rename the download to") from None
     return dest
 
 
 def extract(archive: Path, root: Path) -> None:
     """Unpack a .tar.gz into root through a temporary folder, so a half-extracted tree never stays."""
-    with tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise VaeflowError(f"{archive}: cannot extract ({exc}); delete it and download again") from None
-        for entry in Path(tmp).iterdir():
-            target = root / entry.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            os.replace(entry, target)
+    try:
+        with tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, EOFError, zlib.error) as exc:
+                raise VaeflowError(f"{archive}: cannot extract ({type(exc).__name__}: {exc}); delete it and download again") from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _local_error(root, exc, "extract into") from None
+                raise VaeflowError(f"{archive}: cannot extract ({type(exc).__name__}: {exc.strerror or exc}); delete it and download again") from None
+            for entry in Path(tmp).iterdir():
+                target = root / entry.name
+                if target.is_symlink() or not target.is_dir():
+                    if os.path.lexists(target):
+                        target.unlink()
+                else:
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+    except OSError as exc:
+        raise _local_error(root, exc, "extract into") from None
 
 
 def download(name: str, root: str | Path, *, sources: dict[str, list[Remote]] | None = None, log=None) -> list[Path]:
@@ -123,8 +231,15 @@ def download(name: str, root: str | Path, *, sources: dict[str, list[Remote]] | 
             raise VaeflowError(MANUAL[name])
         raise VaeflowError(f"no download for {name!r}; downloadable: {', '.join(sorted(sources))}")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    mirror = os.environ.get("VAEFLOW_MIRROR")
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:  # checked before anything is created
+        check_url(mirror, what=MIRROR_ENV)
+    if os.path.lexists(root) and not root.is_dir():
+        raise VaeflowError(f"--root {root} exists and is not a folder; give a folder to download into")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _local_error(root, exc, "create the folder") from None
     done = []
     for remote in sources[name]:
         url = mirror.rstrip("/") + "/" + remote.filename if mirror else remote.url

@@ -48,19 +48,6 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_finite(self, value: float) -> bool:
-        """True when the loss is finite on every rank (all ranks must skip a bad step together)."""
-        ok = math.isfinite(value)
-        if not self.enabled:
-            return ok
-        import torch.distributed as dist
-
-        flag = torch.tensor([1.0 if ok else 0.0])
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
-
     def sum(self, *values: float) -> list[float]:
         """Element-wise sum over ranks."""
         if not self.enabled:
@@ -82,6 +69,60 @@ class Dist:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def main_only(self, fn):
+        """``fn()`` on rank 0 alone, its result on every rank. An error there is raised on every
+        rank (as a VaeflowError of the same class and message), so no rank is left waiting in a
+        collective for a rank that has failed."""
+        if not self.enabled:
+            return fn()
+        outcome = None
+        if self.is_main:
+            try:
+                outcome = ("ok", fn())
+            except VaeflowError as exc:
+                outcome = ("error", type(exc).__name__, str(exc))
+                self.broadcast(outcome)
+                raise
+            except BaseException as exc:
+                self.broadcast(("error", "RuntimeFailure", f"rank 0 failed: {type(exc).__name__}: {exc}"))
+                raise
+        outcome = self.broadcast(outcome)
+        if outcome[0] == "ok":
+            return outcome[1]
+        from vaeflow_cli import errors
+
+        raise getattr(errors, outcome[1], errors.VaeflowError)(outcome[2])
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank, as DDP does at the
+        start of each forward pass: after an epoch's last step each rank holds its own."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for b in model.buffers():
+            dist.broadcast(b.data, src=0)
+
+    def check_replicas(self, model: nn.Module, where: str) -> None:
+        """Every rank must hold bit-identical weights and buffers (one digest per tensor, gathered).
+        A difference means a component keeps per-rank state (a data-dependent initialisation from
+        each rank's own batch, say): raised as one line naming the first tensor, on every rank."""
+        if not self.enabled:
+            return
+        import hashlib
+
+        digests = {k: hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+                   for k, v in model.state_dict().items() if v.numel() and v.dtype != torch.bfloat16}
+        every = self.gather(digests)
+        differ = [k for k in digests if any(d.get(k) != digests[k] for d in every)]
+        if differ:
+            from vaeflow_cli.errors import RuntimeFailure
+
+            section = differ[0].split(".")[0]
+            raise RuntimeFailure(f"the DDP replicas differ {where} ({len(differ)} tensors, first: {differ[0]!r}): the component of "
+                                 f"[model.{section}] keeps per-rank state (e.g. a data-dependent initialisation from each rank's own "
+                                 "batch) and is not DDP-safe; train it in one process, or fix the component (vaeflow_cli.flows.global_mean)")
 
     def broadcast(self, obj):
         """Rank 0's obj on every rank."""
@@ -186,8 +227,22 @@ class Objective(nn.Module):
 
 class Stepper:
     """Runs training steps of one phase: autocast, gradient scaling, clipping, the Adam step, and
-    the non-finite-loss guard. ``step`` returns the batch's loss, or NaN when the step was skipped
-    because the loss was not finite (on any rank); ``bad_steps`` counts consecutive skips."""
+    the guard against non-finite steps.
+
+    The guard watches the cause, not the symptom: after the backward pass one fused check (the
+    loss and the total gradient norm, computed with foreach kernels; one host sync per step, one
+    small all-reduce under DDP) decides whether the step is applied. A step whose loss OR
+    gradient is not finite, on any rank, is skipped without a trace: no optimizer update, and the
+    buffers its forward pass changed (BatchNorm running statistics, data-dependent ActNorm flags)
+    are restored. ``step`` returns the batch's loss, or NaN for a skipped step; ``bad_steps``
+    counts consecutive skips. With fp16, a non-finite gradient is the gradient scaler's overflow
+    signal: the step is skipped, the scale lowered, and it does not count as a bad step unless
+    the loss itself is non-finite.
+
+    Under DDP the first step first finds the parameters that receive no gradient in this phase (a
+    prior that is not trained yet, say), freezes them, and only then wraps the objective in
+    DistributedDataParallel, so DDP never waits for their gradients; the probe leaves no trace
+    (weights, buffers and RNG are restored)."""
 
     def __init__(self, model: nn.Module, params: list, opt: torch.optim.Optimizer, *, use_flow: bool,
                  device: torch.device, precision: str = "fp32", grad_clip: float = 0.0, compile: bool = False,
@@ -196,40 +251,104 @@ class Stepper:
             raise VaeflowError(f"train.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "fp16" and device.type != "cuda":
             raise VaeflowError("train.precision = \"fp16\" needs a CUDA device; use bf16 or fp32 on the CPU")
-        self.params, self.opt, self.device = params, opt, device
+        self.model, self.params, self.opt, self.device = model, params, opt, device
         self.dtype = PRECISIONS[precision]
         self.grad_clip = grad_clip
         self.dist = dist or Dist()
         self.channels_last = channels_last
+        self.compile = compile
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        objective: nn.Module = Objective(model, use_flow=use_flow)
+        self._raw_objective = Objective(model, use_flow=use_flow)
+        self.objective: nn.Module | None = None if self.dist.enabled else self._wrap(self._raw_objective)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.bad_steps = 0
+        self._buffers = [b for b in model.buffers()]
+        self._saved = [b.detach().clone() for b in self._buffers]  # where each step snapshots them
+
+    def _wrap(self, objective: nn.Module) -> nn.Module:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-        self.objective = torch.compile(objective) if compile else objective
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.bad_steps = 0
+            objective = DistributedDataParallel(objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(objective) if self.compile else objective
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def _freeze_unused(self, y: torch.Tensor) -> None:
+        """Find (on this batch, agreed over ranks) the parameters that get no gradient and freeze
+        them; restore everything the probe touched."""
+        state = {k: v.detach().clone() for k, v in self.model.state_dict(keep_vars=True).items()}
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        with self._autocast():
+            loss = self._raw_objective(y).float().mean()
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True) if loss.requires_grad else [None] * len(self.params)
+        used = torch.tensor([0.0 if g is None else 1.0 for g in grads], device=self.device if self.dist_backend_is_nccl() else "cpu")
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        with torch.no_grad():
+            self.model.load_state_dict(state)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+        for p, u in zip(self.params, used.tolist()):
+            if not u:
+                p.requires_grad_(False)
+        self.params = [p for p, u in zip(self.params, used.tolist()) if u]
+
+    def dist_backend_is_nccl(self) -> bool:
+        if not self.dist.enabled:
+            return False
+        import torch.distributed as dist
+
+        return dist.get_backend() == "nccl"
 
     def step(self, y: torch.Tensor) -> float:
         if self.channels_last and y.dim() == 4:
             y = y.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        if self.objective is None:  # the first step under DDP
+            self._freeze_unused(y)
+            self.objective = self._wrap(self._raw_objective)
+        if self._buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(self._saved, self._buffers)  # one fused copy per step
+        with self._autocast():
             loss = self.objective(y).float().mean()
-        value = loss.item()
         self.opt.zero_grad(set_to_none=True)
-        if not self.dist.all_finite(value):
+        self.scaler.scale(loss).backward()  # on every rank, even for a bad loss: DDP expects it
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.opt)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else loss.new_zeros(())
+        flags = torch.stack([loss.detach().float(), norm.detach().float().to(loss.device)])
+        ok = torch.isfinite(flags).all().float()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            ok = ok.reshape(1)
+            if not self.dist_backend_is_nccl():
+                ok = ok.cpu()
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            ok = ok.to(flags.device).reshape(())
+        loss_value, _norm_value, good = torch.cat([flags, ok.reshape(1)]).tolist()  # the one host sync
+        if not good:
+            if self._buffers:
+                with torch.no_grad():
+                    torch._foreach_copy_(self._buffers, self._saved)
+            self.opt.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()  # lowers the scale after an overflow
+                if math.isfinite(loss_value):
+                    return math.nan
             self.bad_steps += 1
-            if self.dist.enabled:  # DDP expects a backward on every rank: a zero one keeps them in step
-                (sum(p.sum() for p in self.params) * 0.0).backward()
-                self.opt.zero_grad(set_to_none=True)
             return math.nan
         self.bad_steps = 0
-        self.scaler.scale(loss).backward()
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        if self.grad_clip > 0 and grads:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, norm, foreach=True)
         self.scaler.step(self.opt)
         self.scaler.update()
-        return value
+        return loss_value

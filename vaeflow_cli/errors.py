@@ -1,9 +1,51 @@
-"""The one error type that the CLI turns into a single line on stderr."""
+"""The error types that the CLI turns into a single line on stderr, and their exit codes.
+
+Exit codes follow the Click convention: 2 for bad usage, bad configs and bad input files
+(``VaeflowError``), 1 for failures at run time that the input did not cause (``RuntimeFailure``:
+a download that fails, a disk that is full, memory that runs out, a run stopped by bad steps, a
+run directory another process trains in), 130 for Ctrl-C and SIGTERM (the run saved a
+checkpoint). An unexpected exception is a bug: one line naming it and the file holding its
+traceback, exit code 1 (``VAEFLOW_DEBUG=1`` prints the traceback instead).
+"""
 
 
 class VaeflowError(Exception):
     """A user-facing error: bad input, a missing file, a wrong config key.
 
     The message is one line that says what is wrong, where, and how to fix it. The CLI prints it
-    to stderr as ``vaeflow: error: <message>`` and exits with status 2, without a traceback.
+    to stderr as ``vaeflow: error: <message>`` and exits with ``exit_code`` (2), without a
+    traceback.
     """
+
+    exit_code = 2
+
+
+class RuntimeFailure(VaeflowError):
+    """A failure at run time that the input did not cause (exit code 1): a download that fails,
+    a full disk, exhausted memory, too many non-finite steps, a locked run directory."""
+
+    exit_code = 1
+
+
+class Interrupted(VaeflowError):
+    """Training stopped on Ctrl-C or SIGTERM at a step boundary, after saving a checkpoint
+    (exit code 130)."""
+
+    exit_code = 130
+
+
+def describe_os_error(exc: OSError, path=None) -> str:
+    """One line for an OSError: the file, the system's reason, and what to do about it."""
+    import errno
+
+    where = path if path is not None else (exc.filename if exc.filename is not None else "a file")
+    hints = {errno.ENOSPC: "the disk is full: free space (files written before are intact), then rerun",
+             errno.EDQUOT: "the disk quota is exceeded: free space, then rerun",
+             errno.EFBIG: "the file is larger than this system allows: free space or raise the limit, then rerun",
+             errno.EACCES: "permission denied: choose a path you may write to",
+             errno.EPERM: "permission denied: choose a path you may write to",
+             errno.EROFS: "the file system is read-only: choose another path",
+             errno.EISDIR: "it is a directory: give a file path",
+             errno.ENOTDIR: "a part of the path is not a directory: fix the path",
+             errno.ENOENT: "no such file or directory: check the path"}
+    return f"{where}: {exc.strerror or type(exc).__name__}; {hints.get(exc.errno, 'check the path and the file system')}"

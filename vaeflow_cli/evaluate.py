@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from importlib import metadata
 from pathlib import Path
 
@@ -61,18 +62,11 @@ def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:
 
 
 def generate(model, n: int, *, temperature: float, seed: int, batch: int = SAMPLE_BATCH) -> np.ndarray:
-    """n samples as uint8 (n, C, H, W), drawn ``batch`` at a time from one seeded stream."""
-    import torch
+    """n samples as uint8 (n, C, H, W), drawn ``batch`` at a time from one seeded stream
+    (sampling.sample_images)."""
+    from vaeflow_cli.sampling import sample_images
 
-    from vaeflow_cli.images import to_uint8
-
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        model.eval()
-        for start in range(0, n, batch):
-            out.append(to_uint8(model.sample(min(batch, n - start), temperature=temperature, generator=g)))
-    return np.concatenate(out)
+    return sample_images(model, n, temperature=temperature, seed=seed, batch=batch)
 
 
 def _split_statistics(rd, net, images: np.ndarray, split: str, weights_sha: str) -> tuple[np.ndarray, np.ndarray]:
@@ -231,18 +225,26 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     result: dict = {"run": str(rd.path), "split": split, "images": len(images), "seed": seed,
                     "data": {"name": eval_cfg["data"]["name"], "root": eval_cfg["data"]["root"], "run_dataset": not other},
                     "prior_type": cfg["model"]["prior"]["type"]}
+    if "fid" in metrics or "digit_fd" in metrics:  # the samples and their features are held at once
+        from vaeflow_cli.limits import require_memory
+
+        require_memory(n_samples * (math.prod(run_ds.image_shape) + 2048 * 8), f"--n-samples {n_samples}",
+                       "lower --n-samples (the paper's FID uses 10000)")
+    label = {"vae": "vae", "glow": "full", "prior": "prior", "joint": "joint", "baseline": "baseline"}
+    loaded, states = {}, {}
+    for phase in models:  # every checkpoint is checked and loaded before any work (and any log line)
+        states[phase] = rd.load_checkpoint(phase)
+        check_signature(states[phase], cfg, rd.checkpoint_path(phase))
+        loaded[phase] = model_from_state(cfg, states[phase], device=str(dev), path=rd.checkpoint_path(phase))
+    fid_net = fid_mod.build_extractor(weights, dev) if "fid" in metrics else None
     if "bpd" in metrics:
         train = load_split(cfg, "train", dataset=run_ds)
         log(f"bpd: per-pixel histogram baseline fitted on the run's {len(train)} training images")
         hist = histogram_bpd(train, images, alpha=HISTOGRAM_ALPHA)
         result.update(bpd_histogram=float(hist.mean()), bpd_histogram_per_image=per_image_stats(hist),
                       histogram_alpha=HISTOGRAM_ALPHA, histogram_train_images=len(train))
-    label = {"vae": "vae", "glow": "full", "prior": "prior", "joint": "joint", "baseline": "baseline"}
-    loaded = {}
     for phase in models:
-        state = rd.load_checkpoint(phase)
-        check_signature(state, cfg, rd.checkpoint_path(phase))
-        model = loaded[phase] = model_from_state(cfg, state, device=str(dev))
+        state, model = states[phase], loaded[phase]
         result[f"{label[phase]}_checkpoint_complete"] = bool(state.get("complete", False))
         use_flow = uses_flow(phase, state.get("start"))
         if phase == "baseline":  # a flow's likelihood is exact: no bound, no IWAE
@@ -275,7 +277,7 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         phase = "glow" if "glow" in loaded else models[0]  # the two-phase model (the paper's)
         model = loaded[phase]
         sha = fid_mod.file_sha256(weights)
-        net = fid_mod.build_extractor(weights, dev)
+        net = fid_net
         mu_r, sigma_r = _split_statistics(rd, net, images, tag, sha)
         scores = _frechet_by_temperature(model, lambda x: fid_mod.features(net, x), (mu_r, sigma_r), temperatures,
                                          n_samples, seed, f"fid ({label[phase]} model)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,19 @@ FEATURE_DIM = 2048
 
 
 def weights_path(option: str | Path | None) -> Path:
-    """The Inception weights file from the option, else the environment; one clear error if absent."""
+    """The Inception weights file from the option, else the environment, loaded and checked here
+    (weights only, against the network's keys and shapes), so that a wrong file fails before any
+    work; one clear error if it is absent or not the FID network's weights."""
     value = option or os.environ.get(WEIGHTS_ENV)
-    how = (f"download {WEIGHTS_URL} on a machine with network access, copy it here, and pass "
-           f"--fid-weights PATH or set {WEIGHTS_ENV}=PATH")
     if not value:
-        raise VaeflowError(f"fid needs the Inception-v3 FID weights {WEIGHTS_FILE}; {how}")
+        raise VaeflowError(f"fid needs the Inception-v3 FID weights {WEIGHTS_FILE}; {_HOW}")
     path = Path(value)
-    if not path.is_file():
-        raise VaeflowError(f"fid weights file {path} not found (expected {WEIGHTS_FILE}); {how}")
+    build_extractor(path)  # checks the file; the network is built again on the evaluation device
     return path
+
+
+_HOW = (f"download {WEIGHTS_URL} on a machine with network access, copy it here, and pass "
+        f"--fid-weights PATH or set {WEIGHTS_ENV}=PATH")
 
 
 def file_sha256(path: Path) -> str:
@@ -47,24 +51,115 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _load_problem(exc: BaseException) -> str:
+    """A short, safe description of why torch.load(weights_only=True) refused or failed on a file."""
+    import pickle
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if "Unsupported global" in text or "GLOBAL" in text:
+        return "it holds pickled Python objects, not only tensors; refused (vaeflow loads weights only and never runs pickled code)"
+    if isinstance(exc, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        return f"not a PyTorch weights file: corrupt, truncated or another format ({detail.group(1)[:120] if detail else 'unpickling failed'})"
+    first = " ".join(text.splitlines()[0].split())[:160] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def load_weights_file(path: Path, *, what: str, fix: str) -> object:
+    """torch.load(path, weights_only=True) on the CPU, or one VaeflowError "<what> <path> ...;
+    <fix>" for a missing, empty, unreadable, corrupt or hostile file (a pickle of code is refused
+    by the weights-only unpickler and reported here, without a traceback)."""
+    import torch
+
+    from vaeflow_cli.data import file_problem
+
+    problem = file_problem(path)
+    if problem is not None:
+        raise VaeflowError(f"{what} {path} {problem}; {fix}")
+    try:
+        if os.path.getsize(path) == 0:
+            raise VaeflowError(f"{what} {path} is empty (0 bytes); {fix}")
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except VaeflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001: a truncated zip, a pickle of code, garbage: all the file's fault
+        raise VaeflowError(f"{what} {path} cannot be loaded ({_load_problem(exc)}); {fix}") from None
+
+
+def state_dict_problem(state, reference: dict) -> str | None:
+    """Why ``state`` is not a state dict for a module whose own state dict is ``reference`` (keys,
+    types, shapes, floating point or not, finite values), or None. BatchNorm's
+    ``num_batches_tracked`` may be missing (older files lack it; load_state_dict accepts that)."""
+    import torch
+
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a state dict"
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        k = bad[0]
+        return f"entry {k!r} is a {type(state[k]).__name__}, not a tensor"
+    missing = [k for k in reference if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in reference]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} key(s) missing (e.g. {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+        return " and ".join(parts)
+    for k, v in state.items():
+        ref = reference[k]
+        if tuple(v.shape) != tuple(ref.shape):
+            return f"{k!r} has shape {tuple(v.shape)}, expected {tuple(ref.shape)}"
+        if v.is_floating_point() != ref.is_floating_point():
+            return f"{k!r} is {v.dtype}, expected {ref.dtype}"
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return f"{k!r} holds non-finite values (NaN or inf)"
+    return None
+
+
 def build_extractor(path: Path, device="cpu"):
-    """torch-fidelity's FID Inception-v3 with the weights at ``path``, in eval mode on ``device``."""
+    """torch-fidelity's FID Inception-v3 with the weights at ``path``, in eval mode on ``device``.
+
+    The file is loaded weights-only by vaeflow itself and checked against the network's own keys
+    and shapes before it is loaded into it; anything else is one VaeflowError."""
     import torch
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    # torch-fidelity calls torch.load(path) itself; this makes that call weights-only.
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    path = Path(path)
+    fix = f"it must be {WEIGHTS_FILE} ({WEIGHTS_URL}); {_HOW}"
+    state = load_weights_file(path, what="fid weights file", fix=fix)
+    if isinstance(state, dict) and len(state) == 0:
+        raise VaeflowError(f"fid weights file {path} holds an empty state dict; {fix}")
+
+    class Unloaded(FeatureExtractorInceptionV3):
+        """The network, built without its weights: vaeflow checks them and loads them itself."""
+
+        def load_state_dict(self, *args, **kwargs):
+            return None
+
+    # torch-fidelity calls torch.load(path) in its constructor (its result is discarded here);
+    # this makes that call weights-only too.
+    previous = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", [str(FEATURE_DIM)], feature_extractor_weights_path=str(path))
-    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise VaeflowError(f"fid weights file {path} cannot be loaded ({first}); it must be {WEIGHTS_FILE} ({WEIGHTS_URL})") from None
+        net = Unloaded("inception-v3-compat", [str(FEATURE_DIM)], feature_extractor_weights_path=str(path))
+    except Exception as exc:  # noqa: BLE001: the file changed under us, or torch-fidelity refuses it
+        raise VaeflowError(f"fid weights file {path} cannot be loaded ({_load_problem(exc)}); {fix}") from None
     finally:
-        if previous is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        os.environ.update({k: v for k, v in previous.items() if v is not None})
+    net.__class__ = FeatureExtractorInceptionV3  # its own load_state_dict again
+    problem = state_dict_problem(state, net.state_dict())
+    if problem is not None:
+        raise VaeflowError(f"fid weights file {path} is not the Inception-v3 FID network's weights: {problem}; {fix}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise VaeflowError(f"fid weights file {path} cannot be loaded ({_load_problem(exc)}); {fix}") from None
     return net.to(torch.device(device)).eval()
 
 

@@ -2,7 +2,56 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``t`` over the ranks of a torchrun job (an all-reduce, in float64,
+    without gradient); ``t`` itself when torch.distributed is not initialised or the job has one
+    process. Every rank must call it, in the same order and with the same shape, or the job waits
+    forever. Returned in ``t``'s dtype and on its device. See ``global_mean`` for the contract."""
+    if not _distributed():
+        return t
+    import torch.distributed as dist
+
+    flat = t.detach().reshape(-1).double()
+    if dist.get_backend() == "nccl" and flat.device.type != "cuda":
+        flat = flat.cuda()
+    dist.all_reduce(flat)
+    return flat.reshape(t.shape).to(device=t.device, dtype=t.dtype)
+
+
+def global_mean(t: torch.Tensor, weight: float | None = None) -> torch.Tensor:
+    """The mean of ``t`` over the ranks of a torchrun job (all-reduced in float64, without
+    gradient); ``t`` itself when torch.distributed is not initialised or the job has one process.
+    Every rank must call it, in the same order and with the same shape, or the job waits forever.
+
+    ``weight``: how many items this rank's ``t`` averages (its local batch size, say); the result
+    is then sum_r weight_r * t_r / sum_r weight_r, the mean over the whole global batch even when
+    the ranks' batches differ in size. Without it the ranks count equally.
+
+    The contract for components with data-dependent initialisation (or any other change of their
+    weights or buffers computed from data rather than from gradients): it must be IDENTICAL ON
+    EVERY RANK. DistributedDataParallel makes the replicas equal once, when it wraps the model,
+    and afterwards only averages gradients, so weights set from each rank's own shard of the batch
+    stay different for the rest of training (and only rank 0's are saved). Compute the statistics
+    of the global batch instead: ``global_mean`` of the per-rank mean and of E[x^2] (weighted by
+    the per-rank count), a variance as E[x^2] - E[x]^2 of those. Every replica then holds what one
+    process would compute on the whole global batch, up to float rounding (Glow's
+    ``DataInitActNorm`` in vaeflow_plugins.glow does this)."""
+    if not _distributed():
+        return t
+    w = 1.0 if weight is None else float(weight)
+    flat = torch.cat([t.detach().reshape(-1).double() * w, torch.tensor([w], dtype=torch.float64, device=t.device)])
+    total = global_sum(flat)
+    return (total[:-1] / total[-1]).reshape(t.shape).to(dtype=t.dtype)
 
 
 class FlowSequence(nn.Module):

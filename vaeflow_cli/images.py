@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 
@@ -48,18 +49,29 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def read_image(path, image_shape: tuple[int, int, int]) -> np.ndarray:
-    """A PNG/JPEG file as uint8 (C, H, W) matching ``image_shape`` (converted to L or RGB; must have that size)."""
-    from PIL import Image
-
+    """A PNG/JPEG file as uint8 (C, H, W) matching ``image_shape`` (converted to L or RGB; must have
+    that size). The size is checked on the header, before anything is decoded, so a file that
+    claims 60000 x 60000 pixels costs nothing; any unreadable file is one VaeflowError."""
+    from vaeflow_cli.data import DEFAULT_MAX_PIXELS, ImageProblem, open_image
     from vaeflow_cli.errors import VaeflowError
 
     c, h, w = image_shape
     try:
-        with Image.open(path) as im:
+        im = open_image(path, max_pixels=DEFAULT_MAX_PIXELS)
+    except ImageProblem as exc:
+        raise VaeflowError(f"{path}: cannot read image: {exc}; give a {w}x{h} PNG or JPEG file") from None
+    try:
+        with im, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings on odd files would be stray stderr lines
+            if im.size != (w, h):
+                raise VaeflowError(f"{path}: image is {im.size[0]}x{im.size[1]}, the model needs {w}x{h}; resize it first")
             im = im.convert("L" if c == 1 else "RGB")
             arr = np.asarray(im)
-    except (OSError, SyntaxError) as exc:
-        raise VaeflowError(f"{path}: cannot read image ({exc})") from None
+    except VaeflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001: a truncated or malformed file, whatever Pillow raises on it
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise VaeflowError(f"{path}: cannot read image ({text}); give a {w}x{h} PNG or JPEG file") from None
     if arr.shape[:2] != (h, w):
-        raise VaeflowError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the model needs {w}x{h}")
+        raise VaeflowError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the model needs {w}x{h}; resize it first")
     return arr.reshape(h, w, c).transpose(2, 0, 1).copy()

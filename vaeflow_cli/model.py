@@ -245,7 +245,7 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
 
     def make(kind, section, **context):
         kwargs = {k: v for k, v in m[section].items() if k != "type"}
-        return registry.get(kind, m[section]["type"]).factory(**context, **kwargs)
+        return registry.get(kind, m[section]["type"]).build(f"[model.{section}]", **context, **kwargs)
 
     shape = tuple(image_shape)
     if baseline:
@@ -259,3 +259,57 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
         latent_dim=d,
         transform=pixel_transform(m["pixel_transform"], m["logit_alpha"]),
     )
+
+
+def check_components(model: nn.Module, y: torch.Tensor) -> None:
+    """Run each component once on a few training images ``y`` (B, C, H, W) in [0, 1), in eval mode
+    and without gradients, and check what it returns against the hookspecs' contract (shapes,
+    finiteness). A component that raises or breaks the contract is one line naming its config
+    section, so a bad component fails the start of training before anything is written.
+    Raises VaeflowError."""
+    from vaeflow_cli.errors import VaeflowError
+
+    def call(section: str, fn, *args):
+        try:
+            return fn(*args)
+        except VaeflowError:
+            raise
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001: a plugin's error, reported as one line
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise VaeflowError(f"[model.{section}] fails on {y.shape[0]} training images of shape {tuple(y.shape[1:])}: "
+                               f"{type(exc).__name__}: {first}; check the [model.{section}] options") from None
+
+    def expect(section: str, what: str, t, shape) -> None:
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise VaeflowError(f"[model.{section}] returned {what} of shape {got}, the contract (vaeflow_cli.hookspecs) "
+                               f"wants {tuple(shape)}; the component is broken or misconfigured")
+
+    b = y.shape[0]
+    was_training = model.training
+    rng = torch.get_rng_state()  # a component that draws noise must not shift the training's stream
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(model, FlowModel):
+                out = call("flow", model.flow, y)
+                expect("flow", "log_det", out[1], (b,))
+                return
+            t, _ = model.to_decoder_space(y, use_flow=False)
+            out = call("flow", model.flow, t)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise VaeflowError("[model.flow] must return (x, log_det) from forward; see vaeflow_cli.hookspecs")
+            expect("flow", "x", out[0], y.shape)
+            expect("flow", "log_det", out[1], (b,))
+            mean, log_std = call("encoder", model.encoder, y)
+            expect("encoder", "mean", mean, (b, model.latent_dim))
+            expect("encoder", "log_std", log_std, (b, model.latent_dim))
+            g_mu, g_sigma = call("decoder", model.decoder, mean)
+            expect("decoder", "mean", g_mu, y.shape)
+            expect("decoder", "std", g_sigma, y.shape)
+            expect("prior", "log_prob", call("prior", model.prior.log_prob, mean), (b,))
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(rng)

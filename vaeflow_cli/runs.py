@@ -15,32 +15,66 @@ crash never leaves a half-written file. Checkpoints load with ``torch.load(weigh
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from vaeflow_cli import config as config_mod
-from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error
 
 CHECKPOINT_FORMAT = 1
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, and rename it over
+    ``path``. On any failure the temporary file is removed and ``path`` is left as it was; an OS
+    error (disk full, permission denied) is raised as one line (RuntimeFailure)."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            recorder = _WriteErrors(fh)
+            try:
+                write(recorder)
+            except Exception:
+                if recorder.error is not None:  # torch.save reports a failed write as a RuntimeError
+                    raise recorder.error from None
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RuntimeFailure(f"cannot write {describe_os_error(exc, path)} ({path} is unchanged)") from None
         raise
     _fsync_dir(path.parent)
+
+
+class _WriteErrors:
+    """A binary file that remembers the OSError of a failed write (disk full), which writers such as
+    torch.save would otherwise turn into an unrelated RuntimeError."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -97,11 +131,58 @@ class RunDir:
     # ---------------------------------------------------------------- metrics
 
     def append_metrics(self, record: dict) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one JSON line; a failed write (disk full) is undone, so no half line is left."""
+        line = (json.dumps(record) + "\n").encode()
+        size = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with self.metrics_path.open("ab") as fh:
+                size = fh.tell()
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if size is not None:
+                try:
+                    os.truncate(self.metrics_path, size)
+                except OSError:
+                    pass
+            raise RuntimeFailure(f"cannot write {describe_os_error(exc, self.metrics_path)}") from None
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary files (``.NAME.*.tmp``) that a killed writer left in the run
+        directory and its checkpoints folder. Only the holder of ``lock`` may call this."""
+        stale = [p for folder in (self.path, self.path / "checkpoints") if folder.is_dir()
+                 for p in folder.glob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory for one training process: an exclusive ``flock`` on the
+        directory itself (no lock file: the kernel drops the lock when the process ends, even by
+        SIGKILL, so it can never go stale). A second process gets one line (RuntimeFailure).
+        Creates the directory if needed (a start only locks once its inputs are validated)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover: no flock (Windows): one writer is not enforced
+            yield
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot use the run directory {describe_os_error(exc, self.path)}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeFailure(f"{self.path} is in use: another vaeflow process is training in it; wait until it ends, "
+                                     "or choose another --run") from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -151,15 +232,87 @@ def load_checkpoint(path: Path, *, map_location="cpu") -> dict[str, Any]:
 
     if not path.exists():
         raise VaeflowError(f"checkpoint {path} not found; train that phase first (vaeflow train-vae / train-glow --run {path.parent.parent})")
+    if path.is_dir():
+        raise VaeflowError(f"checkpoint {path} is a directory; restore the file or retrain that phase")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, wrong file, disallowed global
-        raise VaeflowError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); it is truncated or not a vaeflow checkpoint: retrain that phase or restore the file") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # empty or truncated zip, wrong file, a disallowed global (a malicious pickle)
+        import pickle
+
+        if path.stat().st_size == 0:
+            why = "an empty file"
+        elif isinstance(exc, pickle.UnpicklingError):
+            why = "it holds pickled Python objects, which weights-only loading refuses: a foreign or malicious file"
+        else:
+            why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]}"
+        raise VaeflowError(f"checkpoint {path} cannot be read ({why}); it is truncated or not a vaeflow checkpoint: retrain that phase or restore the file") from None
+    check_checkpoint(state, path)
+    return state
+
+
+# What a checkpoint holds: key -> accepted types (checked before anything is loaded from it).
+CHECKPOINT_SCHEMA: dict[str, tuple] = {
+    "format": (int,), "phase": (str,), "model": (dict,), "signature": (str,), "epoch": (int,),
+    "epochs": (int,), "step": (int,), "global_step": (int,), "complete": (bool,), "optimizer": (dict,),
+    "rng": (dict,), "loss_sum": (int, float), "loss_n": (int, float),
+}
+CHECKPOINT_OPTIONAL: dict[str, tuple] = {
+    "scaler": (dict,), "rng_ranks": (list,), "skipped_steps": (int,), "world_size": (int,), "lr": (int, float),
+    "start": (str, type(None)),
+}
+
+
+def check_checkpoint(state: Any, path: Path) -> None:
+    """Refuse (one line) a loaded checkpoint that is not a vaeflow checkpoint of a known format:
+    missing keys, wrong types, weights that are not named tensors, or non-finite weights."""
+    import torch
+
     if not isinstance(state, dict) or "format" not in state:
-        raise VaeflowError(f"{path} is not a vaeflow checkpoint")
+        raise VaeflowError(f"{path} is not a vaeflow checkpoint (no 'format' entry); retrain that phase or restore the file")
+    if not isinstance(state["format"], int) or isinstance(state["format"], bool):
+        raise VaeflowError(f"checkpoint {path}: 'format' is {type(state['format']).__name__}, not an integer; the file is not a vaeflow checkpoint")
     if state["format"] > CHECKPOINT_FORMAT:
         raise VaeflowError(f"checkpoint {path} has format {state['format']}, newer than this vaeflow understands ({CHECKPOINT_FORMAT}); upgrade vaeflow")
-    return state
+    for key, types in {**CHECKPOINT_SCHEMA, **CHECKPOINT_OPTIONAL}.items():
+        if key not in state:
+            if key in CHECKPOINT_SCHEMA:
+                raise VaeflowError(f"checkpoint {path} has no {key!r} entry; it is damaged or not a vaeflow checkpoint: retrain that phase or restore the file")
+            continue
+        value = state[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            want = " or ".join(t.__name__ for t in types)
+            raise VaeflowError(f"checkpoint {path}: {key!r} is {type(value).__name__}, not {want}; it is damaged or not a vaeflow checkpoint")
+    bad = [k for k, v in state["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise VaeflowError(f"checkpoint {path}: its weights hold {len(bad)} entries that are not named tensors (first: {bad[0]!r}); it is damaged or not a vaeflow checkpoint")
+    floats = [v for v in state["model"].values() if v.is_floating_point()]
+    if floats and not bool(torch.stack([torch.isfinite(v).all() for v in floats]).all()):
+        first = next(k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all())
+        raise VaeflowError(f"checkpoint {path} has non-finite weights (first: {first!r}); use an earlier checkpoint "
+                           f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase")
+
+
+def load_weights(model, weights: dict, path: Path) -> None:
+    """``model.load_state_dict(weights)`` after checking names and shapes: a checkpoint of
+    another architecture is one line naming the first difference, not a size-mismatch dump."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    shape = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or extra or shape:
+        parts = []
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} tensors differ in shape (first: {k!r} is {tuple(weights[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model)")
+        if missing:
+            parts.append(f"{len(missing)} are missing (first: {missing[0]!r})")
+        if extra:
+            parts.append(f"{len(extra)} are unknown to the model (first: {extra[0]!r})")
+        raise VaeflowError(f"checkpoint {path} does not fit the model built from the run's config: {'; '.join(parts)}; "
+                           "it was made with another [model] config or vaeflow version: use that run's own directory, or retrain")
+    model.load_state_dict(weights)
 
 
 def check_signature(state: dict, cfg: dict, path: Path) -> None:
@@ -189,14 +342,14 @@ def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto")
             phase = "baseline" if rd.checkpoint_path("baseline").exists() else "vae"
     state = rd.load_checkpoint(phase)
     check_signature(state, cfg, rd.checkpoint_path(phase))
-    return model_from_state(cfg, state, device=device), cfg, phase
+    return model_from_state(cfg, state, device=device, path=rd.checkpoint_path(phase)), cfg, phase
 
 
-def model_from_state(cfg: dict, state: dict, *, device: str = "cpu"):
+def model_from_state(cfg: dict, state: dict, *, device: str = "cpu", path: str | Path = "the checkpoint"):
     """The model of a resolved config with a loaded checkpoint's weights, in eval mode on ``device``."""
     from vaeflow_cli.data import build_dataset
     from vaeflow_cli.model import build_model
 
     model = build_model(cfg, build_dataset(cfg).image_shape, baseline=state["phase"] == "baseline")
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], Path(path))
     return model.to(device).eval()

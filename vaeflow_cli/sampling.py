@@ -8,14 +8,21 @@ import torch
 from vaeflow_cli.images import to_uint8
 from vaeflow_cli.model import VAEFlow, slerp
 
+SAMPLE_BATCH = 256  # images generated at once
+
 
 @torch.no_grad()
 def sample_images(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0,
-                  vae_only: bool = False) -> np.ndarray:
-    """n samples as uint8 (n, C, H, W); the same seed gives the same images on any device."""
+                  vae_only: bool = False, batch: int = SAMPLE_BATCH) -> np.ndarray:
+    """n samples as uint8 (n, C, H, W), drawn ``batch`` at a time from one seeded stream (so
+    memory beyond the output stays bounded); the same seed gives the same images on any device."""
     g = torch.Generator().manual_seed(seed)
     model.eval()
-    return to_uint8(model.sample(n, temperature=temperature, vae_only=vae_only, generator=g))
+    out = np.empty((n, *model.image_shape), dtype=np.uint8)
+    for i in range(0, n, batch):
+        m = min(batch, n - i)
+        out[i:i + m] = to_uint8(model.sample(m, temperature=temperature, vae_only=vae_only, generator=g))
+    return out
 
 
 @torch.no_grad()

@@ -29,17 +29,13 @@ from vaeflow_cli import config as config_mod
 from vaeflow_cli.console import log
 from vaeflow_cli.data import BatchLoader, Splits, dequantize_on_device, load_splits
 from vaeflow_cli.engine import Stepper, configure_backends, init_distributed
-from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
 from vaeflow_cli.images import grid, png_bytes, to_uint8
 from vaeflow_cli.likelihood import held_out_bpd
-from vaeflow_cli.model import VAEFlow, build_model
-from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature
+from vaeflow_cli.model import VAEFlow, build_model, check_components
+from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature, load_weights
 
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
-
-
-class Interrupted(VaeflowError):
-    """Training was interrupted (Ctrl-C); a checkpoint was saved."""
 
 
 class _StopRequested(Exception):
@@ -47,13 +43,17 @@ class _StopRequested(Exception):
 
 
 class _TooManyBadSteps(Exception):
-    """train.max_bad_steps consecutive non-finite losses."""
+    """train.max_bad_steps consecutive non-finite steps."""
+
+
+STOP_SIGNALS = {"SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM"}  # SIGTERM: what SLURM and Kubernetes send before a kill
 
 
 @contextlib.contextmanager
-def _stop_on_sigint():
-    """The first Ctrl-C asks training to stop at the next step boundary (and save); a second one
-    aborts at once, keeping only the last checkpoint. Yields a dict whose "stop" key is the flag."""
+def _stop_on_signals():
+    """The first Ctrl-C (SIGINT) or SIGTERM asks training to stop at the next step boundary and
+    save a checkpoint, so a preempted job resumes with nothing lost; a second one aborts at once,
+    keeping only the last checkpoint. Yields a dict whose "stop" key is the flag."""
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -63,13 +63,15 @@ def _stop_on_sigint():
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
-        log("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)")
+        name = STOP_SIGNALS.get(signal.Signals(signum).name, signal.Signals(signum).name)
+        log(f"{name}: stopping after this step and saving a checkpoint (a second signal aborts without saving)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in STOP_SIGNALS if hasattr(signal, name)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -176,105 +178,178 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def prepare_run(cfg: dict, rd: RunDir, phase: str) -> None:
-    """Check that ``cfg`` fits the run directory and write it there."""
+def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: str | Path | None = None) -> None:
+    """Refuse (one line) to train ``phase`` of ``cfg`` in ``rd``, reading only: a finished or
+    started phase without --resume, a run made with another [model]/[data] config, a later phase
+    in a folder that is not a run. Called before anything is written, and again under the lock."""
+    ckpt_path = rd.checkpoint_path(phase)
+    if ckpt_path.exists() and not resume:
+        raise VaeflowError(f"{rd.path} already has a {PHASE_NAMES[phase]} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
     if rd.config_path.exists():
         existing = rd.resolved_config()
         if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
     elif phase not in ("vae", "baseline"):
-        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); run vaeflow train-vae --run {rd.path} first")
+        hint = f"vaeflow train-vae --config {config_path} --run {rd.path}" if config_path else f"vaeflow train-vae --run {rd.path}"
+        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASE_NAMES[phase]} starts from phase 1: run {hint} first")
+
+
+def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> None:
+    """Check that ``cfg`` fits the run directory (check_run) and write it there."""
+    check_run(cfg, rd, phase, resume=resume)
     rd.write_config(cfg)
 
 
+def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | None:
+    """Load the finished phase that ``phase`` starts from into ``model`` (reading only); its name."""
+    before = previous_phase(rd, phase)
+    if before is None:
+        return None
+    if not rd.checkpoint_path(before).exists():
+        raise VaeflowError(f"{rd.path} has no {PHASE_NAMES[before]} checkpoint; run vaeflow train-{before} --run {rd.path} first")
+    prev_state = rd.load_checkpoint(before, map_location=device)
+    check_signature(prev_state, cfg, rd.checkpoint_path(before))
+    if not prev_state.get("complete"):
+        raise VaeflowError(f"{PHASE_NAMES[before]} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume")
+    load_weights(model, prev_state["model"], rd.checkpoint_path(before))
+    return before
+
+
+def _check_finite_weights(model, what: str) -> None:
+    """One fused check that every floating-point parameter and buffer is finite."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise RuntimeFailure(what)
+
+
 def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = False, progress: bool = True,
-                max_steps: int | None = None) -> PhaseResult:
+                max_steps: int | None = None, config_path: str | Path | None = None) -> PhaseResult:
     """Train one phase of a resolved config into ``run_dir``: 'vae' (phase 1), 'glow' (phase 2),
     'prior' (the prior alone on the frozen encoder), 'joint' (everything, after phase 2) or
     'baseline' (the [model.flow] alone as a density).
 
-    Under torchrun every rank runs this; rank 0 alone writes the run directory. ``max_steps``
-    stops after that many optimizer steps in this call (checkpointing first), as a Ctrl-C would;
-    tests use it to interrupt and resume deterministically."""
+    Everything that can be checked is checked before the run directory is touched: the config
+    against the run, the data (opened and decoded), the model (built, and each component run once
+    on training images), the checkpoints it starts from. A failed start leaves the directory as it
+    was. Then the directory is locked for this process (RunDir.lock) for the whole phase.
+
+    Under torchrun every rank runs this; rank 0 alone writes the run directory, and an error there
+    is raised on every rank. ``max_steps`` stops after that many optimizer steps in this call
+    (checkpointing first), as a Ctrl-C would; tests use it to interrupt and resume deterministically.
+    ``config_path``: the config file the user gave, for the commands that error messages suggest."""
     if phase not in config_mod.PHASES:
         raise ValueError(phase)
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
     ddp, ddp_device = init_distributed(tcfg["device"])
     rd = RunDir(run_dir)
     ckpt_path = rd.checkpoint_path(phase)
-    if ckpt_path.exists() and not resume:
-        raise VaeflowError(f"{rd.path} already has a {PHASE_NAMES[phase]} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
     if pcfg["batch_size"] % ddp.world_size:
         raise VaeflowError(f"train.{phase}.batch_size = {pcfg['batch_size']} is the global batch and must divide by the {ddp.world_size} processes")
-    if ddp.is_main:
-        prepare_run(cfg, rd, phase)
+    with contextlib.ExitStack() as held:
+        locked = ddp.broadcast(rd.path.is_dir())  # an existing run is held from the start: a second process fails fast
+        if locked:
+            ddp.main_only(lambda: held.enter_context(rd.lock()))
+        check_run(cfg, rd, phase, resume=resume, config_path=config_path)
+        seed = tcfg["seed"]
+        device = ddp_device or resolve_device(tcfg["device"])
+        signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
+
+        data: Splits = load_splits(cfg)
+        if len(data.train) < ddp.world_size or len(data.test) < 1:
+            raise VaeflowError(f"the dataset has {len(data.train)} training and {len(data.test)} held-out images; training needs at least {ddp.world_size} and 1")
+        torch.manual_seed(seed + config_mod.PHASES.index(phase) + 1000 * ddp.rank)
+        model = build_model(cfg, data.image_shape, baseline=phase == "baseline").to(device)
+        check_components(model, torch.from_numpy((data.train[:2].astype(np.float32) + 0.5) / 256.0).to(device))
+        before = _load_previous(rd, phase, cfg, model, device)
+        params = trainable_parameters(model, phase)
+        if not params:
+            raise VaeflowError(f"the {phase} phase has no parameters to train: the components it trains ({', '.join(type(m).__name__ for m in _phase_modules(model, phase))}) have none; check the [model] types")
+        opt = torch.optim.Adam(params, lr=pcfg["lr"])
+        use_flow = uses_flow(phase, before)
+        stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
+                          grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
+
+        epoch, step, global_step, loss_sum, loss_n, skipped = 0, 0, 0, 0.0, 0, 0
+        if resume and ckpt_path.exists():
+            state = rd.load_checkpoint(phase, map_location=device)
+            check_signature(state, cfg, ckpt_path)
+            load_weights(model, state["model"], ckpt_path)
+            try:
+                opt.load_state_dict(state["optimizer"])
+                if "scaler" in state:
+                    stepper.scaler.load_state_dict(state["scaler"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise VaeflowError(f"checkpoint {ckpt_path}: its optimizer state does not fit this model ({type(exc).__name__}: {str(exc)[:120]}); the file is damaged: restore it or retrain the phase") from None
+            rngs = state.get("rng_ranks") or [state["rng"]]
+            if len(rngs) != ddp.world_size:
+                log(f"resuming with {ddp.world_size} processes from a checkpoint of {len(rngs)}: data order is kept, latent noise differs")
+            try:
+                _set_rng_state(rngs[ddp.rank % len(rngs)], device)
+            except (KeyError, TypeError, RuntimeError) as exc:
+                raise VaeflowError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({type(exc).__name__}); the file is damaged: restore it or retrain the phase") from None
+            epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
+            loss_sum, loss_n, skipped = state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
+        if phase == "prior" and hasattr(model.prior, "trained"):
+            model.prior.trained.fill_(True)  # a second-stage prior: from now on log p(z) is its ELBO
+
+        configure_backends(device, tcfg)  # after the checks: a failed start prints its error line only
+
+        def start_writing() -> None:
+            """Rank 0: lock the directory (if not yet), check again under the lock, write the config."""
+            if not locked:
+                held.enter_context(rd.lock())
+            prepare_run(cfg, rd, phase, resume=resume)
+            rd.remove_stale_temporaries()  # of a writer killed mid-write (SIGKILL): we hold the lock
+            if resume and epoch + step > 0:
+                rd.truncate_metrics(phase, epoch)
+                log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
+            elif resume:
+                log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
+
+        ddp.main_only(start_writing)
+        return _train_loop(cfg, rd, phase, ddp, device, data, model, opt, stepper, before=before, use_flow=use_flow,
+                           signature=signature, position=(epoch, step, global_step, loss_sum, loss_n, skipped),
+                           progress=progress, max_steps=max_steps)
+
+
+def _train_loop(cfg, rd, phase, ddp, device, data, model, opt, stepper, *, before, use_flow, signature, position,
+                progress, max_steps) -> PhaseResult:
+    tcfg, pcfg = cfg["train"], cfg["train"][phase]
     seed = tcfg["seed"]
-    device = ddp_device or resolve_device(tcfg["device"])
-    configure_backends(device, tcfg)
-    signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
-
-    data: Splits = load_splits(cfg)
-    torch.manual_seed(seed + config_mod.PHASES.index(phase) + 1000 * ddp.rank)
-    model = build_model(cfg, data.image_shape, baseline=phase == "baseline").to(device)
-    before = previous_phase(rd, phase)
-    if before is not None:
-        if not rd.checkpoint_path(before).exists():
-            raise VaeflowError(f"{rd.path} has no {PHASE_NAMES[before]} checkpoint; run vaeflow train-{before} --run {rd.path} first")
-        prev_state = rd.load_checkpoint(before, map_location=device)
-        check_signature(prev_state, cfg, rd.checkpoint_path(before))
-        if not prev_state.get("complete"):
-            raise VaeflowError(f"{PHASE_NAMES[before]} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume")
-        model.load_state_dict(prev_state["model"])
-    params = trainable_parameters(model, phase)
-    if not params:
-        raise VaeflowError(f"the {phase} phase has no parameters to train: the components it trains ({', '.join(type(m).__name__ for m in _phase_modules(model, phase))}) have none; check the [model] types")
-    opt = torch.optim.Adam(params, lr=pcfg["lr"])
-    use_flow = uses_flow(phase, before)
-    stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
-                      grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
-
-    epoch, step, global_step, loss_sum, loss_n, skipped = 0, 0, 0, 0.0, 0, 0
-    if resume and ckpt_path.exists():
-        state = rd.load_checkpoint(phase, map_location=device)
-        check_signature(state, cfg, ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            stepper.scaler.load_state_dict(state["scaler"])
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        if len(rngs) != ddp.world_size:
-            log(f"resuming with {ddp.world_size} processes from a checkpoint of {len(rngs)}: data order is kept, latent noise differs")
-        _set_rng_state(rngs[ddp.rank % len(rngs)], device)
-        epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
-        loss_sum, loss_n, skipped = state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
-        if ddp.is_main:
-            rd.truncate_metrics(phase, epoch)
-            log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
-    elif resume and ddp.is_main:
-        log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
-    if phase == "prior" and hasattr(model.prior, "trained"):
-        model.prior.trained.fill_(True)  # a second-stage prior: from now on log p(z) is its ELBO
+    ckpt_path = rd.checkpoint_path(phase)
+    epoch, step, global_step, loss_sum, loss_n, skipped = position
     if before is not None and epoch == 0 and step == 0:
-        start = ddp.broadcast(held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]) if ddp.is_main else None)
-        if ddp.is_main:
+        def record_start() -> float:
+            start = held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"])
             note = {"glow": "start of phase 2 (Glow layer = identity)", "joint": "start of joint fine-tuning (the two-phase model)",
                     "prior": f"start of prior training (from {PHASE_NAMES[before]})"}[phase]
             rd.truncate_metrics(phase, -1)
             rd.append_metrics({"phase": phase, "epoch": 0, "test_bpd": start, "note": note})
             log(f"{phase} start: held-out bound <= {start:.4f} bpd ({note})")
+            return start
+
+        ddp.main_only(record_start)
 
     def checkpoint(complete: bool = False) -> Path:
-        """Every rank calls this at the same step (the RNG states are gathered); rank 0 writes."""
+        """Every rank calls this at the same step (the RNG states are gathered); rank 0 writes.
+        Non-finite weights are never saved: the run stops and the last checkpoint stays."""
         rngs = ddp.gather(_rng_state(device))
-        if not ddp.is_main:
-            return ckpt_path
-        return rd.save_checkpoint(phase, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": stepper.scaler.state_dict(),
-            "lr": opt.param_groups[0]["lr"], "rng": rngs[0], "rng_ranks": rngs, "epoch": epoch, "step": step,
-            "global_step": global_step, "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n,
-            "skipped_steps": skipped, "complete": complete, "signature": signature, "world_size": ddp.world_size,
-            "start": before,
-        }, keep=tcfg["keep_checkpoints"], tag=f"step{global_step:09d}")
+        ddp.sync_buffers(model)
+        ddp.check_replicas(model, f"after {phase} epoch {epoch}" if step == 0 else f"at {phase} epoch {epoch + 1} step {step}")
+
+        def save() -> Path:
+            _check_finite_weights(model, f"the weights of {PHASE_NAMES[phase]} became non-finite at epoch {epoch + 1} step {step}; "
+                                         f"nothing was saved, the last checkpoint {ckpt_path} is kept; lower train.{phase}.lr or set "
+                                         f"train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume")
+            return rd.save_checkpoint(phase, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": stepper.scaler.state_dict(),
+                "lr": opt.param_groups[0]["lr"], "rng": rngs[0], "rng_ranks": rngs, "epoch": epoch, "step": step,
+                "global_step": global_step, "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n,
+                "skipped_steps": skipped, "complete": complete, "signature": signature, "world_size": ddp.world_size,
+                "start": before,
+            }, keep=tcfg["keep_checkpoints"], tag=f"step{global_step:09d}")
+
+        return ddp.main_only(save)
 
     on_device = tcfg["dequantize"] == "device"
     loader = BatchLoader(data.train, batch_size=pcfg["batch_size"] // ddp.world_size, seed=seed,
@@ -286,7 +361,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     steps_this_call = 0
     every = tcfg["checkpoint_every"]
     try:
-        with bar, _stop_on_sigint() as interrupt:
+        with bar, _stop_on_signals() as interrupt:
             while epoch < pcfg["epochs"]:
                 t0 = time.perf_counter()
                 loader.wait_seconds = 0.0
@@ -308,7 +383,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                     steps_this_call += 1
                     if math.isnan(value):
                         skipped += 1
-                        log(f"{phase} epoch {epoch + 1} step {step}: non-finite loss, step skipped ({stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
+                        log(f"{phase} epoch {epoch + 1} step {step}: non-finite loss or gradient, step skipped ({stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
                         if stepper.bad_steps >= tcfg["max_bad_steps"]:
                             raise _TooManyBadSteps
                     else:
@@ -319,18 +394,17 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                         checkpoint()
                 wait = loader.wait_seconds
                 loss_sum, loss_n = ddp.sum(loss_sum, loss_n)
-                test_bpd = ddp.broadcast(held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]) if ddp.is_main else None)
+                test_bpd = ddp.main_only(lambda: held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]))
                 seconds = time.perf_counter() - t0
                 record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
                           "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
                           "skipped_steps": skipped, "seconds": round(seconds, 3), "data_wait_seconds": round(wait, 3),
                           "data_wait_share": round(wait / max(seconds, 1e-9), 4)}
                 epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
-                if ddp.is_main:  # the record first: a kill before the checkpoint only repeats the epoch
-                    rd.append_metrics(record)
+                ddp.main_only(lambda: rd.append_metrics(record))  # first: a kill before the checkpoint only repeats the epoch
                 path = checkpoint(complete=epoch >= pcfg["epochs"])
+                grid_path = ddp.main_only(lambda: _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"]))
                 if ddp.is_main:
-                    grid_path = _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"])
                     bar.finish_epoch(
                         f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
                         f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
@@ -341,7 +415,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         raise Interrupted(f"interrupted at {phase} epoch {epoch + 1} step {step}; saved {path}; continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
     except _TooManyBadSteps:
         path = checkpoint()  # the skipped steps changed nothing: this is the last good state
-        raise VaeflowError(f"{stepper.bad_steps} non-finite losses in a row at {phase} epoch {epoch + 1} step {step} (train.max_bad_steps = {tcfg['max_bad_steps']}); saved the last good state to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume") from None
+        raise RuntimeFailure(f"{stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {epoch + 1} step {step} (train.max_bad_steps = {tcfg['max_bad_steps']}); saved the last good state to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume") from None
     if pcfg["epochs"] <= epoch and test_bpd is None:
         if ddp.is_main:
             log(f"phase {phase} of {rd.path} is already complete ({epoch} epochs); raise train.{phase}.epochs to train further")

@@ -1,7 +1,12 @@
 //! JPEG decode (zune-jpeg) + crop (a centred square or an offset box) + antialiased resize
 //! (fast_image_resize, Lanczos3: the same convolution resampling as Pillow's LANCZOS) to
 //! `size` x `size` RGB, in parallel.
+//!
+//! Sizes are bounded before anything is decoded: the header's width x height must not exceed
+//! `max_pixels` (default `DEFAULT_MAX_PIXELS`), so a file that claims 60000 x 60000 pixels costs
+//! a header parse, not gigabytes; and only regular files of a bounded length are read.
 
+use std::io::Read;
 use std::path::Path;
 
 use fast_image_resize::images::Image;
@@ -11,11 +16,41 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
+/// The default bound on width x height: 40 megapixels, ~1000 times a CelebA image (178 x 218),
+/// at most ~120 MB of decoded RGB per image in flight.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// Why a file failed, so that the caller knows whether another decoder could do better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The file could not be read (missing, a directory, not a regular file, permission, too long).
+    Read,
+    /// The header claims more pixels than allowed; nothing was decoded.
+    TooLarge,
+    /// The image was decoded but the crop does not fit it.
+    Crop,
+    /// Not a JPEG this decoder reads (another decoder may).
+    Decode,
+}
+
+impl FailureKind {
+    /// The name the Python layer sees.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Read => "read",
+            FailureKind::TooLarge => "size",
+            FailureKind::Crop => "crop",
+            FailureKind::Decode => "decode",
+        }
+    }
+}
+
 /// An image that could not be decoded, with the reason; the message names the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeError {
     pub path: String,
     pub reason: String,
+    pub kind: FailureKind,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -26,29 +61,77 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Decode JPEG bytes to interleaved RGB: (pixels, width, height). Grayscale becomes RGB.
+/// A reason with its kind (the error type of the byte-level functions below).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, reason: impl Into<String>) -> Failure {
+        Failure { kind, reason: reason.into() }
+    }
+}
+
+impl From<Failure> for String {
+    fn from(f: Failure) -> String {
+        f.reason
+    }
+}
+
+/// The message for an image of `w` x `h` over the bound, or None when it is within it.
+pub fn too_large(w: usize, h: usize, max_pixels: u64) -> Option<String> {
+    let pixels = (w as u64).saturating_mul(h as u64);
+    (pixels > max_pixels).then(|| {
+        format!("the header claims {w}x{h} = {pixels} pixels, more than the limit of {max_pixels} (nothing was decoded)")
+    })
+}
+
+/// Decode JPEG bytes to interleaved RGB: (pixels, width, height). Grayscale becomes RGB. Images
+/// over `DEFAULT_MAX_PIXELS` are refused from their header.
 pub fn decode_rgb(data: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
+    decode_rgb_bounded(data, DEFAULT_MAX_PIXELS).map_err(String::from)
+}
+
+/// `decode_rgb` with a bound on width x height, checked on the header before decoding.
+pub fn decode_rgb_bounded(data: &[u8], max_pixels: u64) -> Result<(Vec<u8>, usize, usize), Failure> {
+    let fail = |reason: String| Failure::new(FailureKind::Decode, reason);
+    if data.len() < 4 || data[..2] != [0xFF, 0xD8] {
+        return Err(fail("not a JPEG (no start-of-image marker)".into()));
+    }
+    // JPEG dimensions are 16-bit: let the bound below, not zune-jpeg's default 16384 per side,
+    // decide what is too large.
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(usize::from(u16::MAX))
+        .set_max_height(usize::from(u16::MAX));
     // zune-jpeg fills in a truncated scan silently; a complete JPEG ends with the EOI marker
     // (FF D9), possibly followed by zero padding.
     let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    if data.len() < 4 || data[..2] != [0xFF, 0xD8] {
-        return Err("not a JPEG (no start-of-image marker)".into());
-    }
-    if !data[..end].ends_with(&[0xFF, 0xD9]) {
-        return Err("truncated JPEG (no end-of-image marker)".into());
-    }
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+    let truncated = || fail("truncated JPEG (no end-of-image marker)".into());
+    let complete = data[..end].ends_with(&[0xFF, 0xD9]);
     let mut decoder = JpegDecoder::new_with_options(data, options);
-    let pixels = decoder.decode().map_err(|e| format!("not a decodable JPEG ({e:?})"))?;
-    let (w, h) = decoder.dimensions().ok_or("JPEG without dimensions")?;
-    let (w, h) = (w as usize, h as usize);
+    // The header first: the size is checked before a pixel is allocated.
+    if let Err(e) = decoder.decode_headers() {
+        return Err(if complete { fail(format!("not a decodable JPEG ({e:?})")) } else { truncated() });
+    }
+    let (w, h) = decoder.dimensions().ok_or_else(|| fail("JPEG without dimensions".into()))?;
+    if let Some(message) = too_large(w, h, max_pixels) {
+        return Err(Failure::new(FailureKind::TooLarge, message));
+    }
+    if !complete {
+        return Err(truncated());
+    }
+    let pixels = decoder.decode().map_err(|e| fail(format!("not a decodable JPEG ({e:?})")))?;
+    let (w, h) = decoder.dimensions().ok_or_else(|| fail("JPEG without dimensions".into()))?;
     if w == 0 || h == 0 {
-        return Err("JPEG with an empty image".into());
+        return Err(fail("JPEG with an empty image".into()));
     }
     match pixels.len() / (w * h) {
         3 if pixels.len() == 3 * w * h => Ok((pixels, w, h)),
         1 if pixels.len() == w * h => Ok((pixels.iter().flat_map(|&v| [v, v, v]).collect(), w, h)),
-        _ => Err(format!("decoder returned {} bytes for a {w}x{h} image (truncated?)", pixels.len())),
+        _ => Err(fail(format!("decoder returned {} bytes for a {w}x{h} image (truncated?)", pixels.len()))),
     }
 }
 
@@ -141,7 +224,7 @@ fn install_quiet_panic_hook() {
 }
 
 /// Run `f`, turning a panic inside it into an error that carries the panic's message.
-fn catch_decoder_panic<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+fn catch_decoder_panic<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
     install_quiet_panic_hook();
     QUIET_PANICS.with(|q| q.set(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -152,7 +235,7 @@ fn catch_decoder_panic<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, St
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Err(format!("the decoder panicked on this file ({message})"))
+        Err(Failure::new(FailureKind::Decode, format!("the decoder panicked on this file ({message})")))
     })
 }
 
@@ -160,23 +243,76 @@ fn catch_decoder_panic<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, St
 /// error for that file, never a panic into Python: cargo fuzz found two in zune-jpeg 0.4.21
 /// (tests/data/fuzz-*-panic.jpg), and this is what the fuzz target drives.
 pub fn decode_bytes(data: &[u8], crop: impl Into<Crop>, size: usize, out: &mut [u8]) -> Result<(), String> {
+    decode_bytes_bounded(data, crop, size, DEFAULT_MAX_PIXELS, out).map_err(String::from)
+}
+
+/// `decode_bytes` with a bound on the header's width x height (see `decode_rgb_bounded`).
+pub fn decode_bytes_bounded(data: &[u8], crop: impl Into<Crop>, size: usize, max_pixels: u64, out: &mut [u8]) -> Result<(), Failure> {
     let crop = crop.into();
     catch_decoder_panic(|| {
-        let (rgb, w, h) = decode_rgb(data)?;
-        crop_resize(rgb, w, h, crop, size, out)
+        let (rgb, w, h) = decode_rgb_bounded(data, max_pixels)?;
+        crop_resize(rgb, w, h, crop, size, out).map_err(|reason| {
+            let kind = if crop.region(w, h).is_err() { FailureKind::Crop } else { FailureKind::Decode };
+            Failure::new(kind, reason)
+        })
     })
+}
+
+/// The most bytes read from one image file: 16 per allowed pixel (far more than any JPEG or PNG
+/// of that many pixels needs, metadata included), at least 64 MiB.
+pub fn max_file_bytes(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(16).max(64 << 20)
+}
+
+/// The bytes of a regular file of at most `limit` bytes; a directory, a device or a FIFO (which
+/// could block or never end) is refused before it is opened.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
+    let fail = |reason: String| Failure::new(FailureKind::Read, reason);
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read ({e})")))?;
+    if meta.is_dir() {
+        return Err(fail("is a directory, not an image file".into()));
+    }
+    if !meta.is_file() {
+        return Err(fail("is not a regular file (a device, FIFO or socket)".into()));
+    }
+    if meta.len() > limit {
+        return Err(fail(format!("the file is {} bytes, more than the {limit} an image within the pixel limit needs", meta.len())));
+    }
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read ({e})")))?;
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut data).map_err(|e| fail(format!("cannot read ({e})")))?;
+    if data.len() as u64 > limit {
+        return Err(fail(format!("the file grew past {limit} bytes while it was read")));
+    }
+    Ok(data)
 }
 
 /// Read, decode, crop and resize one file into `out`.
 pub fn decode_file(path: &Path, crop: impl Into<Crop>, size: usize, out: &mut [u8]) -> Result<(), DecodeError> {
-    let err = |reason: String| DecodeError { path: path.display().to_string(), reason };
-    let data = std::fs::read(path).map_err(|e| err(format!("cannot read ({e})")))?;
-    decode_bytes(&data, crop, size, out).map_err(err)
+    decode_file_bounded(path, crop, size, DEFAULT_MAX_PIXELS, out)
+}
+
+/// `decode_file` with a bound on the header's width x height.
+pub fn decode_file_bounded(path: &Path, crop: impl Into<Crop>, size: usize, max_pixels: u64, out: &mut [u8]) -> Result<(), DecodeError> {
+    let err = |f: Failure| DecodeError { path: path.display().to_string(), reason: f.reason, kind: f.kind };
+    let data = read_bounded(path, max_file_bytes(max_pixels)).map_err(err)?;
+    decode_bytes_bounded(&data, crop, size, max_pixels, out).map_err(err)
 }
 
 /// Decode many files in parallel into `out` (n * size * size * 3 bytes, image-major). Returns the
 /// failures in file order; their slots in `out` are zeros.
 pub fn decode_files<P: AsRef<Path> + Sync>(paths: &[P], crop: impl Into<Crop>, size: usize, out: &mut [u8]) -> Vec<(usize, DecodeError)> {
+    decode_files_bounded(paths, crop, size, DEFAULT_MAX_PIXELS, out)
+}
+
+/// `decode_files` with a bound on each header's width x height.
+pub fn decode_files_bounded<P: AsRef<Path> + Sync>(
+    paths: &[P],
+    crop: impl Into<Crop>,
+    size: usize,
+    max_pixels: u64,
+    out: &mut [u8],
+) -> Vec<(usize, DecodeError)> {
     let crop = crop.into();
     let per = size * size * 3;
     assert_eq!(out.len(), per * paths.len(), "out must hold paths.len() images");
@@ -184,7 +320,7 @@ pub fn decode_files<P: AsRef<Path> + Sync>(paths: &[P], crop: impl Into<Crop>, s
         .par_chunks_mut(per)
         .zip(paths.par_iter())
         .enumerate()
-        .filter_map(|(i, (slot, path))| match decode_file(path.as_ref(), crop, size, slot) {
+        .filter_map(|(i, (slot, path))| match decode_file_bounded(path.as_ref(), crop, size, max_pixels, slot) {
             Ok(()) => None,
             Err(e) => {
                 slot.fill(0);

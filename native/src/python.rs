@@ -41,33 +41,46 @@ enum CropArg {
     Square(usize),
 }
 
-/// decode_images(paths, crop, size, threads=0) -> (uint8 array (N*size*size*3,), failures);
+/// (index, message, kind) of a file that could not be decoded.
+type Failure = (usize, String, &'static str);
+
+/// decode_images(paths, crop, size, threads=0, max_pixels=DEFAULT_MAX_PIXELS)
+///   -> (uint8 array (N*size*size*3,), failures);
 /// crop None: no crop, 0: the centred square of the shorter side, c: a centred c x c square,
 /// (top, left, height, width): that box, numpy's img[top:top + height, left:left + width].
-/// failures is a list of (index, message) for files that could not be decoded (zeros in the array).
+/// An image whose header claims more than max_pixels pixels is refused before decoding.
+/// failures is a list of (index, message, kind) for files that could not be decoded (zeros in the
+/// array); kind is "read" (the file could not be read), "size" (over max_pixels), "crop" (the
+/// crop does not fit) or "decode" (not a JPEG this decoder reads: another decoder may).
 #[pyfunction]
-#[pyo3(signature = (paths, crop, size, threads = 0))]
+#[pyo3(signature = (paths, crop, size, threads = 0, max_pixels = decode::DEFAULT_MAX_PIXELS))]
 fn decode_images<'py>(
     py: Python<'py>,
     paths: Vec<String>,
     crop: Option<CropArg>,
     size: usize,
     threads: usize,
-) -> PyResult<(Bound<'py, PyArray1<u8>>, Vec<(usize, String)>)> {
+    max_pixels: u64,
+) -> PyResult<(Bound<'py, PyArray1<u8>>, Vec<Failure>)> {
     if size == 0 {
         return Err(PyValueError::new_err("size must be positive"));
     }
+    if max_pixels == 0 {
+        return Err(PyValueError::new_err("max_pixels must be positive"));
+    }
+    let bytes = paths.len().checked_mul(size).and_then(|n| n.checked_mul(size)).and_then(|n| n.checked_mul(3));
+    let bytes = bytes.ok_or_else(|| PyValueError::new_err("paths.len() * size * size * 3 overflows"))?;
     let crop = match crop {
         None => decode::Crop::Full,
         Some(CropArg::Square(n)) => decode::Crop::from(Some(n)),
         Some(CropArg::Box(top, left, height, width)) => decode::Crop::Box { top, left, height, width },
     };
     let (pixels, failures) = py.detach(|| {
-        let mut out = vec![0u8; paths.len() * size * size * 3];
-        let failures = with_threads(threads, || decode::decode_files(&paths, crop, size, &mut out));
+        let mut out = vec![0u8; bytes];
+        let failures = with_threads(threads, || decode::decode_files_bounded(&paths, crop, size, max_pixels, &mut out));
         (out, failures)
     });
-    let failures = failures.into_iter().map(|(i, e)| (i, e.to_string())).collect();
+    let failures = failures.into_iter().map(|(i, e)| (i, e.to_string(), e.kind.name())).collect();
     Ok((PyArray1::from_vec(py, pixels), failures))
 }
 

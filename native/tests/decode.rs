@@ -73,3 +73,74 @@ fn a_decoder_panic_found_by_fuzzing_is_an_error_for_that_file() {
     // the same thread decodes the next file normally
     decode_file(&data("rgb30x20.jpg"), None, 4, &mut out).unwrap();
 }
+
+/// The bytes of a JPEG whose start-of-frame marker is patched to claim `w` x `h` pixels (the scan
+/// stays the small image's, so decoding it would fail, but only after allocating w * h * 3 bytes).
+fn claiming(name: &str, w: u16, h: u16) -> Vec<u8> {
+    let mut bytes = std::fs::read(data(name)).unwrap();
+    let sof = bytes.windows(2).position(|m| m[0] == 0xFF && (m[1] == 0xC0 || m[1] == 0xC2)).expect("a SOF marker");
+    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn an_image_over_the_pixel_bound_is_refused_from_its_header() {
+    use _native::decode::{decode_bytes_bounded, decode_rgb_bounded, FailureKind, DEFAULT_MAX_PIXELS};
+    let mut out = vec![0u8; 4 * 4 * 3];
+    for (name, w, h) in [("rgb30x20.jpg", 20000, 20000), ("progressive30x20.jpg", 60000, 60000), ("gray30x20.jpg", 65535, 1000)] {
+        let bytes = claiming(name, w, h);
+        let err = decode_rgb_bounded(&bytes, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert_eq!(err.kind, FailureKind::TooLarge, "{name}: {err:?}");
+        assert!(err.reason.contains(&format!("{w}x{h}")) && err.reason.contains("40000000"), "{}", err.reason);
+        let err = decode_bytes_bounded(&bytes, None, 4, DEFAULT_MAX_PIXELS, &mut out).unwrap_err();
+        assert_eq!(err.kind, FailureKind::TooLarge);
+    }
+    // the bound is the caller's: 30 x 20 = 600 pixels pass a bound of 600, not one of 599
+    let bytes = std::fs::read(data("rgb30x20.jpg")).unwrap();
+    assert!(decode_bytes_bounded(&bytes, None, 4, 600, &mut out).is_ok());
+    let err = decode_bytes_bounded(&bytes, None, 4, 599, &mut out).unwrap_err();
+    assert_eq!(err.kind, FailureKind::TooLarge);
+    assert!(err.reason.contains("30x20 = 600 pixels") && err.reason.contains("599"), "{}", err.reason);
+    // a bound above zune-jpeg's own default (16384 per side) is honoured: a 20000-wide header is
+    // then decoded (zune-jpeg fills the missing scan), not refused
+    let decoded = decode_rgb_bounded(&claiming("rgb30x20.jpg", 20000, 200), 10_000_000);
+    assert_eq!(decoded.map(|(_, w, h)| (w, h)).map_err(|e| e.kind), Ok((20000, 200)));
+}
+
+#[test]
+fn directories_and_special_files_are_read_errors_not_images() {
+    use _native::decode::{decode_file_bounded, decode_files_bounded, FailureKind};
+    let dir = std::env::temp_dir().join(format!("vaeflow-native-dirs-{}", std::process::id()));
+    let fake = dir.join("x.jpg");
+    std::fs::create_dir_all(&fake).unwrap();
+    let mut out = vec![0u8; 4 * 4 * 3];
+    let err = decode_file_bounded(&fake, None, 4, 1000, &mut out).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Read);
+    assert!(err.reason.contains("directory") && err.to_string().contains("x.jpg"), "{err}");
+    #[cfg(unix)]
+    {
+        let err = decode_file_bounded(std::path::Path::new("/dev/zero"), None, 4, 1000, &mut out).unwrap_err();
+        assert!(err.kind == FailureKind::Read && err.reason.contains("not a regular file"), "{err}");
+    }
+    // a file longer than any image within the bound needs is not read
+    let long = dir.join("long.jpg");
+    std::fs::write(&long, vec![0u8; (64 << 20) + 1]).unwrap();
+    let err = decode_file_bounded(&long, None, 4, 1000, &mut out).unwrap_err();
+    assert!(err.kind == FailureKind::Read && err.reason.contains("bytes"), "{err}");
+    let paths = vec![data("rgb30x20.jpg"), fake.clone(), data("gray30x20.jpg")];
+    let mut many = vec![0u8; 4 * 4 * 3 * 3];
+    let failures = decode_files_bounded(&paths, None, 4, 1000, &mut many);
+    assert_eq!(failures.iter().map(|(i, e)| (*i, e.kind)).collect::<Vec<_>>(), vec![(1, FailureKind::Read)]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_crop_that_does_not_fit_is_its_own_kind() {
+    use _native::decode::{decode_file_bounded, FailureKind, DEFAULT_MAX_PIXELS};
+    let mut out = vec![0u8; 4 * 4 * 3];
+    let err = decode_file_bounded(&data("rgb30x20.jpg"), Some(21), 4, DEFAULT_MAX_PIXELS, &mut out).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Crop, "{err}");
+    let err = decode_file_bounded(&data("fuzz-progressive-panic.jpg"), None, 4, DEFAULT_MAX_PIXELS, &mut out).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Decode, "{err}");
+}

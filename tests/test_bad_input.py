@@ -1,0 +1,253 @@
+"""The bad-input corpus (issue 11): every bad config, file, checkpoint and option gives exactly one
+``vaeflow: error:`` line on stderr, the documented exit code, no traceback, and leaves the run
+directory exactly as it was, so the corrected command just works.
+
+The corpus runs the real console entry point (``vaeflow_cli.cli.main``) in this process, which is
+what keeps ~60 cases fast; a few cases also run as subprocesses (tests/test_config.py and the
+SIGTERM, lock and disk-full tests below), so the process boundary is covered too. Count of
+tracebacks: ``python -m pytest -q tests/test_bad_input.py -k corpus``, every case asserts none.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, run_cli, write_idx
+from vaeflow_cli.cli import main
+
+
+def call(argv, *, env=None, monkeypatch=None, capsys=None):
+    """Run ``vaeflow ARGV`` in this process: (exit code, stdout, stderr)."""
+    if env:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tree(path: Path) -> dict:
+    """Every file under ``path`` with its size and content hash (None when it does not exist)."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): (p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
+            for p in sorted(path.rglob("*")) if p.is_file()} | {"": "dir"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, digits):
+    """A trained tiny run (phase 1 and 2), its config, the data, and files of every bad kind."""
+    base = tmp_path_factory.mktemp("corpus")
+    root = base / "mnist"
+    root.mkdir()
+    write_idx(root / "train-images-idx3-ubyte", digits[:64], gz=True)
+    write_idx(root / "t10k-images-idx3-ubyte", digits[64:80])
+    cfg = base / "tiny.toml"
+    cfg.write_text(TINY.format(root=root, run=base / "unused").replace("epochs = 2", "epochs = 1"))
+    run = base / "run"
+    for phase in ("vae", "glow"):
+        proc = run_cli(f"train-{phase}", "--config" if phase == "vae" else "--run", cfg if phase == "vae" else run,
+                       *(("--run", run) if phase == "vae" else ()))
+        assert proc.returncode == 0
+    bad = base / "bad"
+    bad.mkdir()
+    (bad / "folder.toml").mkdir()
+    (bad / "latin1.toml").write_bytes(b"[train]\nseed = 1 # caf\xe9\n")
+    (bad / "notatoml.toml").write_text("[train\n")
+    (bad / "empty.pt").write_bytes(b"")
+    (bad / "text.png").write_text("not an image")
+    state = torch.load(run / "checkpoints" / "glow.pt", weights_only=True)
+    no_model = {k: v for k, v in state.items() if k != "model"}
+    torch.save(no_model, bad / "no-model.pt")
+    torch.save({**state, "format": "1"}, bad / "format-str.pt")
+    torch.save({**state, "model": {k: (v[..., :1] if v.dim() == 4 else v) for k, v in state["model"].items()}}, bad / "shapes.pt")
+    torch.save({**state, "model": {k: (v * float("nan") if v.is_floating_point() else v) for k, v in state["model"].items()}}, bad / "nan.pt")
+    torch.save({**state, "model": [1, 2, 3]}, bad / "model-list.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(base / "PWNED"),))
+
+    (bad / "evil.pt").write_bytes(pickle.dumps({"format": 1, "model": Evil()}))
+    return {"base": base, "root": root, "cfg": cfg, "run": run, "bad": bad}
+
+
+def _set(*items):
+    out = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+# (id, argv builder, exit code, words the one line must hold). {cfg}, {run}, {bad}, {root}, {new} are
+# filled from the world fixture; {run} is a trained run whose files must stay unchanged.
+CASES = [
+    # configs
+    ("config-is-a-directory", ["train-vae", "--config", "{bad}/folder.toml", "--run", "{new}"], 2, ["is a directory"]),
+    ("config-not-utf8", ["train-vae", "--config", "{bad}/latin1.toml", "--run", "{new}"], 2, ["not UTF-8"]),
+    ("config-not-toml", ["config", "show", "--config", "{bad}/notatoml.toml"], 2, ["not valid TOML"]),
+    ("config-missing", ["train-vae", "--config", "{bad}/nothere.toml"], 2, ["not found"]),
+    ("norm-layer", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.encoder.norm=layer")], 2, ["model.encoder.norm", '"batch"']),
+    ("mean-activation-relu", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.mean_activation=relu")], 2, ["model.decoder.mean_activation", '"sigmoid"']),
+    ("split-diagonal", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.split=diagonal")], 2, ["model.flow.split", "checkerboard"]),
+    ("encoder-depth-0", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.encoder.depth=0")], 2, ["model.encoder.depth", ">= 1"]),
+    ("flow-depth-huge", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.depth=1000000000")], 2, ["model.flow.depth", "<= 1024"]),
+    ("flow-hidden-0", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.hidden_channels=0")], 2, ["model.flow.hidden_channels"]),
+    ("min-std-negative", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.min_std=-1.0")], 2, ["model.decoder.min_std", ">= 0"]),
+    ("lr-inf", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.vae.lr=inf")], 2, ["train.vae.lr", "finite"]),
+    ("lr-nan", ["train-glow", "--run", "{run}", *_set("train.glow.lr=nan")], 2, ["train.glow.lr", "finite"]),
+    ("grad-clip-negative", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.vae.grad_clip=-1.0")], 2, ["train.vae.grad_clip"]),
+    ("seed-negative", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.seed=-1")], 2, ["train.seed"]),
+    ("latent-0", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.latent_dim=0")], 2, ["model.latent_dim"]),
+    ("logit-alpha", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.logit_alpha=0.5")], 2, ["model.logit_alpha"]),
+    ("multiscale-levels-3-on-28x28", ["train-baseline", "--config", "{cfg}", "--run", "{new}",
+                                      *_set("model.flow.type=multiscale-glow", "model.flow.levels=3", "model.flow.steps=1", "model.flow.hidden_channels=4")],
+     2, ["[model.flow]", "multiscale-glow", "divisible by 8"]),
+    ("unknown-key", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.vae.epoch=3")], 2, ["unknown key", "epochs"]),
+    ("set-without-equals", ["config", "show", "--set", "train.vae.epochs"], 2, ["KEY=VALUE"]),
+    ("data-root-missing", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("data.root={bad}/nowhere")], 2, ["not found", "data.root"]),
+    ("phase-2-without-phase-1", ["train-glow", "--config", "{cfg}", "--run", "{new}"], 2, ["train-vae --config", "{cfg}"]),
+    ("phase-1-again", ["train-vae", "--run", "{run}"], 2, ["already has a phase 1 checkpoint", "--resume"]),
+    ("other-config-for-run", ["train-joint", "--config", "{cfg}", "--run", "{run}", *_set("model.latent_dim=5")], 2, ["different [model]/[data] config"]),
+    # checkpoints (copied into the run by the test)
+    ("checkpoint-empty", ["sample", "--run", "{run}", "--out", "-"], 2, ["cannot be read"], "empty.pt"),
+    ("checkpoint-without-model", ["sample", "--run", "{run}", "--out", "-"], 2, ["no 'model' entry"], "no-model.pt"),
+    ("checkpoint-format-str", ["evaluate", "--run", "{run}"], 2, ["'format' is str"], "format-str.pt"),
+    ("checkpoint-wrong-shapes", ["sample", "--run", "{run}", "--out", "-"], 2, ["differ in shape", "first:"], "shapes.pt"),
+    ("checkpoint-nan-weights", ["sample", "--run", "{run}", "--out", "-"], 2, ["non-finite weights"], "nan.pt"),
+    ("checkpoint-model-not-dict", ["sample", "--run", "{run}", "--out", "-"], 2, ["'model' is list"], "model-list.pt"),
+    ("checkpoint-malicious-pickle", ["sample", "--run", "{run}", "--out", "-"], 2, ["cannot be read"], "evil.pt"),
+    ("resume-from-empty-checkpoint", ["train-glow", "--run", "{run}", "--resume"], 2, ["cannot be read"], "empty.pt"),
+    # options
+    ("seed-2**64", ["sample", "--run", "{run}", "--seed", "18446744073709551616"], 2, ["--seed", "18446744073709551615"]),
+    ("n-0", ["sample", "--run", "{run}", "--n", "0"], 2, ["--n", "greater than or equal to 1"]),
+    ("n-negative", ["sample", "--run", "{run}", "--n", "-1"], 2, ["--n"]),
+    ("n-huge", ["sample", "--run", "{run}", "--n", "100000000000", "--out", "-"], 2, ["--n 100000000000", "GiB"]),
+    ("temperature-inf", ["sample", "--run", "{run}", "--temperature", "inf"], 2, ["--temperature", "finite"]),
+    ("temperature-nan", ["sample", "--run", "{run}", "--temperature", "nan"], 2, ["--temperature"]),
+    ("temperature-negative", ["sample", "--run", "{run}", "--temperature", "-1"], 2, ["--temperature"]),
+    ("steps-0", ["interpolate", "--run", "{run}", "--steps", "0"], 2, ["--steps", "greater than or equal to 2"]),
+    ("steps-1", ["interpolate", "--run", "{run}", "--steps", "1"], 2, ["--steps"]),
+    ("pairs-huge", ["interpolate", "--run", "{run}", "--pairs", "100000000000"], 2, ["--pairs", "GiB"]),
+    ("out-is-a-directory", ["sample", "--run", "{run}", "--out", "{bad}"], 2, ["is an existing directory"]),
+    ("out-into-proc", ["sample", "--run", "{run}", "--out", "/proc/vaeflow-test/x.png"], None, ["/proc"]),
+    ("out-no-grid-onto-file", ["sample", "--run", "{run}", "--no-grid", "--out", "{cfg}"], 2, ["existing file"]),
+    ("interpolate-from-text", ["interpolate", "--run", "{run}", "--from", "{bad}/text.png", "--to", "{bad}/text.png", "--out", "-"], 2, ["text.png"]),
+    ("interpolate-from-only", ["interpolate", "--run", "{run}", "--from", "{bad}/text.png"], 2, ["--from and --to"]),
+    ("format-gif", ["sample", "--run", "{run}", "--format", "gif"], 2, ["--format"]),
+    ("unknown-option", ["sample", "--run", "{run}", "--colour"], 2, ["No such option"]),
+    ("unknown-command", ["smaple"], 2, ["smaple"]),
+    ("evaluate-unknown-metric", ["evaluate", "--run", "{run}", "--metrics", "bpd,fun"], 2, ["fun"]),
+    ("evaluate-n-samples-huge", ["evaluate", "--run", "{run}", "--metrics", "digit_fd", "--n-samples", "100000000000"], 2, ["--n-samples", "GiB"]),
+    ("evaluate-iwae-k-0", ["evaluate", "--run", "{run}", "--iwae-k", "0"], 2, ["--iwae-k"]),
+    ("evaluate-temperature-text", ["evaluate", "--run", "{run}", "--metrics", "fid", "--temperature", "hot"], 2, ["--temperature"]),
+    ("evaluate-unknown-split", ["evaluate", "--run", "{run}", "--split", "validation"], 2, ["validation"]),
+    ("fid-weights-malicious", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}/evil.pt"], 2, ["evil.pt"]),
+    ("fid-weights-empty", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}/empty.pt"], 2, ["empty.pt"]),
+    ("fid-weights-directory", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}"], 2, ["fid"]),
+    ("timing-bad-coupling", ["timing", "--config", "{cfg}", "--glow-coupling", "spline"], 2, ["--glow-coupling"]),
+    ("device-cuda-without-gpu", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.device=cuda:7")], 2, ["train.device"]),
+    ("data-info-unknown", ["data", "info", "mnistt"], 2, ["unknown dataset"]),
+    ("data-download-unknown", ["data", "download", "imagenet", "--root", "{new}"], 2, ["imagenet"]),
+    ("mirror-not-a-url", ["data", "download", "mnist", "--root", "{new}"], None, ["notaurl"], None, {"VAEFLOW_MIRROR": "notaurl"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_corpus_of_bad_inputs_one_line_no_traceback_run_unchanged(case, world, tmp_path, monkeypatch, capsys):
+    name, argv, code, words, *rest = case
+    checkpoint = rest[0] if rest else None
+    env = rest[1] if len(rest) > 1 else None
+    if name == "out-into-proc" and not Path("/proc").is_dir():
+        pytest.skip("no /proc")
+    run = world["run"]
+    if checkpoint:  # a private copy of the run with the bad checkpoint as its newest
+        run = tmp_path / "run"
+        shutil.copytree(world["run"], run)
+        dest = run / "checkpoints" / "glow.pt"
+        dest.unlink()
+        shutil.copy(world["bad"] / checkpoint, dest)
+    new = tmp_path / "new-run"
+    fill = {"cfg": world["cfg"], "run": run, "bad": world["bad"], "root": world["root"], "new": new}
+    args = [a.format(**fill) for a in argv]
+    before_run, before_new = tree(run), tree(new)
+    rc, out, err = call(args, env=env, monkeypatch=monkeypatch, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vaeflow: error: ") and "internal error" not in lines[0], lines[0]
+    assert rc == (code if code is not None else rc) and rc in (1, 2), (rc, err)
+    for w in words:
+        assert w.format(**fill) in lines[0], (w, lines[0])
+    assert tree(run) == before_run, "the run directory changed"
+    assert tree(new) == before_new == {}, "a failed start wrote into the new run directory"
+    assert not (world["base"] / "PWNED").exists()
+
+
+def test_a_failed_start_leaves_the_directory_as_it_was_and_the_corrected_command_works(world, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "r"
+    rc, _, err = call(["train-vae", "--config", world["cfg"], "--run", run, "--set", "model.encoder.norm=layer"],
+                      monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 2 and not run.exists()
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    before = tree(run)
+    rc, _, err = call(["train-vae", "--config", world["cfg"], "--run", run, "--set", "model.flow.type=multiscale-glow",
+                       "--set", "model.flow.levels=3"], monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 2 and tree(run) == before, err
+    rc, out, err = call(["train-vae", "--config", world["cfg"], "--run", run], monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0, err
+    assert (run / "checkpoints" / "vae.pt").exists() and (run / "notes.txt").read_text() == "mine"
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_bug_and_its_traceback_file(world, monkeypatch, capsys):
+    import vaeflow_cli.plots as plots
+
+    def broken(run, out=None):
+        return 1 / 0
+
+    monkeypatch.setattr(plots, "training_curves", broken)
+    rc, _, err = call(["plot", "--run", world["run"]], monkeypatch=monkeypatch, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err
+    assert "internal error" in lines[0] and "ZeroDivisionError" in lines[0] and "VAEFLOW_DEBUG=1" in lines[0]
+    path = Path(lines[0].split("the traceback is in ")[1].split(";")[0])
+    assert "ZeroDivisionError" in path.read_text() and "broken" in path.read_text()
+    path.unlink()
+    rc, _, err = call(["plot", "--run", world["run"]], env={"VAEFLOW_DEBUG": "1"}, monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 1 and "Traceback" in err and "ZeroDivisionError" in err
+
+
+def test_out_of_memory_and_os_errors_are_one_line_with_exit_code_1(world, monkeypatch, capsys):
+    import vaeflow_cli.plots as plots
+
+    for exc, words in ((MemoryError(), "out of memory"),
+                       (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), "out of memory"),
+                       (OSError(28, "No space left on device", "/x/y.png"), "the disk is full")):
+        def broken(run, out=None, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(plots, "training_curves", broken)
+        rc, _, err = call(["plot", "--run", world["run"]], monkeypatch=monkeypatch, capsys=capsys)
+        lines = err.strip().splitlines()
+        assert rc == 1 and len(lines) == 1 and words in lines[0] and "internal error" not in lines[0], err
