@@ -237,7 +237,7 @@ def read_cifar_python_batch(path: Path, fix: str = CIFAR_FIX) -> np.ndarray:
     raw = read_data_file(path, fix)
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except Exception as exc:  # noqa: BLE001: whatever a corrupt or hostile pickle raises
+    except Exception as exc:  # noqa: BLE001 -- whatever a corrupt or hostile pickle raises
         raise VaeflowError(f"{path}: not a valid CIFAR-10 python batch ({exc}); {fix}") from None
     data = obj.get(b"data", obj.get("data")) if isinstance(obj, dict) else None
     if data is None:

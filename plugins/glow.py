@@ -9,14 +9,14 @@ coupling outputs. Phase 2 therefore starts exactly at the phase-1 bound.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaeflow_cli.flows import FlowSequence, global_mean, global_sum
-from typing import Annotated, Literal
-
 from vaeflow_cli.constraints import Range
+from vaeflow_cli.flows import FlowSequence, global_mean, global_sum
 from vaeflow_cli.hookspecs import hookimpl
 
 # ------------------------------------------------------------------ layers

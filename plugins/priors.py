@@ -8,14 +8,14 @@ Both are bijections h: z -> u with ``forward(z) -> (u, log_det)`` and ``inverse(
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
+from vaeflow_cli.constraints import Range
 from vaeflow_cli.distributions import gaussian_log_prob, standard_normal_log_prob
 from vaeflow_cli.flows import FlowSequence
-from typing import Annotated, Literal
-
-from vaeflow_cli.constraints import Range
 from vaeflow_cli.hookspecs import hookimpl
 
 

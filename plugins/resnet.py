@@ -22,12 +22,11 @@ config, held-out bound ~6 bpd; with a linear head the same run shows digits and 
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from typing import Annotated, Literal
 
 from vaeflow_cli.constraints import Range
 from vaeflow_cli.hookspecs import hookimpl

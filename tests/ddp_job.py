@@ -245,7 +245,7 @@ def main(argv=None) -> int:
                 train_mod.train_phase(cfg, run_dir, phase, progress=False)
                 torch.save(built["model"].state_dict(), weights_path(out, run["name"], phase, rank))
                 record(run=run["name"], phase=phase, ok=True, seconds=round(time.perf_counter() - t0, 2))
-            except BaseException as exc:  # noqa: BLE001: every outcome is recorded; the test reports it
+            except BaseException as exc:  # noqa: BLE001 -- every outcome is recorded; the test reports it
                 failed_runs[run["name"]] = f"phase {phase}: {type(exc).__name__}: {str(exc)[:300]}"
                 record(run=run["name"], phase=phase, ok=False, seconds=round(time.perf_counter() - t0, 2),
                        error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])

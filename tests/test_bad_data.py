@@ -9,16 +9,14 @@ import pickle
 import socket
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, run_cli, write_idx
 from PIL import Image
 
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError
-
-from conftest import TINY, run_cli, write_idx
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -427,8 +425,9 @@ def test_a_malformed_mirror_is_one_line_and_creates_nothing(tmp_path, monkeypatc
 
 
 def test_network_failures_are_one_line_runtime_failures(tmp_path, monkeypatch):
-    from vaeflow_cli import download as dl
     from test_download import Server
+
+    from vaeflow_cli import download as dl
 
     remote = lambda url: {"toy": [dl.Remote(url + "file.bin", "0" * 32)]}  # noqa: E731
     # a refused connection (nothing listens on port 1)

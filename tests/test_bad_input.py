@@ -10,24 +10,16 @@ tracebacks: ``python -m pytest -q tests/test_bad_input.py -k corpus``, every cas
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
 import pickle
 import shutil
-import signal
-import struct
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, run_cli, write_idx
+
 from vaeflow_cli.cli import main
 
 

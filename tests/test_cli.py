@@ -4,9 +4,8 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 
 def test_help_lists_the_commands_without_importing_torch():

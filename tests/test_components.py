@@ -7,8 +7,7 @@ import torch
 
 from vaeflow_cli.plugins import build_registry
 from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior_component, perturb
-from vaeflow_plugins.glow import (ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, GlowLayer, InvConv1x1,
-                                  MultiScaleGlow, squeeze, unsqueeze)
+from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, GlowLayer, InvConv1x1, MultiScaleGlow, squeeze, unsqueeze
 
 REGISTRY = build_registry(allowed=None)  # every installed plugin, third-party ones too
 

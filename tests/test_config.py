@@ -1,13 +1,12 @@
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.data import build_dataset
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import build_model
-
-from conftest import run_cli
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 

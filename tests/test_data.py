@@ -1,4 +1,5 @@
 from pathlib import Path
+
 """Datasets in their real formats, written small, and the Rust decoder against Pillow."""
 
 import gzip
@@ -8,13 +9,12 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import write_idx
 from PIL import Image
 
 from vaeflow_cli.data import decode_images
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_plugins.datasets import CIFAR10, CelebA, FashionMNIST, IDXDataset, read_idx_images
-
-from conftest import write_idx
 
 
 def smooth_image(rng, w=178, h=218):

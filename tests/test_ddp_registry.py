@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, write_idx
+
 from vaeflow_cli.plugins import get_registry
 
 HERE = Path(__file__).resolve().parent

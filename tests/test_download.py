@@ -9,11 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from vaeflow_cli.download import Remote, download
 from vaeflow_cli.errors import VaeflowError
-
-from conftest import run_cli
 
 
 class Server:

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, run_cli, write_idx
+
 from vaeflow_cli import config as config_mod
 from vaeflow_cli import fid
 from vaeflow_cli.evaluate import evaluate_run

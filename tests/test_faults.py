@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.data import load_splits
 from vaeflow_cli.engine import Stepper

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import run_cli
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli import hookspecs
@@ -13,8 +14,6 @@ from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.hookspecs import hookimpl
 from vaeflow_cli.plugins import build_registry, parse_selection
 from vaeflow_cli.testing import check_flow_component
-
-from conftest import run_cli
 
 PLUGIN = '''
 """A third-party flow: a per-pixel affine map y = x * exp(s) + b (identity at initialisation)."""

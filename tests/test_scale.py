@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from vaeflow_cli import config as config_mod
-from vaeflow_cli.data import load_splits
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import VAEFlow, build_model
 from vaeflow_cli.plugins import build_registry

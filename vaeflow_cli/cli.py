@@ -46,7 +46,7 @@ def cli_errors(fn):
             return fn(*args, **kwargs)
         except (typer.Exit, SystemExit):
             raise
-        except BaseException as exc:  # noqa: BLE001: every exception ends as one line
+        except BaseException as exc:  # noqa: BLE001 -- every exception ends as one line
             raise typer.Exit(report_exception(exc)) from None
 
     return wrapper
@@ -288,10 +288,10 @@ def sample(
     Prints the written paths, one per line (or writes the PNG / NPY bytes to stdout with --out -).
     --compare and --temperatures write one grid PNG (the paper's Figure 4; a temperature figure).
     """
+    from vaeflow_cli.console import log
     from vaeflow_cli.images import grid, npy_bytes, png_bytes
     from vaeflow_cli.runs import RunDir, atomic_write_bytes, load_run_model
     from vaeflow_cli.sampling import sample_images
-    from vaeflow_cli.console import log
     from vaeflow_cli.train import resolve_device
 
     if fmt not in ("png", "npy"):
@@ -512,7 +512,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         code = exc.exit_code
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001: every failure ends as one line
+    except BaseException as exc:  # noqa: BLE001 -- every failure ends as one line
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vaeflow` or `vaeflow config`: the help
             exc.show()
             code = 2
@@ -530,7 +530,7 @@ def _leave_process_group() -> None:
     try:
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    except Exception:  # noqa: BLE001: exiting anyway
+    except Exception:  # noqa: BLE001 -- exiting anyway
         pass
 
 

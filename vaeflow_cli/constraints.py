@@ -67,7 +67,7 @@ class Check:
     def check(self, value: Any) -> str | None:
         try:
             return None if self.predicate(value) else self.must
-        except Exception:  # noqa: BLE001: a value the predicate cannot handle is not valid
+        except Exception:  # noqa: BLE001 -- a value the predicate cannot handle is not valid
             return self.must
 
 
@@ -111,7 +111,7 @@ def declared_constraints(factory: Callable[..., Any]) -> dict[str, list]:
     target = factory.__init__ if isinstance(factory, type) else factory
     try:
         hints = typing.get_type_hints(target, include_extras=True)
-    except Exception:  # noqa: BLE001: an unresolvable forward reference, a C function, ...
+    except Exception:  # noqa: BLE001 -- an unresolvable forward reference, a C function, ...
         return {}
     return {name: found for name, ann in hints.items() if (found := constraints_from_annotation(ann))}
 

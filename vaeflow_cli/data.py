@@ -143,7 +143,7 @@ def decode_with_fallback(paths, *, crop: CropSpec, size: int, skip_bad: bool = F
             pixels[i] = pillow_decode(paths[i], crop=crop, size=size, max_pixels=max_pixels)
         except ImageProblem as exc:
             bad.append((i, f"{paths[i]}: {exc}" if exc.kind == "size" else f"{message}; Pillow: {exc}", exc.kind))
-        except Exception as exc:  # noqa: BLE001: any failure of Pillow on a hostile file is that file's
+        except Exception as exc:  # noqa: BLE001 -- any failure of Pillow on a hostile file is that file's
             bad.append((i, f"{message}; Pillow: {type(exc).__name__}: {_first_line(exc)}", "decode"))
     if bad and not skip_bad:
         raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true", max_pixels=max_pixels,
@@ -224,7 +224,7 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
             with warnings.catch_warnings():  # e.g. "malformed MPO file": the caller reports what matters
                 warnings.simplefilter("ignore")
                 im = Image.open(path, formats=PILLOW_FORMATS)
-        except Exception as exc:  # noqa: BLE001: an unidentifiable or malformed header
+        except Exception as exc:  # noqa: BLE001 -- an unidentifiable or malformed header
             raise ImageProblem(f"not a PNG or JPEG image Pillow can read ({_first_line(exc)})", "decode") from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
@@ -294,7 +294,7 @@ def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
             raise VaeflowError(f"cache {path} {problem}; delete it to rebuild the cache")
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001: truncated, empty (EOFError), a bad header, object arrays
+        except Exception as exc:  # noqa: BLE001 -- truncated, empty (EOFError), a bad header, object arrays
             raise VaeflowError(f"cache {path} is unreadable ({type(exc).__name__}: {_first_line(exc)}); delete it to rebuild") from None
     array = np.ascontiguousarray(build())
     try:

@@ -73,7 +73,7 @@ def check_url(url: str, *, what: str) -> str:
     example = "e.g. https://mirror.example.org/datasets/"
     try:
         parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018: raises ValueError for a port that is not a number in 0..65535
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in 0..65535
     except ValueError as exc:
         raise VaeflowError(f"{what} = {url!r} is not a valid URL ({exc}); give a base URL ({example}) or unset it") from None
     if parts.scheme.lower() not in SCHEMES or not parts.hostname:

@@ -85,7 +85,7 @@ def load_weights_file(path: Path, *, what: str, fix: str) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except VaeflowError:
         raise
-    except Exception as exc:  # noqa: BLE001: a truncated zip, a pickle of code, garbage: all the file's fault
+    except Exception as exc:  # noqa: BLE001 -- a truncated zip, a pickle of code, garbage: all the file's fault
         raise VaeflowError(f"{what} {path} cannot be loaded ({_load_problem(exc)}); {fix}") from None
 
 
@@ -147,7 +147,7 @@ def build_extractor(path: Path, device="cpu"):
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         net = Unloaded("inception-v3-compat", [str(FEATURE_DIM)], feature_extractor_weights_path=str(path))
-    except Exception as exc:  # noqa: BLE001: the file changed under us, or torch-fidelity refuses it
+    except Exception as exc:  # noqa: BLE001 -- the file changed under us, or torch-fidelity refuses it
         raise VaeflowError(f"fid weights file {path} cannot be loaded ({_load_problem(exc)}); {fix}") from None
     finally:
         os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)

@@ -69,7 +69,7 @@ def read_image(path, image_shape: tuple[int, int, int]) -> np.ndarray:
             arr = np.asarray(im)
     except VaeflowError:
         raise
-    except Exception as exc:  # noqa: BLE001: a truncated or malformed file, whatever Pillow raises on it
+    except Exception as exc:  # noqa: BLE001 -- a truncated or malformed file, whatever Pillow raises on it
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise VaeflowError(f"{path}: cannot read image ({text}); give a {w}x{h} PNG or JPEG file") from None
     if arr.shape[:2] != (h, w):

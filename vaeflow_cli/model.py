@@ -276,7 +276,7 @@ def check_components(model: nn.Module, y: torch.Tensor) -> None:
             raise
         except (MemoryError, torch.OutOfMemoryError):
             raise
-        except Exception as exc:  # noqa: BLE001: a plugin's error, reported as one line
+        except Exception as exc:  # noqa: BLE001 -- a plugin's error, reported as one line
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise VaeflowError(f"[model.{section}] fails on {y.shape[0]} training images of shape {tuple(y.shape[1:])}: "
                                f"{type(exc).__name__}: {first}; check the [model.{section}] options") from None
