@@ -75,6 +75,10 @@ def world(tmp_path_factory, digits):
     torch.save({**state, "model": {k: (v[..., :1] if v.dim() == 4 else v) for k, v in state["model"].items()}}, bad / "shapes.pt")
     torch.save({**state, "model": {k: (v * float("nan") if v.is_floating_point() else v) for k, v in state["model"].items()}}, bad / "nan.pt")
     torch.save({**state, "model": [1, 2, 3]}, bad / "model-list.pt")
+    torch.save({**state, "model": {k: v.long() if v.is_floating_point() else v for k, v in state["model"].items()}}, bad / "int-weights.pt")
+    opt = {**state["optimizer"], "state": {i: {n: (t * float("nan") if torch.is_tensor(t) and t.is_floating_point() and t.dim() else t)
+                                                  for n, t in st.items()} for i, st in state["optimizer"]["state"].items()}}
+    torch.save({**state, "optimizer": opt}, bad / "nan-optimizer.pt")
 
     class Evil:
         def __reduce__(self):
@@ -134,13 +138,13 @@ CASES = [
     ("seed-2**64", ["sample", "--run", "{run}", "--seed", "18446744073709551616"], 2, ["--seed", "18446744073709551615"]),
     ("n-0", ["sample", "--run", "{run}", "--n", "0"], 2, ["--n", "greater than or equal to 1"]),
     ("n-negative", ["sample", "--run", "{run}", "--n", "-1"], 2, ["--n"]),
-    ("n-huge", ["sample", "--run", "{run}", "--n", "100000000000", "--out", "-"], 2, ["--n 100000000000", "GiB"]),
+    ("n-huge", ["sample", "--run", "{run}", "--n", "500000000", "--out", "-"], 2, ["--n 500000000", "GiB"]),
     ("temperature-inf", ["sample", "--run", "{run}", "--temperature", "inf"], 2, ["--temperature", "finite"]),
     ("temperature-nan", ["sample", "--run", "{run}", "--temperature", "nan"], 2, ["--temperature"]),
     ("temperature-negative", ["sample", "--run", "{run}", "--temperature", "-1"], 2, ["--temperature"]),
     ("steps-0", ["interpolate", "--run", "{run}", "--steps", "0"], 2, ["--steps", "greater than or equal to 2"]),
     ("steps-1", ["interpolate", "--run", "{run}", "--steps", "1"], 2, ["--steps"]),
-    ("pairs-huge", ["interpolate", "--run", "{run}", "--pairs", "100000000000"], 2, ["--pairs", "GiB"]),
+    ("pairs-huge", ["interpolate", "--run", "{run}", "--pairs", "500000000"], 2, ["--pairs", "GiB"]),
     ("out-is-a-directory", ["sample", "--run", "{run}", "--out", "{bad}"], 2, ["is an existing directory"]),
     ("out-into-proc", ["sample", "--run", "{run}", "--out", "/proc/vaeflow-test/x.png"], None, ["/proc"]),
     ("out-no-grid-onto-file", ["sample", "--run", "{run}", "--no-grid", "--out", "{cfg}"], 2, ["existing file"]),
@@ -150,7 +154,7 @@ CASES = [
     ("unknown-option", ["sample", "--run", "{run}", "--colour"], 2, ["No such option"]),
     ("unknown-command", ["smaple"], 2, ["smaple"]),
     ("evaluate-unknown-metric", ["evaluate", "--run", "{run}", "--metrics", "bpd,fun"], 2, ["fun"]),
-    ("evaluate-n-samples-huge", ["evaluate", "--run", "{run}", "--metrics", "digit_fd", "--n-samples", "100000000000"], 2, ["--n-samples", "GiB"]),
+    ("evaluate-n-samples-huge", ["evaluate", "--run", "{run}", "--metrics", "digit_fd", "--n-samples", "500000000"], 2, ["--n-samples", "GiB"]),
     ("evaluate-iwae-k-0", ["evaluate", "--run", "{run}", "--iwae-k", "0"], 2, ["--iwae-k"]),
     ("evaluate-temperature-text", ["evaluate", "--run", "{run}", "--metrics", "fid", "--temperature", "hot"], 2, ["--temperature"]),
     ("evaluate-unknown-split", ["evaluate", "--run", "{run}", "--split", "validation"], 2, ["validation"]),
@@ -161,6 +165,27 @@ CASES = [
     ("device-cuda-without-gpu", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.device=cuda:7")], 2, ["train.device"]),
     ("data-info-unknown", ["data", "info", "mnistt"], 2, ["unknown dataset"]),
     ("data-download-unknown", ["data", "download", "imagenet", "--root", "{new}"], 2, ["imagenet"]),
+    # found by attacking the first version (kinds: unbounded sizes, log lines before errors, the wrong "where")
+    ("timing-threads-huge", ["timing", "--config", "{cfg}", "--threads", "1000000"], 2, ["--threads", "1024"]),
+    ("timing-warmup-huge", ["timing", "--config", "{cfg}", "--warmup", "100000000000000000000"], 2, ["--warmup"]),
+    ("timing-steps-huge", ["timing", "--config", "{cfg}", "--steps", "100000000000000"], 2, ["--steps"]),
+    ("timing-batch-huge", ["timing", "--config", "{cfg}", "--batch-size", "1000000"], 2, ["--batch-size"]),
+    ("timing-glow-width-huge", ["timing", "--config", "{cfg}", "--glow-width", "1000000000"], 2, ["--glow-width"]),
+    ("evaluate-iwae-k-huge", ["evaluate", "--run", "{run}", "--metrics", "iwae", "--iwae-k", "100000000000"], 2, ["--iwae-k"]),
+    ("run-is-a-file", ["train-vae", "--config", "{cfg}", "--run", "{cfg}"], 2, ["--run", "not a directory"]),
+    ("temperatures-nan", ["sample", "--run", "{run}", "--temperatures", "0.5,nan"], 2, ["--temperatures", "finite"]),
+    ("temperatures-inf", ["sample", "--run", "{run}", "--temperatures", "1e400"], 2, ["--temperatures", "finite"]),
+    ("evaluate-temperature-nan", ["evaluate", "--run", "{run}", "--metrics", "digit_fd", "-t", "nan"], 2, ["--temperature", "finite"]),
+    ("temperatures-as-npy", ["sample", "--run", "{run}", "--temperatures", "0,1", "--format", "npy"], 2, ["--format npy"]),
+    ("set-smuggles-a-key", ["train-vae", "--config", "{cfg}", "--run", "{new}", "--set", "train.seed=1\nx=2"], 2, ["one value per --set"]),
+    ("set-range-names-the-set", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.logit_alpha=0")], 2, ["--set model.logit_alpha=0"]),
+    ("set-component-range-names-the-set", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.depth=0")], 2, ["--set model.flow.depth=0"]),
+    ("device-bad-names-the-option", ["sample", "--run", "{run}", "--device", "cuda:-1"], 2, ["--device"]),
+    ("compare-per-z-huge", ["sample", "--run", "{run}", "--compare", "--per-z", "4096", "--n", "100000000"], 2, ["--per-z"]),
+    ("checkpoint-integer-weights", ["sample", "--run", "{run}", "--out", "-"], 2, ["wrong kind of number"], "int-weights.pt"),
+    ("checkpoint-nan-optimizer", ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")], 2, ["non-finite optimizer state"], "nan-optimizer.pt"),
+    ("interpolate-from-empty-file", ["interpolate", "--run", "{run}", "--from", "{bad}/empty.pt", "--to", "{bad}/empty.pt", "--out", "-"], 2, ["empty.pt"]),
+    ("cache-dir-is-a-file", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("data.name=imagefolder", "data.root={bad}", "data.size=8", "data.cache_dir={cfg}")], 2, ["data.cache_dir"]),
     ("mirror-not-a-url", ["data", "download", "mnist", "--root", "{new}"], None, ["notaurl"], None, {"VAEFLOW_MIRROR": "notaurl"}),
 ]
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,66 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_previous_checkpoint
     for line in (run / "metrics.jsonl").read_text().splitlines():  # no half-written line
         assert line.startswith("{") and line.endswith("}")
     assert (run / "metrics.jsonl").read_bytes().startswith(metrics)
+
+
+def _trained(tiny_config, tmp_path) -> Path:
+    run = tmp_path / "run"
+    run_cli("train-vae", "--config", tiny_config, "--run", run, "--set", "train.vae.epochs=1")
+    return run
+
+
+def test_stdout_closed_or_a_reader_that_leaves_is_one_line(tiny_config, tmp_path):
+    run = _trained(tiny_config, tmp_path)
+    closed = subprocess.run([sys.executable, "-m", "vaeflow_cli", "sample", "--run", str(run), "--out", "-"],
+                            stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    lines = closed.stderr.decode().strip().splitlines()
+    assert closed.returncode == 2 and len(lines) == 1 and "stdout" in lines[0] and "internal error" not in lines[0], lines
+    shown = subprocess.run([sys.executable, "-m", "vaeflow_cli", "config", "show"], stderr=subprocess.PIPE,
+                           preexec_fn=lambda: os.close(1))  # a command whose result is text on stdout
+    lines = shown.stderr.decode().strip().splitlines()
+    assert shown.returncode == 1 and len(lines) == 1 and "cannot write the result to stdout" in lines[0], lines
+    proc = _start(["sample", "--run", run, "--out", "-", "--format", "npy", "--n", "512"])  # more than a pipe buffer
+    proc.stdout.close()  # the reader leaves at once (| true)
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("vaeflow: error: the reader of stdout closed the pipe"), err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_out_through_a_link_or_into_a_fifo_keeps_them(tiny_config, tmp_path):
+    import threading
+
+    run = _trained(tiny_config, tmp_path)
+    target = tmp_path / "target.png"
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    run_cli("sample", "--run", run, "--out", link)
+    assert link.is_symlink() and target.read_bytes().startswith(b"\x89PNG")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = {}
+    reader = threading.Thread(target=lambda: got.setdefault("bytes", fifo.read_bytes()))
+    reader.start()
+    run_cli("sample", "--run", run, "--out", fifo)
+    reader.join(timeout=60)
+    assert got["bytes"].startswith(b"\x89PNG") and fifo.is_fifo()
+
+
+def test_a_second_signal_aborts_at_once_with_one_line_and_sigterm_before_training_is_one_line(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(["train-vae", "--config", tiny_config, "--run", run, "--set", "train.vae.epochs=200", "--set", "train.threads=1"])
+    _wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("vaeflow: error:"), err
+    early = _start(["train-vae", "--config", tiny_config, "--run", tmp_path / "early", "--set", "train.threads=1"])
+    time.sleep(1.0)  # still importing and checking: no training loop yet
+    early.send_signal(signal.SIGTERM)
+    _, err = early.communicate(timeout=120)
+    err = err.decode()
+    assert early.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("vaeflow: error:"), err

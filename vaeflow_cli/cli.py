@@ -79,7 +79,15 @@ def report_exception(exc: BaseException) -> int:
     if isinstance(exc, click.ClickException):
         typer.echo(f"vaeflow: error: {line(exc.format_message())}", err=True)
         return exc.exit_code
-    if isinstance(exc, BrokenPipeError):  # the reader of stdout went away (| head): nothing to say
+    if isinstance(exc, BrokenPipeError):  # the reader of stdout went away (| head)
+        import os as _os
+
+        try:  # nothing more may reach the closed pipe, at exit either
+            _os.dup2(_os.open(_os.devnull, _os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, AttributeError, ValueError):
+            pass
+        typer.echo("vaeflow: error: the reader of stdout closed the pipe before the result was written; "
+                   "write to a file with --out FILE (or > FILE) to keep all of it", err=True)
         return 1
     if _is_lost_peer(exc):
         typer.echo(f"vaeflow: error: another process of this torchrun job failed or died ({line(exc)[:160]}); "
@@ -165,6 +173,8 @@ def _check_out(out: Optional[str], *, folder: bool = False) -> None:
     wanted, a missing or read-only parent folder."""
     import os
 
+    if out == "-" and sys.stdout is None:
+        raise VaeflowError("--out - writes to stdout, which is closed; give --out FILE or redirect stdout")
     if out is None or out == "-":
         return
     path = Path(out)
@@ -195,15 +205,40 @@ def _run_or_default(run: Optional[Path]) -> Path:
     return Path(config_mod.embedded_default().get("run", {}).get("dir", config_mod.DEFAULTS["run"]["dir"]))
 
 
+def _out(text: str, nl: bool = True) -> None:
+    """Print a result on stdout; a stdout that cannot be written (closed, a full device) is one line."""
+    try:
+        if sys.stdout is None:
+            raise OSError(9, "stdout is closed")
+        typer.echo(text, nl=nl)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _stdout_failure(exc) from None
+
+
+def _stdout_failure(exc: OSError):
+    from vaeflow_cli.errors import RuntimeFailure
+
+    return RuntimeFailure(f"cannot write the result to stdout ({exc.strerror or exc}); redirect stdout to a writable file, or use --out FILE where the command has it")
+
+
 def _write_output(data: bytes, out: str) -> None:
     from vaeflow_cli.runs import atomic_write_bytes
 
     if out == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            if sys.stdout is None:
+                raise OSError(9, "stdout is closed")
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _stdout_failure(exc) from None
     else:
         atomic_write_bytes(Path(out), data)
-        typer.echo(out)
+        _out(out)
 
 
 def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: List[str], resume: bool) -> None:
@@ -220,7 +255,7 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
                 cfg = rd.resolved_config(overrides or [])
     result = train_phase(cfg, run if run is not None else cfg["run"]["dir"], phase, resume=resume, config_path=config)
-    typer.echo(str(result.run_dir))
+    _out(str(result.run_dir))
 
 
 @app.command("train-vae")
@@ -271,7 +306,7 @@ def train_baseline(config: Optional[Path] = ConfigOpt, run: Optional[Path] = Run
 @cli_errors
 def sample(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
-    n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
+    n: int = typer.Option(64, "--n", min=1, max=10**9, help="Number of samples (refused when they would not fit in memory)."),
     temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, callback=_finite, help="Glow-layer temperature T (paper: 0.5)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
@@ -280,7 +315,7 @@ def sample(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     compare: bool = typer.Option(False, "--compare", help="Figure 4: per row, one z: its VAE mean, then --per-z Glow-layer samples at -t."),
-    per_z: int = typer.Option(5, "--per-z", min=1, help="With --compare: Glow-layer samples per z."),
+    per_z: int = typer.Option(5, "--per-z", min=1, max=4096, help="With --compare: Glow-layer samples per z."),
     temperatures: Optional[str] = typer.Option(None, "--temperatures", help="Temperature figure: one row per T (e.g. 0,0.25,0.5,0.75,1), the same --n latents and noise in each row."),
 ):
     """Draw samples: u ~ N(0,I), z = h^-1(u), xbar = g_mu + T g_sigma eps, x = f^-1(xbar).
@@ -300,7 +335,7 @@ def sample(
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
     _check_out(out, folder=fmt == "png" and not as_grid and not (compare or temperatures is not None))
     run = _run_or_default(run)
-    model, _, phase = load_run_model(run, device=str(resolve_device(device)))
+    model, _, phase = load_run_model(run, device=str(resolve_device(device, "--device")))
     if phase == "baseline" and vae_only:
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no VAE decoder for --vae-only")
     if phase == "vae" and not vae_only:
@@ -313,8 +348,10 @@ def sample(
             raise VaeflowError(f"{run} is a standalone flow (train-baseline): --compare and --temperatures need a VAE")
         if compare and temperatures is not None:
             raise VaeflowError("--compare and --temperatures make different figures; give one")
+        if fmt != "png" or not as_grid:
+            raise VaeflowError("--compare and --temperatures write one PNG figure; leave out --format npy and --no-grid")
         count = n * (1 + per_z) if compare else n * len(parse_temperatures(temperatures, "--temperatures"))
-        _require_image_memory(2 * count, model.image_shape, f"--n {n}")
+        _require_image_memory(2 * count, model.image_shape, f"--n {n} x --per-z {per_z}" if compare else f"--n {n} x {len(parse_temperatures(temperatures, '--temperatures'))} temperatures")
         if compare:
             rows = compare_grid(model, rows=n, per_z=per_z, temperature=temperature, seed=seed)
             name = f"compare-seed{seed}-t{temperature:g}.png"
@@ -337,15 +374,15 @@ def sample(
         for i, img in enumerate(images):
             path = folder / f"{i:05d}.png"
             atomic_write_bytes(path, png_bytes(img.transpose(1, 2, 0)))
-            typer.echo(str(path))
+            _out(str(path))
 
 
 @app.command()
 @cli_errors
 def interpolate(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
-    steps: int = typer.Option(8, "--steps", min=2, help="Images per path, endpoints included."),
-    pairs: int = typer.Option(4, "--pairs", min=1, help="Number of random pairs (rows)."),
+    steps: int = typer.Option(8, "--steps", min=2, max=4096, help="Images per path, endpoints included."),
+    pairs: int = typer.Option(4, "--pairs", min=1, max=10**9, help="Number of random pairs (rows)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed for the endpoints."),
     src: Optional[Path] = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
     dst: Optional[Path] = typer.Option(None, "--to", help="... to this one, through their encodings."),
@@ -363,7 +400,7 @@ def interpolate(
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
     _check_out(out)
     run = _run_or_default(run)
-    model, _, phase = load_run_model(run, device=str(resolve_device(device)))
+    model, _, phase = load_run_model(run, device=str(resolve_device(device, "--device")))
     if phase == "baseline":
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
     _require_image_memory(2 * steps * (1 if src is not None else pairs), model.image_shape, f"--pairs {pairs} x --steps {steps}")
@@ -383,8 +420,8 @@ def evaluate(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
     metrics: str = typer.Option("bpd", "--metrics", help="Comma-separated: bpd, iwae, fid, digit_fd."),
-    iwae_k: int = typer.Option(64, "--iwae-k", min=1, help="Importance samples K of the IWAE bound."),
-    n_samples: int = typer.Option(10_000, "--n-samples", min=2, help="Generated images for FID."),
+    iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=100_000, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
+    n_samples: int = typer.Option(10_000, "--n-samples", min=2, max=10**9, help="Generated images for FID (refused when they would not fit in memory)."),
     temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
@@ -402,7 +439,7 @@ def evaluate(
     result = evaluate_run(_run_or_default(run), split=split, metrics=parse_metrics(metrics), iwae_k=iwae_k,
                           n_samples=n_samples, temperatures=parse_temperatures(temperature),
                           fid_weights=fid_weights, device=device, data=data, data_root=data_root)
-    typer.echo(json.dumps(result) if as_json else format_table(result))
+    _out(json.dumps(result) if as_json else format_table(result))
 
 
 @app.command()
@@ -410,15 +447,15 @@ def evaluate(
 def timing(
     config: Optional[Path] = ConfigOpt,
     set: Optional[List[str]] = SetOpt,
-    steps: int = typer.Option(20, "--steps", min=1, help="Timed training steps per model (after the warm-up)."),
-    warmup: int = typer.Option(3, "--warmup", min=1, help="Untimed steps first (ActNorm init, caches)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size for all three models (default: train.vae.batch_size)."),
-    glow_levels: int = typer.Option(3, "--glow-levels", min=1, help="Standalone Glow: levels L (paper's baseline: 3)."),
-    glow_steps: int = typer.Option(32, "--glow-steps", min=1, help="Standalone Glow: steps per level K (32)."),
-    glow_width: int = typer.Option(512, "--glow-width", min=1, help="Standalone Glow: coupling width (512)."),
+    steps: int = typer.Option(20, "--steps", min=1, max=100_000, help="Timed training steps per model (after the warm-up)."),
+    warmup: int = typer.Option(3, "--warmup", min=1, max=10_000, help="Untimed steps first (ActNorm init, caches)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=2**20, help="Batch size for all three models (default: train.vae.batch_size)."),
+    glow_levels: int = typer.Option(3, "--glow-levels", min=1, max=10, help="Standalone Glow: levels L (paper's baseline: 3)."),
+    glow_steps: int = typer.Option(32, "--glow-steps", min=1, max=1024, help="Standalone Glow: steps per level K (32)."),
+    glow_width: int = typer.Option(512, "--glow-width", min=1, max=16384, help="Standalone Glow: coupling width (512)."),
     glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine or additive."),
     device: Optional[str] = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=0, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, max=1024, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ):
     """Seconds per epoch of the VAE phase, the Glow-layer phase and a standalone multi-scale Glow
@@ -433,7 +470,7 @@ def timing(
     result = run_timing(cfg, steps=steps, warmup=warmup, batch_size=batch_size, device=device, threads=threads,
                         baseline={"levels": glow_levels, "steps": glow_steps, "hidden_channels": glow_width,
                                   "coupling": glow_coupling})
-    typer.echo(json.dumps(result) if as_json else format_table(result))
+    _out(json.dumps(result) if as_json else format_table(result))
 
 
 @app.command()
@@ -444,7 +481,7 @@ def plot(run: Optional[Path] = typer.Option(None, "--run", help="Run directory (
     from vaeflow_cli.plots import training_curves
 
     _check_out(out)
-    typer.echo(str(training_curves(_run_or_default(run), out)))
+    _out(str(training_curves(_run_or_default(run), out)))
 
 
 @app.command("plugins")
@@ -459,16 +496,16 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON f
         for p in registry.plugins.values()
     ]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        _out(json.dumps(rows, indent=2))
         return
     for row in rows:
         kind = "built-in" if row["builtin"] else "external"
         if row["error"] is not None:
-            typer.echo(f"{row['name']} {row['version']} ({kind}, FAILED to load): {row['error']}")
+            _out(f"{row['name']} {row['version']} ({kind}, FAILED to load): {row['error']}")
             continue
-        typer.echo(f"{row['name']} {row['version']} ({kind})")
+        _out(f"{row['name']} {row['version']} ({kind})")
         for k, names in row["registered"].items():
-            typer.echo(f"  {k}: {', '.join(names)}")
+            _out(f"  {k}: {', '.join(names)}")
 
 
 @config_app.command("show")
@@ -477,7 +514,7 @@ def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = S
     """Print the resolved config (defaults, file and --set overrides, component defaults) as TOML."""
     from vaeflow_cli import config as config_mod
 
-    typer.echo(config_mod.dumps(config_mod.resolve(config, set or [])), nl=False)
+    _out(config_mod.dumps(config_mod.resolve(config, set or [])), nl=False)
 
 
 @data_app.command("download")
@@ -489,7 +526,7 @@ def data_download(name: str = typer.Argument(..., help="mnist, fashion-mnist or 
     from vaeflow_cli.download import download
 
     for path in download(name, root, log=log):
-        typer.echo(str(path))
+        _out(str(path))
 
 
 @data_app.command("info")
@@ -499,13 +536,14 @@ def data_info(name: str = typer.Argument(..., help="A registered dataset."),
     """Print a dataset's split sizes, image shape and cache state as JSON."""
     from vaeflow_cli.data import dataset_info
 
-    typer.echo(json.dumps(dataset_info(name, root), indent=2))
+    _out(json.dumps(dataset_info(name, root), indent=2))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     """The ``vaeflow`` console script: every failure, parse errors included, ends as one stderr
     line and an exit code (see report_exception)."""
     click = _click_exceptions()
+    _sigterm_interrupts()
     try:
         code = app(args=argv, prog_name="vaeflow", standalone_mode=False)
     except tuple({typer.Exit, getattr(click, "Exit", typer.Exit)}) as exc:
@@ -521,6 +559,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     finally:
         _leave_process_group()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _sigterm_interrupts() -> None:
+    """SIGTERM (what schedulers send before a kill) interrupts a command like Ctrl-C: one line and
+    exit code 130 (training installs its own handler that saves a checkpoint first)."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _leave_process_group() -> None:

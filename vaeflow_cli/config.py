@@ -116,21 +116,23 @@ def _plain_constraints(dotted: str) -> list:
 # ------------------------------------------------------------------ loading
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def load_toml(path: str | Path, *, fix: str = "pass a TOML file to --config") -> dict[str, Any]:
+    """The TOML file ``path`` as a dict; one VaeflowError (ending with ``fix``) when it is missing,
+    a folder, unreadable, not UTF-8 or not valid TOML."""
     p = Path(path)
     if p.is_dir():
-        raise VaeflowError(f"config file {str(p)!r} is a directory; pass a TOML file to --config")
+        raise VaeflowError(f"config file {str(p)!r} is a directory; {fix}")
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise VaeflowError(f"config file {str(p)!r} not found; pass an existing file to --config") from None
+        raise VaeflowError(f"config file {str(p)!r} not found; {fix}") from None
     except UnicodeDecodeError as exc:
-        raise VaeflowError(f"{p}: not UTF-8 text (byte {exc.start}); a TOML config must be UTF-8") from None
+        raise VaeflowError(f"{p}: not UTF-8 text (byte {exc.start}); a TOML config must be UTF-8: {fix}") from None
     except tomllib.TOMLDecodeError as exc:
         raise VaeflowError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
     except OSError as exc:
-        raise VaeflowError(f"config file {str(p)!r} cannot be read ({exc.strerror}); check the path and its permissions") from None
+        raise VaeflowError(f"config file {str(p)!r} cannot be read ({exc.strerror}); {fix}") from None
 
 
 def embedded_default() -> dict[str, Any]:
@@ -154,9 +156,11 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), *, base: 
 
         registry = get_registry()
     cfg = merge(DEFAULTS, raw, where=where)
+    set_by = {}
     for item in overrides:
         apply_override(cfg, item)
-    return validate(cfg, where=where, registry=registry)
+        set_by[item.split("=", 1)[0].strip()] = f"--set {item}"
+    return validate(cfg, where=where, registry=registry, set_by=set_by)
 
 
 def merge(defaults: dict, raw: dict, *, where: str, prefix: str = "") -> dict:
@@ -220,11 +224,17 @@ def check_type(value: Any, default: Any, *, key: str, where: str) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A TOML literal (3, 1e-4, true, "x", [1, 2]); anything else is taken as a bare string."""
+    """A TOML literal (3, 1e-4, true, "x", [1, 2]); anything else is taken as a bare string. A
+    value is one line: it cannot smuggle in other keys."""
+    if "\n" in text or "\r" in text:
+        raise VaeflowError(f"--set value {text!r} spans several lines; give one value per --set")
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         return text
+    if list(parsed) != ["v"]:
+        raise VaeflowError(f"--set value {text!r} is not a single value")
+    return parsed["v"]
 
 
 def apply_override(cfg: dict, item: str) -> None:
@@ -281,7 +291,8 @@ CONTEXT_ARGS = {
 }
 
 
-def _validate_component(section: dict, kind: str, key: str, *, where: str, registry, name_key: str) -> dict:
+def _validate_component(section: dict, kind: str, key: str, *, where: str, registry, name_key: str,
+                        set_by: dict | None = None) -> dict:
     name = section.get(name_key)
     if not isinstance(name, str):
         raise VaeflowError(f"{where}: [{key}] needs {name_key} = \"<registered {kind}>\"; registered: {', '.join(registry.names(kind))}")
@@ -299,7 +310,9 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
         out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=where)
         found = problem(out[k], declared.get(k, []))
         if found:
-            raise VaeflowError(f"{where}: '{key}.{k}' {found} for {kind} {name!r}, got {out[k]!r}; fix it in [{key}]")
+            src = (set_by or {}).get(f"{key}.{k}")
+            fix = "fix the --set" if src else f"fix it in [{key}]"
+            raise VaeflowError(f"{src or where}: '{key}.{k}' {found} for {kind} {name!r}, got {out[k]!r}; {fix}")
     for k, default in params.items():
         if k in out:
             continue
@@ -312,27 +325,31 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
     return out
 
 
-def validate(cfg: dict, *, where: str, registry) -> dict:
+def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None) -> dict:
+    """``cfg`` checked against the registry (component keys, their types and declared constraints)
+    and the plain keys' CONSTRAINTS. Errors name ``where`` (the file), or the ``--set`` that gave
+    the value (``set_by``: dotted key -> "--set KEY=VALUE")."""
     out = copy.deepcopy(cfg)
-    out["data"] = _validate_component(cfg["data"], "dataset", "data", where=where, registry=registry, name_key="name")
+    out["data"] = _validate_component(cfg["data"], "dataset", "data", where=where, registry=registry, name_key="name", set_by=set_by)
     for sec, kind in COMPONENT_SECTIONS.items():
-        out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type")
-    _check_plain(out, where)
+        out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry,
+                                                name_key="type", set_by=set_by)
+    _check_plain(out, where, set_by=set_by or {})
     return out
 
 
-def _check_plain(cfg: dict, where: str, prefix: str = "") -> None:
+def _check_plain(cfg: dict, where: str, prefix: str = "", *, set_by: dict) -> None:
     """The declared constraints (CONSTRAINTS) and finiteness of every plain key."""
     for k, v in cfg.items():
         dotted = f"{prefix}{k}"
         if dotted == "data" or _is_component(dotted):
             continue
         if isinstance(v, dict):
-            _check_plain(v, where, dotted + ".")
+            _check_plain(v, where, dotted + ".", set_by=set_by)
             continue
         found = problem(v, _plain_constraints(dotted))
         if found:
-            raise VaeflowError(f"{where}: {dotted!r} {found}, got {v!r}")
+            raise VaeflowError(f"{set_by.get(dotted, where)}: {dotted!r} {found}, got {v!r}")
 
 
 def _is_toml_value(v: Any) -> bool:

@@ -224,8 +224,8 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
             with warnings.catch_warnings():  # e.g. "malformed MPO file": the caller reports what matters
                 warnings.simplefilter("ignore")
                 im = Image.open(path, formats=PILLOW_FORMATS)
-        except Exception as exc:  # noqa: BLE001 -- an unidentifiable or malformed header
-            raise ImageProblem(f"not a PNG or JPEG image Pillow can read ({_first_line(exc)})", "decode") from None
+        except Exception:  # noqa: BLE001 -- an unidentifiable or malformed header
+            raise ImageProblem("not a PNG or JPEG image (its header is neither, or is damaged)", "decode") from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     w, h = im.size
@@ -284,6 +284,8 @@ def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
     from vaeflow_cli.runs import atomic_write
 
     path = cache_path(cache_dir, name, key_parts)
+    if os.path.lexists(cache_dir) and not Path(cache_dir).is_dir():
+        raise VaeflowError(f"data.cache_dir {cache_dir} is not a folder (a file, or a broken link); set data.cache_dir to a folder")
     try:
         present = path.exists()
     except OSError as exc:

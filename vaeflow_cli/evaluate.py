@@ -56,8 +56,8 @@ def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise VaeflowError(f"{option} {text!r} must be a number or a comma-separated list, e.g. 0,0.25,0.5") from None
-    if not values or any(t < 0 for t in values):
-        raise VaeflowError(f"{option} {text!r}: give one or more non-negative numbers")
+    if not values or any(not math.isfinite(t) or t < 0 for t in values):
+        raise VaeflowError(f"{option} {text!r}: give one or more finite, non-negative numbers")
     return values
 
 
@@ -200,7 +200,7 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     rd = RunDir(run)
     cfg = rd.resolved_config()
     seed = cfg["train"]["seed"] if seed is None else seed
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     import torch
 
     from vaeflow_cli.engine import resolve_threads

@@ -33,6 +33,16 @@ def atomic_write(path: Path, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, and rename it over
     ``path``. On any failure the temporary file is removed and ``path`` is left as it was; an OS
     error (disk full, permission denied) is raised as one line (RuntimeFailure)."""
+    path = Path(path)
+    if path.is_symlink():  # write the file the link points to; the link stays
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():  # a device or FIFO: write into it
+        try:
+            with open(path, "wb") as fh:
+                write(fh)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot write {describe_os_error(exc, path)}") from None
+        return
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +128,7 @@ class RunDir:
     def read_config(self) -> dict:
         if not self.config_path.exists():
             raise VaeflowError(f"{self.path} is not a vaeflow run (no config.toml); train one with: vaeflow train-vae --run {self.path}")
-        return config_mod.load_toml(self.config_path)
+        return config_mod.load_toml(self.config_path, fix="the run's config.toml is damaged: restore it, or start a new --run")
 
     def resolved_config(self, overrides: list[str] = ()) -> dict:
         """The run's stored config, validated against the registry, with ``--set`` overrides."""
@@ -286,6 +296,11 @@ def check_checkpoint(state: Any, path: Path) -> None:
     bad = [k for k, v in state["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise VaeflowError(f"checkpoint {path}: its weights hold {len(bad)} entries that are not named tensors (first: {bad[0]!r}); it is damaged or not a vaeflow checkpoint")
+    optim = [v for s in (state["optimizer"].get("state") or {}).values() if isinstance(s, dict)
+             for v in s.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if optim and not bool(torch.stack([torch.isfinite(v).all() for v in optim]).all()):
+        raise VaeflowError(f"checkpoint {path} has a non-finite optimizer state; resuming from it cannot work: use an earlier checkpoint "
+                           f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase")
     floats = [v for v in state["model"].values() if v.is_floating_point()]
     if floats and not bool(torch.stack([torch.isfinite(v).all() for v in floats]).all()):
         first = next(k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all())
@@ -300,6 +315,12 @@ def load_weights(model, weights: dict, path: Path) -> None:
     missing = [k for k in own if k not in weights]
     extra = [k for k in weights if k not in own]
     shape = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    kind = [k for k in own if k in weights and k not in shape
+            and (own[k].is_floating_point() != weights[k].is_floating_point() or weights[k].is_complex())]
+    if kind:
+        k = kind[0]
+        raise VaeflowError(f"checkpoint {path}: {len(kind)} tensors have the wrong kind of number (first: {k!r} is {weights[k].dtype} "
+                           f"in the checkpoint, {own[k].dtype} in the model); the file is damaged or not a vaeflow checkpoint")
     if missing or extra or shape:
         parts = []
         if shape:

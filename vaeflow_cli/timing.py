@@ -122,15 +122,15 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
     tcfg = dict(cfg["train"])
     if threads is not None:
         tcfg["threads"] = threads
-    dev = resolve_device(device or tcfg["device"])
-    configure_backends(dev, tcfg)
+    dev = resolve_device(device or tcfg["device"], "--device" if device else "train.device")
     if image_shape is not None:
         shape, n_train, size_source = tuple(image_shape), int(train_images), "given"
     else:
         shape, n_train, size_source = dataset_shape(cfg)
     b = batch_size or cfg["train"]["vae"]["batch_size"]
     if b > n_train:
-        raise VaeflowError(f"batch size {b} is larger than the training split ({n_train} images)")
+        source = f"--batch-size {b}" if batch_size else f"train.vae.batch_size = {b}"
+        raise VaeflowError(f"{source} is larger than the training split ({n_train} images); give a smaller --batch-size")
     baseline = {**BASELINE, **{k: v for k, v in (baseline or {}).items() if v is not None}}
     levels = baseline["levels"]
     while levels > 1 and (shape[1] % 2**levels or shape[2] % 2**levels):
@@ -140,6 +140,10 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
         baseline["levels"] = levels
     seed = cfg["train"]["seed"]
     n_images = b * (steps + warmup)
+    from vaeflow_cli.limits import require_memory
+
+    require_memory(n_images * math.prod(shape), f"timing's {n_images} synthetic images (--batch-size {b} x (--steps {steps} + --warmup {warmup}))",
+                   "lower --steps, --warmup or --batch-size")
     images = np.random.default_rng(seed).integers(0, 256, size=(n_images, *shape), dtype=np.uint8)
     steps_per_epoch = math.ceil(n_train / b)
 
@@ -149,12 +153,10 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
     vae2 = build_model(cfg, shape).to(dev)  # phase 2's own copy: the phases' frozen parts and modes differ
     from vaeflow_cli.plugins import get_registry
 
-    try:
-        glow_flow = get_registry().get("flow", "multiscale-glow").factory(image_shape=shape, **baseline)
-    except ValueError as exc:
-        raise VaeflowError(f"timing: the standalone Glow cannot be built: {exc}") from None
+    glow_flow = get_registry().get("flow", "multiscale-glow").build("timing's standalone Glow (--glow-*)", image_shape=shape, **baseline)
     glow = FlowModel(flow=glow_flow, image_shape=shape).to(dev)
     lr = cfg["train"]["vae"]["lr"]
+    configure_backends(dev, tcfg)  # after the checks: a refused start prints its error line only
     options = {"precision": tcfg["precision"], "compile": tcfg["compile"], "channels_last": tcfg["channels_last"]}
     timed = [_prepare(name, model, phase, images=images, batch_size=b, device=dev, lr=lr, seed=seed, **options)
              for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae2, "glow"), ("glow_baseline", glow, "baseline"))]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -60,8 +61,9 @@ def _stop_on_signals():
         return
 
     def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
+        if flag["stop"]:  # the second signal: abort now, without running exit handlers that could block
+            os.write(2, b"vaeflow: error: aborted by a second signal; the last checkpoint is kept (--resume continues from it)\n")
+            os._exit(130)
         flag["stop"] = True
         name = STOP_SIGNALS.get(signal.Signals(signum).name, signal.Signals(signum).name)
         log(f"{name}: stopping after this step and saving a checkpoint (a second signal aborts without saving)")
@@ -70,19 +72,29 @@ def _stop_on_signals():
     try:
         yield flag
     finally:
-        for name, old in previous.items():
-            signal.signal(getattr(signal, name), old)
+        if not flag["stop"]:  # after a stop request this handler stays: a second signal still aborts in one line
+            for name, old in previous.items():
+                signal.signal(getattr(signal, name), old)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """The torch device for ``name`` (auto, cpu, cuda or cuda:N); ``option`` names where it came from
+    in the one-line error (``--device`` for the commands that take it, ``train.device`` in configs)."""
+    fix = "--device cpu" if option.startswith("--") else "--set train.device=cpu (or auto)"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VaeflowError(f"train.device = {name!r} but no CUDA device is available; use --set train.device=cpu (or auto)")
     try:
-        return torch.device(name)
-    except RuntimeError:
-        raise VaeflowError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise VaeflowError(f"{option} = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise VaeflowError(f"{option} = {name!r}: vaeflow runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VaeflowError(f"{option} = {name!r} but no CUDA device is available; use {fix}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VaeflowError(f"{option} = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return dev
 
 
 # ------------------------------------------------------------------ the training loop
@@ -183,6 +195,8 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
     started phase without --resume, a run made with another [model]/[data] config, a later phase
     in a folder that is not a run. Called before anything is written, and again under the lock."""
     ckpt_path = rd.checkpoint_path(phase)
+    if os.path.lexists(rd.path) and not rd.path.is_dir():
+        raise VaeflowError(f"--run {rd.path} is not a directory (a file, or a broken or looping link); give a run directory")
     if ckpt_path.exists() and not resume:
         raise VaeflowError(f"{rd.path} already has a {PHASE_NAMES[phase]} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
     if rd.config_path.exists():
@@ -292,8 +306,6 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         if phase == "prior" and hasattr(model.prior, "trained"):
             model.prior.trained.fill_(True)  # a second-stage prior: from now on log p(z) is its ELBO
 
-        configure_backends(device, tcfg)  # after the checks: a failed start prints its error line only
-
         def start_writing() -> None:
             """Rank 0: lock the directory (if not yet), check again under the lock, write the config."""
             if not locked:
@@ -307,6 +319,7 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                 log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
 
         ddp.main_only(start_writing)
+        configure_backends(device, tcfg)  # after the checks: a failed start prints its error line only
         return _train_loop(cfg, rd, phase, ddp, device, data, model, opt, stepper, before=before, use_flow=use_flow,
                            signature=signature, position=(epoch, step, global_step, loss_sum, loss_n, skipped),
                            progress=progress, max_steps=max_steps)
@@ -360,66 +373,67 @@ def _train_loop(cfg, rd, phase, ddp, device, data, model, opt, stepper, *, befor
     bar = _Progress(enabled=progress and ddp.is_main)
     steps_this_call = 0
     every = tcfg["checkpoint_every"]
-    try:
-        with bar, _stop_on_signals() as interrupt:
-            while epoch < pcfg["epochs"]:
-                t0 = time.perf_counter()
-                loader.wait_seconds = 0.0
-                bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
-                set_phase_mode(model, phase)
-                for idx, y in loader.device_epoch(epoch, device, start=step):
-                    stop = interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps)
-                    if ddp.enabled:  # every rank stops at the same step
-                        stop = ddp.sum(float(stop))[0] > 0
-                    if stop:
-                        raise _StopRequested
-                    if on_device:  # uint8 crossed to the device; the same noise, computed there
-                        y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=seed, epoch=epoch)
-                    for group in opt.param_groups:
-                        group["lr"] = learning_rate(pcfg, epoch, global_step)
-                    value = stepper.step(y)
-                    step += 1
-                    global_step += 1
-                    steps_this_call += 1
-                    if math.isnan(value):
-                        skipped += 1
-                        log(f"{phase} epoch {epoch + 1} step {step}: non-finite loss or gradient, step skipped ({stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
-                        if stepper.bad_steps >= tcfg["max_bad_steps"]:
-                            raise _TooManyBadSteps
-                    else:
-                        loss_sum += value * len(idx)
-                        loss_n += len(idx)
-                        bar.advance(value)
-                    if every > 0 and global_step % every == 0 and step < steps_per_epoch:
-                        checkpoint()
-                wait = loader.wait_seconds
-                loss_sum, loss_n = ddp.sum(loss_sum, loss_n)
-                test_bpd = ddp.main_only(lambda: held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]))
-                seconds = time.perf_counter() - t0
-                record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
-                          "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
-                          "skipped_steps": skipped, "seconds": round(seconds, 3), "data_wait_seconds": round(wait, 3),
-                          "data_wait_share": round(wait / max(seconds, 1e-9), 4)}
-                epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
-                ddp.main_only(lambda: rd.append_metrics(record))  # first: a kill before the checkpoint only repeats the epoch
-                path = checkpoint(complete=epoch >= pcfg["epochs"])
-                grid_path = ddp.main_only(lambda: _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"]))
-                if ddp.is_main:
-                    bar.finish_epoch(
-                        f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
-                        f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
-                        f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
-                    )
-    except _StopRequested:
-        path = checkpoint()
-        raise Interrupted(f"interrupted at {phase} epoch {epoch + 1} step {step}; saved {path}; continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
-    except _TooManyBadSteps:
-        path = checkpoint()  # the skipped steps changed nothing: this is the last good state
-        raise RuntimeFailure(f"{stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {epoch + 1} step {step} (train.max_bad_steps = {tcfg['max_bad_steps']}); saved the last good state to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume") from None
-    if pcfg["epochs"] <= epoch and test_bpd is None:
-        if ddp.is_main:
-            log(f"phase {phase} of {rd.path} is already complete ({epoch} epochs); raise train.{phase}.epochs to train further")
-        path = checkpoint(complete=True)
+    with _stop_on_signals() as interrupt:  # installed until the final checkpoint is saved
+        try:
+            with bar:
+                while epoch < pcfg["epochs"]:
+                    t0 = time.perf_counter()
+                    loader.wait_seconds = 0.0
+                    bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
+                    set_phase_mode(model, phase)
+                    for idx, y in loader.device_epoch(epoch, device, start=step):
+                        stop = interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps)
+                        if ddp.enabled:  # every rank stops at the same step
+                            stop = ddp.sum(float(stop))[0] > 0
+                        if stop:
+                            raise _StopRequested
+                        if on_device:  # uint8 crossed to the device; the same noise, computed there
+                            y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=seed, epoch=epoch)
+                        for group in opt.param_groups:
+                            group["lr"] = learning_rate(pcfg, epoch, global_step)
+                        value = stepper.step(y)
+                        step += 1
+                        global_step += 1
+                        steps_this_call += 1
+                        if math.isnan(value):
+                            skipped += 1
+                            log(f"{phase} epoch {epoch + 1} step {step}: non-finite loss or gradient, step skipped ({stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
+                            if stepper.bad_steps >= tcfg["max_bad_steps"]:
+                                raise _TooManyBadSteps
+                        else:
+                            loss_sum += value * len(idx)
+                            loss_n += len(idx)
+                            bar.advance(value)
+                        if every > 0 and global_step % every == 0 and step < steps_per_epoch:
+                            checkpoint()
+                    wait = loader.wait_seconds
+                    loss_sum, loss_n = ddp.sum(loss_sum, loss_n)
+                    test_bpd = ddp.main_only(lambda: held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]))
+                    seconds = time.perf_counter() - t0
+                    record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
+                              "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
+                              "skipped_steps": skipped, "seconds": round(seconds, 3), "data_wait_seconds": round(wait, 3),
+                              "data_wait_share": round(wait / max(seconds, 1e-9), 4)}
+                    epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
+                    ddp.main_only(lambda: rd.append_metrics(record))  # first: a kill before the checkpoint only repeats the epoch
+                    path = checkpoint(complete=epoch >= pcfg["epochs"])
+                    grid_path = ddp.main_only(lambda: _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"]))
+                    if ddp.is_main:
+                        bar.finish_epoch(
+                            f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
+                            f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
+                            f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
+                        )
+        except _StopRequested:
+            path = checkpoint()
+            raise Interrupted(f"interrupted at {phase} epoch {epoch + 1} step {step}; saved {path}; continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
+        except _TooManyBadSteps:
+            path = checkpoint()  # the skipped steps changed nothing: this is the last good state
+            raise RuntimeFailure(f"{stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {epoch + 1} step {step} (train.max_bad_steps = {tcfg['max_bad_steps']}); saved the last good state to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume") from None
+        if pcfg["epochs"] <= epoch and test_bpd is None:
+            if ddp.is_main:
+                log(f"phase {phase} of {rd.path} is already complete ({epoch} epochs); raise train.{phase}.epochs to train further")
+            path = checkpoint(complete=True)
     return PhaseResult(rd.path, phase, epoch, test_bpd, path)
 
 
