@@ -504,7 +504,7 @@ class ImageFolder(DecodedImageFiles):
         cut = self.test_fraction * 10_000
 
         def is_test(p: Path) -> bool:
-            digest = hashlib.sha1(p.relative_to(self.root).as_posix().encode()).hexdigest()
+            digest = hashlib.sha1(os.fsencode(p.relative_to(self.root).as_posix())).hexdigest()
             return int(digest[:8], 16) % 10_000 < cut
 
         return [p for p in paths if is_test(p) == (name == "test")]

@@ -16,6 +16,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, run_cli, write_idx
@@ -84,6 +85,32 @@ def world(tmp_path_factory, digits):
         def __reduce__(self):
             return (os.system, ("touch " + str(base / "PWNED"),))
 
+    def damaged(name, **edits):
+        torch.save({**state, **edits}, bad / name)
+
+    damaged("signature-list.pt", signature="[1]")
+    damaged("optimizer-list.pt", optimizer={"state": [1, 2], "param_groups": []}, complete=False)
+    k = next(iter(state["optimizer"]["state"]))
+    damaged("optimizer-shape.pt", optimizer={**state["optimizer"], "state": {**state["optimizer"]["state"],
+                                                                             k: {**state["optimizer"]["state"][k], "exp_avg": torch.zeros(1)}}})
+    damaged("epoch-negative.pt", epoch=-3, complete=False)
+    damaged("step-huge.pt", step=10**6, global_step=10**6, epoch=0, complete=False)
+    damaged("rng-ranks.pt", rng_ranks=[1, 2], complete=False)
+    (bad / "deep.toml").write_text("x = " + "[" * 100000 + "]" * 100000 + "\n")
+    (bad / "deep-inline.toml").write_text("x = " + "{a = " * 40 + "1" + "}" * 40 + "\n")
+    os.mkfifo(bad / "fifo.toml")
+    os.mkfifo(bad / "fifo")
+    (bad / "in-the-way").mkdir()
+    (bad / "in-the-way" / "checkpoints").write_text("not a folder")
+    (bad / "odd-names").mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "odd-names" / f"ok{i}.png")
+    try:
+        (bad / "odd-names" / os.fsdecode(b"\xff\xfe.png")).write_bytes((bad / "odd-names" / "ok0.png").read_bytes())
+    except (OSError, UnicodeError):  # a file system that refuses such names has nothing to test
+        pass
     (bad / "evil.pt").write_bytes(pickle.dumps({"format": 1, "model": Evil()}))
     return {"base": base, "root": root, "cfg": cfg, "run": run, "bad": bad}
 
@@ -186,6 +213,21 @@ CASES = [
     ("checkpoint-nan-optimizer", ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")], 2, ["non-finite optimizer state"], "nan-optimizer.pt"),
     ("interpolate-from-empty-file", ["interpolate", "--run", "{run}", "--from", "{bad}/empty.pt", "--to", "{bad}/empty.pt", "--out", "-"], 2, ["empty.pt"]),
     ("cache-dir-is-a-file", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("data.name=imagefolder", "data.root={bad}", "data.size=8", "data.cache_dir={cfg}")], 2, ["data.cache_dir"]),
+    # found by the second attack (kinds: deep input, damaged run files, impossible checkpoint positions, blocking files)
+    ("config-nested-too-deep", ["config", "show", "--config", "{bad}/deep.toml"], 2, ["nested"]),
+    ("config-inline-tables-too-deep", ["config", "show", "--config", "{bad}/deep-inline.toml"], 2, ["nested"]),
+    ("config-is-a-fifo", ["config", "show", "--config", "{bad}/fifo.toml"], 2, ["not a regular file"]),
+    ("metrics-not-json-plot", ["plot", "--run", "{run}"], 2, ["metrics.jsonl:", "not a JSON record"], "metrics:not json"),
+    ("metrics-wrong-types-train", ["train-prior", "--run", "{run}"], 2, ["metrics.jsonl:", "'epoch'"], 'metrics:{"phase": "prior", "epoch": "x"}'),
+    ("metrics-a-list-resume", ["train-glow", "--run", "{run}", "--resume"], 2, ["not a JSON object"], "metrics:[1, 2]"),
+    ("checkpoint-signature-not-object", ["sample", "--run", "{run}", "--out", "-"], 2, ["signature"], "signature-list.pt"),
+    ("checkpoint-optimizer-state-list", ["train-glow", "--run", "{run}", "--resume"], 2, ["optimizer"], "optimizer-list.pt"),
+    ("checkpoint-optimizer-wrong-shape", ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")], 2, ["shape"], "optimizer-shape.pt"),
+    ("checkpoint-epoch-negative", ["train-glow", "--run", "{run}", "--resume"], 2, ["'epoch' is negative"], "epoch-negative.pt"),
+    ("checkpoint-step-beyond-epoch", ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")], 2, ["step 1000000"], "step-huge.pt"),
+    ("checkpoint-rng-not-a-state", ["train-glow", "--run", "{run}", "--resume"], 2, ["RNG"], "rng-ranks.pt"),
+    ("checkpoint-is-a-fifo", ["sample", "--run", "{run}", "--out", "-"], 2, ["not a regular file"], "fifo"),
+    ("run-entry-in-the-way", ["train-vae", "--config", "{cfg}", "--run", "{bad}/in-the-way"], 2, ["in the way"]),
     ("mirror-not-a-url", ["data", "download", "mnist", "--root", "{new}"], None, ["notaurl"], None, {"VAEFLOW_MIRROR": "notaurl"}),
 ]
 
@@ -198,12 +240,19 @@ def test_corpus_of_bad_inputs_one_line_no_traceback_run_unchanged(case, world, t
     if name == "out-into-proc" and not Path("/proc").is_dir():
         pytest.skip("no /proc")
     run = world["run"]
-    if checkpoint:  # a private copy of the run with the bad checkpoint as its newest
+    if checkpoint:  # a private copy of the run with a bad checkpoint as its newest, or damaged metrics
         run = tmp_path / "run"
         shutil.copytree(world["run"], run)
-        dest = run / "checkpoints" / "glow.pt"
-        dest.unlink()
-        shutil.copy(world["bad"] / checkpoint, dest)
+        if checkpoint.startswith("metrics:"):
+            with open(run / "metrics.jsonl", "a") as fh:
+                fh.write(checkpoint[len("metrics:"):] + "\n")
+        else:
+            dest = run / "checkpoints" / "glow.pt"
+            dest.unlink()
+            if checkpoint == "fifo":
+                os.mkfifo(dest)
+            else:
+                shutil.copy(world["bad"] / checkpoint, dest)
     new = tmp_path / "new-run"
     fill = {"cfg": world["cfg"], "run": run, "bad": world["bad"], "root": world["root"], "new": new}
     args = [a.format(**fill) for a in argv]
@@ -268,3 +317,16 @@ def test_out_of_memory_and_os_errors_are_one_line_with_exit_code_1(world, monkey
         rc, _, err = call(["plot", "--run", world["run"]], monkeypatch=monkeypatch, capsys=capsys)
         lines = err.strip().splitlines()
         assert rc == 1 and len(lines) == 1 and words in lines[0] and "internal error" not in lines[0], err
+
+
+def test_a_file_name_that_is_not_utf8_is_decoded_not_a_crash(world, tmp_path, monkeypatch, capsys):
+    names = os.listdir(os.fsencode(world["bad"] / "odd-names"))
+    if b"\xff\xfe.png" not in names:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    rc, out, err = call(["data", "info", "imagefolder", "--root", world["bad"] / "odd-names"], monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0, err
+    rc, out, err = call(["train-baseline", "--run", tmp_path / "r", *_set(
+        "data.name=imagefolder", f"data.root={world['bad'] / 'odd-names'}", "data.size=8", "data.test_fraction=0.3",
+        "model.flow.type=glow-layer", "model.flow.depth=1", "model.flow.hidden_channels=4", "train.baseline.epochs=1",
+        "train.baseline.batch_size=1", "train.threads=1")], monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0 and "Traceback" not in err, err

@@ -240,8 +240,18 @@ def test_a_second_signal_aborts_at_once_with_one_line_and_sigterm_before_trainin
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("vaeflow: error:"), err
     early = _start(["train-vae", "--config", tiny_config, "--run", tmp_path / "early", "--set", "train.threads=1"])
-    time.sleep(1.0)  # still importing and checking: no training loop yet
+    time.sleep(2.5)  # inside the command, still importing torch and checking: no training loop yet
     early.send_signal(signal.SIGTERM)
     _, err = early.communicate(timeout=120)
     err = err.decode()
     assert early.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("vaeflow: error:"), err
+
+
+def test_a_fresh_start_after_a_run_killed_before_its_first_checkpoint_records_each_epoch_once(tiny, tmp_path):
+    run = RunDir(tmp_path / "run")
+    cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=1"])
+    run.path.mkdir()
+    run.write_config(cfg)
+    run.append_metrics({"phase": "vae", "epoch": 1, "train_bpd": 9.0, "test_bpd": 9.0})  # killed before its checkpoint
+    train_phase(cfg, run.path, "vae", progress=False)
+    assert [r["epoch"] for r in run.read_metrics() if r["phase"] == "vae"] == [1]

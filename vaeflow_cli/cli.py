@@ -63,8 +63,9 @@ def report_exception(exc: BaseException) -> int:
 
     click = _click_exceptions()
 
-    def line(message: str) -> str:
-        return " ".join(str(message).split()) or type(exc).__name__
+    def line(message: str) -> str:  # one line, printable whatever bytes a file name held
+        text = " ".join(str(message).split()) or type(exc).__name__
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
     if isinstance(exc, VaeflowError):
         typer.echo(f"vaeflow: error: {line(exc)}", err=True)

@@ -122,9 +122,13 @@ def load_toml(path: str | Path, *, fix: str = "pass a TOML file to --config") ->
     p = Path(path)
     if p.is_dir():
         raise VaeflowError(f"config file {str(p)!r} is a directory; {fix}")
+    if p.exists() and not p.is_file():
+        raise VaeflowError(f"config file {str(p)!r} is not a regular file (a FIFO or device would block or never end); {fix}")
     try:
         with p.open("rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
+    except RecursionError:
+        raise VaeflowError(f"{p}: nested too deeply to be a config; {fix}") from None
     except FileNotFoundError:
         raise VaeflowError(f"config file {str(p)!r} not found; {fix}") from None
     except UnicodeDecodeError as exc:
@@ -133,6 +137,27 @@ def load_toml(path: str | Path, *, fix: str = "pass a TOML file to --config") ->
         raise VaeflowError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
     except OSError as exc:
         raise VaeflowError(f"config file {str(p)!r} cannot be read ({exc.strerror}); {fix}") from None
+    if _depth(data) > MAX_DEPTH:
+        raise VaeflowError(f"{p}: tables or arrays nested more than {MAX_DEPTH} deep; a config is not; {fix}")
+    return data
+
+
+MAX_DEPTH = 16  # a config nests a few tables deep; deeper input is refused before it is copied
+
+
+def _depth(obj) -> int:
+    """How deeply ``obj`` nests dicts and lists (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
 
 
 def embedded_default() -> dict[str, Any]:
@@ -232,8 +257,10 @@ def parse_value(text: str) -> Any:
         parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         return text
-    if list(parsed) != ["v"]:
-        raise VaeflowError(f"--set value {text!r} is not a single value")
+    except RecursionError:
+        raise VaeflowError(f"--set value {text[:40]!r}... is nested too deeply") from None
+    if list(parsed) != ["v"] or _depth(parsed) > MAX_DEPTH:
+        raise VaeflowError(f"--set value {text[:80]!r} is not a single value of a config")
     return parsed["v"]
 
 
@@ -428,6 +455,8 @@ def normalize_signature(sig: dict, registry=None) -> dict:
         return {k: v for k, v in section.items()
                 if not (k in defaults and defaults[k] is not inspect.Parameter.empty and defaults[k] == v)}
 
+    if not isinstance(sig, dict) or not all(isinstance(sig.get(k, {}), dict) for k in ("data", "model")):
+        return {"damaged": repr(sig)[:200]}  # never equal to a real config's signature
     out = copy.deepcopy(sig)
     for key, default in PLAIN_MODEL_DEFAULTS.items():  # keys added later: a run made before them has their default
         if out.get("model", {}).get(key, default) == default:

@@ -19,6 +19,7 @@ import numpy as np
 
 from vaeflow_cli.console import log as console_log
 from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.limits import file_problem  # noqa: F401 -- also the plugins' entry point to it
 
 EVAL_EPOCH = 2**32 - 1  # the noise stream used for held-out evaluation
 
@@ -77,28 +78,6 @@ CropSpec = int | tuple[int, int, int, int] | None  # see decode_images
 # decoded (data.max_pixels of the image-file datasets): 40 megapixels, ~1000 CelebA images
 # (178 x 218), at most ~120 MB of decoded RGB per image.
 DEFAULT_MAX_PIXELS = 40_000_000
-
-
-def file_problem(path) -> str | None:
-    """Why ``path`` cannot be read as a data file (missing, a directory, a device, a FIFO that
-    would block, no permission), or None for a regular file. Nothing is opened."""
-    import stat
-
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "not found"
-    except PermissionError:
-        return "permission denied"
-    except ValueError:
-        return "not a valid path (it contains a NUL byte)"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or type(exc).__name__})"
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory, not a file"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file (a device, FIFO or socket)"
-    return None
 
 
 def decode_images(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -256,8 +235,20 @@ def _decode_native(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pi
     paths = [str(p) for p in paths]
     if not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool) or max_pixels < 1:
         raise VaeflowError(f"max_pixels must be a positive integer, got {max_pixels!r}")
-    flat, failures = _native.decode_images(paths, _check_crop(crop), size, threads, min(int(max_pixels), 2**63))
-    return flat.reshape(len(paths), size, size, 3), failures
+    odd = {i for i, p in enumerate(paths) if not _is_utf8(p)}  # the Rust side takes UTF-8 paths only
+    native_paths = ["" if i in odd else p for i, p in enumerate(paths)]
+    flat, failures = _native.decode_images(native_paths, _check_crop(crop), size, threads, min(int(max_pixels), 2**63))
+    failures = [f for f in failures if f[0] not in odd]
+    failures += [(i, f"{os.fsencode(paths[i])!r}: a file name that is not UTF-8", "decode") for i in sorted(odd)]  # Pillow reads it
+    return flat.reshape(len(paths), size, size, 3), sorted(failures)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def decode_images_with_failures(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -271,7 +262,7 @@ def cache_path(cache_dir: Path, name: str, key_parts) -> Path:
     import hashlib
     import json
 
-    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
+    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode("utf-8", "surrogateescape")).hexdigest()[:20]
     return Path(cache_dir) / f"{name}-{digest}.npy"
 
 

@@ -1,4 +1,4 @@
-"""Bounds on what a command may allocate, checked before the work starts.
+"""Bounds on what a command may allocate or open, checked before the work starts.
 
 A size that the user chooses (``--n`` images, ``--pairs`` x ``--steps``) is refused with one line
 when its output alone would not fit in the memory that is available now, instead of failing
@@ -34,3 +34,35 @@ def require_memory(nbytes: int, what: str, fix: str) -> None:
     free = available_memory()
     if free is not None and nbytes > free:
         raise VaeflowError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory and {free / 2**30:.1f} GiB are available; {fix}")
+
+
+def file_problem(path) -> str | None:
+    """Why ``path`` cannot be read as a data file (missing, a directory, a device, a FIFO that
+    would block, no permission), or None for a regular file. Nothing is opened."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "not found"
+    except PermissionError:
+        return "permission denied"
+    except ValueError:
+        return "not a valid path (it contains a NUL byte)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    return None
+
+
+
+
+def check_regular_file(path, what: str, fix: str) -> None:
+    """One VaeflowError ("WHAT PATH is a directory...; FIX") unless ``path`` is a regular file: a
+    FIFO would block the reader forever, a device never ends."""
+    found = file_problem(path)
+    if found is not None:
+        raise VaeflowError(f"{what} {path} {found}; {fix}")

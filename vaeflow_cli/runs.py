@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error
+from vaeflow_cli.limits import check_regular_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -194,9 +196,29 @@ class RunDir:
             os.close(fd)  # releases the lock
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
+        """The records of metrics.jsonl, each checked (METRIC_TYPES); a damaged file is one line
+        naming the file and line."""
+        if not os.path.lexists(self.metrics_path):
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        check_regular_file(self.metrics_path, "metrics file", "restore it or delete it (the checkpoints are what resume reads)")
+        fix = f"delete that line (or the file {self.metrics_path}: only plots and the record of epochs read it)"
+        try:
+            text = self.metrics_path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise VaeflowError(f"{self.metrics_path}: not UTF-8 text (byte {exc.start}); {fix}") from None
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                raise VaeflowError(f"{self.metrics_path}:{n}: not a JSON record; {fix}") from None
+            problem = _metric_problem(record)
+            if problem:
+                raise VaeflowError(f"{self.metrics_path}:{n}: {problem}; {fix}")
+            records.append(record)
+        return records
 
     def truncate_metrics(self, phase: str, after_epoch: int) -> None:
         """Drop records of ``phase`` beyond ``after_epoch`` (written after the checkpoint we resume from)."""
@@ -241,8 +263,7 @@ def load_checkpoint(path: Path, *, map_location="cpu") -> dict[str, Any]:
 
     if not path.exists():
         raise VaeflowError(f"checkpoint {path} not found; train that phase first (vaeflow train-vae / train-glow --run {path.parent.parent})")
-    if path.is_dir():
-        raise VaeflowError(f"checkpoint {path} is a directory; restore the file or retrain that phase")
+    check_regular_file(path, "checkpoint", "restore the file or retrain that phase")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: the error says it all
             warnings.simplefilter("ignore")
@@ -293,6 +314,9 @@ def check_checkpoint(state: Any, path: Path) -> None:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             want = " or ".join(t.__name__ for t in types)
             raise VaeflowError(f"checkpoint {path}: {key!r} is {type(value).__name__}, not {want}; it is damaged or not a vaeflow checkpoint")
+    position = _position_problem(state)
+    if position:
+        raise VaeflowError(f"checkpoint {path}: {position}; it is damaged: use an earlier checkpoint ({path.parent}/{state['phase']}-step*.pt) or retrain that phase")
     bad = [k for k, v in state["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise VaeflowError(f"checkpoint {path}: its weights hold {len(bad)} entries that are not named tensors (first: {bad[0]!r}); it is damaged or not a vaeflow checkpoint")
@@ -306,6 +330,52 @@ def check_checkpoint(state: Any, path: Path) -> None:
         first = next(k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all())
         raise VaeflowError(f"checkpoint {path} has non-finite weights (first: {first!r}); use an earlier checkpoint "
                            f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase")
+
+
+def _position_problem(state: dict) -> str | None:
+    """What is impossible in a checkpoint's position, RNG, optimizer and signature entries."""
+    import torch
+
+    for key in ("epoch", "step", "global_step", "loss_n"):
+        if state[key] < 0:
+            return f"{key!r} is negative ({state[key]})"
+    if state["epochs"] < 1 or state["epoch"] > state["epochs"] and not state["complete"]:
+        return f"'epoch' {state['epoch']} of 'epochs' {state['epochs']} is impossible"
+    if state["global_step"] < state["step"]:
+        return f"'global_step' {state['global_step']} is below 'step' {state['step']}"
+    if not math.isfinite(state["loss_sum"]):
+        return "'loss_sum' is not finite"
+    for rng in [state["rng"], *state.get("rng_ranks", [])]:
+        if not (isinstance(rng, dict) and isinstance(rng.get("cpu"), torch.Tensor) and rng["cpu"].dtype == torch.uint8):
+            return "an RNG state is not a generator state"
+    opt = state["optimizer"]
+    if not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(s, dict) for s in opt["state"].values()) and all(isinstance(g, dict) for g in opt["param_groups"])):
+        return "its optimizer state is not an optimizer's state_dict"
+    try:
+        sig = json.loads(state["signature"])
+    except (ValueError, RecursionError):
+        sig = None
+    if not (isinstance(sig, dict) and all(isinstance(sig.get(k, {}), dict) for k in ("data", "model"))):
+        return "its config signature is not a [model]/[data] record"
+    return None
+
+
+# metrics.jsonl: what a record holds (key -> accepted types); other keys are free
+METRIC_TYPES: dict[str, tuple] = {"phase": (str,), "epoch": (int,), "train_bpd": (int, float, type(None)),
+                                  "test_bpd": (int, float, type(None)), "lr": (int, float), "steps": (int,), "seconds": (int, float)}
+
+
+def _metric_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "a record is not a JSON object"
+    for key in ("phase", "epoch"):
+        if key not in record:
+            return f"the record has no {key!r}"
+    for key, types in METRIC_TYPES.items():
+        if key in record and (not isinstance(record[key], types) or isinstance(record[key], bool)):
+            return f"{key!r} is {type(record[key]).__name__} {record[key]!r}"
+    return None
 
 
 def load_weights(model, weights: dict, path: Path) -> None:

@@ -197,6 +197,12 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
     ckpt_path = rd.checkpoint_path(phase)
     if os.path.lexists(rd.path) and not rd.path.is_dir():
         raise VaeflowError(f"--run {rd.path} is not a directory (a file, or a broken or looping link); give a run directory")
+    for entry, folder in ((rd.path / "checkpoints", True), (rd.samples_dir, True), (rd.path / "eval", True),
+                          (rd.config_path, False), (rd.metrics_path, False)):
+        if os.path.lexists(entry) and (entry.is_dir() != folder or not (folder or entry.is_file())):
+            want = "a folder" if folder else "a regular file"
+            raise VaeflowError(f"{entry} is in the way: vaeflow keeps {want} there; move it away, or choose another --run")
+    rd.read_metrics()  # a damaged metrics.jsonl is refused now, before anything is written
     if ckpt_path.exists() and not resume:
         raise VaeflowError(f"{rd.path} already has a {PHASE_NAMES[phase]} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
     if rd.config_path.exists():
@@ -227,6 +233,19 @@ def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | No
         raise VaeflowError(f"{PHASE_NAMES[before]} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume")
     load_weights(model, prev_state["model"], rd.checkpoint_path(before))
     return before
+
+
+def _check_optimizer_shapes(opt, path) -> None:
+    """After ``opt.load_state_dict``: every per-parameter state tensor (Adam's moments) has its
+    parameter's shape (load_state_dict does not check), or one line before anything is written."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, t in opt.state.get(p, {}).items():
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and tuple(t.shape) != tuple(p.shape):
+                    raise VaeflowError(f"checkpoint {path}: its optimizer's {name!r} has shape {tuple(t.shape)} for a parameter of shape "
+                                       f"{tuple(p.shape)}; the file is damaged: restore it or retrain the phase")
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise VaeflowError(f"checkpoint {path}: its optimizer's {name!r} is not finite; restore an earlier checkpoint or retrain the phase")
 
 
 def _check_finite_weights(model, what: str) -> None:
@@ -283,7 +302,11 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
                           grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
 
+        loader = BatchLoader(data.train, batch_size=pcfg["batch_size"] // ddp.world_size, seed=seed,
+                             dequantize=tcfg["dequantize"] != "device", rank=ddp.rank, world_size=ddp.world_size,
+                             pin_memory=device.type == "cuda")
         epoch, step, global_step, loss_sum, loss_n, skipped = 0, 0, 0, 0.0, 0, 0
+        state = {}
         if resume and ckpt_path.exists():
             state = rd.load_checkpoint(phase, map_location=device)
             check_signature(state, cfg, ckpt_path)
@@ -295,14 +318,16 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
             except (ValueError, KeyError, TypeError, RuntimeError) as exc:
                 raise VaeflowError(f"checkpoint {ckpt_path}: its optimizer state does not fit this model ({type(exc).__name__}: {str(exc)[:120]}); the file is damaged: restore it or retrain the phase") from None
             rngs = state.get("rng_ranks") or [state["rng"]]
-            if len(rngs) != ddp.world_size:
-                log(f"resuming with {ddp.world_size} processes from a checkpoint of {len(rngs)}: data order is kept, latent noise differs")
+            _check_optimizer_shapes(opt, ckpt_path)
             try:
                 _set_rng_state(rngs[ddp.rank % len(rngs)], device)
             except (KeyError, TypeError, RuntimeError) as exc:
                 raise VaeflowError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({type(exc).__name__}); the file is damaged: restore it or retrain the phase") from None
             epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
             loss_sum, loss_n, skipped = state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
+            if step > len(loader) and epoch < state["epochs"]:
+                raise VaeflowError(f"checkpoint {ckpt_path}: step {step} of an epoch of {len(loader)} steps (batch {pcfg['batch_size']}); it is damaged, or "
+                                   f"train.{phase}.batch_size changed since it was saved: restore the batch size or retrain the phase")
         if phase == "prior" and hasattr(model.prior, "trained"):
             model.prior.trained.fill_(True)  # a second-stage prior: from now on log p(z) is its ELBO
 
@@ -312,20 +337,23 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
                 held.enter_context(rd.lock())
             prepare_run(cfg, rd, phase, resume=resume)
             rd.remove_stale_temporaries()  # of a writer killed mid-write (SIGKILL): we hold the lock
-            if resume and epoch + step > 0:
+            if rd.metrics_path.exists():  # records a killed or refused earlier start left beyond this position
                 rd.truncate_metrics(phase, epoch)
+            if resume and epoch + step > 0:
                 log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
+                if len(state.get("rng_ranks") or [state["rng"]]) != ddp.world_size:
+                    log(f"resuming with {ddp.world_size} processes from a checkpoint of {len(state.get('rng_ranks') or [1])}: data order is kept, latent noise differs")
             elif resume:
                 log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
 
         ddp.main_only(start_writing)
         configure_backends(device, tcfg)  # after the checks: a failed start prints its error line only
-        return _train_loop(cfg, rd, phase, ddp, device, data, model, opt, stepper, before=before, use_flow=use_flow,
+        return _train_loop(cfg, rd, phase, ddp, device, data, loader, model, opt, stepper, before=before, use_flow=use_flow,
                            signature=signature, position=(epoch, step, global_step, loss_sum, loss_n, skipped),
                            progress=progress, max_steps=max_steps)
 
 
-def _train_loop(cfg, rd, phase, ddp, device, data, model, opt, stepper, *, before, use_flow, signature, position,
+def _train_loop(cfg, rd, phase, ddp, device, data, loader, model, opt, stepper, *, before, use_flow, signature, position,
                 progress, max_steps) -> PhaseResult:
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
     seed = tcfg["seed"]
@@ -365,9 +393,6 @@ def _train_loop(cfg, rd, phase, ddp, device, data, model, opt, stepper, *, befor
         return ddp.main_only(save)
 
     on_device = tcfg["dequantize"] == "device"
-    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"] // ddp.world_size, seed=seed,
-                         dequantize=not on_device, rank=ddp.rank, world_size=ddp.world_size,
-                         pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     test_bpd = None
     bar = _Progress(enabled=progress and ddp.is_main)
