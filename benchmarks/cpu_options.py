@@ -63,17 +63,11 @@ class Variant:
                                compile=compile, grad_clip=cfg["train"][phase]["grad_clip"])
         self.stepper.channels_last = channels_last  # the Stepper turns it on for CUDA only
         self.loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, threads=1)
-        self.epoch = 0
-        self.batches = self.loader.device_epoch(self.epoch, DEVICE)
+        self.batches = self.loader.device_batches(DEVICE)
         self.times: list[float] = []
 
     def _batch(self) -> torch.Tensor:
-        try:
-            return next(self.batches)[1]
-        except StopIteration:
-            self.epoch += 1
-            self.batches = self.loader.device_epoch(self.epoch, DEVICE)
-            return next(self.batches)[1]
+        return next(self.batches)[1]
 
     def step(self) -> float:
         y = self._batch()

@@ -76,18 +76,12 @@ class Side:
         elif channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, threads=1)
-        self.epoch = 0
-        self.batches = self.loader.device_epoch(self.epoch, DEVICE)
+        self.batches = self.loader.device_batches(DEVICE)
         self.times: list[float] = []
         self.losses: list[float] = []
 
     def _batch(self) -> torch.Tensor:
-        try:
-            return next(self.batches)[1]
-        except StopIteration:
-            self.epoch += 1
-            self.batches = self.loader.device_epoch(self.epoch, DEVICE)
-            return next(self.batches)[1]
+        return next(self.batches)[1]
 
     def _unguarded(self, y: torch.Tensor) -> float:
         """The reference: one host sync on the loss, no buffer snapshot, no gradient check."""

@@ -466,6 +466,14 @@ class BatchLoader:
         out = None if self.buffers is None else self.buffers.next(x.shape, np.float32)
         return idx, dequantize(x, seed=self.seed, epoch=epoch, indices=idx, threads=self.threads, out=out)
 
+    def device_batches(self, device):
+        """Batches (indices, images) on ``device`` without end, epoch after epoch (0, 1, ...):
+        what benchmarks step through."""
+        epoch = 0
+        while True:
+            yield from self.device_epoch(epoch, device)
+            epoch += 1
+
     def device_epoch(self, epoch: int, device, *, start: int = 0):
         """``epoch`` with the batches already on ``device``: on CUDA the copy of batch k+1 is issued
         on a side stream before batch k is handed out, so host-to-device transfer overlaps the

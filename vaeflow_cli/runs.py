@@ -322,14 +322,22 @@ def check_checkpoint(state: Any, path: Path) -> None:
         raise VaeflowError(f"checkpoint {path}: its weights hold {len(bad)} entries that are not named tensors (first: {bad[0]!r}); it is damaged or not a vaeflow checkpoint")
     optim = [v for s in (state["optimizer"].get("state") or {}).values() if isinstance(s, dict)
              for v in s.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    if optim and not bool(torch.stack([torch.isfinite(v).all() for v in optim]).all()):
+    if not all_finite(optim):
         raise VaeflowError(f"checkpoint {path} has a non-finite optimizer state; resuming from it cannot work: use an earlier checkpoint "
                            f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase")
-    floats = [v for v in state["model"].values() if v.is_floating_point()]
-    if floats and not bool(torch.stack([torch.isfinite(v).all() for v in floats]).all()):
+    if not all_finite([v for v in state["model"].values() if v.is_floating_point()]):
         first = next(k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all())
         raise VaeflowError(f"checkpoint {path} has non-finite weights (first: {first!r}); use an earlier checkpoint "
                            f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase")
+
+
+def all_finite(tensors) -> bool:
+    """Whether every element of every floating-point tensor is finite: one fused reduction and
+    one host sync, however many tensors (weights, buffers, optimizer moments)."""
+    import torch
+
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return not flags or bool(torch.stack(flags).all())
 
 
 def _position_problem(state: dict) -> str | None:

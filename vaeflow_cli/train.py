@@ -34,7 +34,7 @@ from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
 from vaeflow_cli.images import grid, png_bytes, to_uint8
 from vaeflow_cli.likelihood import held_out_bpd
 from vaeflow_cli.model import VAEFlow, build_model, check_components
-from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature, load_weights
+from vaeflow_cli.runs import RunDir, all_finite, atomic_write_bytes, check_signature, load_weights
 
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
 
@@ -237,21 +237,19 @@ def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | No
 
 def _check_optimizer_shapes(opt, path) -> None:
     """After ``opt.load_state_dict``: every per-parameter state tensor (Adam's moments) has its
-    parameter's shape (load_state_dict does not check), or one line before anything is written."""
+    parameter's shape (load_state_dict does not check; finiteness is checked on load), or one line
+    before anything is written."""
     for group in opt.param_groups:
         for p in group["params"]:
             for name, t in opt.state.get(p, {}).items():
                 if isinstance(t, torch.Tensor) and t.dim() > 0 and tuple(t.shape) != tuple(p.shape):
                     raise VaeflowError(f"checkpoint {path}: its optimizer's {name!r} has shape {tuple(t.shape)} for a parameter of shape "
                                        f"{tuple(p.shape)}; the file is damaged: restore it or retrain the phase")
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise VaeflowError(f"checkpoint {path}: its optimizer's {name!r} is not finite; restore an earlier checkpoint or retrain the phase")
 
 
 def _check_finite_weights(model, what: str) -> None:
     """One fused check that every floating-point parameter and buffer is finite."""
-    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+    if not all_finite([*model.parameters(), *model.buffers()]):
         raise RuntimeFailure(what)
 
 
