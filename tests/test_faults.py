@@ -240,7 +240,7 @@ def test_a_second_signal_aborts_at_once_with_one_line_and_sigterm_before_trainin
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("vaeflow: error:"), err
     early = _start(["train-vae", "--config", tiny_config, "--run", tmp_path / "early", "--set", "train.threads=1"])
-    time.sleep(2.5)  # inside the command, still importing torch and checking: no training loop yet
+    time.sleep(2.0)  # importing torch and checking: no training loop yet
     early.send_signal(signal.SIGTERM)
     _, err = early.communicate(timeout=120)
     err = err.decode()

@@ -544,7 +544,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """The ``vaeflow`` console script: every failure, parse errors included, ends as one stderr
     line and an exit code (see report_exception)."""
     click = _click_exceptions()
-    _sigterm_interrupts()
+    previous = _sigterm_interrupts()
     try:
         code = app(args=argv, prog_name="vaeflow", standalone_mode=False)
     except tuple({typer.Exit, getattr(click, "Exit", typer.Exit)}) as exc:
@@ -559,20 +559,38 @@ def main(argv: Optional[List[str]] = None) -> None:
             code = report_exception(exc)
     finally:
         _leave_process_group()
+        _restore_signals(previous)  # main() called in a process that goes on (tests, notebooks)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _sigterm_interrupts() -> None:
-    """SIGTERM (what schedulers send before a kill) interrupts a command like Ctrl-C: one line and
-    exit code 130 (training installs its own handler that saves a checkpoint first)."""
+def _sigterm_interrupts() -> dict:
+    """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill) outside the training loop:
+    remove the temporary files of writes in progress, print one line and exit with 130 at once.
+    (Not a KeyboardInterrupt raised wherever the main thread happens to be: one raised inside an
+    extension's import makes Python exit by SIGINT later, whatever exit code was asked for.)
+    Training installs its own handler, which stops at a step boundary and saves a checkpoint."""
+    import os
     import signal
     import threading
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        runs = sys.modules.get("vaeflow_cli.runs")
+        if runs is not None:
+            runs.remove_pending_temporaries()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        os.write(2, f"vaeflow: error: interrupted by {name}; nothing was written after the last complete file or checkpoint\n".encode())
+        os._exit(130)
 
-    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {name: signal.signal(getattr(signal, name), handler) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)}
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for name, old in previous.items():
+        signal.signal(getattr(signal, name), old)
 
 
 def _leave_process_group() -> None:

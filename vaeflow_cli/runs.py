@@ -49,6 +49,7 @@ def atomic_write(path: Path, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _PENDING.add(tmp)
         with os.fdopen(fd, "wb") as fh:
             recorder = _WriteErrors(fh)
             try:
@@ -60,13 +61,28 @@ def atomic_write(path: Path, write) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _PENDING.discard(tmp)
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+            _PENDING.discard(tmp)
         if isinstance(exc, OSError):
             raise RuntimeFailure(f"cannot write {describe_os_error(exc, path)} ({path} is unchanged)") from None
         raise
     _fsync_dir(path.parent)
+
+
+_PENDING: set[str] = set()  # temporary files of atomic writes in progress
+
+
+def remove_pending_temporaries() -> None:
+    """Delete the temporary files of atomic writes in progress (a signal handler about to exit
+    calls it, so an interrupted write leaves nothing behind)."""
+    for tmp in list(_PENDING):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 class _WriteErrors:
