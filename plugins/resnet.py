@@ -175,6 +175,8 @@ class DiagonalDecoder(nn.Module):
         # The standard deviation starts at init_std everywhere, independent of z: the mean is learned
         # first (as with a fixed-variance VAE), and the per-pixel std shrinks as it learns. With a
         # randomly initialised std head, the default MNIST config's decoder means stayed blobs.
+        if not init_std > min_std:  # std = min_std + softplus(head): it can only start above min_std
+            raise ValueError(f"init_std ({init_std}) must be above min_std ({min_std}): the standard deviation is min_std + softplus(...)")
         nn.init.zeros_(self.std_head.weight)
         nn.init.constant_(self.std_head.bias, math.log(math.expm1(init_std - min_std)))
 

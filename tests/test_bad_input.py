@@ -150,6 +150,10 @@ CASES = [
     ("set-without-equals", ["config", "show", "--set", "train.vae.epochs"], 2, ["KEY=VALUE"]),
     ("data-root-missing", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("data.root={bad}/nowhere")], 2, ["not found", "data.root"]),
     ("phase-2-without-phase-1", ["train-glow", "--config", "{cfg}", "--run", "{new}"], 2, ["train-vae --config", "{cfg}"]),
+    ("phase-2-without-phase-1-or-data", ["train-glow", "--config", "{cfg}", "--run", "{new}", *_set("data.root={bad}/nowhere")], 2,
+     ["train-vae --config", "vaeflow data download mnist --root {bad}/nowhere"]),
+    ("init-std-below-min-std", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.init_std=0.001", "model.decoder.min_std=0.01")], 2,
+     ["[model.decoder]", "init_std (0.001) must be above min_std (0.01)"]),
     ("phase-1-again", ["train-vae", "--run", "{run}"], 2, ["already has a phase 1 checkpoint", "--resume"]),
     ("other-config-for-run", ["train-joint", "--config", "{cfg}", "--run", "{run}", *_set("model.latent_dim=5")], 2, ["different [model]/[data] config"]),
     # checkpoints (copied into the run by the test)

@@ -441,3 +441,30 @@ def test_digit_fd_and_training_curves(trained_run):
     assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
     path = run_cli("plot", "--run", trained_run).stdout.decode().strip()
     assert path.endswith("training-curves.png") and open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_results_of_different_metrics_accumulate_in_the_eval_file(trained_run):
+    path = trained_run / "eval" / "evaluate-test.json"
+    evaluate_run(trained_run, metrics=["bpd"])
+    first = json.loads(path.read_text())
+    evaluate_run(trained_run, metrics=["iwae"], iwae_k=2)
+    both = json.loads(path.read_text())
+    assert both["bpd_elbo_full"] == first["bpd_elbo_full"] and both["iwae_k"] == 2 and "bpd_iwae_full" in both
+    from vaeflow_cli.evaluate import format_table
+
+    assert (trained_run / "eval" / "evaluate-test.txt").read_text() == format_table(both) + "\n"
+
+
+def test_the_training_curves_show_every_value_with_a_log_axis_for_spikes(tmp_path, monkeypatch):
+    from vaeflow_cli import plots
+    from vaeflow_cli.runs import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    for epoch, (train, test) in enumerate([(9.0, 8.0), (4.0, 127.0), (3.1, 3.2), (3.0, 3.1)], 1):
+        rd.append_metrics({"phase": "vae", "epoch": epoch, "train_bpd": train, "test_bpd": test})
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig) or path)
+    plots.training_curves(rd.path)
+    ax = figures[0].axes[0]
+    low, high = ax.get_ylim()
+    assert ax.get_yscale() == "log" and low <= 3.0 and high >= 127.0 and "log scale" in ax.get_ylabel()

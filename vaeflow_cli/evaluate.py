@@ -14,8 +14,10 @@
 The images scored are the run's own SPLIT, or with ``data``/``data_root`` (``--data``,
 ``--data-root``) that split of another dataset of the same image shape. Results go to stdout (by
 the CLI) and into RUN/eval/evaluate-TAG.json and .txt, TAG = SPLIT for the run's own data and
-NAME-SPLIT for another dataset (so they never overwrite each other); a temperature sweep also
-writes RUN/eval/fid-temperature-TAG.png.
+NAME-SPLIT for another dataset (so they never overwrite each other). Results accumulate: a call
+merges its keys into the file (scoring digit_fd keeps the bpd and IWAE results of an earlier call;
+scoring a metric again replaces that metric's keys). A temperature sweep also writes
+RUN/eval/fid-temperature-TAG.png.
 """
 
 from __future__ import annotations
@@ -296,9 +298,20 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     result["temperature"] = temperatures[0] if len(temperatures) == 1 else list(temperatures)
     result["versions"] = {p: _version(p) for p in ("vaeflow", "torch", "torch-fidelity", "numpy")}
     out = rd.path / "eval"
-    atomic_write_bytes(out / f"evaluate-{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(out / f"evaluate-{tag}.txt", (format_table(result) + "\n").encode())
+    merged = {**_earlier_results(out / f"evaluate-{tag}.json"), **result}  # results of other metrics stay
+    atomic_write_bytes(out / f"evaluate-{tag}.json", (json.dumps(merged, indent=2) + "\n").encode())
+    atomic_write_bytes(out / f"evaluate-{tag}.txt", (format_table(merged) + "\n").encode())
     return result
+
+
+def _earlier_results(path: Path) -> dict:
+    """The results an earlier ``evaluate`` of the same split wrote (other metrics, say), or {} when
+    there are none or the file is not a results object (it is then rewritten)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
 
 
 def format_table(r: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 from vaeflow_cli.errors import VaeflowError
@@ -45,14 +46,18 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
         train = [(x, r["train_bpd"]) for x, r in zip(xs, rows) if "train_bpd" in r]
         if train:
             ax.plot(*zip(*train), "-", label=f"{phase}: training loss")
-        ax.plot(xs, [r["test_bpd"] for r in rows], "o-", ms=3, label=f"{phase}: held-out bound")
+        ax.plot(xs, [r["test_bpd"] if r["test_bpd"] is not None else math.nan for r in rows], "o-", ms=3,
+                label=f"{phase}: held-out bound")
         offset = max(xs)
         ax.axvline(offset, color="grey", lw=0.5)
-    finite = [r["test_bpd"] for r in records] + [r["train_bpd"] for r in records if "train_bpd" in r]
-    low = min(finite)
-    ax.set_ylim(low - 0.1, min(max(finite), low + 3))  # early epochs and spikes would flatten the rest
+    values = [v for r in records for v in (r.get("test_bpd"), r.get("train_bpd")) if isinstance(v, (int, float)) and math.isfinite(v)]
+    # Every value is shown: nothing is clipped. When early epochs or a held-out spike (127 bpd, say)
+    # are far above the rest, a log axis keeps both them and the converged values readable.
+    log_axis = bool(values) and min(values) > 0 and max(values) / min(values) > 2
+    if log_axis:
+        ax.set_yscale("log")
     ax.set_xlabel("epoch (phases one after another)")
-    ax.set_ylabel("bits/dim (upper bound)")
+    ax.set_ylabel("bits/dim (upper bound)" + (", log scale" if log_axis else ""))
     ax.set_title(f"{rd.path.name}: training curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -211,7 +211,10 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
     elif phase not in ("vae", "baseline"):
         hint = f"vaeflow train-vae --config {config_path} --run {rd.path}" if config_path else f"vaeflow train-vae --run {rd.path}"
-        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASE_NAMES[phase]} starts from phase 1: run {hint} first")
+        data, root = cfg["data"]["name"], cfg["data"].get("root", "")
+        needs = f" (it trains on the {data} dataset at data.root = {root!r}, which is not there yet: vaeflow data download {data} --root {root})" \
+            if root and not os.path.exists(root) else ""
+        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASE_NAMES[phase]} starts from phase 1: run {hint} first{needs}")
 
 
 def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> None:
