@@ -34,7 +34,7 @@ from vaeflow_cli import config as config_mod
 from vaeflow_cli.data import BatchLoader
 from vaeflow_cli.engine import Stepper, set_threads
 from vaeflow_cli.model import build_model
-from vaeflow_cli.timing import spread
+from vaeflow_cli.timing import rotating_cycles, spread
 from vaeflow_cli.train import set_phase_mode, trainable_parameters
 
 VARIANTS = {  # name: (precision, compile, channels_last)
@@ -92,12 +92,8 @@ def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_siz
     per_round = {name: [] for name in names}  # each round's median step time
     cycle = 0
     for r in range(rounds):
-        times = {name: [] for name in names}
-        for _ in range(steps):
-            for i in range(len(names)):
-                name = names[(cycle + i) % len(names)]
-                times[name].append(variants[name].step())
-            cycle += 1
+        times = rotating_cycles({name: variants[name].step for name in names}, steps, start=cycle)
+        cycle += steps
         for name in names:
             per_round[name].append(float(np.median(times[name])))
             variants[name].times += times[name]

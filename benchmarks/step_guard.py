@@ -48,7 +48,7 @@ from vaeflow_cli import config as config_mod
 from vaeflow_cli.data import BatchLoader
 from vaeflow_cli.engine import Stepper, set_threads
 from vaeflow_cli.model import build_model
-from vaeflow_cli.timing import spread
+from vaeflow_cli.timing import rotating_cycles, spread
 from vaeflow_cli.train import set_phase_mode, trainable_parameters
 
 SIDES = ("guarded", "unguarded")
@@ -122,12 +122,8 @@ def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_siz
     per_round = {name: [] for name in SIDES}  # each round's median step time
     cycle = 0
     for r in range(rounds):
-        times = {name: [] for name in SIDES}
-        for _ in range(steps):
-            order = SIDES if cycle % 2 == 0 else SIDES[::-1]  # who goes first alternates
-            for name in order:
-                times[name].append(sides[name].step())
-            cycle += 1
+        times = rotating_cycles({name: sides[name].step for name in SIDES}, steps, start=cycle)  # who goes first alternates
+        cycle += steps
         for name in SIDES:
             per_round[name].append(float(np.median(times[name])))
             sides[name].times += times[name]

@@ -104,6 +104,20 @@ def interleave(timed: list[_Timed], *, steps: int, warmup: int) -> None:
             timed[(r + i) % len(timed)].step(timed=True)
 
 
+def rotating_cycles(steps: dict, cycles: int, *, start: int = 0) -> dict[str, list[float]]:
+    """Run ``cycles`` cycles of one call of every ``steps[name]()`` (each returns its seconds);
+    cycle c starts with item (start + c) mod n, so none always follows the same one (for two
+    items: who goes first alternates). Returns every name's seconds, in order. Benchmarks build
+    their interleaved rounds on this."""
+    names = list(steps)
+    times = {name: [] for name in names}
+    for c in range(cycles):
+        for i in range(len(names)):
+            name = names[(start + c + i) % len(names)]
+            times[name].append(steps[name]())
+    return times
+
+
 def spread(times) -> dict:
     """{"median", "iqr" (75th minus 25th percentile), "min", "max"} of a list of seconds."""
     q25, q50, q75 = np.percentile(np.asarray(times, dtype=np.float64), [25, 50, 75])
