@@ -44,8 +44,10 @@ class ActNorm(nn.Module):
 class InvConv1x1(nn.Module):
     """Invertible 1x1 convolution y = W x at every pixel; log|det| = H*W*log|det W|.
 
-    With ``lu=True`` W = P L (U + diag(sign * exp(log_s))) (Glow's LU parametrisation), which
-    makes the log-determinant sum(log_s) and the inverse cheap. Initialised to W = I.
+    With ``lu=True`` W = P L (U + diag(sign * exp(log_s))) (Glow's LU parametrisation): the
+    log-determinant is sum(log_s), and the inverse W^-1 = U'^-1 L^-1 P^T comes from two
+    triangular solves on those factors (float64), not from a general matrix inverse. Without LU
+    the inverse is torch.linalg.inv. Initialised to W = I.
     """
 
     def __init__(self, channels: int, *, lu: bool = True) -> None:
@@ -77,11 +79,21 @@ class InvConv1x1(nn.Module):
         hw = x.shape[2] * x.shape[3]
         return F.conv2d(x, w[:, :, None, None]), (hw * log_det).expand(x.shape[0])
 
+    def inverse_weight(self) -> torch.Tensor:
+        """W^-1 (C, C): by triangular solves on the LU factors, or a general inverse without LU."""
+        if not self.lu:
+            return torch.linalg.inv(self.weight.double()).to(self.weight.dtype)
+        c = self.log_s.shape[0]
+        eye = torch.eye(c, device=self.log_s.device, dtype=torch.float64)
+        lower = self.lower.double() * self.lower_mask.double() + eye
+        upper = self.upper.double() * self.lower_mask.T.double() + torch.diag(self.sign_s.double() * torch.exp(self.log_s.double()))
+        l_inv_pt = torch.linalg.solve_triangular(lower, self.perm.double().T, upper=False, unitriangular=True)  # L^-1 P^T
+        return torch.linalg.solve_triangular(upper, l_inv_pt, upper=True).to(self.log_s.dtype)  # U'^-1 L^-1 P^T
+
     def inverse(self, y):
-        w, log_det = self._weight()
+        _, log_det = self._weight()
         hw = y.shape[2] * y.shape[3]
-        w_inv = torch.linalg.inv(w.double()).to(w.dtype)
-        return F.conv2d(y, w_inv[:, :, None, None]), (-hw * log_det).expand(y.shape[0])
+        return F.conv2d(y, self.inverse_weight()[:, :, None, None]), (-hw * log_det).expand(y.shape[0])
 
 
 def coupling_net(c_in: int, c_out: int, hidden: int) -> nn.Sequential:

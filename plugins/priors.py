@@ -61,7 +61,7 @@ def _mask(dim: int, i: int) -> torch.Tensor:
     return m.float()
 
 
-class AffineCoupling(nn.Module):
+class MaskedAffineCoupling(nn.Module):
     """u = m*z + (1-m) * (z * exp(s(m*z)) + t(m*z)), s bounded by tanh; log|det| = sum (1-m) s."""
 
     def __init__(self, dim: int, hidden: int, mask: torch.Tensor) -> None:
@@ -94,7 +94,7 @@ class RealNVPPrior(FlowPrior):
                  hidden: Annotated[int, Range(1, 65536)] = 1024) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        self.h = FlowSequence(AffineCoupling(latent_dim, hidden, _mask(latent_dim, i)) for i in range(layers))
+        self.h = FlowSequence(MaskedAffineCoupling(latent_dim, hidden, _mask(latent_dim, i)) for i in range(layers))
 
     def forward(self, z):
         return self.h(z)

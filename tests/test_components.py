@@ -156,3 +156,18 @@ def test_check_bijection_catches_a_wrong_inverse():
 
     with pytest.raises(AssertionError, match="inverse"):
         check_bijection(Wrong(), torch.randn(2, 1, 2, 2))
+
+
+def test_the_1x1_convolution_inverts_through_its_lu_factors_like_a_general_inverse():
+    torch.manual_seed(3)
+    conv = InvConv1x1(5, lu=True)
+    with torch.no_grad():
+        for p in (conv.lower, conv.upper, conv.log_s):
+            p.normal_(0, 0.5)
+        conv.perm.copy_(torch.eye(5)[torch.randperm(5)])
+        conv.sign_s.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0]))
+    w, _ = conv._weight()
+    expected = torch.linalg.inv(w.double())
+    assert torch.allclose(conv.inverse_weight().double(), expected, atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 5, 3, 3)
+    assert torch.allclose(conv.inverse(conv(x)[0])[0], x, atol=1e-5)
