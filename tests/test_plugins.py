@@ -132,10 +132,10 @@ def test_registering_a_plugin_object_adds_its_components():
 
 def test_every_hook_is_documented_and_named_register():
     specs = [name for name in dir(hookspecs) if name.startswith("register_")]
-    assert len(specs) == 5
+    assert len(specs) == 6
     for name in specs:
         doc = getattr(hookspecs, name).__doc__
-        assert doc and "register(name, factory)" in doc, name
+        assert doc and "register(name, factory)" in doc and ":param register:" in doc, name
 
 
 

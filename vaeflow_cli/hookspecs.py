@@ -1,60 +1,226 @@
-"""The hooks through which plugins (built-in and third-party) register components.
+"""The plugin contract: the hooks through which plugins register components, and what each kind
+of component must be.
 
 Each hook is handed a ``register`` callback and calls it once per component:
-``register(name, factory)``. ``factory`` is a class or function taking keyword-only arguments;
-its keyword arguments ARE the component's config keys (``[model.encoder]`` etc. in TOML), and
-their defaults give the types that config values are checked against.
+``register(name, factory)``. ``factory`` is a class or function taking keyword-only arguments; its
+keyword arguments ARE the component's config keys (``[model.encoder]`` etc. in TOML), their
+defaults give the types that config values are checked against, and ``Annotated[...,
+Range(...)]`` / ``Literal[...]`` annotations declare their allowed values (``vaeflow_cli.plugin_api``).
+Besides its config keys a factory receives the context arguments named in its kind's
+``...Factory`` protocol below, and returns an object satisfying the kind's component protocol.
 
 The host owns the registry, so a name registered twice is reported with both plugins' names.
-What each kind of factory receives besides its config keys, and what it must return:
+vaeflow runs every model component once on real training images before training starts and
+checks the shapes below (``vaeflow_cli.model.check_components``); ``vaeflow_cli.testing`` is the
+kit a plugin author runs in their own tests.
 
-- encoder:  ``factory(*, image_shape, latent_dim, **cfg)`` -> ``nn.Module``; ``forward(y)`` returns
-  ``(mean, log_std)`` of q(z|y), each (B, latent_dim).
-- decoder:  ``factory(*, image_shape, latent_dim, **cfg)`` -> ``nn.Module``; ``forward(z)`` returns
-  ``(mean, std)`` of the Gaussian p(xbar|z), each (B, C, H, W).
-- prior:    ``factory(*, latent_dim, **cfg)`` -> ``nn.Module`` with ``log_prob(z)`` (B,) and
-  ``from_base(u)`` mapping u ~ N(0, I) to z. A prior that is a bijection h: z -> u also has
-  ``forward(z) -> (u, log_det)`` and ``inverse(u) -> (z, log_det)`` and is checked as a flow.
-- flow:     ``factory(*, image_shape, **cfg)`` -> ``nn.Module`` bijection f on images with
-  ``forward(x) -> (y, log_det)`` and ``inverse(y) -> (x, log_det)``, log_det of shape (B,).
-  It must be the identity at initialisation (phase 2 then starts at the phase-1 bound).
-- dataset:  ``factory(*, root, **cfg)`` -> object with ``image_shape`` (C, H, W) and
-  ``split(name) -> numpy uint8 array (N, C, H, W)`` for ``name`` in ``splits``.
+Conventions for every protocol: tensors are ``torch.float32`` unless autocast is on; ``B`` is the
+batch size; images are ``(B, C, H, W)``; log-densities and log-determinants are in nats, one per
+batch element, shape ``(B,)``. The mathematics is in ``docs/model.md``.
+
+This module imports neither torch nor numpy at run time, so that registering plugins is cheap
+(``vaeflow plugins`` does not load torch).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only; no torch at import time
+    import numpy as np
+    import torch
+
+__all__ = [
+    "hookspec", "hookimpl", "Register",
+    "Encoder", "Decoder", "Prior", "BijectivePrior", "Flow", "Dataset", "MetricsLogger",
+    "EncoderFactory", "DecoderFactory", "PriorFactory", "FlowFactory", "DatasetFactory", "LoggerFactory",
+    "register_encoders", "register_decoders", "register_priors", "register_flows", "register_datasets",
+    "register_loggers",
+]
 
 hookspec = pluggy.HookspecMarker("vaeflow")
 hookimpl = pluggy.HookimplMarker("vaeflow")
 
-Register = Callable[..., None]
-"""``register(name: str, factory: Callable[..., Any]) -> None``"""
+
+class Register(Protocol):
+    """The callback each ``register_*`` hook receives."""
+
+    def __call__(self, name: str, factory: Callable[..., Any]) -> None:
+        """:param name: the component's name, the ``type`` (or ``[data] name``) a config selects it by;
+        unique across all plugins.
+        :param factory: a class or function; keyword-only arguments (the config keys plus the kind's
+        context arguments) and a return value satisfying the kind's protocol."""
+
+
+# -- component protocols (what a factory returns) ----------------------------------------------
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """The amortised posterior q(z|y) = N(mean, diag(exp(log_std))^2) (paper, section 2.1)."""
+
+    def __call__(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:param y: dequantized images in [0, 1), (B, C, H, W).
+        :returns: ``(mean, log_std)``, each (B, latent_dim); ``log_std`` is the natural log of the
+        standard deviation."""
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """The diagonal Gaussian p(xbar|z) = N(mean, diag(std)^2), the base distribution of the pixel
+    flow (paper, equation 3)."""
+
+    def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:param z: latents, (B, latent_dim).
+        :returns: ``(mean, std)`` in the flow's output space (after the pixel transform), each
+        (B, C, H, W); ``std > 0``."""
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """The latent prior p(z) (a learned flow prior in the paper, section 3.2)."""
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """:param z: latents, (B, latent_dim). :returns: log p(z) in nats, (B,)."""
+
+    def from_base(self, u: torch.Tensor) -> torch.Tensor:
+        """:param u: draws from N(0, I), (B, latent_dim). :returns: z, (B, latent_dim), distributed
+        as p(z) (the sampling path; temperature scales ``u`` upstream)."""
+
+
+@runtime_checkable
+class BijectivePrior(Prior, Protocol):
+    """A prior that is a bijection h: z -> u with u ~ N(0, I); checked as a flow by the kit."""
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:returns: ``(u, log|det du/dz|)``, shapes (B, latent_dim) and (B,)."""
+
+    def inverse(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:returns: ``(z, log|det dz/du|)``, shapes (B, latent_dim) and (B,)."""
+
+
+@runtime_checkable
+class Flow(Protocol):
+    """A bijection f on images (the paper's Glow layer, section 3.1): xbar = f(x).
+
+    Identity at initialisation: a flow used as a VAE's pixel flow must satisfy f(x) = x and
+    log_det = 0 before training, so that phase 2 starts at the phase-1 bound (``docs/model.md``,
+    "Decided here"). vaeflow checks this on real images when phase 2 starts and refuses a flow that
+    breaks it with one line; a flow meant only as a standalone density (``train-baseline``) need
+    not satisfy it."""
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:param x: images in the pixel transform's space, (B, C, H, W).
+        :returns: ``(xbar, log|det dxbar/dx|)``, shapes (B, C, H, W) and (B,)."""
+
+    def inverse(self, xbar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:returns: ``(x, log|det dx/dxbar|)``, shapes (B, C, H, W) and (B,); inverts ``__call__``."""
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """An image dataset with named splits."""
+
+    image_shape: tuple[int, int, int]
+    """(C, H, W), C in {1, 3}."""
+    splits: Sequence[str]
+    """The split names this dataset has, e.g. ``("train", "test")``."""
+
+    def split(self, name: str) -> np.ndarray:
+        """:param name: one of ``splits``. :returns: uint8 images, (N, C, H, W), values 0..255.
+        :raises vaeflow_cli.plugin_api.VaeflowError: missing or corrupt files (one line: what,
+        where, how to fix)."""
+
+
+@runtime_checkable
+class MetricsLogger(Protocol):
+    """An experiment tracker fed the same records as ``metrics.jsonl`` (on the main process only)."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """:param record: one metrics record: ``phase`` (str), ``epoch`` (int), ``step`` (int, the
+        global optimizer step) and numeric values such as ``train_bpd`` / ``test_bpd`` (bits/dim)."""
+
+    def close(self) -> None:
+        """Flush and release; called once at the end of a phase, also when it stops early."""
+
+
+# -- factory protocols (what is registered) ------------------------------------------------------
+
+
+class EncoderFactory(Protocol):
+    def __call__(self, *, image_shape: tuple[int, int, int], latent_dim: int, **config: Any) -> Encoder: ...
+
+
+class DecoderFactory(Protocol):
+    def __call__(self, *, image_shape: tuple[int, int, int], latent_dim: int, **config: Any) -> Decoder: ...
+
+
+class PriorFactory(Protocol):
+    def __call__(self, *, latent_dim: int, **config: Any) -> Prior: ...
+
+
+class FlowFactory(Protocol):
+    def __call__(self, *, image_shape: tuple[int, int, int], **config: Any) -> Flow: ...
+
+
+class DatasetFactory(Protocol):
+    def __call__(self, *, root: str, **config: Any) -> Dataset: ...
+
+
+class LoggerFactory(Protocol):
+    def __call__(self, *, run_dir: str, phase: str, config: Mapping[str, Any]) -> MetricsLogger: ...
+
+
+# -- the hooks ------------------------------------------------------------------------------------
 
 
 @hookspec
 def register_encoders(register: Register) -> None:
-    """Register encoders q(z|y): ``register(name, factory)``."""
+    """Register encoders q(z|y).
+
+    :param register: call ``register(name, factory)`` once per encoder; ``factory`` is an
+        ``EncoderFactory`` returning an ``Encoder``."""
 
 
 @hookspec
 def register_decoders(register: Register) -> None:
-    """Register Gaussian decoders p(xbar|z): ``register(name, factory)``."""
+    """Register Gaussian decoders p(xbar|z).
+
+    :param register: call ``register(name, factory)`` once per decoder; ``factory`` is a
+        ``DecoderFactory`` returning a ``Decoder``."""
 
 
 @hookspec
 def register_priors(register: Register) -> None:
-    """Register latent priors p(z): ``register(name, factory)``."""
+    """Register latent priors p(z).
+
+    :param register: call ``register(name, factory)`` once per prior; ``factory`` is a
+        ``PriorFactory`` returning a ``Prior`` (or a ``BijectivePrior``)."""
 
 
 @hookspec
 def register_flows(register: Register) -> None:
-    """Register pixel-space bijections (the Glow layer f): ``register(name, factory)``."""
+    """Register pixel-space bijections (the Glow layer f).
+
+    :param register: call ``register(name, factory)`` once per flow; ``factory`` is a
+        ``FlowFactory`` returning a ``Flow``."""
 
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register image datasets selected by ``[data] name``: ``register(name, factory)``."""
+    """Register image datasets, selected by ``[data] name``.
+
+    :param register: call ``register(name, factory)`` once per dataset; ``factory`` is a
+        ``DatasetFactory`` returning a ``Dataset``."""
+
+
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register experiment trackers, selected by ``[run] loggers = ["name", ...]``.
+
+    :param register: call ``register(name, factory)`` once per logger; ``factory`` is a
+        ``LoggerFactory`` returning a ``MetricsLogger``. Import heavy libraries inside the factory,
+        not at module level."""
+

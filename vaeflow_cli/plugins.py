@@ -59,6 +59,7 @@ KINDS = {
     "register_priors": "prior",
     "register_flows": "flow",
     "register_datasets": "dataset",
+    "register_loggers": "logger",
 }
 
 
