@@ -273,10 +273,11 @@ def markdown(r: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from vaeflow_cli.api import load_run
     from vaeflow_cli.engine import set_threads, usable_cores
     from vaeflow_cli.evaluate import evaluate_run, generate, parse_temperatures
+    from vaeflow_cli.files import atomic_write_bytes
     from vaeflow_cli.images import grid, png_bytes
-    from vaeflow_cli.runs import atomic_write_bytes, load_run_model
 
     temperatures = parse_temperatures(args.temperatures, "--temperatures")
     if args.n_samples < 2 or args.iwae_k < 1 or args.grid_n < 1:
@@ -334,8 +335,8 @@ def main(argv=None) -> dict:
                            device=eval_device, seed=seed)
     glow_fd = temperature_scores(ev_glow["digit_fd_baseline"], temperatures)
 
-    full_model, _, _ = load_run_model(vae_run, device=eval_device, phase="glow")
-    glow_model, _, _ = load_run_model(glow_run, device=eval_device, phase="baseline")
+    full_model = load_run(vae_run, device=eval_device, checkpoint="glow").model
+    glow_model = load_run(glow_run, device=eval_device, checkpoint="baseline").model
     vae_params = sum(n_parameters(getattr(full_model, m)) for m in ("encoder", "decoder", "prior"))
     vae_fd = temperature_scores(ev_vae["digit_fd_vae"], temperatures)
     full_fd = temperature_scores(ev_vae["digit_fd_full"], temperatures)

@@ -34,25 +34,23 @@ Progress goes to stderr; the JSON object is the one line on stdout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import platform
 import sys
 import time
 
 import numpy as np
+import step_common  # noqa: E402 -- benchmarks/, the scripts' folder, is on sys.path
 import torch
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.data import BatchLoader
-from vaeflow_cli.engine import Stepper, set_threads
+from vaeflow_cli.engine import Stepper
 from vaeflow_cli.model import build_model
 from vaeflow_cli.timing import rotating_cycles, spread
 from vaeflow_cli.train import set_phase_mode, trainable_parameters
 
 SIDES = ("guarded", "unguarded")
-PHASES = {"phase1_vae": "vae", "phase2_glow_layer": "glow"}
 DEVICE = torch.device("cpu")
 
 
@@ -144,37 +142,24 @@ def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_siz
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: train.threads' auto rule)")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds; each gives one ratio per phase")
-    ap.add_argument("--steps", type=int, default=8, help="cycles per round (one step of each side each)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps of each side first")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: the config's train.<phase>.batch_size")
+    ap = step_common.arguments(__doc__, steps=8, per_round="phase", per_cycle="one step of each side each",
+                               warmup="untimed steps of each side first")
     ap.add_argument("--grad-clip", action="store_true",
                     help="clip on both sides at the config's train.<phase>.grad_clip (default: no clipping on either)")
-    ap.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
     args = ap.parse_args()
-    threads = set_threads(args.threads)
+    threads = step_common.start(args)
     cfg = config_mod.resolve(None, [])  # the embedded default
-    shape = (1, 28, 28)  # its data: MNIST digits (synthetic here: timing does not depend on the pixels)
-    seed = cfg["train"]["seed"]
     t_start = time.perf_counter()
     results = {}
-    for key in args.phases.split(","):
-        phase = PHASES[key]
-        b = args.batch_size or cfg["train"][phase]["batch_size"]
+    for key, phase, b, images in step_common.phase_inputs(args, cfg):
         clip = float(cfg["train"][phase]["grad_clip"]) if args.grad_clip else 0.0
-        n = b * (args.warmup + args.rounds * args.steps)
-        images = np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
-        results[key] = measure_phase(cfg, phase, shape, images, batch_size=b, rounds=args.rounds, steps=args.steps,
-                                     warmup=args.warmup, grad_clip=clip, seed=seed)
+        results[key] = measure_phase(cfg, phase, step_common.SHAPE, images, batch_size=b, rounds=args.rounds, steps=args.steps,
+                                     warmup=args.warmup, grad_clip=clip, seed=cfg["train"]["seed"])
         results[key]["batch_size"] = b
         results[key]["grad_clip"] = clip
     print(json.dumps({
-        "config": config_mod.DEFAULT_CONFIG_NAME, "image_shape": list(shape), "threads": threads,
-        "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
-        "ratio": "guarded median s/step over unguarded's in the same round; median/iqr/min/max over rounds (> 1: the guard costs)",
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        **step_common.header(args, threads, "guarded median s/step over unguarded's in the same round; median/iqr/min/max over "
+                                            "rounds (> 1: the guard costs)"),
         "precision": "fp32", "channels_last": bool(cfg["train"]["channels_last"]), "grad_clip": args.grad_clip,
         "seconds": round(time.perf_counter() - t_start, 1), "results": results,
     }))

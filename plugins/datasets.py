@@ -18,10 +18,8 @@ from typing import Annotated
 
 import numpy as np
 
-from vaeflow_cli.constraints import Range
-from vaeflow_cli.data import DEFAULT_MAX_PIXELS, file_problem
-from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.hookspecs import hookimpl
+from vaeflow_cli.plugin_api import DEFAULT_MAX_PIXELS, Range, VaeflowError, file_problem
 
 # Valid values of the image datasets' config keys (read by the config validator).
 Size = Annotated[int, Range(1, 4096)]  # output side in pixels
@@ -331,7 +329,7 @@ class DecodedImageFiles:
 
     def _cache(self, name: str):
         """(files, cache name, cache key) of a split."""
-        from vaeflow_cli.data import file_signature
+        from vaeflow_cli.plugin_api import file_signature
 
         files = self.files(name)
         if isinstance(self.crop, tuple):
@@ -341,7 +339,7 @@ class DecodedImageFiles:
         return files, f"{self.label}-{name}-{tag}-{self.size}", [*self._cache_key(), file_signature(files)]
 
     def split(self, name: str) -> np.ndarray:
-        from vaeflow_cli.data import cached_array, decode_with_fallback
+        from vaeflow_cli.plugin_api import cached_array, decode_with_fallback
 
         files, cache_name, key = self._cache(name)
 
@@ -353,7 +351,7 @@ class DecodedImageFiles:
         return cached_array(self.cache_dir, cache_name, key, build)
 
     def info(self) -> dict:
-        from vaeflow_cli.data import cache_path
+        from vaeflow_cli.plugin_api import cache_path
 
         sizes, cache = {}, {}
         for name in self.splits:

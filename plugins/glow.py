@@ -9,15 +9,11 @@ coupling outputs. Phase 2 therefore starts exactly at the phase-1 bound.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaeflow_cli.constraints import Range
-from vaeflow_cli.flows import FlowSequence, global_mean, global_sum
-from vaeflow_cli.hookspecs import hookimpl
+from vaeflow_cli.plugin_api import FlowSequence, global_mean, global_sum
 
 # ------------------------------------------------------------------ layers
 
@@ -169,9 +165,8 @@ class GlowLayer(FlowSequence):
     for C >= 2 and the checkerboard split for C = 1.
     """
 
-    def __init__(self, *, image_shape: tuple[int, int, int], depth: Annotated[int, Range(1, 1024)] = 32,
-                 hidden_channels: Annotated[int, Range(1, 16384)] = 128, lu: bool = True,
-                 split: Literal["auto", "channel", "checkerboard"] = "auto", checkpointing: bool = False) -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], depth: int, hidden_channels: int, lu: bool, split: str,
+                 checkpointing: bool) -> None:
         c = image_shape[0]
         if split == "auto":
             split = "channel" if c >= 2 else "checkerboard"
@@ -355,13 +350,13 @@ class MultiScaleGlow(nn.Module):
     (L) of squeeze -> ``steps`` (K) x [ActNorm (data-dependent init) -> 1x1 conv -> affine or
     additive coupling] -> split, with learned split priors and a learned top prior. Registered as a
     flow: x -> (z, log_det) with z ~ N(0, I) under the model (the learned priors are folded into
-    the bijection), so ``vaeflow train-baseline`` trains it alone as a density model, and it can
-    also serve as a VAE's pixel-space flow. Inputs are centred (x - 0.5) first, as in Glow.
+    the bijection), so ``vaeflow train-baseline`` trains it alone as a density model. It is not
+    the identity at initialisation, so vaeflow refuses it as a VAE's pixel-space flow (the
+    ``Flow`` contract in vaeflow_cli.hookspecs). Inputs are centred (x - 0.5) first, as in Glow.
     Needs H and W divisible by 2^levels."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], levels: Annotated[int, Range(1, 10)] = 3,
-                 steps: Annotated[int, Range(1, 1024)] = 32, hidden_channels: Annotated[int, Range(1, 16384)] = 512,
-                 coupling: Literal["affine", "additive"] = "affine", lu: bool = True) -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], levels: int, steps: int, hidden_channels: int, coupling: str,
+                 lu: bool) -> None:
         super().__init__()
         c, h, w = image_shape
         if h % 2**levels or w % 2**levels:
@@ -370,18 +365,9 @@ class MultiScaleGlow(nn.Module):
             raise ValueError(f"coupling must be 'affine' or 'additive', not {coupling!r}")
         self.body = _GlowLevel(c, h, w, levels=levels, steps=steps, hidden=hidden_channels, coupling=coupling, lu=lu)
 
-    test_kwargs = {"levels": 2, "steps": 2, "hidden_channels": 8}  # fits the component suite's 4x4 images
-
     def forward(self, x):
         return self.body(x - 0.5)
 
     def inverse(self, z):
         x, log_det = self.body.inverse(z)
         return x + 0.5, log_det
-
-
-@hookimpl
-def register_flows(register):
-    register("glow-layer", GlowLayer)
-    register("identity", IdentityFlow)
-    register("multiscale-glow", MultiScaleGlow)

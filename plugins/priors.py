@@ -8,15 +8,10 @@ Both are bijections h: z -> u with ``forward(z) -> (u, log_det)`` and ``inverse(
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
 from torch import nn
 
-from vaeflow_cli.constraints import Range
-from vaeflow_cli.distributions import gaussian_log_prob, standard_normal_log_prob
-from vaeflow_cli.flows import FlowSequence
-from vaeflow_cli.hookspecs import hookimpl
+from vaeflow_cli.plugin_api import FlowSequence, gaussian_log_prob, standard_normal_log_prob
 
 
 class FlowPrior(nn.Module):
@@ -90,8 +85,7 @@ class MaskedAffineCoupling(nn.Module):
 class RealNVPPrior(FlowPrior):
     """The paper's flow prior: ``layers`` affine couplings with width-``hidden`` FC conditioners."""
 
-    def __init__(self, *, latent_dim: int, layers: Annotated[int, Range(1, 1024)] = 16,
-                 hidden: Annotated[int, Range(1, 65536)] = 1024) -> None:
+    def __init__(self, *, latent_dim: int, layers: int, hidden: int) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.h = FlowSequence(MaskedAffineCoupling(latent_dim, hidden, _mask(latent_dim, i)) for i in range(layers))
@@ -131,8 +125,7 @@ class TwoStageVAEPrior(nn.Module):
     second stage's one-sample ELBO, a lower bound on log p(z), so the model's ELBO stays a lower
     bound on log p(x) (a bound of a bound); sampling draws u ~ N(0, I) and z = g(u)."""
 
-    def __init__(self, *, latent_dim: int, hidden: Annotated[int, Range(1, 65536)] = 1024,
-                 layers: Annotated[int, Range(1, 64)] = 3) -> None:
+    def __init__(self, *, latent_dim: int, hidden: int, layers: int) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.encoder = _ConcatMLP(latent_dim, 2 * latent_dim, hidden, layers)
@@ -154,10 +147,3 @@ class TwoStageVAEPrior(nn.Module):
 
     def from_base(self, u: torch.Tensor) -> torch.Tensor:
         return self.decoder(u) if bool(self.trained) else u
-
-
-@hookimpl
-def register_priors(register):
-    register("realnvp", RealNVPPrior)
-    register("gaussian", GaussianPrior)
-    register("two-stage-vae", TwoStageVAEPrior)

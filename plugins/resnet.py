@@ -22,14 +22,10 @@ config, held-out bound ~6 bpd; with a linear head the same run shows digits and 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from vaeflow_cli.constraints import Range
-from vaeflow_cli.hookspecs import hookimpl
 
 # ------------------------------------------------------------------ helpers
 
@@ -40,16 +36,6 @@ def _padded(side: int, depth: int) -> int:
 
 
 NORMS = ("batch", "group", "none")
-
-# The config keys' valid values (read by the config validator; vaeflow_cli.constraints).
-Channels = Annotated[int, Range(1, 4096)]
-Depth = Annotated[int, Range(1, 8)]  # scales; 2**(depth-1) is the padding multiple
-Blocks = Annotated[int, Range(1, 64)]
-Width = Annotated[int, Range(1, 65536)]
-Norm = Literal["batch", "group", "none"]
-MinStd = Annotated[float, Range(ge=0)]  # added to every standard deviation
-MeanActivation = Literal["linear", "sigmoid"]
-
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """BatchNorm (Dai & Wipf), GroupNorm (no train/eval difference), or nothing."""
@@ -94,8 +80,8 @@ class ResFC(nn.Module):
 class ResNetEncoder(nn.Module):
     """q(z|y) = N(m(y), diag s(y)^2); ``forward(y)`` -> (m, log s), each (B, latent_dim)."""
 
-    def __init__(self, *, image_shape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
-                 blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch") -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int, depth: int,
+                 blocks_per_scale: int, fc_width: int, norm: str) -> None:
         super().__init__()
         c, h, w = image_shape
         self.pad = (0, _padded(w, depth) - w, 0, _padded(h, depth) - h)
@@ -163,9 +149,9 @@ def _mean_activation(kind: str):
 class DiagonalDecoder(nn.Module):
     """p(xbar|z) = N(g_mu(z), diag g_sigma(z)^2) with a per-pixel learned standard deviation."""
 
-    def __init__(self, *, image_shape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
-                 blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch", min_std: MinStd = 1e-3,
-                 init_std: Annotated[float, Range(gt=0)] = 0.1, mean_activation: MeanActivation = "linear") -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int, depth: int,
+                 blocks_per_scale: int, fc_width: int, norm: str, min_std: float, init_std: float,
+                 mean_activation: str) -> None:
         super().__init__()
         self.min_std = min_std
         self.mean_activation = _mean_activation(mean_activation)
@@ -188,9 +174,8 @@ class DiagonalDecoder(nn.Module):
 class IsotropicDecoder(nn.Module):
     """p(xbar|z) = N(g_mu(z), gamma I) with one learned scalar gamma (Dai & Wipf), gamma = 1 at start."""
 
-    def __init__(self, *, image_shape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
-                 blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch", min_std: MinStd = 1e-3,
-                 mean_activation: MeanActivation = "linear") -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int, depth: int,
+                 blocks_per_scale: int, fc_width: int, norm: str, min_std: float, mean_activation: str) -> None:
         super().__init__()
         self.min_std = min_std
         self.mean_activation = _mean_activation(mean_activation)
@@ -202,14 +187,3 @@ class IsotropicDecoder(nn.Module):
         mean = self.mean_activation(self.mean_head(self.trunk(z)))
         std = torch.exp(0.5 * self.log_gamma) + self.min_std
         return mean, std.expand_as(mean)
-
-
-@hookimpl
-def register_encoders(register):
-    register("resnet", ResNetEncoder)
-
-
-@hookimpl
-def register_decoders(register):
-    register("resnet-diagonal", DiagonalDecoder)
-    register("resnet-isotropic", IsotropicDecoder)

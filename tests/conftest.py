@@ -103,6 +103,26 @@ def tiny_config(tmp_path, mnist_root) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, digits):
+    """A tiny two-phase run on 96 training / 32 test digits, shared by the tests that only read it
+    (or copy it first)."""
+    tmp = tmp_path_factory.mktemp("evalrun")
+    root = tmp / "mnist"
+    root.mkdir()
+    write_idx(root / "train-images-idx3-ubyte", digits[:96])
+    write_idx(root / "t10k-images-idx3-ubyte", digits[96:128])
+    path = tmp / "tiny.toml"
+    path.write_text(TINY.format(root=root, run=tmp / "run"))
+    from vaeflow_cli import config as config_mod
+    from vaeflow_cli.train import train_phase
+
+    cfg = config_mod.resolve(path)
+    train_phase(cfg, tmp / "run", "vae", progress=False)
+    train_phase(cfg, tmp / "run", "glow", progress=False)
+    return tmp / "run"
+
+
 def run_cli(*args, env=None, check=True, input=None, cwd=None) -> subprocess.CompletedProcess:
     """Run ``python -m vaeflow_cli ARGS`` in a subprocess; bytes stdout, text stderr."""
     full_env = {**os.environ, **(env or {})}
@@ -112,3 +132,17 @@ def run_cli(*args, env=None, check=True, input=None, cwd=None) -> subprocess.Com
     if check and proc.returncode != 0:
         raise AssertionError(f"vaeflow {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def call_main(argv, capsys) -> tuple[int, str, str]:
+    """Run ``vaeflow ARGV`` in this process through ``cli.main``: (exit code, stdout, stderr)."""
+    from vaeflow_cli.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

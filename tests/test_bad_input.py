@@ -19,24 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli, write_idx
-
-from vaeflow_cli.cli import main
+from conftest import TINY, call_main, run_cli, write_idx
 
 
 def call(argv, *, env=None, monkeypatch=None, capsys=None):
-    """Run ``vaeflow ARGV`` in this process: (exit code, stdout, stderr)."""
-    if env:
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    """Run ``vaeflow ARGV`` in this process (with ``env`` set): (exit code, stdout, stderr)."""
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    return call_main(argv, capsys)
 
 
 def tree(path: Path) -> dict:

@@ -7,7 +7,8 @@ import torch
 
 from vaeflow_cli.plugins import build_registry
 from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior_component, perturb
-from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, GlowLayer, InvConv1x1, MultiScaleGlow, squeeze, unsqueeze
+from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, InvConv1x1, squeeze, unsqueeze
+from vaeflow_plugins.models import glow_layer, multiscale_glow
 
 REGISTRY = build_registry(allowed=None)  # every installed plugin, third-party ones too
 
@@ -89,7 +90,7 @@ def test_data_dependent_actnorm_normalises_its_first_training_batch_only():
 def test_multiscale_glow_is_a_density_with_a_standard_normal_base():
     """With its steps at the identity (additive couplings start there), the Glow is its learned top
     prior: x ~ N(0.5 + mean, exp(log_std)^2) per pixel, a closed form to compare against."""
-    glow = MultiScaleGlow(image_shape=(1, 2, 2), levels=1, steps=1, hidden_channels=4, coupling="additive").eval()
+    glow = multiscale_glow(image_shape=(1, 2, 2), levels=1, steps=1, hidden_channels=4, coupling="additive").eval()
     with torch.no_grad():
         glow.body.prior_mean.fill_(0.25)
         glow.body.prior_log_std.fill_(math.log(0.5))
@@ -117,7 +118,7 @@ def test_non_lu_conv_log_det_is_slogdet_times_pixels():
 @pytest.mark.parametrize("shape", [(1, 6, 6), (3, 6, 6)])
 @pytest.mark.parametrize("lu", [True, False])
 def test_glow_layer_is_exactly_the_identity_at_initialisation(shape, lu):
-    flow = GlowLayer(image_shape=shape, depth=3, hidden_channels=8, lu=lu)
+    flow = glow_layer(image_shape=shape, depth=3, hidden_channels=8, lu=lu)
     x = torch.rand(4, *shape)
     y, ld = flow(x)
     assert torch.equal(y, x)
@@ -125,8 +126,8 @@ def test_glow_layer_is_exactly_the_identity_at_initialisation(shape, lu):
 
 
 def test_glow_coupling_splits_as_documented():
-    rgb = GlowLayer(image_shape=(3, 4, 4), depth=2, hidden_channels=4)
-    gray = GlowLayer(image_shape=(1, 4, 4), depth=2, hidden_channels=4)
+    rgb = glow_layer(image_shape=(3, 4, 4), depth=2, hidden_channels=4)
+    gray = glow_layer(image_shape=(1, 4, 4), depth=2, hidden_channels=4)
     assert [m.split for m in rgb.layers if isinstance(m, AdditiveCoupling)] == ["channel", "channel"]
     assert [m.split for m in gray.layers if isinstance(m, AdditiveCoupling)] == ["checkerboard", "checkerboard"]
     # the 1 | 2 channel split alternates which part is transformed

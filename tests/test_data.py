@@ -1,11 +1,10 @@
-from pathlib import Path
-
 """Datasets in their real formats, written small, and the Rust decoder against Pillow."""
 
 import gzip
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest

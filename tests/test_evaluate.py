@@ -7,28 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli, write_idx
+from conftest import run_cli, write_idx
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli import fid
 from vaeflow_cli.evaluate import evaluate_run
 from vaeflow_cli.train import train_phase
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, digits):
-    """A tiny two-phase run on 96 training / 32 test digits."""
-    tmp = tmp_path_factory.mktemp("evalrun")
-    root = tmp / "mnist"
-    root.mkdir()
-    write_idx(root / "train-images-idx3-ubyte", digits[:96])
-    write_idx(root / "t10k-images-idx3-ubyte", digits[96:128])
-    path = tmp / "tiny.toml"
-    path.write_text(TINY.format(root=root, run=tmp / "run"))
-    cfg = config_mod.resolve(path)
-    train_phase(cfg, tmp / "run", "vae", progress=False)
-    train_phase(cfg, tmp / "run", "glow", progress=False)
-    return tmp / "run"
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +83,12 @@ def test_bpd_and_iwae_bounds_of_both_models(trained_run):
 
 
 def test_iwae_tightens_with_k_and_k1_estimates_the_elbo(trained_run):
+    from vaeflow_cli.api import load_run
     from vaeflow_cli.data import load_split
     from vaeflow_cli.likelihood import held_out_bpd, iwae_bpd
-    from vaeflow_cli.runs import load_run_model
 
-    model, cfg, _ = load_run_model(trained_run)
+    run = load_run(trained_run, device="cpu")
+    model, cfg = run.model, run.config
     images = load_split(cfg, "test")
     cpu = torch.device("cpu")
     k1 = np.mean([iwae_bpd(model, images, k=1, seed=s, use_flow=True, device=cpu) for s in range(8)])
@@ -116,12 +101,13 @@ def test_iwae_tightens_with_k_and_k1_estimates_the_elbo(trained_run):
 def test_per_image_bounds_are_the_batches_bounds_and_their_mean_is_the_old_number(trained_run):
     """elbo_bpd / iwae_bpd_per_image against the model's own bound / iwae_log_likelihood on the
     same dequantized batches with the same generator, computed here batch by batch."""
+    from vaeflow_cli.api import load_run
     from vaeflow_cli.data import EVAL_EPOCH, dequantize, load_split
     from vaeflow_cli.distributions import bits_per_dim
     from vaeflow_cli.likelihood import EVAL_BATCH, elbo_bpd, held_out_bpd, iwae_bpd, iwae_bpd_per_image
-    from vaeflow_cli.runs import load_run_model
 
-    model, cfg, _ = load_run_model(trained_run)
+    run = load_run(trained_run, device="cpu")
+    model, cfg = run.model, run.config
     images = load_split(cfg, "test")
     cpu = torch.device("cpu")
 
@@ -232,10 +218,10 @@ def other_digits(tmp_path_factory, digits):
 
 
 def test_evaluate_on_another_dataset_through_the_cli(trained_run, other_digits):
+    from vaeflow_cli.api import load_run
     from vaeflow_cli.baselines import histogram_bpd
     from vaeflow_cli.data import load_split
     from vaeflow_cli.likelihood import held_out_bpd
-    from vaeflow_cli.runs import load_run_model
 
     root, gz_root, test, train = other_digits
     own = trained_run / "eval" / "evaluate-test.json"
@@ -246,7 +232,8 @@ def test_evaluate_on_another_dataset_through_the_cli(trained_run, other_digits):
     assert r["data"] == {"name": "mnist", "root": str(root), "run_dataset": False}
     assert r["images"] == 40 and r["split"] == "test"
     # independent computations on the images written above
-    model, cfg, _ = load_run_model(trained_run)
+    run = load_run(trained_run, device="cpu")
+    model, cfg = run.model, run.config
     assert r["bpd_elbo_full"] == pytest.approx(held_out_bpd(model, test, seed=0, use_flow=True, device=torch.device("cpu")), rel=1e-12)
     run_train = load_split(cfg, "train")  # the histogram stays fitted on the run's own training split
     assert histogram_bpd(train, test).mean() != pytest.approx(r["bpd_histogram"], rel=1e-3)  # not the other training set
@@ -383,22 +370,21 @@ def test_timing_gives_finite_times_for_all_three_models(tiny_config):
 def test_figure4_and_temperature_figures_have_the_documented_layout(trained_run):
     from PIL import Image
 
-    from vaeflow_cli.runs import load_run_model
-    from vaeflow_cli.sampling import compare_grid, temperature_grid
+    from vaeflow_cli.api import load_run
+    from vaeflow_cli.images import to_uint8
 
     path = run_cli("sample", "--run", trained_run, "--compare", "--n", "3", "--per-z", "4").stdout.decode().strip()
     assert Image.open(path).size == (5 * 30 + 2, 3 * 30 + 2)  # rows: z; columns: VAE mean + 4 samples
     path = run_cli("sample", "--run", trained_run, "--temperatures", "0,0.5,1", "--n", "4").stdout.decode().strip()
     assert Image.open(path).size == (4 * 30 + 2, 3 * 30 + 2)  # rows: T; columns: the same 4 latents
-    model, _, _ = load_run_model(trained_run)
-    grid = compare_grid(model, rows=2, per_z=3, seed=5)
+    run = load_run(trained_run, device="cpu")
+    model = run.model
+    grid = to_uint8(run.compare(2, 3, seed=5))
     g = torch.Generator().manual_seed(5)
     z = model.prior.from_base(torch.randn(2, model.latent_dim, generator=g))
-    from vaeflow_cli.images import to_uint8
-
     with torch.no_grad():
         assert np.array_equal(grid[:, 0], to_uint8(model.decode(z, vae_only=True)))  # column 0: g_mu(z)
-        rows = temperature_grid(model, temperatures=[0.0, 1.0], n=2, seed=5)
+        rows = to_uint8(run.temperature_sweep([0.0, 1.0], 2, seed=5))
         assert np.array_equal(rows[0], to_uint8(model.decode(z, temperature=0.0)))  # T = 0: f^-1(g_mu(z))
     assert not np.array_equal(rows[0], rows[1])
 
@@ -415,10 +401,11 @@ def test_joint_training_runs_a_step_and_changes_every_parameter(trained_run, tmp
     with pytest.raises(Interrupted):
         train_phase(cfg, run, "joint", progress=False, max_steps=1)
     before, after = RunDir(run).load_checkpoint("glow")["model"], RunDir(run).load_checkpoint("joint")["model"]
-    from vaeflow_cli.runs import load_run_model
+    from vaeflow_cli.api import load_run
 
-    model, _, phase = load_run_model(run)
-    assert phase == "joint"
+    loaded = load_run(run, device="cpu")
+    model = loaded.model
+    assert loaded.phase == "joint"
     names = [n for n, _ in model.named_parameters()]
     assert {n.split(".")[0] for n in names} == {"encoder", "decoder", "prior", "flow"}
     # a 1-channel 1x1 convolution's strictly lower/upper LU parts are empty (masked): no gradient

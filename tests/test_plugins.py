@@ -96,7 +96,7 @@ def test_duplicate_names_are_an_error_naming_both_plugins():
         def register_flows(self, register):
             register("glow-layer", object)
 
-    with pytest.raises(VaeflowError, match="'glow-layer' is registered twice: by plugin 'vaeflow_plugins.glow' and by plugin 'dupe'"):
+    with pytest.raises(VaeflowError, match="'glow-layer' is registered twice: by plugin 'builtin-models' and by plugin 'dupe'"):
         build_registry(extra=[("dupe", Dupe())], load_entry_points=False)
 
 
@@ -121,8 +121,8 @@ def test_registering_a_plugin_object_adds_its_components():
     class Extra:
         @hookimpl
         def register_priors(self, register):
-            register("my-gaussian", sys.modules["vaeflow_plugins.priors"].GaussianPrior)
-            register(name="my-gaussian-2", factory=sys.modules["vaeflow_plugins.priors"].GaussianPrior)
+            register("my-gaussian", sys.modules["vaeflow_plugins.models"].gaussian_prior)
+            register(name="my-gaussian-2", factory=sys.modules["vaeflow_plugins.models"].gaussian_prior)
 
     registry = build_registry(extra=[("extra", Extra())], load_entry_points=False)
     assert registry.get("prior", "my-gaussian").plugin == "extra"

@@ -14,10 +14,11 @@ import torch
 from conftest import run_cli
 
 from vaeflow_cli import config as config_mod
+from vaeflow_cli.api import load_run
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import VAEFlow, build_model
 from vaeflow_cli.plugins import build_registry
-from vaeflow_cli.runs import RunDir, load_run_model
+from vaeflow_cli.runs import RunDir
 from vaeflow_cli.testing import perturb
 from vaeflow_cli.train import train_phase
 
@@ -79,11 +80,11 @@ def test_bf16_training_runs_on_the_cpu(tiny, tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
-    from vaeflow_plugins.glow import GlowLayer
+    from vaeflow_plugins.models import glow_layer
 
     torch.manual_seed(0)
-    plain = perturb(GlowLayer(image_shape=(3, 6, 6), depth=3, hidden_channels=8), seed=3)
-    ckpt = GlowLayer(image_shape=(3, 6, 6), depth=3, hidden_channels=8, checkpointing=True)
+    plain = perturb(glow_layer(image_shape=(3, 6, 6), depth=3, hidden_channels=8), seed=3)
+    ckpt = glow_layer(image_shape=(3, 6, 6), depth=3, hidden_channels=8, checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
     x = torch.rand(2, 3, 6, 6)
     outs = []
@@ -199,7 +200,7 @@ def test_ddp_with_gloo_on_two_processes_matches_one_process(tmp_path, tiny_confi
     assert abs(two["test_bpd"] - one["test_bpd"]) < 0.05 * one["test_bpd"]
     state = RunDir(ddp).load_checkpoint("vae")
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
-    model, _, _ = load_run_model(ddp)  # the checkpoint is a plain model (no DDP "module." prefixes)
+    model = load_run(ddp, device="cpu").model  # the checkpoint is a plain model (no DDP "module." prefixes)
     assert model is not None
 
 
@@ -285,7 +286,6 @@ def test_timing_interleaves_the_models_and_reports_medians_spreads_and_threads(t
 
 def test_two_stage_prior_trains_its_second_stage_samples_and_evaluates(tiny, tmp_path):
     from vaeflow_cli.evaluate import evaluate_run
-    from vaeflow_cli.sampling import sample_images
 
     cfg = config_mod.resolve(base=tiny, overrides=["model.prior.type='two-stage-vae'", "model.prior.hidden=32",
                                                    "train.vae.epochs=1", "train.prior.epochs=2"])
@@ -301,10 +301,10 @@ def test_two_stage_prior_trains_its_second_stage_samples_and_evaluates(tiny, tmp
     assert not any(changed(k) for k in vae if k.startswith(("encoder.", "decoder.", "flow.")))
     records = [r for r in RunDir(run).read_metrics() if r["phase"] == "prior"]
     assert [r["epoch"] for r in records] == [0, 1, 2] and records[-1]["test_bpd"] < records[0]["test_bpd"]
-    model, _, phase = load_run_model(run)
-    assert phase == "prior"
-    a = sample_images(model, 4, seed=1)
-    assert a.shape == (4, 1, 28, 28) and np.array_equal(a, sample_images(model, 4, seed=1))
+    loaded = load_run(run, device="cpu")
+    assert loaded.phase == "prior"
+    a = loaded.sample(4, seed=1)
+    assert a.shape == (4, 1, 28, 28) and torch.equal(a, loaded.sample(4, seed=1))
     r = evaluate_run(run, metrics=["bpd", "iwae"], iwae_k=4)
     assert np.isfinite(r["bpd_elbo_prior"]) and r["prior_type"] == "two-stage-vae"
     again = evaluate_run(run, metrics=["bpd"])

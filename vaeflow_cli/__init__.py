@@ -1,6 +1,62 @@
-"""vaeflow: VAEs with normalizing-flow decoders (Morrow & Chiu).
+"""vaeflow: VAEs with normalizing-flow decoders (Morrow & Chiu), as a library.
 
-This module stays import-light (no torch) so that ``vaeflow --help`` starts fast.
+The public API (``__all__``) is imported lazily: ``import vaeflow_cli`` loads neither torch nor
+numpy, so the ``vaeflow`` command starts fast; the first use of a name loads its module.
+
+- ``load_run(path, *, device="auto", checkpoint=None) -> Run``: a trained run for sampling,
+  encoding, reconstruction, interpolation and likelihood bounds (``vaeflow_cli.api``).
+- ``resolve_config(path=None, overrides=())``: a config as training sees it (``vaeflow_cli.config``).
+- ``train_phase(cfg, run_dir, phase)``: train one phase (``vaeflow_cli.train``; phases in
+  ``vaeflow_cli.phases.PHASES``).
+- ``evaluate_run(run, ...)``: what ``vaeflow evaluate`` computes, as a dict (``vaeflow_cli.evaluate``).
+- ``VaeflowError`` (exit code 2), ``RuntimeFailure`` (1), ``Interrupted`` (130): the errors every
+  function raises with a one-line message (``vaeflow_cli.errors``).
+
+Plugin authors import from ``vaeflow_cli.plugin_api`` and ``vaeflow_cli.hookspecs``, and test with
+``vaeflow_cli.testing``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_run": "vaeflow_cli.api",
+    "Run": "vaeflow_cli.api",
+    "resolve_config": ("vaeflow_cli.config", "resolve"),
+    "train_phase": "vaeflow_cli.train",
+    "evaluate_run": "vaeflow_cli.evaluate",
+    "PHASES": "vaeflow_cli.phases",
+    "VaeflowError": "vaeflow_cli.errors",
+    "RuntimeFailure": "vaeflow_cli.errors",
+    "Interrupted": "vaeflow_cli.errors",
+}
+
+__all__ = ["__version__", "load_run", "Run", "resolve_config", "train_phase", "evaluate_run", "PHASES",
+           "VaeflowError", "RuntimeFailure", "Interrupted"]  # = _EXPORTS (tests/test_api.py checks)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vaeflow_cli.api import Run, load_run
+    from vaeflow_cli.config import resolve as resolve_config
+    from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
+    from vaeflow_cli.evaluate import evaluate_run
+    from vaeflow_cli.phases import PHASES
+    from vaeflow_cli.train import train_phase
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'vaeflow_cli' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

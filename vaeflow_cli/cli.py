@@ -15,7 +15,10 @@ from typing import List, Optional
 
 import typer
 
+from vaeflow_cli.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
 from vaeflow_cli.errors import VaeflowError, describe_os_error
+from vaeflow_cli.metrics import METRICS
+from vaeflow_cli.phases import PHASES, Phase
 
 app = typer.Typer(
     name="vaeflow",
@@ -29,6 +32,17 @@ config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def verbosity(quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only: no progress lines or bars."),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lines too (which config, which overrides).")):
+    """Set the verbosity of the log lines on stderr (vaeflow_cli.console); stdout is the same either way."""
+    from vaeflow_cli import console
+
+    if quiet and verbose:
+        raise typer.BadParameter("give -q/--quiet or -v/--verbose, not both", param_hint="'-q' / '-v'")
+    console.configure(-1 if quiet else 1 if verbose else 0)
 
 
 def _fail(message: str, code: int = 2):
@@ -167,6 +181,8 @@ def _finite(value: Optional[float]) -> Optional[float]:
 
 
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+SAMPLE_N = 64  # vaeflow sample: images in a sample grid
+COMPARE_ROWS = 6  # vaeflow sample --compare/--temperatures: rows of the figure (the paper's Figure 4 has a handful)
 
 
 def _check_out(out: Optional[str], *, folder: bool = False) -> None:
@@ -192,6 +208,7 @@ def _check_out(out: Optional[str], *, folder: bool = False) -> None:
         raise VaeflowError(f"--out {out}: the folder {parent} is not writable; choose a path you may write to")
 
 
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: the embedded MNIST config).")
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.vae.epochs=3 (repeatable).")
 RunOpt = typer.Option(None, "--run", "--run-dir", help="Run directory (default: [run] dir of the config). Under torchrun write --run-dir: torchrun's own parser takes --run for its --run-path.")
@@ -225,7 +242,7 @@ def _stdout_failure(exc: OSError):
 
 
 def _write_output(data: bytes, out: str) -> None:
-    from vaeflow_cli.runs import atomic_write_bytes
+    from vaeflow_cli.files import atomic_write_bytes
 
     if out == "-":
         try:
@@ -251,7 +268,7 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
         cfg = RunDir(run).resolved_config(overrides or [])
     else:
         cfg = config_mod.resolve(config, overrides or [])
-        if run is None and config is None and phase in ("glow", "joint", "prior"):
+        if run is None and config is None and PHASES[phase].starts_from:
             rd = RunDir(cfg["run"]["dir"])
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
                 cfg = rd.resolved_config(overrides or [])
@@ -259,62 +276,35 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
     _out(str(result.run_dir))
 
 
-@app.command("train-vae")
-@cli_errors
-def train_vae(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
-              resume: bool = typer.Option(False, "--resume", help="Continue from the run's phase-1 checkpoint.")):
-    """Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory."""
-    _train("vae", config, run, set, resume)
+def _train_command(phase: Phase):
+    """The ``vaeflow train-PHASE`` command of one row of the phase table."""
+
+    def command(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
+                resume: bool = typer.Option(False, "--resume", help=f"Continue from the run's {phase.name} checkpoint ({phase.title}).")):
+        _train(phase.name, config, run, set, resume)
+
+    command.__name__ = phase.command.replace("-", "_")
+    command.__doc__ = phase.help
+    return cli_errors(command)
 
 
-@app.command("train-glow")
-@cli_errors
-def train_glow(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
-               resume: bool = typer.Option(False, "--resume", help="Continue from the run's phase-2 checkpoint.")):
-    """Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory."""
-    _train("glow", config, run, set, resume)
+for _phase in PHASES.values():
+    app.command(_phase.command, short_help=_phase.summary)(_train_command(_phase))
 
 
-@app.command("train-joint")
-@cli_errors
-def train_joint(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
-                resume: bool = typer.Option(False, "--resume", help="Continue from the run's joint checkpoint.")):
-    """After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full
-    model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory."""
-    _train("joint", config, run, set, resume)
-
-
-@app.command("train-prior")
-@cli_errors
-def train_prior(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
-                resume: bool = typer.Option(False, "--resume", help="Continue from the run's prior checkpoint.")):
-    """Train the prior alone on z ~ q(z|x) of the frozen encoder ([train.prior]), starting from
-    phase 2 (or phase 1): the second stage of a two-stage VAE prior (model.prior.type =
-    "two-stage-vae"; Dai & Wipf, the paper's Table 1), or more steps for any other prior."""
-    _train("prior", config, run, set, resume)
-
-
-@app.command("train-baseline")
-@cli_errors
-def train_baseline(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
-                   resume: bool = typer.Option(False, "--resume", help="Continue from the run's baseline checkpoint.")):
-    """Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's
-    standalone Glow baseline: configs/glow-cifar10.toml). Prints the run directory."""
-    _train("baseline", config, run, set, resume)
-
-
-@app.command()
+@app.command(short_help="Draw samples of a trained run (PNG grid or NPY).")
 @cli_errors
 def sample(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
-    n: int = typer.Option(64, "--n", min=1, max=10**9, help="Number of samples (refused when they would not fit in memory)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, max=10**9, show_default=False,
+                                    help=f"Number of samples (default {SAMPLE_N}; with --compare or --temperatures, rows: default {COMPARE_ROWS}). Refused when they would not fit in memory."),
     temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, callback=_finite, help="Glow-layer temperature T (paper: 0.5)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
     fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),
     as_grid: bool = typer.Option(True, "--grid/--no-grid", help="One grid PNG, or one PNG per sample."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
     compare: bool = typer.Option(False, "--compare", help="Figure 4: per row, one z: its VAE mean, then --per-z Glow-layer samples at -t."),
     per_z: int = typer.Option(5, "--per-z", min=1, max=4096, help="With --compare: Glow-layer samples per z."),
     temperatures: Optional[str] = typer.Option(None, "--temperatures", help="Temperature figure: one row per T (e.g. 0,0.25,0.5,0.75,1), the same --n latents and noise in each row."),
@@ -324,61 +314,64 @@ def sample(
     Prints the written paths, one per line (or writes the PNG / NPY bytes to stdout with --out -).
     --compare and --temperatures write one grid PNG (the paper's Figure 4; a temperature figure).
     """
+    from vaeflow_cli.api import load_run
     from vaeflow_cli.console import log
-    from vaeflow_cli.images import grid, npy_bytes, png_bytes
-    from vaeflow_cli.runs import RunDir, atomic_write_bytes, load_run_model
-    from vaeflow_cli.sampling import sample_images
-    from vaeflow_cli.train import resolve_device
+    from vaeflow_cli.engine import resolve_device
+    from vaeflow_cli.files import atomic_write_bytes
+    from vaeflow_cli.images import grid, npy_bytes, png_bytes, to_uint8
+    from vaeflow_cli.runs import RunDir
 
     if fmt not in ("png", "npy"):
         raise VaeflowError(f"--format must be png or npy, not {fmt!r}")
     if fmt == "png" and not as_grid and out == "-":
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
-    _check_out(out, folder=fmt == "png" and not as_grid and not (compare or temperatures is not None))
-    run = _run_or_default(run)
-    model, _, phase = load_run_model(run, device=str(resolve_device(device, "--device")))
-    if phase == "baseline" and vae_only:
-        raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no VAE decoder for --vae-only")
-    if phase == "vae" and not vae_only:
-        log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
-    if compare or temperatures is not None:
+    figure = compare or temperatures is not None
+    if figure:
         from vaeflow_cli.evaluate import parse_temperatures
-        from vaeflow_cli.sampling import compare_grid, temperature_grid
 
-        if phase == "baseline":
-            raise VaeflowError(f"{run} is a standalone flow (train-baseline): --compare and --temperatures need a VAE")
         if compare and temperatures is not None:
             raise VaeflowError("--compare and --temperatures make different figures; give one")
         if fmt != "png" or not as_grid:
             raise VaeflowError("--compare and --temperatures write one PNG figure; leave out --format npy and --no-grid")
-        count = n * (1 + per_z) if compare else n * len(parse_temperatures(temperatures, "--temperatures"))
-        _require_image_memory(2 * count, model.image_shape, f"--n {n} x --per-z {per_z}" if compare else f"--n {n} x {len(parse_temperatures(temperatures, '--temperatures'))} temperatures")
+        temps = parse_temperatures(temperatures, "--temperatures") if temperatures is not None else []
+    _check_out(out, folder=fmt == "png" and not as_grid and not figure)
+    run = _run_or_default(run)
+    r = load_run(run, device=resolve_device(device, "--device"))
+    if r.phase == "baseline" and (vae_only or figure):
+        raise VaeflowError(f"{run} is a standalone flow (train-baseline): --vae-only, --compare and --temperatures need a VAE")
+    if r.phase == "vae" and not vae_only:
+        log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
+    samples_dir = RunDir(run).samples_dir
+    if figure:
+        rows_n = n if n is not None else COMPARE_ROWS
+        count = rows_n * ((1 + per_z) if compare else len(temps))
+        _require_image_memory(5 * count, r.image_shape, f"--n {rows_n} x --per-z {per_z}" if compare else f"--n {rows_n} x {len(temps)} temperatures")
         if compare:
-            rows = compare_grid(model, rows=n, per_z=per_z, temperature=temperature, seed=seed)
+            rows = r.compare(rows_n, per_z, temperature=temperature, seed=seed)
             name = f"compare-seed{seed}-t{temperature:g}.png"
         else:
-            temps = parse_temperatures(temperatures, "--temperatures")
-            rows = temperature_grid(model, temperatures=temps, n=n, seed=seed)
+            rows = r.temperature_sweep(temps, rows_n, seed=seed)
             name = f"temperatures-seed{seed}.png"
-        figure = grid(rows.reshape(-1, *rows.shape[2:]), nrow=rows.shape[1])
-        _write_output(png_bytes(figure), out or str(RunDir(run).samples_dir / name))
+        picture = grid(to_uint8(rows.reshape(-1, *rows.shape[2:])), nrow=rows.shape[1])
+        _write_output(png_bytes(picture), out or str(samples_dir / name))
         return
-    _require_image_memory(n * (1 if fmt == "npy" or not as_grid else 2), model.image_shape, f"--n {n}")
-    images = sample_images(model, n, temperature=temperature, seed=seed, vae_only=vae_only)  # (N, C, H, W)
+    n = n if n is not None else SAMPLE_N
+    _require_image_memory(n * (5 if fmt == "npy" or not as_grid else 6), r.image_shape, f"--n {n}")
+    images = to_uint8(r.sample(n, temperature=temperature, seed=seed, vae_only=vae_only))  # (N, C, H, W)
     stem = f"sample-seed{seed}-" + ("vae" if vae_only else f"t{temperature:g}")
     if fmt == "npy":
-        _write_output(npy_bytes(images), out or str(RunDir(run).samples_dir / f"{stem}.npy"))
+        _write_output(npy_bytes(images), out or str(samples_dir / f"{stem}.npy"))
     elif as_grid:
-        _write_output(png_bytes(grid(images)), out or str(RunDir(run).samples_dir / f"{stem}.png"))
+        _write_output(png_bytes(grid(images)), out or str(samples_dir / f"{stem}.png"))
     else:
-        folder = Path(out) if out else RunDir(run).samples_dir / stem
+        folder = Path(out) if out else samples_dir / stem
         for i, img in enumerate(images):
             path = folder / f"{i:05d}.png"
             atomic_write_bytes(path, png_bytes(img.transpose(1, 2, 0)))
             _out(str(path))
 
 
-@app.command()
+@app.command(short_help="Interpolate between prior points or two images.")
 @cli_errors
 def interpolate(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
@@ -388,44 +381,43 @@ def interpolate(
     src: Optional[Path] = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
     dst: Optional[Path] = typer.Option(None, "--to", help="... to this one, through their encodings."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG path, or - for stdout."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
 ):
     """Interpolate between random prior points (spherical, in u space) or between two images
     (linear, between their encoder means). Writes one grid PNG, a row per path; prints its path."""
-    from vaeflow_cli.images import grid, png_bytes, read_image
-    from vaeflow_cli.runs import RunDir, load_run_model
-    from vaeflow_cli.sampling import interpolate_images, interpolate_prior
-    from vaeflow_cli.train import resolve_device
+    from vaeflow_cli.api import load_run
+    from vaeflow_cli.engine import resolve_device
+    from vaeflow_cli.images import grid, png_bytes, read_image, to_uint8
+    from vaeflow_cli.runs import RunDir
 
     if (src is None) != (dst is None):
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
     _check_out(out)
     run = _run_or_default(run)
-    model, _, phase = load_run_model(run, device=str(resolve_device(device, "--device")))
-    if phase == "baseline":
+    r = load_run(run, device=resolve_device(device, "--device"))
+    if r.phase == "baseline":
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
-    _require_image_memory(2 * steps * (1 if src is not None else pairs), model.image_shape, f"--pairs {pairs} x --steps {steps}")
+    _require_image_memory(5 * steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")
     if src is not None:
-        a, b = read_image(src, model.image_shape), read_image(dst, model.image_shape)
-        images = interpolate_images(model, a, b, steps=steps)
+        images = r.interpolate(read_image(src, r.image_shape), read_image(dst, r.image_shape), steps)
         name = f"interpolate-{src.stem}-{dst.stem}.png"
     else:
-        images = interpolate_prior(model, pairs=pairs, steps=steps, seed=seed).reshape(-1, *model.image_shape)
+        images = r.interpolate_prior(pairs, steps, seed=seed).reshape(-1, *r.image_shape)
         name = f"interpolate-seed{seed}.png"
-    _write_output(png_bytes(grid(images, nrow=steps)), out or str(RunDir(run).samples_dir / name))
+    _write_output(png_bytes(grid(to_uint8(images), nrow=steps)), out or str(RunDir(run).samples_dir / name))
 
 
-@app.command()
+@app.command(short_help="Held-out bits/dim bounds (ELBO, IWAE), FID, digit FD.")
 @cli_errors
 def evaluate(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
-    metrics: str = typer.Option("bpd", "--metrics", help="Comma-separated: bpd, iwae, fid, digit_fd."),
+    metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
     iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=100_000, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
     n_samples: int = typer.Option(10_000, "--n-samples", min=2, max=10**9, help="Generated images for FID (refused when they would not fit in memory)."),
     temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     data: Optional[str] = typer.Option(None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Root folder of --data (alone: the run's dataset read from this root)."),
@@ -443,7 +435,7 @@ def evaluate(
     _out(json.dumps(result) if as_json else format_table(result))
 
 
-@app.command()
+@app.command(short_help="Seconds per epoch of each phase and of a standalone Glow.")
 @cli_errors
 def timing(
     config: Optional[Path] = ConfigOpt,
@@ -474,7 +466,7 @@ def timing(
     _out(json.dumps(result) if as_json else format_table(result))
 
 
-@app.command()
+@app.command(short_help="Plot training loss and held-out bound per epoch.")
 @cli_errors
 def plot(run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
          out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png).")):
@@ -485,7 +477,7 @@ def plot(run: Optional[Path] = typer.Option(None, "--run", help="Run directory (
     _out(str(training_curves(_run_or_default(run), out)))
 
 
-@app.command("plugins")
+@app.command("plugins", short_help="List the plugins and the components they registered.")
 @cli_errors
 def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
     """List each plugin, its version and the components it registered, or why it failed to load."""
@@ -509,7 +501,7 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON f
             _out(f"  {k}: {', '.join(names)}")
 
 
-@config_app.command("show")
+@config_app.command("show", short_help="Print the resolved config as TOML.")
 @cli_errors
 def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = SetOpt):
     """Print the resolved config (defaults, file and --set overrides, component defaults) as TOML."""
@@ -518,9 +510,9 @@ def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = S
     _out(config_mod.dumps(config_mod.resolve(config, set or [])), nl=False)
 
 
-@data_app.command("download")
+@data_app.command("download", short_help="Download a dataset's official files, MD5-verified.")
 @cli_errors
-def data_download(name: str = typer.Argument(..., help="mnist, fashion-mnist or cifar10."),
+def data_download(name: str = typer.Argument(..., help=download_names_help()),
                   root: Path = typer.Option(..., "--root", help="Folder to download into (data.root).")):
     """Download a dataset's official files: resumable, MD5-verified, written atomically. Prints the files."""
     from vaeflow_cli.console import log
@@ -530,7 +522,7 @@ def data_download(name: str = typer.Argument(..., help="mnist, fashion-mnist or 
         _out(str(path))
 
 
-@data_app.command("info")
+@data_app.command("info", short_help="Print a dataset's split sizes and image shape (JSON).")
 @cli_errors
 def data_info(name: str = typer.Argument(..., help="A registered dataset."),
               root: str = typer.Option("", "--root", help="The dataset's folder (data.root).")):
@@ -574,9 +566,9 @@ def _sigterm_interrupts() -> dict:
     import threading
 
     def handler(signum, frame):
-        runs = sys.modules.get("vaeflow_cli.runs")
-        if runs is not None:
-            runs.remove_pending_temporaries()
+        files = sys.modules.get("vaeflow_cli.files")
+        if files is not None:
+            files.remove_pending_temporaries()
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         os.write(2, f"vaeflow: error: interrupted by {name}; nothing was written after the last complete file or checkpoint\n".encode())
         os._exit(130)

@@ -15,6 +15,7 @@ import difflib
 import inspect
 import json
 import math
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -25,15 +26,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from vaeflow_cli.constraints import OneOf, Range, declared_constraints, problem
+from vaeflow_cli.console import debug
+from vaeflow_cli.constraints import Check, OneOf, Range, declared_constraints, problem
 from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.phases import PHASES
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 PIXEL_TRANSFORMS = ("none", "logit")  # model.pixel_transform (model.pixel_transform builds them)
 COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
-PHASES = ("vae", "glow", "baseline", "joint", "prior")  # [train.<phase>] sections; baseline = the
-# [model.flow] alone; joint = everything fine-tuned together after the two phases (paper, section
-# 3.4); prior = the prior alone on the frozen encoder's q(z|x) (the two-stage VAE's second stage)
+# [train.<phase>] sections: one per phase of vaeflow_cli.phases.PHASES (what each trains and starts from)
 
 _PHASE = {
     "epochs": 10,  # passes over the training split
@@ -69,15 +70,12 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 0,  # also checkpoint every N optimizer steps (0: at epoch ends only)
         "keep_checkpoints": 3,  # step-tagged checkpoints kept besides PHASE.pt
         "max_bad_steps": 10,  # consecutive non-finite losses (each skipped) before the run stops
-        "vae": dict(_PHASE),
-        "glow": dict(_PHASE),
-        "baseline": dict(_PHASE),  # vaeflow train-baseline: the [model.flow] alone (standalone Glow)
-        "joint": {**_PHASE, "epochs": 5, "lr": 1e-5},  # vaeflow train-joint: all parts, after phase 2
-        "prior": {**_PHASE, "epochs": 20, "lr": 1e-3},  # vaeflow train-prior: the prior alone
+        **{name: {**_PHASE, **phase.defaults} for name, phase in PHASES.items()},
     },
     "run": {
         "dir": "runs/default",  # used when --run is not given
         "sample_n": 64,  # images in the sample grid written after each epoch
+        "loggers": [],  # experiment trackers fed every metrics record, e.g. ["tensorboard"] (registered "logger" components)
     },
 }
 
@@ -103,6 +101,8 @@ CONSTRAINTS: dict[str, list] = {
     "train.*.warmup_steps": [Range(0)],
     "train.*.grad_clip": [Range(0)],
     "run.sample_n": [Range(1, 4096)],
+    "run.loggers": [Check(lambda v: all(isinstance(x, str) for x in v), "must be a list of logger names (strings), e.g. [\"tensorboard\"]"),
+                    Check(lambda v: len(set(v)) == len(v), "must name each logger once")],
 }
 
 
@@ -116,7 +116,10 @@ def _plain_constraints(dotted: str) -> list:
 # ------------------------------------------------------------------ loading
 
 
-def load_toml(path: str | Path, *, fix: str = "pass a TOML file to --config") -> dict[str, Any]:
+CONFIG_FIX = "pass a TOML file to --config"
+
+
+def load_toml(path: str | Path, *, fix: str = CONFIG_FIX) -> dict[str, Any]:
     """The TOML file ``path`` as a dict; one VaeflowError (ending with ``fix``) when it is missing,
     a folder, unreadable, not UTF-8 or not valid TOML."""
     p = Path(path)
@@ -140,6 +143,24 @@ def load_toml(path: str | Path, *, fix: str = "pass a TOML file to --config") ->
     if _depth(data) > MAX_DEPTH:
         raise VaeflowError(f"{p}: tables or arrays nested more than {MAX_DEPTH} deep; a config is not; {fix}")
     return data
+
+
+def config_fix(path: str | Path) -> str:
+    """How to fix a --config ``path``: for a file that does not exist, the config of that name
+    (``.toml`` added when it has none; else the closest name) in its own folder or in ./configs."""
+    p = Path(path)
+    if os.path.lexists(p):
+        return CONFIG_FIX
+    wanted = p.name if p.suffix else p.name + ".toml"
+    for folder in dict.fromkeys([p.parent, Path("configs")]):
+        try:
+            names = sorted(c.name for c in folder.glob("*.toml") if c.is_file())
+        except (OSError, ValueError):  # an unreadable folder, a name glob refuses
+            continue
+        match = wanted if wanted in names else next(iter(difflib.get_close_matches(wanted, names, n=1, cutoff=0.8)), None)
+        if match is not None:
+            return f"{folder / match} exists: pass --config {folder / match}"
+    return CONFIG_FIX
 
 
 MAX_DEPTH = 16  # a config nests a few tables deep; deeper input is refused before it is copied
@@ -171,7 +192,7 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), *, base: 
     the embedded default) and ``--set KEY=VALUE`` overrides. Component sections are filled with
     their factories' defaults."""
     if path is not None:
-        raw, where = load_toml(path), str(path)
+        raw, where = load_toml(path, fix=config_fix(path)), str(path)
     elif base is not None:
         raw, where = copy.deepcopy(base), source
     else:
@@ -185,6 +206,7 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), *, base: 
     for item in overrides:
         apply_override(cfg, item)
         set_by[item.split("=", 1)[0].strip()] = f"--set {item}"
+    debug(f"config: {where}" + "".join(f", --set {item}" for item in overrides))
     return validate(cfg, where=where, registry=registry, set_by=set_by)
 
 
@@ -362,6 +384,8 @@ def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None) -> 
         out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry,
                                                 name_key="type", set_by=set_by)
     _check_plain(out, where, set_by=set_by or {})
+    for name in out["run"]["loggers"]:  # strings, each once (CONSTRAINTS); each a registered logger
+        registry.get("logger", name, where=f"{(set_by or {}).get('run.loggers', where)}: run.loggers")
     return out
 
 

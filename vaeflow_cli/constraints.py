@@ -17,6 +17,7 @@ nothing heavy (no torch), so ``vaeflow config show`` stays fast.
 
 from __future__ import annotations
 
+import inspect
 import math
 import typing
 from dataclasses import dataclass
@@ -106,14 +107,28 @@ def constraints_from_annotation(annotation: Any) -> list:
 
 
 def declared_constraints(factory: Callable[..., Any]) -> dict[str, list]:
-    """{keyword: [constraints]} read from ``factory``'s annotations (its ``__init__`` for a
-    class). Annotations that cannot be evaluated declare nothing."""
+    """{keyword: [constraints]} read from ``factory``'s parameter annotations (its ``__init__`` for
+    a class). Each annotation is evaluated on its own in the factory's module (string annotations
+    under ``from __future__ import annotations`` included), so a return type imported only under
+    ``TYPE_CHECKING`` does not hide the parameters' constraints; an annotation that cannot be
+    evaluated declares nothing."""
     target = factory.__init__ if isinstance(factory, type) else factory
-    try:
-        hints = typing.get_type_hints(target, include_extras=True)
-    except Exception:  # noqa: BLE001 -- an unresolvable forward reference, a C function, ...
-        return {}
-    return {name: found for name, ann in hints.items() if (found := constraints_from_annotation(ann))}
+    target = inspect.unwrap(target)
+    raw = getattr(target, "__annotations__", None) or {}
+    namespace = dict(getattr(target, "__globals__", {}))
+    out: dict[str, list] = {}
+    for name, annotation in raw.items():
+        if name == "return":
+            continue
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # noqa: S307 -- the factory's own annotation, in its own module
+            except Exception:  # noqa: BLE001 -- a name imported only for type checkers
+                continue
+        found = constraints_from_annotation(annotation)
+        if found:
+            out[name] = found
+    return out
 
 
 def problem(value: Any, constraints: list) -> str | None:

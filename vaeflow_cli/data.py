@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from vaeflow_cli.console import log as console_log
-from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.console import warning
+from vaeflow_cli.errors import ImageProblem, VaeflowError
 from vaeflow_cli.limits import file_problem  # noqa: F401 -- also the plugins' entry point to it
 
 EVAL_EPOCH = 2**32 - 1  # the noise stream used for held-out evaluation
@@ -67,7 +68,7 @@ def dequantize_on_device(x, indices, *, seed: int, epoch: int):
         key = mix(seed_t ^ _signed(epoch % (1 << 64)))
         counter = indices.to(device=x.device, dtype=torch.int64)[:, None] * words + torch.arange(words, device=x.device)
         bits = mix(counter ^ key)  # (B, W)
-        lanes = torch.stack([shr(bits, 16 * l) & 0xFFFF for l in range(4)], dim=2).reshape(b, -1)[:, :dims]
+        lanes = torch.stack([shr(bits, 16 * lane) & 0xFFFF for lane in range(4)], dim=2).reshape(b, -1)[:, :dims]
         u = lanes.to(torch.float32) * (2.0**-16)
         return (x.reshape(b, -1).to(torch.float32) + u).mul_(1.0 / 256).reshape(x.shape)
 
@@ -170,15 +171,6 @@ def _crop_region(crop: CropSpec, w: int, h: int) -> tuple[int, int, int, int]:
     return (w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c
 
 
-class ImageProblem(ValueError):
-    """An image file Pillow may not or cannot read; ``kind`` as the Rust decoder's failures:
-    "read", "size" (over the pixel bound) or "decode"."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 # What vaeflow decodes through Pillow: PNG and JPEG (MPO is how Pillow names many camera JPEGs).
 PILLOW_FORMATS = ("PNG", "JPEG", "MPO")
 
@@ -272,7 +264,7 @@ def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
     The hash covers ``key_parts`` (the source files' names, sizes and mtimes and the preprocessing
     parameters), so changing any of them builds a new cache; ``build()`` makes the array. The file
     is written to a temporary name, fsynced and renamed, so an interrupted build leaves no cache."""
-    from vaeflow_cli.runs import atomic_write
+    from vaeflow_cli.files import atomic_write
 
     path = cache_path(cache_dir, name, key_parts)
     if os.path.lexists(cache_dir) and not Path(cache_dir).is_dir():
@@ -331,7 +323,11 @@ def build_dataset(cfg: dict, registry=None):
 
 def dataset_info(name: str, root: str, registry=None) -> dict:
     """Split sizes, image shape and (where the dataset caches) cache state of a dataset, with its
-    default options. A dataset with an ``info()`` method reports without loading its images."""
+    default options. A dataset with an ``info()`` method reports without loading its images.
+
+    Without ``info()``, a split that cannot be read (its files missing, or damaged) is left out of
+    ``splits`` and named in ``missing`` with the reason, and a warning line says so; when no split
+    can be read, the first split's error is raised."""
     if registry is None:
         from vaeflow_cli.plugins import get_registry
 
@@ -340,7 +336,17 @@ def dataset_info(name: str, root: str, registry=None) -> dict:
     if hasattr(ds, "info"):
         details = ds.info()
     else:
-        details = {"splits": {s: len(ds.split(s)) for s in ds.splits}}
+        sizes, missing, first = {}, {}, None
+        for s in ds.splits:
+            try:
+                sizes[s] = len(ds.split(s))
+            except VaeflowError as exc:
+                missing[s], first = str(exc), first or exc
+        if not sizes and first is not None:
+            raise first
+        details = {"splits": sizes, **({"missing": missing} if missing else {})}
+        for s, reason in missing.items():
+            warning(f"{name}: split {s!r} cannot be read, reporting the others: {reason}")
     return {"name": name, "root": root, "image_shape": list(ds.image_shape), **details}
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.runs import atomic_write
+from vaeflow_cli.files import atomic_write
 
 FORMAT = 1
 

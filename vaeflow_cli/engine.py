@@ -135,6 +135,26 @@ class Dist:
         return box[0]
 
 
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """The torch device for ``name`` (auto, cpu, cuda or cuda:N); ``option`` names where it came from
+    in the one-line error (``--device`` for the commands that take it, ``train.device`` in configs)."""
+    fix = "--device cpu" if option.startswith("--") else "--set train.device=cpu (or auto)"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise VaeflowError(f"{option} = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise VaeflowError(f"{option} = {name!r}: vaeflow runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VaeflowError(f"{option} = {name!r} but no CUDA device is available; use {fix}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VaeflowError(f"{option} = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
 def init_distributed(device_name: str) -> tuple[Dist, torch.device | None]:
     """Join the torchrun job described by the environment, if any: (Dist, the device this rank
     must use, or None to resolve ``device_name`` as usual)."""

@@ -34,6 +34,15 @@ class Interrupted(VaeflowError):
     exit_code = 130
 
 
+class ImageProblem(ValueError):
+    """Internal: an image file Pillow may not or cannot read; ``kind`` as the Rust decoder's failures:
+    "read", "size" (over the pixel bound) or "decode"."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 def describe_os_error(exc: OSError, path=None) -> str:
     """One line for an OSError: the file, the system's reason, and what to do about it."""
     import errno

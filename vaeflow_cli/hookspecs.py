@@ -24,7 +24,7 @@ This module imports neither torch nor numpy at run time, so that registering plu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import pluggy
 
@@ -186,34 +186,35 @@ def register_encoders(register: Register) -> None:
 
 @hookspec
 def register_decoders(register: Register) -> None:
-    """Register Gaussian decoders p(xbar|z).
+    """Register Gaussian decoders p(xbar|z): the base distribution of the pixel flow.
 
     :param register: call ``register(name, factory)`` once per decoder; ``factory`` is a
-        ``DecoderFactory`` returning a ``Decoder``."""
+        ``DecoderFactory`` returning a ``Decoder`` whose standard deviations are positive.
+    :returns: nothing; components go through ``register``."""
 
 
 @hookspec
 def register_priors(register: Register) -> None:
-    """Register latent priors p(z).
+    """Register latent priors p(z), selected by ``[model.prior] type``.
 
     :param register: call ``register(name, factory)`` once per prior; ``factory`` is a
-        ``PriorFactory`` returning a ``Prior`` (or a ``BijectivePrior``)."""
+        ``PriorFactory`` returning a ``Prior``. A prior that is a bijection to N(0, I) should
+        also satisfy ``BijectivePrior``: the check kit then tests it as a flow."""
 
 
 @hookspec
 def register_flows(register: Register) -> None:
-    """Register pixel-space bijections (the Glow layer f).
+    """Register pixel-space bijections (the Glow layer f), selected by ``[model.flow] type``.
 
-    :param register: call ``register(name, factory)`` once per flow; ``factory`` is a
-        ``FlowFactory`` returning a ``Flow``."""
+    :param register: call ``register(name, factory)`` once per flow; ``factory`` is a ``FlowFactory``
+        returning a ``Flow`` (the identity at initialisation, unless it is meant only for
+        ``vaeflow train-baseline``)."""
 
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register image datasets, selected by ``[data] name``.
-
-    :param register: call ``register(name, factory)`` once per dataset; ``factory`` is a
-        ``DatasetFactory`` returning a ``Dataset``."""
+    """:param register: call ``register(name, factory)`` once per image dataset (selected by
+        ``[data] name``); ``factory`` is a ``DatasetFactory`` returning a ``Dataset``."""
 
 
 @hookspec
@@ -221,6 +222,6 @@ def register_loggers(register: Register) -> None:
     """Register experiment trackers, selected by ``[run] loggers = ["name", ...]``.
 
     :param register: call ``register(name, factory)`` once per logger; ``factory`` is a
-        ``LoggerFactory`` returning a ``MetricsLogger``. Import heavy libraries inside the factory,
-        not at module level."""
+        ``LoggerFactory`` returning a ``MetricsLogger``.
 
+    Import heavy libraries (wandb, mlflow) inside the factory, not at module level."""

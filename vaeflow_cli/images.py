@@ -52,8 +52,8 @@ def read_image(path, image_shape: tuple[int, int, int]) -> np.ndarray:
     """A PNG/JPEG file as uint8 (C, H, W) matching ``image_shape`` (converted to L or RGB; must have
     that size). The size is checked on the header, before anything is decoded, so a file that
     claims 60000 x 60000 pixels costs nothing; any unreadable file is one VaeflowError."""
-    from vaeflow_cli.data import DEFAULT_MAX_PIXELS, ImageProblem, open_image
-    from vaeflow_cli.errors import VaeflowError
+    from vaeflow_cli.data import DEFAULT_MAX_PIXELS, open_image
+    from vaeflow_cli.errors import ImageProblem, VaeflowError
 
     c, h, w = image_shape
     try:

@@ -261,12 +261,30 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
     )
 
 
-def check_components(model: nn.Module, y: torch.Tensor) -> None:
+IDENTITY_RTOL = 1e-3
+"""check_components: allowed max |f(x) - x| / (1 + |x|) of a fresh pixel flow (float32 is exact for
+an identity built from zeros and eyes; TF32 convolutions on a GPU round x to 11 significant bits)."""
+IDENTITY_LOG_DET_ATOL = 1e-2
+"""check_components: allowed max |log det df/dx| of a fresh pixel flow, in nats per image (1e-2 nats
+is below 2e-5 bits/dim at 28x28)."""
+
+
+def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool = True, flow_type: str | None = None) -> None:
     """Run each component once on a few training images ``y`` (B, C, H, W) in [0, 1), in eval mode
     and without gradients, and check what it returns against the hookspecs' contract (shapes,
     finiteness). A component that raises or breaks the contract is one line naming its config
     section, so a bad component fails the start of training before anything is written.
+
+    ``identity_flow`` (a VAE whose pixel flow is fresh: phase 1, and phase 2 unless it resumes):
+    the [model.flow] must also be the identity at initialisation on these images, t(y) -> t(y) with
+    log det 0, the ``Flow`` protocol's contract that lets phase 2 start at the phase-1 bound
+    (docs/model.md, "Decided here"): in eval mode, and in a first train-mode pass on a copy of the
+    flow (where data-dependent initialisation happens; the model itself is left untouched), within
+    ``IDENTITY_RTOL`` and ``IDENTITY_LOG_DET_ATOL``. The standalone flow (FlowModel) is exempt.
+    ``flow_type``: the config's ``model.flow.type``, named in that error (else the class name).
     Raises VaeflowError."""
+    import copy
+
     from vaeflow_cli.errors import VaeflowError
 
     def call(section: str, fn, *args):
@@ -287,6 +305,20 @@ def check_components(model: nn.Module, y: torch.Tensor) -> None:
             raise VaeflowError(f"[model.{section}] returned {what} of shape {got}, the contract (vaeflow_cli.hookspecs) "
                                f"wants {tuple(shape)}; the component is broken or misconfigured")
 
+    def not_identity(t, out, when: str) -> None:
+        x, log_det = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
+        if not (isinstance(x, torch.Tensor) and tuple(x.shape) == tuple(t.shape) and isinstance(log_det, torch.Tensor)):
+            raise VaeflowError(f"[model.flow] must return (x, log_det) with x of shape {tuple(t.shape)}{when}; see vaeflow_cli.hookspecs")
+        err = ((x.double() - t.double()).abs() / (1 + t.double().abs())).max().item()
+        ld = log_det.double().abs().max().item()
+        if err <= IDENTITY_RTOL and ld <= IDENTITY_LOG_DET_ATOL:
+            return
+        raise VaeflowError(
+            f"[model.flow] {f'type = {flow_type!r}' if flow_type else type(model.flow).__name__} is not the identity at initialisation{when}: on {t.shape[0]} training images "
+            f"max |f(x) - x| / (1 + |x|) = {err:.3g} and max |log det| = {ld:.3g} nats; a VAE's pixel flow must start as f(x) = x "
+            f"with log det 0 so that phase 2 starts at the phase-1 bound (docs/model.md, \"Decided here\"); use an identity-at-init "
+            f"flow such as model.flow.type = \"glow-layer\", and train a flow like this one alone as a density with vaeflow train-baseline")
+
     b = y.shape[0]
     was_training = model.training
     rng = torch.get_rng_state()  # a component that draws noise must not shift the training's stream
@@ -303,6 +335,17 @@ def check_components(model: nn.Module, y: torch.Tensor) -> None:
                 raise VaeflowError("[model.flow] must return (x, log_det) from forward; see vaeflow_cli.hookspecs")
             expect("flow", "x", out[0], y.shape)
             expect("flow", "log_det", out[1], (b,))
+            if identity_flow:
+                not_identity(t, out, "")
+                try:
+                    probe = copy.deepcopy(model.flow)
+                except Exception:  # noqa: BLE001 -- a flow that cannot be copied is checked in eval mode only
+                    probe = None
+                if probe is not None:
+                    devices = [y.device.index if y.device.index is not None else torch.cuda.current_device()] if y.device.type == "cuda" else []
+                    with torch.random.fork_rng(devices=devices):
+                        not_identity(t, call("flow", probe.train(), t), " in its first training-mode pass (data-dependent initialisation)")
+                        not_identity(t, call("flow", probe.eval(), t), " in eval mode after its first training-mode pass")
             mean, log_std = call("encoder", model.encoder, y)
             expect("encoder", "mean", mean, (b, model.latent_dim))
             expect("encoder", "log_std", log_std, (b, model.latent_dim))

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.runs import RunDir, atomic_write_bytes
+from vaeflow_cli.files import atomic_write_bytes
+from vaeflow_cli.runs import RunDir
 
 
 def _figure(*args, **kwargs):

@@ -1,7 +1,9 @@
 """One plugin manager and the component registry it fills.
 
-Built-in plugins are listed in ``BUILTIN_PLUGINS`` and registered exactly like third-party
-plugins, which arrive through the entry-point group ``vaeflow``.
+Every plugin arrives through the entry-point group ``vaeflow``. The built-ins are the entry points
+of the distribution ``vaeflow-builtins`` (``plugins/``, installed as ``vaeflow_plugins``; see its
+pyproject.toml): registered exactly like third-party plugins, but always loaded, first, and a
+failure among them is a bug in vaeflow that raises.
 
 Choosing plugins: the environment variable ``VAEFLOW_PLUGINS`` selects which third-party plugins
 load. It is a comma-separated list of plugin names; a name is an entry-point name or a
@@ -31,10 +33,8 @@ how to exclude one.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as md
 import os
-import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -42,16 +42,13 @@ from typing import Any, Callable, Iterable
 import pluggy
 
 from vaeflow_cli import hookspecs
+from vaeflow_cli.console import warning
 from vaeflow_cli.errors import VaeflowError
 
 ENTRY_POINT_GROUP = "vaeflow"
 ENV_VAR = "VAEFLOW_PLUGINS"
-BUILTIN_PLUGINS = (
-    "vaeflow_plugins.resnet",
-    "vaeflow_plugins.priors",
-    "vaeflow_plugins.glow",
-    "vaeflow_plugins.datasets",
-)
+BUILTIN_DISTRIBUTION = "vaeflow-builtins"
+BUILTIN_FIX = "pip install -e ./plugins (in a clone of vaeflow) or pip install vaeflow-builtins"
 # hook name -> component kind
 KINDS = {
     "register_encoders": "encoder",
@@ -314,12 +311,17 @@ def _entry_points() -> Iterable[md.EntryPoint]:
     return md.entry_points(group=ENTRY_POINT_GROUP)
 
 
+def _distribution(ep: md.EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else ""
+
+
 _FROM_ENV = object()
 
 
 def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_points: bool = True,
                    allowed=_FROM_ENV) -> Registry:
-    """Register the built-ins, the selected entry-point plugins and ``extra`` (name, object) pairs.
+    """Register the built-ins, the selected third-party entry-point plugins (unless
+    ``load_entry_points`` is off) and ``extra`` (name, object) pairs.
 
     ``allowed``: which external plugins load: None loads all, otherwise a ``VAEFLOW_PLUGINS``
     value (a string) or its items (names; ``-name`` excludes); by default it comes from the
@@ -332,21 +334,24 @@ def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_point
     pm = pluggy.PluginManager("vaeflow")
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    from vaeflow_cli import __version__
-
-    for modname in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(modname), name=modname)
-        registry.plugins[modname] = PluginInfo(modname, __version__, builtin=True)
-        for kind, component, factory in _collect(pm, modname, strict=True):
-            registry.add(kind, modname, component, factory)
+    found = list(_entry_points())
+    builtins = sorted((ep for ep in found if _distribution(ep) == BUILTIN_DISTRIBUTION), key=lambda ep: ep.name)
+    if not builtins:
+        raise VaeflowError(f"vaeflow's built-in components (the distribution {BUILTIN_DISTRIBUTION!r}) are not installed; {BUILTIN_FIX}")
+    for ep in builtins:
+        pm.register(ep.load(), name=ep.name)
+        registry.plugins[ep.name] = PluginInfo(ep.name, ep.dist.version, builtin=True, distribution=BUILTIN_DISTRIBUTION,
+                                               entry_point=ep.value)
+        for kind, component, factory in _collect(pm, ep.name, strict=True):
+            registry.add(kind, ep.name, component, factory)
 
     # (info, loader) for each third-party plugin, in load order
     pending: list[tuple[PluginInfo, Callable[[], object]]] = []
     if load_entry_points:
         selection = selection_from_env() if allowed is _FROM_ENV else parse_selection(allowed)
-        for ep in _entry_points():
-            dist = ep.dist.name if ep.dist is not None else ""
-            if not selection.admits(ep.name, dist):
+        for ep in found:
+            dist = _distribution(ep)
+            if dist == BUILTIN_DISTRIBUTION or not selection.admits(ep.name, dist):
                 continue
             version = ep.dist.version if ep.dist is not None else "unknown"
             pending.append((PluginInfo(ep.name, version, builtin=False, distribution=dist, entry_point=ep.value),
@@ -390,11 +395,6 @@ def failure_warning(info: PluginInfo) -> str:
             f"{exclude_hint(info)}")
 
 
-def warn(message: str) -> None:
-    """Print one warning line on stderr. The one place to reroute plugin warnings (e.g. to logging)."""
-    print(f"vaeflow: warning: {message}", file=sys.stderr, flush=True)
-
-
 _REGISTRY: Registry | None = None
 _WARNED: set[str] = set()
 
@@ -404,7 +404,7 @@ def warn_failed(registry: Registry) -> None:
     for info in registry.failed():
         if info.name not in _WARNED:
             _WARNED.add(info.name)
-            warn(failure_warning(info))
+            warning(failure_warning(info))
 
 
 def get_registry(*, warn_failures: bool = True) -> Registry:

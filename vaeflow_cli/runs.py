@@ -19,107 +19,16 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error
+from vaeflow_cli.files import atomic_write, atomic_write_bytes, fsync_dir
 from vaeflow_cli.limits import check_regular_file
 
 CHECKPOINT_FORMAT = 1
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, and rename it over
-    ``path``. On any failure the temporary file is removed and ``path`` is left as it was; an OS
-    error (disk full, permission denied) is raised as one line (RuntimeFailure)."""
-    path = Path(path)
-    if path.is_symlink():  # write the file the link points to; the link stays
-        path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file() and not path.is_dir():  # a device or FIFO: write into it
-        try:
-            with open(path, "wb") as fh:
-                write(fh)
-        except OSError as exc:
-            raise RuntimeFailure(f"cannot write {describe_os_error(exc, path)}") from None
-        return
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        _PENDING.add(tmp)
-        with os.fdopen(fd, "wb") as fh:
-            recorder = _WriteErrors(fh)
-            try:
-                write(recorder)
-            except Exception:
-                if recorder.error is not None:  # torch.save reports a failed write as a RuntimeError
-                    raise recorder.error from None
-                raise
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _PENDING.discard(tmp)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-            _PENDING.discard(tmp)
-        if isinstance(exc, OSError):
-            raise RuntimeFailure(f"cannot write {describe_os_error(exc, path)} ({path} is unchanged)") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-_PENDING: set[str] = set()  # temporary files of atomic writes in progress
-
-
-def remove_pending_temporaries() -> None:
-    """Delete the temporary files of atomic writes in progress (a signal handler about to exit
-    calls it, so an interrupted write leaves nothing behind)."""
-    for tmp in list(_PENDING):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
-class _WriteErrors:
-    """A binary file that remembers the OSError of a failed write (disk full), which writers such as
-    torch.save would otherwise turn into an unrelated RuntimeError."""
-
-    def __init__(self, fh) -> None:
-        self._fh = fh
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        try:
-            return self._fh.write(data)
-        except OSError as exc:
-            self.error = exc
-            raise
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a crash right after it keeps the new name)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda fh: fh.write(data))
 
 
 class RunDir:
@@ -260,7 +169,7 @@ class RunDir:
         link.unlink(missing_ok=True)
         os.link(tagged, link)
         os.replace(link, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         for old in self.kept_checkpoints(phase)[:-keep]:
             old.unlink(missing_ok=True)
         return path
@@ -438,25 +347,6 @@ def check_signature(state: dict, cfg: dict, path: Path) -> None:
         got = None
     if got != want:
         raise VaeflowError(f"checkpoint {path} was trained with a different [model]/[data] config than {path.parent.parent}/config.toml; use the run's own config or a new --run")
-
-
-def load_run_model(run: str | Path, *, device: str = "cpu", phase: str = "auto"):
-    """(model in eval mode, resolved config, phase loaded) from a run directory alone.
-
-    ``phase="auto"`` loads the newest checkpoint of phase 1, phase 2, the prior training or the
-    joint fine-tuning (a phase-1 model's Glow layer is still the identity), else the standalone
-    baseline (a FlowModel)."""
-    rd = RunDir(run)
-    cfg = rd.resolved_config()
-    if phase == "auto":
-        found = [p for p in ("joint", "prior", "glow", "vae") if rd.checkpoint_path(p).exists()]
-        if found:  # the newest: phases may run in either order (train-prior before or after train-glow)
-            phase = max(found, key=lambda p: rd.checkpoint_path(p).stat().st_mtime_ns)
-        else:
-            phase = "baseline" if rd.checkpoint_path("baseline").exists() else "vae"
-    state = rd.load_checkpoint(phase)
-    check_signature(state, cfg, rd.checkpoint_path(phase))
-    return model_from_state(cfg, state, device=device, path=rd.checkpoint_path(phase)), cfg, phase
 
 
 def model_from_state(cfg: dict, state: dict, *, device: str = "cpu", path: str | Path = "the checkpoint"):

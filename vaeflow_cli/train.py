@@ -20,21 +20,25 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from vaeflow_cli import config as config_mod
-from vaeflow_cli.console import log
+from vaeflow_cli.console import log, progress_enabled
 from vaeflow_cli.data import BatchLoader, Splits, dequantize_on_device, load_splits
-from vaeflow_cli.engine import Stepper, configure_backends, init_distributed
+from vaeflow_cli.engine import Stepper, configure_backends, init_distributed, resolve_device
 from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
+from vaeflow_cli.files import atomic_write_bytes
 from vaeflow_cli.images import grid, png_bytes, to_uint8
 from vaeflow_cli.likelihood import held_out_bpd
+from vaeflow_cli.loggers import MetricsSink
 from vaeflow_cli.model import VAEFlow, build_model, check_components
-from vaeflow_cli.runs import RunDir, all_finite, atomic_write_bytes, check_signature, load_weights
+from vaeflow_cli.phases import PHASES, previous
+from vaeflow_cli.runs import RunDir, all_finite, check_signature, load_weights
 
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
 
@@ -77,26 +81,6 @@ def _stop_on_signals():
                 signal.signal(getattr(signal, name), old)
 
 
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """The torch device for ``name`` (auto, cpu, cuda or cuda:N); ``option`` names where it came from
-    in the one-line error (``--device`` for the commands that take it, ``train.device`` in configs)."""
-    fix = "--device cpu" if option.startswith("--") else "--set train.device=cpu (or auto)"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise VaeflowError(f"{option} = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise VaeflowError(f"{option} = {name!r}: vaeflow runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VaeflowError(f"{option} = {name!r} but no CUDA device is available; use {fix}")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise VaeflowError(f"{option} = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    return dev
-
-
 # ------------------------------------------------------------------ the training loop
 
 
@@ -121,32 +105,16 @@ class PhaseResult:
     checkpoint: Path
 
 
-def _phase_modules(model: VAEFlow, phase: str):
-    return {"vae": lambda: [model.encoder, model.decoder, model.prior],
-            "joint": lambda: [model.encoder, model.decoder, model.prior, model.flow],
-            "prior": lambda: [model.prior]}.get(phase, lambda: [model.flow])()
-
-
-PHASE_NAMES = {"vae": "phase 1", "glow": "phase 2", "baseline": "the baseline", "joint": "the joint fine-tuning",
-               "prior": "the prior training"}
-
-
-def uses_flow(phase: str, start: str | None) -> bool:
-    """Whether ``phase``'s model runs its Glow layer: not phase 1, nor a prior trained on phase 1."""
-    return phase != "vae" and not (phase == "prior" and start == "vae")
+def phase_modules(model, phase: str) -> list[torch.nn.Module]:
+    """The model parts ``phase`` trains (``PHASES[phase].trains``); a FlowModel is its flow alone."""
+    if not isinstance(model, VAEFlow):
+        return [model.flow]
+    return [getattr(model, part) for part in PHASES[phase].trains]
 
 
 def previous_phase(rd: RunDir, phase: str) -> str | None:
-    """The finished phase whose checkpoint ``phase`` starts from: phase 2 from phase 1 (or from a
-    prior trained on it), joint fine-tuning from phase 2, the prior from phase 2 or else phase 1."""
-    has = lambda p: rd.checkpoint_path(p).exists()  # noqa: E731
-    if phase == "glow":
-        return "prior" if has("prior") and not has("glow") and rd.load_checkpoint("prior").get("start") == "vae" else "vae"
-    if phase == "joint":
-        return "glow"
-    if phase == "prior":
-        return "glow" if has("glow") else "vae"
-    return None
+    """The finished phase whose checkpoint ``phase`` starts from in ``rd`` (``phases.previous``)."""
+    return previous(phase, has=lambda p: rd.checkpoint_path(p).exists(), start_of=lambda p: rd.load_checkpoint(p).get("start"))
 
 
 def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
@@ -155,15 +123,15 @@ def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
     if isinstance(model, VAEFlow):
         for m in (model.encoder, model.decoder, model.prior, model.flow):
             m.requires_grad_(False)
-    for m in _phase_modules(model, phase):
+    for m in phase_modules(model, phase):
         m.requires_grad_(True)
-    return [p for m in _phase_modules(model, phase) for p in m.parameters()]
+    return [p for m in phase_modules(model, phase) for p in m.parameters()]
 
 
 def set_phase_mode(model: VAEFlow, phase: str) -> None:
     """Train mode for what this phase trains; the frozen phase-1 parts stay in eval mode."""
     model.eval()
-    for m in _phase_modules(model, phase):
+    for m in phase_modules(model, phase):
         m.train()
 
 
@@ -204,7 +172,7 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
             raise VaeflowError(f"{entry} is in the way: vaeflow keeps {want} there; move it away, or choose another --run")
     rd.read_metrics()  # a damaged metrics.jsonl is refused now, before anything is written
     if ckpt_path.exists() and not resume:
-        raise VaeflowError(f"{rd.path} already has a {PHASE_NAMES[phase]} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
+        raise VaeflowError(f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
     if rd.config_path.exists():
         existing = rd.resolved_config()
         if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
@@ -214,7 +182,7 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
         data, root = cfg["data"]["name"], cfg["data"].get("root", "")
         needs = f" (it trains on the {data} dataset at data.root = {root!r}, which is not there yet: vaeflow data download {data} --root {root})" \
             if root and not os.path.exists(root) else ""
-        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASE_NAMES[phase]} starts from phase 1: run {hint} first{needs}")
+        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASES[phase].title} starts from phase 1: run {hint} first{needs}")
 
 
 def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> None:
@@ -229,11 +197,11 @@ def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | No
     if before is None:
         return None
     if not rd.checkpoint_path(before).exists():
-        raise VaeflowError(f"{rd.path} has no {PHASE_NAMES[before]} checkpoint; run vaeflow train-{before} --run {rd.path} first")
+        raise VaeflowError(f"{rd.path} has no checkpoint of {PHASES[before].title}; run vaeflow train-{before} --run {rd.path} first")
     prev_state = rd.load_checkpoint(before, map_location=device)
     check_signature(prev_state, cfg, rd.checkpoint_path(before))
     if not prev_state.get("complete"):
-        raise VaeflowError(f"{PHASE_NAMES[before]} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume")
+        raise VaeflowError(f"{PHASES[before].title} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume")
     load_weights(model, prev_state["model"], rd.checkpoint_path(before))
     return before
 
@@ -256,11 +224,78 @@ def _check_finite_weights(model, what: str) -> None:
         raise RuntimeFailure(what)
 
 
+@dataclass
+class Position:
+    """Where a phase is: ``epoch`` epochs finished, ``step`` optimizer steps into the next one,
+    ``global_step`` steps in all, the epoch's running loss (``loss_sum`` over ``loss_n`` images,
+    bits/dim) and the non-finite steps ``skipped`` so far."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds and ``--resume`` restores: the weights (``model``), the optimizer and
+    gradient-scaler states, every rank's RNG state and the ``position``. The epoch order and the
+    dequantization noise are functions of (seed, epoch), so with these a resumed phase continues
+    exactly where it stopped."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    position: Position = field(default_factory=Position)
+    resumed_ranks: int | None = None
+    """How many processes wrote the checkpoint this state was restored from (None: a fresh start)."""
+
+    def checkpoint(self, *, rngs: list[dict], epochs: int, complete: bool, signature: str, world_size: int,
+                   start: str | None) -> dict[str, Any]:
+        """The checkpoint dict (``runs.check_checkpoint`` is its schema); ``rngs``: every rank's RNG state."""
+        p = self.position
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "lr": self.opt.param_groups[0]["lr"], "rng": rngs[0], "rng_ranks": rngs, "epoch": p.epoch, "step": p.step,
+                "global_step": p.global_step, "epochs": epochs, "loss_sum": p.loss_sum, "loss_n": p.loss_n,
+                "skipped_steps": p.skipped, "complete": complete, "signature": signature, "world_size": world_size,
+                "start": start}
+
+    def restore(self, state: dict, path: Path, *, rank: int, steps_per_epoch: int, batch_key: str) -> None:
+        """Load a checked checkpoint dict into this state (rank ``rank`` takes its own RNG state).
+        Raises VaeflowError, before anything is written, for an optimizer state or RNG state that
+        does not fit, or a position past the end of an epoch of ``steps_per_epoch`` steps
+        (``batch_key``, the config key of the batch size, is named in that error)."""
+        load_weights(self.model, state["model"], path)
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise VaeflowError(f"checkpoint {path}: its optimizer state does not fit this model ({type(exc).__name__}: {str(exc)[:120]}); "
+                               "the file is damaged: restore it or retrain the phase") from None
+        _check_optimizer_shapes(self.opt, path)
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        try:
+            _set_rng_state(rngs[rank % len(rngs)], self.device)
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise VaeflowError(f"checkpoint {path}: its RNG state cannot be restored ({type(exc).__name__}); the file is damaged: "
+                               "restore it or retrain the phase") from None
+        self.position = Position(state["epoch"], state["step"], state["global_step"], state["loss_sum"], state["loss_n"],
+                                 state.get("skipped_steps", 0))
+        self.resumed_ranks = len(rngs)
+        if self.position.step > steps_per_epoch and self.position.epoch < state["epochs"]:
+            raise VaeflowError(f"checkpoint {path}: step {self.position.step} of an epoch of {steps_per_epoch} steps; it is damaged, or "
+                               f"{batch_key} changed since it was saved: restore the batch size or retrain the phase")
+
+
 def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = False, progress: bool = True,
                 max_steps: int | None = None, config_path: str | Path | None = None) -> PhaseResult:
     """Train one phase of a resolved config into ``run_dir``: 'vae' (phase 1), 'glow' (phase 2),
     'prior' (the prior alone on the frozen encoder), 'joint' (everything, after phase 2) or
-    'baseline' (the [model.flow] alone as a density).
+    'baseline' (the [model.flow] alone as a density); ``vaeflow_cli.phases`` has the table.
 
     Everything that can be checked is checked before the run directory is touched: the config
     against the run, the data (opened and decoded), the model (built, and each component run once
@@ -270,13 +305,13 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
     Under torchrun every rank runs this; rank 0 alone writes the run directory, and an error there
     is raised on every rank. ``max_steps`` stops after that many optimizer steps in this call
     (checkpointing first), as a Ctrl-C would; tests use it to interrupt and resume deterministically.
-    ``config_path``: the config file the user gave, for the commands that error messages suggest."""
-    if phase not in config_mod.PHASES:
+    ``config_path``: the config file the user gave, for the commands that error messages suggest.
+    Raises VaeflowError (bad input), RuntimeFailure (a run that cannot go on), Interrupted."""
+    if phase not in PHASES:
         raise ValueError(phase)
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
     ddp, ddp_device = init_distributed(tcfg["device"])
     rd = RunDir(run_dir)
-    ckpt_path = rd.checkpoint_path(phase)
     if pcfg["batch_size"] % ddp.world_size:
         raise VaeflowError(f"train.{phase}.batch_size = {pcfg['batch_size']} is the global batch and must divide by the {ddp.world_size} processes")
     with contextlib.ExitStack() as held:
@@ -284,190 +319,217 @@ def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = Fa
         if locked:
             ddp.main_only(lambda: held.enter_context(rd.lock()))
         check_run(cfg, rd, phase, resume=resume, config_path=config_path)
-        seed = tcfg["seed"]
         device = ddp_device or resolve_device(tcfg["device"])
-        signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
-
-        data: Splits = load_splits(cfg)
-        if len(data.train) < ddp.world_size or len(data.test) < 1:
-            raise VaeflowError(f"the dataset has {len(data.train)} training and {len(data.test)} held-out images; training needs at least {ddp.world_size} and 1")
-        torch.manual_seed(seed + config_mod.PHASES.index(phase) + 1000 * ddp.rank)
-        model = build_model(cfg, data.image_shape, baseline=phase == "baseline").to(device)
-        check_components(model, torch.from_numpy((data.train[:2].astype(np.float32) + 0.5) / 256.0).to(device))
+        resuming = resume and rd.checkpoint_path(phase).exists()
+        data, model = _data_and_model(cfg, phase, ddp, device, fresh_flow=phase == "vae" or (phase == "glow" and not resuming))
         before = _load_previous(rd, phase, cfg, model, device)
-        params = trainable_parameters(model, phase)
-        if not params:
-            raise VaeflowError(f"the {phase} phase has no parameters to train: the components it trains ({', '.join(type(m).__name__ for m in _phase_modules(model, phase))}) have none; check the [model] types")
-        opt = torch.optim.Adam(params, lr=pcfg["lr"])
-        use_flow = uses_flow(phase, before)
-        stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
-                          grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
-
-        loader = BatchLoader(data.train, batch_size=pcfg["batch_size"] // ddp.world_size, seed=seed,
-                             dequantize=tcfg["dequantize"] != "device", rank=ddp.rank, world_size=ddp.world_size,
-                             pin_memory=device.type == "cuda")
-        epoch, step, global_step, loss_sum, loss_n, skipped = 0, 0, 0, 0.0, 0, 0
-        state = {}
-        if resume and ckpt_path.exists():
-            state = rd.load_checkpoint(phase, map_location=device)
-            check_signature(state, cfg, ckpt_path)
-            load_weights(model, state["model"], ckpt_path)
-            try:
-                opt.load_state_dict(state["optimizer"])
-                if "scaler" in state:
-                    stepper.scaler.load_state_dict(state["scaler"])
-            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-                raise VaeflowError(f"checkpoint {ckpt_path}: its optimizer state does not fit this model ({type(exc).__name__}: {str(exc)[:120]}); the file is damaged: restore it or retrain the phase") from None
-            rngs = state.get("rng_ranks") or [state["rng"]]
-            _check_optimizer_shapes(opt, ckpt_path)
-            try:
-                _set_rng_state(rngs[ddp.rank % len(rngs)], device)
-            except (KeyError, TypeError, RuntimeError) as exc:
-                raise VaeflowError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({type(exc).__name__}); the file is damaged: restore it or retrain the phase") from None
-            epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
-            loss_sum, loss_n, skipped = state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
-            if step > len(loader) and epoch < state["epochs"]:
-                raise VaeflowError(f"checkpoint {ckpt_path}: step {step} of an epoch of {len(loader)} steps (batch {pcfg['batch_size']}); it is damaged, or "
-                                   f"train.{phase}.batch_size changed since it was saved: restore the batch size or retrain the phase")
+        state, stepper, loader = _training_state(cfg, phase, ddp, device, data, model, use_flow=PHASES[phase].uses_flow(before))
+        if resuming:
+            path = rd.checkpoint_path(phase)
+            saved = rd.load_checkpoint(phase, map_location=device)
+            check_signature(saved, cfg, path)
+            state.restore(saved, path, rank=ddp.rank, steps_per_epoch=len(loader), batch_key=f"train.{phase}.batch_size")
         if phase == "prior" and hasattr(model.prior, "trained"):
             model.prior.trained.fill_(True)  # a second-stage prior: from now on log p(z) is its ELBO
 
-        def start_writing() -> None:
-            """Rank 0: lock the directory (if not yet), check again under the lock, write the config."""
-            if not locked:
-                held.enter_context(rd.lock())
-            prepare_run(cfg, rd, phase, resume=resume)
-            rd.remove_stale_temporaries()  # of a writer killed mid-write (SIGKILL): we hold the lock
-            if rd.metrics_path.exists():  # records a killed or refused earlier start left beyond this position
-                rd.truncate_metrics(phase, epoch)
-            if resume and epoch + step > 0:
-                log(f"resuming phase {phase} of {rd.path} at epoch {epoch + 1}, step {step}")
-                if len(state.get("rng_ranks") or [state["rng"]]) != ddp.world_size:
-                    log(f"resuming with {ddp.world_size} processes from a checkpoint of {len(state.get('rng_ranks') or [1])}: data order is kept, latent noise differs")
-            elif resume:
-                log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
-
-        ddp.main_only(start_writing)
+        metrics = held.enter_context(MetricsSink(rd))  # metrics.jsonl and the [run] loggers, closed on every exit
+        ddp.main_only(lambda: metrics.open(cfg["run"]["loggers"], phase=phase, config=cfg))  # rank 0 only; writes nothing yet
+        ddp.main_only(lambda: _start_writing(cfg, rd, phase, held, locked=locked, resume=resume, state=state, world_size=ddp.world_size))
         configure_backends(device, tcfg)  # after the checks: a failed start prints its error line only
-        return _train_loop(cfg, rd, phase, ddp, device, data, loader, model, opt, stepper, before=before, use_flow=use_flow,
-                           signature=signature, position=(epoch, step, global_step, loss_sum, loss_n, skipped),
-                           progress=progress, max_steps=max_steps)
+        trainer = _Trainer(cfg, rd, phase, ddp, data, loader, state, stepper, metrics, before=before)
+        return trainer.run(progress=progress, max_steps=max_steps)
 
 
-def _train_loop(cfg, rd, phase, ddp, device, data, loader, model, opt, stepper, *, before, use_flow, signature, position,
-                progress, max_steps) -> PhaseResult:
+def _data_and_model(cfg: dict, phase: str, ddp, device: torch.device, *, fresh_flow: bool):
+    """The decoded data and the model, built on ``device`` with the phase's seed, every component
+    run once on two training images (``check_components``; ``fresh_flow``: a VAE's pixel flow is
+    still at its initialisation and must be the identity there)."""
+    data: Splits = load_splits(cfg)
+    if len(data.train) < ddp.world_size or len(data.test) < 1:
+        raise VaeflowError(f"the dataset has {len(data.train)} training and {len(data.test)} held-out images; training needs at least {ddp.world_size} and 1")
+    torch.manual_seed(cfg["train"]["seed"] + list(PHASES).index(phase) + 1000 * ddp.rank)
+    model = build_model(cfg, data.image_shape, baseline=PHASES[phase].standalone).to(device)
+    y = torch.from_numpy((data.train[:2].astype(np.float32) + 0.5) / 256.0).to(device)
+    check_components(model, y, identity_flow=fresh_flow, flow_type=cfg["model"]["flow"]["type"])
+    return data, model
+
+
+def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Splits, model, *, use_flow: bool):
+    """A fresh TrainingState of ``model`` for ``phase`` (Adam on the parameters it trains), its
+    Stepper (the training step) and the rank's BatchLoader."""
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
-    seed = tcfg["seed"]
-    ckpt_path = rd.checkpoint_path(phase)
-    epoch, step, global_step, loss_sum, loss_n, skipped = position
-    if before is not None and epoch == 0 and step == 0:
-        def record_start() -> float:
-            start = held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"])
-            note = {"glow": "start of phase 2 (Glow layer = identity)", "joint": "start of joint fine-tuning (the two-phase model)",
-                    "prior": f"start of prior training (from {PHASE_NAMES[before]})"}[phase]
-            rd.truncate_metrics(phase, -1)
-            rd.append_metrics({"phase": phase, "epoch": 0, "test_bpd": start, "note": note})
-            log(f"{phase} start: held-out bound <= {start:.4f} bpd ({note})")
-            return start
+    params = trainable_parameters(model, phase)
+    if not params:
+        raise VaeflowError(f"the {phase} phase has no parameters to train: the components it trains "
+                           f"({', '.join(type(m).__name__ for m in phase_modules(model, phase))}) have none; check the [model] types")
+    opt = torch.optim.Adam(params, lr=pcfg["lr"])
+    stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
+                      grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
+    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"] // ddp.world_size, seed=tcfg["seed"],
+                         dequantize=tcfg["dequantize"] != "device", rank=ddp.rank, world_size=ddp.world_size,
+                         pin_memory=device.type == "cuda")
+    return TrainingState(model, opt, stepper.scaler, device), stepper, loader
 
-        ddp.main_only(record_start)
 
-    def checkpoint(complete: bool = False) -> Path:
+def _start_writing(cfg: dict, rd: RunDir, phase: str, held: contextlib.ExitStack, *, locked: bool, resume: bool,
+                   state: TrainingState, world_size: int) -> None:
+    """Rank 0, after every check: lock the directory (if not yet), check again under the lock,
+    write the config, clean up after a killed writer."""
+    if not locked:
+        held.enter_context(rd.lock())
+    prepare_run(cfg, rd, phase, resume=resume)
+    rd.remove_stale_temporaries()  # of a writer killed mid-write (SIGKILL): we hold the lock
+    p = state.position
+    if rd.metrics_path.exists():  # records a killed or refused earlier start left beyond this position
+        rd.truncate_metrics(phase, p.epoch)
+    if resume and p.epoch + p.step > 0:
+        log(f"resuming phase {phase} of {rd.path} at epoch {p.epoch + 1}, step {p.step}")
+        if state.resumed_ranks != world_size:
+            log(f"resuming with {world_size} processes from a checkpoint of {state.resumed_ranks}: data order is kept, latent noise differs")
+    elif resume:
+        log(f"no {phase} checkpoint in {rd.path} yet; starting phase {phase} from the beginning")
+
+
+class _Trainer:
+    """The loop of one phase over a prepared TrainingState; ``train_phase`` builds it after every
+    check. Every rank runs it; rank 0 alone evaluates, writes metrics, checkpoints and samples."""
+
+    def __init__(self, cfg: dict, rd: RunDir, phase: str, ddp, data: Splits, loader: BatchLoader, state: TrainingState,
+                 stepper: Stepper, metrics: MetricsSink, *, before: str | None) -> None:
+        self.cfg, self.rd, self.phase, self.ddp = cfg, rd, phase, ddp
+        self.data, self.loader, self.state, self.stepper, self.metrics = data, loader, state, stepper, metrics
+        self.before = before
+        self.use_flow = PHASES[phase].uses_flow(before)
+        self.tcfg, self.pcfg = cfg["train"], cfg["train"][phase]
+        self.signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
+        self.steps_this_call = 0
+
+    def held_out_bpd(self) -> float:
+        """The ELBO bound (bits/dim) on the held-out split (``train.eval_samples`` of it)."""
+        return held_out_bpd(self.state.model, self.data.test, seed=self.tcfg["seed"], use_flow=self.use_flow,
+                            device=self.state.device, limit=self.tcfg["eval_samples"])
+
+    def record_start(self) -> None:
+        """Rank 0, at the start of a phase that continues another: its held-out bound as epoch 0."""
+        start = self.held_out_bpd()
+        note = {"glow": "start of phase 2 (Glow layer = identity)", "joint": "start of joint fine-tuning (the two-phase model)",
+                "prior": f"start of prior training (from {PHASES[self.before].title})"}[self.phase]
+        self.rd.truncate_metrics(self.phase, -1)
+        self.metrics.append({"phase": self.phase, "epoch": 0, "test_bpd": start, "note": note}, step=self.state.position.global_step)
+        log(f"{self.phase} start: held-out bound <= {start:.4f} bpd ({note})")
+
+    def checkpoint(self, complete: bool = False) -> Path:
         """Every rank calls this at the same step (the RNG states are gathered); rank 0 writes.
         Non-finite weights are never saved: the run stops and the last checkpoint stays."""
-        rngs = ddp.gather(_rng_state(device))
-        ddp.sync_buffers(model)
-        ddp.check_replicas(model, f"after {phase} epoch {epoch}" if step == 0 else f"at {phase} epoch {epoch + 1} step {step}")
+        state, p, rd, phase = self.state, self.state.position, self.rd, self.phase
+        rngs = self.ddp.gather(_rng_state(state.device))
+        self.ddp.sync_buffers(state.model)
+        self.ddp.check_replicas(state.model, f"after {phase} epoch {p.epoch}" if p.step == 0 else f"at {phase} epoch {p.epoch + 1} step {p.step}")
 
         def save() -> Path:
-            _check_finite_weights(model, f"the weights of {PHASE_NAMES[phase]} became non-finite at epoch {epoch + 1} step {step}; "
-                                         f"nothing was saved, the last checkpoint {ckpt_path} is kept; lower train.{phase}.lr or set "
-                                         f"train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume")
-            return rd.save_checkpoint(phase, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": stepper.scaler.state_dict(),
-                "lr": opt.param_groups[0]["lr"], "rng": rngs[0], "rng_ranks": rngs, "epoch": epoch, "step": step,
-                "global_step": global_step, "epochs": pcfg["epochs"], "loss_sum": loss_sum, "loss_n": loss_n,
-                "skipped_steps": skipped, "complete": complete, "signature": signature, "world_size": ddp.world_size,
-                "start": before,
-            }, keep=tcfg["keep_checkpoints"], tag=f"step{global_step:09d}")
+            _check_finite_weights(state.model, f"the weights of {PHASES[phase].title} became non-finite at epoch {p.epoch + 1} step {p.step}; "
+                                               f"nothing was saved, the last checkpoint {rd.checkpoint_path(phase)} is kept; lower train.{phase}.lr "
+                                               f"or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume")
+            ckpt = state.checkpoint(rngs=rngs, epochs=self.pcfg["epochs"], complete=complete, signature=self.signature,
+                                    world_size=self.ddp.world_size, start=self.before)
+            return rd.save_checkpoint(phase, ckpt, keep=self.tcfg["keep_checkpoints"], tag=f"step{p.global_step:09d}")
 
-        return ddp.main_only(save)
+        return self.ddp.main_only(save)
 
-    on_device = tcfg["dequantize"] == "device"
-    steps_per_epoch = len(loader)
-    test_bpd = None
-    bar = _Progress(enabled=progress and ddp.is_main)
-    steps_this_call = 0
-    every = tcfg["checkpoint_every"]
-    with _stop_on_signals() as interrupt:  # installed until the final checkpoint is saved
-        try:
-            with bar:
-                while epoch < pcfg["epochs"]:
-                    t0 = time.perf_counter()
-                    loader.wait_seconds = 0.0
-                    bar.start_epoch(f"{phase} {epoch + 1}/{pcfg['epochs']}", steps_per_epoch, step)
-                    set_phase_mode(model, phase)
-                    for idx, y in loader.device_epoch(epoch, device, start=step):
-                        stop = interrupt["stop"] or (max_steps is not None and steps_this_call >= max_steps)
-                        if ddp.enabled:  # every rank stops at the same step
-                            stop = ddp.sum(float(stop))[0] > 0
-                        if stop:
-                            raise _StopRequested
-                        if on_device:  # uint8 crossed to the device; the same noise, computed there
-                            y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=seed, epoch=epoch)
-                        for group in opt.param_groups:
-                            group["lr"] = learning_rate(pcfg, epoch, global_step)
-                        value = stepper.step(y)
-                        step += 1
-                        global_step += 1
-                        steps_this_call += 1
-                        if math.isnan(value):
-                            skipped += 1
-                            log(f"{phase} epoch {epoch + 1} step {step}: non-finite loss or gradient, step skipped ({stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
-                            if stepper.bad_steps >= tcfg["max_bad_steps"]:
-                                raise _TooManyBadSteps
-                        else:
-                            loss_sum += value * len(idx)
-                            loss_n += len(idx)
-                            bar.advance(value)
-                        if every > 0 and global_step % every == 0 and step < steps_per_epoch:
-                            checkpoint()
-                    wait = loader.wait_seconds
-                    loss_sum, loss_n = ddp.sum(loss_sum, loss_n)
-                    test_bpd = ddp.main_only(lambda: held_out_bpd(model, data.test, seed=seed, use_flow=use_flow, device=device, limit=tcfg["eval_samples"]))
-                    seconds = time.perf_counter() - t0
-                    record = {"phase": phase, "epoch": epoch + 1, "train_bpd": loss_sum / max(loss_n, 1),
-                              "test_bpd": test_bpd, "lr": opt.param_groups[0]["lr"], "steps": global_step,
-                              "skipped_steps": skipped, "seconds": round(seconds, 3), "data_wait_seconds": round(wait, 3),
-                              "data_wait_share": round(wait / max(seconds, 1e-9), 4)}
-                    epoch, step, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
-                    ddp.main_only(lambda: rd.append_metrics(record))  # first: a kill before the checkpoint only repeats the epoch
-                    path = checkpoint(complete=epoch >= pcfg["epochs"])
-                    grid_path = ddp.main_only(lambda: _write_sample_grid(model, rd, phase, epoch, cfg["run"]["sample_n"]))
-                    if ddp.is_main:
-                        bar.finish_epoch(
-                            f"{phase} epoch {epoch}/{pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
-                            f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
-                            f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
-                        )
-        except _StopRequested:
-            path = checkpoint()
-            raise Interrupted(f"interrupted at {phase} epoch {epoch + 1} step {step}; saved {path}; continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
-        except _TooManyBadSteps:
-            path = checkpoint()  # the skipped steps changed nothing: this is the last good state
-            raise RuntimeFailure(f"{stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {epoch + 1} step {step} (train.max_bad_steps = {tcfg['max_bad_steps']}); saved the last good state to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume") from None
-        if pcfg["epochs"] <= epoch and test_bpd is None:
-            if ddp.is_main:
-                log(f"phase {phase} of {rd.path} is already complete ({epoch} epochs); raise train.{phase}.epochs to train further")
-            path = checkpoint(complete=True)
-    return PhaseResult(rd.path, phase, epoch, test_bpd, path)
+    def run(self, *, progress: bool, max_steps: int | None) -> PhaseResult:
+        p, phase, rd = self.state.position, self.phase, self.rd
+        if self.before is not None and p.epoch == 0 and p.step == 0:
+            self.ddp.main_only(self.record_start)
+        test_bpd, path = None, None
+        with _stop_on_signals() as interrupt:  # installed until the final checkpoint is saved
+            try:
+                with _Progress(enabled=progress and self.ddp.is_main) as bar:
+                    while p.epoch < self.pcfg["epochs"]:
+                        t0 = time.perf_counter()
+                        self.run_epoch(bar, interrupt, max_steps)
+                        test_bpd, path = self.end_epoch(bar, t0)
+            except _StopRequested:
+                path = self.checkpoint()
+                raise Interrupted(f"interrupted at {phase} epoch {p.epoch + 1} step {p.step}; saved {path}; "
+                                  f"continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
+            except _TooManyBadSteps:
+                path = self.checkpoint()  # the skipped steps changed nothing: this is the last good state
+                raise RuntimeFailure(f"{self.stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} "
+                                     f"step {p.step} (train.max_bad_steps = {self.tcfg['max_bad_steps']}); saved the last good state to {path}; "
+                                     f"lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} "
+                                     "--resume") from None
+            if self.pcfg["epochs"] <= p.epoch and test_bpd is None:
+                if self.ddp.is_main:
+                    log(f"phase {phase} of {rd.path} is already complete ({p.epoch} epochs); raise train.{phase}.epochs to train further")
+                path = self.checkpoint(complete=True)
+        return PhaseResult(rd.path, phase, p.epoch, test_bpd, path)
+
+    def run_epoch(self, bar: _Progress, interrupt: dict, max_steps: int | None) -> None:
+        """The optimizer steps of the current epoch, from ``position.step`` on. Raises _StopRequested
+        at a step boundary (a signal, ``max_steps``) and _TooManyBadSteps."""
+        p, phase, tcfg, device = self.state.position, self.phase, self.tcfg, self.state.device
+        on_device = tcfg["dequantize"] == "device"
+        self.loader.wait_seconds = 0.0
+        bar.start_epoch(f"{phase} {p.epoch + 1}/{self.pcfg['epochs']}", len(self.loader), p.step)
+        set_phase_mode(self.state.model, phase)
+        for idx, y in self.loader.device_epoch(p.epoch, device, start=p.step):
+            stop = interrupt["stop"] or (max_steps is not None and self.steps_this_call >= max_steps)
+            if self.ddp.enabled:  # every rank stops at the same step
+                stop = self.ddp.sum(float(stop))[0] > 0
+            if stop:
+                raise _StopRequested
+            if on_device:  # uint8 crossed to the device; the same noise, computed there
+                y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=tcfg["seed"], epoch=p.epoch)
+            for group in self.state.opt.param_groups:
+                group["lr"] = learning_rate(self.pcfg, p.epoch, p.global_step)
+            value = self.stepper.step(y)
+            p.step += 1
+            p.global_step += 1
+            self.steps_this_call += 1
+            if math.isnan(value):
+                p.skipped += 1
+                log(f"{phase} epoch {p.epoch + 1} step {p.step}: non-finite loss or gradient, step skipped "
+                    f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
+                if self.stepper.bad_steps >= tcfg["max_bad_steps"]:
+                    raise _TooManyBadSteps
+            else:
+                p.loss_sum += value * len(idx)
+                p.loss_n += len(idx)
+                bar.advance(value)
+            every = tcfg["checkpoint_every"]
+            if every > 0 and p.global_step % every == 0 and p.step < len(self.loader):
+                self.checkpoint()
+
+    def end_epoch(self, bar: _Progress, t0: float) -> tuple[float, Path]:
+        """After an epoch's last step: the held-out bound, the metrics record, the checkpoint and
+        the sample grid. Returns (held-out bpd on rank 0, checkpoint path)."""
+        p, phase, ddp = self.state.position, self.phase, self.ddp
+        wait = self.loader.wait_seconds
+        p.loss_sum, p.loss_n = ddp.sum(p.loss_sum, p.loss_n)
+        test_bpd = ddp.main_only(self.held_out_bpd)
+        seconds = time.perf_counter() - t0
+        record = {"phase": phase, "epoch": p.epoch + 1, "train_bpd": p.loss_sum / max(p.loss_n, 1),
+                  "test_bpd": test_bpd, "lr": self.state.opt.param_groups[0]["lr"], "steps": p.global_step,
+                  "skipped_steps": p.skipped, "seconds": round(seconds, 3), "data_wait_seconds": round(wait, 3),
+                  "data_wait_share": round(wait / max(seconds, 1e-9), 4)}
+        p.epoch, p.step, p.loss_sum, p.loss_n = p.epoch + 1, 0, 0.0, 0
+        ddp.main_only(lambda: self.metrics.append(record, step=p.global_step))  # first: a kill before the checkpoint only repeats the epoch
+        path = self.checkpoint(complete=p.epoch >= self.pcfg["epochs"])
+        grid_path = ddp.main_only(lambda: _write_sample_grid(self.state.model, self.rd, phase, p.epoch, self.cfg["run"]["sample_n"]))
+        if ddp.is_main:
+            bar.finish_epoch(
+                f"{phase} epoch {p.epoch}/{self.pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
+                f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
+                f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
+            )
+        return test_bpd, path
 
 
 class _Progress:
     """A rich progress bar on stderr (or nothing), plus one log line per epoch."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and sys.stderr.isatty() and progress_enabled()  # no bars under vaeflow -q
         self.progress = None
         self.task = None
 

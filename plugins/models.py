@@ -1,0 +1,160 @@
+"""The built-in model components: their registration and their config schema.
+
+Each factory below is what a config's ``type`` selects; its keyword-only arguments are the
+section's config keys, with their defaults and valid values (``Annotated[..., Range(...)]``,
+``Literal[...]``). The networks live in ``resnet.py``, ``priors.py`` and ``glow.py`` and are
+imported when a factory is called, so listing plugins and checking configs does not load torch
+(the pattern a third-party plugin should follow too).
+
+Encoders and decoders: Dai & Wipf's ResNet (the paper's section 4.2). Priors: the paper's RealNVP
+flow prior, N(0, I), and Dai & Wipf's second-stage VAE. Flows: the paper's Glow layer, the
+identity (the plain VAE) and the standalone multi-scale Glow (the paper's baseline; not the
+identity at initialisation, so it serves ``vaeflow train-baseline``, not as a VAE's pixel flow).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from vaeflow_cli.hookspecs import hookimpl
+from vaeflow_cli.plugin_api import Range
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vaeflow_cli.hookspecs import Decoder, Encoder, Flow, Prior
+
+ImageShape = tuple[int, int, int]
+Channels = Annotated[int, Range(1, 4096)]
+Depth = Annotated[int, Range(1, 8)]  # scales; 2**(depth-1) is the padding multiple
+Blocks = Annotated[int, Range(1, 64)]
+Width = Annotated[int, Range(1, 65536)]
+Norm = Literal["batch", "group", "none"]
+MinStd = Annotated[float, Range(ge=0)]  # added to every standard deviation
+MeanActivation = Literal["linear", "sigmoid"]
+
+
+@hookimpl
+def register_encoders(register):
+    register("resnet", resnet_encoder)
+
+
+@hookimpl
+def register_decoders(register):
+    register("resnet-diagonal", resnet_diagonal_decoder)
+    register("resnet-isotropic", resnet_isotropic_decoder)
+
+
+@hookimpl
+def register_priors(register):
+    register("realnvp", realnvp_prior)
+    register("gaussian", gaussian_prior)
+    register("two-stage-vae", two_stage_vae_prior)
+
+
+@hookimpl
+def register_flows(register):
+    register("glow-layer", glow_layer)
+    register("identity", identity_flow)
+    register("multiscale-glow", multiscale_glow)
+
+
+# -- encoders and decoders (resnet.py) --------------------------------------------------------------
+
+
+def resnet_encoder(*, image_shape: ImageShape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
+                   blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch") -> Encoder:
+    """q(z|y) = N(m(y), diag s(y)^2): ``depth`` scales of ``blocks_per_scale`` residual blocks
+    starting at ``base_channels`` channels (doubled per scale), then a residual fully-connected
+    block of width ``fc_width``; ``norm``: BatchNorm (Dai & Wipf), GroupNorm or none."""
+    from vaeflow_plugins.resnet import ResNetEncoder
+
+    return ResNetEncoder(image_shape=image_shape, latent_dim=latent_dim, base_channels=base_channels, depth=depth,
+                         blocks_per_scale=blocks_per_scale, fc_width=fc_width, norm=norm)
+
+
+def resnet_diagonal_decoder(*, image_shape: ImageShape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
+                            blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch",
+                            min_std: MinStd = 1e-3, init_std: Annotated[float, Range(gt=0)] = 0.1,
+                            mean_activation: MeanActivation = "linear") -> Decoder:
+    """p(xbar|z) = N(g_mu(z), diag g_sigma(z)^2), a per-pixel standard deviation (the paper's
+    section 3.1) that starts at ``init_std`` everywhere and never goes below ``min_std``."""
+    from vaeflow_plugins.resnet import DiagonalDecoder
+
+    return DiagonalDecoder(image_shape=image_shape, latent_dim=latent_dim, base_channels=base_channels, depth=depth,
+                           blocks_per_scale=blocks_per_scale, fc_width=fc_width, norm=norm, min_std=min_std,
+                           init_std=init_std, mean_activation=mean_activation)
+
+
+def resnet_isotropic_decoder(*, image_shape: ImageShape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
+                             blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch",
+                             min_std: MinStd = 1e-3, mean_activation: MeanActivation = "linear") -> Decoder:
+    """p(xbar|z) = N(g_mu(z), gamma I) with one learned scalar gamma (Dai & Wipf), 1 at the start."""
+    from vaeflow_plugins.resnet import IsotropicDecoder
+
+    return IsotropicDecoder(image_shape=image_shape, latent_dim=latent_dim, base_channels=base_channels, depth=depth,
+                            blocks_per_scale=blocks_per_scale, fc_width=fc_width, norm=norm, min_std=min_std,
+                            mean_activation=mean_activation)
+
+
+# -- priors (priors.py) -----------------------------------------------------------------------------
+
+
+def realnvp_prior(*, latent_dim: int, layers: Annotated[int, Range(1, 1024)] = 16,
+                  hidden: Annotated[int, Range(1, 65536)] = 1024) -> Prior:
+    """The paper's flow prior: ``layers`` RealNVP affine couplings with fully-connected conditioners
+    of width ``hidden`` (paper: 16 layers of width 1024)."""
+    from vaeflow_plugins.priors import RealNVPPrior
+
+    return RealNVPPrior(latent_dim=latent_dim, layers=layers, hidden=hidden)
+
+
+def gaussian_prior(*, latent_dim: int) -> Prior:
+    """p(z) = N(0, I)."""
+    from vaeflow_plugins.priors import GaussianPrior
+
+    return GaussianPrior(latent_dim=latent_dim)
+
+
+def two_stage_vae_prior(*, latent_dim: int, hidden: Annotated[int, Range(1, 65536)] = 1024,
+                        layers: Annotated[int, Range(1, 64)] = 3) -> Prior:
+    """Dai & Wipf's second-stage VAE as p(z): N(0, I) until ``vaeflow train-prior`` trains it."""
+    from vaeflow_plugins.priors import TwoStageVAEPrior
+
+    return TwoStageVAEPrior(latent_dim=latent_dim, hidden=hidden, layers=layers)
+
+
+# -- pixel-space flows (glow.py) --------------------------------------------------------------------
+
+
+def glow_layer(*, image_shape: ImageShape, depth: Annotated[int, Range(1, 1024)] = 32,
+               hidden_channels: Annotated[int, Range(1, 16384)] = 128, lu: bool = True,
+               split: Literal["auto", "channel", "checkerboard"] = "auto", checkpointing: bool = False) -> Flow:
+    """The paper's Glow layer: ``depth`` blocks of ActNorm, an invertible 1x1 convolution (LU
+    parametrised with ``lu``) and an additive coupling of width ``hidden_channels``; ``split``
+    "auto" splits channels for C >= 2 and a checkerboard for C = 1; ``checkpointing`` recomputes
+    activations in the backward pass to save memory. The identity at initialisation."""
+    from vaeflow_plugins.glow import GlowLayer
+
+    return GlowLayer(image_shape=image_shape, depth=depth, hidden_channels=hidden_channels, lu=lu, split=split,
+                     checkpointing=checkpointing)
+
+
+def identity_flow(*, image_shape: ImageShape) -> Flow:
+    """f = identity: the plain VAE with no Glow layer."""
+    from vaeflow_plugins.glow import IdentityFlow
+
+    return IdentityFlow(image_shape=image_shape)
+
+
+def multiscale_glow(*, image_shape: ImageShape, levels: Annotated[int, Range(1, 10)] = 3,
+                    steps: Annotated[int, Range(1, 1024)] = 32, hidden_channels: Annotated[int, Range(1, 16384)] = 512,
+                    coupling: Literal["affine", "additive"] = "affine", lu: bool = True) -> Flow:
+    """The standalone Glow of Kingma & Dhariwal (the paper's baseline; ``vaeflow train-baseline``):
+    ``levels`` levels of ``steps`` steps with learned split and top priors folded into the
+    bijection; needs H and W divisible by 2**levels. Not the identity at initialisation."""
+    from vaeflow_plugins.glow import MultiScaleGlow
+
+    return MultiScaleGlow(image_shape=image_shape, levels=levels, steps=steps, hidden_channels=hidden_channels,
+                          coupling=coupling, lu=lu)
+
+
+multiscale_glow.test_kwargs = {"levels": 2, "steps": 2, "hidden_channels": 8}  # fits the component suite's 4x4 images

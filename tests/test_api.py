@@ -1,0 +1,144 @@
+"""The Python API: ``vaeflow_cli.load_run`` and ``Run``, the README's example, the CLI as a thin
+wrapper (same pixels for the same seed), cheap ``import vaeflow_cli``."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+import vaeflow_cli
+from vaeflow_cli.api import as_uint8_images, load_run
+from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.images import to_uint8
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_public_api_is_declared_and_lazy():
+    assert set(vaeflow_cli.__all__) == {"__version__", *vaeflow_cli._EXPORTS}
+    code = ("import sys, vaeflow_cli; assert 'torch' not in sys.modules and 'numpy' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')); "
+            "f = vaeflow_cli.load_run; assert 'torch' in sys.modules; print(f.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "vaeflow_cli.api"
+    with pytest.raises(AttributeError):
+        vaeflow_cli.no_such_name  # noqa: B018
+    assert (Path(vaeflow_cli.__file__).parent / "py.typed").is_file()
+
+
+def readme_example() -> str:
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_runs_and_means_what_it_says(trained_run, capsys):
+    code = readme_example().replace('"runs/default"', repr(str(trained_run)))
+    scope: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102 -- the README's own example
+    run, x, test = scope["run"], scope["x"], scope["test"]
+    c, h, w = run.image_shape
+    assert run.phase == "glow" and (c, h, w) == (1, 28, 28)
+    assert x.shape == (16, c, h, w) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert 0 <= x.min() and x.max() <= 1
+    assert test.dtype == np.uint8 and test.shape[1:] == (c, h, w)
+    d = run.config["model"]["latent_dim"]
+    assert scope["mean"].shape == scope["log_std"].shape == (len(test), d)
+    assert scope["recon"].shape == (len(test), c, h, w)
+    elbo, iwae = scope["elbo"], scope["iwae"]
+    assert elbo.shape == iwae.shape == (len(test),) and elbo.dtype == torch.float64
+    assert iwae.mean() < elbo.mean()  # IWAE_64 is the tighter bound
+    assert scope["path"].shape == (8, c, h, w)
+    assert "bits/dim" in capsys.readouterr().out
+
+
+def test_cli_sample_gives_the_api_pixels_for_the_same_seed(trained_run):
+    run = load_run(trained_run)
+    for args, kwargs in ((["--n", "5", "--seed", "3"], dict(seed=3)),
+                         (["--n", "4", "--seed", "9", "-t", "0.8"], dict(seed=9, temperature=0.8)),
+                         (["--n", "3", "--vae-only"], dict(seed=0, vae_only=True))):
+        cli = np.load(io.BytesIO(run_cli("sample", "--run", trained_run, "--format", "npy", "--out", "-", *args).stdout))
+        api = to_uint8(run.sample(int(args[1]), **kwargs))
+        assert cli.dtype == np.uint8 and np.array_equal(cli, api), args
+
+
+def test_bounds_match_evaluate_and_the_model_computed_here(trained_run):
+    """log_prob_bound with the default seed is what evaluate reports; k=1 is the ELBO."""
+    from vaeflow_cli.evaluate import evaluate_run
+
+    run = load_run(trained_run, device="cpu")
+    test = run.images("test")
+    result = evaluate_run(trained_run, metrics=["bpd", "iwae"], iwae_k=4)
+    assert float(run.log_prob_bound(test).mean()) == pytest.approx(result["bpd_elbo_full"], rel=1e-6)
+    assert float(run.log_prob_bound(test, k=4).mean()) == pytest.approx(result["bpd_iwae_full"], rel=1e-6)
+    vae = load_run(trained_run, checkpoint="vae")
+    assert vae.phase == "vae" and not vae.uses_flow and run.uses_flow
+    assert float(vae.log_prob_bound(test).mean()) == pytest.approx(result["bpd_elbo_vae"], rel=1e-6)
+    # another seed dequantizes and samples differently: a different (but close) number
+    other = run.log_prob_bound(test, seed=123)
+    assert not torch.equal(other, run.log_prob_bound(test)) and abs(float(other.mean() - run.log_prob_bound(test).mean())) < 0.5
+
+
+def test_encode_and_reconstruct_agree_with_the_model(trained_run):
+    run = load_run(trained_run, device="cpu")
+    test = run.images("test")[:5]
+    y = torch.from_numpy((test.astype(np.float32) + 0.5) / 256)
+    with torch.no_grad():
+        mean, log_std = run.model.encoder(y)
+        want = run.model.from_decoder_space(run.model.decoder(mean)[0])
+    got_mean, got_log_std = run.encode(test)
+    assert torch.equal(got_mean, mean) and torch.equal(got_log_std, log_std)
+    assert np.array_equal(to_uint8(run.reconstruct(test)), to_uint8(want))
+    # the layouts a notebook has: NHWC, a tensor, one image, (N, H, W) for one channel
+    nhwc = test.transpose(0, 2, 3, 1)
+    for variant in (nhwc, torch.from_numpy(test), test[0], test[:, 0], nhwc[0]):
+        m, _ = run.encode(variant)
+        assert torch.equal(m, mean[: len(m)])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 1, 28, 28), np.float32), "must be uint8"),
+    (np.zeros((2, 3, 28, 28), np.uint8), "has shape (2, 3, 28, 28)"),
+    (np.zeros((0, 1, 28, 28), np.uint8), "holds no images"),
+    ([[0, 1]], "must be a uint8 numpy array or tensor, not list"),
+    (np.zeros((2, 1, 1, 28, 28), np.uint8), "has shape"),
+])
+def test_bad_images_are_one_line(bad, message):
+    with pytest.raises(VaeflowError, match=re.escape(message)) as info:
+        as_uint8_images(bad, (1, 28, 28))
+    assert "\n" not in str(info.value)
+
+
+def test_bad_arguments_and_checkpoints_are_one_line(trained_run, tmp_path):
+    run = load_run(trained_run, device="cpu")
+    for call, message in ((lambda: run.sample(0), "n must be an integer >= 1"),
+                          (lambda: run.sample(2, temperature=float("nan")), "temperature must be"),
+                          (lambda: run.sample(2, seed=-1), "seed must be"),
+                          (lambda: run.log_prob_bound(run.images("test")[:2], k=0), "k must be"),
+                          (lambda: run.interpolate(run.images("test")[:2], run.images("test")[0]), "one image for a"),
+                          (lambda: run.temperature_sweep([], 2), "temperatures is empty"),
+                          (lambda: run.images("nope"), "not 'nope'"),
+                          (lambda: load_run(tmp_path), "is not a vaeflow run"),
+                          (lambda: load_run(trained_run, checkpoint="joint"), "has no checkpoint for the joint fine-tuning"),
+                          (lambda: load_run(trained_run, checkpoint=tmp_path / "x.pt"), "x.pt"),
+                          (lambda: load_run(trained_run, device="tpu"), "device")):
+        with pytest.raises(VaeflowError, match=re.escape(message)) as info:
+            call()
+        assert "\n" not in str(info.value), message
+
+
+def test_a_checkpoint_file_and_a_phase_name_load_the_same_weights(trained_run):
+    by_name = load_run(trained_run, checkpoint="glow", device="cpu")
+    by_file = load_run(trained_run, checkpoint=trained_run / "checkpoints" / "glow.pt", device="cpu")
+    newest = load_run(trained_run, device="cpu")
+    assert by_name.phase == by_file.phase == newest.phase == "glow" and by_name.complete
+    for a, b in zip(by_name.model.state_dict().values(), by_file.model.state_dict().values()):
+        assert torch.equal(a, b)

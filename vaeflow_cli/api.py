@@ -1,0 +1,269 @@
+"""The Python entry point to a trained run: ``load_run(path) -> Run``.
+
+A notebook session::
+
+    import vaeflow_cli as vf
+    run = vf.load_run("runs/default")            # the newest checkpoint, on the GPU if there is one
+    x = run.sample(16, temperature=0.5, seed=0)  # float32 (16, C, H, W) in [0, 1]
+    bpd = run.log_prob_bound(images, k=64)       # IWAE_64 bound, bits/dim per image
+
+Images going in are uint8 (values 0..255), as numpy arrays or tensors, (N, C, H, W) or
+(N, H, W, C) (a single image, or (N, H, W) for one channel, is accepted too); each is read as the
+centre of its dequantization bin, (k + 0.5) / 256 (``docs/model.md``, "Data and dequantization").
+Images coming out are float32 CPU tensors in [0, 1]; ``vaeflow_cli.images.to_uint8`` quantizes
+them as the CLI does (floor(256 x), clipped), so the CLI's ``sample`` and ``Run.sample`` give the
+same pixels for the same seed. Errors are ``VaeflowError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vaeflow_cli import sampling
+from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.phases import LOAD_ORDER, PHASES
+
+__all__ = ["Run", "load_run", "as_uint8_images"]
+
+
+@dataclass
+class Run:
+    """A trained run loaded for use: the model in eval mode on ``device`` and what it was made with.
+
+    Attributes: ``path`` (the run directory), ``config`` (the resolved config dict), ``phase``
+    (which checkpoint: "vae", "glow", "prior", "joint" or "baseline"; see ``vaeflow_cli.phases``),
+    ``checkpoint`` (its file), ``model`` (``VAEFlow``, or ``FlowModel`` for a baseline run),
+    ``device`` (``torch.device``), ``start`` (the phase the checkpoint's phase started from).
+    Methods run without gradients and leave the model in eval mode.
+    """
+
+    path: Path
+    config: dict
+    phase: str
+    checkpoint: Path
+    model: torch.nn.Module
+    device: torch.device
+    start: str | None = None
+    complete: bool = False
+    """Whether the checkpoint's phase ran all its epochs (False for a checkpoint saved mid-phase)."""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the run's images."""
+        return tuple(self.model.image_shape)
+
+    @property
+    def uses_flow(self) -> bool:
+        """Whether this checkpoint's model runs its Glow layer (False for a phase-1 checkpoint, whose
+        layer is still the identity)."""
+        return PHASES[self.phase].uses_flow(self.start)
+
+    @property
+    def seed(self) -> int:
+        """The run's ``train.seed``: the default seed of ``log_prob_bound``, as in ``vaeflow evaluate``."""
+        return int(self.config["train"]["seed"])
+
+    def images(self, split: str = "test") -> np.ndarray:
+        """A split of the run's own dataset (``[data]`` of its config): uint8 (N, C, H, W).
+        :raises VaeflowError: an unknown split, or missing or damaged dataset files."""
+        from vaeflow_cli.data import load_split
+
+        return load_split(self.config, split)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def sample(self, n: int, *, temperature: float = 0.5, seed: int | None = None, vae_only: bool = False) -> torch.Tensor:
+        """Draw ``n`` images: u ~ N(0, I), z = h^-1(u), xbar = g_mu(z) + T g_sigma(z) eps,
+        x = f^-1(xbar) (paper, section 3.5; T = ``temperature``, the paper samples at 0.5).
+
+        :param vae_only: the decoder means g_mu(z) without the Glow layer (paper, Figure 4 left).
+        :param seed: the same seed gives the same images on every device; None draws fresh noise.
+        :returns: float32 (n, C, H, W) in [0, 1], on the CPU.
+        :raises VaeflowError: n < 1, a negative or non-finite temperature, ``vae_only`` on a
+            standalone flow."""
+        _check_count(n, "n")
+        _check_temperature(temperature)
+        if vae_only:
+            self._need_vae("vae_only sampling")
+        return sampling.sample(self.model, n, temperature=temperature, seed=_seed(seed), vae_only=vae_only)
+
+    def interpolate(self, a: Any, b: Any, steps: int = 8) -> torch.Tensor:
+        """Decode the straight line between the encoder means of images ``a`` and ``b`` at
+        temperature 0 (paper, Figure 5).
+
+        :param a, b: one uint8 image each (see the module docstring for the accepted layouts).
+        :param steps: images along the path, the endpoints (the two reconstructions) included.
+        :returns: float32 (steps, C, H, W) in [0, 1], on the CPU."""
+        self._need_vae("interpolation")
+        _check_count(steps, "steps", low=2)
+        ya, yb = (as_uint8_images(img, self.image_shape, name) for img, name in ((a, "a"), (b, "b")))
+        if len(ya) != 1 or len(yb) != 1:
+            raise VaeflowError(f"interpolate takes one image for a and one for b, got {len(ya)} and {len(yb)}")
+        return sampling.interpolate_images(self.model, ya[0], yb[0], steps=steps)
+
+    def interpolate_prior(self, pairs: int, steps: int = 8, *, seed: int | None = None, temperature: float = 0.0) -> torch.Tensor:
+        """Spherical paths between ``pairs`` pairs of base points u ~ N(0, I), mapped through the
+        prior and decoded at ``temperature``. :returns: float32 (pairs, steps, C, H, W) in [0, 1]."""
+        self._need_vae("interpolation")
+        _check_count(pairs, "pairs")
+        _check_count(steps, "steps", low=2)
+        _check_temperature(temperature)
+        return sampling.interpolate_prior(self.model, pairs=pairs, steps=steps, seed=_seed(seed), temperature=temperature)
+
+    def compare(self, rows: int, per_z: int = 5, *, temperature: float = 0.5, seed: int | None = None) -> torch.Tensor:
+        """The paper's Figure 4: per latent z ~ p(z), the VAE mean g_mu(z), then ``per_z``
+        Glow-layer samples of the same z. :returns: float32 (rows, 1 + per_z, C, H, W) in [0, 1]."""
+        self._need_vae("the Figure-4 comparison")
+        _check_count(rows, "rows")
+        _check_count(per_z, "per_z")
+        _check_temperature(temperature)
+        return sampling.compare_grid(self.model, rows=rows, per_z=per_z, temperature=temperature, seed=_seed(seed))
+
+    def temperature_sweep(self, temperatures: Sequence[float], n: int, *, seed: int | None = None) -> torch.Tensor:
+        """One row per temperature, the same ``n`` latents and noise in every row.
+        :returns: float32 (len(temperatures), n, C, H, W) in [0, 1]."""
+        self._need_vae("a temperature sweep")
+        _check_count(n, "n")
+        if not temperatures:
+            raise VaeflowError("temperatures is empty; give one or more")
+        for t in temperatures:
+            _check_temperature(t)
+        return sampling.temperature_grid(self.model, temperatures=list(temperatures), n=n, seed=_seed(seed))
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def encode(self, images: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The approximate posterior q(z|y) of each image.
+
+        :returns: ``(mean, log_std)``, float32 (N, latent_dim) each, on the CPU; ``log_std`` is
+            the natural log of the standard deviation."""
+        self._need_vae("encode")
+        y = sampling.bin_centres(as_uint8_images(images, self.image_shape), self.device)
+        with torch.no_grad():
+            mean, log_std = self.model.encode(y)
+        return mean.cpu(), log_std.cpu()
+
+    def reconstruct(self, images: Any) -> torch.Tensor:
+        """f^-1(g_mu(m(y))): decode each image's posterior mean at temperature 0.
+        :returns: float32 (N, C, H, W) in [0, 1], on the CPU."""
+        self._need_vae("reconstruct")
+        return sampling.reconstruct(self.model, as_uint8_images(images, self.image_shape))
+
+    def log_prob_bound(self, images: Any, *, k: int = 1, seed: int | None = None) -> torch.Tensor:
+        """A lower bound on log p(x) of each discrete image, in bits/dim (lower is better): the
+        one-sample ELBO for ``k`` = 1, the IWAE_k bound (Burda et al.) otherwise; for a baseline
+        run, the flow's exact value. The images are dequantized with uniform noise as ``vaeflow
+        evaluate`` does (``docs/model.md``, "Evaluation"); with the default seed (the run's
+        ``train.seed``) the numbers match ``vaeflow evaluate`` on the same images.
+
+        :returns: float64 (N,) bits/dim, on the CPU.
+        :raises VaeflowError: k < 1, images of another shape or dtype."""
+        from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
+
+        _check_count(k, "k")
+        y = as_uint8_images(images, self.image_shape)
+        s = self.seed if seed is None else _seed(seed)
+        if k == 1 or PHASES[self.phase].standalone:
+            b = elbo_bpd(self.model, y, seed=s, use_flow=self.uses_flow, device=self.device)
+        else:
+            b = iwae_bpd_per_image(self.model, y, k=k, seed=s, use_flow=self.uses_flow, device=self.device)
+        return torch.from_numpy(b.per_image)
+
+    def _need_vae(self, what: str) -> None:
+        if PHASES[self.phase].standalone:
+            raise VaeflowError(f"{self.path} is a standalone flow (train-baseline): it has no latent space for {what}")
+
+
+def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoint: str | Path | None = None) -> Run:
+    """Load a trained run directory for sampling, inference and scoring.
+
+    :param path: a run directory (``--run``): its ``config.toml`` and ``checkpoints/``.
+    :param device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    :param checkpoint: None for the newest checkpoint of the VAE phases (joint, prior, phase 2,
+        phase 1; the baseline when only it exists), a phase name ("vae", "glow", "prior",
+        "joint", "baseline"), or the path of a checkpoint file (a step-tagged one, say).
+    :raises VaeflowError: a folder that is not a run, a missing, damaged or mismatched checkpoint,
+        an unknown device (one line each)."""
+    from vaeflow_cli.engine import resolve_device
+    from vaeflow_cli.runs import RunDir, check_signature, load_checkpoint, model_from_state
+
+    rd = RunDir(path)
+    if not rd.config_path.is_file():
+        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); train one with vaeflow train-vae --run {rd.path}")
+    dev = resolve_device(str(device), "device")
+    cfg = rd.resolved_config()
+    if checkpoint is None:
+        found = [p for p in LOAD_ORDER if rd.checkpoint_path(p).exists()]
+        if found:
+            checkpoint = max(found, key=lambda p: rd.checkpoint_path(p).stat().st_mtime_ns)
+        elif rd.checkpoint_path("baseline").exists():
+            checkpoint = "baseline"
+        else:
+            raise VaeflowError(f"{rd.path} has no checkpoint yet; train it first (vaeflow train-vae --run {rd.path})")
+    if isinstance(checkpoint, str) and checkpoint in PHASES:
+        file = rd.checkpoint_path(checkpoint)
+        if not file.exists():
+            have = [p for p in PHASES if rd.checkpoint_path(p).exists()]
+            raise VaeflowError(f"{rd.path} has no checkpoint for {PHASES[checkpoint].title} ({file}); it has: {', '.join(have) or 'none'}")
+    else:
+        file = Path(checkpoint)
+    state = load_checkpoint(file)
+    check_signature(state, cfg, file)
+    model = model_from_state(cfg, state, device=str(dev), path=file)
+    return Run(path=rd.path, config=cfg, phase=state["phase"], checkpoint=file, model=model, device=dev,
+               start=state.get("start"), complete=bool(state.get("complete", False)))
+
+
+def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images") -> np.ndarray:
+    """``images`` as a uint8 numpy array (N, C, H, W) of ``image_shape`` (C, H, W).
+
+    Accepts numpy arrays and tensors of dtype uint8 in the layouts (N, C, H, W), (N, H, W, C),
+    a single (C, H, W) or (H, W, C) image, and for one channel (N, H, W) or (H, W).
+    :raises VaeflowError: another dtype, shape or an empty batch (one line naming ``name``)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if not isinstance(images, np.ndarray):
+        raise VaeflowError(f"{name} must be a uint8 numpy array or tensor, not {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise VaeflowError(f"{name} must be uint8 (values 0..255), not {images.dtype}; "
+                           "for floats in [0, 1] pass (x * 255).round().astype('uint8')")
+    c, h, w = (int(s) for s in image_shape)
+    shape = tuple(images.shape)
+    if shape[-3:] == (c, h, w):
+        out = images.reshape(-1, c, h, w) if images.ndim in (3, 4) else None
+    elif shape[-3:] == (h, w, c):
+        out = images.reshape(-1, h, w, c).transpose(0, 3, 1, 2) if images.ndim in (3, 4) else None
+    elif c == 1 and shape[-2:] == (h, w) and images.ndim in (2, 3):
+        out = images.reshape(-1, 1, h, w)
+    else:
+        out = None
+    if out is None:
+        raise VaeflowError(f"{name} has shape {shape}; this run's images are (C, H, W) = {(c, h, w)}: give (N, C, H, W) "
+                           f"or (N, H, W, C) uint8")
+    if len(out) == 0:
+        raise VaeflowError(f"{name} holds no images")
+    return np.ascontiguousarray(out)
+
+
+def _check_count(value: int, name: str, *, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise VaeflowError(f"{name} must be an integer >= {low}, not {value!r}")
+
+
+def _check_temperature(t: float) -> None:
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not np.isfinite(t) or t < 0:
+        raise VaeflowError(f"temperature must be a finite number >= 0, not {t!r}")
+
+
+def _seed(seed: int | None) -> int:
+    """A seed for a CPU ``torch.Generator``: ``seed`` itself, or a fresh one when None."""
+    if seed is None:
+        return int(torch.Generator().seed())  # a fresh seed; the global RNG is not touched
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise VaeflowError(f"seed must be an integer in [0, 2**64), not {seed!r}")
+    return int(seed)
