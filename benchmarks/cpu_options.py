@@ -48,8 +48,9 @@ DEVICE = torch.device("cpu")
 class Variant:
     """One option's model, optimizer, stepper and loader for one phase, and its timed steps."""
 
-    def __init__(self, cfg: dict, phase: str, shape, images: np.ndarray, *, precision: str, compile: bool,
-                 channels_last: bool, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, cfg: dict, phase: str, shape, images: np.ndarray, *, precision: str, compile: bool, channels_last: bool, batch_size: int, seed: int
+    ) -> None:
         torch.manual_seed(seed)  # every variant starts from the same weights
         self.model = build_model(cfg, shape)
         if channels_last:
@@ -57,8 +58,16 @@ class Variant:
         params = trainable_parameters(self.model, phase)
         set_phase_mode(self.model, phase)
         opt = torch.optim.Adam(params, lr=cfg["train"][phase]["lr"])
-        self.stepper = Stepper(self.model, params, opt, use_flow=phase != "vae", device=DEVICE, precision=precision,
-                               compile=compile, grad_clip=cfg["train"][phase]["grad_clip"])
+        self.stepper = Stepper(
+            self.model,
+            params,
+            opt,
+            use_flow=phase != "vae",
+            device=DEVICE,
+            precision=precision,
+            compile=compile,
+            grad_clip=cfg["train"][phase]["grad_clip"],
+        )
         self.stepper.channels_last = channels_last  # the Stepper turns it on for CUDA only
         self.loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, threads=1)
         self.batches = self.loader.device_batches(DEVICE)
@@ -77,10 +86,11 @@ class Variant:
         return elapsed
 
 
-def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_size: int, rounds: int, steps: int,
-                  warmup: int, seed: int) -> dict:
-    variants = {name: Variant(cfg, phase, shape, images, precision=p, compile=c, channels_last=cl,
-                              batch_size=batch_size, seed=seed) for name, (p, c, cl) in VARIANTS.items()}
+def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_size: int, rounds: int, steps: int, warmup: int, seed: int) -> dict:
+    variants = {
+        name: Variant(cfg, phase, shape, images, precision=p, compile=c, channels_last=cl, batch_size=batch_size, seed=seed)
+        for name, (p, c, cl) in VARIANTS.items()
+    }
     names = list(variants)
     t0 = time.perf_counter()
     for name, v in variants.items():
@@ -95,34 +105,48 @@ def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_siz
         for name in names:
             per_round[name].append(float(np.median(times[name])))
             variants[name].times += times[name]
-        print(f"{phase} round {r + 1}/{rounds}: " + ", ".join(f"{n} {per_round[n][-1]:.4f} s" for n in names),
-              file=sys.stderr)
+        print(f"{phase} round {r + 1}/{rounds}: " + ", ".join(f"{n} {per_round[n][-1]:.4f} s" for n in names), file=sys.stderr)
     base = per_round["fp32_eager"]
     out = {"fp32_eager_s_per_step": spread(variants["fp32_eager"].times)}
     for name in names[1:]:
         ratios = [o / b for o, b in zip(per_round[name], base)]
-        out[name] = {"ratio": spread(ratios), "ratios": [round(x, 4) for x in ratios],
-                     "s_per_step": spread(variants[name].times), "wins": max(ratios) < 0.9}
+        out[name] = {
+            "ratio": spread(ratios),
+            "ratios": [round(x, 4) for x in ratios],
+            "s_per_step": spread(variants[name].times),
+            "wins": max(ratios) < 0.9,
+        }
     return out
 
 
 def main() -> None:
-    ap = step_common.arguments(__doc__, steps=4, per_round="option", per_cycle="one step of every variant each",
-                               warmup="untimed steps of each variant first (compile runs here)")
+    ap = step_common.arguments(
+        __doc__,
+        steps=4,
+        per_round="option",
+        per_cycle="one step of every variant each",
+        warmup="untimed steps of each variant first (compile runs here)",
+    )
     args = ap.parse_args()
     threads = step_common.start(args)
     cfg = config_mod.resolve(overrides=["train.device='cpu'"])  # the embedded default
     t_start = time.perf_counter()
     results = {}
     for key, phase, b, images in step_common.phase_inputs(args, cfg):
-        results[key] = measure_phase(cfg, phase, step_common.SHAPE, images, batch_size=b, rounds=args.rounds, steps=args.steps,
-                                     warmup=args.warmup, seed=cfg["train"]["seed"])
+        results[key] = measure_phase(
+            cfg, phase, step_common.SHAPE, images, batch_size=b, rounds=args.rounds, steps=args.steps, warmup=args.warmup, seed=cfg["train"]["seed"]
+        )
         results[key]["batch_size"] = b
-    print(json.dumps({
-        **step_common.header(args, threads, "option's median s/step over fp32 eager's in the same round; median/iqr/min/max over rounds"),
-        "defaults": {k: cfg["train"][k] for k in ("precision", "channels_last", "compile")},
-        "seconds": round(time.perf_counter() - t_start, 1), "results": results,
-    }))
+    print(
+        json.dumps(
+            {
+                **step_common.header(args, threads, "option's median s/step over fp32 eager's in the same round; median/iqr/min/max over rounds"),
+                "defaults": {k: cfg["train"][k] for k in ("precision", "channels_last", "compile")},
+                "seconds": round(time.perf_counter() - t_start, 1),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

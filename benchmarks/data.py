@@ -43,8 +43,9 @@ def make_jpegs(folder: Path, n: int) -> list[Path]:
     paths = []
     for i in range(n):
         f = rng.uniform(1, 6, size=6)
-        img = np.stack([np.sin(f[0] * 6 * xx + f[1] * 3 * yy), np.cos(f[2] * 5 * yy + f[3] * xx),
-                        np.sin(f[4] * 4 * (xx + yy)) * np.cos(f[5] * 3 * xx)], -1)
+        img = np.stack(
+            [np.sin(f[0] * 6 * xx + f[1] * 3 * yy), np.cos(f[2] * 5 * yy + f[3] * xx), np.sin(f[4] * 4 * (xx + yy)) * np.cos(f[5] * 3 * xx)], -1
+        )
         img = (img + 1) * 110 + rng.normal(0, 6, size=img.shape)  # texture, like skin and hair
         path = folder / f"{i:06d}.jpg"
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
@@ -135,8 +136,12 @@ def main() -> None:
             torch.cuda.synchronize()
 
         t_host, t_dev = best_time(host_path, args.repeats * 5), best_time(device_path, args.repeats * 5)
-        result.update(cuda_device=torch.cuda.get_device_name(), dequantize_host_to_cuda_ms=1e3 * t_host,
-                      dequantize_on_cuda_ms=1e3 * t_dev, dequantize_on_cuda_speedup=t_host / t_dev)
+        result.update(
+            cuda_device=torch.cuda.get_device_name(),
+            dequantize_host_to_cuda_ms=1e3 * t_host,
+            dequantize_on_cuda_ms=1e3 * t_dev,
+            dequantize_on_cuda_speedup=t_host / t_dev,
+        )
     # the full loader on a cached (memory-mapped) uint8 dataset, 64x64 batches of 256, one epoch
     from vaeflow_cli.data import BatchLoader
 
@@ -154,8 +159,11 @@ def main() -> None:
                 (xb + rng.random(xb.shape, dtype=np.float32)) * np.float32(1 / 256)
 
         t_np_loader = best_time(numpy_epoch, args.repeats)
-    result.update(loader_images_per_s=len(mapped) / t_loader, loader_images_per_s_numpy=len(mapped) / t_np_loader,
-                  loader_speedup_vs_numpy=t_np_loader / t_loader)
+    result.update(
+        loader_images_per_s=len(mapped) / t_loader,
+        loader_images_per_s_numpy=len(mapped) / t_np_loader,
+        loader_speedup_vs_numpy=t_np_loader / t_loader,
+    )
     for k, v in result.items():
         print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}", file=sys.stderr)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))

@@ -53,12 +53,12 @@ def mutate(data: bytes, rnd: random.Random) -> bytes:
         if op < 0.5 and b:
             b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
         elif op < 0.7 and b:
-            del b[rnd.randrange(len(b)):]
+            del b[rnd.randrange(len(b)) :]
         elif op < 0.9 and b:
             i = rnd.randrange(len(b))
             b[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 16)))
         else:
-            b[rnd.randrange(len(b) or 1):] = b"\xff\xd9"
+            b[rnd.randrange(len(b) or 1) :] = b"\xff\xd9"
     return bytes(b)
 
 

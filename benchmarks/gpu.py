@@ -24,8 +24,7 @@ from vaeflow_cli import config as config_mod
 from vaeflow_cli.timing import run_timing
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = {"cifar10": ("configs/cifar10.toml", (3, 32, 32), 50_000),
-          "celeba64": ("configs/celeba.toml", (3, 64, 64), 162_770)}
+SHAPES = {"cifar10": ("configs/cifar10.toml", (3, 32, 32), 50_000), "celeba64": ("configs/celeba.toml", (3, 64, 64), 162_770)}
 
 
 def main() -> None:
@@ -46,25 +45,44 @@ def main() -> None:
     for shape_name in args.shapes.split(","):
         path, shape, n_train = SHAPES[shape_name]
         for precision in precisions:
-            cfg = config_mod.resolve(ROOT / path, [f"train.precision='{precision}'", f"train.device='{args.device}'",
-                                                   f"train.compile={'true' if args.compile else 'false'}"])
-            r = run_timing(cfg, steps=args.steps, warmup=args.warmup, batch_size=batch, device=args.device,
-                           image_shape=shape, train_images=n_train)
-            row = {"shape": shape_name, "precision": precision, "batch_size": r["batch_size"],
-                   "vae_s_per_epoch": r["vae_s_per_epoch"], "glow_layer_s_per_epoch": r["glow_layer_s_per_epoch"],
-                   "glow_baseline_s_per_epoch": r["glow_baseline_s_per_epoch"], "speedup_vs_glow": r["speedup"],
-                   "data_wait_share": r["data_wait_share"], "peak_memory_gib": {
-                       k: (None if v is None else round(v / 2**30, 3)) for k, v in r["peak_memory_bytes"].items()}}
+            cfg = config_mod.resolve(
+                ROOT / path,
+                [f"train.precision='{precision}'", f"train.device='{args.device}'", f"train.compile={'true' if args.compile else 'false'}"],
+            )
+            r = run_timing(cfg, steps=args.steps, warmup=args.warmup, batch_size=batch, device=args.device, image_shape=shape, train_images=n_train)
+            row = {
+                "shape": shape_name,
+                "precision": precision,
+                "batch_size": r["batch_size"],
+                "vae_s_per_epoch": r["vae_s_per_epoch"],
+                "glow_layer_s_per_epoch": r["glow_layer_s_per_epoch"],
+                "glow_baseline_s_per_epoch": r["glow_baseline_s_per_epoch"],
+                "speedup_vs_glow": r["speedup"],
+                "data_wait_share": r["data_wait_share"],
+                "peak_memory_gib": {k: (None if v is None else round(v / 2**30, 3)) for k, v in r["peak_memory_bytes"].items()},
+            }
             results.append(row)
-            print(f"{shape_name:9s} {precision}: VAE {row['vae_s_per_epoch']:9.1f} s/epoch, Glow layer "
-                  f"{row['glow_layer_s_per_epoch']:9.1f}, standalone Glow {row['glow_baseline_s_per_epoch']:9.1f}, "
-                  f"speedup {row['speedup_vs_glow']:.2f}x, data wait {max(row['data_wait_share'].values()):.1%}",
-                  file=sys.stderr)
+            print(
+                f"{shape_name:9s} {precision}: VAE {row['vae_s_per_epoch']:9.1f} s/epoch, Glow layer "
+                f"{row['glow_layer_s_per_epoch']:9.1f}, standalone Glow {row['glow_baseline_s_per_epoch']:9.1f}, "
+                f"speedup {row['speedup_vs_glow']:.2f}x, data wait {max(row['data_wait_share'].values()):.1%}",
+                file=sys.stderr,
+            )
             if cuda:
                 torch.cuda.empty_cache()
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
-    print(json.dumps({"device": device_name, "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__,
-                      "seconds": round(time.perf_counter() - t_start, 1), "results": results}))
+    print(
+        json.dumps(
+            {
+                "device": device_name,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "torch": torch.__version__,
+                "seconds": round(time.perf_counter() - t_start, 1),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="output folder (runs/, paper_claim.json|.md|.png)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for everything (default: usable cores)")
-    ap.add_argument("--budget-seconds", type=float, default=None,
-                    help="the Glow's training budget in seconds (default: vaeflow's measured two-phase total)")
+    ap.add_argument(
+        "--budget-seconds", type=float, default=None, help="the Glow's training budget in seconds (default: vaeflow's measured two-phase total)"
+    )
     ap.add_argument("--vae-config", type=Path, default=None, help="vaeflow's config (default: the embedded default)")
     ap.add_argument("--glow-config", type=Path, default=DEFAULT_GLOW_CONFIG, help="the standalone Glow's config")
     ap.add_argument("--vae-set", action="append", default=[], metavar="KEY=VALUE", help="override vaeflow's config (repeatable)")
@@ -78,13 +79,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--iwae-k", type=int, default=64, help="importance samples of vaeflow's IWAE bound")
     ap.add_argument("--grid-n", type=int, default=64, help="samples per model in the figure")
     ap.add_argument("--device", default="cpu", help="training and evaluation device for both models (default: cpu)")
-    ap.add_argument("--budget-measure", choices=("epochs", "wall"), default="epochs",
-                    help="what the budget counts: 'epochs' (default), the per-epoch seconds training records "
-                         "(steps + held-out bound), summed; 'wall', whole train_phase calls (start-up included, "
-                         "which the Glow, trained one epoch per call, pays at every epoch)")
+    ap.add_argument(
+        "--budget-measure",
+        choices=("epochs", "wall"),
+        default="epochs",
+        help="what the budget counts: 'epochs' (default), the per-epoch seconds training records "
+        "(steps + held-out bound), summed; 'wall', whole train_phase calls (start-up included, "
+        "which the Glow, trained one epoch per call, pays at every epoch)",
+    )
     ap.add_argument("--max-glow-epochs", type=int, default=None, help="stop the Glow at this many epochs even within budget")
-    ap.add_argument("--digit-classifier", type=Path, default=None,
-                    help="a cached digit-classifier file (evaluate's RUN/eval/digit-cnn.pt) to use instead of training one")
+    ap.add_argument(
+        "--digit-classifier",
+        type=Path,
+        default=None,
+        help="a cached digit-classifier file (evaluate's RUN/eval/digit-cnn.pt) to use instead of training one",
+    )
     return ap.parse_args(argv)
 
 
@@ -101,10 +110,19 @@ def _version(name: str) -> str | None:
 def machine_facts(threads: int, device: str) -> dict:
     from vaeflow_cli.engine import usable_cores
 
-    facts = {"usable_cores": usable_cores(), "cpu_count": os.cpu_count(), "threads": threads,
-             "torch_num_threads": torch.get_num_threads(), "torch": torch.__version__, "vaeflow": _version("vaeflow"),
-             "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-             "processor": platform.processor() or platform.machine(), "device": device}
+    facts = {
+        "usable_cores": usable_cores(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "vaeflow": _version("vaeflow"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "device": device,
+    }
     if device.startswith("cuda") and torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return facts
@@ -165,8 +183,12 @@ def train_vaeflow(cfg: dict, run: Path) -> dict:
         t0 = time.perf_counter()
         result = train_phase(cfg, run, phase)
         seconds = time.perf_counter() - t0
-        out[phase] = {"seconds": round(seconds, 3), "epoch_seconds": epoch_seconds(run, phase), "epochs": result.epochs,
-                      "last_epoch_bpd": result.test_bpd}
+        out[phase] = {
+            "seconds": round(seconds, 3),
+            "epoch_seconds": epoch_seconds(run, phase),
+            "epochs": result.epochs,
+            "last_epoch_bpd": result.test_bpd,
+        }
         log(f"paper_claim: vaeflow {phase} phase took {seconds:.1f} s")
     return out
 
@@ -187,8 +209,13 @@ def train_glow_for(resolve_glow, run: Path, budget: float, max_epochs: int | Non
         per_call.append(round(dt, 3))
         spent = wall if measure == "wall" else epoch_seconds(run, "baseline")
         log(f"paper_claim: Glow epoch {epochs}: {dt:.1f} s wall-clock; {spent:.1f} of {budget:.1f} s budget ({measure})")
-    return {"seconds": round(wall, 3), "epoch_seconds": epoch_seconds(run, "baseline"), "epochs": epochs,
-            "seconds_per_call": per_call, "stopped_by": "budget" if spent >= budget else "max_glow_epochs"}
+    return {
+        "seconds": round(wall, 3),
+        "epoch_seconds": epoch_seconds(run, "baseline"),
+        "epochs": epochs,
+        "seconds_per_call": per_call,
+        "stopped_by": "budget" if spent >= budget else "max_glow_epochs",
+    }
 
 
 # ------------------------------------------------------------------ evaluation
@@ -226,45 +253,65 @@ def sample_figure(path: Path, panels: list[tuple[str, np.ndarray]]) -> Path:
 def markdown(r: dict) -> str:
     k = r["settings"]["iwae_k"]
     m = r["machine"]
-    lines = ["# The paper's claim on this machine: vaeflow vs. a standalone Glow, same wall-clock budget", "",
-             f"Held-out split: {r['settings']['heldout_images']} images. Bits/dim: vaeflow's are upper bounds "
-             f"(\"<=\": single-sample ELBO and IWAE_{k}); the Glow's is exact. digit_fd: Frechet distance in the "
-             f"features of a small digit CNN (held-out accuracy {_fmt(r['digit_fd_classifier_accuracy'])}), "
-             f"{r['settings']['n_samples']} samples per temperature, the lowest over T = "
-             f"{', '.join(f'{t:g}' for t in r['settings']['temperatures'])}; it is not FID. "
-             f"Budget: {r['budget']['seconds']:.1f} s ({r['budget']['source']}).", "",
-             f"| model | parameters | ELBO bpd | IWAE_{k} bpd | exact bpd | digit_fd (best T) | best T | training s | wall-clock s | epochs |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    lines = [
+        "# The paper's claim on this machine: vaeflow vs. a standalone Glow, same wall-clock budget",
+        "",
+        f"Held-out split: {r['settings']['heldout_images']} images. Bits/dim: vaeflow's are upper bounds "
+        f'("<=": single-sample ELBO and IWAE_{k}); the Glow\'s is exact. digit_fd: Frechet distance in the '
+        f"features of a small digit CNN (held-out accuracy {_fmt(r['digit_fd_classifier_accuracy'])}), "
+        f"{r['settings']['n_samples']} samples per temperature, the lowest over T = "
+        f"{', '.join(f'{t:g}' for t in r['settings']['temperatures'])}; it is not FID. "
+        f"Budget: {r['budget']['seconds']:.1f} s ({r['budget']['source']}).",
+        "",
+        f"| model | parameters | ELBO bpd | IWAE_{k} bpd | exact bpd | digit_fd (best T) | best T | training s | wall-clock s | epochs |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
     for row in r["rows"]:
+
         def bound(key):
             return "" if row.get(key) is None else f"<= {row[key]:.4f}"
+
         exact = "" if row.get("bpd_exact") is None else f"{row['bpd_exact']:.4f}"
+
         def seconds(total, per_phase):
             if len(per_phase) > 1:
                 return " + ".join(f"{v:.1f} ({p})" for p, v in per_phase.items()) + f" = {total:.1f}"
             return f"{total:.1f}"
+
         epochs = row["epochs"]
         epochs_text = " + ".join(f"{v} ({p})" for p, v in epochs.items()) if isinstance(epochs, dict) else str(epochs)
-        lines.append(f"| {row['label']} | {row['parameters']:,} | {bound('bpd_elbo')} | {bound('bpd_iwae')} | {exact} | "
-                     f"{_fd(row['digit_fd_best'])} | {_fmt(row['best_temperature'], 'g')} | "
-                     f"{seconds(row['train_seconds'], row['train_seconds_per_phase'])} | "
-                     f"{seconds(row['wall_seconds'], row['wall_seconds_per_phase'])} | {epochs_text} |")
+        lines.append(
+            f"| {row['label']} | {row['parameters']:,} | {bound('bpd_elbo')} | {bound('bpd_iwae')} | {exact} | "
+            f"{_fd(row['digit_fd_best'])} | {_fmt(row['best_temperature'], 'g')} | "
+            f"{seconds(row['train_seconds'], row['train_seconds_per_phase'])} | "
+            f"{seconds(row['wall_seconds'], row['wall_seconds_per_phase'])} | {epochs_text} |"
+        )
     temps = [f"{t:g}" for t in r["settings"]["temperatures"]]
-    lines += ["", "digit_fd per temperature (lower is better):", "",
-              "| model | " + " | ".join(f"T = {t}" for t in temps) + " |", "|---|" + "---:|" * len(temps)]
+    lines += [
+        "",
+        "digit_fd per temperature (lower is better):",
+        "",
+        "| model | " + " | ".join(f"T = {t}" for t in temps) + " |",
+        "|---|" + "---:|" * len(temps),
+    ]
     for row in r["rows"]:
         lines.append(f"| {row['label']} | " + " | ".join(_fd(row["digit_fd"].get(t)) for t in temps) + " |")
     hist = r.get("bpd_histogram")
-    lines += ["", f"Per-pixel histogram baseline (exact, fitted on the training split): {_fmt(hist, '.4f')} bpd.",
-              "Training s: the seconds training records per epoch (optimizer steps plus the held-out bound at the "
-              "epoch end), summed per phase. Wall-clock s: the whole training calls (data loading, model building, "
-              "phase 2's starting bound, sample grids too); the Glow, trained one epoch per call, pays that start-up "
-              f"at every epoch. The budget counts {'wall-clock' if r['budget']['measure'] == 'wall' else 'training'} s; "
-              "the Glow trains one more epoch until its total reaches it (so it never gets less time than vaeflow).",
-              "", f"Machine: {m['usable_cores']} usable cores ({m['cpu_count']} CPUs); torch {m['torch']}, "
-              f"threads = {m['threads']} (training and evaluation); device {m['device']}, {m['platform']}; load average at start "
-              f"{r['load_average']['start']}, at end {r['load_average']['end']}.",
-              "", f"Samples: {Path(r['figure']).name}"]
+    lines += [
+        "",
+        f"Per-pixel histogram baseline (exact, fitted on the training split): {_fmt(hist, '.4f')} bpd.",
+        "Training s: the seconds training records per epoch (optimizer steps plus the held-out bound at the "
+        "epoch end), summed per phase. Wall-clock s: the whole training calls (data loading, model building, "
+        "phase 2's starting bound, sample grids too); the Glow, trained one epoch per call, pays that start-up "
+        f"at every epoch. The budget counts {'wall-clock' if r['budget']['measure'] == 'wall' else 'training'} s; "
+        "the Glow trains one more epoch until its total reaches it (so it never gets less time than vaeflow).",
+        "",
+        f"Machine: {m['usable_cores']} usable cores ({m['cpu_count']} CPUs); torch {m['torch']}, "
+        f"threads = {m['threads']} (training and evaluation); device {m['device']}, {m['platform']}; load average at start "
+        f"{r['load_average']['start']}, at end {r['load_average']['end']}.",
+        "",
+        f"Samples: {Path(r['figure']).name}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -325,14 +372,20 @@ def main(argv=None) -> dict:
         (vae_run / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.digit_classifier, vae_run / CLASSIFIER_FILE)
     log("paper_claim: evaluating vaeflow (bpd, iwae, digit_fd)")
-    ev_vae = evaluate_run(vae_run, metrics=["bpd", "iwae", "digit_fd"], iwae_k=args.iwae_k, n_samples=args.n_samples,
-                          temperatures=temperatures, device=eval_device, seed=seed)
+    ev_vae = evaluate_run(
+        vae_run,
+        metrics=["bpd", "iwae", "digit_fd"],
+        iwae_k=args.iwae_k,
+        n_samples=args.n_samples,
+        temperatures=temperatures,
+        device=eval_device,
+        seed=seed,
+    )
     # the same classifier file for the Glow (evaluate_run would otherwise train its own copy)
     (glow_run / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(vae_run / CLASSIFIER_FILE, glow_run / CLASSIFIER_FILE)
     log("paper_claim: evaluating the standalone Glow (bpd, digit_fd)")
-    ev_glow = evaluate_run(glow_run, metrics=["bpd", "digit_fd"], n_samples=args.n_samples, temperatures=temperatures,
-                           device=eval_device, seed=seed)
+    ev_glow = evaluate_run(glow_run, metrics=["bpd", "digit_fd"], n_samples=args.n_samples, temperatures=temperatures, device=eval_device, seed=seed)
     glow_fd = temperature_scores(ev_glow["digit_fd_baseline"], temperatures)
 
     full_model = load_run(vae_run, device=eval_device, checkpoint="glow").model
@@ -342,29 +395,64 @@ def main(argv=None) -> dict:
     full_fd = temperature_scores(ev_vae["digit_fd_full"], temperatures)
     rows = []
     for key, fd, extra in (
-        ("vaeflow_vae", vae_fd, {"bpd_elbo": ev_vae["bpd_elbo_vae"], "bpd_iwae": ev_vae["bpd_iwae_vae"], "bpd_exact": None,
-                                 "parameters": vae_params, "train_seconds": vae_train["vae"]["train_seconds"],
-                                 "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"]},
-                                 "wall_seconds": vae_train["vae"]["seconds"],
-                                 "wall_seconds_per_phase": {"phase 1": vae_train["vae"]["seconds"]},
-                                 "epochs": vae_train["vae"]["epochs"]}),
-        ("vaeflow_full", full_fd, {"bpd_elbo": ev_vae["bpd_elbo_full"], "bpd_iwae": ev_vae["bpd_iwae_full"], "bpd_exact": None,
-                                   "parameters": n_parameters(full_model), "train_seconds": round(vae_total, 3),
-                                   "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"],
-                                                               "phase 2": vae_train["glow"]["train_seconds"]},
-                                   "wall_seconds": round(vae_wall, 3),
-                                   "wall_seconds_per_phase": {"phase 1": vae_train["vae"]["seconds"],
-                                                              "phase 2": vae_train["glow"]["seconds"]},
-                                   "epochs": {"phase 1": vae_train["vae"]["epochs"], "phase 2": vae_train["glow"]["epochs"]}}),
-        ("glow", glow_fd, {"bpd_elbo": None, "bpd_iwae": None, "bpd_exact": ev_glow["bpd_baseline"],
-                           "parameters": n_parameters(glow_model), "train_seconds": glow_train["train_seconds"],
-                           "train_seconds_per_phase": {"baseline": glow_train["train_seconds"]},
-                           "wall_seconds": glow_train["seconds"], "wall_seconds_per_phase": {"baseline": glow_train["seconds"]},
-                           "epochs": glow_train["epochs"]}),
+        (
+            "vaeflow_vae",
+            vae_fd,
+            {
+                "bpd_elbo": ev_vae["bpd_elbo_vae"],
+                "bpd_iwae": ev_vae["bpd_iwae_vae"],
+                "bpd_exact": None,
+                "parameters": vae_params,
+                "train_seconds": vae_train["vae"]["train_seconds"],
+                "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"]},
+                "wall_seconds": vae_train["vae"]["seconds"],
+                "wall_seconds_per_phase": {"phase 1": vae_train["vae"]["seconds"]},
+                "epochs": vae_train["vae"]["epochs"],
+            },
+        ),
+        (
+            "vaeflow_full",
+            full_fd,
+            {
+                "bpd_elbo": ev_vae["bpd_elbo_full"],
+                "bpd_iwae": ev_vae["bpd_iwae_full"],
+                "bpd_exact": None,
+                "parameters": n_parameters(full_model),
+                "train_seconds": round(vae_total, 3),
+                "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"], "phase 2": vae_train["glow"]["train_seconds"]},
+                "wall_seconds": round(vae_wall, 3),
+                "wall_seconds_per_phase": {"phase 1": vae_train["vae"]["seconds"], "phase 2": vae_train["glow"]["seconds"]},
+                "epochs": {"phase 1": vae_train["vae"]["epochs"], "phase 2": vae_train["glow"]["epochs"]},
+            },
+        ),
+        (
+            "glow",
+            glow_fd,
+            {
+                "bpd_elbo": None,
+                "bpd_iwae": None,
+                "bpd_exact": ev_glow["bpd_baseline"],
+                "parameters": n_parameters(glow_model),
+                "train_seconds": glow_train["train_seconds"],
+                "train_seconds_per_phase": {"baseline": glow_train["train_seconds"]},
+                "wall_seconds": glow_train["seconds"],
+                "wall_seconds_per_phase": {"baseline": glow_train["seconds"]},
+                "epochs": glow_train["epochs"],
+            },
+        ),
     ):
         t, v = best_temperature(fd)
-        rows.append({"model": key, "label": MODELS[key], **extra, "bpd_kind": "exact" if key == "glow" else "upper bound",
-                     "digit_fd": fd, "best_temperature": t, "digit_fd_best": v})
+        rows.append(
+            {
+                "model": key,
+                "label": MODELS[key],
+                **extra,
+                "bpd_kind": "exact" if key == "glow" else "upper bound",
+                "digit_fd": fd,
+                "best_temperature": t,
+                "digit_fd_best": v,
+            }
+        )
 
     # the figure: the two full models at their best temperatures, the same number of samples each
     panels = []
@@ -375,23 +463,37 @@ def main(argv=None) -> dict:
         g = grid(images)
         atomic_write_bytes(out / f"samples-{key}.png", png_bytes(g))
         bpd = f"bpd <= {row['bpd_elbo']:.3f}" if row["bpd_exact"] is None else f"bpd = {row['bpd_exact']:.3f}"
-        panels.append((f"{what}, T = {t:g}\ndigit_fd {_fd(row['digit_fd_best'])}, {bpd}, "
-                       f"{row['train_seconds']:.0f} s training", g))
+        panels.append((f"{what}, T = {t:g}\ndigit_fd {_fd(row['digit_fd_best'])}, {bpd}, {row['train_seconds']:.0f} s training", g))
     figure = sample_figure(out / "paper_claim.png", panels)
 
     result = {
         "machine": machine_facts(threads, args.device),
         "load_average": {"start": load_start, "end": load_average()},
-        "settings": {"vae_config": str(args.vae_config) if args.vae_config else config_mod.DEFAULT_CONFIG_NAME,
-                     "glow_config": str(args.glow_config), "vae_set": args.vae_set, "glow_set": args.glow_set,
-                     "temperatures": temperatures, "n_samples": args.n_samples, "iwae_k": args.iwae_k,
-                     "grid_n": args.grid_n, "eval_seed": seed, "heldout_images": ev_vae["images"],
-                     "same_heldout_images": same_heldout, "max_glow_epochs": args.max_glow_epochs},
-        "budget": {"seconds": round(budget, 3), "source": source, "measure": args.budget_measure,
-                   "vaeflow_seconds": round(vae_total, 3), "glow_seconds": glow_train["train_seconds"],
-                   "vaeflow_wall_seconds": round(vae_wall, 3), "glow_wall_seconds": glow_train["seconds"],
-                   "glow_stopped_by": glow_train["stopped_by"],
-                   "glow_wall_seconds_per_epoch_call": glow_train["seconds_per_call"]},
+        "settings": {
+            "vae_config": str(args.vae_config) if args.vae_config else config_mod.DEFAULT_CONFIG_NAME,
+            "glow_config": str(args.glow_config),
+            "vae_set": args.vae_set,
+            "glow_set": args.glow_set,
+            "temperatures": temperatures,
+            "n_samples": args.n_samples,
+            "iwae_k": args.iwae_k,
+            "grid_n": args.grid_n,
+            "eval_seed": seed,
+            "heldout_images": ev_vae["images"],
+            "same_heldout_images": same_heldout,
+            "max_glow_epochs": args.max_glow_epochs,
+        },
+        "budget": {
+            "seconds": round(budget, 3),
+            "source": source,
+            "measure": args.budget_measure,
+            "vaeflow_seconds": round(vae_total, 3),
+            "glow_seconds": glow_train["train_seconds"],
+            "vaeflow_wall_seconds": round(vae_wall, 3),
+            "glow_wall_seconds": glow_train["seconds"],
+            "glow_stopped_by": glow_train["stopped_by"],
+            "glow_wall_seconds_per_epoch_call": glow_train["seconds_per_call"],
+        },
         "rows": rows,
         "digit_fd_classifier_accuracy": ev_vae.get("digit_fd_classifier_accuracy"),
         "bpd_histogram": ev_vae.get("bpd_histogram"),

@@ -25,10 +25,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = (["--help"], ["plugins", "--json"], ["config", "show"])
-PROBE = ("import runpy, sys, atexit\n"
-         "atexit.register(lambda: sys.stderr.write('TORCH=%d\\n' % ('torch' in sys.modules)))\n"
-         "sys.argv = ['vaeflow'] + sys.argv[1:]\n"
-         "runpy.run_module('vaeflow_cli', run_name='__main__')\n")
+PROBE = (
+    "import runpy, sys, atexit\n"
+    "atexit.register(lambda: sys.stderr.write('TORCH=%d\\n' % ('torch' in sys.modules)))\n"
+    "sys.argv = ['vaeflow'] + sys.argv[1:]\n"
+    "runpy.run_module('vaeflow_cli', run_name='__main__')\n"
+)
 
 
 def run_once(env: dict, args: list[str]) -> tuple[float, bool]:
@@ -71,19 +73,24 @@ def main(argv=None) -> dict:
         name = " ".join(c)
         med = {s: statistics.median(times[s, name]) for s in ("old", "new")}
         iqr = {s: statistics.quantiles(times[s, name], n=4) for s in ("old", "new")}
-        rows.append({"command": f"vaeflow {name}", "old_s": round(med["old"], 3), "new_s": round(med["new"], 3),
-                     "old_iqr": [round(v, 3) for v in (iqr["old"][0], iqr["old"][2])],
-                     "new_iqr": [round(v, 3) for v in (iqr["new"][0], iqr["new"][2])],
-                     "ratio_new_over_old": round(med["new"] / med["old"], 3),
-                     "torch_imported": {"old": torch_loaded["old", name], "new": torch_loaded["new", name]}})
+        rows.append(
+            {
+                "command": f"vaeflow {name}",
+                "old_s": round(med["old"], 3),
+                "new_s": round(med["new"], 3),
+                "old_iqr": [round(v, 3) for v in (iqr["old"][0], iqr["old"][2])],
+                "new_iqr": [round(v, 3) for v in (iqr["new"][0], iqr["new"][2])],
+                "ratio_new_over_old": round(med["new"] / med["old"], 3),
+                "torch_imported": {"old": torch_loaded["old", name], "new": torch_loaded["new", name]},
+            }
+        )
     result = {"old": args.old, "rounds": args.rounds, "rows": rows}
     print(json.dumps(result, indent=2))
     print("| command | old (s) | new (s) | new/old | torch imported old/new |", file=sys.stderr)
     print("|---|---|---|---|---|", file=sys.stderr)
     for row in rows:
         t = row["torch_imported"]
-        print(f"| `{row['command']}` | {row['old_s']} | {row['new_s']} | {row['ratio_new_over_old']} | {t['old']}/{t['new']} |",
-              file=sys.stderr)
+        print(f"| `{row['command']}` | {row['old_s']} | {row['new_s']} | {row['ratio_new_over_old']} | {t['old']}/{t['new']} |", file=sys.stderr)
     return result
 
 

@@ -41,9 +41,17 @@ def phase_inputs(args: argparse.Namespace, cfg: dict) -> Iterator[tuple[str, str
 
 def header(args: argparse.Namespace, threads: int, ratio: str) -> dict:
     """The fields every step benchmark's JSON starts with."""
-    return {"config": config_mod.DEFAULT_CONFIG_NAME, "image_shape": list(SHAPE), "threads": threads,
-            "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup, "ratio": ratio,
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+    return {
+        "config": config_mod.DEFAULT_CONFIG_NAME,
+        "image_shape": list(SHAPE),
+        "threads": threads,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "warmup": args.warmup,
+        "ratio": ratio,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
 
 
 def start(args: argparse.Namespace) -> int:

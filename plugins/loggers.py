@@ -53,8 +53,10 @@ def tensorboard_logger(*, run_dir: str, phase: str, config: Mapping[str, Any]) -
     except ImportError:
         from vaeflow_cli.plugin_api import VaeflowError
 
-        raise VaeflowError("run.loggers: the 'tensorboard' logger needs the tensorboard package, which is not installed; "
-                           "pip install 'vaeflow[tensorboard]' (or remove \"tensorboard\" from run.loggers)") from None
+        raise VaeflowError(
+            "run.loggers: the 'tensorboard' logger needs the tensorboard package, which is not installed; "
+            "pip install 'vaeflow[tensorboard]' (or remove \"tensorboard\" from run.loggers)"
+        ) from None
     return TensorBoardLogger(os.path.join(run_dir, "tensorboard", phase), phase, SummaryWriter)
 
 

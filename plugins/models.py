@@ -58,48 +58,51 @@ def register_flows(register):
 
 
 # -- encoders and decoders (resnet.py) --------------------------------------------------------------
+# fmt: off
+# (the five ResNet keys the three factories share stay on one line each: one parameter per line
+# would repeat the same seven lines three times)
 
 
-def resnet_encoder(*, image_shape: ImageShape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
-                   blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch") -> Encoder:
+def resnet_encoder(*, image_shape: ImageShape, latent_dim: int,
+                   base_channels: Channels = 16, depth: Depth = 3, blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch",
+                   ) -> Encoder:
     """q(z|y) = N(m(y), diag s(y)^2): ``depth`` scales of ``blocks_per_scale`` residual blocks
     starting at ``base_channels`` channels (doubled per scale), then a residual fully-connected
     block of width ``fc_width``; ``norm``: BatchNorm (Dai & Wipf), GroupNorm or none."""
-    from vaeflow_plugins.resnet import ResNetEncoder
+    from vaeflow_plugins.resnet import ResNetEncoder, Trunk
 
-    return ResNetEncoder(image_shape=image_shape, latent_dim=latent_dim, base_channels=base_channels, depth=depth,
-                         blocks_per_scale=blocks_per_scale, fc_width=fc_width, norm=norm)
+    return ResNetEncoder(image_shape, latent_dim, Trunk(base_channels, depth, blocks_per_scale, fc_width, norm))
 
 
-def resnet_diagonal_decoder(*, image_shape: ImageShape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
-                            blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch",
-                            min_std: MinStd = 1e-3, init_std: Annotated[float, Range(gt=0)] = 0.1,
-                            mean_activation: MeanActivation = "linear") -> Decoder:
+def resnet_diagonal_decoder(*, image_shape: ImageShape, latent_dim: int,
+                            base_channels: Channels = 16, depth: Depth = 3, blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch",
+                            min_std: MinStd = 1e-3, init_std: Annotated[float, Range(gt=0)] = 0.1, mean_activation: MeanActivation = "linear",
+                            ) -> Decoder:
     """p(xbar|z) = N(g_mu(z), diag g_sigma(z)^2), a per-pixel standard deviation (the paper's
-    section 3.1) that starts at ``init_std`` everywhere and never goes below ``min_std``."""
-    from vaeflow_plugins.resnet import DiagonalDecoder
+    section 3.1) that starts at ``init_std`` everywhere and never goes below ``min_std``; the
+    ResNet keys mirror the encoder's."""
+    from vaeflow_plugins.resnet import DiagonalDecoder, Trunk
 
-    return DiagonalDecoder(image_shape=image_shape, latent_dim=latent_dim, base_channels=base_channels, depth=depth,
-                           blocks_per_scale=blocks_per_scale, fc_width=fc_width, norm=norm, min_std=min_std,
-                           init_std=init_std, mean_activation=mean_activation)
+    arch = Trunk(base_channels, depth, blocks_per_scale, fc_width, norm)
+    return DiagonalDecoder(image_shape, latent_dim, arch, min_std=min_std, init_std=init_std, mean_activation=mean_activation)
 
 
-def resnet_isotropic_decoder(*, image_shape: ImageShape, latent_dim: int, base_channels: Channels = 16, depth: Depth = 3,
-                             blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch",
-                             min_std: MinStd = 1e-3, mean_activation: MeanActivation = "linear") -> Decoder:
+def resnet_isotropic_decoder(*, image_shape: ImageShape, latent_dim: int,
+                             base_channels: Channels = 16, depth: Depth = 3, blocks_per_scale: Blocks = 1, fc_width: Width = 512, norm: Norm = "batch",
+                             min_std: MinStd = 1e-3, mean_activation: MeanActivation = "linear",
+                             ) -> Decoder:
     """p(xbar|z) = N(g_mu(z), gamma I) with one learned scalar gamma (Dai & Wipf), 1 at the start."""
-    from vaeflow_plugins.resnet import IsotropicDecoder
+    from vaeflow_plugins.resnet import IsotropicDecoder, Trunk
 
-    return IsotropicDecoder(image_shape=image_shape, latent_dim=latent_dim, base_channels=base_channels, depth=depth,
-                            blocks_per_scale=blocks_per_scale, fc_width=fc_width, norm=norm, min_std=min_std,
-                            mean_activation=mean_activation)
+    arch = Trunk(base_channels, depth, blocks_per_scale, fc_width, norm)
+    return IsotropicDecoder(image_shape, latent_dim, arch, min_std=min_std, mean_activation=mean_activation)
 
 
+# fmt: on
 # -- priors (priors.py) -----------------------------------------------------------------------------
 
 
-def realnvp_prior(*, latent_dim: int, layers: Annotated[int, Range(1, 1024)] = 16,
-                  hidden: Annotated[int, Range(1, 65536)] = 1024) -> Prior:
+def realnvp_prior(*, latent_dim: int, layers: Annotated[int, Range(1, 1024)] = 16, hidden: Annotated[int, Range(1, 65536)] = 1024) -> Prior:
     """The paper's flow prior: ``layers`` RealNVP affine couplings with fully-connected conditioners
     of width ``hidden`` (paper: 16 layers of width 1024)."""
     from vaeflow_plugins.priors import RealNVPPrior
@@ -114,8 +117,7 @@ def gaussian_prior(*, latent_dim: int) -> Prior:
     return GaussianPrior(latent_dim=latent_dim)
 
 
-def two_stage_vae_prior(*, latent_dim: int, hidden: Annotated[int, Range(1, 65536)] = 1024,
-                        layers: Annotated[int, Range(1, 64)] = 3) -> Prior:
+def two_stage_vae_prior(*, latent_dim: int, hidden: Annotated[int, Range(1, 65536)] = 1024, layers: Annotated[int, Range(1, 64)] = 3) -> Prior:
     """Dai & Wipf's second-stage VAE as p(z): N(0, I) until ``vaeflow train-prior`` trains it."""
     from vaeflow_plugins.priors import TwoStageVAEPrior
 
@@ -125,17 +127,22 @@ def two_stage_vae_prior(*, latent_dim: int, hidden: Annotated[int, Range(1, 6553
 # -- pixel-space flows (glow.py) --------------------------------------------------------------------
 
 
-def glow_layer(*, image_shape: ImageShape, depth: Annotated[int, Range(1, 1024)] = 32,
-               hidden_channels: Annotated[int, Range(1, 16384)] = 128, lu: bool = True,
-               split: Literal["auto", "channel", "checkerboard"] = "auto", checkpointing: bool = False) -> Flow:
+def glow_layer(
+    *,
+    image_shape: ImageShape,
+    depth: Annotated[int, Range(1, 1024)] = 32,
+    hidden_channels: Annotated[int, Range(1, 16384)] = 128,
+    lu: bool = True,
+    split: Literal["auto", "channel", "checkerboard"] = "auto",
+    checkpointing: bool = False,
+) -> Flow:
     """The paper's Glow layer: ``depth`` blocks of ActNorm, an invertible 1x1 convolution (LU
     parametrised with ``lu``) and an additive coupling of width ``hidden_channels``; ``split``
     "auto" splits channels for C >= 2 and a checkerboard for C = 1; ``checkpointing`` recomputes
     activations in the backward pass to save memory. The identity at initialisation."""
     from vaeflow_plugins.glow import GlowLayer
 
-    return GlowLayer(image_shape=image_shape, depth=depth, hidden_channels=hidden_channels, lu=lu, split=split,
-                     checkpointing=checkpointing)
+    return GlowLayer(image_shape=image_shape, depth=depth, hidden_channels=hidden_channels, lu=lu, split=split, checkpointing=checkpointing)
 
 
 def identity_flow(*, image_shape: ImageShape) -> Flow:
@@ -145,16 +152,21 @@ def identity_flow(*, image_shape: ImageShape) -> Flow:
     return IdentityFlow(image_shape=image_shape)
 
 
-def multiscale_glow(*, image_shape: ImageShape, levels: Annotated[int, Range(1, 10)] = 3,
-                    steps: Annotated[int, Range(1, 1024)] = 32, hidden_channels: Annotated[int, Range(1, 16384)] = 512,
-                    coupling: Literal["affine", "additive"] = "affine", lu: bool = True) -> Flow:
+def multiscale_glow(
+    *,
+    image_shape: ImageShape,
+    levels: Annotated[int, Range(1, 10)] = 3,
+    steps: Annotated[int, Range(1, 1024)] = 32,
+    hidden_channels: Annotated[int, Range(1, 16384)] = 512,
+    coupling: Literal["affine", "additive"] = "affine",
+    lu: bool = True,
+) -> Flow:
     """The standalone Glow of Kingma & Dhariwal (the paper's baseline; ``vaeflow train-baseline``):
     ``levels`` levels of ``steps`` steps with learned split and top priors folded into the
     bijection; needs H and W divisible by 2**levels. Not the identity at initialisation."""
     from vaeflow_plugins.glow import MultiScaleGlow
 
-    return MultiScaleGlow(image_shape=image_shape, levels=levels, steps=steps, hidden_channels=hidden_channels,
-                          coupling=coupling, lu=lu)
+    return MultiScaleGlow(image_shape=image_shape, levels=levels, steps=steps, hidden_channels=hidden_channels, coupling=coupling, lu=lu)
 
 
 multiscale_glow.test_kwargs = {"levels": 2, "steps": 2, "hidden_channels": 8}  # fits the component suite's 4x4 images

@@ -22,6 +22,7 @@ config, held-out bound ~6 bpd; with a linear head the same run shows digits and 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ def _padded(side: int, depth: int) -> int:
 
 
 NORMS = ("batch", "group", "none")
+
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """BatchNorm (Dai & Wipf), GroupNorm (no train/eval difference), or nothing."""
@@ -54,8 +56,12 @@ class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, norm: str = "batch") -> None:
         super().__init__()
         self.body = nn.Sequential(
-            norm_layer(norm, c_in), nn.ReLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-            norm_layer(norm, c_out), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+            norm_layer(norm, c_in),
+            nn.ReLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            norm_layer(norm, c_out),
+            nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
         )
         self.shortcut = nn.Conv2d(c_in, c_out, 1)
 
@@ -77,26 +83,37 @@ class ResFC(nn.Module):
 # ------------------------------------------------------------------ encoder
 
 
+@dataclass(frozen=True)
+class Trunk:
+    """The architecture the encoder and the decoders share (their config keys of the same names)."""
+
+    base_channels: int
+    depth: int
+    blocks_per_scale: int
+    fc_width: int
+    norm: str
+
+
 class ResNetEncoder(nn.Module):
     """q(z|y) = N(m(y), diag s(y)^2); ``forward(y)`` -> (m, log s), each (B, latent_dim)."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int, depth: int,
-                 blocks_per_scale: int, fc_width: int, norm: str) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, arch: Trunk) -> None:
         super().__init__()
         c, h, w = image_shape
+        depth = arch.depth
         self.pad = (0, _padded(w, depth) - w, 0, _padded(h, depth) - h)
-        layers: list[nn.Module] = [nn.Conv2d(c, base_channels, 3, padding=1)]
-        ch = base_channels
+        layers: list[nn.Module] = [nn.Conv2d(c, arch.base_channels, 3, padding=1)]
+        ch = arch.base_channels
         for scale in range(depth):
-            layers += [ResBlock(ch, ch, norm) for _ in range(blocks_per_scale)]
+            layers += [ResBlock(ch, ch, arch.norm) for _ in range(arch.blocks_per_scale)]
             if scale < depth - 1:
                 layers.append(nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1))
                 ch *= 2
-        layers += [norm_layer(norm, ch), nn.ReLU()]
+        layers += [norm_layer(arch.norm, ch), nn.ReLU()]
         self.conv = nn.Sequential(*layers)
-        self.fc = nn.Sequential(nn.Linear(ch, fc_width), ResFC(fc_width), nn.ReLU())
-        self.mean = nn.Linear(fc_width, latent_dim)
-        self.log_std = nn.Linear(fc_width, latent_dim)
+        self.fc = nn.Sequential(nn.Linear(ch, arch.fc_width), ResFC(arch.fc_width), nn.ReLU())
+        self.mean = nn.Linear(arch.fc_width, latent_dim)
+        self.log_std = nn.Linear(arch.fc_width, latent_dim)
 
     def forward(self, y):
         h = self.conv(F.pad(y, self.pad))  # (B, C', H', W')
@@ -111,25 +128,24 @@ class _ResNetTrunk(nn.Module):
     """z -> features (B, base_channels, H, W): the mirror of the encoder, upsampling by stride-2
     transposed convolutions that halve the channels."""
 
-    def __init__(self, image_shape, latent_dim: int, base_channels: int, depth: int, blocks_per_scale: int,
-                 fc_width: int, norm: str) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, arch: Trunk) -> None:
         super().__init__()
         c, h, w = image_shape
+        depth, fc_width = arch.depth, arch.fc_width
         self.out_hw = (h, w)
-        self.top_ch = base_channels * 2 ** (depth - 1)
+        self.top_ch = arch.base_channels * 2 ** (depth - 1)
         self.top_hw = (_padded(h, depth) // 2 ** (depth - 1), _padded(w, depth) // 2 ** (depth - 1))
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim, fc_width), ResFC(fc_width), nn.ReLU(),
-            nn.Linear(fc_width, self.top_ch * self.top_hw[0] * self.top_hw[1]),
+            nn.Linear(latent_dim, fc_width), ResFC(fc_width), nn.ReLU(), nn.Linear(fc_width, self.top_ch * self.top_hw[0] * self.top_hw[1])
         )
         layers: list[nn.Module] = []
         ch = self.top_ch
         for scale in range(depth):
-            layers += [ResBlock(ch, ch, norm) for _ in range(blocks_per_scale)]
+            layers += [ResBlock(ch, ch, arch.norm) for _ in range(arch.blocks_per_scale)]
             if scale < depth - 1:
                 layers.append(nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1))
                 ch //= 2
-        layers += [norm_layer(norm, ch), nn.ReLU()]
+        layers += [norm_layer(arch.norm, ch), nn.ReLU()]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, z):
@@ -146,18 +162,25 @@ def _mean_activation(kind: str):
     raise ValueError(f"mean_activation must be 'linear' or 'sigmoid', not {kind!r}")
 
 
-class DiagonalDecoder(nn.Module):
-    """p(xbar|z) = N(g_mu(z), diag g_sigma(z)^2) with a per-pixel learned standard deviation."""
+class _GaussianDecoder(nn.Module):
+    """The trunk and the mean head g_mu both decoders share; ``min_std`` is added to every std."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int, depth: int,
-                 blocks_per_scale: int, fc_width: int, norm: str, min_std: float, init_std: float,
-                 mean_activation: str) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, arch: Trunk, *, min_std: float, mean_activation: str) -> None:
         super().__init__()
         self.min_std = min_std
         self.mean_activation = _mean_activation(mean_activation)
-        self.trunk = _ResNetTrunk(image_shape, latent_dim, base_channels, depth, blocks_per_scale, fc_width, norm)
-        self.mean_head = nn.Conv2d(base_channels, image_shape[0], 3, padding=1)
-        self.std_head = nn.Conv2d(base_channels, image_shape[0], 3, padding=1)
+        self.trunk = _ResNetTrunk(image_shape, latent_dim, arch)
+        self.mean_head = nn.Conv2d(arch.base_channels, image_shape[0], 3, padding=1)
+
+
+class DiagonalDecoder(_GaussianDecoder):
+    """p(xbar|z) = N(g_mu(z), diag g_sigma(z)^2) with a per-pixel learned standard deviation."""
+
+    def __init__(
+        self, image_shape: tuple[int, int, int], latent_dim: int, arch: Trunk, *, min_std: float, init_std: float, mean_activation: str
+    ) -> None:
+        super().__init__(image_shape, latent_dim, arch, min_std=min_std, mean_activation=mean_activation)
+        self.std_head = nn.Conv2d(arch.base_channels, image_shape[0], 3, padding=1)
         # The standard deviation starts at init_std everywhere, independent of z: the mean is learned
         # first (as with a fixed-variance VAE), and the per-pixel std shrinks as it learns. With a
         # randomly initialised std head, the default MNIST config's decoder means stayed blobs.
@@ -171,16 +194,11 @@ class DiagonalDecoder(nn.Module):
         return self.mean_activation(self.mean_head(h)), F.softplus(self.std_head(h)) + self.min_std
 
 
-class IsotropicDecoder(nn.Module):
+class IsotropicDecoder(_GaussianDecoder):
     """p(xbar|z) = N(g_mu(z), gamma I) with one learned scalar gamma (Dai & Wipf), gamma = 1 at start."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int, depth: int,
-                 blocks_per_scale: int, fc_width: int, norm: str, min_std: float, mean_activation: str) -> None:
-        super().__init__()
-        self.min_std = min_std
-        self.mean_activation = _mean_activation(mean_activation)
-        self.trunk = _ResNetTrunk(image_shape, latent_dim, base_channels, depth, blocks_per_scale, fc_width, norm)
-        self.mean_head = nn.Conv2d(base_channels, image_shape[0], 3, padding=1)
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, arch: Trunk, *, min_std: float, mean_activation: str) -> None:
+        super().__init__(image_shape, latent_dim, arch, min_std=min_std, mean_activation=mean_activation)
         self.log_gamma = nn.Parameter(torch.zeros(()))
 
     def forward(self, z):

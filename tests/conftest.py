@@ -126,8 +126,7 @@ def trained_run(tmp_path_factory, digits):
 def run_cli(*args, env=None, check=True, input=None, cwd=None) -> subprocess.CompletedProcess:
     """Run ``python -m vaeflow_cli ARGS`` in a subprocess; bytes stdout, text stderr."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "vaeflow_cli", *map(str, args)], capture_output=True,
-                          env=full_env, input=input, cwd=cwd)
+    proc = subprocess.run([sys.executable, "-m", "vaeflow_cli", *map(str, args)], capture_output=True, env=full_env, input=input, cwd=cwd)
     proc.stderr = proc.stderr.decode(errors="replace")
     if check and proc.returncode != 0:
         raise AssertionError(f"vaeflow {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
@@ -146,3 +145,15 @@ def call_main(argv, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def torchrun(*args, env: dict | None = None, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node=2 ARGS`` with one CPU thread per process;
+    text stdout and stderr. A run past ``timeout`` seconds comes back as return code -9."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *map(str, args)]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return subprocess.CompletedProcess(exc.cmd, -9, "", f"{err}\ntimed out after {timeout} s")

@@ -44,15 +44,19 @@ import torch
 IMAGE_SHAPE = (1, 28, 28)  # the MNIST IDX files the test writes
 LATENT_DIM = 4  # TINY's model.latent_dim
 KINDS = ("encoder", "decoder", "prior", "flow")
-PHASE_TRAINS = {"vae": ("encoder", "decoder", "prior"), "glow": ("flow",), "baseline": ("flow",),
-                "prior": ("prior",), "joint": ("encoder", "decoder", "prior", "flow")}
+PHASE_TRAINS = {
+    "vae": ("encoder", "decoder", "prior"),
+    "glow": ("flow",),
+    "baseline": ("flow",),
+    "prior": ("prior",),
+    "joint": ("encoder", "decoder", "prior", "flow"),
+}
 
 
 def tiny_kwargs(factory, tiny_section: dict) -> dict:
     """The test config's options for this kind that ``factory`` accepts, then its ``test_kwargs``."""
     try:
-        accepted = {n for n, p in inspect.signature(factory).parameters.items()
-                    if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        accepted = {n for n, p in inspect.signature(factory).parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     except (TypeError, ValueError):
         accepted = set()
     kwargs = {k: v for k, v in tiny_section.items() if k != "type" and k in accepted}
@@ -60,9 +64,23 @@ def tiny_kwargs(factory, tiny_section: dict) -> dict:
 
 
 def _context(kind: str) -> dict:
-    return {"encoder": {"image_shape": IMAGE_SHAPE, "latent_dim": LATENT_DIM},
-            "decoder": {"image_shape": IMAGE_SHAPE, "latent_dim": LATENT_DIM},
-            "prior": {"latent_dim": LATENT_DIM}, "flow": {"image_shape": IMAGE_SHAPE}}[kind]
+    return {
+        "encoder": {"image_shape": IMAGE_SHAPE, "latent_dim": LATENT_DIM},
+        "decoder": {"image_shape": IMAGE_SHAPE, "latent_dim": LATENT_DIM},
+        "prior": {"latent_dim": LATENT_DIM},
+        "flow": {"image_shape": IMAGE_SHAPE},
+    }[kind]
+
+
+def is_identity_at_init(factory, kwargs: dict) -> bool:
+    """Whether the flow may be a VAE's pixel flow (vaeflow refuses the others when training starts)."""
+    from vaeflow_cli.testing import check_identity_at_init
+
+    try:
+        check_identity_at_init(factory, IMAGE_SHAPE, **kwargs)
+    except Exception:  # noqa: BLE001 -- not the identity, or not buildable at this shape
+        return False
+    return True
 
 
 def has_parameters(factory, kind: str, kwargs: dict) -> bool:
@@ -85,9 +103,16 @@ def make_plan(registry, tiny_model: dict) -> dict:
         for name in registry.names(kind):
             factory = registry.get(kind, name).factory
             kwargs = tiny_kwargs(factory, tiny_model.get(kind, {}))
-            comps[kind].append({"name": name, "section": {"type": name, **kwargs},
-                                "trainable": has_parameters(factory, kind, kwargs)})
-    flows = [c for c in comps["flow"] if c["trainable"]]
+            comps[kind].append(
+                {
+                    "name": name,
+                    "section": {"type": name, **kwargs},
+                    "trainable": has_parameters(factory, kind, kwargs),
+                    "pixel": kind == "flow" and is_identity_at_init(factory, kwargs),
+                }
+            )
+    flows = [c for c in comps["flow"] if c["trainable"] and c["pixel"]]  # a VAE's flow (the Flow protocol)
+    standalone = [c for c in comps["flow"] if c["trainable"]]  # every trainable flow trains as a baseline
     runs, cases = [], []
 
     def case(kind, comp, phase, run, note=""):
@@ -97,7 +122,9 @@ def make_plan(registry, tiny_model: dict) -> dict:
     n = max(len(comps["encoder"]), len(comps["decoder"]), len(comps["prior"]), len(flows), 1)
     for i in range(n):
         pick = {k: comps[k][i % len(comps[k])] for k in ("encoder", "decoder", "prior") if comps[k]}
-        pick["flow"] = flows[i % len(flows)] if flows else comps["flow"][0]
+        pick["flow"] = flows[i % len(flows)] if flows else next((c for c in comps["flow"] if c["pixel"]), None)
+        if pick["flow"] is None:
+            del pick["flow"]
         if len(pick) < 4:
             continue  # a kind with no component at all: no model can be built
         model = {k: dict(c["section"]) for k, c in pick.items()}
@@ -127,12 +154,11 @@ def make_plan(registry, tiny_model: dict) -> dict:
             case("prior", pick["prior"], "prior", fork, "after glow")
             if i < len(flows):
                 case("flow", pick["flow"], "glow", fork, "after vae")
-    for f in flows:
+    for f in standalone:
         name = f"baseline-{f['name']}"
         runs.append({"name": name, "model": {"flow": dict(f["section"])}, "phases": ["baseline"]})
         case("flow", f, "baseline", name)
-    skipped = [{"id": f"flow:{c['name']}", "reason": "it has no parameters: no phase trains it"}
-               for c in comps["flow"] if not c["trainable"]]
+    skipped = [{"id": f"flow:{c['name']}", "reason": "it has no parameters: no phase trains it"} for c in comps["flow"] if not c["trainable"]]
     return {"runs": runs, "cases": cases, "skipped": skipped}
 
 
@@ -142,8 +168,9 @@ ACTNORM_SHARDS = (3, 5)  # images of the ActNorm check's global batch on rank 0 
 def actnorm_batch() -> torch.Tensor:
     """The ActNorm check's global batch: 8 images of 4 channels with different means and scales."""
     g = torch.Generator().manual_seed(7)
-    return torch.randn(sum(ACTNORM_SHARDS), 4, 6, 6, generator=g) * torch.tensor([0.5, 1.0, 2.0, 3.0]).reshape(1, 4, 1, 1) \
-        + torch.tensor([-1.0, 0.0, 0.5, 2.0]).reshape(1, 4, 1, 1)
+    return torch.randn(sum(ACTNORM_SHARDS), 4, 6, 6, generator=g) * torch.tensor([0.5, 1.0, 2.0, 3.0]).reshape(1, 4, 1, 1) + torch.tensor(
+        [-1.0, 0.0, 0.5, 2.0]
+    ).reshape(1, 4, 1, 1)
 
 
 def actnorm_check(out: Path, rank: int) -> None:
@@ -155,7 +182,7 @@ def actnorm_check(out: Path, rank: int) -> None:
     start = sum(ACTNORM_SHARDS[:rank])
     layer = DataInitActNorm(4).train()
     with torch.no_grad():
-        layer(x[start:start + ACTNORM_SHARDS[rank]])
+        layer(x[start : start + ACTNORM_SHARDS[rank]])
     torch.save(layer.state_dict(), out / f"actnorm-rank{rank}.pt")
 
 
@@ -163,8 +190,9 @@ def weights_path(out: Path, run: str, phase: str, rank: int) -> Path:
     return Path(out) / f"{run}-{phase}-rank{rank}.pt"
 
 
-OVERRIDES = ["train.device='cpu'", "train.threads=1", "train.eval_samples=8", "train.keep_checkpoints=0",
-             "run.sample_n=4"] + [f"train.{p}.{k}" for p in PHASE_TRAINS for k in ("epochs=1", "batch_size=32")]
+OVERRIDES = ["train.device='cpu'", "train.threads=1", "train.eval_samples=8", "train.keep_checkpoints=0", "run.sample_n=4"] + [
+    f"train.{p}.{k}" for p in PHASE_TRAINS for k in ("epochs=1", "batch_size=32")
+]
 
 
 def run_config(base: dict, model: dict) -> dict:
@@ -235,8 +263,12 @@ def main(argv=None) -> int:
             dist.barrier()
         for phase in run["phases"]:
             if broken or run["name"] in failed_runs:
-                record(run=run["name"], phase=phase, ok=False, error="not run: the process group broke earlier" if broken
-                       else f"not run: an earlier phase failed ({failed_runs[run['name']]})")
+                record(
+                    run=run["name"],
+                    phase=phase,
+                    ok=False,
+                    error="not run: the process group broke earlier" if broken else f"not run: an earlier phase failed ({failed_runs[run['name']]})",
+                )
                 continue
             t0 = time.perf_counter()
             built.clear()
@@ -247,8 +279,14 @@ def main(argv=None) -> int:
                 record(run=run["name"], phase=phase, ok=True, seconds=round(time.perf_counter() - t0, 2))
             except BaseException as exc:  # noqa: BLE001 -- every outcome is recorded; the test reports it
                 failed_runs[run["name"]] = f"phase {phase}: {type(exc).__name__}: {str(exc)[:300]}"
-                record(run=run["name"], phase=phase, ok=False, seconds=round(time.perf_counter() - t0, 2),
-                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+                record(
+                    run=run["name"],
+                    phase=phase,
+                    ok=False,
+                    seconds=round(time.perf_counter() - t0, 2),
+                    error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc()[-4000:],
+                )
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 try:  # both ranks are here unless the failure left one in a collective

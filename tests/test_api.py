@@ -24,9 +24,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_public_api_is_declared_and_lazy():
     assert set(vaeflow_cli.__all__) == {"__version__", *vaeflow_cli._EXPORTS}
-    code = ("import sys, vaeflow_cli; assert 'torch' not in sys.modules and 'numpy' not in sys.modules, "
-            "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')); "
-            "f = vaeflow_cli.load_run; assert 'torch' in sys.modules; print(f.__module__)")
+    code = (
+        "import sys, vaeflow_cli; assert 'torch' not in sys.modules and 'numpy' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')); "
+        "f = vaeflow_cli.load_run; assert 'torch' in sys.modules; print(f.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "vaeflow_cli.api"
     with pytest.raises(AttributeError):
@@ -36,7 +38,7 @@ def test_public_api_is_declared_and_lazy():
 
 def readme_example() -> str:
     text = README.read_text()
-    section = text[text.index("## Python API"):]
+    section = text[text.index("## Python API") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -62,9 +64,11 @@ def test_the_readme_example_runs_and_means_what_it_says(trained_run, capsys):
 
 def test_cli_sample_gives_the_api_pixels_for_the_same_seed(trained_run):
     run = load_run(trained_run)
-    for args, kwargs in ((["--n", "5", "--seed", "3"], dict(seed=3)),
-                         (["--n", "4", "--seed", "9", "-t", "0.8"], dict(seed=9, temperature=0.8)),
-                         (["--n", "3", "--vae-only"], dict(seed=0, vae_only=True))):
+    for args, kwargs in (
+        (["--n", "5", "--seed", "3"], dict(seed=3)),
+        (["--n", "4", "--seed", "9", "-t", "0.8"], dict(seed=9, temperature=0.8)),
+        (["--n", "3", "--vae-only"], dict(seed=0, vae_only=True)),
+    ):
         cli = np.load(io.BytesIO(run_cli("sample", "--run", trained_run, "--format", "npy", "--out", "-", *args).stdout))
         api = to_uint8(run.sample(int(args[1]), **kwargs))
         assert cli.dtype == np.uint8 and np.array_equal(cli, api), args
@@ -104,13 +108,16 @@ def test_encode_and_reconstruct_agree_with_the_model(trained_run):
         assert torch.equal(m, mean[: len(m)])
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((2, 1, 28, 28), np.float32), "must be uint8"),
-    (np.zeros((2, 3, 28, 28), np.uint8), "has shape (2, 3, 28, 28)"),
-    (np.zeros((0, 1, 28, 28), np.uint8), "holds no images"),
-    ([[0, 1]], "must be a uint8 numpy array or tensor, not list"),
-    (np.zeros((2, 1, 1, 28, 28), np.uint8), "has shape"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 1, 28, 28), np.float32), "must be uint8"),
+        (np.zeros((2, 3, 28, 28), np.uint8), "has shape (2, 3, 28, 28)"),
+        (np.zeros((0, 1, 28, 28), np.uint8), "holds no images"),
+        ([[0, 1]], "must be a uint8 numpy array or tensor, not list"),
+        (np.zeros((2, 1, 1, 28, 28), np.uint8), "has shape"),
+    ],
+)
 def test_bad_images_are_one_line(bad, message):
     with pytest.raises(VaeflowError, match=re.escape(message)) as info:
         as_uint8_images(bad, (1, 28, 28))
@@ -119,17 +126,19 @@ def test_bad_images_are_one_line(bad, message):
 
 def test_bad_arguments_and_checkpoints_are_one_line(trained_run, tmp_path):
     run = load_run(trained_run, device="cpu")
-    for call, message in ((lambda: run.sample(0), "n must be an integer >= 1"),
-                          (lambda: run.sample(2, temperature=float("nan")), "temperature must be"),
-                          (lambda: run.sample(2, seed=-1), "seed must be"),
-                          (lambda: run.log_prob_bound(run.images("test")[:2], k=0), "k must be"),
-                          (lambda: run.interpolate(run.images("test")[:2], run.images("test")[0]), "one image for a"),
-                          (lambda: run.temperature_sweep([], 2), "temperatures is empty"),
-                          (lambda: run.images("nope"), "not 'nope'"),
-                          (lambda: load_run(tmp_path), "is not a vaeflow run"),
-                          (lambda: load_run(trained_run, checkpoint="joint"), "has no checkpoint for the joint fine-tuning"),
-                          (lambda: load_run(trained_run, checkpoint=tmp_path / "x.pt"), "x.pt"),
-                          (lambda: load_run(trained_run, device="tpu"), "device")):
+    for call, message in (
+        (lambda: run.sample(0), "n must be an integer >= 1"),
+        (lambda: run.sample(2, temperature=float("nan")), "temperature must be"),
+        (lambda: run.sample(2, seed=-1), "seed must be"),
+        (lambda: run.log_prob_bound(run.images("test")[:2], k=0), "k must be"),
+        (lambda: run.interpolate(run.images("test")[:2], run.images("test")[0]), "one image for a"),
+        (lambda: run.temperature_sweep([], 2), "temperatures is empty"),
+        (lambda: run.images("nope"), "not 'nope'"),
+        (lambda: load_run(tmp_path), "is not a vaeflow run"),
+        (lambda: load_run(trained_run, checkpoint="joint"), "has no checkpoint for the joint fine-tuning"),
+        (lambda: load_run(trained_run, checkpoint=tmp_path / "x.pt"), "x.pt"),
+        (lambda: load_run(trained_run, device="tpu"), "device"),
+    ):
         with pytest.raises(VaeflowError, match=re.escape(message)) as info:
             call()
         assert "\n" not in str(info.value), message

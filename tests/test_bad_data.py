@@ -47,11 +47,16 @@ def assert_cli_error(proc, *words, code=2, logs_before=False):
 
 def png_claiming(w: int, h: int) -> bytes:
     """A PNG whose IHDR claims w x h RGB pixels, with a tiny IDAT (a few dozen bytes in all)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_claiming(w: int, h: int, *, progressive: bool = False) -> bytes:
@@ -60,13 +65,17 @@ def jpeg_claiming(w: int, h: int, *, progressive: bool = False) -> bytes:
     Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(buf, format="JPEG", progressive=progressive)
     data = bytearray(buf.getvalue())
     sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", h, w)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", h, w)
     return bytes(data)
 
 
-HUGE = {"huge.png": png_claiming(60000, 60000), "wide.png": png_claiming(20000, 20000),
-        "huge.jpg": jpeg_claiming(20000, 20000), "huger.jpg": jpeg_claiming(60000, 60000),
-        "prog.jpeg": jpeg_claiming(60000, 60000, progressive=True)}
+HUGE = {
+    "huge.png": png_claiming(60000, 60000),
+    "wide.png": png_claiming(20000, 20000),
+    "huge.jpg": jpeg_claiming(20000, 20000),
+    "huger.jpg": jpeg_claiming(60000, 60000),
+    "prog.jpeg": jpeg_claiming(60000, 60000, progressive=True),
+}
 
 
 @pytest.fixture()
@@ -154,9 +163,13 @@ def test_read_image_bounds_and_reports_every_bad_file(tmp_path):
         assert name in one_line(exc) and claimed in one_line(exc)
     big_but_allowed = tmp_path / "big.png"
     Image.fromarray(np.zeros((40, 30), np.uint8)).save(big_but_allowed)
-    for path, words in ((cut, ["cut.png", "cannot read image"]), (gif, ["anim.gif", "not a PNG or JPEG"]),
-                        (folder, ["folder.png", "directory"]), (tmp_path / "missing.png", ["missing.png", "not found"]),
-                        (big_but_allowed, ["30x40", "28x28"])):
+    for path, words in (
+        (cut, ["cut.png", "cannot read image"]),
+        (gif, ["anim.gif", "not a PNG or JPEG"]),
+        (folder, ["folder.png", "directory"]),
+        (tmp_path / "missing.png", ["missing.png", "not found"]),
+        (big_but_allowed, ["30x40", "28x28"]),
+    ):
         with pytest.raises(VaeflowError) as exc:
             read_image(path, (1, 28, 28))
         for w in words:
@@ -181,8 +194,7 @@ def test_an_image_folder_with_folders_fifos_and_garbage_named_like_images(image_
     with pytest.raises(VaeflowError) as exc:
         ImageFolder(root=str(image_folder), size=8, test_fraction=0.0, cache_dir=str(image_folder.parent / "c1")).split("train")
     assert "pipe.jpg" in one_line(exc) or "text.png" in one_line(exc)
-    kept = ImageFolder(root=str(image_folder), size=8, test_fraction=0.0, skip_bad=True,
-                       cache_dir=str(image_folder.parent / "c2")).split("train")
+    kept = ImageFolder(root=str(image_folder), size=8, test_fraction=0.0, skip_bad=True, cache_dir=str(image_folder.parent / "c2")).split("train")
     assert len(kept) == 8
 
 
@@ -221,17 +233,20 @@ def bad_crc(data: bytes) -> bytes:
     return bytes(gz)
 
 
-@pytest.mark.parametrize("content, words", [
-    (corrupt_deflate(idx_bytes()), ["corrupt", "download it again"]),
-    (bad_crc(idx_bytes()), ["CRC", "download it again"]),
-    (gzip.compress(idx_bytes())[:-30], ["download it again"]),  # the stream ends early: EOFError
-    (b"not gzip at all", ["download it again"]),
-    (b"", ["download it again"]),
-    (gzip.compress(idx_bytes(n=2**32 - 1, body=bytes(4080))), ["4294967295 images", "truncated or corrupt"]),  # a header claiming 3 TB
-    (gzip.compress(idx_bytes(h=50000, w=50000, body=b"")), ["50000x50000", "expected 28x28"]),
-    (gzip.compress(idx_bytes(extra=b"more")), ["more data after them"]),
-    (gzip.compress(idx_bytes(magic=0x801)), ["wrong IDX magic number"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (corrupt_deflate(idx_bytes()), ["corrupt", "download it again"]),
+        (bad_crc(idx_bytes()), ["CRC", "download it again"]),
+        (gzip.compress(idx_bytes())[:-30], ["download it again"]),  # the stream ends early: EOFError
+        (b"not gzip at all", ["download it again"]),
+        (b"", ["download it again"]),
+        (gzip.compress(idx_bytes(n=2**32 - 1, body=bytes(4080))), ["4294967295 images", "truncated or corrupt"]),  # a header claiming 3 TB
+        (gzip.compress(idx_bytes(h=50000, w=50000, body=b"")), ["50000x50000", "expected 28x28"]),
+        (gzip.compress(idx_bytes(extra=b"more")), ["more data after them"]),
+        (gzip.compress(idx_bytes(magic=0x801)), ["wrong IDX magic number"]),
+    ],
+)
 def test_a_corrupt_gzip_idx_file_is_one_line(tmp_path, content, words):
     from vaeflow_plugins.datasets import IDXDataset
 
@@ -302,23 +317,25 @@ class HostileShape:
     def __reduce__(self):
         from numpy._core.multiarray import _reconstruct
 
-        return (_reconstruct, (np.ndarray, (10**6, 10**6), b"b"),
-                (1, self.rows.shape, self.rows.dtype, False, self.rows.tobytes()))
+        return (_reconstruct, (np.ndarray, (10**6, 10**6), b"b"), (1, self.rows.shape, self.rows.dtype, False, self.rows.tobytes()))
 
 
-@pytest.mark.parametrize("payload, words", [
-    (b"definitely not a pickle", ["not a valid CIFAR-10 python batch"]),
-    (b"", ["not a valid CIFAR-10 python batch"]),
-    (pickle.dumps([1, 2, 3]), ["list without a 'data' entry"]),
-    (pickle.dumps({b"labels": [1]}), ["without a 'data' entry"]),
-    (pickle.dumps({b"data": np.random.RandomState(0).rand(2, 3072)}), ["float64 array, not uint8"]),
-    (pickle.dumps({b"data": np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072)}), ["int64 array, not uint8"]),
-    (pickle.dumps({b"data": [[0] * 3072]}), ["list, not uint8"]),
-    (pickle.dumps({b"data": np.zeros((2, 100), np.uint8)}), ["rows of 3072 bytes"]),
-    (pickle.dumps({b"data": np.zeros(2, object)}), ["object array, not uint8"]),
-    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"x": io.BytesIO}), ["refusing to load _io.BytesIO"]),
-    (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8)})[:-20], ["not a valid CIFAR-10 python batch"]),
-])
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        (b"definitely not a pickle", ["not a valid CIFAR-10 python batch"]),
+        (b"", ["not a valid CIFAR-10 python batch"]),
+        (pickle.dumps([1, 2, 3]), ["list without a 'data' entry"]),
+        (pickle.dumps({b"labels": [1]}), ["without a 'data' entry"]),
+        (pickle.dumps({b"data": np.random.RandomState(0).rand(2, 3072)}), ["float64 array, not uint8"]),
+        (pickle.dumps({b"data": np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072)}), ["int64 array, not uint8"]),
+        (pickle.dumps({b"data": [[0] * 3072]}), ["list, not uint8"]),
+        (pickle.dumps({b"data": np.zeros((2, 100), np.uint8)}), ["rows of 3072 bytes"]),
+        (pickle.dumps({b"data": np.zeros(2, object)}), ["object array, not uint8"]),
+        (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"x": io.BytesIO}), ["refusing to load _io.BytesIO"]),
+        (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8)})[:-20], ["not a valid CIFAR-10 python batch"]),
+    ],
+)
 def test_bad_cifar_python_batches(tmp_path, payload, words):
     from vaeflow_plugins.datasets import CIFAR10
 
@@ -365,14 +382,17 @@ def celeba_root(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("content, words", [
-    (bytes(range(128, 256)) * 8, ["not a UTF-8 text file", "byte 0"]),
-    ("000001.jpg 0\n".encode("utf-16"), ["not a UTF-8 text file"]),
-    (b"000001.jpg 0\n\x00\x01\x02 7\n", [":2: expected"]),
-    (b"000001.jpg\x00 0\n", ["is not a file name inside img_align_celeba"]),
-    (b"/etc/passwd 0\n", ["'/etc/passwd' is not a file name"]),
-    (b"../../secret.jpg 0\n", ["is not a file name inside img_align_celeba"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (bytes(range(128, 256)) * 8, ["not a UTF-8 text file", "byte 0"]),
+        ("000001.jpg 0\n".encode("utf-16"), ["not a UTF-8 text file"]),
+        (b"000001.jpg 0\n\x00\x01\x02 7\n", [":2: expected"]),
+        (b"000001.jpg\x00 0\n", ["is not a file name inside img_align_celeba"]),
+        (b"/etc/passwd 0\n", ["'/etc/passwd' is not a file name"]),
+        (b"../../secret.jpg 0\n", ["is not a file name inside img_align_celeba"]),
+    ],
+)
 def test_a_bad_celeba_partition_file_is_one_line(celeba_root, content, words):
     from vaeflow_plugins.datasets import CelebA
 
@@ -402,16 +422,19 @@ def test_a_partition_file_that_is_a_folder_or_names_a_folder(celeba_root):
 # ---------------------------------------------------------------- downloads
 
 
-@pytest.mark.parametrize("mirror, words", [
-    ("notaurl", ["no http:// or https:// scheme"]),
-    ("ftp://mirror.example.org/mnist/", ["scheme 'ftp' is not http or https"]),
-    ("file:///tmp/mnist", ["scheme 'file'"]),
-    ("http://", ["not an http(s) URL"]),
-    ("http://host:port/", ["not a valid URL"]),
-    ("http://host:99999/", ["not a valid URL"]),
-    ("http://[::1/", ["not a valid URL"]),
-    ("http://exa mple.org/", ["spaces or control characters"]),
-])
+@pytest.mark.parametrize(
+    "mirror, words",
+    [
+        ("notaurl", ["no http:// or https:// scheme"]),
+        ("ftp://mirror.example.org/mnist/", ["scheme 'ftp' is not http or https"]),
+        ("file:///tmp/mnist", ["scheme 'file'"]),
+        ("http://", ["not an http(s) URL"]),
+        ("http://host:port/", ["not a valid URL"]),
+        ("http://host:99999/", ["not a valid URL"]),
+        ("http://[::1/", ["not a valid URL"]),
+        ("http://exa mple.org/", ["spaces or control characters"]),
+    ],
+)
 def test_a_malformed_mirror_is_one_line_and_creates_nothing(tmp_path, monkeypatch, mirror, words):
     from vaeflow_cli.download import download
 
@@ -490,8 +513,10 @@ def inception_reference():
 
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
-    with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}), \
-         mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+    with (
+        mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
+    ):
         net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in net.state_dict().items()}
 
@@ -524,10 +549,19 @@ def test_bad_fid_weights_files_are_one_line(tmp_path, inception_reference):
     nan["fc.bias"] = torch.full((1008,), float("nan"))
     nonfinite = tmp_path / "nan.pth"
     torch.save(nan, nonfinite)
-    cases = [(evil, "pickled Python objects"), (plain_pickle, "pickled Python objects"), (empty, "is empty"),
-             (garbage, "cannot be loaded"), (noise, "not a PyTorch weights file"), (folder, "is a directory"), (tmp_path / "missing.pth", "not found"),
-             (wrong_keys, "key(s) missing"), (not_a_dict, "holds a list, not a state dict"),
-             (wrong_shape, "'fc.weight' has shape (10, 2048), expected (1008, 2048)"), (nonfinite, "non-finite")]
+    cases = [
+        (evil, "pickled Python objects"),
+        (plain_pickle, "pickled Python objects"),
+        (empty, "is empty"),
+        (garbage, "cannot be loaded"),
+        (noise, "not a PyTorch weights file"),
+        (folder, "is a directory"),
+        (tmp_path / "missing.pth", "not found"),
+        (wrong_keys, "key(s) missing"),
+        (not_a_dict, "holds a list, not a state dict"),
+        (wrong_shape, "'fc.weight' has shape (10, 2048), expected (1008, 2048)"),
+        (nonfinite, "non-finite"),
+    ]
     for path, words in cases:  # weights_path (before any work) loads and checks the file as build_extractor does
         with pytest.raises(VaeflowError) as exc:
             fid.weights_path(str(path))
@@ -596,8 +630,9 @@ def test_cli_binary_celeba_partition(celeba_root):
 def test_cli_huge_image_in_an_image_folder(tmp_path, image_folder):
     (image_folder / "huge.png").write_bytes(HUGE["huge.png"])
     config = tmp_path / "images.toml"
-    config.write_text(TINY.format(root=image_folder, run=tmp_path / "run").replace(
-        'name = "mnist"', 'name = "imagefolder"\nsize = 16\ntest_fraction = 0.0'))
+    config.write_text(
+        TINY.format(root=image_folder, run=tmp_path / "run").replace('name = "mnist"', 'name = "imagefolder"\nsize = 16\ntest_fraction = 0.0')
+    )
     proc = run_cli("train-vae", "--config", config, check=False)
     # train-vae may log its thread count before it opens the data (train.py's order, not the data path's)
     assert_cli_error(proc, "huge.png", "60000x60000", "data.max_pixels", logs_before=True)

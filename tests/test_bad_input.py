@@ -33,8 +33,9 @@ def tree(path: Path) -> dict:
     """Every file under ``path`` with its size and content hash (None when it does not exist)."""
     if not path.exists():
         return {}
-    return {str(p.relative_to(path)): (p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
-            for p in sorted(path.rglob("*")) if p.is_file()} | {"": "dir"}
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest()) for p in sorted(path.rglob("*")) if p.is_file()
+    } | {"": "dir"}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,9 @@ def world(tmp_path_factory, digits):
     cfg.write_text(TINY.format(root=root, run=base / "unused").replace("epochs = 2", "epochs = 1"))
     run = base / "run"
     for phase in ("vae", "glow"):
-        proc = run_cli(f"train-{phase}", "--config" if phase == "vae" else "--run", cfg if phase == "vae" else run,
-                       *(("--run", run) if phase == "vae" else ()))
+        proc = run_cli(
+            f"train-{phase}", "--config" if phase == "vae" else "--run", cfg if phase == "vae" else run, *(("--run", run) if phase == "vae" else ())
+        )
         assert proc.returncode == 0
     bad = base / "bad"
     bad.mkdir()
@@ -67,8 +69,13 @@ def world(tmp_path_factory, digits):
     torch.save({**state, "model": {k: (v * float("nan") if v.is_floating_point() else v) for k, v in state["model"].items()}}, bad / "nan.pt")
     torch.save({**state, "model": [1, 2, 3]}, bad / "model-list.pt")
     torch.save({**state, "model": {k: v.long() if v.is_floating_point() else v for k, v in state["model"].items()}}, bad / "int-weights.pt")
-    opt = {**state["optimizer"], "state": {i: {n: (t * float("nan") if torch.is_tensor(t) and t.is_floating_point() and t.dim() else t)
-                                                  for n, t in st.items()} for i, st in state["optimizer"]["state"].items()}}
+    opt = {
+        **state["optimizer"],
+        "state": {
+            i: {n: (t * float("nan") if torch.is_tensor(t) and t.is_floating_point() and t.dim() else t) for n, t in st.items()}
+            for i, st in state["optimizer"]["state"].items()
+        },
+    }
     torch.save({**state, "optimizer": opt}, bad / "nan-optimizer.pt")
 
     class Evil:
@@ -81,8 +88,10 @@ def world(tmp_path_factory, digits):
     damaged("signature-list.pt", signature="[1]")
     damaged("optimizer-list.pt", optimizer={"state": [1, 2], "param_groups": []}, complete=False)
     k = next(iter(state["optimizer"]["state"]))
-    damaged("optimizer-shape.pt", optimizer={**state["optimizer"], "state": {**state["optimizer"]["state"],
-                                                                             k: {**state["optimizer"]["state"][k], "exp_avg": torch.zeros(1)}}})
+    damaged(
+        "optimizer-shape.pt",
+        optimizer={**state["optimizer"], "state": {**state["optimizer"]["state"], k: {**state["optimizer"]["state"][k], "exp_avg": torch.zeros(1)}}},
+    )
     damaged("epoch-negative.pt", epoch=-3, complete=False)
     damaged("step-huge.pt", step=10**6, global_step=10**6, epoch=0, complete=False)
     damaged("rng-ranks.pt", rng_ranks=[1, 2], complete=False)
@@ -121,31 +130,74 @@ CASES = [
     ("config-not-toml", ["config", "show", "--config", "{bad}/notatoml.toml"], 2, ["not valid TOML"]),
     ("config-missing", ["train-vae", "--config", "{bad}/nothere.toml"], 2, ["not found"]),
     ("norm-layer", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.encoder.norm=layer")], 2, ["model.encoder.norm", '"batch"']),
-    ("mean-activation-relu", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.mean_activation=relu")], 2, ["model.decoder.mean_activation", '"sigmoid"']),
-    ("split-diagonal", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.split=diagonal")], 2, ["model.flow.split", "checkerboard"]),
+    (
+        "mean-activation-relu",
+        ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.mean_activation=relu")],
+        2,
+        ["model.decoder.mean_activation", '"sigmoid"'],
+    ),
+    (
+        "split-diagonal",
+        ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.split=diagonal")],
+        2,
+        ["model.flow.split", "checkerboard"],
+    ),
     ("encoder-depth-0", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.encoder.depth=0")], 2, ["model.encoder.depth", ">= 1"]),
-    ("flow-depth-huge", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.depth=1000000000")], 2, ["model.flow.depth", "<= 1024"]),
+    (
+        "flow-depth-huge",
+        ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.depth=1000000000")],
+        2,
+        ["model.flow.depth", "<= 1024"],
+    ),
     ("flow-hidden-0", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.hidden_channels=0")], 2, ["model.flow.hidden_channels"]),
-    ("min-std-negative", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.min_std=-1.0")], 2, ["model.decoder.min_std", ">= 0"]),
+    (
+        "min-std-negative",
+        ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.min_std=-1.0")],
+        2,
+        ["model.decoder.min_std", ">= 0"],
+    ),
     ("lr-inf", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.vae.lr=inf")], 2, ["train.vae.lr", "finite"]),
     ("lr-nan", ["train-glow", "--run", "{run}", *_set("train.glow.lr=nan")], 2, ["train.glow.lr", "finite"]),
     ("grad-clip-negative", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.vae.grad_clip=-1.0")], 2, ["train.vae.grad_clip"]),
     ("seed-negative", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.seed=-1")], 2, ["train.seed"]),
     ("latent-0", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.latent_dim=0")], 2, ["model.latent_dim"]),
     ("logit-alpha", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.logit_alpha=0.5")], 2, ["model.logit_alpha"]),
-    ("multiscale-levels-3-on-28x28", ["train-baseline", "--config", "{cfg}", "--run", "{new}",
-                                      *_set("model.flow.type=multiscale-glow", "model.flow.levels=3", "model.flow.steps=1", "model.flow.hidden_channels=4")],
-     2, ["[model.flow]", "multiscale-glow", "divisible by 8"]),
+    (
+        "multiscale-levels-3-on-28x28",
+        [
+            "train-baseline",
+            "--config",
+            "{cfg}",
+            "--run",
+            "{new}",
+            *_set("model.flow.type=multiscale-glow", "model.flow.levels=3", "model.flow.steps=1", "model.flow.hidden_channels=4"),
+        ],
+        2,
+        ["[model.flow]", "multiscale-glow", "divisible by 8"],
+    ),
     ("unknown-key", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.vae.epoch=3")], 2, ["unknown key", "epochs"]),
     ("set-without-equals", ["config", "show", "--set", "train.vae.epochs"], 2, ["KEY=VALUE"]),
     ("data-root-missing", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("data.root={bad}/nowhere")], 2, ["not found", "data.root"]),
     ("phase-2-without-phase-1", ["train-glow", "--config", "{cfg}", "--run", "{new}"], 2, ["train-vae --config", "{cfg}"]),
-    ("phase-2-without-phase-1-or-data", ["train-glow", "--config", "{cfg}", "--run", "{new}", *_set("data.root={bad}/nowhere")], 2,
-     ["train-vae --config", "vaeflow data download mnist --root {bad}/nowhere"]),
-    ("init-std-below-min-std", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.init_std=0.001", "model.decoder.min_std=0.01")], 2,
-     ["[model.decoder]", "init_std (0.001) must be above min_std (0.01)"]),
+    (
+        "phase-2-without-phase-1-or-data",
+        ["train-glow", "--config", "{cfg}", "--run", "{new}", *_set("data.root={bad}/nowhere")],
+        2,
+        ["train-vae --config", "vaeflow data download mnist --root {bad}/nowhere"],
+    ),
+    (
+        "init-std-below-min-std",
+        ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.init_std=0.001", "model.decoder.min_std=0.01")],
+        2,
+        ["[model.decoder]", "init_std (0.001) must be above min_std (0.01)"],
+    ),
     ("phase-1-again", ["train-vae", "--run", "{run}"], 2, ["already has a phase 1 checkpoint", "--resume"]),
-    ("other-config-for-run", ["train-joint", "--config", "{cfg}", "--run", "{run}", *_set("model.latent_dim=5")], 2, ["different [model]/[data] config"]),
+    (
+        "other-config-for-run",
+        ["train-joint", "--config", "{cfg}", "--run", "{run}", *_set("model.latent_dim=5")],
+        2,
+        ["different [model]/[data] config"],
+    ),
     # checkpoints (copied into the run by the test)
     ("checkpoint-empty", ["sample", "--run", "{run}", "--out", "-"], 2, ["cannot be read"], "empty.pt"),
     ("checkpoint-without-model", ["sample", "--run", "{run}", "--out", "-"], 2, ["no 'model' entry"], "no-model.pt"),
@@ -179,7 +231,12 @@ CASES = [
     ("evaluate-iwae-k-0", ["evaluate", "--run", "{run}", "--iwae-k", "0"], 2, ["--iwae-k"]),
     ("evaluate-temperature-text", ["evaluate", "--run", "{run}", "--metrics", "fid", "--temperature", "hot"], 2, ["--temperature"]),
     ("evaluate-unknown-split", ["evaluate", "--run", "{run}", "--split", "validation"], 2, ["validation"]),
-    ("fid-weights-malicious", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}/evil.pt"], 2, ["evil.pt"]),
+    (
+        "fid-weights-malicious",
+        ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}/evil.pt"],
+        2,
+        ["evil.pt"],
+    ),
     ("fid-weights-empty", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}/empty.pt"], 2, ["empty.pt"]),
     ("fid-weights-directory", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}"], 2, ["fid"]),
     ("timing-bad-coupling", ["timing", "--config", "{cfg}", "--glow-coupling", "spline"], 2, ["--glow-coupling"]),
@@ -200,13 +257,41 @@ CASES = [
     ("temperatures-as-npy", ["sample", "--run", "{run}", "--temperatures", "0,1", "--format", "npy"], 2, ["--format npy"]),
     ("set-smuggles-a-key", ["train-vae", "--config", "{cfg}", "--run", "{new}", "--set", "train.seed=1\nx=2"], 2, ["one value per --set"]),
     ("set-range-names-the-set", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.logit_alpha=0")], 2, ["--set model.logit_alpha=0"]),
-    ("set-component-range-names-the-set", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.depth=0")], 2, ["--set model.flow.depth=0"]),
+    (
+        "set-component-range-names-the-set",
+        ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.flow.depth=0")],
+        2,
+        ["--set model.flow.depth=0"],
+    ),
     ("device-bad-names-the-option", ["sample", "--run", "{run}", "--device", "cuda:-1"], 2, ["--device"]),
     ("compare-per-z-huge", ["sample", "--run", "{run}", "--compare", "--per-z", "4096", "--n", "100000000"], 2, ["--per-z"]),
     ("checkpoint-integer-weights", ["sample", "--run", "{run}", "--out", "-"], 2, ["wrong kind of number"], "int-weights.pt"),
-    ("checkpoint-nan-optimizer", ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")], 2, ["non-finite optimizer state"], "nan-optimizer.pt"),
-    ("interpolate-from-empty-file", ["interpolate", "--run", "{run}", "--from", "{bad}/empty.pt", "--to", "{bad}/empty.pt", "--out", "-"], 2, ["empty.pt"]),
-    ("cache-dir-is-a-file", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("data.name=imagefolder", "data.root={bad}", "data.size=8", "data.cache_dir={cfg}")], 2, ["data.cache_dir"]),
+    (
+        "checkpoint-nan-optimizer",
+        ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")],
+        2,
+        ["non-finite optimizer state"],
+        "nan-optimizer.pt",
+    ),
+    (
+        "interpolate-from-empty-file",
+        ["interpolate", "--run", "{run}", "--from", "{bad}/empty.pt", "--to", "{bad}/empty.pt", "--out", "-"],
+        2,
+        ["empty.pt"],
+    ),
+    (
+        "cache-dir-is-a-file",
+        [
+            "train-vae",
+            "--config",
+            "{cfg}",
+            "--run",
+            "{new}",
+            *_set("data.name=imagefolder", "data.root={bad}", "data.size=8", "data.cache_dir={cfg}"),
+        ],
+        2,
+        ["data.cache_dir"],
+    ),
     # found by the second attack (kinds: deep input, damaged run files, impossible checkpoint positions, blocking files)
     ("config-nested-too-deep", ["config", "show", "--config", "{bad}/deep.toml"], 2, ["nested"]),
     ("config-inline-tables-too-deep", ["config", "show", "--config", "{bad}/deep-inline.toml"], 2, ["nested"]),
@@ -216,7 +301,13 @@ CASES = [
     ("metrics-a-list-resume", ["train-glow", "--run", "{run}", "--resume"], 2, ["not a JSON object"], "metrics:[1, 2]"),
     ("checkpoint-signature-not-object", ["sample", "--run", "{run}", "--out", "-"], 2, ["signature"], "signature-list.pt"),
     ("checkpoint-optimizer-state-list", ["train-glow", "--run", "{run}", "--resume"], 2, ["optimizer"], "optimizer-list.pt"),
-    ("checkpoint-optimizer-wrong-shape", ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")], 2, ["shape"], "optimizer-shape.pt"),
+    (
+        "checkpoint-optimizer-wrong-shape",
+        ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")],
+        2,
+        ["shape"],
+        "optimizer-shape.pt",
+    ),
     ("checkpoint-epoch-negative", ["train-glow", "--run", "{run}", "--resume"], 2, ["'epoch' is negative"], "epoch-negative.pt"),
     ("checkpoint-step-beyond-epoch", ["train-glow", "--run", "{run}", "--resume", *_set("train.glow.epochs=2")], 2, ["step 1000000"], "step-huge.pt"),
     ("checkpoint-rng-not-a-state", ["train-glow", "--run", "{run}", "--resume"], 2, ["RNG"], "rng-ranks.pt"),
@@ -239,7 +330,7 @@ def test_corpus_of_bad_inputs_one_line_no_traceback_run_unchanged(case, world, t
         shutil.copytree(world["run"], run)
         if checkpoint.startswith("metrics:"):
             with open(run / "metrics.jsonl", "a") as fh:
-                fh.write(checkpoint[len("metrics:"):] + "\n")
+                fh.write(checkpoint[len("metrics:") :] + "\n")
         else:
             dest = run / "checkpoints" / "glow.pt"
             dest.unlink()
@@ -266,14 +357,18 @@ def test_corpus_of_bad_inputs_one_line_no_traceback_run_unchanged(case, world, t
 
 def test_a_failed_start_leaves_the_directory_as_it_was_and_the_corrected_command_works(world, tmp_path, monkeypatch, capsys):
     run = tmp_path / "r"
-    rc, _, err = call(["train-vae", "--config", world["cfg"], "--run", run, "--set", "model.encoder.norm=layer"],
-                      monkeypatch=monkeypatch, capsys=capsys)
+    rc, _, err = call(
+        ["train-vae", "--config", world["cfg"], "--run", run, "--set", "model.encoder.norm=layer"], monkeypatch=monkeypatch, capsys=capsys
+    )
     assert rc == 2 and not run.exists()
     run.mkdir()
     (run / "notes.txt").write_text("mine")
     before = tree(run)
-    rc, _, err = call(["train-vae", "--config", world["cfg"], "--run", run, "--set", "model.flow.type=multiscale-glow",
-                       "--set", "model.flow.levels=3"], monkeypatch=monkeypatch, capsys=capsys)
+    rc, _, err = call(
+        ["train-vae", "--config", world["cfg"], "--run", run, "--set", "model.flow.type=multiscale-glow", "--set", "model.flow.levels=3"],
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert rc == 2 and tree(run) == before, err
     rc, out, err = call(["train-vae", "--config", world["cfg"], "--run", run], monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 0, err
@@ -301,9 +396,15 @@ def test_an_unexpected_exception_is_one_line_naming_the_bug_and_its_traceback_fi
 def test_out_of_memory_and_os_errors_are_one_line_with_exit_code_1(world, monkeypatch, capsys):
     import vaeflow_cli.plots as plots
 
-    for exc, words in ((MemoryError(), "out of memory"),
-                       (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), "out of memory"),
-                       (OSError(28, "No space left on device", "/x/y.png"), "the disk is full")):
+    for exc, words in (
+        (MemoryError(), "out of memory"),
+        (
+            RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"),
+            "out of memory",
+        ),
+        (OSError(28, "No space left on device", "/x/y.png"), "the disk is full"),
+    ):
+
         def broken(run, out=None, exc=exc):
             raise exc
 
@@ -319,8 +420,25 @@ def test_a_file_name_that_is_not_utf8_is_decoded_not_a_crash(world, tmp_path, mo
         pytest.skip("this file system refuses names that are not UTF-8")
     rc, out, err = call(["data", "info", "imagefolder", "--root", world["bad"] / "odd-names"], monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 0, err
-    rc, out, err = call(["train-baseline", "--run", tmp_path / "r", *_set(
-        "data.name=imagefolder", f"data.root={world['bad'] / 'odd-names'}", "data.size=8", "data.test_fraction=0.3",
-        "model.flow.type=glow-layer", "model.flow.depth=1", "model.flow.hidden_channels=4", "train.baseline.epochs=1",
-        "train.baseline.batch_size=1", "train.threads=1")], monkeypatch=monkeypatch, capsys=capsys)
+    rc, out, err = call(
+        [
+            "train-baseline",
+            "--run",
+            tmp_path / "r",
+            *_set(
+                "data.name=imagefolder",
+                f"data.root={world['bad'] / 'odd-names'}",
+                "data.size=8",
+                "data.test_fraction=0.3",
+                "model.flow.type=glow-layer",
+                "model.flow.depth=1",
+                "model.flow.hidden_channels=4",
+                "train.baseline.epochs=1",
+                "train.baseline.batch_size=1",
+                "train.threads=1",
+            ),
+        ],
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert rc == 0 and "Traceback" not in err, err

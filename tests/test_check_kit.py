@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
+from conftest import call_main, write_idx
 from torch import nn
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli import testing as kit
 from vaeflow_cli import train as train_mod
-from vaeflow_cli.cli import main
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import VAEFlow, build_model, check_components
 from vaeflow_cli.plugins import get_registry
@@ -39,10 +38,12 @@ def one_thread():
 
 # Small sizes for the kit's small shapes: the test config's (conftest.TINY) options for each kind,
 # passed only to factories that take them and do not set them in their own ``test_kwargs``.
-SMALL = {"encoder": {"base_channels": 4, "depth": 2, "fc_width": 16},
-         "decoder": {"base_channels": 4, "depth": 2, "fc_width": 16},
-         "prior": {"layers": 2, "hidden": 16},
-         "flow": {"depth": 2, "hidden_channels": 8}}
+SMALL = {
+    "encoder": {"base_channels": 4, "depth": 2, "fc_width": 16},
+    "decoder": {"base_channels": 4, "depth": 2, "fc_width": 16},
+    "prior": {"layers": 2, "hidden": 16},
+    "flow": {"depth": 2, "hidden_channels": 8},
+}
 FLOW_SHAPES = [(1, 4, 4), (3, 4, 4)]
 
 
@@ -62,12 +63,16 @@ DECLARED = {
     ("flow", "multiscale-glow"): (
         {"pixel_flow": False},
         "a standalone density for vaeflow train-baseline: it centres x - 0.5, its affine couplings start at sigmoid(2) "
-        "and its ActNorms are data-initialised, so it is not the identity at initialisation"),
+        "and its ActNorms are data-initialised, so it is not the identity at initialisation",
+    ),
     ("prior", "two-stage-vae"): (
         {"prepare": lambda prior: prior.trained.fill_(True)},
         "until train-prior marks it trained, log_prob is N(0, I) and no parameter gets a gradient; checked trained, "
-        "and untrained with no_grad_ok=('*',)"),
+        "and untrained with no_grad_ok=('*',)",
+    ),
 }
+
+
 def kit_kwargs(kind: str, name: str) -> dict:
     factory = REGISTRY.get(kind, name).factory
     return {**small_kwargs(kind, factory), **DECLARED.get((kind, name), ({}, ""))[0]}
@@ -81,8 +86,7 @@ def test_declarations_name_registered_components():
 @pytest.mark.parametrize("image_shape", FLOW_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name", REGISTRY.names("flow"))
 def test_every_registered_flow_passes_the_kit(name, image_shape):
-    kit.check_flow_component(REGISTRY.get("flow", name).factory, image_shape=image_shape,
-                             **{"pixel_flow": True, **kit_kwargs("flow", name)})
+    kit.check_flow_component(REGISTRY.get("flow", name).factory, image_shape=image_shape, **{"pixel_flow": True, **kit_kwargs("flow", name)})
 
 
 @pytest.mark.parametrize("name", REGISTRY.names("encoder"))
@@ -200,8 +204,7 @@ class DeadByConstruction(Scale):
         self.masked = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
-        y, ld = super().forward(x)
-        return y + 0.0 * self.masked, ld
+        return super().forward(x + 0.0 * self.masked)
 
 
 class AttributeNotBuffer(Scale):
@@ -351,8 +354,9 @@ def test_eval_and_train_outputs_that_differ_fail():
 
 
 def test_mode_dependent_layers_are_detected_and_exempt_unless_forced():
-    assert kit.mode_dependent_layers(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.InstanceNorm1d(4), nn.Dropout(0.5),
-                                                   nn.InstanceNorm1d(4, track_running_stats=True))) == ["1", "3", "4"]
+    assert kit.mode_dependent_layers(
+        nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.InstanceNorm1d(4), nn.Dropout(0.5), nn.InstanceNorm1d(4, track_running_stats=True))
+    ) == ["1", "3", "4"]
     net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     x = torch.randn(5, 3)
     net.train()(torch.randn(5, 3))  # running statistics away from their start
@@ -470,18 +474,17 @@ def tree(path: Path) -> dict:
 
 
 def call(argv, capsys):
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, *capsys.readouterr()
+    return call_main(argv, capsys)
 
 
 def assert_identity_refusal(line: str) -> None:
-    for words in ("[model.flow] type = 'multiscale-glow'", "not the identity at initialisation", "phase-1 bound",
-                  'model.flow.type = "glow-layer"', "vaeflow train-baseline"):
+    for words in (
+        "[model.flow] type = 'multiscale-glow'",
+        "not the identity at initialisation",
+        "phase-1 bound",
+        'model.flow.type = "glow-layer"',
+        "vaeflow train-baseline",
+    ):
         assert words in line, (words, line)
 
 
@@ -541,8 +544,15 @@ def test_check_components_checks_real_images_and_exempts_the_standalone_flow(tin
     check_components(build_model(cfg, (1, 28, 28), baseline=True), y)  # train-baseline: exempt
 
     def with_flow(flow):
-        return VAEFlow(encoder=vae.encoder, decoder=vae.decoder, prior=vae.prior, flow=flow, image_shape=(1, 28, 28),
-                       latent_dim=vae.latent_dim, transform=vae.transform)
+        return VAEFlow(
+            encoder=vae.encoder,
+            decoder=vae.decoder,
+            prior=vae.prior,
+            flow=flow,
+            image_shape=(1, 28, 28),
+            latent_dim=vae.latent_dim,
+            transform=vae.transform,
+        )
 
     # the identity until its data-dependent initialisation: caught by the training-mode pass on a copy
     with pytest.raises(VaeflowError, match="in its first training-mode pass"):

@@ -9,9 +9,11 @@ from PIL import Image
 
 
 def test_help_lists_the_commands_without_importing_torch():
-    code = ("import sys; from typer.testing import CliRunner; from vaeflow_cli.cli import app; "
-            "r = CliRunner().invoke(app, ['--help']); print(r.output); "
-            "assert 'torch' not in sys.modules, 'help imported torch'")
+    code = (
+        "import sys; from typer.testing import CliRunner; from vaeflow_cli.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); print(r.output); "
+        "assert 'torch' not in sys.modules, 'help imported torch'"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for cmd in ("train-vae", "train-glow", "sample", "interpolate", "plugins", "config"):
         assert cmd in out
@@ -67,9 +69,13 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config):
     import time
 
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "vaeflow_cli", "train-vae", "--config", str(tiny_config), "--run", str(run),
-                             "--set", "train.vae.epochs=200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaeflow_cli", "train-vae", "--config", str(tiny_config), "--run", str(run), "--set", "train.vae.epochs=200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     ckpt = run / "checkpoints" / "vae.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline:

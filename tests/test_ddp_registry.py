@@ -14,14 +14,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, write_idx
+from conftest import TINY, torchrun, write_idx
 
 from vaeflow_cli.plugins import get_registry
 
@@ -52,15 +51,9 @@ def job(tmp_path_factory, digits):
     config = base / "tiny.toml"
     config.write_text(TINY.format(root=root, run=base / "unused-run"))
     out = base / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               str(HERE / "ddp_job.py"), "--config", str(config), "--out", str(out)],
-                              capture_output=True, text=True, env=env, timeout=JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        proc = subprocess.CompletedProcess(exc.cmd, -9, "", f"{err}\ntimed out after {JOB_TIMEOUT_S} s")
+    proc = torchrun("--standalone", HERE / "ddp_job.py", "--config", config, "--out", out, env=env, timeout=JOB_TIMEOUT_S)
     status: dict = {}
     for rank in (0, 1):
         path = out / f"status-rank{rank}.jsonl"
@@ -79,8 +72,9 @@ def test_the_job_ran_the_plan_of_this_registry(job):
     assert (job["dir"] / "plan.json").exists(), f"torchrun exited {job['proc'].returncode}:\n{_stderr_tail(job['proc'])}"
     ran = json.loads((job["dir"] / "plan.json").read_text())
     assert [c["id"] for c in ran["cases"]] == [c["id"] for c in PLAN["cases"]]
-    assert all((job["dir"] / f"done-rank{r}").exists() for r in (0, 1)), \
+    assert all((job["dir"] / f"done-rank{r}").exists() for r in (0, 1)), (
         f"the job did not finish on every rank (torchrun exited {job['proc'].returncode}):\n{_stderr_tail(job['proc'])}"
+    )
     assert job["proc"].returncode == 0, _stderr_tail(job["proc"])
 
 
@@ -95,8 +89,10 @@ def test_replicas_are_bit_identical_after_an_epoch(job, case):
     key = (case["run"], case["phase"])
     entries = job["status"].get(key)
     if entries is None or None in entries:
-        pytest.fail(f"run {case['run']} phase {case['phase']} has no outcome on every rank (torchrun exited "
-                    f"{job['proc'].returncode}):\n{_stderr_tail(job['proc'])}")
+        pytest.fail(
+            f"run {case['run']} phase {case['phase']} has no outcome on every rank (torchrun exited "
+            f"{job['proc'].returncode}):\n{_stderr_tail(job['proc'])}"
+        )
     for rank, entry in enumerate(entries):
         if not entry["ok"]:
             pytest.fail(f"rank {rank}: run {case['run']} phase {case['phase']} failed: {entry['error']}\n{entry.get('traceback', '')}")
@@ -111,8 +107,10 @@ def test_replicas_are_bit_identical_after_an_epoch(job, case):
         if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
             gap = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else float("nan")
             differ.append(f"{name} (max |rank0 - rank1| = {gap:.3g})")
-    assert not differ, (f"{len(differ)} of the {len(mine)} tensors of [model.{case['kind']}] ({case['name']}) differ between "
-                        f"the replicas after {case['phase']}: " + ", ".join(differ[:8]))
+    assert not differ, (
+        f"{len(differ)} of the {len(mine)} tensors of [model.{case['kind']}] ({case['name']}) differ between "
+        f"the replicas after {case['phase']}: " + ", ".join(differ[:8])
+    )
 
 
 def test_data_init_actnorm_uses_the_global_batch(job):

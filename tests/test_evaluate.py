@@ -24,8 +24,10 @@ def local_weights(tmp_path_factory):
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
     torch.manual_seed(0)
-    with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}), \
-         mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+    with (
+        mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
+    ):
         net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     state = net.state_dict()
     for k, v in state.items():
@@ -63,8 +65,10 @@ def test_bpd_and_iwae_bounds_of_both_models(trained_run):
     cpu = torch.device("cpu")
     for phase, model in (("vae", "vae"), ("glow", "full")):
         m = model_from_state(cfg, RunDir(trained_run).load_checkpoint(phase))
-        for bound, values in (("elbo", elbo_bpd(m, test, seed=0, use_flow=phase == "glow", device=cpu).per_image),
-                              ("iwae", iwae_bpd_per_image(m, test, k=16, seed=0, use_flow=phase == "glow", device=cpu).per_image)):
+        for bound, values in (
+            ("elbo", elbo_bpd(m, test, seed=0, use_flow=phase == "glow", device=cpu).per_image),
+            ("iwae", iwae_bpd_per_image(m, test, k=16, seed=0, use_flow=phase == "glow", device=cpu).per_image),
+        ):
             stats = r[f"bpd_{bound}_{model}_per_image"]
             assert stats["mean"] == r[f"bpd_{bound}_{model}"]
             assert stats["mean"] == pytest.approx(values.mean(), rel=1e-6)
@@ -227,8 +231,7 @@ def test_evaluate_on_another_dataset_through_the_cli(trained_run, other_digits):
     own = trained_run / "eval" / "evaluate-test.json"
     evaluate_run(trained_run, metrics=["bpd"])
     own_before = own.read_bytes()
-    r = json.loads(run_cli("evaluate", "--run", trained_run, "--data", "mnist", "--data-root", root,
-                           "--split", "test", "--json").stdout)
+    r = json.loads(run_cli("evaluate", "--run", trained_run, "--data", "mnist", "--data-root", root, "--split", "test", "--json").stdout)
     assert r["data"] == {"name": "mnist", "root": str(root), "run_dataset": False}
     assert r["images"] == 40 and r["split"] == "test"
     # independent computations on the images written above
@@ -278,8 +281,9 @@ def test_evaluate_other_data_errors_are_one_line(trained_run, tmp_path, digits):
     from vaeflow_cli.evaluate import eval_data_config
 
     with pytest.raises(VaeflowError, match="unknown key 'data.crop'"):  # options are validated like a config's [data]
-        eval_data_config({**config_mod.resolve(trained_run / "config.toml"),
-                          "data": {"name": "mnist", "root": "", "crop": 3}}, data="mnist", data_root=None)
+        eval_data_config(
+            {**config_mod.resolve(trained_run / "config.toml"), "data": {"name": "mnist", "root": "", "crop": 3}}, data="mnist", data_root=None
+        )
 
 
 # ---------------------------------------------------------------- FID
@@ -310,8 +314,7 @@ def test_frechet_distance_matches_closed_forms():
 
 
 def test_fid_end_to_end_with_a_locally_made_weights_file(trained_run, local_weights):
-    r = evaluate_run(trained_run, metrics=["fid"], n_samples=24, temperatures=[0.0, 0.5, 1.0],
-                     fid_weights=local_weights)
+    r = evaluate_run(trained_run, metrics=["fid"], n_samples=24, temperatures=[0.0, 0.5, 1.0], fid_weights=local_weights)
     assert set(r["fid"]) == {"0", "0.5", "1"} and all(v > 0 and math.isfinite(v) for v in r["fid"].values())
     assert r["fid_model"] == "full" and r["n_samples"] == 24
     assert r["fid_weights"]["standard"] is False and len(r["fid_weights"]["sha256"]) == 64
@@ -346,8 +349,17 @@ def test_fid_without_weights_fails_with_one_clear_line(trained_run):
 def test_evaluate_json_on_stdout(trained_run):
     out = run_cli("evaluate", "--run", trained_run, "--metrics", "bpd", "--json").stdout
     r = json.loads(out)
-    assert {"bpd_elbo_vae", "bpd_elbo_full", "split", "versions", "bpd_histogram", "bpd_histogram_per_image",
-            "bpd_elbo_vae_per_image", "bpd_elbo_full_per_image", "data"} <= set(r)
+    assert {
+        "bpd_elbo_vae",
+        "bpd_elbo_full",
+        "split",
+        "versions",
+        "bpd_histogram",
+        "bpd_histogram_per_image",
+        "bpd_elbo_vae_per_image",
+        "bpd_elbo_full_per_image",
+        "data",
+    } <= set(r)
     assert set(r["bpd_elbo_full_per_image"]) == {"mean", "median", "p90", "max"}
 
 
@@ -355,8 +367,9 @@ def test_evaluate_json_on_stdout(trained_run):
 
 
 def test_timing_gives_finite_times_for_all_three_models(tiny_config):
-    out = run_cli("timing", "--config", tiny_config, "--steps", "2", "--warmup", "1", "--json",
-                  "--glow-levels", "2", "--glow-steps", "2", "--glow-width", "8").stdout
+    out = run_cli(
+        "timing", "--config", tiny_config, "--steps", "2", "--warmup", "1", "--json", "--glow-levels", "2", "--glow-steps", "2", "--glow-width", "8"
+    ).stdout
     r = json.loads(out)
     for key in ("vae_s_per_epoch", "glow_layer_s_per_epoch", "glow_baseline_s_per_epoch", "speedup"):
         assert math.isfinite(r[key]) and r[key] > 0

@@ -97,8 +97,7 @@ def test_a_skipped_step_leaves_no_trace_not_even_in_batchnorm_statistics(tiny, m
 
 def _start(args, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vaeflow_cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, **kw)
+    return subprocess.Popen([sys.executable, "-m", "vaeflow_cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kw)
 
 
 def _wait_for(predicate, proc, timeout=120.0):
@@ -159,6 +158,7 @@ def _limit_file_size(nbytes):
     def pre():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
     return pre
 
 
@@ -170,9 +170,24 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_previous_checkpoint
     metrics = (run / "metrics.jsonl").read_bytes()
     limit = 4096  # the config and a metrics line fit; a checkpoint does not
     assert len(good) > limit
-    proc = subprocess.run([sys.executable, "-m", "vaeflow_cli", "train-vae", "--run", run, "--resume", "--set", "train.vae.epochs=2",
-                           "--set", "train.keep_checkpoints=0"],
-                          capture_output=True, preexec_fn=_limit_file_size(limit), env={**os.environ})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaeflow_cli",
+            "train-vae",
+            "--run",
+            run,
+            "--resume",
+            "--set",
+            "train.vae.epochs=2",
+            "--set",
+            "train.keep_checkpoints=0",
+        ],
+        capture_output=True,
+        preexec_fn=_limit_file_size(limit),
+        env={**os.environ},
+    )
     err = proc.stderr.decode()
     lines = err.strip().splitlines()
     assert proc.returncode == 1 and "Traceback" not in err, err
@@ -192,12 +207,14 @@ def _trained(tiny_config, tmp_path) -> Path:
 
 def test_stdout_closed_or_a_reader_that_leaves_is_one_line(tiny_config, tmp_path):
     run = _trained(tiny_config, tmp_path)
-    closed = subprocess.run([sys.executable, "-m", "vaeflow_cli", "sample", "--run", str(run), "--out", "-"],
-                            stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    closed = subprocess.run(
+        [sys.executable, "-m", "vaeflow_cli", "sample", "--run", str(run), "--out", "-"], stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1)
+    )
     lines = closed.stderr.decode().strip().splitlines()
     assert closed.returncode == 2 and len(lines) == 1 and "stdout" in lines[0] and "internal error" not in lines[0], lines
-    shown = subprocess.run([sys.executable, "-m", "vaeflow_cli", "config", "show"], stderr=subprocess.PIPE,
-                           preexec_fn=lambda: os.close(1))  # a command whose result is text on stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "vaeflow_cli", "config", "show"], stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1)
+    )  # a command whose result is text on stdout
     lines = shown.stderr.decode().strip().splitlines()
     assert shown.returncode == 1 and len(lines) == 1 and "cannot write the result to stdout" in lines[0], lines
     proc = _start(["sample", "--run", run, "--out", "-", "--format", "npy", "--n", "512"])  # more than a pipe buffer

@@ -45,8 +45,15 @@ def test_not_found_lists_every_place_looked(hub):
         fid.weights_path(None)
     msg = str(exc.value)
     assert "\n" not in msg
-    for words in ("--fid-weights", fid.WEIGHTS_ENV, str(hub / PYTORCH_FID), str(hub / TORCH_FIDELITY), "pytorch-fid", "torch-fidelity",
-                  fid.WEIGHTS_URL):
+    for words in (
+        "--fid-weights",
+        fid.WEIGHTS_ENV,
+        str(hub / PYTORCH_FID),
+        str(hub / TORCH_FIDELITY),
+        "pytorch-fid",
+        "torch-fidelity",
+        fid.WEIGHTS_URL,
+    ):
         assert words in msg, (words, msg)
 
 
@@ -86,8 +93,10 @@ def test_a_hub_file_of_the_network_s_keys_and_shapes_is_accepted(hub):
     expanded to their shapes (torch.save keeps one number per tensor)."""
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
-    with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}), \
-         mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+    with (
+        mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
+    ):
         net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     torch.save({k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in net.state_dict().items()}, hub / TORCH_FIDELITY)
     assert (hub / TORCH_FIDELITY).stat().st_size < 1_000_000

@@ -83,15 +83,13 @@ def test_tensorboard_logger_skips_what_is_not_a_finite_number_and_a_resume_repla
     first.log({"phase": "vae", "epoch": 1, "step": 3, "train_bpd": float("nan"), "test_bpd": 1.5, "note": "x", "flag": True})
     first.log({"phase": "vae", "epoch": 2, "step": 6, "train_bpd": 2.0, "test_bpd": float("inf")})
     first.close()
-    assert scalars(tmp_path / "tensorboard" / "vae") == {"vae/epoch": {3: 1.0, 6: 2.0}, "vae/test_bpd": {3: 1.5},
-                                                        "vae/train_bpd": {6: 2.0}}
+    assert scalars(tmp_path / "tensorboard" / "vae") == {"vae/epoch": {3: 1.0, 6: 2.0}, "vae/test_bpd": {3: 1.5}, "vae/train_bpd": {6: 2.0}}
     # a resumed phase logs step 6 again: the events of the killed run from step 6 on are replaced
     second = tensorboard_logger(run_dir=str(tmp_path), phase="vae", config={})
     second.log({"phase": "vae", "epoch": 2, "step": 6, "train_bpd": 3.0})
     second.close()
     second.close()  # a second close is harmless
-    assert scalars(tmp_path / "tensorboard" / "vae") == {"vae/epoch": {3: 1.0, 6: 2.0}, "vae/test_bpd": {3: 1.5},
-                                                        "vae/train_bpd": {6: 3.0}}
+    assert scalars(tmp_path / "tensorboard" / "vae") == {"vae/epoch": {3: 1.0, 6: 2.0}, "vae/test_bpd": {3: 1.5}, "vae/train_bpd": {6: 3.0}}
 
 
 def test_without_the_tensorboard_package_the_factory_says_how_to_install_it(tmp_path, monkeypatch):
@@ -105,9 +103,11 @@ def test_without_the_tensorboard_package_the_factory_says_how_to_install_it(tmp_
 
 
 def test_importing_the_builtin_logger_plugin_loads_neither_torch_nor_tensorboard():
-    code = ("import sys, vaeflow_plugins.loggers, vaeflow_cli.loggers; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorboard', 'numpy')); "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, vaeflow_plugins.loggers, vaeflow_cli.loggers; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorboard', 'numpy')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -127,12 +127,15 @@ def test_an_unknown_logger_name_is_one_line_exit_2_and_writes_nothing(tiny_confi
     assert not run.exists()
 
 
-@pytest.mark.parametrize("value, words", [
-    ('["nope"]', "unknown logger 'nope'; registered loggers: tensorboard"),
-    ('[1]', "'run.loggers' must be a list of logger names (strings)"),
-    ('"tensorboard"', "'run.loggers' must be a list, got str"),
-    ('["tensorboard", "tensorboard"]', "'run.loggers' must name each logger once"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ('["nope"]', "unknown logger 'nope'; registered loggers: tensorboard"),
+        ("[1]", "'run.loggers' must be a list of logger names (strings)"),
+        ('"tensorboard"', "'run.loggers' must be a list, got str"),
+        ('["tensorboard", "tensorboard"]', "'run.loggers' must name each logger once"),
+    ],
+)
 def test_bad_logger_lists_in_a_file_name_the_file_and_the_key(tmp_path, tiny_config, value, words):
     path = tmp_path / "bad.toml"
     path.write_text(tiny_config.read_text().replace("[run]\n", f"[run]\nloggers = {value}\n"))

@@ -49,8 +49,14 @@ def test_bound_matches_closed_form_for_a_known_gaussian_density():
     """q(z|y) = p(z) = N(0, I) and p(y|z) = N(0.5, 0.2^2) per pixel: ELBO = log N(y; 0.5, 0.2) exactly
     in expectation, so the bpd is a closed form computed here with math only."""
     shape, d = (1, 2, 3), 3
-    model = VAEFlow(encoder=ConstantEncoder(d), decoder=ConstantDecoder(shape, 0.5, 0.2), prior=GaussianPrior(latent_dim=d),
-                    flow=IdentityFlow(image_shape=shape), image_shape=shape, latent_dim=d)
+    model = VAEFlow(
+        encoder=ConstantEncoder(d),
+        decoder=ConstantDecoder(shape, 0.5, 0.2),
+        prior=GaussianPrior(latent_dim=d),
+        flow=IdentityFlow(image_shape=shape),
+        image_shape=shape,
+        latent_dim=d,
+    )
     y = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7, 0.0]]).reshape(1, *shape)
     log_p = sum(-0.5 * ((v - 0.5) / 0.2) ** 2 - 0.5 * math.log(2 * math.pi) - math.log(0.2) for v in y.flatten().tolist())
     expected = (-log_p + 6 * math.log(256)) / (6 * math.log(2))
@@ -78,8 +84,15 @@ def test_bound_in_logit_space_matches_a_closed_form():
     """With model.pixel_transform = "logit" the decoder's Gaussian is on t = logit(a + (1 - 2a) y):
     log p(y|z) = log N(t; m, s) + sum log dt/dy, computed here with math only."""
     shape, d, a = (1, 2, 2), 2, 1e-3
-    model = VAEFlow(encoder=ConstantEncoder(d), decoder=ConstantDecoder(shape, -1.0, 2.0), prior=GaussianPrior(latent_dim=d),
-                    flow=IdentityFlow(image_shape=shape), image_shape=shape, latent_dim=d, transform=LogitTransform(a))
+    model = VAEFlow(
+        encoder=ConstantEncoder(d),
+        decoder=ConstantDecoder(shape, -1.0, 2.0),
+        prior=GaussianPrior(latent_dim=d),
+        flow=IdentityFlow(image_shape=shape),
+        image_shape=shape,
+        latent_dim=d,
+        transform=LogitTransform(a),
+    )
     vals = [0.001, 0.25, 0.5, 0.999]
     log_p = 0.0
     for v in vals:
@@ -269,10 +282,8 @@ def test_standalone_glow_baseline_trains_from_a_config_and_its_bpd_is_exact(tiny
     from vaeflow_cli.distributions import standard_normal_log_prob
     from vaeflow_cli.model import FlowModel
 
-    tiny = config_mod.resolve(base=tiny, overrides=["train.baseline.epochs=2", "train.baseline.batch_size=32",
-                                                    "train.baseline.lr=1e-3"])
-    tiny["model"]["flow"] = {"type": "multiscale-glow", "levels": 2, "steps": 2, "hidden_channels": 8,
-                             "coupling": "affine", "lu": True}
+    tiny = config_mod.resolve(base=tiny, overrides=["train.baseline.epochs=2", "train.baseline.batch_size=32", "train.baseline.lr=1e-3"])
+    tiny["model"]["flow"] = {"type": "multiscale-glow", "levels": 2, "steps": 2, "hidden_channels": 8, "coupling": "affine", "lu": True}
     run = tmp_path / "baseline"
     result = train_phase(tiny, run, "baseline", progress=False)
     records = [r for r in RunDir(run).read_metrics() if r["phase"] == "baseline"]

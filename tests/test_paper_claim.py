@@ -33,16 +33,48 @@ def test_paper_claim_tiny(tmp_path, tiny_config, mnist_root, capsys):
     out = tmp_path / "claim"
     threads_before = torch.get_num_threads()
     try:
-        result = _load_script().main([
-            "--out", str(out), "--threads", "1", "--device", "cpu", "--budget-seconds", "0",
-            "--vae-config", str(tiny_config), "--vae-set", "train.vae.epochs=1", "--vae-set", "train.glow.epochs=1",
-            "--glow-set", "data.name='mnist'", "--glow-set", f"data.root='{mnist_root}'",
-            "--glow-set", "model.flow.steps=1", "--glow-set", "model.flow.hidden_channels=8",
-            "--glow-set", "train.baseline.batch_size=32", "--glow-set", "train.baseline.warmup_steps=0",
-            "--glow-set", "run.sample_n=4",
-            "--temperatures", "0.5,1.0", "--n-samples", "20", "--iwae-k", "8", "--grid-n", "4",
-            "--digit-classifier", str(classifier),
-        ])
+        result = _load_script().main(
+            [
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--budget-seconds",
+                "0",
+                "--vae-config",
+                str(tiny_config),
+                "--vae-set",
+                "train.vae.epochs=1",
+                "--vae-set",
+                "train.glow.epochs=1",
+                "--glow-set",
+                "data.name='mnist'",
+                "--glow-set",
+                f"data.root='{mnist_root}'",
+                "--glow-set",
+                "model.flow.steps=1",
+                "--glow-set",
+                "model.flow.hidden_channels=8",
+                "--glow-set",
+                "train.baseline.batch_size=32",
+                "--glow-set",
+                "train.baseline.warmup_steps=0",
+                "--glow-set",
+                "run.sample_n=4",
+                "--temperatures",
+                "0.5,1.0",
+                "--n-samples",
+                "20",
+                "--iwae-k",
+                "8",
+                "--grid-n",
+                "4",
+                "--digit-classifier",
+                str(classifier),
+            ]
+        )
     finally:
         torch.set_num_threads(threads_before)
 
@@ -58,8 +90,20 @@ def test_paper_claim_tiny(tmp_path, tiny_config, mnist_root, capsys):
     rows = {r["model"]: r for r in data["rows"]}
     assert list(rows) == ["vaeflow_vae", "vaeflow_full", "glow"]
     for row in rows.values():
-        assert {"bpd_elbo", "bpd_iwae", "bpd_exact", "bpd_kind", "digit_fd", "best_temperature", "digit_fd_best",
-                "train_seconds", "train_seconds_per_phase", "wall_seconds", "epochs", "parameters"} <= set(row)
+        assert {
+            "bpd_elbo",
+            "bpd_iwae",
+            "bpd_exact",
+            "bpd_kind",
+            "digit_fd",
+            "best_temperature",
+            "digit_fd_best",
+            "train_seconds",
+            "train_seconds_per_phase",
+            "wall_seconds",
+            "epochs",
+            "parameters",
+        } <= set(row)
         assert set(row["digit_fd"]) == {"0.5", "1"} and row["best_temperature"] in (0.5, 1.0)
         assert row["digit_fd_best"] == min(v for v in row["digit_fd"].values() if math.isfinite(v))
         assert 0 < row["train_seconds"] <= row["wall_seconds"]

@@ -74,8 +74,7 @@ def test_entry_point_plugin_registers_passes_the_component_checks_and_can_be_lim
 def test_third_party_flow_trains_from_a_toml_config(site, tmp_path, tiny_config):
     env = {"PYTHONPATH": str(site), "VAEFLOW_PLUGINS": "pixel_affine"}
     rows = json.loads(run_cli("plugins", "--json", env=env).stdout)
-    assert {"name": "pixel_affine", "version": "0.3.0", "builtin": False, "registered": {"flow": ["pixel-affine"]},
-            "error": None} in rows
+    assert {"name": "pixel_affine", "version": "0.3.0", "builtin": False, "registered": {"flow": ["pixel-affine"]}, "error": None} in rows
     cfg = tiny_config.read_text().replace('type = "glow-layer"\ndepth = 2\nhidden_channels = 8', 'type = "pixel-affine"\nscale_init = 0.0')
     path = tmp_path / "third.toml"
     path.write_text(cfg)
@@ -138,8 +137,8 @@ def test_every_hook_is_documented_and_named_register():
         assert doc and "register(name, factory)" in doc and ":param register:" in doc, name
 
 
-
 # -- broken plugins: reported, never fatal, excludable ---------------------------------------------
+
 
 def add_dist(site, *, module: str, source: str, dist: str, ep_name: str, version: str = "1.0.0"):
     """Install module ``module`` (``source``) as distribution ``dist`` with entry point ``ep_name``."""
@@ -181,8 +180,10 @@ def test_a_plugin_that_raises_at_import_is_recorded_and_the_others_load(broken_s
         registry.get("encoder", "broken-encoder", where="run.toml: model.encoder.type")
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("run.toml: model.encoder.type: unknown encoder 'broken-encoder'")
-    assert msg.endswith("; plugin 'broken' failed to load (import failed: RuntimeError: boom: the plugin needs a GPU "
-                        "driver at vaeflow_broken.py:4), which may provide it")
+    assert msg.endswith(
+        "; plugin 'broken' failed to load (import failed: RuntimeError: boom: the plugin needs a GPU "
+        "driver at vaeflow_broken.py:4), which may provide it"
+    )
     # excluded by entry-point or distribution name: not loaded, not listed
     for excluded in ("-broken", "-vaeflow-broken", ["-broken"]):
         registry = build_registry(allowed=excluded)
@@ -212,20 +213,32 @@ def register_flows(registrar):
 """
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("def broken(:\n    pass\n", "import failed: SyntaxError: invalid syntax"),
-    ("import vaeflow_no_such_dependency\n", "import failed: ModuleNotFoundError: No module named 'vaeflow_no_such_dependency' at vaeflow_bad.py:1"),
-    ("import sys\nsys.exit(3)\n", "import failed: SystemExit: 3 at vaeflow_bad.py:2"),
-    (HOOK_RAISES_HALFWAY, "register_flows raised ValueError: flow table is missing at vaeflow_bad.py:11"),
-    (SIGNATURE_MISMATCH, "invalid hook: Plugin 'bad' for hook 'register_flows'"),
-    ("from vaeflow_cli.hookspecs import hookimpl\n@hookimpl\ndef register_flows(register):\n    register('', dict)\n",
-     "it registered a flow without a name"),
-    ("from vaeflow_cli.hookspecs import hookimpl\n@hookimpl\ndef register_flows(register):\n    register('x-flow', 3)\n",
-     "it registered flow 'x-flow' with a non-callable factory"),
-    ("from vaeflow_cli.hookspecs import hookimpl\n@hookimpl\ndef register_flowz(register):\n    pass\n",
-     "it has a hook that vaeflow does not define (register_flowz)"),
-], ids=["syntax-error", "missing-dependency", "sys-exit", "hook-raises-halfway", "signature-mismatch",
-        "no-name", "non-callable", "unknown-hook"])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def broken(:\n    pass\n", "import failed: SyntaxError: invalid syntax"),
+        (
+            "import vaeflow_no_such_dependency\n",
+            "import failed: ModuleNotFoundError: No module named 'vaeflow_no_such_dependency' at vaeflow_bad.py:1",
+        ),
+        ("import sys\nsys.exit(3)\n", "import failed: SystemExit: 3 at vaeflow_bad.py:2"),
+        (HOOK_RAISES_HALFWAY, "register_flows raised ValueError: flow table is missing at vaeflow_bad.py:11"),
+        (SIGNATURE_MISMATCH, "invalid hook: Plugin 'bad' for hook 'register_flows'"),
+        (
+            "from vaeflow_cli.hookspecs import hookimpl\n@hookimpl\ndef register_flows(register):\n    register('', dict)\n",
+            "it registered a flow without a name",
+        ),
+        (
+            "from vaeflow_cli.hookspecs import hookimpl\n@hookimpl\ndef register_flows(register):\n    register('x-flow', 3)\n",
+            "it registered flow 'x-flow' with a non-callable factory",
+        ),
+        (
+            "from vaeflow_cli.hookspecs import hookimpl\n@hookimpl\ndef register_flowz(register):\n    pass\n",
+            "it has a hook that vaeflow does not define (register_flowz)",
+        ),
+    ],
+    ids=["syntax-error", "missing-dependency", "sys-exit", "hook-raises-halfway", "signature-mismatch", "no-name", "non-callable", "unknown-hook"],
+)
 def test_every_kind_of_broken_plugin_is_recorded_with_a_one_line_error_and_adds_nothing(site, source, expected):
     add_dist(site, module="vaeflow_bad", source=source, dist="vaeflow-bad", ep_name="bad")
     registry = build_registry(allowed=None)
@@ -242,8 +255,13 @@ def test_plugins_command_lists_the_failed_plugin_and_exits_0(broken_site):
     proc = run_cli("plugins", "--json", env=env)
     rows = {row["name"]: row for row in json.loads(proc.stdout)}
     assert rows["pixel_affine"]["error"] is None and rows["pixel_affine"]["registered"] == {"flow": ["pixel-affine"]}
-    assert rows["broken"] == {"name": "broken", "version": "1.0.0", "builtin": False, "registered": {},
-                              "error": "import failed: RuntimeError: boom: the plugin needs a GPU driver at vaeflow_broken.py:4"}
+    assert rows["broken"] == {
+        "name": "broken",
+        "version": "1.0.0",
+        "builtin": False,
+        "registered": {},
+        "error": "import failed: RuntimeError: boom: the plugin needs a GPU driver at vaeflow_broken.py:4",
+    }
     assert proc.stderr == ""  # listed, so no warning besides
     text = run_cli("plugins", env=env).stdout.decode()
     assert "broken 1.0.0 (external, FAILED to load): import failed: RuntimeError: boom" in text
@@ -253,24 +271,24 @@ def test_plugins_command_lists_the_failed_plugin_and_exits_0(broken_site):
 def test_other_commands_warn_once_and_fail_only_when_they_need_a_missing_component(broken_site, tmp_path, tiny_config):
     env = {"PYTHONPATH": str(broken_site)}
     env["VAEFLOW_PLUGINS"] = "-nothing"  # all installed plugins (conftest sets "" = none)
-    warning = ("vaeflow: warning: plugin 'broken' failed to load (import failed: RuntimeError: boom: the plugin "
-               "needs a GPU driver at vaeflow_broken.py:4); its components are unavailable; "
-               "exclude it with VAEFLOW_PLUGINS=-nothing,-broken")
+    warning = (
+        "vaeflow: warning: plugin 'broken' failed to load (import failed: RuntimeError: boom: the plugin "
+        "needs a GPU driver at vaeflow_broken.py:4); its components are unavailable; "
+        "exclude it with VAEFLOW_PLUGINS=-nothing,-broken"
+    )
     # built-ins only: works, with one warning line
     proc = run_cli("config", "show", "--config", tiny_config, env=env)
     assert proc.stderr.splitlines() == [warning]
     # the working plugin's component validates and trains
     cfg = tmp_path / "third.toml"
-    cfg.write_text(tiny_config.read_text().replace('type = "glow-layer"\ndepth = 2\nhidden_channels = 8',
-                                                   'type = "pixel-affine"'))
+    cfg.write_text(tiny_config.read_text().replace('type = "glow-layer"\ndepth = 2\nhidden_channels = 8', 'type = "pixel-affine"'))
     assert b'type = "pixel-affine"' in run_cli("config", "show", "--config", cfg, env=env).stdout
     run = tmp_path / "third-run"
     proc = run_cli("train-vae", "--config", cfg, "--run", run, "--set", "train.vae.epochs=1", env=env)
     assert proc.stderr.splitlines().count(warning) == 1 and "Traceback" not in proc.stderr
     assert (run / "metrics.jsonl").exists()
     # a component that only the broken plugin could provide: one error line naming it, exit 2
-    proc = run_cli("config", "show", "--config", tiny_config, "--set", "model.encoder.type=broken-encoder",
-                   check=False, env=env)
+    proc = run_cli("config", "show", "--config", tiny_config, "--set", "model.encoder.type=broken-encoder", check=False, env=env)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("vaeflow: error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [warning, errors[0]]
@@ -287,23 +305,25 @@ def test_other_commands_warn_once_and_fail_only_when_they_need_a_missing_compone
 
 
 def test_a_bare_dash_in_the_selection_is_one_clear_error(broken_site, tiny_config):
-    proc = run_cli("config", "show", "--config", tiny_config, check=False,
-                   env={"PYTHONPATH": str(broken_site), "VAEFLOW_PLUGINS": "pixel_affine,-"})
+    proc = run_cli("config", "show", "--config", tiny_config, check=False, env={"PYTHONPATH": str(broken_site), "VAEFLOW_PLUGINS": "pixel_affine,-"})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("vaeflow: error: VAEFLOW_PLUGINS=pixel_affine,-: a '-' must be followed by a plugin name")
 
 
-@pytest.mark.parametrize("value, include, exclude", [
-    (None, None, set()),                       # unset: all
-    ("", set(), set()),                        # empty: none
-    (" , ", set(), set()),
-    ("a,b", {"a", "b"}, set()),                # allow-list
-    ("-x", None, {"x"}),                       # all but x
-    (" -x , -y ", None, {"x", "y"}),
-    ("a,b,-b", {"a", "b"}, {"b"}),             # the named ones minus the excluded
-    (["a", "-x"], {"a"}, {"x"}),               # build_registry(allowed=[...]) takes the items
-    (set(), set(), set()),
-])
+@pytest.mark.parametrize(
+    "value, include, exclude",
+    [
+        (None, None, set()),  # unset: all
+        ("", set(), set()),  # empty: none
+        (" , ", set(), set()),
+        ("a,b", {"a", "b"}, set()),  # allow-list
+        ("-x", None, {"x"}),  # all but x
+        (" -x , -y ", None, {"x", "y"}),
+        ("a,b,-b", {"a", "b"}, {"b"}),  # the named ones minus the excluded
+        (["a", "-x"], {"a"}, {"x"}),  # build_registry(allowed=[...]) takes the items
+        (set(), set(), set()),
+    ],
+)
 def test_selection_syntax(value, include, exclude):
     sel = parse_selection(value)
     assert (None if sel.include is None else set(sel.include)) == include
@@ -329,8 +349,10 @@ def test_a_name_registered_by_two_external_plugins_is_one_line_naming_both_and_h
         build_registry()
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg == ("flow 'pixel-affine' is registered twice: by plugin 'pixel_affine' and by plugin 'pixel_copy'; "
-                   "uninstall one, or exclude it with VAEFLOW_PLUGINS=-pixel_affine "
-                   "or exclude it with VAEFLOW_PLUGINS=-pixel_copy")
+    assert msg == (
+        "flow 'pixel-affine' is registered twice: by plugin 'pixel_affine' and by plugin 'pixel_copy'; "
+        "uninstall one, or exclude it with VAEFLOW_PLUGINS=-pixel_affine "
+        "or exclude it with VAEFLOW_PLUGINS=-pixel_copy"
+    )
     monkeypatch.setenv("VAEFLOW_PLUGINS", "-pixel_copy")
     assert build_registry().get("flow", "pixel-affine").plugin == "pixel_affine"

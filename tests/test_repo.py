@@ -62,7 +62,7 @@ def test_no_import_cycles_between_the_library_modules():
         path.append(m)
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                pytest.fail("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(d) :] + [d]))
             if d not in state:
                 visit(d)
         path.pop()

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, torchrun
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli.api import load_run
@@ -130,8 +130,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_good_stat
 
 
 def test_step_checkpoints_rotate_and_keep_the_last_n(tiny, tmp_path):
-    cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=3", "train.checkpoint_every=2",
-                                                   "train.keep_checkpoints=2"])
+    cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=3", "train.checkpoint_every=2", "train.keep_checkpoints=2"])
     train_phase(cfg, tmp_path / "rot", "vae", progress=False)
     rd = RunDir(tmp_path / "rot")
     kept = [p.name for p in rd.kept_checkpoints("vae")]
@@ -145,8 +144,11 @@ def test_sigkill_at_any_moment_then_resume_matches_an_uninterrupted_run(tiny_con
     straight = tmp_path / "straight"
     run_cli("train-vae", "--config", tiny_config, "--run", straight, *sets)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "vaeflow_cli", "train-vae", "--config", str(tiny_config),
-                             "--run", str(killed), *sets], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaeflow_cli", "train-vae", "--config", str(tiny_config), "--run", str(killed), *sets],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     ckpts = killed / "checkpoints"
     while time.time() < deadline and not list(ckpts.glob("vae-step00000000[4-9].pt")):
@@ -187,10 +189,7 @@ def test_ddp_with_gloo_on_two_processes_matches_one_process(tmp_path, tiny_confi
     single = tmp_path / "single"
     run_cli("train-vae", "--config", tiny_config, "--run", single, *sets)
     ddp = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29581",
-                           "-m", "vaeflow_cli", "train-vae", "--config", str(tiny_config), "--run-dir", str(ddp), *sets],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = torchrun("--master_port=29581", "-m", "vaeflow_cli", "train-vae", "--config", tiny_config, "--run-dir", ddp, *sets, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines() == [str(ddp), str(ddp)]  # each rank prints the run directory
     one, two = RunDir(single).read_metrics()[-1], RunDir(ddp).read_metrics()[-1]
@@ -267,8 +266,24 @@ def test_training_runs_its_steps_on_the_chosen_thread_count(tiny, tmp_path, monk
 
 
 def test_timing_interleaves_the_models_and_reports_medians_spreads_and_threads(tiny_config):
-    out = run_cli("timing", "--config", tiny_config, "--steps", "4", "--warmup", "1", "--json", "--threads", "1",
-                  "--glow-levels", "2", "--glow-steps", "2", "--glow-width", "8")
+    out = run_cli(
+        "timing",
+        "--config",
+        tiny_config,
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--json",
+        "--threads",
+        "1",
+        "--glow-levels",
+        "2",
+        "--glow-steps",
+        "2",
+        "--glow-width",
+        "8",
+    )
     r = json.loads(out.stdout)
     assert r["threads"] == 1 and r["interleaved"] is True and r["timed_steps"] == 4
     assert "torch: 1 intra-op thread (train.threads)" in out.stderr
@@ -287,8 +302,9 @@ def test_timing_interleaves_the_models_and_reports_medians_spreads_and_threads(t
 def test_two_stage_prior_trains_its_second_stage_samples_and_evaluates(tiny, tmp_path):
     from vaeflow_cli.evaluate import evaluate_run
 
-    cfg = config_mod.resolve(base=tiny, overrides=["model.prior.type='two-stage-vae'", "model.prior.hidden=32",
-                                                   "train.vae.epochs=1", "train.prior.epochs=2"])
+    cfg = config_mod.resolve(
+        base=tiny, overrides=["model.prior.type='two-stage-vae'", "model.prior.hidden=32", "train.vae.epochs=1", "train.prior.epochs=2"]
+    )
     run = tmp_path / "two-stage"
     train_phase(cfg, run, "vae", progress=False)
     vae = RunDir(run).load_checkpoint("vae")["model"]

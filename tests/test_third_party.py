@@ -125,16 +125,19 @@ class MLPDecoder(nn.Module):
 
 
 class ElementwiseAffine(nn.Module):
+    """u = z * exp(s) + b elementwise; ``params`` holds s and b."""
+
     def __init__(self, dim):
         super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(dim))
-        self.shift = nn.Parameter(torch.zeros(dim))
+        self.params = nn.Parameter(torch.zeros(2, dim))
 
     def forward(self, z):
-        return z * torch.exp(self.log_scale) + self.shift, self.log_scale.sum().expand(z.shape[0])
+        s, b = self.params
+        return z * s.exp() + b, s.sum().expand(len(z))
 
     def inverse(self, u):
-        return (u - self.shift) * torch.exp(-self.log_scale), -self.log_scale.sum().expand(u.shape[0])
+        s, b = self.params
+        return (u - b) * (-s).exp(), -s.sum().expand(len(u))
 
 
 class AffinePrior(nn.Module):
@@ -202,8 +205,9 @@ def demo_site(tmp_path_factory):
     (project / "vaeflow_demo" / "__init__.py").write_text(REGISTRATION)
     (project / "vaeflow_demo" / "nets.py").write_text(NETS)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(project)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(project)], check=True, capture_output=True
+    )
     wheel = next((tmp / "dist").glob("vaeflow_demo-0.2.0-*.whl"))
     site = tmp / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True, capture_output=True)
@@ -224,8 +228,7 @@ def test_the_built_distribution_registers_without_importing_torch(demo_site):
     rows = json.loads(run_cli("plugins", "--json", env=env).stdout)
     row = next(r for r in rows if r["name"] == "demo")
     assert row["version"] == "0.2.0" and not row["builtin"] and row["error"] is None
-    assert row["registered"] == {"encoder": ["demo-mlp"], "decoder": ["demo-mlp"], "prior": ["demo-affine"],
-                                 "flow": ["demo-pixel-affine"]}
+    assert row["registered"] == {"encoder": ["demo-mlp"], "decoder": ["demo-mlp"], "prior": ["demo-affine"], "flow": ["demo-pixel-affine"]}
     code = "import sys, vaeflow_demo; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True)
 

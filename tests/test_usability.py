@@ -43,13 +43,16 @@ def vaeflow_logger():
 # ---------------------------------------------------------------- a --config that is not there
 
 
-@pytest.mark.parametrize("given, suggested", [
-    ("celeba.toml", "configs/celeba.toml"),  # the issue: the file is in ./configs
-    ("celeba", "configs/celeba.toml"),  # no suffix
-    ("elsewhere/celeba.toml", "configs/celeba.toml"),  # a folder that does not hold it
-    ("configs/celba.toml", "configs/celeba.toml"),  # a typo in the name
-    ("mine/cifar-10.toml", "mine/cifar10.toml"),  # the closest name in its own folder
-])
+@pytest.mark.parametrize(
+    "given, suggested",
+    [
+        ("celeba.toml", "configs/celeba.toml"),  # the issue: the file is in ./configs
+        ("celeba", "configs/celeba.toml"),  # no suffix
+        ("elsewhere/celeba.toml", "configs/celeba.toml"),  # a folder that does not hold it
+        ("configs/celba.toml", "configs/celeba.toml"),  # a typo in the name
+        ("mine/cifar-10.toml", "mine/cifar10.toml"),  # the closest name in its own folder
+    ],
+)
 def test_a_missing_config_names_the_one_in_configs(tmp_path, monkeypatch, capsys, given, suggested):
     (tmp_path / "configs").mkdir()
     shutil.copy(REPO / "configs" / "celeba.toml", tmp_path / "configs" / "celeba.toml")
@@ -75,8 +78,7 @@ def test_the_celeba_instructions_name_the_given_root(tmp_path, capsys):
     root = tmp_path / "data" / "faces"
     line = one_error(*call(["data", "download", "celeba", "--root", root], capsys)[::2])
     assert "ROOT" not in line
-    for words in (f"unzip into {root} ", f"{root}/img_align_celeba/*.jpg", f"list_eval_partition.txt in {root}",
-                  f"set data.root to {root}"):
+    for words in (f"unzip into {root} ", f"{root}/img_align_celeba/*.jpg", f"list_eval_partition.txt in {root}", f"set data.root to {root}"):
         assert words in line, (words, line)
     assert not root.exists()  # nothing created for a dataset it does not download
 
@@ -89,21 +91,24 @@ def test_download_help_lists_every_name_the_command_accepts(capsys):
     assert rc == 0 and SOURCES and MANUAL
     for name in [*SOURCES, *MANUAL]:
         assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), (name, text)
-    code = ("from vaeflow_cli import download; download.SOURCES['new-set'] = []; download.MANUAL['by-hand'] = 'x'; "
-            "import vaeflow_cli.cli; from typer.testing import CliRunner; "
-            "print(CliRunner().invoke(vaeflow_cli.cli.app, ['data', 'download', '--help'], terminal_width=200).output)")
+    code = (
+        "from vaeflow_cli import download; download.SOURCES['new-set'] = []; download.MANUAL['by-hand'] = 'x'; "
+        "import vaeflow_cli.cli; from typer.testing import CliRunner; "
+        "print(CliRunner().invoke(vaeflow_cli.cli.app, ['data', 'download', '--help'], terminal_width=200).output)"
+    )
     text = " ".join(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout.split())
     assert "or new-set;" in text and "and by-hand" in text, text  # derived from download.py, not a copy
 
 
 def test_evaluate_help_lists_every_metric_and_the_cli_imports_no_heavy_module():
-    code = ("from vaeflow_cli import metrics; metrics.METRICS += ('a_new_metric',); "  # the help follows METRICS
-            "import vaeflow_cli.cli; from vaeflow_cli import evaluate; assert evaluate.METRICS is metrics.METRICS; "
-            "from typer.testing import CliRunner; "
-            "out = CliRunner().invoke(vaeflow_cli.cli.app, ['evaluate', '--help'], terminal_width=200).output; "
-            "print(' '.join(out.split()))")
-    cheap = ("import sys; import vaeflow_cli.cli; "
-             "print(sorted({'torch', 'numpy', 'http.client', 'urllib.request', 'tarfile'} & set(sys.modules)))")
+    code = (
+        "from vaeflow_cli import metrics; metrics.METRICS += ('a_new_metric',); "  # the help follows METRICS
+        "import vaeflow_cli.cli; from vaeflow_cli import evaluate; assert evaluate.METRICS is metrics.METRICS; "
+        "from typer.testing import CliRunner; "
+        "out = CliRunner().invoke(vaeflow_cli.cli.app, ['evaluate', '--help'], terminal_width=200).output; "
+        "print(' '.join(out.split()))"
+    )
+    cheap = "import sys; import vaeflow_cli.cli; print(sorted({'torch', 'numpy', 'http.client', 'urllib.request', 'tarfile'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", cheap], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip() == "[]"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     from vaeflow_cli.metrics import METRICS
@@ -256,14 +261,23 @@ print("stdout", console.progress_enabled())
 """
 
 
-@pytest.mark.parametrize("setup, err, progress", [
-    ("", "an info line\nvaeflow: warning: a warning\n", True),  # never configured: stderr, as before logging
-    ("logging.basicConfig(level=logging.DEBUG, format='root %(message)s')",  # the root's handler: not twice
-     "an info line\nvaeflow: warning: a warning\n", True),
-    ("logging.getLogger('vaeflow').setLevel(logging.WARNING)", "a warning\n", False),  # the app's level; logging.lastResort
-    ("logging.getLogger('vaeflow').setLevel(logging.DEBUG); logging.basicConfig(format='app %(levelname)s %(message)s')",
-     "app INFO an info line\napp DEBUG a debug line\napp WARNING a warning\n", True),  # handed to the app's handlers
-])
+@pytest.mark.parametrize(
+    "setup, err, progress",
+    [
+        ("", "an info line\nvaeflow: warning: a warning\n", True),  # never configured: stderr, as before logging
+        (
+            "logging.basicConfig(level=logging.DEBUG, format='root %(message)s')",  # the root's handler: not twice
+            "an info line\nvaeflow: warning: a warning\n",
+            True,
+        ),
+        ("logging.getLogger('vaeflow').setLevel(logging.WARNING)", "a warning\n", False),  # the app's level; logging.lastResort
+        (
+            "logging.getLogger('vaeflow').setLevel(logging.DEBUG); logging.basicConfig(format='app %(levelname)s %(message)s')",
+            "app INFO an info line\napp DEBUG a debug line\napp WARNING a warning\n",
+            True,
+        ),  # handed to the app's handlers
+    ],
+)
 def test_library_users_see_the_info_lines_unless_they_configure_logging(setup, err, progress):
     proc = subprocess.run([sys.executable, "-c", LIBRARY.format(setup=setup)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and proc.stderr == err and proc.stdout == f"stdout {progress}\n", proc

@@ -18,8 +18,9 @@ Plugin authors import from ``vaeflow_cli.plugin_api`` and ``vaeflow_cli.hookspec
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vaeflow_cli.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -35,8 +36,10 @@ _EXPORTS = {
     "Interrupted": "vaeflow_cli.errors",
 }
 
+# fmt: off
 __all__ = ["__version__", "load_run", "Run", "resolve_config", "train_phase", "evaluate_run", "PHASES",
            "VaeflowError", "RuntimeFailure", "Interrupted"]  # = _EXPORTS (tests/test_api.py checks)
+# fmt: on
 
 if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.api import Run, load_run
@@ -47,16 +50,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.train import train_phase
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    target = _EXPORTS.get(name)
-    if target is None:
-        raise AttributeError(f"module 'vaeflow_cli' has no attribute {name!r}")
-    module, attr = target if isinstance(target, tuple) else (target, name)
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, "the public API is vaeflow_cli.__all__")

@@ -215,8 +215,16 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     state = load_checkpoint(file)
     check_signature(state, cfg, file)
     model = model_from_state(cfg, state, device=str(dev), path=file)
-    return Run(path=rd.path, config=cfg, phase=state["phase"], checkpoint=file, model=model, device=dev,
-               start=state.get("start"), complete=bool(state.get("complete", False)))
+    return Run(
+        path=rd.path,
+        config=cfg,
+        phase=state["phase"],
+        checkpoint=file,
+        model=model,
+        device=dev,
+        start=state.get("start"),
+        complete=bool(state.get("complete", False)),
+    )
 
 
 def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images") -> np.ndarray:
@@ -230,8 +238,7 @@ def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images
     if not isinstance(images, np.ndarray):
         raise VaeflowError(f"{name} must be a uint8 numpy array or tensor, not {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise VaeflowError(f"{name} must be uint8 (values 0..255), not {images.dtype}; "
-                           "for floats in [0, 1] pass (x * 255).round().astype('uint8')")
+        raise VaeflowError(f"{name} must be uint8 (values 0..255), not {images.dtype}; for floats in [0, 1] pass (x * 255).round().astype('uint8')")
     c, h, w = (int(s) for s in image_shape)
     shape = tuple(images.shape)
     if shape[-3:] == (c, h, w):
@@ -243,8 +250,7 @@ def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images
     else:
         out = None
     if out is None:
-        raise VaeflowError(f"{name} has shape {shape}; this run's images are (C, H, W) = {(c, h, w)}: give (N, C, H, W) "
-                           f"or (N, H, W, C) uint8")
+        raise VaeflowError(f"{name} has shape {shape}; this run's images are (C, H, W) = {(c, h, w)}: give (N, C, H, W) or (N, H, W, C) uint8")
     if len(out) == 0:
         raise VaeflowError(f"{name} holds no images")
     return np.ascontiguousarray(out)

@@ -73,7 +73,9 @@ def histogram_bpd(train: np.ndarray, test: np.ndarray, alpha: float = HISTOGRAM_
     n, dims = _flat_check(train, "training")
     m, _ = _flat_check(test, "evaluated")
     if tuple(train.shape[1:]) != tuple(test.shape[1:]):
-        raise VaeflowError(f"histogram baseline: training images are {'x'.join(map(str, train.shape[1:]))} but the evaluated ones are {'x'.join(map(str, test.shape[1:]))}; use images of one shape")
+        raise VaeflowError(
+            f"histogram baseline: training images are {'x'.join(map(str, train.shape[1:]))} but the evaluated ones are {'x'.join(map(str, test.shape[1:]))}; use images of one shape"
+        )
     log2_p = (np.log2(histogram_counts(train) + alpha) - np.log2(n + 256 * alpha)).ravel()  # (D*256,)
     offsets = np.arange(dims, dtype=np.int64) * 256
     out = np.empty(m, np.float64)

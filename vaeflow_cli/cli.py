@@ -35,8 +35,10 @@ app.add_typer(data_app, name="data")
 
 
 @app.callback()
-def verbosity(quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only: no progress lines or bars."),
-         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lines too (which config, which overrides).")):
+def verbosity(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only: no progress lines or bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lines too (which config, which overrides)."),
+):
     """Set the verbosity of the log lines on stderr (vaeflow_cli.console); stdout is the same either way."""
     from vaeflow_cli import console
 
@@ -101,25 +103,32 @@ def report_exception(exc: BaseException) -> int:
             _os.dup2(_os.open(_os.devnull, _os.O_WRONLY), sys.stdout.fileno())
         except (OSError, AttributeError, ValueError):
             pass
-        typer.echo("vaeflow: error: the reader of stdout closed the pipe before the result was written; "
-                   "write to a file with --out FILE (or > FILE) to keep all of it", err=True)
+        typer.echo(
+            "vaeflow: error: the reader of stdout closed the pipe before the result was written; "
+            "write to a file with --out FILE (or > FILE) to keep all of it",
+            err=True,
+        )
         return 1
     if _is_lost_peer(exc):
-        typer.echo(f"vaeflow: error: another process of this torchrun job failed or died ({line(exc)[:160]}); "
-                   "its own output says why", err=True)
+        typer.echo(f"vaeflow: error: another process of this torchrun job failed or died ({line(exc)[:160]}); its own output says why", err=True)
         return 1
     if _is_out_of_memory(exc):
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        typer.echo(f"vaeflow: error: out of memory ({type(exc).__name__}: {first}); lower the batch size, "
-                   "the number of images (--n, --n-samples, --iwae-k) or the model's size", err=True)
+        typer.echo(
+            f"vaeflow: error: out of memory ({type(exc).__name__}: {first}); lower the batch size, "
+            "the number of images (--n, --n-samples, --iwae-k) or the model's size",
+            err=True,
+        )
         return 1
     if isinstance(exc, OSError) and not os.environ.get("VAEFLOW_DEBUG"):
         typer.echo(f"vaeflow: error: {describe_os_error(exc)}", err=True)
         return 1
     if os.environ.get("VAEFLOW_DEBUG") in (None, "", "0"):
-        typer.echo(f"vaeflow: error: internal error, a bug in vaeflow or one of its plugins: {type(exc).__name__}: "
-                   f"{line(exc)[:300]}; {_save_traceback(exc)}; please report it (VAEFLOW_DEBUG=1 prints the traceback)",
-                   err=True)
+        typer.echo(
+            f"vaeflow: error: internal error, a bug in vaeflow or one of its plugins: {type(exc).__name__}: "
+            f"{line(exc)[:300]}; {_save_traceback(exc)}; please report it (VAEFLOW_DEBUG=1 prints the traceback)",
+            err=True,
+        )
         return 1
     import traceback
 
@@ -169,8 +178,11 @@ def _require_image_memory(count: int, image_shape, what: str) -> None:
     from vaeflow_cli.limits import require_memory
 
     per_image = math.prod(image_shape)
-    require_memory(count * per_image + 4 * per_image * 512, f"{what} ({count} images of {'x'.join(map(str, image_shape))})",
-                   "ask for fewer images, or write several smaller batches with different --seed")
+    require_memory(
+        count * per_image + 4 * per_image * 512,
+        f"{what} ({count} images of {'x'.join(map(str, image_shape))})",
+        "ask for fewer images, or write several smaller batches with different --seed",
+    )
 
 
 def _finite(value: Optional[float]) -> Optional[float]:
@@ -211,7 +223,12 @@ def _check_out(out: Optional[str], *, folder: bool = False) -> None:
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: the embedded MNIST config).")
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.vae.epochs=3 (repeatable).")
-RunOpt = typer.Option(None, "--run", "--run-dir", help="Run directory (default: [run] dir of the config). Under torchrun write --run-dir: torchrun's own parser takes --run for its --run-path.")
+RunOpt = typer.Option(
+    None,
+    "--run",
+    "--run-dir",
+    help="Run directory (default: [run] dir of the config). Under torchrun write --run-dir: torchrun's own parser takes --run for its --run-path.",
+)
 
 
 def _run_or_default(run: Optional[Path]) -> Path:
@@ -238,7 +255,9 @@ def _out(text: str, nl: bool = True) -> None:
 def _stdout_failure(exc: OSError):
     from vaeflow_cli.errors import RuntimeFailure
 
-    return RuntimeFailure(f"cannot write the result to stdout ({exc.strerror or exc}); redirect stdout to a writable file, or use --out FILE where the command has it")
+    return RuntimeFailure(
+        f"cannot write the result to stdout ({exc.strerror or exc}); redirect stdout to a writable file, or use --out FILE where the command has it"
+    )
 
 
 def _write_output(data: bytes, out: str) -> None:
@@ -279,8 +298,12 @@ def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: L
 def _train_command(phase: Phase):
     """The ``vaeflow train-PHASE`` command of one row of the phase table."""
 
-    def command(config: Optional[Path] = ConfigOpt, run: Optional[Path] = RunOpt, set: Optional[List[str]] = SetOpt,
-                resume: bool = typer.Option(False, "--resume", help=f"Continue from the run's {phase.name} checkpoint ({phase.title}).")):
+    def command(
+        config: Optional[Path] = ConfigOpt,
+        run: Optional[Path] = RunOpt,
+        set: Optional[List[str]] = SetOpt,
+        resume: bool = typer.Option(False, "--resume", help=f"Continue from the run's {phase.name} checkpoint ({phase.title})."),
+    ):
         _train(phase.name, config, run, set, resume)
 
     command.__name__ = phase.command.replace("-", "_")
@@ -296,8 +319,14 @@ for _phase in PHASES.values():
 @cli_errors
 def sample(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
-    n: Optional[int] = typer.Option(None, "--n", min=1, max=10**9, show_default=False,
-                                    help=f"Number of samples (default {SAMPLE_N}; with --compare or --temperatures, rows: default {COMPARE_ROWS}). Refused when they would not fit in memory."),
+    n: Optional[int] = typer.Option(
+        None,
+        "--n",
+        min=1,
+        max=10**9,
+        show_default=False,
+        help=f"Number of samples (default {SAMPLE_N}; with --compare or --temperatures, rows: default {COMPARE_ROWS}). Refused when they would not fit in memory.",
+    ),
     temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, callback=_finite, help="Glow-layer temperature T (paper: 0.5)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
@@ -307,7 +336,9 @@ def sample(
     device: str = DeviceOpt,
     compare: bool = typer.Option(False, "--compare", help="Figure 4: per row, one z: its VAE mean, then --per-z Glow-layer samples at -t."),
     per_z: int = typer.Option(5, "--per-z", min=1, max=4096, help="With --compare: Glow-layer samples per z."),
-    temperatures: Optional[str] = typer.Option(None, "--temperatures", help="Temperature figure: one row per T (e.g. 0,0.25,0.5,0.75,1), the same --n latents and noise in each row."),
+    temperatures: Optional[str] = typer.Option(
+        None, "--temperatures", help="Temperature figure: one row per T (e.g. 0,0.25,0.5,0.75,1), the same --n latents and noise in each row."
+    ),
 ):
     """Draw samples: u ~ N(0,I), z = h^-1(u), xbar = g_mu + T g_sigma eps, x = f^-1(xbar).
 
@@ -414,12 +445,16 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
     metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
     iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=100_000, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
-    n_samples: int = typer.Option(10_000, "--n-samples", min=2, max=10**9, help="Generated images for FID (refused when they would not fit in memory)."),
+    n_samples: int = typer.Option(
+        10_000, "--n-samples", min=2, max=10**9, help="Generated images for FID (refused when they would not fit in memory)."
+    ),
     temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    data: Optional[str] = typer.Option(None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."
+    ),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Root folder of --data (alone: the run's dataset read from this root)."),
 ):
     """Held-out bpd bounds (ELBO, IWAE) of the phase-1 and full models with their per-image
@@ -429,9 +464,18 @@ def evaluate(
     or --data-root)."""
     from vaeflow_cli.evaluate import evaluate_run, format_table, parse_metrics, parse_temperatures
 
-    result = evaluate_run(_run_or_default(run), split=split, metrics=parse_metrics(metrics), iwae_k=iwae_k,
-                          n_samples=n_samples, temperatures=parse_temperatures(temperature),
-                          fid_weights=fid_weights, device=device, data=data, data_root=data_root)
+    result = evaluate_run(
+        _run_or_default(run),
+        split=split,
+        metrics=parse_metrics(metrics),
+        iwae_k=iwae_k,
+        n_samples=n_samples,
+        temperatures=parse_temperatures(temperature),
+        fid_weights=fid_weights,
+        device=device,
+        data=data,
+        data_root=data_root,
+    )
     _out(json.dumps(result) if as_json else format_table(result))
 
 
@@ -442,13 +486,17 @@ def timing(
     set: Optional[List[str]] = SetOpt,
     steps: int = typer.Option(20, "--steps", min=1, max=100_000, help="Timed training steps per model (after the warm-up)."),
     warmup: int = typer.Option(3, "--warmup", min=1, max=10_000, help="Untimed steps first (ActNorm init, caches)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=2**20, help="Batch size for all three models (default: train.vae.batch_size)."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, max=2**20, help="Batch size for all three models (default: train.vae.batch_size)."
+    ),
     glow_levels: int = typer.Option(3, "--glow-levels", min=1, max=10, help="Standalone Glow: levels L (paper's baseline: 3)."),
     glow_steps: int = typer.Option(32, "--glow-steps", min=1, max=1024, help="Standalone Glow: steps per level K (32)."),
     glow_width: int = typer.Option(512, "--glow-width", min=1, max=16384, help="Standalone Glow: coupling width (512)."),
     glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine or additive."),
     device: Optional[str] = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=0, max=1024, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=0, max=1024, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ):
     """Seconds per epoch of the VAE phase, the Glow-layer phase and a standalone multi-scale Glow
@@ -460,16 +508,24 @@ def timing(
     if glow_coupling not in ("affine", "additive"):
         raise VaeflowError(f"--glow-coupling must be affine or additive, not {glow_coupling!r}")
     cfg = config_mod.resolve(config, set or [])
-    result = run_timing(cfg, steps=steps, warmup=warmup, batch_size=batch_size, device=device, threads=threads,
-                        baseline={"levels": glow_levels, "steps": glow_steps, "hidden_channels": glow_width,
-                                  "coupling": glow_coupling})
+    result = run_timing(
+        cfg,
+        steps=steps,
+        warmup=warmup,
+        batch_size=batch_size,
+        device=device,
+        threads=threads,
+        baseline={"levels": glow_levels, "steps": glow_steps, "hidden_channels": glow_width, "coupling": glow_coupling},
+    )
     _out(json.dumps(result) if as_json else format_table(result))
 
 
 @app.command(short_help="Plot training loss and held-out bound per epoch.")
 @cli_errors
-def plot(run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
-         out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png).")):
+def plot(
+    run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png)."),
+):
     """Plot training loss and held-out bound per epoch, all phases. Prints the PNG's path."""
     from vaeflow_cli.plots import training_curves
 
@@ -485,8 +541,7 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON f
 
     registry = get_registry(warn_failures=False)  # failed plugins are listed below, with their errors
     rows = [
-        {"name": p.name, "version": p.version, "builtin": p.builtin, "registered": p.registered, "error": p.error}
-        for p in registry.plugins.values()
+        {"name": p.name, "version": p.version, "builtin": p.builtin, "registered": p.registered, "error": p.error} for p in registry.plugins.values()
     ]
     if as_json:
         _out(json.dumps(rows, indent=2))
@@ -512,8 +567,9 @@ def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = S
 
 @data_app.command("download", short_help="Download a dataset's official files, MD5-verified.")
 @cli_errors
-def data_download(name: str = typer.Argument(..., help=download_names_help()),
-                  root: Path = typer.Option(..., "--root", help="Folder to download into (data.root).")):
+def data_download(
+    name: str = typer.Argument(..., help=download_names_help()), root: Path = typer.Option(..., "--root", help="Folder to download into (data.root).")
+):
     """Download a dataset's official files: resumable, MD5-verified, written atomically. Prints the files."""
     from vaeflow_cli.console import log
     from vaeflow_cli.download import download
@@ -524,8 +580,9 @@ def data_download(name: str = typer.Argument(..., help=download_names_help()),
 
 @data_app.command("info", short_help="Print a dataset's split sizes and image shape (JSON).")
 @cli_errors
-def data_info(name: str = typer.Argument(..., help="A registered dataset."),
-              root: str = typer.Option("", "--root", help="The dataset's folder (data.root).")):
+def data_info(
+    name: str = typer.Argument(..., help="A registered dataset."), root: str = typer.Option("", "--root", help="The dataset's folder (data.root).")
+):
     """Print a dataset's split sizes, image shape and cache state as JSON."""
     from vaeflow_cli.data import dataset_info
 

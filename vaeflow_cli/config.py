@@ -101,8 +101,10 @@ CONSTRAINTS: dict[str, list] = {
     "train.*.warmup_steps": [Range(0)],
     "train.*.grad_clip": [Range(0)],
     "run.sample_n": [Range(1, 4096)],
-    "run.loggers": [Check(lambda v: all(isinstance(x, str) for x in v), "must be a list of logger names (strings), e.g. [\"tensorboard\"]"),
-                    Check(lambda v: len(set(v)) == len(v), "must name each logger once")],
+    "run.loggers": [
+        Check(lambda v: all(isinstance(x, str) for x in v), 'must be a list of logger names (strings), e.g. ["tensorboard"]'),
+        Check(lambda v: len(set(v)) == len(v), "must name each logger once"),
+    ],
 }
 
 
@@ -186,8 +188,9 @@ def embedded_default() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def resolve(path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None,
-            source: str = "run config", registry=None) -> dict[str, Any]:
+def resolve(
+    path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None, source: str = "run config", registry=None
+) -> dict[str, Any]:
     """The validated, fully-resolved config from a file (or ``base``, named ``source`` in errors, or
     the embedded default) and ``--set KEY=VALUE`` overrides. Component sections are filled with
     their factories' defaults."""
@@ -262,9 +265,7 @@ def check_type(value: Any, default: Any, *, key: str, where: str) -> Any:
             raise VaeflowError(f"{where}: {key!r} {found}, got {value!r}")
         return value
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
-    raise VaeflowError(
-        f"{where}: {key!r} must be {names.get(want, want.__name__)}, got {type(value).__name__} {value!r}"
-    )
+    raise VaeflowError(f"{where}: {key!r} must be {names.get(want, want.__name__)}, got {type(value).__name__} {value!r}")
 
 
 # ------------------------------------------------------------------ --set KEY=VALUE
@@ -340,11 +341,10 @@ CONTEXT_ARGS = {
 }
 
 
-def _validate_component(section: dict, kind: str, key: str, *, where: str, registry, name_key: str,
-                        set_by: dict | None = None) -> dict:
+def _validate_component(section: dict, kind: str, key: str, *, where: str, registry, name_key: str, set_by: dict | None = None) -> dict:
     name = section.get(name_key)
     if not isinstance(name, str):
-        raise VaeflowError(f"{where}: [{key}] needs {name_key} = \"<registered {kind}>\"; registered: {', '.join(registry.names(kind))}")
+        raise VaeflowError(f'{where}: [{key}] needs {name_key} = "<registered {kind}>"; registered: {", ".join(registry.names(kind))}')
     comp = registry.get(kind, name, where=f"{where}: {key}.{name_key}")
     params = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
     fixed = {name_key} | ({"root"} if kind == "dataset" else set())
@@ -381,8 +381,9 @@ def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None) -> 
     out = copy.deepcopy(cfg)
     out["data"] = _validate_component(cfg["data"], "dataset", "data", where=where, registry=registry, name_key="name", set_by=set_by)
     for sec, kind in COMPONENT_SECTIONS.items():
-        out["model"][sec] = _validate_component(cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry,
-                                                name_key="type", set_by=set_by)
+        out["model"][sec] = _validate_component(
+            cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type", set_by=set_by
+        )
     _check_plain(out, where, set_by=set_by or {})
     for name in out["run"]["loggers"]:  # strings, each once (CONSTRAINTS); each a registered logger
         registry.get("logger", name, where=f"{(set_by or {}).get('run.loggers', where)}: run.loggers")
@@ -476,8 +477,7 @@ def normalize_signature(sig: dict, registry=None) -> dict:
         except (VaeflowError, TypeError):
             return section
         defaults = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
-        return {k: v for k, v in section.items()
-                if not (k in defaults and defaults[k] is not inspect.Parameter.empty and defaults[k] == v)}
+        return {k: v for k, v in section.items() if not (k in defaults and defaults[k] is not inspect.Parameter.empty and defaults[k] == v)}
 
     if not isinstance(sig, dict) or not all(isinstance(sig.get(k, {}), dict) for k in ("data", "model")):
         return {"damaged": repr(sig)[:200]}  # never equal to a real config's signature

@@ -38,10 +38,13 @@ class Range:
         """None when ``value`` is inside, else what it must be (``"must be >= 1"``)."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None  # the type check reports it
-        parts = [f"{op} {_num(bound)}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-                 if bound is not None]
-        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        parts = [f"{op} {_num(bound)}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if bound is not None]
+        ok = (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
         return None if ok else "must be " + " and ".join(parts)
 
 

@@ -25,8 +25,7 @@ from vaeflow_cli.limits import file_problem  # noqa: F401 -- also the plugins' e
 EVAL_EPOCH = 2**32 - 1  # the noise stream used for held-out evaluation
 
 
-def dequantize(x: np.ndarray, *, seed: int, epoch: int, indices: np.ndarray, out: np.ndarray | None = None,
-               threads: int = 0) -> np.ndarray:
+def dequantize(x: np.ndarray, *, seed: int, epoch: int, indices: np.ndarray, out: np.ndarray | None = None, threads: int = 0) -> np.ndarray:
     """uint8 images (B, ...) -> float32 y = (x + u) / 256 in [0, 1), computed in Rust on ``threads``
     threads (0: all cores) with the GIL released, into ``out`` when given (e.g. a pinned buffer)."""
     from vaeflow_cli import _native
@@ -105,8 +104,9 @@ def _decode_failure(failures: list[tuple[int, str, str]], hint: str, *, max_pixe
     return VaeflowError(f"cannot decode image {message}{more}; {hint}")
 
 
-def decode_with_fallback(paths, *, crop: CropSpec, size: int, skip_bad: bool = False, threads: int = 0,
-                         log=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_with_fallback(
+    paths, *, crop: CropSpec, size: int, skip_bad: bool = False, threads: int = 0, log=None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Like ``decode_images`` for any image files: JPEGs in Rust, anything Rust cannot decode (PNG,
     CMYK or other unusual JPEGs) through Pillow with the same crop and Lanczos resize. A file that
     neither can read, or whose header claims more than ``max_pixels`` pixels, is an error naming
@@ -126,8 +126,7 @@ def decode_with_fallback(paths, *, crop: CropSpec, size: int, skip_bad: bool = F
         except Exception as exc:  # noqa: BLE001 -- any failure of Pillow on a hostile file is that file's
             bad.append((i, f"{message}; Pillow: {type(exc).__name__}: {_first_line(exc)}", "decode"))
     if bad and not skip_bad:
-        raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true", max_pixels=max_pixels,
-                              key="data.max_pixels")
+        raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true", max_pixels=max_pixels, key="data.max_pixels")
     if bad:
         (log or console_log)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {bad[0][1]}")
         pixels = np.delete(pixels, [i for i, _, _ in bad], axis=0)
@@ -202,8 +201,7 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise ImageProblem(f"the header claims {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} "
-                           f"(nothing was decoded)", "size")
+        raise ImageProblem(f"the header claims {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} (nothing was decoded)", "size")
     return im
 
 
@@ -359,7 +357,9 @@ def load_split(cfg: dict, name: str, registry=None, *, dataset=None) -> np.ndarr
     arr = ds.split(name)
     shape = tuple(ds.image_shape)
     if arr.dtype != np.uint8 or arr.ndim != 4 or tuple(arr.shape[1:]) != shape:
-        raise VaeflowError(f"dataset {cfg['data']['name']!r} split {name!r} gave {arr.dtype} {arr.shape}, expected uint8 (N, {', '.join(map(str, shape))})")
+        raise VaeflowError(
+            f"dataset {cfg['data']['name']!r} split {name!r} gave {arr.dtype} {arr.shape}, expected uint8 (N, {', '.join(map(str, shape))})"
+        )
     if len(arr) == 0:
         raise VaeflowError(f"dataset {cfg['data']['name']!r} split {name!r} is empty; check data.root")
     return arr
@@ -430,9 +430,21 @@ class BatchLoader:
     index only, so a batch is the same whichever rank or step it is drawn at. ``wait_seconds``
     adds up how long the consumer waited for data."""
 
-    def __init__(self, images: np.ndarray, *, batch_size: int, seed: int, shuffle: bool = True,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1, prefetch: int = 2,
-                 threads: int = 0, dequantize: bool = True, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+        threads: int = 0,
+        dequantize: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.images, self.batch_size, self.seed = images, batch_size, seed

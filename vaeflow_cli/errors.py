@@ -48,13 +48,15 @@ def describe_os_error(exc: OSError, path=None) -> str:
     import errno
 
     where = path if path is not None else (exc.filename if exc.filename is not None else "a file")
-    hints = {errno.ENOSPC: "the disk is full: free space (files written before are intact), then rerun",
-             errno.EDQUOT: "the disk quota is exceeded: free space, then rerun",
-             errno.EFBIG: "the file is larger than this system allows: free space or raise the limit, then rerun",
-             errno.EACCES: "permission denied: choose a path you may write to",
-             errno.EPERM: "permission denied: choose a path you may write to",
-             errno.EROFS: "the file system is read-only: choose another path",
-             errno.EISDIR: "it is a directory: give a file path",
-             errno.ENOTDIR: "a part of the path is not a directory: fix the path",
-             errno.ENOENT: "no such file or directory: check the path"}
+    hints = {
+        errno.ENOSPC: "the disk is full: free space (files written before are intact), then rerun",
+        errno.EDQUOT: "the disk quota is exceeded: free space, then rerun",
+        errno.EFBIG: "the file is larger than this system allows: free space or raise the limit, then rerun",
+        errno.EACCES: "permission denied: choose a path you may write to",
+        errno.EPERM: "permission denied: choose a path you may write to",
+        errno.EROFS: "the file system is read-only: choose another path",
+        errno.EISDIR: "it is a directory: give a file path",
+        errno.ENOTDIR: "a part of the path is not a directory: fix the path",
+        errno.ENOENT: "no such file or directory: check the path",
+    }
     return f"{where}: {exc.strerror or type(exc).__name__}; {hints.get(exc.errno, 'check the path and the file system')}"

@@ -113,8 +113,12 @@ def per_image_stats(bpd: np.ndarray, mean: float | None = None) -> dict:
     mean when given, so that the reported mean is exactly the headline number (e.g. the ELBO bound
     summed batch by batch), which equals bpd.mean() up to float rounding."""
     bpd = np.asarray(bpd, np.float64)
-    return {"mean": float(bpd.mean() if mean is None else mean), "median": float(np.median(bpd)),
-            "p90": float(np.percentile(bpd, 90)), "max": float(bpd.max())}
+    return {
+        "mean": float(bpd.mean() if mean is None else mean),
+        "median": float(np.median(bpd)),
+        "p90": float(np.percentile(bpd, 90)),
+        "max": float(bpd.max()),
+    }
 
 
 def _shape_text(shape) -> str:
@@ -160,8 +164,10 @@ def load_eval_images(eval_cfg: dict, split: str, run_shape: tuple, run_path: Pat
         raise VaeflowError(f"{where}: dataset {name!r} has splits {', '.join(splits)}, not {split!r}; pick one of them with --split")
 
     def mismatch(shape) -> VaeflowError:
-        return VaeflowError(f"{where}: images are {_shape_text(shape)} but {run_path} was trained on {_shape_text(run_shape)}; "
-                            f"evaluate it on a dataset of {_shape_text(run_shape)} images")
+        return VaeflowError(
+            f"{where}: images are {_shape_text(shape)} but {run_path} was trained on {_shape_text(run_shape)}; "
+            f"evaluate it on a dataset of {_shape_text(run_shape)} images"
+        )
 
     if tuple(ds.image_shape) != tuple(run_shape):
         raise mismatch(ds.image_shape)
@@ -170,7 +176,9 @@ def load_eval_images(eval_cfg: dict, split: str, run_shape: tuple, run_path: Pat
     except VaeflowError as exc:
         raise VaeflowError(f"{where}: {exc}") from None
     if arr.dtype != np.uint8 or arr.ndim != 4:
-        raise VaeflowError(f"{where}: dataset {name!r} split {split!r} gave {arr.dtype} {arr.shape}, expected uint8 (N, {', '.join(map(str, run_shape))})")
+        raise VaeflowError(
+            f"{where}: dataset {name!r} split {split!r} gave {arr.dtype} {arr.shape}, expected uint8 (N, {', '.join(map(str, run_shape))})"
+        )
     if tuple(arr.shape[1:]) != tuple(run_shape):
         raise mismatch(arr.shape[1:])
     if len(arr) == 0:
@@ -178,10 +186,20 @@ def load_eval_images(eval_cfg: dict, split: str, run_shape: tuple, run_path: Pat
     return arr
 
 
-def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae_k: int = 64,
-                 n_samples: int = 10_000, temperatures=(0.5,), fid_weights: str | Path | None = None,
-                 device: str = "cpu", seed: int | None = None, data: str | None = None,
-                 data_root: str | Path | None = None) -> dict:
+def evaluate_run(
+    run: str | Path,
+    *,
+    split: str = "test",
+    metrics=("bpd",),
+    iwae_k: int = 64,
+    n_samples: int = 10_000,
+    temperatures=(0.5,),
+    fid_weights: str | Path | None = None,
+    device: str = "cpu",
+    seed: int | None = None,
+    data: str | None = None,
+    data_root: str | Path | None = None,
+) -> dict:
     """Evaluate a run directory; returns the result dict (also written into RUN/eval/).
 
     ``data``/``data_root`` score ``split`` of another registered dataset (or another root) of the
@@ -228,14 +246,20 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         eval_cfg = cfg
         images = load_split(cfg, split, dataset=run_ds)
         tag = split
-    result: dict = {"run": str(rd.path), "split": split, "images": len(images), "seed": seed,
-                    "data": {"name": eval_cfg["data"]["name"], "root": eval_cfg["data"]["root"], "run_dataset": not other},
-                    "prior_type": cfg["model"]["prior"]["type"]}
+    result: dict = {
+        "run": str(rd.path),
+        "split": split,
+        "images": len(images),
+        "seed": seed,
+        "data": {"name": eval_cfg["data"]["name"], "root": eval_cfg["data"]["root"], "run_dataset": not other},
+        "prior_type": cfg["model"]["prior"]["type"],
+    }
     if "fid" in metrics or "digit_fd" in metrics:  # the samples and their features are held at once
         from vaeflow_cli.limits import require_memory
 
-        require_memory(n_samples * (math.prod(run_ds.image_shape) + 2048 * 8), f"--n-samples {n_samples}",
-                       "lower --n-samples (the paper's FID uses 10000)")
+        require_memory(
+            n_samples * (math.prod(run_ds.image_shape) + 2048 * 8), f"--n-samples {n_samples}", "lower --n-samples (the paper's FID uses 10000)"
+        )
     label = {name: phase.label for name, phase in PHASES.items()}
     # every checkpoint is checked and loaded before any work (and any log line)
     runs = {phase: load_run(rd.path, device=dev, checkpoint=phase) for phase in models}
@@ -245,8 +269,12 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         train = load_split(cfg, "train", dataset=run_ds)
         log(f"bpd: per-pixel histogram baseline fitted on the run's {len(train)} training images")
         hist = histogram_bpd(train, images, alpha=HISTOGRAM_ALPHA)
-        result.update(bpd_histogram=float(hist.mean()), bpd_histogram_per_image=per_image_stats(hist),
-                      histogram_alpha=HISTOGRAM_ALPHA, histogram_train_images=len(train))
+        result.update(
+            bpd_histogram=float(hist.mean()),
+            bpd_histogram_per_image=per_image_stats(hist),
+            histogram_alpha=HISTOGRAM_ALPHA,
+            histogram_train_images=len(train),
+        )
     for phase in models:
         model, use_flow = loaded[phase], runs[phase].uses_flow
         result[f"{label[phase]}_checkpoint_complete"] = runs[phase].complete
@@ -273,8 +301,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         mu_r, sigma_r = fid_mod.statistics(digitfd.features(net, images))
         result.update(digit_fd_classifier_accuracy=accuracy, n_samples=n_samples)
         for phase in models:
-            scores = _frechet_by_temperature(loaded[phase], lambda x: digitfd.features(net, x), (mu_r, sigma_r),
-                                             temperatures, n_samples, seed, f"digit_fd ({label[phase]} model)")
+            scores = _frechet_by_temperature(
+                loaded[phase], lambda x: digitfd.features(net, x), (mu_r, sigma_r), temperatures, n_samples, seed, f"digit_fd ({label[phase]} model)"
+            )
             result[f"digit_fd_{label[phase]}"] = _per_temperature(scores, temperatures)
     if "fid" in metrics:
         phase = "glow" if "glow" in loaded else models[0]  # the two-phase model (the paper's)
@@ -282,16 +311,19 @@ def evaluate_run(run: str | Path, *, split: str = "test", metrics=("bpd",), iwae
         sha = fid_mod.file_sha256(weights)
         net = fid_net
         mu_r, sigma_r = _split_statistics(rd, net, images, tag, sha)
-        scores = _frechet_by_temperature(model, lambda x: fid_mod.features(net, x), (mu_r, sigma_r), temperatures,
-                                         n_samples, seed, f"fid ({label[phase]} model)")
+        scores = _frechet_by_temperature(
+            model, lambda x: fid_mod.features(net, x), (mu_r, sigma_r), temperatures, n_samples, seed, f"fid ({label[phase]} model)"
+        )
         result.update(
             fid=_per_temperature(scores, temperatures),
-            fid_model=label[phase], n_samples=n_samples,
-            fid_weights={"path": str(weights), "sha256": sha,
-                         "standard": sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX)},
+            fid_model=label[phase],
+            n_samples=n_samples,
+            fid_weights={"path": str(weights), "sha256": sha, "standard": sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX)},
         )
         if not sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX):
-            log(f"fid: {weights} is not the standard {fid_mod.WEIGHTS_FILE} (sha256 {sha[:12]}...): these FIDs are not comparable with published ones")
+            log(
+                f"fid: {weights} is not the standard {fid_mod.WEIGHTS_FILE} (sha256 {sha[:12]}...): these FIDs are not comparable with published ones"
+            )
         if len(temperatures) > 1:
             from vaeflow_cli.plots import fid_sweep
 
@@ -322,8 +354,13 @@ def format_table(r: dict) -> str:
     data = r.get("data") or {}
     where = "" if data.get("run_dataset", True) else f" of dataset {data['name']}" + (f" (root {data['root']})" if data["root"] else "")
     lines = [f"run {r['run']}, split {r['split']}{where} ({r['images']} images)"]
-    names = {"vae": "VAE (phase 1)", "full": "VAE + Glow layer", "prior": "prior retrained", "joint": "jointly fine-tuned",
-             "baseline": "standalone flow"}
+    names = {
+        "vae": "VAE (phase 1)",
+        "full": "VAE + Glow layer",
+        "prior": "prior retrained",
+        "joint": "jointly fine-tuned",
+        "baseline": "standalone flow",
+    }
     if r.get("prior_type") == "two-stage-vae":
         lines.append("  (two-stage-vae prior: once trained, log p(z) is itself bounded by the second stage's ELBO, so these are bounds of bounds)")
     if "bpd_baseline" in r:
@@ -340,8 +377,10 @@ def format_table(r: dict) -> str:
         if cells:
             lines.append(f"  {name:18s} " + "   ".join(cells))
     if "bpd_histogram" in r:
-        lines.append(f"  per-pixel histogram baseline  bpd = {r['bpd_histogram']:.4f} (exact; fitted on the run's "
-                     f"training split, {r['histogram_train_images']} images, add-{r['histogram_alpha']:g} smoothing)")
+        lines.append(
+            f"  per-pixel histogram baseline  bpd = {r['bpd_histogram']:.4f} (exact; fitted on the run's "
+            f"training split, {r['histogram_train_images']} images, add-{r['histogram_alpha']:g} smoothing)"
+        )
         rows.append(("histogram baseline", r.get("bpd_histogram_per_image")))
     rows = [(name, stats) for name, stats in rows if stats]
     if rows:

@@ -26,10 +26,7 @@ WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_we
 WEIGHTS_SHA256_PREFIX = "6726825d"  # the hash prefix in the file's published name
 WEIGHTS_ENV = "VAEFLOW_FID_WEIGHTS"
 FEATURE_DIM = 2048
-HUB_WEIGHTS_FILES = (
-    (WEIGHTS_FILE, "pytorch-fid"),
-    ("weights-inception-2015-12-05-6726825d.pth", "torch-fidelity"),
-)
+HUB_WEIGHTS_FILES = ((WEIGHTS_FILE, "pytorch-fid"), ("weights-inception-2015-12-05-6726825d.pth", "torch-fidelity"))
 """The names under which pytorch-fid and torch-fidelity keep the same FID Inception weights (the
 same hash prefix: one file, two names) in the torch hub cache, in the order they are looked for.
 Both are plain state dicts of this network; a file found there is loaded weights-only and checked
@@ -61,15 +58,16 @@ def weights_path(option: str | Path | None) -> Path:
         found = [hub / name for name, _ in HUB_WEIGHTS_FILES if os.path.lexists(hub / name)]
         if not found:
             looked = ", ".join(f"{hub / name} ({who}'s download)" for name, who in HUB_WEIGHTS_FILES)
-            raise VaeflowError(f"fid needs the Inception-v3 FID weights {WEIGHTS_FILE} and found them nowhere: no --fid-weights, "
-                               f"{WEIGHTS_ENV} is not set, and none of {looked} exists; {_HOW} (or put it at {hub / WEIGHTS_FILE})")
+            raise VaeflowError(
+                f"fid needs the Inception-v3 FID weights {WEIGHTS_FILE} and found them nowhere: no --fid-weights, "
+                f"{WEIGHTS_ENV} is not set, and none of {looked} exists; {_HOW} (or put it at {hub / WEIGHTS_FILE})"
+            )
         path = found[0]
     build_extractor(path)  # checks the file; the network is built again on the evaluation device
     return path
 
 
-_HOW = (f"download {WEIGHTS_URL} on a machine with network access, copy it here, and pass "
-        f"--fid-weights PATH or set {WEIGHTS_ENV}=PATH")
+_HOW = f"download {WEIGHTS_URL} on a machine with network access, copy it here, and pass --fid-weights PATH or set {WEIGHTS_ENV}=PATH"
 
 
 def file_sha256(path: Path) -> str:

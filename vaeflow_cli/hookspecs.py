@@ -11,8 +11,10 @@ Besides its config keys a factory receives the context arguments named in its ki
 
 The host owns the registry, so a name registered twice is reported with both plugins' names.
 vaeflow runs every model component once on real training images before training starts and
-checks the shapes below (``vaeflow_cli.model.check_components``); ``vaeflow_cli.testing`` is the
-kit a plugin author runs in their own tests.
+checks the shapes below, and that a VAE's pixel flow is the identity at initialisation
+(``vaeflow_cli.model.check_components``). ``vaeflow_cli.testing`` is the kit a plugin author runs
+in their own tests: ``check_flow_component``, ``check_encoder``, ``check_decoder``,
+``check_prior``, ``check_dataset``.
 
 Conventions for every protocol: tensors are ``torch.float32`` unless autocast is on; ``B`` is the
 batch size; images are ``(B, C, H, W)``; log-densities and log-determinants are in nats, one per
@@ -33,10 +35,27 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only; no torch at impo
     import torch
 
 __all__ = [
-    "hookspec", "hookimpl", "Register",
-    "Encoder", "Decoder", "Prior", "BijectivePrior", "Flow", "Dataset", "MetricsLogger",
-    "EncoderFactory", "DecoderFactory", "PriorFactory", "FlowFactory", "DatasetFactory", "LoggerFactory",
-    "register_encoders", "register_decoders", "register_priors", "register_flows", "register_datasets",
+    "hookspec",
+    "hookimpl",
+    "Register",
+    "Encoder",
+    "Decoder",
+    "Prior",
+    "BijectivePrior",
+    "Flow",
+    "Dataset",
+    "MetricsLogger",
+    "EncoderFactory",
+    "DecoderFactory",
+    "PriorFactory",
+    "FlowFactory",
+    "DatasetFactory",
+    "LoggerFactory",
+    "register_encoders",
+    "register_decoders",
+    "register_priors",
+    "register_flows",
+    "register_datasets",
     "register_loggers",
 ]
 
@@ -107,9 +126,12 @@ class Flow(Protocol):
 
     Identity at initialisation: a flow used as a VAE's pixel flow must satisfy f(x) = x and
     log_det = 0 before training, so that phase 2 starts at the phase-1 bound (``docs/model.md``,
-    "Decided here"). vaeflow checks this on real images when phase 2 starts and refuses a flow that
-    breaks it with one line; a flow meant only as a standalone density (``train-baseline``) need
-    not satisfy it."""
+    "Decided here"). vaeflow checks this on two real training images when ``train-vae`` starts and
+    when phase 2 starts with a fresh flow (not when it resumes): in eval mode and in a first
+    train-mode pass on a copy, where data-dependent initialisation happens. A flow that breaks it
+    is refused with one line naming ``[model.flow]``. Check it in your tests with
+    ``vaeflow_cli.testing.check_flow_component(factory, pixel_flow=True)``. A flow meant only as a
+    standalone density (``train-baseline``) need not satisfy it."""
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param x: images in the pixel transform's space, (B, C, H, W).
@@ -214,7 +236,7 @@ def register_flows(register: Register) -> None:
 @hookspec
 def register_datasets(register: Register) -> None:
     """:param register: call ``register(name, factory)`` once per image dataset (selected by
-        ``[data] name``); ``factory`` is a ``DatasetFactory`` returning a ``Dataset``."""
+    ``[data] name``); ``factory`` is a ``DatasetFactory`` returning a ``Dataset``."""
 
 
 @hookspec

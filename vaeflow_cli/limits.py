@@ -58,8 +58,6 @@ def file_problem(path) -> str | None:
     return None
 
 
-
-
 def check_regular_file(path, what: str, fix: str) -> None:
     """One VaeflowError ("WHAT PATH is a directory...; FIX") unless ``path`` is a regular file: a
     FIFO would block the reader forever, a device never ends."""

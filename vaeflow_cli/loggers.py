@@ -49,8 +49,10 @@ class _Guarded:
         from vaeflow_cli.plugins import describe_exception
 
         self.failed = True
-        warning(f"logger {self.name!r} (plugin {self.plugin!r}) failed {what}: {describe_exception(exc)}; "
-             f"it is off for the rest of phase {self.phase} (metrics.jsonl is complete); fix it or remove it from {SECTION}")
+        warning(
+            f"logger {self.name!r} (plugin {self.plugin!r}) failed {what}: {describe_exception(exc)}; "
+            f"it is off for the rest of phase {self.phase} (metrics.jsonl is complete); fix it or remove it from {SECTION}"
+        )
 
     def log(self, record: Mapping[str, Any]) -> None:
         if self.failed or self.closed:
@@ -71,8 +73,7 @@ class _Guarded:
                 self._warn("to close", exc)
 
 
-def open_loggers(names: Iterable[str], *, run_dir: str, phase: str, config: Mapping[str, Any],
-                 registry=None) -> list[MetricsLogger]:
+def open_loggers(names: Iterable[str], *, run_dir: str, phase: str, config: Mapping[str, Any], registry=None) -> list[MetricsLogger]:
     """Build the loggers ``names`` (``[run] loggers``) through the registry. Each returned logger
     never raises from ``log`` or ``close`` (see the module docstring). A factory that fails, or
     returns something without ``log`` and ``close``, raises one-line VaeflowError after closing
@@ -87,8 +88,10 @@ def open_loggers(names: Iterable[str], *, run_dir: str, phase: str, config: Mapp
             comp = registry.get("logger", name, where=SECTION)
             logger = comp.build(SECTION, run_dir=str(run_dir), phase=phase, config=copy.deepcopy(dict(config)))
             if not isinstance(logger, MetricsLogger):
-                raise VaeflowError(f"{SECTION}: logger {name!r} (plugin {comp.plugin!r}) returned a {type(logger).__name__}, "
-                                   f"which has no log() and close(); it is a bug in plugin {comp.plugin!r}: remove {name!r} from {SECTION}")
+                raise VaeflowError(
+                    f"{SECTION}: logger {name!r} (plugin {comp.plugin!r}) returned a {type(logger).__name__}, "
+                    f"which has no log() and close(); it is a bug in plugin {comp.plugin!r}: remove {name!r} from {SECTION}"
+                )
             opened.append(_Guarded(name, comp.plugin, phase, logger))
     except BaseException:
         close_loggers(opened)

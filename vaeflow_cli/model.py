@@ -92,8 +92,17 @@ def pixel_transform(name: str, alpha: float = 1e-6) -> nn.Module:
 
 
 class VAEFlow(nn.Module):
-    def __init__(self, *, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, flow: nn.Module,
-                 image_shape: tuple[int, int, int], latent_dim: int, transform: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: nn.Module,
+        flow: nn.Module,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        transform: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.encoder, self.decoder, self.prior, self.flow = encoder, decoder, prior, flow
         self.transform = transform if transform is not None else IdentityTransform()
@@ -135,14 +144,12 @@ class VAEFlow(nn.Module):
         eps = _randn(mean.shape, generator, mean)
         z = mean + torch.exp(log_std) * eps  # (B, d)
         return Bound(
-            log_px_z=self.log_px_given_z(y, z, use_flow=use_flow),
-            log_pz=self.prior.log_prob(z),
-            entropy=gaussian_entropy(log_std),
-            dims=self.dims,
+            log_px_z=self.log_px_given_z(y, z, use_flow=use_flow), log_pz=self.prior.log_prob(z), entropy=gaussian_entropy(log_std), dims=self.dims
         )
 
-    def iwae_log_likelihood(self, y: torch.Tensor, *, k: int, use_flow: bool = True,
-                            generator: torch.Generator | None = None, chunk: int = 64) -> torch.Tensor:
+    def iwae_log_likelihood(
+        self, y: torch.Tensor, *, k: int, use_flow: bool = True, generator: torch.Generator | None = None, chunk: int = 64
+    ) -> torch.Tensor:
         """IWAE_K lower bound on log p(y), (B,) nats (Burda et al.): log (1/K) sum_k w_k with
         w_k = p(y|z_k) p(z_k) / q(z_k|y), z_k ~ q(z|y). The Glow layer runs once per image;
         the decoder runs on ``chunk`` samples per image at a time. IWAE_1 is an unbiased
@@ -164,8 +171,7 @@ class VAEFlow(nn.Module):
 
     # ---------------------------------------------------------------- sampling (paper, section 3.5)
 
-    def decode(self, z: torch.Tensor, *, temperature: float = 0.5, vae_only: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [0,1]-ish space from latents: xbar = g_mu + T g_sigma eps, x = t^-1(f^-1(xbar))
         (t: the pixel transform); ``vae_only`` returns t^-1(g_mu(z)) (the paper's Figure 4, left
         column)."""
@@ -175,8 +181,7 @@ class VAEFlow(nn.Module):
         xbar = mean + temperature * std * _randn(mean.shape, generator, mean)
         return self.from_decoder_space(xbar)
 
-    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """u ~ N(0, I), z = h^-1(u), then ``decode``. -> (n, C, H, W)."""
         device = next(self.parameters()).device
         u = torch.randn(n, self.latent_dim, generator=generator).to(device)
@@ -198,8 +203,9 @@ class FlowModel(nn.Module):
         z, log_det = self.flow(y)
         return standard_normal_log_prob(z.float()) + log_det.float()
 
-    def iwae_log_likelihood(self, y: torch.Tensor, *, k: int = 1, use_flow: bool = True,
-                            generator: torch.Generator | None = None, chunk: int = 64) -> torch.Tensor:
+    def iwae_log_likelihood(
+        self, y: torch.Tensor, *, k: int = 1, use_flow: bool = True, generator: torch.Generator | None = None, chunk: int = 64
+    ) -> torch.Tensor:
         """A flow's likelihood is exact: every IWAE_K equals log p(y)."""
         return self.log_prob(y)
 
@@ -208,8 +214,7 @@ class FlowModel(nn.Module):
         zero = torch.zeros_like(log_p)
         return Bound(log_px_z=log_p, log_pz=zero, entropy=zero, dims=self.dims)
 
-    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """x = f^-1(T * eps), eps ~ N(0, I) (Glow's temperature)."""
         device = next(self.parameters()).device
         z = temperature * torch.randn(n, *self.image_shape, generator=generator).to(device)
@@ -296,14 +301,18 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
             raise
         except Exception as exc:  # noqa: BLE001 -- a plugin's error, reported as one line
             first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise VaeflowError(f"[model.{section}] fails on {y.shape[0]} training images of shape {tuple(y.shape[1:])}: "
-                               f"{type(exc).__name__}: {first}; check the [model.{section}] options") from None
+            raise VaeflowError(
+                f"[model.{section}] fails on {y.shape[0]} training images of shape {tuple(y.shape[1:])}: "
+                f"{type(exc).__name__}: {first}; check the [model.{section}] options"
+            ) from None
 
     def expect(section: str, what: str, t, shape) -> None:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise VaeflowError(f"[model.{section}] returned {what} of shape {got}, the contract (vaeflow_cli.hookspecs) "
-                               f"wants {tuple(shape)}; the component is broken or misconfigured")
+            raise VaeflowError(
+                f"[model.{section}] returned {what} of shape {got}, the contract (vaeflow_cli.hookspecs) "
+                f"wants {tuple(shape)}; the component is broken or misconfigured"
+            )
 
     def not_identity(t, out, when: str) -> None:
         x, log_det = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
@@ -316,8 +325,9 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
         raise VaeflowError(
             f"[model.flow] {f'type = {flow_type!r}' if flow_type else type(model.flow).__name__} is not the identity at initialisation{when}: on {t.shape[0]} training images "
             f"max |f(x) - x| / (1 + |x|) = {err:.3g} and max |log det| = {ld:.3g} nats; a VAE's pixel flow must start as f(x) = x "
-            f"with log det 0 so that phase 2 starts at the phase-1 bound (docs/model.md, \"Decided here\"); use an identity-at-init "
-            f"flow such as model.flow.type = \"glow-layer\", and train a flow like this one alone as a density with vaeflow train-baseline")
+            f'with log det 0 so that phase 2 starts at the phase-1 bound (docs/model.md, "Decided here"); use an identity-at-init '
+            f'flow such as model.flow.type = "glow-layer", and train a flow like this one alone as a density with vaeflow train-baseline'
+        )
 
     b = y.shape[0]
     was_training = model.training

@@ -55,29 +55,63 @@ class Phase:
         return self.name != "vae" and not (self.name == "prior" and start == "vae")
 
 
-PHASES: dict[str, Phase] = {p.name: p for p in (
-    Phase("vae", "phase 1", "vae", ("encoder", "decoder", "prior"), (),
-          "Phase 1: train encoder, decoder and prior on the ELBO.",
-          "Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory."),
-    Phase("glow", "phase 2", "full", ("flow",), ("vae", "prior"),
-          "Phase 2: train the Glow layer on the frozen VAE.",
-          "Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory."),
-    Phase("baseline", "the baseline", "baseline", ("flow",), (),
-          "Train the flow alone: the standalone Glow baseline.",
-          "Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's "
-          "standalone Glow baseline: configs/glow-cifar10.toml). Prints the run directory."),
-    Phase("joint", "the joint fine-tuning", "joint", MODEL_PARTS, ("glow",),
-          "Fine-tune all parts together after both phases.",
-          "After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full "
-          "model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory.",
-          {"epochs": 5, "lr": 1e-5}),
-    Phase("prior", "the prior training", "prior", ("prior",), ("glow", "vae"),
-          "Train the prior alone on the frozen encoder's z.",
-          "Train the prior alone on z ~ q(z|x) of the frozen encoder ([train.prior]), starting from "
-          "phase 2 (or phase 1): the second stage of a two-stage VAE prior (model.prior.type = "
-          '"two-stage-vae"; Dai & Wipf, the paper\'s Table 1), or more steps for any other prior. '
-          "Prints the run directory.", {"epochs": 20, "lr": 1e-3}),
-)}
+PHASES: dict[str, Phase] = {
+    p.name: p
+    for p in (
+        Phase(
+            "vae",
+            "phase 1",
+            "vae",
+            ("encoder", "decoder", "prior"),
+            (),
+            "Phase 1: train encoder, decoder and prior on the ELBO.",
+            "Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory.",
+        ),
+        Phase(
+            "glow",
+            "phase 2",
+            "full",
+            ("flow",),
+            ("vae", "prior"),
+            "Phase 2: train the Glow layer on the frozen VAE.",
+            "Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory.",
+        ),
+        Phase(
+            "baseline",
+            "the baseline",
+            "baseline",
+            ("flow",),
+            (),
+            "Train the flow alone: the standalone Glow baseline.",
+            "Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's "
+            "standalone Glow baseline: configs/glow-cifar10.toml). Prints the run directory.",
+        ),
+        Phase(
+            "joint",
+            "the joint fine-tuning",
+            "joint",
+            MODEL_PARTS,
+            ("glow",),
+            "Fine-tune all parts together after both phases.",
+            "After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full "
+            "model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory.",
+            {"epochs": 5, "lr": 1e-5},
+        ),
+        Phase(
+            "prior",
+            "the prior training",
+            "prior",
+            ("prior",),
+            ("glow", "vae"),
+            "Train the prior alone on the frozen encoder's z.",
+            "Train the prior alone on z ~ q(z|x) of the frozen encoder ([train.prior]), starting from "
+            "phase 2 (or phase 1): the second stage of a two-stage VAE prior (model.prior.type = "
+            '"two-stage-vae"; Dai & Wipf, the paper\'s Table 1), or more steps for any other prior. '
+            "Prints the run directory.",
+            {"epochs": 20, "lr": 1e-3},
+        ),
+    )
+}
 """The phases in ``[train.*]`` order; the order also seeds each phase's RNG (``train_phase``)."""
 
 LOAD_ORDER = ("joint", "prior", "glow", "vae")

@@ -47,8 +47,7 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
         train = [(x, r["train_bpd"]) for x, r in zip(xs, rows) if "train_bpd" in r]
         if train:
             ax.plot(*zip(*train), "-", label=f"{phase}: training loss")
-        ax.plot(xs, [r["test_bpd"] if r["test_bpd"] is not None else math.nan for r in rows], "o-", ms=3,
-                label=f"{phase}: held-out bound")
+        ax.plot(xs, [r["test_bpd"] if r["test_bpd"] is not None else math.nan for r in rows], "o-", ms=3, label=f"{phase}: held-out bound")
         offset = max(xs)
         ax.axvline(offset, color="grey", lw=0.5)
     values = [v for r in records for v in (r.get("test_bpd"), r.get("train_bpd")) if isinstance(v, (int, float)) and math.isfinite(v)]

@@ -39,8 +39,9 @@ Testing: ``vaeflow_cli.testing`` is the component check kit (it imports pytest-f
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vaeflow_cli.lazy import lazy_exports
 
 _HOMES = {
     "Range": "vaeflow_cli.constraints",
@@ -62,9 +63,12 @@ _HOMES = {
     "check_regular_file": "vaeflow_cli.limits",
 }
 
-__all__ = ["Range", "OneOf", "Check", "VaeflowError", "FlowSequence", "global_mean", "global_sum", "gaussian_log_prob",
-           "standard_normal_log_prob", "bits_per_dim", "DEFAULT_MAX_PIXELS", "decode_with_fallback", "cached_array",
-           "cache_path", "file_signature", "file_problem", "check_regular_file"]  # = _HOMES (tests/test_plugins.py checks)
+# fmt: off
+__all__ = ["Range", "OneOf", "Check", "VaeflowError", "FlowSequence", "global_mean", "global_sum",
+           "gaussian_log_prob", "standard_normal_log_prob", "bits_per_dim", "DEFAULT_MAX_PIXELS",
+           "decode_with_fallback", "cached_array", "cache_path", "file_signature", "file_problem",
+           "check_regular_file"]  # = _HOMES (tests/test_plugins.py checks)
+# fmt: on
 
 if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.constraints import Check, OneOf, Range
@@ -75,14 +79,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.limits import check_regular_file, file_problem
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"vaeflow_cli.plugin_api has no {name!r}; plugins may use: {', '.join(__all__)}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, "plugins may use the names in vaeflow_cli.plugin_api.__all__")

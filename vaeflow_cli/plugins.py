@@ -81,8 +81,10 @@ class Component:
             if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc):
                 raise
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise VaeflowError(f"{section}: {self.kind} {self.name!r} (plugin {self.plugin!r}) cannot be built with these options: "
-                               f"{type(exc).__name__}: {first}; fix {section}") from None
+            raise VaeflowError(
+                f"{section}: {self.kind} {self.name!r} (plugin {self.plugin!r}) cannot be built with these options: "
+                f"{type(exc).__name__}: {first}; fix {section}"
+            ) from None
 
 
 @dataclass
@@ -124,8 +126,7 @@ class Registry:
             )
 
     def _exclude_either(self, a: str, b: str) -> str:
-        hints = [exclude_hint(self.plugins[p]) for p in dict.fromkeys((a, b))
-                 if p in self.plugins and not self.plugins[p].builtin]
+        hints = [exclude_hint(self.plugins[p]) for p in dict.fromkeys((a, b)) if p in self.plugins and not self.plugins[p].builtin]
         return " or ".join(hints) if hints else "rename one"
 
     def failed(self) -> list[PluginInfo]:
@@ -181,8 +182,7 @@ def parse_selection(value: str | Iterable[str] | None) -> Selection:
     exclude = {item[1:].strip() for item in items if item.startswith("-")}
     if "" in exclude:
         shown = value if isinstance(value, str) else ",".join(items)
-        raise VaeflowError(f"{ENV_VAR}={shown}: a '-' must be followed by a plugin name, "
-                           f"e.g. {ENV_VAR}=-myplugin to load all plugins but myplugin")
+        raise VaeflowError(f"{ENV_VAR}={shown}: a '-' must be followed by a plugin name, e.g. {ENV_VAR}=-myplugin to load all plugins but myplugin")
     return Selection(include=frozenset(include) if include else None, exclude=frozenset(exclude))
 
 
@@ -257,13 +257,13 @@ def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
             raise _PluginFailed(f"invalid hook: {_one_line(str(exc))}") from None
         raise _PluginFailed(f"registering it raised {describe_exception(exc)}") from None
     unknown = sorted(
-        hc.name for hc in pm.get_hookcallers(obj) or []
+        hc.name
+        for hc in pm.get_hookcallers(obj) or []
         if not hc.has_spec() and not all(i.optionalhook for i in hc.get_hookimpls() if i.plugin is obj)
     )
     if unknown:
         pm.unregister(obj, name=name)
-        raise _PluginFailed(f"it has a hook that vaeflow does not define ({', '.join(unknown)}); "
-                            f"vaeflow's hooks are {', '.join(KINDS)}")
+        raise _PluginFailed(f"it has a hook that vaeflow does not define ({', '.join(unknown)}); vaeflow's hooks are {', '.join(KINDS)}")
 
 
 def _collect(pm: pluggy.PluginManager, plugin: str, *, strict: bool = False) -> list[tuple[str, str, Any]]:
@@ -318,8 +318,7 @@ def _distribution(ep: md.EntryPoint) -> str:
 _FROM_ENV = object()
 
 
-def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_points: bool = True,
-                   allowed=_FROM_ENV) -> Registry:
+def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_points: bool = True, allowed=_FROM_ENV) -> Registry:
     """Register the built-ins, the selected third-party entry-point plugins (unless
     ``load_entry_points`` is off) and ``extra`` (name, object) pairs.
 
@@ -340,8 +339,7 @@ def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_point
         raise VaeflowError(f"vaeflow's built-in components (the distribution {BUILTIN_DISTRIBUTION!r}) are not installed; {BUILTIN_FIX}")
     for ep in builtins:
         pm.register(ep.load(), name=ep.name)
-        registry.plugins[ep.name] = PluginInfo(ep.name, ep.dist.version, builtin=True, distribution=BUILTIN_DISTRIBUTION,
-                                               entry_point=ep.value)
+        registry.plugins[ep.name] = PluginInfo(ep.name, ep.dist.version, builtin=True, distribution=BUILTIN_DISTRIBUTION, entry_point=ep.value)
         for kind, component, factory in _collect(pm, ep.name, strict=True):
             registry.add(kind, ep.name, component, factory)
 
@@ -354,19 +352,16 @@ def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_point
             if dist == BUILTIN_DISTRIBUTION or not selection.admits(ep.name, dist):
                 continue
             version = ep.dist.version if ep.dist is not None else "unknown"
-            pending.append((PluginInfo(ep.name, version, builtin=False, distribution=dist, entry_point=ep.value),
-                            ep.load))
+            pending.append((PluginInfo(ep.name, version, builtin=False, distribution=dist, entry_point=ep.value), ep.load))
     for name, obj in extra:
-        pending.append((PluginInfo(name, getattr(obj, "__version__", "unknown"), builtin=False),
-                        lambda _obj=obj: _obj))
+        pending.append((PluginInfo(name, getattr(obj, "__version__", "unknown"), builtin=False), lambda _obj=obj: _obj))
 
     for info, load in pending:
         other = registry.plugins.get(info.name)
         if other is not None:
             dists = " and ".join(repr(d) for d in (other.distribution, info.distribution) if d)
             fix = f"exclude one by its distribution name, e.g. {ENV_VAR}=-{info.distribution}" if info.distribution else "rename one"
-            raise VaeflowError(f"two plugins are named {info.name!r}" + (f" (distributions {dists})" if dists else "")
-                               + f"; uninstall one, or {fix}")
+            raise VaeflowError(f"two plugins are named {info.name!r}" + (f" (distributions {dists})" if dists else "") + f"; uninstall one, or {fix}")
         registry.plugins[info.name] = info
         try:
             try:
@@ -391,8 +386,7 @@ def build_registry(*, extra: Iterable[tuple[str, object]] = (), load_entry_point
 
 def failure_warning(info: PluginInfo) -> str:
     """The one-line warning for a plugin that failed to load (without the ``vaeflow: warning:`` prefix)."""
-    return (f"plugin {info.name!r} failed to load ({info.error}); its components are unavailable; "
-            f"{exclude_hint(info)}")
+    return f"plugin {info.name!r} failed to load ({info.error}); its components are unavailable; {exclude_hint(info)}"
 
 
 _REGISTRY: Registry | None = None

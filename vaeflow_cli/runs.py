@@ -88,8 +88,7 @@ class RunDir:
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete the temporary files (``.NAME.*.tmp``) that a killed writer left in the run
         directory and its checkpoints folder. Only the holder of ``lock`` may call this."""
-        stale = [p for folder in (self.path, self.path / "checkpoints") if folder.is_dir()
-                 for p in folder.glob(".*.tmp") if p.is_file()]
+        stale = [p for folder in (self.path, self.path / "checkpoints") if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
         for p in stale:
             p.unlink(missing_ok=True)
         return stale
@@ -114,8 +113,9 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RuntimeFailure(f"{self.path} is in use: another vaeflow process is training in it; wait until it ends, "
-                                     "or choose another --run") from None
+                raise RuntimeFailure(
+                    f"{self.path} is in use: another vaeflow process is training in it; wait until it ends, or choose another --run"
+                ) from None
             yield
         finally:
             os.close(fd)  # releases the lock
@@ -202,19 +202,35 @@ def load_checkpoint(path: Path, *, map_location="cpu") -> dict[str, Any]:
             why = "it holds pickled Python objects, which weights-only loading refuses: a foreign or malicious file"
         else:
             why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]}"
-        raise VaeflowError(f"checkpoint {path} cannot be read ({why}); it is truncated or not a vaeflow checkpoint: retrain that phase or restore the file") from None
+        raise VaeflowError(
+            f"checkpoint {path} cannot be read ({why}); it is truncated or not a vaeflow checkpoint: retrain that phase or restore the file"
+        ) from None
     check_checkpoint(state, path)
     return state
 
 
 # What a checkpoint holds: key -> accepted types (checked before anything is loaded from it).
 CHECKPOINT_SCHEMA: dict[str, tuple] = {
-    "format": (int,), "phase": (str,), "model": (dict,), "signature": (str,), "epoch": (int,),
-    "epochs": (int,), "step": (int,), "global_step": (int,), "complete": (bool,), "optimizer": (dict,),
-    "rng": (dict,), "loss_sum": (int, float), "loss_n": (int, float),
+    "format": (int,),
+    "phase": (str,),
+    "model": (dict,),
+    "signature": (str,),
+    "epoch": (int,),
+    "epochs": (int,),
+    "step": (int,),
+    "global_step": (int,),
+    "complete": (bool,),
+    "optimizer": (dict,),
+    "rng": (dict,),
+    "loss_sum": (int, float),
+    "loss_n": (int, float),
 }
 CHECKPOINT_OPTIONAL: dict[str, tuple] = {
-    "scaler": (dict,), "rng_ranks": (list,), "skipped_steps": (int,), "world_size": (int,), "lr": (int, float),
+    "scaler": (dict,),
+    "rng_ranks": (list,),
+    "skipped_steps": (int,),
+    "world_size": (int,),
+    "lr": (int, float),
     "start": (str, type(None)),
 }
 
@@ -229,11 +245,15 @@ def check_checkpoint(state: Any, path: Path) -> None:
     if not isinstance(state["format"], int) or isinstance(state["format"], bool):
         raise VaeflowError(f"checkpoint {path}: 'format' is {type(state['format']).__name__}, not an integer; the file is not a vaeflow checkpoint")
     if state["format"] > CHECKPOINT_FORMAT:
-        raise VaeflowError(f"checkpoint {path} has format {state['format']}, newer than this vaeflow understands ({CHECKPOINT_FORMAT}); upgrade vaeflow")
+        raise VaeflowError(
+            f"checkpoint {path} has format {state['format']}, newer than this vaeflow understands ({CHECKPOINT_FORMAT}); upgrade vaeflow"
+        )
     for key, types in {**CHECKPOINT_SCHEMA, **CHECKPOINT_OPTIONAL}.items():
         if key not in state:
             if key in CHECKPOINT_SCHEMA:
-                raise VaeflowError(f"checkpoint {path} has no {key!r} entry; it is damaged or not a vaeflow checkpoint: retrain that phase or restore the file")
+                raise VaeflowError(
+                    f"checkpoint {path} has no {key!r} entry; it is damaged or not a vaeflow checkpoint: retrain that phase or restore the file"
+                )
             continue
         value = state[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -241,19 +261,32 @@ def check_checkpoint(state: Any, path: Path) -> None:
             raise VaeflowError(f"checkpoint {path}: {key!r} is {type(value).__name__}, not {want}; it is damaged or not a vaeflow checkpoint")
     position = _position_problem(state)
     if position:
-        raise VaeflowError(f"checkpoint {path}: {position}; it is damaged: use an earlier checkpoint ({path.parent}/{state['phase']}-step*.pt) or retrain that phase")
+        raise VaeflowError(
+            f"checkpoint {path}: {position}; it is damaged: use an earlier checkpoint ({path.parent}/{state['phase']}-step*.pt) or retrain that phase"
+        )
     bad = [k for k, v in state["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise VaeflowError(f"checkpoint {path}: its weights hold {len(bad)} entries that are not named tensors (first: {bad[0]!r}); it is damaged or not a vaeflow checkpoint")
-    optim = [v for s in (state["optimizer"].get("state") or {}).values() if isinstance(s, dict)
-             for v in s.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        raise VaeflowError(
+            f"checkpoint {path}: its weights hold {len(bad)} entries that are not named tensors (first: {bad[0]!r}); it is damaged or not a vaeflow checkpoint"
+        )
+    optim = [
+        v
+        for s in (state["optimizer"].get("state") or {}).values()
+        if isinstance(s, dict)
+        for v in s.values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    ]
     if not all_finite(optim):
-        raise VaeflowError(f"checkpoint {path} has a non-finite optimizer state; resuming from it cannot work: use an earlier checkpoint "
-                           f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase")
+        raise VaeflowError(
+            f"checkpoint {path} has a non-finite optimizer state; resuming from it cannot work: use an earlier checkpoint "
+            f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase"
+        )
     if not all_finite([v for v in state["model"].values() if v.is_floating_point()]):
         first = next(k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all())
-        raise VaeflowError(f"checkpoint {path} has non-finite weights (first: {first!r}); use an earlier checkpoint "
-                           f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase")
+        raise VaeflowError(
+            f"checkpoint {path} has non-finite weights (first: {first!r}); use an earlier checkpoint "
+            f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase"
+        )
 
 
 def all_finite(tensors) -> bool:
@@ -282,8 +315,12 @@ def _position_problem(state: dict) -> str | None:
         if not (isinstance(rng, dict) and isinstance(rng.get("cpu"), torch.Tensor) and rng["cpu"].dtype == torch.uint8):
             return "an RNG state is not a generator state"
     opt = state["optimizer"]
-    if not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
-            and all(isinstance(s, dict) for s in opt["state"].values()) and all(isinstance(g, dict) for g in opt["param_groups"])):
+    if not (
+        isinstance(opt.get("state"), dict)
+        and isinstance(opt.get("param_groups"), list)
+        and all(isinstance(s, dict) for s in opt["state"].values())
+        and all(isinstance(g, dict) for g in opt["param_groups"])
+    ):
         return "its optimizer state is not an optimizer's state_dict"
     try:
         sig = json.loads(state["signature"])
@@ -295,8 +332,15 @@ def _position_problem(state: dict) -> str | None:
 
 
 # metrics.jsonl: what a record holds (key -> accepted types); other keys are free
-METRIC_TYPES: dict[str, tuple] = {"phase": (str,), "epoch": (int,), "train_bpd": (int, float, type(None)),
-                                  "test_bpd": (int, float, type(None)), "lr": (int, float), "steps": (int,), "seconds": (int, float)}
+METRIC_TYPES: dict[str, tuple] = {
+    "phase": (str,),
+    "epoch": (int,),
+    "train_bpd": (int, float, type(None)),
+    "test_bpd": (int, float, type(None)),
+    "lr": (int, float),
+    "steps": (int,),
+    "seconds": (int, float),
+}
 
 
 def _metric_problem(record: Any) -> str | None:
@@ -318,23 +362,32 @@ def load_weights(model, weights: dict, path: Path) -> None:
     missing = [k for k in own if k not in weights]
     extra = [k for k in weights if k not in own]
     shape = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
-    kind = [k for k in own if k in weights and k not in shape
-            and (own[k].is_floating_point() != weights[k].is_floating_point() or weights[k].is_complex())]
+    kind = [
+        k
+        for k in own
+        if k in weights and k not in shape and (own[k].is_floating_point() != weights[k].is_floating_point() or weights[k].is_complex())
+    ]
     if kind:
         k = kind[0]
-        raise VaeflowError(f"checkpoint {path}: {len(kind)} tensors have the wrong kind of number (first: {k!r} is {weights[k].dtype} "
-                           f"in the checkpoint, {own[k].dtype} in the model); the file is damaged or not a vaeflow checkpoint")
+        raise VaeflowError(
+            f"checkpoint {path}: {len(kind)} tensors have the wrong kind of number (first: {k!r} is {weights[k].dtype} "
+            f"in the checkpoint, {own[k].dtype} in the model); the file is damaged or not a vaeflow checkpoint"
+        )
     if missing or extra or shape:
         parts = []
         if shape:
             k = shape[0]
-            parts.append(f"{len(shape)} tensors differ in shape (first: {k!r} is {tuple(weights[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model)")
+            parts.append(
+                f"{len(shape)} tensors differ in shape (first: {k!r} is {tuple(weights[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model)"
+            )
         if missing:
             parts.append(f"{len(missing)} are missing (first: {missing[0]!r})")
         if extra:
             parts.append(f"{len(extra)} are unknown to the model (first: {extra[0]!r})")
-        raise VaeflowError(f"checkpoint {path} does not fit the model built from the run's config: {'; '.join(parts)}; "
-                           "it was made with another [model] config or vaeflow version: use that run's own directory, or retrain")
+        raise VaeflowError(
+            f"checkpoint {path} does not fit the model built from the run's config: {'; '.join(parts)}; "
+            "it was made with another [model] config or vaeflow version: use that run's own directory, or retrain"
+        )
     model.load_state_dict(weights)
 
 
@@ -346,7 +399,9 @@ def check_signature(state: dict, cfg: dict, path: Path) -> None:
     except (TypeError, ValueError):
         got = None
     if got != want:
-        raise VaeflowError(f"checkpoint {path} was trained with a different [model]/[data] config than {path.parent.parent}/config.toml; use the run's own config or a new --run")
+        raise VaeflowError(
+            f"checkpoint {path} was trained with a different [model]/[data] config than {path.parent.parent}/config.toml; use the run's own config or a new --run"
+        )
 
 
 def model_from_state(cfg: dict, state: dict, *, device: str = "cpu", path: str | Path = "the checkpoint"):

@@ -30,8 +30,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0,
-           vae_only: bool = False, batch: int = SAMPLE_BATCH) -> torch.Tensor:
+def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0, vae_only: bool = False, batch: int = SAMPLE_BATCH) -> torch.Tensor:
     """n samples, float32 (n, C, H, W) in [0, 1], drawn ``batch`` at a time from one seeded CPU
     stream: the same seed (and ``batch``) gives the same images on any device."""
     g = torch.Generator().manual_seed(seed)
@@ -39,13 +38,12 @@ def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0,
     out = torch.empty((n, *model.image_shape), dtype=torch.float32)
     for i in range(0, n, batch):
         m = min(batch, n - i)
-        out[i:i + m] = unit_images(model.sample(m, temperature=temperature, vae_only=vae_only, generator=g))
+        out[i : i + m] = unit_images(model.sample(m, temperature=temperature, vae_only=vae_only, generator=g))
     return out
 
 
 @torch.no_grad()
-def interpolate_prior(model: VAEFlow, *, pairs: int, steps: int, seed: int = 0,
-                      temperature: float = 0.0) -> torch.Tensor:
+def interpolate_prior(model: VAEFlow, *, pairs: int, steps: int, seed: int = 0, temperature: float = 0.0) -> torch.Tensor:
     """Rows of images along spherical paths between pairs of base points u ~ N(0, I), mapped to
     z = h^-1(u) and decoded: float32 (pairs, steps, C, H, W). At temperature 0 each image is
     f^-1(g_mu(z)), so frames change only with z."""

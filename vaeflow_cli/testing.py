@@ -73,11 +73,23 @@ import torch
 from torch import nn
 
 __all__ = [
-    "MODE_DEPENDENT_LAYERS", "perturb", "mode_dependent_layers",
-    "check_bijection", "check_log_prob_change_of_variables", "check_flow_outputs", "check_gradients",
-    "check_state_dict_round_trip", "check_modes_agree", "check_identity_at_init",
-    "check_flow_component", "check_encoder", "check_decoder", "check_prior", "check_prior_component",
-    "check_dataset", "check_dataset_missing_files",
+    "MODE_DEPENDENT_LAYERS",
+    "perturb",
+    "mode_dependent_layers",
+    "check_bijection",
+    "check_log_prob_change_of_variables",
+    "check_flow_outputs",
+    "check_gradients",
+    "check_state_dict_round_trip",
+    "check_modes_agree",
+    "check_identity_at_init",
+    "check_flow_component",
+    "check_encoder",
+    "check_decoder",
+    "check_prior",
+    "check_prior_component",
+    "check_dataset",
+    "check_dataset_missing_files",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -189,8 +201,7 @@ def _log_det_by_autograd(fn: Callable[[torch.Tensor], torch.Tensor], point: torc
     return value.item()
 
 
-def check_bijection(flow: nn.Module, x: torch.Tensor, *, inverse_atol: float = 1e-5, log_det_atol: float = 1e-4,
-                    jacobian_samples: int = 2) -> None:
+def check_bijection(flow: nn.Module, x: torch.Tensor, *, inverse_atol: float = 1e-5, log_det_atol: float = 1e-4, jacobian_samples: int = 2) -> None:
     """Assert that ``flow`` inverts on ``x`` (B, ...) and that both of its log-dets match autograd.
 
     ``flow(x) -> (y, log|det dy/dx|)`` and ``flow.inverse(y) -> (x, log|det dx/dy|)``, log-dets of
@@ -226,13 +237,15 @@ def check_bijection(flow: nn.Module, x: torch.Tensor, *, inverse_atol: float = 1
             yi = flow64(xi.reshape(1, *shape))[0]
             got = flow64(xi.reshape(1, *shape))[1][0].item()
         assert abs(got - expected) <= log_det_atol * max(1.0, abs(expected)), (
-            f"forward log_det {got:.6f} differs from log|det J| = {expected:.6f} computed by autograd (item {i})")
+            f"forward log_det {got:.6f} differs from log|det J| = {expected:.6f} computed by autograd (item {i})"
+        )
         expected_inv = _log_det_by_autograd(inv, yi.reshape(-1))
         with torch.no_grad():
             got_inv = flow64.inverse(yi)[1][0].item()
         assert abs(got_inv - expected_inv) <= log_det_atol * max(1.0, abs(expected_inv)), (
             f"inverse log_det {got_inv:.6f} differs from log|det J| of the inverse = {expected_inv:.6f} computed by autograd "
-            f"at y = forward(x) (item {i})")
+            f"at y = forward(x) (item {i})"
+        )
     gap = (log_det + log_det_inv).abs().max().item()
     assert gap <= log_det_atol * max(1.0, log_det.abs().max().item()), f"inverse log_det is not -forward log_det (gap {gap:.3g})"
 
@@ -254,7 +267,8 @@ def check_log_prob_change_of_variables(prior: nn.Module, z: torch.Tensor, *, ato
         expected = (-0.5 * (u * u).sum() - 0.5 * d * LOG_2PI).item() + log_det
         assert abs(got - expected) <= atol * max(1.0, abs(expected)), (
             f"log_prob(z) = {got:.6f} but log N(h(z); 0, I) + log|det dh/dz| = {expected:.6f} (Jacobian by autograd, row {i}): "
-            f"log_prob is not the density of h^-1(u), u ~ N(0, I)")
+            f"log_prob is not the density of h^-1(u), u ~ N(0, I)"
+        )
 
 
 def check_flow_outputs(flow: nn.Module, x: torch.Tensor) -> None:
@@ -277,8 +291,9 @@ def check_flow_outputs(flow: nn.Module, x: torch.Tensor) -> None:
 # ------------------------------------------------------------------ module checks
 
 
-def check_gradients(module: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], *, no_grad_ok: Iterable[str] = (),
-                    what: str = "the loss") -> None:
+def check_gradients(
+    module: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], *, no_grad_ok: Iterable[str] = (), what: str = "the loss"
+) -> None:
     """Assert that ``loss_fn(module)``, a finite scalar tensor, gives every parameter with
     ``requires_grad`` a finite gradient, and a non-zero one where the loss depends on it.
 
@@ -306,7 +321,8 @@ def check_gradients(module: nn.Module, loss_fn: Callable[[nn.Module], torch.Tens
         if not loss.requires_grad:
             assert not [n for n, _ in params if not any(fnmatch.fnmatchcase(n, a) for a in allowed)], (
                 f"{what} does not depend on any parameter (no gradient at all); the outputs are computed without autograd "
-                f"(torch.no_grad, .detach(), numpy?)")
+                f"(torch.no_grad, .detach(), numpy?)"
+            )
             return
         loss.backward()
         missing, zero, bad = [], [], []
@@ -328,10 +344,14 @@ def check_gradients(module: nn.Module, loss_fn: Callable[[nn.Module], torch.Tens
     if missing:
         problems.append(f"{len(missing)} get no gradient ({', '.join(map(repr, missing[:5]))}{', ...' if len(missing) > 5 else ''})")
     if zero:
-        problems.append(f"{len(zero)} get an all-zero gradient although moving them changes the loss, so autograd is blocked "
-                        f"({', '.join(map(repr, zero[:5]))}{', ...' if len(zero) > 5 else ''})")
-    assert not problems, (f"of {len(params)} trainable parameters, {' and '.join(problems)} from {what} (after perturb): they never train; "
-                          f"remove them, set requires_grad=False, or declare the ones that are unused by design with no_grad_ok=('name*',)")
+        problems.append(
+            f"{len(zero)} get an all-zero gradient although moving them changes the loss, so autograd is blocked "
+            f"({', '.join(map(repr, zero[:5]))}{', ...' if len(zero) > 5 else ''})"
+        )
+    assert not problems, (
+        f"of {len(params)} trainable parameters, {' and '.join(problems)} from {what} (after perturb): they never train; "
+        f"remove them, set requires_grad=False, or declare the ones that are unused by design with no_grad_ok=('name*',)"
+    )
 
 
 def _moves_the_loss(module: nn.Module, loss_fn, loss: torch.Tensor, names: list[str], seed: int = 0) -> list[str]:
@@ -375,14 +395,18 @@ def check_state_dict_round_trip(module: nn.Module, make_fresh: Callable[[], nn.M
     try:
         loaded = torch.load(buf, weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- what the weights-only unpickler refuses
-        raise AssertionError(f"the state_dict cannot be read back with torch.load(weights_only=True), as vaeflow reads checkpoints "
-                             f"({_first_line(exc)}); keep only tensors (and plain Python values) in it, e.g. no custom get_extra_state objects") from None
+        raise AssertionError(
+            f"the state_dict cannot be read back with torch.load(weights_only=True), as vaeflow reads checkpoints "
+            f"({_first_line(exc)}); keep only tensors (and plain Python values) in it, e.g. no custom get_extra_state objects"
+        ) from None
     fresh = make_fresh()
     try:
         fresh.load_state_dict(loaded)
     except Exception as exc:  # noqa: BLE001
-        raise AssertionError(f"load_state_dict into a fresh instance from the same factory fails ({_first_line(exc)}): "
-                             f"its state dict depends on something other than the factory's arguments") from None
+        raise AssertionError(
+            f"load_state_dict into a fresh instance from the same factory fails ({_first_line(exc)}): "
+            f"its state dict depends on something other than the factory's arguments"
+        ) from None
     try:
         for mode in ("eval", "train"):
             with torch.no_grad():
@@ -395,13 +419,13 @@ def check_state_dict_round_trip(module: nn.Module, make_fresh: Callable[[], nn.M
                         f"instance built with another seed) {k!r} differs in {mode}() mode by up to {_max_diff(a[k], b[k]):.3g}: some "
                         f"state that changes the outputs is not in state_dict(): a tensor attribute that should be a registered "
                         f"buffer, a buffer registered with persistent=False, or a Python attribute (e.g. set by data-dependent "
-                        f"initialisation); a resumed run or a loaded checkpoint would compute something else")
+                        f"initialisation); a resumed run or a loaded checkpoint would compute something else"
+                    )
     finally:
         module.train(was_training)
 
 
-def check_modes_agree(module: nn.Module, outputs: Outputs, *, seed: int = 0, atol: float = 1e-6,
-                      modes_differ: bool | None = None) -> None:
+def check_modes_agree(module: nn.Module, outputs: Outputs, *, seed: int = 0, atol: float = 1e-6, modes_differ: bool | None = None) -> None:
     """Assert that ``outputs`` (a function of a module returning named tensors) agree in eval()
     and train() mode, to ``atol`` relative to max(1, |value|), each call under the torch seed
     ``seed`` and without gradients. Call it after any data-dependent initialisation has happened
@@ -429,11 +453,13 @@ def check_modes_agree(module: nn.Module, outputs: Outputs, *, seed: int = 0, ato
             raise AssertionError(
                 f"{k!r} differs between eval() and train() mode by up to {d:.3g} (after a first forward pass in train() mode, so "
                 f"data-dependent initialisation is done; {held}): vaeflow trains in train() and evaluates in eval() mode and "
-                f"expects one function; if the difference is by design, declare it with modes_differ=True")
+                f"expects one function; if the difference is by design, declare it with modes_differ=True"
+            )
 
 
-def check_identity_at_init(factory, image_shape=(3, 4, 4), *, batch: int = 4, seed: int = 0, atol: float = 1e-5,
-                           log_det_atol: float = 1e-4, **kwargs) -> None:
+def check_identity_at_init(
+    factory, image_shape=(3, 4, 4), *, batch: int = 4, seed: int = 0, atol: float = 1e-5, log_det_atol: float = 1e-4, **kwargs
+) -> None:
     """Assert the ``Flow`` protocol's identity at initialisation: a flow freshly built by
     ``factory(image_shape=image_shape, **kwargs)`` (``test_kwargs`` first; not perturbed) maps
     random inputs x (B, C, H, W) to themselves with log_det = 0, forward and inverse:
@@ -465,7 +491,8 @@ def check_identity_at_init(factory, image_shape=(3, 4, 4), *, batch: int = 4, se
                 f"the flow is not the identity at initialisation ({when}, {direction}): max |{name} - x| / (1 + |x|) = {err:.3g} "
                 f"(allowed {atol:g}) and max |log_det| = {ld_max:.3g} nats (allowed {log_det_atol:g}); a VAE's pixel flow must "
                 f"start as f(x) = x with log_det = 0 so that phase 2 starts at the phase-1 bound (vaeflow_cli.hookspecs.Flow, "
-                f"docs/model.md); a flow meant only as a standalone density (vaeflow train-baseline) is checked with pixel_flow=False")
+                f"docs/model.md); a flow meant only as a standalone density (vaeflow train-baseline) is checked with pixel_flow=False"
+            )
 
     x1, x2 = inputs(seed + 7), inputs(seed + 9)
     flow.eval()
@@ -481,9 +508,19 @@ def check_identity_at_init(factory, image_shape=(3, 4, 4), *, batch: int = 4, se
 # ------------------------------------------------------------------ entry points, one per kind
 
 
-def _run_module_checks(make: Callable[[int], nn.Module], *, seed: int, warm_up: Callable[[nn.Module], Any], outputs: Outputs,
-                       loss_outputs: Outputs, loss_what: str, no_grad_ok: Iterable[str], modes_differ: bool | None,
-                       prepare: Callable[[nn.Module], Any] | None, contract: Callable[[nn.Module], Any]) -> nn.Module:
+def _run_module_checks(
+    make: Callable[[int], nn.Module],
+    *,
+    seed: int,
+    warm_up: Callable[[nn.Module], Any],
+    outputs: Outputs,
+    loss_outputs: Outputs,
+    loss_what: str,
+    no_grad_ok: Iterable[str],
+    modes_differ: bool | None,
+    prepare: Callable[[nn.Module], Any] | None,
+    contract: Callable[[nn.Module], Any],
+) -> nn.Module:
     """Build (seed), perturb, prepare, warm up in train() mode, then: the protocol's ``contract``
     (eval mode), modes agree, state_dict round trip into make(seed + 1), gradients of a weighted
     sum of ``loss_outputs``. Returns the module (eval mode)."""
@@ -506,8 +543,17 @@ def _run_module_checks(make: Callable[[int], nn.Module], *, seed: int, warm_up: 
     return module.eval()
 
 
-def check_flow_component(factory, *, image_shape=(3, 4, 4), batch: int = 3, seed: int = 0, pixel_flow: bool = False,
-                         modes_differ: bool | None = None, no_grad_ok: Iterable[str] = (), **kwargs) -> None:
+def check_flow_component(
+    factory,
+    *,
+    image_shape=(3, 4, 4),
+    batch: int = 3,
+    seed: int = 0,
+    pixel_flow: bool = False,
+    modes_differ: bool | None = None,
+    no_grad_ok: Iterable[str] = (),
+    **kwargs,
+) -> None:
     """Check a registered flow factory (``FlowFactory``) on images of ``image_shape`` (C, H, W):
     with ``pixel_flow`` the identity at initialisation first (``check_identity_at_init``; pass it
     for any flow meant as a VAE's ``[model.flow]``, where vaeflow enforces it when training
@@ -530,13 +576,23 @@ def check_flow_component(factory, *, image_shape=(3, 4, 4), batch: int = 3, seed
         ix, ild = _pair(flow.inverse(y_in), "inverse")
         return {"forward": fx, "log_det": ld, "inverse": ix, "inverse log_det": ild}
 
-    flow = _run_module_checks(lambda s: _seeded(lambda: factory(image_shape=shape, **kwargs), s), seed=seed,
-                              warm_up=lambda m: m(x_warm), outputs=outputs, loss_outputs=lambda m: dict(zip(("forward", "log_det"), m(x))),
-                              loss_what="a loss of the forward outputs and log_det", no_grad_ok=no_grad_ok,
-                              modes_differ=modes_differ, prepare=None, contract=lambda m: check_flow_outputs(m, x))
+    flow = _run_module_checks(
+        lambda s: _seeded(lambda: factory(image_shape=shape, **kwargs), s),
+        seed=seed,
+        warm_up=lambda m: m(x_warm),
+        outputs=outputs,
+        loss_outputs=lambda m: dict(zip(("forward", "log_det"), m(x))),
+        loss_what="a loss of the forward outputs and log_det",
+        no_grad_ok=no_grad_ok,
+        modes_differ=modes_differ,
+        prepare=None,
+        contract=lambda m: check_flow_outputs(m, x),
+    )
     check_bijection(flow, x)
 
 
+# (the two signatures stay wrapped: one parameter per line would repeat eight lines)
+# fmt: off
 def check_encoder(factory, *, image_shape=(1, 8, 8), latent_dim: int = 3, batch: int = 3, seed: int = 0,
                   modes_differ: bool | None = None, no_grad_ok: Iterable[str] = (), **kwargs) -> None:
     """Check a registered encoder factory (``EncoderFactory``): on dequantized images in [0, 1)
@@ -545,25 +601,19 @@ def check_encoder(factory, *, image_shape=(1, 8, 8), latent_dim: int = 3, batch:
     the mode rule); the state_dict round trip. Raises AssertionError."""
     from vaeflow_cli.hookspecs import Encoder
 
-    shape = tuple(image_shape)
-    kwargs = _kwargs(factory, kwargs)
-    y = _rand((batch, *shape), seed)
-    y_warm = _rand((max(batch, 2), *shape), seed + 11)
-
-    def outputs(enc):
-        mean, log_std = _pair(enc(y), "the encoder")
-        return {"mean": mean, "log_std": log_std}
-
-    def contract(enc):
-        assert isinstance(enc, Encoder), f"{type(enc).__name__} is not callable (vaeflow_cli.hookspecs.Encoder)"
-        with torch.no_grad():
-            out = outputs(enc)
-        _expect(out["mean"], (batch, latent_dim), "the encoder's mean")
-        _expect(out["log_std"], (batch, latent_dim), "the encoder's log_std")
-
-    _run_module_checks(lambda s: _seeded(lambda: factory(image_shape=shape, latent_dim=latent_dim, **kwargs), s), seed=seed,
-                       warm_up=lambda m: m(y_warm), outputs=outputs, loss_outputs=outputs, loss_what="a loss of mean and log_std",
-                       no_grad_ok=no_grad_ok, modes_differ=modes_differ, prepare=None, contract=contract)
+    shape, kwargs = tuple(image_shape), _kwargs(factory, kwargs)
+    _check_gaussian_module(
+        lambda: factory(image_shape=shape, latent_dim=latent_dim, **kwargs),
+        "encoder",
+        Encoder,
+        _rand((batch, *shape), seed),
+        _rand((max(batch, 2), *shape), seed + 11),
+        ("mean", "log_std"),
+        (batch, latent_dim),
+        seed=seed,
+        modes_differ=modes_differ,
+        no_grad_ok=no_grad_ok,
+    )
 
 
 def check_decoder(factory, *, image_shape=(1, 8, 8), latent_dim: int = 3, batch: int = 3, seed: int = 0,
@@ -574,25 +624,62 @@ def check_decoder(factory, *, image_shape=(1, 8, 8), latent_dim: int = 3, batch:
     round trip. Raises AssertionError."""
     from vaeflow_cli.hookspecs import Decoder
 
-    shape = tuple(image_shape)
-    kwargs = _kwargs(factory, kwargs)
-    z = _randn((batch, latent_dim), seed)
-    z_warm = _randn((max(batch, 2), latent_dim), seed + 11)
+    shape, kwargs = tuple(image_shape), _kwargs(factory, kwargs)
+    _check_gaussian_module(
+        lambda: factory(image_shape=shape, latent_dim=latent_dim, **kwargs),
+        "decoder",
+        Decoder,
+        _randn((batch, latent_dim), seed),
+        _randn((max(batch, 2), latent_dim), seed + 11),
+        ("mean", "std"),
+        (batch, *shape),
+        seed=seed,
+        modes_differ=modes_differ,
+        no_grad_ok=no_grad_ok,
+    )
 
-    def outputs(dec):
-        mean, std = _pair(dec(z), "the decoder")
-        return {"mean": mean, "std": std}
 
-    def contract(dec):
-        assert isinstance(dec, Decoder), f"{type(dec).__name__} is not callable (vaeflow_cli.hookspecs.Decoder)"
+# fmt: on
+
+
+def _check_gaussian_module(
+    build: Callable[[], nn.Module],
+    kind: str,
+    protocol: type,
+    x: torch.Tensor,
+    x_warm: torch.Tensor,
+    names: tuple[str, str],
+    shape: tuple[int, ...],
+    *,
+    seed: int,
+    modes_differ: bool | None,
+    no_grad_ok: Iterable[str],
+) -> None:
+    """An encoder or decoder: a module mapping ``x`` to the two parameters ``names`` of a diagonal
+    Gaussian, each of ``shape`` (a standard deviation positive), run through every module check."""
+
+    def outputs(module):
+        return dict(zip(names, _pair(module(x), f"the {kind}")))
+
+    def contract(module):
+        assert isinstance(module, protocol), f"{type(module).__name__} is not callable (vaeflow_cli.hookspecs.{protocol.__name__})"
         with torch.no_grad():
-            out = outputs(dec)
-        _expect(out["mean"], (batch, *shape), "the decoder's mean")
-        _expect(out["std"], (batch, *shape), "the decoder's std", positive=True)
+            out = outputs(module)
+        for name in names:
+            _expect(out[name], shape, f"the {kind}'s {name}", positive=name == "std")
 
-    _run_module_checks(lambda s: _seeded(lambda: factory(image_shape=shape, latent_dim=latent_dim, **kwargs), s), seed=seed,
-                       warm_up=lambda m: m(z_warm), outputs=outputs, loss_outputs=outputs, loss_what="a loss of mean and std",
-                       no_grad_ok=no_grad_ok, modes_differ=modes_differ, prepare=None, contract=contract)
+    _run_module_checks(
+        lambda s: _seeded(build, s),
+        seed=seed,
+        warm_up=lambda m: m(x_warm),
+        outputs=outputs,
+        loss_outputs=outputs,
+        loss_what=f"a loss of {names[0]} and {names[1]}",
+        no_grad_ok=no_grad_ok,
+        modes_differ=modes_differ,
+        prepare=None,
+        contract=contract,
+    )
 
 
 def _prior_contract(prior: nn.Module, z: torch.Tensor, u: torch.Tensor, *, mathematics: bool = True) -> None:
@@ -635,8 +722,17 @@ def check_prior_component(factory, *, latent_dim: int = 5, batch: int = 4, seed:
     _prior_contract(prior, z, u)
 
 
-def check_prior(factory, *, latent_dim: int = 4, batch: int = 4, seed: int = 0, modes_differ: bool | None = None,
-                no_grad_ok: Iterable[str] = (), prepare: Callable[[nn.Module], Any] | None = None, **kwargs) -> None:
+def check_prior(
+    factory,
+    *,
+    latent_dim: int = 4,
+    batch: int = 4,
+    seed: int = 0,
+    modes_differ: bool | None = None,
+    no_grad_ok: Iterable[str] = (),
+    prepare: Callable[[nn.Module], Any] | None = None,
+    **kwargs,
+) -> None:
     """Check a registered prior factory (``PriorFactory``): everything ``check_prior_component``
     checks, plus a gradient for every parameter from a loss of ``log_prob`` (B,) on latents
     (B, latent_dim), eval()/train() agreement, and the state_dict round trip.
@@ -658,10 +754,18 @@ def check_prior(factory, *, latent_dim: int = 4, batch: int = 4, seed: int = 0, 
             out["inverse"], out["inverse log_det"] = _pair(prior.inverse(u), "inverse")
         return out
 
-    prior = _run_module_checks(lambda s: _seeded(lambda: factory(latent_dim=latent_dim, **kwargs), s), seed=seed,
-                               warm_up=lambda m: m.log_prob(z_warm), outputs=outputs, loss_outputs=lambda m: {"log_prob": m.log_prob(z)},
-                               loss_what="a loss of log_prob", no_grad_ok=no_grad_ok, modes_differ=modes_differ, prepare=prepare,
-                               contract=lambda m: _prior_contract(m, z, u, mathematics=False))
+    prior = _run_module_checks(
+        lambda s: _seeded(lambda: factory(latent_dim=latent_dim, **kwargs), s),
+        seed=seed,
+        warm_up=lambda m: m.log_prob(z_warm),
+        outputs=outputs,
+        loss_outputs=lambda m: {"log_prob": m.log_prob(z)},
+        loss_what="a loss of log_prob",
+        no_grad_ok=no_grad_ok,
+        modes_differ=modes_differ,
+        prepare=prepare,
+        contract=lambda m: _prior_contract(m, z, u, mathematics=False),
+    )
     _prior_contract(prior, z, u)
 
 
@@ -678,14 +782,18 @@ def check_dataset(factory, **kwargs) -> None:
     from vaeflow_cli.hookspecs import Dataset
 
     ds = factory(**kwargs)
-    assert isinstance(ds, Dataset), f"a dataset must have image_shape, splits and split() (vaeflow_cli.hookspecs.Dataset); {type(ds).__name__} does not"
+    assert isinstance(ds, Dataset), (
+        f"a dataset must have image_shape, splits and split() (vaeflow_cli.hookspecs.Dataset); {type(ds).__name__} does not"
+    )
     shape = ds.image_shape
     assert isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape), (
-        f"image_shape must be a tuple of three positive ints (C, H, W), got {shape!r}")
+        f"image_shape must be a tuple of three positive ints (C, H, W), got {shape!r}"
+    )
     assert shape[0] in (1, 3), f"image_shape's C must be 1 or 3, got {shape[0]}"
     splits = ds.splits
     assert not isinstance(splits, str) and len(splits) > 0 and all(isinstance(s, str) and s for s in splits), (
-        f"splits must be a non-empty sequence of split names, got {splits!r}")
+        f"splits must be a non-empty sequence of split names, got {splits!r}"
+    )
     assert len(set(splits)) == len(splits), f"splits has duplicates: {list(splits)}"
     assert "train" in splits, f"splits must include 'train' (training reads it), got {list(splits)}"
     for name in splits:
@@ -712,6 +820,7 @@ def check_dataset_missing_files(factory, **kwargs) -> str:
         assert msg.strip() and "\n" not in msg.strip(), f"the error must be one line, got {msg!r}"
         return msg
     except Exception as exc:  # noqa: BLE001
-        raise AssertionError(f"missing files must raise vaeflow_cli.errors.VaeflowError (one line: what, where, how to fix), "
-                             f"not {_first_line(exc)}") from None
+        raise AssertionError(
+            f"missing files must raise vaeflow_cli.errors.VaeflowError (one line: what, where, how to fix), not {_first_line(exc)}"
+        ) from None
     raise AssertionError(f"no error with {kwargs!r}: a dataset whose files are missing must raise VaeflowError")

@@ -81,13 +81,24 @@ class _Timed:
                 self.peak = max(self.peak or 0, torch.cuda.max_memory_allocated(self.device))
 
 
-def _prepare(name: str, model, phase: str, *, images: np.ndarray, batch_size: int, device: torch.device, lr: float,
-             seed: int, precision: str = "fp32", compile: bool = False, channels_last: bool = False) -> _Timed:
+def _prepare(
+    name: str,
+    model,
+    phase: str,
+    *,
+    images: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    lr: float,
+    seed: int,
+    precision: str = "fp32",
+    compile: bool = False,
+    channels_last: bool = False,
+) -> _Timed:
     params = trainable_parameters(model, phase)
     opt = torch.optim.Adam(params, lr=lr)
     set_phase_mode(model, phase)
-    stepper = Stepper(model, params, opt, use_flow=phase != "vae", device=device, precision=precision,
-                      compile=compile, channels_last=channels_last)
+    stepper = Stepper(model, params, opt, use_flow=phase != "vae", device=device, precision=precision, compile=compile, channels_last=channels_last)
     loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, pin_memory=device.type == "cuda")
     return _Timed(name, phase, stepper, loader, loader.device_epoch(0, device), device)
 
@@ -124,9 +135,18 @@ def spread(times) -> dict:
     return {"median": float(q50), "iqr": float(q75 - q25), "min": float(min(times)), "max": float(max(times))}
 
 
-def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
-               baseline: dict | None = None, device: str | None = None, image_shape=None,
-               train_images: int | None = None, threads: int | None = None) -> dict:
+def run_timing(
+    cfg: dict,
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    batch_size: int | None = None,
+    baseline: dict | None = None,
+    device: str | None = None,
+    image_shape=None,
+    train_images: int | None = None,
+    threads: int | None = None,
+) -> dict:
     """Time the three models of Table 4 for a resolved config; returns the result dict (JSON-ready).
     ``image_shape`` and ``train_images`` override the dataset's (benchmarks use synthetic shapes).
     Precision, compile, channels_last and threads come from the config's [train] section
@@ -156,8 +176,11 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
     n_images = b * (steps + warmup)
     from vaeflow_cli.limits import require_memory
 
-    require_memory(n_images * math.prod(shape), f"timing's {n_images} synthetic images (--batch-size {b} x (--steps {steps} + --warmup {warmup}))",
-                   "lower --steps, --warmup or --batch-size")
+    require_memory(
+        n_images * math.prod(shape),
+        f"timing's {n_images} synthetic images (--batch-size {b} x (--steps {steps} + --warmup {warmup}))",
+        "lower --steps, --warmup or --batch-size",
+    )
     images = np.random.default_rng(seed).integers(0, 256, size=(n_images, *shape), dtype=np.uint8)
     steps_per_epoch = math.ceil(n_train / b)
 
@@ -172,10 +195,14 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
     lr = cfg["train"]["vae"]["lr"]
     configure_backends(dev, tcfg)  # after the checks: a refused start prints its error line only
     options = {"precision": tcfg["precision"], "compile": tcfg["compile"], "channels_last": tcfg["channels_last"]}
-    timed = [_prepare(name, model, phase, images=images, batch_size=b, device=dev, lr=lr, seed=seed, **options)
-             for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae2, "glow"), ("glow_baseline", glow, "baseline"))]
-    log(f"timing: {warmup} warm-up steps of each model, then {steps} rounds of one step of each (interleaved), "
-        f"batch {b} on {dev} ({tcfg['precision']}, torch threads = {torch.get_num_threads()})")
+    timed = [
+        _prepare(name, model, phase, images=images, batch_size=b, device=dev, lr=lr, seed=seed, **options)
+        for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae2, "glow"), ("glow_baseline", glow, "baseline"))
+    ]
+    log(
+        f"timing: {warmup} warm-up steps of each model, then {steps} rounds of one step of each (interleaved), "
+        f"batch {b} on {dev} ({tcfg['precision']}, torch threads = {torch.get_num_threads()})"
+    )
     try:
         interleave(timed, steps=steps, warmup=warmup)
     finally:
@@ -200,7 +227,9 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
         "interleaved": True,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "image_shape": list(shape),
         "batch_size": b,
         "train_images": n_train,
@@ -210,9 +239,11 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
         "warmup_steps": warmup,
         "glow_layer": {k: v for k, v in cfg["model"]["flow"].items()},
         "glow_baseline": baseline,
-        "parameters": {"vae": sum(p.numel() for m in (vae.encoder, vae.decoder, vae.prior) for p in m.parameters()),
-                       "glow_layer": sum(p.numel() for p in vae.flow.parameters()),
-                       "glow_baseline": sum(p.numel() for p in glow.parameters())},
+        "parameters": {
+            "vae": sum(p.numel() for m in (vae.encoder, vae.decoder, vae.prior) for p in m.parameters()),
+            "glow_layer": sum(p.numel() for p in vae.flow.parameters()),
+            "glow_baseline": sum(p.numel() for p in glow.parameters()),
+        },
         "precision": tcfg["precision"],
         "data_wait_share": {t.name: t.loader.wait_seconds / sum(t.times) for t in timed},
         "peak_memory_bytes": {t.name: t.peak for t in timed},
@@ -224,11 +255,12 @@ def run_timing(cfg: dict, *, steps: int = 20, warmup: int = 3, batch_size: int |
 def format_table(r: dict) -> str:
     """The result as a table like the paper's Table 4."""
     rows = [("VAE (phase 1)", "vae"), ("Glow layer (phase 2)", "glow_layer"), ("standalone Glow", "glow_baseline")]
-    lines = [f"device {r['device']}, images {'x'.join(map(str, r['image_shape']))}, batch {r['batch_size']}, "
-             f"{r['steps_per_epoch']} steps per epoch ({r['train_images']} training images), "
-             f"{r['timed_steps']} interleaved rounds",
-             f"{'model':24s}{'s/step (median)':>16s}{'IQR':>10s}{'s/epoch':>14s}"]
-    lines += [f"{name:24s}{r[k + '_s_per_step']:16.4f}{r[k + '_s_per_step_iqr']:10.4f}{r[k + '_s_per_epoch']:14.1f}"
-              for name, k in rows]
+    lines = [
+        f"device {r['device']}, images {'x'.join(map(str, r['image_shape']))}, batch {r['batch_size']}, "
+        f"{r['steps_per_epoch']} steps per epoch ({r['train_images']} training images), "
+        f"{r['timed_steps']} interleaved rounds",
+        f"{'model':24s}{'s/step (median)':>16s}{'IQR':>10s}{'s/epoch':>14s}",
+    ]
+    lines += [f"{name:24s}{r[k + '_s_per_step']:16.4f}{r[k + '_s_per_step_iqr']:10.4f}{r[k + '_s_per_epoch']:14.1f}" for name, k in rows]
     lines.append(f"speedup (Glow epoch / mean of the two phases): {r['speedup']:.2f}x  (paper: {r['paper_speedup']}x on a GTX 1080 Ti)")
     return "\n".join(lines)

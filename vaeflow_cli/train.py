@@ -165,14 +165,21 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
     ckpt_path = rd.checkpoint_path(phase)
     if os.path.lexists(rd.path) and not rd.path.is_dir():
         raise VaeflowError(f"--run {rd.path} is not a directory (a file, or a broken or looping link); give a run directory")
-    for entry, folder in ((rd.path / "checkpoints", True), (rd.samples_dir, True), (rd.path / "eval", True),
-                          (rd.config_path, False), (rd.metrics_path, False)):
+    for entry, folder in (
+        (rd.path / "checkpoints", True),
+        (rd.samples_dir, True),
+        (rd.path / "eval", True),
+        (rd.config_path, False),
+        (rd.metrics_path, False),
+    ):
         if os.path.lexists(entry) and (entry.is_dir() != folder or not (folder or entry.is_file())):
             want = "a folder" if folder else "a regular file"
             raise VaeflowError(f"{entry} is in the way: vaeflow keeps {want} there; move it away, or choose another --run")
     rd.read_metrics()  # a damaged metrics.jsonl is refused now, before anything is written
     if ckpt_path.exists() and not resume:
-        raise VaeflowError(f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run")
+        raise VaeflowError(
+            f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run"
+        )
     if rd.config_path.exists():
         existing = rd.resolved_config()
         if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
@@ -180,8 +187,11 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
     elif phase not in ("vae", "baseline"):
         hint = f"vaeflow train-vae --config {config_path} --run {rd.path}" if config_path else f"vaeflow train-vae --run {rd.path}"
         data, root = cfg["data"]["name"], cfg["data"].get("root", "")
-        needs = f" (it trains on the {data} dataset at data.root = {root!r}, which is not there yet: vaeflow data download {data} --root {root})" \
-            if root and not os.path.exists(root) else ""
+        needs = (
+            f" (it trains on the {data} dataset at data.root = {root!r}, which is not there yet: vaeflow data download {data} --root {root})"
+            if root and not os.path.exists(root)
+            else ""
+        )
         raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASES[phase].title} starts from phase 1: run {hint} first{needs}")
 
 
@@ -201,7 +211,9 @@ def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | No
     prev_state = rd.load_checkpoint(before, map_location=device)
     check_signature(prev_state, cfg, rd.checkpoint_path(before))
     if not prev_state.get("complete"):
-        raise VaeflowError(f"{PHASES[before].title} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume")
+        raise VaeflowError(
+            f"{PHASES[before].title} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume"
+        )
     load_weights(model, prev_state["model"], rd.checkpoint_path(before))
     return before
 
@@ -214,8 +226,10 @@ def _check_optimizer_shapes(opt, path) -> None:
         for p in group["params"]:
             for name, t in opt.state.get(p, {}).items():
                 if isinstance(t, torch.Tensor) and t.dim() > 0 and tuple(t.shape) != tuple(p.shape):
-                    raise VaeflowError(f"checkpoint {path}: its optimizer's {name!r} has shape {tuple(t.shape)} for a parameter of shape "
-                                       f"{tuple(p.shape)}; the file is damaged: restore it or retrain the phase")
+                    raise VaeflowError(
+                        f"checkpoint {path}: its optimizer's {name!r} has shape {tuple(t.shape)} for a parameter of shape "
+                        f"{tuple(p.shape)}; the file is damaged: restore it or retrain the phase"
+                    )
 
 
 def _check_finite_weights(model, what: str) -> None:
@@ -253,15 +267,28 @@ class TrainingState:
     resumed_ranks: int | None = None
     """How many processes wrote the checkpoint this state was restored from (None: a fresh start)."""
 
-    def checkpoint(self, *, rngs: list[dict], epochs: int, complete: bool, signature: str, world_size: int,
-                   start: str | None) -> dict[str, Any]:
+    def checkpoint(self, *, rngs: list[dict], epochs: int, complete: bool, signature: str, world_size: int, start: str | None) -> dict[str, Any]:
         """The checkpoint dict (``runs.check_checkpoint`` is its schema); ``rngs``: every rank's RNG state."""
         p = self.position
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
-                "lr": self.opt.param_groups[0]["lr"], "rng": rngs[0], "rng_ranks": rngs, "epoch": p.epoch, "step": p.step,
-                "global_step": p.global_step, "epochs": epochs, "loss_sum": p.loss_sum, "loss_n": p.loss_n,
-                "skipped_steps": p.skipped, "complete": complete, "signature": signature, "world_size": world_size,
-                "start": start}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lr": self.opt.param_groups[0]["lr"],
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "epoch": p.epoch,
+            "step": p.step,
+            "global_step": p.global_step,
+            "epochs": epochs,
+            "loss_sum": p.loss_sum,
+            "loss_n": p.loss_n,
+            "skipped_steps": p.skipped,
+            "complete": complete,
+            "signature": signature,
+            "world_size": world_size,
+            "start": start,
+        }
 
     def restore(self, state: dict, path: Path, *, rank: int, steps_per_epoch: int, batch_key: str) -> None:
         """Load a checked checkpoint dict into this state (rank ``rank`` takes its own RNG state).
@@ -274,25 +301,39 @@ class TrainingState:
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise VaeflowError(f"checkpoint {path}: its optimizer state does not fit this model ({type(exc).__name__}: {str(exc)[:120]}); "
-                               "the file is damaged: restore it or retrain the phase") from None
+            raise VaeflowError(
+                f"checkpoint {path}: its optimizer state does not fit this model ({type(exc).__name__}: {str(exc)[:120]}); "
+                "the file is damaged: restore it or retrain the phase"
+            ) from None
         _check_optimizer_shapes(self.opt, path)
         rngs = state.get("rng_ranks") or [state["rng"]]
         try:
             _set_rng_state(rngs[rank % len(rngs)], self.device)
         except (KeyError, TypeError, RuntimeError) as exc:
-            raise VaeflowError(f"checkpoint {path}: its RNG state cannot be restored ({type(exc).__name__}); the file is damaged: "
-                               "restore it or retrain the phase") from None
-        self.position = Position(state["epoch"], state["step"], state["global_step"], state["loss_sum"], state["loss_n"],
-                                 state.get("skipped_steps", 0))
+            raise VaeflowError(
+                f"checkpoint {path}: its RNG state cannot be restored ({type(exc).__name__}); the file is damaged: restore it or retrain the phase"
+            ) from None
+        self.position = Position(
+            state["epoch"], state["step"], state["global_step"], state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
+        )
         self.resumed_ranks = len(rngs)
         if self.position.step > steps_per_epoch and self.position.epoch < state["epochs"]:
-            raise VaeflowError(f"checkpoint {path}: step {self.position.step} of an epoch of {steps_per_epoch} steps; it is damaged, or "
-                               f"{batch_key} changed since it was saved: restore the batch size or retrain the phase")
+            raise VaeflowError(
+                f"checkpoint {path}: step {self.position.step} of an epoch of {steps_per_epoch} steps; it is damaged, or "
+                f"{batch_key} changed since it was saved: restore the batch size or retrain the phase"
+            )
 
 
-def train_phase(cfg: dict, run_dir: str | Path, phase: str, *, resume: bool = False, progress: bool = True,
-                max_steps: int | None = None, config_path: str | Path | None = None) -> PhaseResult:
+def train_phase(
+    cfg: dict,
+    run_dir: str | Path,
+    phase: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    max_steps: int | None = None,
+    config_path: str | Path | None = None,
+) -> PhaseResult:
     """Train one phase of a resolved config into ``run_dir``: 'vae' (phase 1), 'glow' (phase 2),
     'prior' (the prior alone on the frozen encoder), 'joint' (everything, after phase 2) or
     'baseline' (the [model.flow] alone as a density); ``vaeflow_cli.phases`` has the table.
@@ -346,7 +387,9 @@ def _data_and_model(cfg: dict, phase: str, ddp, device: torch.device, *, fresh_f
     still at its initialisation and must be the identity there)."""
     data: Splits = load_splits(cfg)
     if len(data.train) < ddp.world_size or len(data.test) < 1:
-        raise VaeflowError(f"the dataset has {len(data.train)} training and {len(data.test)} held-out images; training needs at least {ddp.world_size} and 1")
+        raise VaeflowError(
+            f"the dataset has {len(data.train)} training and {len(data.test)} held-out images; training needs at least {ddp.world_size} and 1"
+        )
     torch.manual_seed(cfg["train"]["seed"] + list(PHASES).index(phase) + 1000 * ddp.rank)
     model = build_model(cfg, data.image_shape, baseline=PHASES[phase].standalone).to(device)
     y = torch.from_numpy((data.train[:2].astype(np.float32) + 0.5) / 256.0).to(device)
@@ -360,19 +403,38 @@ def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Spli
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
     params = trainable_parameters(model, phase)
     if not params:
-        raise VaeflowError(f"the {phase} phase has no parameters to train: the components it trains "
-                           f"({', '.join(type(m).__name__ for m in phase_modules(model, phase))}) have none; check the [model] types")
+        raise VaeflowError(
+            f"the {phase} phase has no parameters to train: the components it trains "
+            f"({', '.join(type(m).__name__ for m in phase_modules(model, phase))}) have none; check the [model] types"
+        )
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
-    stepper = Stepper(model, params, opt, use_flow=use_flow, device=device, precision=tcfg["precision"],
-                      grad_clip=pcfg["grad_clip"], compile=tcfg["compile"], channels_last=tcfg["channels_last"], dist=ddp)
-    loader = BatchLoader(data.train, batch_size=pcfg["batch_size"] // ddp.world_size, seed=tcfg["seed"],
-                         dequantize=tcfg["dequantize"] != "device", rank=ddp.rank, world_size=ddp.world_size,
-                         pin_memory=device.type == "cuda")
+    stepper = Stepper(
+        model,
+        params,
+        opt,
+        use_flow=use_flow,
+        device=device,
+        precision=tcfg["precision"],
+        grad_clip=pcfg["grad_clip"],
+        compile=tcfg["compile"],
+        channels_last=tcfg["channels_last"],
+        dist=ddp,
+    )
+    loader = BatchLoader(
+        data.train,
+        batch_size=pcfg["batch_size"] // ddp.world_size,
+        seed=tcfg["seed"],
+        dequantize=tcfg["dequantize"] != "device",
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+        pin_memory=device.type == "cuda",
+    )
     return TrainingState(model, opt, stepper.scaler, device), stepper, loader
 
 
-def _start_writing(cfg: dict, rd: RunDir, phase: str, held: contextlib.ExitStack, *, locked: bool, resume: bool,
-                   state: TrainingState, world_size: int) -> None:
+def _start_writing(
+    cfg: dict, rd: RunDir, phase: str, held: contextlib.ExitStack, *, locked: bool, resume: bool, state: TrainingState, world_size: int
+) -> None:
     """Rank 0, after every check: lock the directory (if not yet), check again under the lock,
     write the config, clean up after a killed writer."""
     if not locked:
@@ -394,8 +456,20 @@ class _Trainer:
     """The loop of one phase over a prepared TrainingState; ``train_phase`` builds it after every
     check. Every rank runs it; rank 0 alone evaluates, writes metrics, checkpoints and samples."""
 
-    def __init__(self, cfg: dict, rd: RunDir, phase: str, ddp, data: Splits, loader: BatchLoader, state: TrainingState,
-                 stepper: Stepper, metrics: MetricsSink, *, before: str | None) -> None:
+    def __init__(
+        self,
+        cfg: dict,
+        rd: RunDir,
+        phase: str,
+        ddp,
+        data: Splits,
+        loader: BatchLoader,
+        state: TrainingState,
+        stepper: Stepper,
+        metrics: MetricsSink,
+        *,
+        before: str | None,
+    ) -> None:
         self.cfg, self.rd, self.phase, self.ddp = cfg, rd, phase, ddp
         self.data, self.loader, self.state, self.stepper, self.metrics = data, loader, state, stepper, metrics
         self.before = before
@@ -406,14 +480,23 @@ class _Trainer:
 
     def held_out_bpd(self) -> float:
         """The ELBO bound (bits/dim) on the held-out split (``train.eval_samples`` of it)."""
-        return held_out_bpd(self.state.model, self.data.test, seed=self.tcfg["seed"], use_flow=self.use_flow,
-                            device=self.state.device, limit=self.tcfg["eval_samples"])
+        return held_out_bpd(
+            self.state.model,
+            self.data.test,
+            seed=self.tcfg["seed"],
+            use_flow=self.use_flow,
+            device=self.state.device,
+            limit=self.tcfg["eval_samples"],
+        )
 
     def record_start(self) -> None:
         """Rank 0, at the start of a phase that continues another: its held-out bound as epoch 0."""
         start = self.held_out_bpd()
-        note = {"glow": "start of phase 2 (Glow layer = identity)", "joint": "start of joint fine-tuning (the two-phase model)",
-                "prior": f"start of prior training (from {PHASES[self.before].title})"}[self.phase]
+        note = {
+            "glow": "start of phase 2 (Glow layer = identity)",
+            "joint": "start of joint fine-tuning (the two-phase model)",
+            "prior": f"start of prior training (from {PHASES[self.before].title})",
+        }[self.phase]
         self.rd.truncate_metrics(self.phase, -1)
         self.metrics.append({"phase": self.phase, "epoch": 0, "test_bpd": start, "note": note}, step=self.state.position.global_step)
         log(f"{self.phase} start: held-out bound <= {start:.4f} bpd ({note})")
@@ -427,11 +510,15 @@ class _Trainer:
         self.ddp.check_replicas(state.model, f"after {phase} epoch {p.epoch}" if p.step == 0 else f"at {phase} epoch {p.epoch + 1} step {p.step}")
 
         def save() -> Path:
-            _check_finite_weights(state.model, f"the weights of {PHASES[phase].title} became non-finite at epoch {p.epoch + 1} step {p.step}; "
-                                               f"nothing was saved, the last checkpoint {rd.checkpoint_path(phase)} is kept; lower train.{phase}.lr "
-                                               f"or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume")
-            ckpt = state.checkpoint(rngs=rngs, epochs=self.pcfg["epochs"], complete=complete, signature=self.signature,
-                                    world_size=self.ddp.world_size, start=self.before)
+            _check_finite_weights(
+                state.model,
+                f"the weights of {PHASES[phase].title} became non-finite at epoch {p.epoch + 1} step {p.step}; "
+                f"nothing was saved, the last checkpoint {rd.checkpoint_path(phase)} is kept; lower train.{phase}.lr "
+                f"or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume",
+            )
+            ckpt = state.checkpoint(
+                rngs=rngs, epochs=self.pcfg["epochs"], complete=complete, signature=self.signature, world_size=self.ddp.world_size, start=self.before
+            )
             return rd.save_checkpoint(phase, ckpt, keep=self.tcfg["keep_checkpoints"], tag=f"step{p.global_step:09d}")
 
         return self.ddp.main_only(save)
@@ -450,14 +537,18 @@ class _Trainer:
                         test_bpd, path = self.end_epoch(bar, t0)
             except _StopRequested:
                 path = self.checkpoint()
-                raise Interrupted(f"interrupted at {phase} epoch {p.epoch + 1} step {p.step}; saved {path}; "
-                                  f"continue with: vaeflow train-{phase} --run {rd.path} --resume") from None
+                raise Interrupted(
+                    f"interrupted at {phase} epoch {p.epoch + 1} step {p.step}; saved {path}; "
+                    f"continue with: vaeflow train-{phase} --run {rd.path} --resume"
+                ) from None
             except _TooManyBadSteps:
                 path = self.checkpoint()  # the skipped steps changed nothing: this is the last good state
-                raise RuntimeFailure(f"{self.stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} "
-                                     f"step {p.step} (train.max_bad_steps = {self.tcfg['max_bad_steps']}); saved the last good state to {path}; "
-                                     f"lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} "
-                                     "--resume") from None
+                raise RuntimeFailure(
+                    f"{self.stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} "
+                    f"step {p.step} (train.max_bad_steps = {self.tcfg['max_bad_steps']}); saved the last good state to {path}; "
+                    f"lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} "
+                    "--resume"
+                ) from None
             if self.pcfg["epochs"] <= p.epoch and test_bpd is None:
                 if self.ddp.is_main:
                     log(f"phase {phase} of {rd.path} is already complete ({p.epoch} epochs); raise train.{phase}.epochs to train further")
@@ -488,8 +579,10 @@ class _Trainer:
             self.steps_this_call += 1
             if math.isnan(value):
                 p.skipped += 1
-                log(f"{phase} epoch {p.epoch + 1} step {p.step}: non-finite loss or gradient, step skipped "
-                    f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})")
+                log(
+                    f"{phase} epoch {p.epoch + 1} step {p.step}: non-finite loss or gradient, step skipped "
+                    f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})"
+                )
                 if self.stepper.bad_steps >= tcfg["max_bad_steps"]:
                     raise _TooManyBadSteps
             else:
@@ -508,10 +601,18 @@ class _Trainer:
         p.loss_sum, p.loss_n = ddp.sum(p.loss_sum, p.loss_n)
         test_bpd = ddp.main_only(self.held_out_bpd)
         seconds = time.perf_counter() - t0
-        record = {"phase": phase, "epoch": p.epoch + 1, "train_bpd": p.loss_sum / max(p.loss_n, 1),
-                  "test_bpd": test_bpd, "lr": self.state.opt.param_groups[0]["lr"], "steps": p.global_step,
-                  "skipped_steps": p.skipped, "seconds": round(seconds, 3), "data_wait_seconds": round(wait, 3),
-                  "data_wait_share": round(wait / max(seconds, 1e-9), 4)}
+        record = {
+            "phase": phase,
+            "epoch": p.epoch + 1,
+            "train_bpd": p.loss_sum / max(p.loss_n, 1),
+            "test_bpd": test_bpd,
+            "lr": self.state.opt.param_groups[0]["lr"],
+            "steps": p.global_step,
+            "skipped_steps": p.skipped,
+            "seconds": round(seconds, 3),
+            "data_wait_seconds": round(wait, 3),
+            "data_wait_share": round(wait / max(seconds, 1e-9), 4),
+        }
         p.epoch, p.step, p.loss_sum, p.loss_n = p.epoch + 1, 0, 0.0, 0
         ddp.main_only(lambda: self.metrics.append(record, step=p.global_step))  # first: a kill before the checkpoint only repeats the epoch
         path = self.checkpoint(complete=p.epoch >= self.pcfg["epochs"])
@@ -538,9 +639,15 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                                     console=Console(stderr=True), transient=True)
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.progress.__enter__()
         return self
 
