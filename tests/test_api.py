@@ -151,3 +151,20 @@ def test_a_checkpoint_file_and_a_phase_name_load_the_same_weights(trained_run):
     assert by_name.phase == by_file.phase == newest.phase == "glow" and by_name.complete
     for a, b in zip(by_name.model.state_dict().values(), by_file.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_run_whose_logger_is_no_longer_installed_still_loads_but_does_not_train(trained_run, tmp_path):
+    """run.loggers of a stored run may name a tracker this machine lacks: reading the run works,
+    training refuses it in one line before writing anything."""
+    import shutil
+
+    run = tmp_path / "copied"
+    shutil.copytree(trained_run, run)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("loggers = []", 'loggers = ["gone-tracker"]'))
+    assert 'loggers = ["gone-tracker"]' in (run / "config.toml").read_text()
+    assert load_run(run, device="cpu").sample(2, seed=0).shape == (2, 1, 28, 28)
+    before = sorted(p.name for p in run.rglob("*"))
+    proc = run_cli("train-joint", "--run", run, check=False)
+    assert proc.returncode == 2 and "unknown logger 'gone-tracker'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.rglob("*")) == before

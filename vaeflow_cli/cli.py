@@ -375,15 +375,7 @@ def sample(
     samples_dir = RunDir(run).samples_dir
     if figure:
         rows_n = n if n is not None else COMPARE_ROWS
-        count = rows_n * ((1 + per_z) if compare else len(temps))
-        _require_image_memory(5 * count, r.image_shape, f"--n {rows_n} x --per-z {per_z}" if compare else f"--n {rows_n} x {len(temps)} temperatures")
-        if compare:
-            rows = r.compare(rows_n, per_z, temperature=temperature, seed=seed)
-            name = f"compare-seed{seed}-t{temperature:g}.png"
-        else:
-            rows = r.temperature_sweep(temps, rows_n, seed=seed)
-            name = f"temperatures-seed{seed}.png"
-        picture = grid(to_uint8(rows.reshape(-1, *rows.shape[2:])), nrow=rows.shape[1])
+        name, picture = _sample_figure(r, rows_n, per_z if compare else None, temps, temperature=temperature, seed=seed)
         _write_output(png_bytes(picture), out or str(samples_dir / name))
         return
     n = n if n is not None else SAMPLE_N
@@ -400,6 +392,21 @@ def sample(
             path = folder / f"{i:05d}.png"
             atomic_write_bytes(path, png_bytes(img.transpose(1, 2, 0)))
             _out(str(path))
+
+
+def _sample_figure(r, rows: int, per_z: int | None, temperatures: list[float], *, temperature: float, seed: int):
+    """(file name, uint8 picture (H, W, C)): the paper's Figure 4 (``per_z`` Glow-layer samples of
+    each of ``rows`` latents, after its VAE mean), or else a temperature sweep, one row per T."""
+    from vaeflow_cli.images import grid, to_uint8
+
+    count = rows * ((1 + per_z) if per_z else len(temperatures))
+    what = f"--n {rows} x --per-z {per_z}" if per_z else f"--n {rows} x {len(temperatures)} temperatures"
+    _require_image_memory(5 * count, r.image_shape, what)
+    if per_z:
+        images, name = r.compare(rows, per_z, temperature=temperature, seed=seed), f"compare-seed{seed}-t{temperature:g}.png"
+    else:
+        images, name = r.temperature_sweep(temperatures, rows, seed=seed), f"temperatures-seed{seed}.png"
+    return name, grid(to_uint8(images.reshape(-1, *images.shape[2:])), nrow=images.shape[1])
 
 
 @app.command(short_help="Interpolate between prior points or two images.")

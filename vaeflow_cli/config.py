@@ -189,11 +189,19 @@ def embedded_default() -> dict[str, Any]:
 
 
 def resolve(
-    path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None, source: str = "run config", registry=None
+    path: str | Path | None = None,
+    overrides: list[str] = (),
+    *,
+    base: dict | None = None,
+    source: str = "run config",
+    registry=None,
+    check_loggers: bool = True,
 ) -> dict[str, Any]:
     """The validated, fully-resolved config from a file (or ``base``, named ``source`` in errors, or
     the embedded default) and ``--set KEY=VALUE`` overrides. Component sections are filled with
-    their factories' defaults."""
+    their factories' defaults. ``check_loggers`` off: ``run.loggers`` may name loggers that are not
+    installed (a stored run read back to sample or evaluate; training opens its loggers, and
+    refuses unknown ones, before it writes anything)."""
     if path is not None:
         raw, where = load_toml(path, fix=config_fix(path)), str(path)
     elif base is not None:
@@ -210,7 +218,7 @@ def resolve(
         apply_override(cfg, item)
         set_by[item.split("=", 1)[0].strip()] = f"--set {item}"
     debug(f"config: {where}" + "".join(f", --set {item}" for item in overrides))
-    return validate(cfg, where=where, registry=registry, set_by=set_by)
+    return validate(cfg, where=where, registry=registry, set_by=set_by, check_loggers=check_loggers)
 
 
 def merge(defaults: dict, raw: dict, *, where: str, prefix: str = "") -> dict:
@@ -374,7 +382,7 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
     return out
 
 
-def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None) -> dict:
+def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None, check_loggers: bool = True) -> dict:
     """``cfg`` checked against the registry (component keys, their types and declared constraints)
     and the plain keys' CONSTRAINTS. Errors name ``where`` (the file), or the ``--set`` that gave
     the value (``set_by``: dotted key -> "--set KEY=VALUE")."""
@@ -385,7 +393,7 @@ def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None) -> 
             cfg["model"][sec], kind, f"model.{sec}", where=where, registry=registry, name_key="type", set_by=set_by
         )
     _check_plain(out, where, set_by=set_by or {})
-    for name in out["run"]["loggers"]:  # strings, each once (CONSTRAINTS); each a registered logger
+    for name in out["run"]["loggers"] if check_loggers else ():  # strings, each once (CONSTRAINTS); each registered
         registry.get("logger", name, where=f"{(set_by or {}).get('run.loggers', where)}: run.loggers")
     return out
 

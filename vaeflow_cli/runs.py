@@ -58,8 +58,9 @@ class RunDir:
         return config_mod.load_toml(self.config_path, fix="the run's config.toml is damaged: restore it, or start a new --run")
 
     def resolved_config(self, overrides: list[str] = ()) -> dict:
-        """The run's stored config, validated against the registry, with ``--set`` overrides."""
-        return config_mod.resolve(base=self.read_config(), overrides=overrides, source=str(self.config_path))
+        """The run's stored config, validated against the registry, with ``--set`` overrides; the
+        loggers it names need not be installed (``config.resolve``'s ``check_loggers``)."""
+        return config_mod.resolve(base=self.read_config(), overrides=overrides, source=str(self.config_path), check_loggers=False)
 
     def write_config(self, cfg: dict) -> None:
         atomic_write_bytes(self.config_path, config_mod.dumps(cfg).encode())

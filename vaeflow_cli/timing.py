@@ -165,13 +165,7 @@ def run_timing(
     if b > n_train:
         source = f"--batch-size {b}" if batch_size else f"train.vae.batch_size = {b}"
         raise VaeflowError(f"{source} is larger than the training split ({n_train} images); give a smaller --batch-size")
-    baseline = {**BASELINE, **{k: v for k, v in (baseline or {}).items() if v is not None}}
-    levels = baseline["levels"]
-    while levels > 1 and (shape[1] % 2**levels or shape[2] % 2**levels):
-        levels -= 1  # e.g. 28x28 MNIST: 2 levels (28 is not divisible by 8)
-    if levels != baseline["levels"]:
-        log(f"timing: {shape[1]}x{shape[2]} images are not divisible by 2^{baseline['levels']}: the standalone Glow uses {levels} levels")
-        baseline["levels"] = levels
+    baseline = _baseline_options(baseline, shape)
     seed = cfg["train"]["seed"]
     n_images = b * (steps + warmup)
     from vaeflow_cli.limits import require_memory
@@ -182,7 +176,6 @@ def run_timing(
         "lower --steps, --warmup or --batch-size",
     )
     images = np.random.default_rng(seed).integers(0, 256, size=(n_images, *shape), dtype=np.uint8)
-    steps_per_epoch = math.ceil(n_train / b)
 
     torch.manual_seed(seed)
     vae = build_model(cfg, shape).to(dev)
@@ -208,11 +201,45 @@ def run_timing(
     finally:
         for t in timed:
             t.batches.close()
+    return _result(
+        cfg,
+        timed,
+        baseline,
+        (vae, glow),
+        device=dev,
+        batch_size=b,
+        shape=shape,
+        n_train=(n_train, size_source),
+        steps=steps,
+        warmup=warmup,
+        precision=tcfg["precision"],
+    )
+
+
+def _baseline_options(given: dict | None, shape) -> dict:
+    """The standalone Glow's options: BASELINE overridden by ``given``, with as many levels as the
+    image sides allow (each level halves them)."""
+    baseline = {**BASELINE, **{k: v for k, v in (given or {}).items() if v is not None}}
+    levels = baseline["levels"]
+    while levels > 1 and (shape[1] % 2**levels or shape[2] % 2**levels):
+        levels -= 1  # e.g. 28x28 MNIST: 2 levels (28 is not divisible by 8)
+    if levels != baseline["levels"]:
+        log(f"timing: {shape[1]}x{shape[2]} images are not divisible by 2^{baseline['levels']}: the standalone Glow uses {levels} levels")
+        baseline["levels"] = levels
+    return baseline
+
+
+def _result(cfg, timed, baseline, models, *, device, batch_size, shape, n_train, steps, warmup, precision) -> dict:
+    """The JSON-ready result of ``run_timing`` from its timed models."""
+    vae, glow = models
+    n_train, size_source = n_train
+    steps_per_epoch = math.ceil(n_train / batch_size)
     stats = {t.name: spread(t.times) for t in timed}
     per_step = {k: v["median"] for k, v in stats.items()}
     epoch = {k: v * steps_per_epoch for k, v in per_step.items()}
     rounds = [g / ((v + p) / 2) for v, p, g in zip(*(t.times for t in timed))]  # each round's own speedup
-    result = {
+    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {
         "vae_s_per_epoch": epoch["vae"],
         "glow_layer_s_per_epoch": epoch["glow_layer"],
         "glow_baseline_s_per_epoch": epoch["glow_baseline"],
@@ -227,29 +254,26 @@ def run_timing(
         "interleaved": True,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "image_shape": list(shape),
-        "batch_size": b,
+        "batch_size": batch_size,
         "train_images": n_train,
         "train_images_source": size_source,
         "steps_per_epoch": steps_per_epoch,
         "timed_steps": steps,
         "warmup_steps": warmup,
-        "glow_layer": {k: v for k, v in cfg["model"]["flow"].items()},
+        "glow_layer": dict(cfg["model"]["flow"]),
         "glow_baseline": baseline,
         "parameters": {
             "vae": sum(p.numel() for m in (vae.encoder, vae.decoder, vae.prior) for p in m.parameters()),
             "glow_layer": sum(p.numel() for p in vae.flow.parameters()),
             "glow_baseline": sum(p.numel() for p in glow.parameters()),
         },
-        "precision": tcfg["precision"],
+        "precision": precision,
         "data_wait_share": {t.name: t.loader.wait_seconds / sum(t.times) for t in timed},
         "peak_memory_bytes": {t.name: t.peak for t in timed},
         "torch": torch.__version__,
     }
-    return result
 
 
 def format_table(r: dict) -> str:
