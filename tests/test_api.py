@@ -138,15 +138,36 @@ def test_bad_arguments_and_checkpoints_are_one_line(trained_run, tmp_path):
         (lambda: load_run(trained_run, checkpoint="joint"), "has no checkpoint for the joint fine-tuning"),
         (lambda: load_run(trained_run, checkpoint=tmp_path / "x.pt"), "x.pt"),
         (lambda: load_run(trained_run, device="tpu"), "device"),
+        (lambda: run.sample(10**12), "needs about"),
+        (lambda: run.compare(10**9, 1000), "needs about"),
+        (lambda: run.sample(2, temperature=1e308), "temperature must be a number in [0, 100]"),
+        (lambda: run.sample(2, seed=2**32), "seed must be an integer in [0, 4294967295]"),
+        (lambda: run.sample(2, vae_only="no"), "vae_only must be True or False"),
+        (lambda: run.log_prob_bound(run.images("test")[:1], k=10**7), "k must be an integer >= 1 and <= 100000"),
+        (lambda: run.temperature_sweep(0.5, 2), "temperatures must be a list"),
+        (lambda: run.temperature_sweep((t for t in [0.5]), 2), "temperatures must be a list"),
+        (lambda: load_run(None), "load_run takes the path of a run directory"),
+        (lambda: load_run(trained_run, checkpoint=3), "checkpoint must be None, a phase name"),
+        (lambda: load_run(trained_run, checkpoint="nosuch"), "is neither a phase (vae, glow"),
+        (lambda: load_run(trained_run, device="cuda:9"), 'device="cpu"'),
     ):
         with pytest.raises(VaeflowError, match=re.escape(message)) as info:
             call()
         assert "\n" not in str(info.value), message
 
 
+def test_temperature_sequences_and_numpy_numbers_are_accepted(trained_run):
+    run = load_run(trained_run, device="cpu")
+    want = run.temperature_sweep([0.0, 0.5], 2, seed=1)
+    for temps in (np.array([0.0, 0.5]), torch.tensor([0.0, 0.5]), (0.0, 0.5)):
+        assert torch.equal(run.temperature_sweep(temps, np.int64(2), seed=np.uint32(1)), want)
+    assert torch.equal(run.sample(2, temperature=np.int64(1), seed=3), run.sample(2, temperature=1.0, seed=3))
+
+
 def test_a_checkpoint_file_and_a_phase_name_load_the_same_weights(trained_run):
     by_name = load_run(trained_run, checkpoint="glow", device="cpu")
     by_file = load_run(trained_run, checkpoint=trained_run / "checkpoints" / "glow.pt", device="cpu")
+    assert load_run(trained_run, checkpoint="glow.pt", device="cpu").checkpoint == by_file.checkpoint  # a name in RUN/checkpoints
     newest = load_run(trained_run, device="cpu")
     assert by_name.phase == by_file.phase == newest.phase == "glow" and by_name.complete
     for a, b in zip(by_name.model.state_dict().values(), by_file.model.state_dict().values()):

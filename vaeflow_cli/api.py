@@ -12,11 +12,16 @@ Images going in are uint8 (values 0..255), as numpy arrays or tensors, (N, C, H,
 centre of its dequantization bin, (k + 0.5) / 256 (``docs/model.md``, "Data and dequantization").
 Images coming out are float32 CPU tensors in [0, 1]; ``vaeflow_cli.images.to_uint8`` quantizes
 them as the CLI does (floor(256 x), clipped), so the CLI's ``sample`` and ``Run.sample`` give the
-same pixels for the same seed. Errors are ``VaeflowError`` with a one-line message.
+same pixels for the same seed. Seeds are 0 .. 2**32 - 1 (``SEED_MAX``), temperatures 0 .. 100
+(``limits.TEMPERATURE_MAX``), IWAE sample counts 1 .. 100,000; a request whose images would not
+fit in the available memory is refused before any work. Errors are ``VaeflowError`` with a
+one-line message.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +31,14 @@ import torch
 
 from vaeflow_cli import sampling
 from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.limits import TEMPERATURE_MAX, require_memory
 from vaeflow_cli.phases import LOAD_ORDER, PHASES
+
+SEED_MAX = 2**32 - 1
+"""Seeds are 0 .. 2**32 - 1: torch's CPU generator keeps the low 32 bits of a seed, so larger seeds
+would repeat smaller ones."""
+IWAE_K_MAX = 100_000
+"""The largest IWAE sample count (``vaeflow evaluate --iwae-k`` too; the IWAE paper uses 5,000)."""
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
 
@@ -88,8 +100,10 @@ class Run:
             standalone flow."""
         _check_count(n, "n")
         _check_temperature(temperature)
+        _check_bool(vae_only, "vae_only")
         if vae_only:
             self._need_vae("vae_only sampling")
+        _require_images(n, self.image_shape, f"{n} samples")
         return sampling.sample(self.model, n, temperature=temperature, seed=_seed(seed), vae_only=vae_only)
 
     def interpolate(self, a: Any, b: Any, steps: int = 8) -> torch.Tensor:
@@ -101,6 +115,7 @@ class Run:
         :returns: float32 (steps, C, H, W) in [0, 1], on the CPU."""
         self._need_vae("interpolation")
         _check_count(steps, "steps", low=2)
+        _require_images(steps, self.image_shape, f"{steps} interpolation steps")
         ya, yb = (as_uint8_images(img, self.image_shape, name) for img, name in ((a, "a"), (b, "b")))
         if len(ya) != 1 or len(yb) != 1:
             raise VaeflowError(f"interpolate takes one image for a and one for b, got {len(ya)} and {len(yb)}")
@@ -113,6 +128,7 @@ class Run:
         _check_count(pairs, "pairs")
         _check_count(steps, "steps", low=2)
         _check_temperature(temperature)
+        _require_images(pairs * steps, self.image_shape, f"{pairs} x {steps} interpolation images")
         return sampling.interpolate_prior(self.model, pairs=pairs, steps=steps, seed=_seed(seed), temperature=temperature)
 
     def compare(self, rows: int, per_z: int = 5, *, temperature: float = 0.5, seed: int | None = None) -> torch.Tensor:
@@ -122,6 +138,7 @@ class Run:
         _check_count(rows, "rows")
         _check_count(per_z, "per_z")
         _check_temperature(temperature)
+        _require_images(rows * (1 + per_z), self.image_shape, f"{rows} x {1 + per_z} comparison images")
         return sampling.compare_grid(self.model, rows=rows, per_z=per_z, temperature=temperature, seed=_seed(seed))
 
     def temperature_sweep(self, temperatures: Sequence[float], n: int, *, seed: int | None = None) -> torch.Tensor:
@@ -129,11 +146,9 @@ class Run:
         :returns: float32 (len(temperatures), n, C, H, W) in [0, 1]."""
         self._need_vae("a temperature sweep")
         _check_count(n, "n")
-        if not temperatures:
-            raise VaeflowError("temperatures is empty; give one or more")
-        for t in temperatures:
-            _check_temperature(t)
-        return sampling.temperature_grid(self.model, temperatures=list(temperatures), n=n, seed=_seed(seed))
+        temps = _temperature_list(temperatures)
+        _require_images(n * len(temps), self.image_shape, f"{n} x {len(temps)} temperature-sweep images")
+        return sampling.temperature_grid(self.model, temperatures=temps, n=n, seed=_seed(seed))
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -159,13 +174,14 @@ class Run:
         one-sample ELBO for ``k`` = 1, the IWAE_k bound (Burda et al.) otherwise; for a baseline
         run, the flow's exact value. The images are dequantized with uniform noise as ``vaeflow
         evaluate`` does (``docs/model.md``, "Evaluation"); with the default seed (the run's
-        ``train.seed``) the numbers match ``vaeflow evaluate`` on the same images.
+        ``train.seed``) the numbers match ``vaeflow evaluate`` on the same images (its mean adds float32
+        batch sums: equal to about 1e-7 relative).
 
         :returns: float64 (N,) bits/dim, on the CPU.
         :raises VaeflowError: k < 1, images of another shape or dtype."""
         from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
 
-        _check_count(k, "k")
+        _check_count(k, "k", high=IWAE_K_MAX)
         y = as_uint8_images(images, self.image_shape)
         s = self.seed if seed is None else _seed(seed)
         if k == 1 or PHASES[self.phase].standalone:
@@ -192,6 +208,10 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     from vaeflow_cli.engine import resolve_device
     from vaeflow_cli.runs import RunDir, check_signature, load_checkpoint, model_from_state
 
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise VaeflowError(f"load_run takes the path of a run directory (a str or Path), not {path!r}")
+    if checkpoint is not None and (not isinstance(checkpoint, (str, os.PathLike)) or not str(checkpoint)):
+        raise VaeflowError(f"checkpoint must be None, a phase name ({', '.join(PHASES)}) or a checkpoint file, not {checkpoint!r}")
     rd = RunDir(path)
     if not rd.config_path.is_file():
         raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); train one with vaeflow train-vae --run {rd.path}")
@@ -211,7 +231,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
             have = [p for p in PHASES if rd.checkpoint_path(p).exists()]
             raise VaeflowError(f"{rd.path} has no checkpoint for {PHASES[checkpoint].title} ({file}); it has: {', '.join(have) or 'none'}")
     else:
-        file = Path(checkpoint)
+        file = _checkpoint_file(rd, Path(checkpoint))
     state = load_checkpoint(file)
     check_signature(state, cfg, file)
     model = model_from_state(cfg, state, device=str(dev), path=file)
@@ -227,6 +247,20 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     )
 
 
+def _checkpoint_file(rd, given: Path) -> Path:
+    """A checkpoint named by its path, or by its file name in ``RUN/checkpoints/`` (``glow-step000000100.pt``)."""
+    if given.is_file():
+        return given
+    inside = rd.path / "checkpoints" / given
+    if not given.is_absolute() and inside.is_file():
+        return inside
+    have = sorted(p.name for p in (rd.path / "checkpoints").glob("*.pt"))
+    raise VaeflowError(
+        f"checkpoint {str(given)!r} is neither a phase ({', '.join(PHASES)}) nor a checkpoint file, here or in "
+        f"{rd.path / 'checkpoints'} (which has: {', '.join(have) or 'nothing'})"
+    )
+
+
 def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images") -> np.ndarray:
     """``images`` as a uint8 numpy array (N, C, H, W) of ``image_shape`` (C, H, W).
 
@@ -234,11 +268,17 @@ def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images
     a single (C, H, W) or (H, W, C) image, and for one channel (N, H, W) or (H, W).
     :raises VaeflowError: another dtype, shape or an empty batch (one line naming ``name``)."""
     if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if not isinstance(images, np.ndarray):
+        try:
+            images = images.detach().to("cpu").to_dense().numpy()
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            raise VaeflowError(f"{name}: this tensor cannot be read ({type(exc).__name__}); pass a dense CPU or CUDA tensor") from None
+    if not isinstance(images, np.ndarray) or isinstance(images, np.ma.MaskedArray):
         raise VaeflowError(f"{name} must be a uint8 numpy array or tensor, not {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise VaeflowError(f"{name} must be uint8 (values 0..255), not {images.dtype}; for floats in [0, 1] pass (x * 255).round().astype('uint8')")
+        raise VaeflowError(
+            f"{name} must be uint8 (values 0..255), not {images.dtype}; images in [0, 1] from vaeflow "
+            "(Run.sample, Run.reconstruct) become uint8 through vaeflow_cli.images.to_uint8"
+        )
     c, h, w = (int(s) for s in image_shape)
     shape = tuple(images.shape)
     if shape[-3:] == (c, h, w):
@@ -256,20 +296,43 @@ def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images
     return np.ascontiguousarray(out)
 
 
-def _check_count(value: int, name: str, *, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise VaeflowError(f"{name} must be an integer >= {low}, not {value!r}")
+def _check_count(value: int, name: str, *, low: int = 1, high: int | None = None) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low or (high and value > high):
+        raise VaeflowError(f"{name} must be an integer >= {low}" + (f" and <= {high}" if high else "") + f", not {value!r}")
+
+
+def _check_bool(value: bool, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise VaeflowError(f"{name} must be True or False, not {value!r}")
+
+
+def _require_images(count: int, image_shape, what: str) -> None:
+    """Refuse (one line) to make ``count`` float32 images that would not fit in memory (with the
+    model's activations, about 5 copies)."""
+    require_memory(5 * 4 * int(count) * math.prod(image_shape), what, "ask for fewer images at a time")
+
+
+def _temperature_list(temperatures) -> list[float]:
+    """A sequence, 1-D array or tensor of temperatures as a checked, non-empty list of floats."""
+    if isinstance(temperatures, (str, bytes, set, dict)) or not hasattr(temperatures, "__len__") or np.ndim(temperatures) != 1:
+        raise VaeflowError(f"temperatures must be a list (or 1-D array) of numbers, not {type(temperatures).__name__}")
+    values = [t.item() if hasattr(t, "item") else t for t in temperatures]
+    if not values:
+        raise VaeflowError("temperatures is empty; give one or more")
+    for t in values:
+        _check_temperature(t)
+    return [float(t) for t in values]
 
 
 def _check_temperature(t: float) -> None:
-    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not np.isfinite(t) or t < 0:
-        raise VaeflowError(f"temperature must be a finite number >= 0, not {t!r}")
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)) or not 0 <= t <= TEMPERATURE_MAX:
+        raise VaeflowError(f"temperature must be a number in [0, {TEMPERATURE_MAX:g}], not {t!r}")
 
 
 def _seed(seed: int | None) -> int:
     """A seed for a CPU ``torch.Generator``: ``seed`` itself, or a fresh one when None."""
     if seed is None:
-        return int(torch.Generator().seed())  # a fresh seed; the global RNG is not touched
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise VaeflowError(f"seed must be an integer in [0, 2**64), not {seed!r}")
+        return int(torch.Generator().seed()) & SEED_MAX  # a fresh seed; the global RNG is not touched
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise VaeflowError(f"seed must be an integer in [0, {SEED_MAX}], not {seed!r}")
     return int(seed)

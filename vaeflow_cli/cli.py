@@ -17,6 +17,7 @@ import typer
 
 from vaeflow_cli.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
 from vaeflow_cli.errors import VaeflowError, describe_os_error
+from vaeflow_cli.limits import TEMPERATURE_MAX
 from vaeflow_cli.metrics import METRICS
 from vaeflow_cli.phases import PHASES, Phase
 
@@ -192,7 +193,7 @@ def _finite(value: Optional[float]) -> Optional[float]:
     return value
 
 
-SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+SEED_MAX = 2**32 - 1  # = api.SEED_MAX: torch's CPU generator keeps the low 32 bits of a seed
 SAMPLE_N = 64  # vaeflow sample: images in a sample grid
 COMPARE_ROWS = 6  # vaeflow sample --compare/--temperatures: rows of the figure (the paper's Figure 4 has a handful)
 
@@ -327,7 +328,9 @@ def sample(
         show_default=False,
         help=f"Number of samples (default {SAMPLE_N}; with --compare or --temperatures, rows: default {COMPARE_ROWS}). Refused when they would not fit in memory.",
     ),
-    temperature: float = typer.Option(0.5, "--temperature", "-t", min=0.0, callback=_finite, help="Glow-layer temperature T (paper: 0.5)."),
+    temperature: float = typer.Option(
+        0.5, "--temperature", "-t", min=0.0, max=TEMPERATURE_MAX, callback=_finite, help="Glow-layer temperature T (paper: 0.5)."
+    ),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
     fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),

@@ -361,15 +361,15 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
     for k, v in section.items():
         if k in fixed:
             continue
+        src = (set_by or {}).get(f"{key}.{k}") or where  # the --set that gave the value, else the file
         if k not in params:
-            raise VaeflowError(f"{where}: unknown key '{key}.{k}' for {kind} {name!r}{_suggest(k, params)}")
+            raise VaeflowError(f"{src}: unknown key '{key}.{k}' for {kind} {name!r}{_suggest(k, params)}")
         default = params[k]
-        out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=where)
+        out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=src)
         found = problem(out[k], declared.get(k, []))
         if found:
-            src = (set_by or {}).get(f"{key}.{k}")
-            fix = "fix the --set" if src else f"fix it in [{key}]"
-            raise VaeflowError(f"{src or where}: '{key}.{k}' {found} for {kind} {name!r}, got {out[k]!r}; {fix}")
+            fix = "fix the --set" if src != where else f"fix it in [{key}]"
+            raise VaeflowError(f"{src}: '{key}.{k}' {found} for {kind} {name!r}, got {out[k]!r}; {fix}")
     for k, default in params.items():
         if k in out:
             continue

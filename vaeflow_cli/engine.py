@@ -143,7 +143,7 @@ class Dist:
 def resolve_device(name: str, option: str = "train.device") -> torch.device:
     """The torch device for ``name`` (auto, cpu, cuda or cuda:N); ``option`` names where it came from
     in the one-line error (``--device`` for the commands that take it, ``train.device`` in configs)."""
-    fix = "--device cpu" if option.startswith("--") else "--set train.device=cpu (or auto)"
+    fix = {"--": "--device cpu", "de": 'device="cpu" (or "auto")'}.get(option[:2], "--set train.device=cpu (or auto)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

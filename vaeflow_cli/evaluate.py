@@ -59,8 +59,10 @@ def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise VaeflowError(f"{option} {text!r} must be a number or a comma-separated list, e.g. 0,0.25,0.5") from None
-    if not values or any(not math.isfinite(t) or t < 0 for t in values):
-        raise VaeflowError(f"{option} {text!r}: give one or more finite, non-negative numbers")
+    from vaeflow_cli.limits import TEMPERATURE_MAX
+
+    if not values or any(not math.isfinite(t) or not 0 <= t <= TEMPERATURE_MAX for t in values):
+        raise VaeflowError(f"{option} {text!r}: give one or more finite numbers in [0, {TEMPERATURE_MAX:g}]")
     return values
 
 

@@ -22,7 +22,7 @@ def lazy_exports(module: str, homes: Mapping[str, str | tuple[str, str]], missin
         setattr(sys.modules[module], name, value)
         return value
 
-    def __dir__() -> list[str]:
-        return sorted(set(vars(sys.modules[module])) | set(homes))
+    def __dir__() -> list[str]:  # the public names, not the facade's own imports
+        return sorted(set(getattr(sys.modules[module], "__all__", ())) | set(homes))
 
     return __getattr__, __dir__

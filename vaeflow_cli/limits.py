@@ -11,6 +11,10 @@ import os
 
 from vaeflow_cli.errors import VaeflowError
 
+TEMPERATURE_MAX = 100.0
+"""The largest sampling temperature accepted (the paper samples at 0.5): T multiplies the decoder's
+standard deviation, and far above this the float32 images overflow to nothing but noise."""
+
 
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations now (Linux: MemAvailable of /proc/meminfo;

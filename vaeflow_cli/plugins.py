@@ -214,13 +214,14 @@ class _PluginFailed(Exception):
 
 
 def _where(exc: BaseException) -> str:
-    """' at file.py:LINE' of the first frame outside vaeflow's loader and importlib, or ''."""
+    """' at file.py:LINE' of the first frame outside vaeflow_cli (its loader, the logger wrappers)
+    and importlib, the plugin's own code, or ''."""
     if isinstance(exc, SyntaxError):  # its message names the file and line already
         return ""
-    here = os.path.abspath(__file__)
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     for frame in traceback.extract_tb(exc.__traceback__):
         path = frame.filename
-        if path.startswith("<") or os.path.abspath(path) == here or f"{os.sep}importlib{os.sep}" in path:
+        if path.startswith("<") or os.path.abspath(path).startswith(package) or f"{os.sep}importlib{os.sep}" in path:
             continue
         base = os.path.basename(path)
         if base == "__init__.py":

@@ -154,7 +154,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _kwargs(factory, kwargs: Mapping[str, Any]) -> dict:
-    return {**dict(getattr(factory, "test_kwargs", {}) or {}), **kwargs}
+    """The factory's ``test_kwargs`` overridden by ``kwargs``, checked against the constraints its
+    signature declares (as a config would be): AssertionError naming the first one broken."""
+    from vaeflow_cli.constraints import declared_constraints, problem
+
+    assert callable(factory), f"a component factory must be callable, not {type(factory).__name__}"
+    out = {**dict(getattr(factory, "test_kwargs", {}) or {}), **kwargs}
+    declared = declared_constraints(factory)
+    for key, value in out.items():
+        found = problem(value, declared.get(key, []))
+        assert found is None, f"{key}={value!r} {found} (declared by {getattr(factory, '__name__', factory)!r})"
+    return out
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
