@@ -193,6 +193,14 @@ def _finite(value: Optional[float]) -> Optional[float]:
     return value
 
 
+def _temperature(value: float) -> float:
+    """Option callback: a sampling temperature is a finite number in [0, TEMPERATURE_MAX]."""
+    _finite(value)
+    if not 0 <= value <= TEMPERATURE_MAX:
+        raise typer.BadParameter(f"{value:g} is not in [0, {TEMPERATURE_MAX:g}]")
+    return value
+
+
 SEED_MAX = 2**32 - 1  # = api.SEED_MAX: torch's CPU generator keeps the low 32 bits of a seed
 SAMPLE_N = 64  # vaeflow sample: images in a sample grid
 COMPARE_ROWS = 6  # vaeflow sample --compare/--temperatures: rows of the figure (the paper's Figure 4 has a handful)
@@ -328,9 +336,7 @@ def sample(
         show_default=False,
         help=f"Number of samples (default {SAMPLE_N}; with --compare or --temperatures, rows: default {COMPARE_ROWS}). Refused when they would not fit in memory.",
     ),
-    temperature: float = typer.Option(
-        0.5, "--temperature", "-t", min=0.0, max=TEMPERATURE_MAX, callback=_finite, help="Glow-layer temperature T (paper: 0.5)."
-    ),
+    temperature: float = typer.Option(0.5, "--temperature", "-t", callback=_temperature, help="Glow-layer temperature T in [0, 100] (paper: 0.5)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
     fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),

