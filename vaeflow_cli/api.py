@@ -12,7 +12,7 @@ Images going in are uint8 (values 0..255), as numpy arrays or tensors, (N, C, H,
 centre of its dequantization bin, (k + 0.5) / 256 (``docs/model.md``, "Data and dequantization").
 Images coming out are float32 CPU tensors in [0, 1]; ``vaeflow_cli.images.to_uint8`` quantizes
 them as the CLI does (floor(256 x), clipped), so the CLI's ``sample`` and ``Run.sample`` give the
-same pixels for the same seed. Seeds are 0 .. 2**32 - 1 (``SEED_MAX``), temperatures 0 .. 100
+same pixels for the same seed. Seeds are 0 .. 2**32 - 1 (``limits.SEED_MAX``), temperatures 0 .. 100
 (``limits.TEMPERATURE_MAX``), IWAE sample counts 1 .. 100,000; a request whose images would not
 fit in the available memory is refused before any work. Errors are ``VaeflowError`` with a
 one-line message.
@@ -31,14 +31,8 @@ import torch
 
 from vaeflow_cli import sampling
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.limits import TEMPERATURE_MAX, require_memory
+from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, TEMPERATURE_MAX, require_memory
 from vaeflow_cli.phases import LOAD_ORDER, PHASES
-
-SEED_MAX = 2**32 - 1
-"""Seeds are 0 .. 2**32 - 1: torch's CPU generator keeps the low 32 bits of a seed, so larger seeds
-would repeat smaller ones."""
-IWAE_K_MAX = 100_000
-"""The largest IWAE sample count (``vaeflow evaluate --iwae-k`` too; the IWAE paper uses 5,000)."""
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
 

@@ -17,7 +17,7 @@ import typer
 
 from vaeflow_cli.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
 from vaeflow_cli.errors import VaeflowError, describe_os_error
-from vaeflow_cli.limits import TEMPERATURE_MAX
+from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, TEMPERATURE_MAX
 from vaeflow_cli.metrics import METRICS
 from vaeflow_cli.phases import PHASES, Phase
 
@@ -201,7 +201,6 @@ def _temperature(value: float) -> float:
     return value
 
 
-SEED_MAX = 2**32 - 1  # = api.SEED_MAX: torch's CPU generator keeps the low 32 bits of a seed
 SAMPLE_N = 64  # vaeflow sample: images in a sample grid
 COMPARE_ROWS = 6  # vaeflow sample --compare/--temperatures: rows of the figure (the paper's Figure 4 has a handful)
 
@@ -460,7 +459,7 @@ def evaluate(
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
     metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
-    iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=100_000, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
+    iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=IWAE_K_MAX, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
     n_samples: int = typer.Option(
         10_000, "--n-samples", min=2, max=10**9, help="Generated images for FID (refused when they would not fit in memory)."
     ),

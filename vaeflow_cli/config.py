@@ -29,6 +29,7 @@ else:  # pragma: no cover
 from vaeflow_cli.console import debug
 from vaeflow_cli.constraints import Check, OneOf, Range, declared_constraints, problem
 from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.limits import SEED_MAX
 from vaeflow_cli.phases import PHASES
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
@@ -86,7 +87,7 @@ CONSTRAINTS: dict[str, list] = {
     "model.latent_dim": [Range(1, 65536)],
     "model.pixel_transform": [OneOf(PIXEL_TRANSFORMS)],
     "model.logit_alpha": [Range(gt=0, lt=0.5)],
-    "train.seed": [Range(0, 2**32 - 1)],
+    "train.seed": [Range(0, SEED_MAX)],
     "train.eval_samples": [Range(0)],
     "train.dequantize": [OneOf(("host", "device"))],
     "train.precision": [OneOf(("fp32", "bf16", "fp16"))],

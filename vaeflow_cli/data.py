@@ -20,7 +20,7 @@ import numpy as np
 from vaeflow_cli.console import log as console_log
 from vaeflow_cli.console import warning
 from vaeflow_cli.errors import ImageProblem, VaeflowError
-from vaeflow_cli.limits import file_problem  # noqa: F401 -- also the plugins' entry point to it
+from vaeflow_cli.limits import file_problem
 
 EVAL_EPOCH = 2**32 - 1  # the noise stream used for held-out evaluation
 

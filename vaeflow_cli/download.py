@@ -140,7 +140,7 @@ def md5sum(path: Path) -> str:
 
 def _file_md5(path: Path) -> str:
     """The MD5 of a local file, or one line saying why it cannot be read."""
-    from vaeflow_cli.data import file_problem
+    from vaeflow_cli.limits import file_problem
 
     problem = file_problem(path)
     if problem is not None:

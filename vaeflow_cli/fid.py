@@ -99,7 +99,7 @@ def load_weights_file(path: Path, *, what: str, fix: str) -> object:
     by the weights-only unpickler and reported here, without a traceback)."""
     import torch
 
-    from vaeflow_cli.data import file_problem
+    from vaeflow_cli.limits import file_problem
 
     problem = file_problem(path)
     if problem is not None:

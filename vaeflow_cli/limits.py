@@ -16,6 +16,14 @@ TEMPERATURE_MAX = 100.0
 standard deviation, and far above this the float32 images overflow to nothing but noise."""
 
 
+SEED_MAX = 2**32 - 1
+"""Seeds are 0 .. 2**32 - 1 (``--seed``, ``train.seed``, the Python API): torch's CPU generator keeps
+the low 32 bits of a seed, so larger seeds would repeat smaller ones."""
+
+IWAE_K_MAX = 100_000
+"""The largest IWAE sample count (``evaluate --iwae-k``, ``Run.log_prob_bound``; the IWAE paper uses 5,000)."""
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations now (Linux: MemAvailable of /proc/meminfo;
     elsewhere the free physical pages), or None when the OS does not say."""
