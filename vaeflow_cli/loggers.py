@@ -8,7 +8,9 @@ logger sees is the ``metrics.jsonl`` record plus ``step``, the phase's global op
 The policy (what training does about a logger):
 
 - Names are checked with the config (``config.validate``): an unknown name stops the command
-  before anything is written.
+  before anything is written. A run's stored config is read back without that check (sampling
+  and evaluation need no tracker); training then refuses the unknown name in ``open_loggers``,
+  still before anything is written.
 - Factories are called after every other check of the phase and before the run directory is
   written; a factory's error is one line (``Component.build``) and the phase does not start. A
   factory should therefore not write yet: the built-in ``tensorboard`` logger opens its files at
