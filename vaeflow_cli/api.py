@@ -20,7 +20,6 @@ one-line message.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from vaeflow_cli import sampling
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, TEMPERATURE_MAX, require_memory
+from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, TEMPERATURE_MAX, require_image_memory
 from vaeflow_cli.phases import LOAD_ORDER, PHASES
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
@@ -97,7 +96,7 @@ class Run:
         _check_bool(vae_only, "vae_only")
         if vae_only:
             self._need_vae("vae_only sampling")
-        _require_images(n, self.image_shape, f"{n} samples")
+        _require_images(n, self.image_shape, "sampling")
         return sampling.sample(self.model, n, temperature=temperature, seed=_seed(seed), vae_only=vae_only)
 
     def interpolate(self, a: Any, b: Any, steps: int = 8) -> torch.Tensor:
@@ -109,7 +108,7 @@ class Run:
         :returns: float32 (steps, C, H, W) in [0, 1], on the CPU."""
         self._need_vae("interpolation")
         _check_count(steps, "steps", low=2)
-        _require_images(steps, self.image_shape, f"{steps} interpolation steps")
+        _require_images(steps, self.image_shape, "interpolation")
         ya, yb = (as_uint8_images(img, self.image_shape, name) for img, name in ((a, "a"), (b, "b")))
         if len(ya) != 1 or len(yb) != 1:
             raise VaeflowError(f"interpolate takes one image for a and one for b, got {len(ya)} and {len(yb)}")
@@ -122,7 +121,7 @@ class Run:
         _check_count(pairs, "pairs")
         _check_count(steps, "steps", low=2)
         _check_temperature(temperature)
-        _require_images(pairs * steps, self.image_shape, f"{pairs} x {steps} interpolation images")
+        _require_images(pairs * steps, self.image_shape, "interpolation")
         return sampling.interpolate_prior(self.model, pairs=pairs, steps=steps, seed=_seed(seed), temperature=temperature)
 
     def compare(self, rows: int, per_z: int = 5, *, temperature: float = 0.5, seed: int | None = None) -> torch.Tensor:
@@ -132,7 +131,7 @@ class Run:
         _check_count(rows, "rows")
         _check_count(per_z, "per_z")
         _check_temperature(temperature)
-        _require_images(rows * (1 + per_z), self.image_shape, f"{rows} x {1 + per_z} comparison images")
+        _require_images(rows * (1 + per_z), self.image_shape, "the comparison figure")
         return sampling.compare_grid(self.model, rows=rows, per_z=per_z, temperature=temperature, seed=_seed(seed))
 
     def temperature_sweep(self, temperatures: Sequence[float], n: int, *, seed: int | None = None) -> torch.Tensor:
@@ -141,7 +140,7 @@ class Run:
         self._need_vae("a temperature sweep")
         _check_count(n, "n")
         temps = _temperature_list(temperatures)
-        _require_images(n * len(temps), self.image_shape, f"{n} x {len(temps)} temperature-sweep images")
+        _require_images(n * len(temps), self.image_shape, "the temperature sweep")
         return sampling.temperature_grid(self.model, temperatures=temps, n=n, seed=_seed(seed))
 
     # -- inference ----------------------------------------------------------------------------
@@ -301,9 +300,7 @@ def _check_bool(value: bool, name: str) -> None:
 
 
 def _require_images(count: int, image_shape, what: str) -> None:
-    """Refuse (one line) to make ``count`` float32 images that would not fit in memory (with the
-    model's activations, about 5 copies)."""
-    require_memory(5 * 4 * int(count) * math.prod(image_shape), what, "ask for fewer images at a time")
+    require_image_memory(count, image_shape, what, "ask for fewer images at a time")
 
 
 def _temperature_list(temperatures) -> list[float]:

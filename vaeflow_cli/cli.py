@@ -174,16 +174,10 @@ def _save_traceback(exc: BaseException) -> str:
 
 
 def _require_image_memory(count: int, image_shape, what: str) -> None:
-    """Refuse before sampling when ``count`` uint8 images (plus float32 work space for one batch
-    per image) would not fit in the available memory."""
-    from vaeflow_cli.limits import require_memory
+    """Refuse before sampling, naming the options, when ``count`` images would not fit in memory."""
+    from vaeflow_cli.limits import require_image_memory
 
-    per_image = math.prod(image_shape)
-    require_memory(
-        count * per_image + 4 * per_image * 512,
-        f"{what} ({count} images of {'x'.join(map(str, image_shape))})",
-        "ask for fewer images, or write several smaller batches with different --seed",
-    )
+    require_image_memory(count, image_shape, what, "ask for fewer images, or write several smaller batches with different --seed")
 
 
 def _finite(value: Optional[float]) -> Optional[float]:
@@ -387,7 +381,7 @@ def sample(
         _write_output(png_bytes(picture), out or str(samples_dir / name))
         return
     n = n if n is not None else SAMPLE_N
-    _require_image_memory(n * (5 if fmt == "npy" or not as_grid else 6), r.image_shape, f"--n {n}")
+    _require_image_memory(n, r.image_shape, f"--n {n}")
     images = to_uint8(r.sample(n, temperature=temperature, seed=seed, vae_only=vae_only))  # (N, C, H, W)
     stem = f"sample-seed{seed}-" + ("vae" if vae_only else f"t{temperature:g}")
     if fmt == "npy":
@@ -409,7 +403,7 @@ def _sample_figure(r, rows: int, per_z: int | None, temperatures: list[float], *
 
     count = rows * ((1 + per_z) if per_z else len(temperatures))
     what = f"--n {rows} x --per-z {per_z}" if per_z else f"--n {rows} x {len(temperatures)} temperatures"
-    _require_image_memory(5 * count, r.image_shape, what)
+    _require_image_memory(count, r.image_shape, what)
     if per_z:
         images, name = r.compare(rows, per_z, temperature=temperature, seed=seed), f"compare-seed{seed}-t{temperature:g}.png"
     else:
@@ -443,7 +437,7 @@ def interpolate(
     r = load_run(run, device=resolve_device(device, "--device"))
     if r.phase == "baseline":
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
-    _require_image_memory(5 * steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")
+    _require_image_memory(steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")
     if src is not None:
         images = r.interpolate(read_image(src, r.image_shape), read_image(dst, r.image_shape), steps)
         name = f"interpolate-{src.stem}-{dst.stem}.png"

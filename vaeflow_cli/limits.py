@@ -48,6 +48,15 @@ def require_memory(nbytes: int, what: str, fix: str) -> None:
         raise VaeflowError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory and {free / 2**30:.1f} GiB are available; {fix}")
 
 
+def require_image_memory(count: int, image_shape, what: str, fix: str) -> None:
+    """Refuse (one line) to make ``count`` images of ``image_shape`` (C, H, W) that would not fit:
+    float32 values, about five copies alive at once (the model's activations and the output)."""
+    per_image = 1
+    for side in image_shape:
+        per_image *= int(side)
+    require_memory(5 * 4 * int(count) * per_image, f"{what} ({count} images of {'x'.join(map(str, image_shape))})", fix)
+
+
 def file_problem(path) -> str | None:
     """Why ``path`` cannot be read as a data file (missing, a directory, a device, a FIFO that
     would block, no permission), or None for a regular file. Nothing is opened."""
