@@ -39,6 +39,7 @@ from vaeflow_cli.loggers import MetricsSink
 from vaeflow_cli.model import VAEFlow, build_model, check_components
 from vaeflow_cli.phases import PHASES, previous
 from vaeflow_cli.runs import RunDir, all_finite, check_signature, load_weights
+from vaeflow_cli.sampling import bin_centres
 
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
 
@@ -392,7 +393,7 @@ def _data_and_model(cfg: dict, phase: str, ddp, device: torch.device, *, fresh_f
         )
     torch.manual_seed(cfg["train"]["seed"] + list(PHASES).index(phase) + 1000 * ddp.rank)
     model = build_model(cfg, data.image_shape, baseline=PHASES[phase].standalone).to(device)
-    y = torch.from_numpy((data.train[:2].astype(np.float32) + 0.5) / 256.0).to(device)
+    y = bin_centres(data.train[:2], device)
     check_components(model, y, identity_flow=fresh_flow, flow_type=cfg["model"]["flow"]["type"])
     return data, model
 
