@@ -343,6 +343,54 @@ def test_loader_stops_cleanly_and_reports_errors():
         list(BatchLoader(images.view(Broken), batch_size=2, seed=0).epoch(0))
 
 
+@pytest.mark.parametrize("leave_by", ["exception", "ctrl-c", "break"])
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_leaving_an_epoch_at_any_batch_ends_the_producer_at_once(leave_by, prefetch):
+    """A step that raises (or Ctrl-C, or a break) at any batch of an epoch, including the last few
+    while the producer is handing over the end-of-epoch marker into a full queue, ends the loader
+    thread and lets the error through: no hang, no loader thread left behind."""
+    import contextlib
+    import threading
+
+    import torch
+
+    from vaeflow_cli.data import BatchLoader
+
+    images = np.zeros((10, 1, 2, 2), np.uint8)
+    errors = {"exception": RuntimeError("step failed"), "ctrl-c": KeyboardInterrupt()}
+
+    def consume(loader, leave_at, through_device, seen):
+        batches = loader.device_epoch(0, torch.device("cpu")) if through_device else loader.epoch(0)
+        try:
+            with contextlib.closing(batches):  # as the trainer leaves an epoch
+                for n, _ in enumerate(batches):
+                    if n == leave_at:
+                        threading.Event().wait(0.03)  # let the producer fill the queue and reach its last put
+                        if leave_by == "break":
+                            break
+                        raise errors[leave_by]
+                    seen.append(n)
+        except BaseException as exc:  # noqa: BLE001 - what left the loop, checked below
+            seen.append(exc)
+
+    for through_device in (False, True):
+        for leave_at in range(10):  # 10 batches of one image: leave at every position
+            loader = BatchLoader(images, batch_size=1, seed=0, prefetch=prefetch)
+            seen: list = []
+            consumer = threading.Thread(target=consume, args=(loader, leave_at, through_device, seen), daemon=True)
+            consumer.start()
+            consumer.join(timeout=10)
+            assert not consumer.is_alive(), f"hung leaving at batch {leave_at} of 10 (prefetch {prefetch}, device {through_device})"
+            assert seen[:leave_at] == list(range(leave_at))
+            if leave_by != "break":
+                assert seen[leave_at] is errors[leave_by]
+            for _ in range(100):  # the producer ends within its 0.1 s put timeout
+                if not any(t.name == "vaeflow-loader" and t.is_alive() for t in threading.enumerate()):
+                    break
+                threading.Event().wait(0.05)
+            assert not any(t.name == "vaeflow-loader" and t.is_alive() for t in threading.enumerate())
+
+
 # ---------------------------------------------------------------- imagefolder
 
 

@@ -272,3 +272,36 @@ def test_a_fresh_start_after_a_run_killed_before_its_first_checkpoint_records_ea
     run.append_metrics({"phase": "vae", "epoch": 1, "train_bpd": 9.0, "test_bpd": 9.0})  # killed before its checkpoint
     train_phase(cfg, run.path, "vae", progress=False)
     assert [r["epoch"] for r in run.read_metrics() if r["phase"] == "vae"] == [1]
+
+
+@pytest.mark.parametrize("from_end", [3, 2, 1])
+def test_a_step_that_fails_near_the_end_of_an_epoch_saves_the_last_good_state_without_hanging(tiny, tmp_path, monkeypatch, from_end):
+    """Too many non-finite steps while the loader is handing over the epoch's last batches (the
+    producer waiting on a full queue) must not hang: the error is raised and the last good state
+    saved. faulthandler turns a hang into a failure with the stacks."""
+    import faulthandler
+
+    original = VAEFlow.bound
+    calls = {"n": 0}
+    cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=1", "train.vae.batch_size=8", "train.max_bad_steps=1"])
+    steps = 96 // 8
+    bad_step = steps - from_end + 1  # 1-based: the step that takes the from_end-th batch from the end
+
+    def poisoned(self, y, **kw):
+        b = original(self, y, **kw)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == bad_step:
+                time.sleep(0.2)  # the producer fills the queue and waits on its last put
+                b = _nan_gradient(b)
+        return b
+
+    monkeypatch.setattr(VAEFlow, "bound", poisoned)
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        with pytest.raises(VaeflowError, match="1 non-finite steps"):
+            train_phase(cfg, tmp_path / "run", "vae", progress=False)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    state = RunDir(tmp_path / "run").load_checkpoint("vae")
+    assert state["global_step"] == bad_step and state["skipped_steps"] == 1

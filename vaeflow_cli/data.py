@@ -501,8 +501,11 @@ class BatchLoader:
         device = torch.device(device)
         host = self.epoch(epoch, start=start)
         if device.type != "cuda":
-            for idx, batch in host:
-                yield idx, torch.from_numpy(batch).to(device)
+            try:
+                for idx, batch in host:
+                    yield idx, torch.from_numpy(batch).to(device)
+            finally:
+                host.close()  # ends the producer now, not when the generator is collected
             return
         stream = torch.cuda.Stream(device)
 
@@ -548,21 +551,26 @@ class BatchLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        def offer(item) -> bool:
+            """Put ``item`` unless the consumer has left; every put is bounded, so the producer ends
+            within 0.1 s of ``stop`` whatever the queue holds (a consumer that leaves while the
+            queue is full must not block the end-of-epoch marker or an error forever)."""
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce():
             try:
                 for idx in batches:
-                    item = self._make(idx, epoch)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if stop.is_set() or not offer(self._make(idx, epoch)):
                         return
-                q.put(None)
+                offer(None)
             except BaseException as exc:  # hand the error to the consumer
-                q.put(exc)
+                offer(exc)
 
         worker = threading.Thread(target=produce, name="vaeflow-loader", daemon=True)
         worker.start()

@@ -559,12 +559,18 @@ class _Trainer:
     def run_epoch(self, bar: _Progress, interrupt: dict, max_steps: int | None) -> None:
         """The optimizer steps of the current epoch, from ``position.step`` on. Raises _StopRequested
         at a step boundary (a signal, ``max_steps``) and _TooManyBadSteps."""
-        p, phase, tcfg, device = self.state.position, self.phase, self.tcfg, self.state.device
-        on_device = tcfg["dequantize"] == "device"
+        p, phase = self.state.position, self.phase
         self.loader.wait_seconds = 0.0
         bar.start_epoch(f"{phase} {p.epoch + 1}/{self.pcfg['epochs']}", len(self.loader), p.step)
         set_phase_mode(self.state.model, phase)
-        for idx, y in self.loader.device_epoch(p.epoch, device, start=p.step):
+        batches = self.loader.device_epoch(p.epoch, self.state.device, start=p.step)
+        with contextlib.closing(batches):  # a step that raises ends the loader's producer at once
+            self._steps(batches, bar, interrupt, max_steps)
+
+    def _steps(self, batches, bar: _Progress, interrupt: dict, max_steps: int | None) -> None:
+        p, phase, tcfg, device = self.state.position, self.phase, self.tcfg, self.state.device
+        on_device = tcfg["dequantize"] == "device"
+        for idx, y in batches:
             stop = interrupt["stop"] or (max_steps is not None and self.steps_this_call >= max_steps)
             if self.ddp.enabled:  # every rank stops at the same step
                 stop = self.ddp.sum(float(stop))[0] > 0
