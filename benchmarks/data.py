@@ -2,10 +2,15 @@
 side in one run (ratios, since these machines are noisy). Prints a JSON object as its last line.
 
     python benchmarks/data.py [--images 400] [--repeats 3]
+    python benchmarks/data.py --folder /tmp/data/train --images 0 --crop 0 --size 32        # real CIFAR-10 JPEGs
+    python benchmarks/data.py --folder /tmp/data/celeba-align-half --images 0 --crop-box 22,12,64,64 --size 64
 
 Decoding: CelebA-format JPEGs it generates (178x218, quality 90, smooth photo-like content),
-centre crop 148 and resize to 64, one thread each unless stated. Dequantization: uint8 batches of
-256 x 3 x 64 x 64.
+centre crop 148 and resize to 64, one thread each unless stated; or, with --folder, the real
+.jpg files under that folder (the first --images in path order, 0 for all) with --crop (a centred
+square, 0 for the shorter side) or --crop-box (top,left,height,width) and --size. The Rust path
+and Pillow decode the same files in alternating rounds (best of --repeats each). Dequantization:
+uint8 batches of 256 x 3 x 64 x 64.
 """
 
 from __future__ import annotations
@@ -53,18 +58,24 @@ def make_jpegs(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def pillow_decode(paths, *, draft: bool) -> np.ndarray:
-    out = np.empty((len(paths), SIZE, SIZE, 3), np.uint8)
+def pillow_decode(paths, *, draft: bool, crop=CROP, size: int = SIZE) -> np.ndarray:
+    """Pillow's decode, crop (a centred square, 0 the shorter side, or a (top, left, height, width)
+    box) and Lanczos resize: the obvious alternative to the Rust path."""
+    out = np.empty((len(paths), size, size, 3), np.uint8)
     for i, p in enumerate(paths):
         with Image.open(p) as im:
             w, h = im.size
+            if isinstance(crop, tuple):
+                top, left, ch, cw = crop
+            else:
+                cw = ch = crop or min(w, h)
+                top, left = (h - ch) // 2, (w - cw) // 2
             if draft:  # let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling), still >= the target
-                im.draft("RGB", (math.ceil(w * SIZE / CROP), math.ceil(h * SIZE / CROP)))
+                im.draft("RGB", (math.ceil(w * size / cw), math.ceil(h * size / ch)))
             im = im.convert("RGB")
             s = im.size[0] / w
-            left, top = (w - CROP) // 2 * s, (h - CROP) // 2 * s
-            box = (left, top, left + CROP * s, top + CROP * s)
-            out[i] = np.asarray(im.resize((SIZE, SIZE), Image.Resampling.LANCZOS, box=box))
+            box = (left * s, top * s, (left + cw) * s, (top + ch) * s)
+            out[i] = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=box))
     return out
 
 
@@ -73,18 +84,39 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep-jpegs", metavar="DIR", help="write the generated JPEGs here and keep them")
+    ap.add_argument("--folder", type=Path, help="decode the real .jpg files under this folder instead of generated ones")
+    ap.add_argument("--crop", type=int, default=CROP, help="with --folder: a centred square crop (0: the shorter side)")
+    ap.add_argument("--crop-box", help="with --folder: TOP,LEFT,HEIGHT,WIDTH, the same box of every image")
+    ap.add_argument("--size", type=int, default=SIZE, help="with --folder: the output side")
     args = ap.parse_args()
-    n = args.images
-    result: dict[str, float | int | str] = {"images": n, "crop": CROP, "size": SIZE}
+    crop, size = (tuple(int(v) for v in args.crop_box.split(",")) if args.crop_box else args.crop), args.size
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.keep_jpegs or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = make_jpegs(folder, n)
-        t_rust1 = best_time(lambda: decode_images(paths, crop=CROP, size=SIZE, threads=1), args.repeats)
-        t_rust2 = best_time(lambda: decode_images(paths, crop=CROP, size=SIZE, threads=2), args.repeats)
-        t_pil = best_time(lambda: pillow_decode(paths, draft=False), args.repeats)
-        t_draft = best_time(lambda: pillow_decode(paths, draft=True), args.repeats)
-        ours, ref = decode_images(paths, crop=CROP, size=SIZE), pillow_decode(paths, draft=False)
+        if args.folder:
+            paths = sorted(args.folder.rglob("*.jpg"))
+            paths = paths[: args.images] if args.images else paths
+        else:
+            crop, size = CROP, SIZE
+            folder = Path(args.keep_jpegs or tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = make_jpegs(folder, args.images)
+        n = len(paths)
+        result: dict[str, float | int | str] = {"images": n, "folder": str(args.folder or "generated"), "crop": str(crop), "size": size}
+        rounds: dict[str, list[float]] = {"rust1": [], "rust2": [], "pillow": [], "pillow_draft": []}
+        sides = {
+            "rust1": lambda: decode_images(paths, crop=crop, size=size, threads=1),
+            "rust2": lambda: decode_images(paths, crop=crop, size=size, threads=2),
+            "pillow": lambda: pillow_decode(paths, draft=False, crop=crop, size=size),
+            "pillow_draft": lambda: pillow_decode(paths, draft=True, crop=crop, size=size),
+        }
+        for name, fn in sides.items():
+            fn()  # warm-up: the files in the page cache for every side
+        for _ in range(args.repeats):  # the sides alternated, round after round
+            for name, fn in sides.items():
+                t = time.perf_counter()
+                fn()
+                rounds[name].append(time.perf_counter() - t)
+        t_rust1, t_rust2, t_pil, t_draft = (min(rounds[k]) for k in ("rust1", "rust2", "pillow", "pillow_draft"))
+        ours, ref = decode_images(paths, crop=crop, size=size), pillow_decode(paths, draft=False, crop=crop, size=size)
         result.update(
             decode_images_per_s_rust_1thread=n / t_rust1,
             decode_images_per_s_rust_2threads=n / t_rust2,

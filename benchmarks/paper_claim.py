@@ -21,7 +21,8 @@ multi-scale Glow baseline, trained for the same wall-clock budget on the same ma
    and the full model, the Glow's exact bits/dim, and digit_fd (Frechet distance in a small digit
    CNN's features, NOT FID) of --n-samples samples at each temperature, with the same classifier
    file, reference images, seed and sample count for every model. The best temperature per model
-   is the one with the lowest digit_fd.
+   is the one with the lowest digit_fd. ``--sample-metric none`` (for colour images, where no
+   digit classifier applies) scores bits/dim only and draws the figure at the first temperature.
 4. Writes OUT/paper_claim.json, OUT/paper_claim.md (the table, the digit_fd per temperature, the
    machine) and OUT/paper_claim.png (sample grids side by side at each model's best temperature),
    prints the JSON and Markdown paths on stdout; progress goes to stderr.
@@ -75,6 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--vae-set", action="append", default=[], metavar="KEY=VALUE", help="override vaeflow's config (repeatable)")
     ap.add_argument("--glow-set", action="append", default=[], metavar="KEY=VALUE", help="override the Glow's config (repeatable)")
     ap.add_argument("--temperatures", default=DEFAULT_TEMPERATURES, help="sampling temperatures scored by digit_fd")
+    ap.add_argument(
+        "--sample-metric",
+        choices=("digit_fd", "none"),
+        default="digit_fd",
+        help="sample quality score: digit_fd (digits only) or none (bits/dim only; the figure at the first temperature)",
+    )
     ap.add_argument("--n-samples", type=int, default=2000, help="samples per model and temperature for digit_fd")
     ap.add_argument("--iwae-k", type=int, default=64, help="importance samples of vaeflow's IWAE bound")
     ap.add_argument("--grid-n", type=int, default=64, help="samples per model in the figure")
@@ -156,6 +163,14 @@ def epoch_seconds(run: Path, phase: str) -> float:
     from vaeflow_cli.runs import RunDir
 
     return round(sum(r.get("seconds", 0.0) for r in RunDir(run).read_metrics() if r["phase"] == phase), 3)
+
+
+def seconds_per_epoch(run: Path, phase: str) -> float | None:
+    """Median recorded seconds of the phase's epochs (the Table 4 analogue)."""
+    from vaeflow_cli.runs import RunDir
+
+    seconds = [r["seconds"] for r in RunDir(run).read_metrics() if r["phase"] == phase and r.get("seconds")]
+    return round(float(np.median(seconds)), 3) if seconds else None
 
 
 def n_parameters(module) -> int:
@@ -257,11 +272,16 @@ def markdown(r: dict) -> str:
         "# The paper's claim on this machine: vaeflow vs. a standalone Glow, same wall-clock budget",
         "",
         f"Held-out split: {r['settings']['heldout_images']} images. Bits/dim: vaeflow's are upper bounds "
-        f'("<=": single-sample ELBO and IWAE_{k}); the Glow\'s is exact. digit_fd: Frechet distance in the '
-        f"features of a small digit CNN (held-out accuracy {_fmt(r['digit_fd_classifier_accuracy'])}), "
-        f"{r['settings']['n_samples']} samples per temperature, the lowest over T = "
-        f"{', '.join(f'{t:g}' for t in r['settings']['temperatures'])}; it is not FID. "
-        f"Budget: {r['budget']['seconds']:.1f} s ({r['budget']['source']}).",
+        f'("<=": single-sample ELBO and IWAE_{k}); the Glow\'s is exact. '
+        + (
+            f"digit_fd: Frechet distance in the "
+            f"features of a small digit CNN (held-out accuracy {_fmt(r['digit_fd_classifier_accuracy'])}), "
+            f"{r['settings']['n_samples']} samples per temperature, the lowest over T = "
+            f"{', '.join(f'{t:g}' for t in r['settings']['temperatures'])}; it is not FID. "
+            if r["settings"].get("sample_metric", "digit_fd") == "digit_fd"
+            else f"No sample-quality score (--sample-metric none); the figure's samples are at T = {r['settings']['temperatures'][0]:g}. "
+        )
+        + f"Budget: {r['budget']['seconds']:.1f} s ({r['budget']['source']}).",
         "",
         f"| model | parameters | ELBO bpd | IWAE_{k} bpd | exact bpd | digit_fd (best T) | best T | training s | wall-clock s | epochs |",
         "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
@@ -287,19 +307,32 @@ def markdown(r: dict) -> str:
             f"{seconds(row['wall_seconds'], row['wall_seconds_per_phase'])} | {epochs_text} |"
         )
     temps = [f"{t:g}" for t in r["settings"]["temperatures"]]
-    lines += [
-        "",
-        "digit_fd per temperature (lower is better):",
-        "",
-        "| model | " + " | ".join(f"T = {t}" for t in temps) + " |",
-        "|---|" + "---:|" * len(temps),
-    ]
+    if any(row["digit_fd"] for row in r["rows"]):
+        lines += [
+            "",
+            "digit_fd per temperature (lower is better):",
+            "",
+            "| model | " + " | ".join(f"T = {t}" for t in temps) + " |",
+            "|---|" + "---:|" * len(temps),
+        ]
+        for row in r["rows"]:
+            lines.append(f"| {row['label']} | " + " | ".join(_fd(row["digit_fd"].get(t)) for t in temps) + " |")
+    lines += ["", "Per-image bits/dim (median / p90) and seconds per epoch (median over epochs, the Table 4 analogue):", ""]
+    lines += ["| model | per-image bpd: median / p90 | s per epoch |", "|---|---|---|"]
     for row in r["rows"]:
-        lines.append(f"| {row['label']} | " + " | ".join(_fd(row["digit_fd"].get(t)) for t in temps) + " |")
+        cells = ", ".join(
+            f"{kind} {_fmt(st.get('median'), '.3f')} / {_fmt(st.get('p90'), '.3f')}" for kind, st in row.get("per_image", {}).items() if st
+        )
+        secs = ", ".join(f"{p} {_fmt(v, '.1f')}" for p, v in row.get("seconds_per_epoch", {}).items())
+        lines.append(f"| {row['label']} | {cells} | {secs} |")
+    for name, st in (r.get("yardstick_per_image") or {}).items():
+        if st:
+            lines.append(f"| {name} yardstick | {_fmt(st.get('median'), '.3f')} / {_fmt(st.get('p90'), '.3f')} | |")
     hist = r.get("bpd_histogram")
     lines += [
         "",
-        f"Per-pixel histogram baseline (exact, fitted on the training split): {_fmt(hist, '.4f')} bpd.",
+        f"Per-pixel histogram baseline (exact, fitted on the training split): {_fmt(hist, '.4f')} bpd. "
+        f"PNG files of the held-out images (lossless codec, Pillow optimize): {_fmt(r.get('bpd_png'), '.4f')} bpd.",
         "Training s: the seconds training records per epoch (optimizer steps plus the held-out bound at the "
         "epoch end), summed per phase. Wall-clock s: the whole training calls (data loading, model building, "
         "phase 2's starting bound, sample grids too); the Glow, trained one epoch per call, pays that start-up "
@@ -371,28 +404,29 @@ def main(argv=None) -> dict:
     if args.digit_classifier is not None:
         (vae_run / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.digit_classifier, vae_run / CLASSIFIER_FILE)
-    log("paper_claim: evaluating vaeflow (bpd, iwae, digit_fd)")
+    fd_metrics = ["digit_fd"] if args.sample_metric == "digit_fd" else []
+    log(f"paper_claim: evaluating vaeflow ({', '.join(['bpd', 'iwae', *fd_metrics])})")
     ev_vae = evaluate_run(
         vae_run,
-        metrics=["bpd", "iwae", "digit_fd"],
+        metrics=["bpd", "iwae", *fd_metrics],
         iwae_k=args.iwae_k,
         n_samples=args.n_samples,
         temperatures=temperatures,
         device=eval_device,
         seed=seed,
     )
-    # the same classifier file for the Glow (evaluate_run would otherwise train its own copy)
-    (glow_run / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(vae_run / CLASSIFIER_FILE, glow_run / CLASSIFIER_FILE)
-    log("paper_claim: evaluating the standalone Glow (bpd, digit_fd)")
-    ev_glow = evaluate_run(glow_run, metrics=["bpd", "digit_fd"], n_samples=args.n_samples, temperatures=temperatures, device=eval_device, seed=seed)
-    glow_fd = temperature_scores(ev_glow["digit_fd_baseline"], temperatures)
+    if fd_metrics:  # the same classifier file for the Glow (evaluate_run would otherwise train its own copy)
+        (glow_run / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vae_run / CLASSIFIER_FILE, glow_run / CLASSIFIER_FILE)
+    log(f"paper_claim: evaluating the standalone Glow ({', '.join(['bpd', *fd_metrics])})")
+    ev_glow = evaluate_run(glow_run, metrics=["bpd", *fd_metrics], n_samples=args.n_samples, temperatures=temperatures, device=eval_device, seed=seed)
+    glow_fd = temperature_scores(ev_glow["digit_fd_baseline"], temperatures) if fd_metrics else {}
 
     full_model = load_run(vae_run, device=eval_device, checkpoint="glow").model
     glow_model = load_run(glow_run, device=eval_device, checkpoint="baseline").model
     vae_params = sum(n_parameters(getattr(full_model, m)) for m in ("encoder", "decoder", "prior"))
-    vae_fd = temperature_scores(ev_vae["digit_fd_vae"], temperatures)
-    full_fd = temperature_scores(ev_vae["digit_fd_full"], temperatures)
+    vae_fd = temperature_scores(ev_vae["digit_fd_vae"], temperatures) if fd_metrics else {}
+    full_fd = temperature_scores(ev_vae["digit_fd_full"], temperatures) if fd_metrics else {}
     rows = []
     for key, fd, extra in (
         (
@@ -402,6 +436,8 @@ def main(argv=None) -> dict:
                 "bpd_elbo": ev_vae["bpd_elbo_vae"],
                 "bpd_iwae": ev_vae["bpd_iwae_vae"],
                 "bpd_exact": None,
+                "per_image": {"ELBO": ev_vae["bpd_elbo_vae_per_image"], f"IWAE_{args.iwae_k}": ev_vae["bpd_iwae_vae_per_image"]},
+                "seconds_per_epoch": {"phase 1": seconds_per_epoch(vae_run, "vae")},
                 "parameters": vae_params,
                 "train_seconds": vae_train["vae"]["train_seconds"],
                 "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"]},
@@ -417,6 +453,8 @@ def main(argv=None) -> dict:
                 "bpd_elbo": ev_vae["bpd_elbo_full"],
                 "bpd_iwae": ev_vae["bpd_iwae_full"],
                 "bpd_exact": None,
+                "per_image": {"ELBO": ev_vae["bpd_elbo_full_per_image"], f"IWAE_{args.iwae_k}": ev_vae["bpd_iwae_full_per_image"]},
+                "seconds_per_epoch": {"phase 1": seconds_per_epoch(vae_run, "vae"), "phase 2": seconds_per_epoch(vae_run, "glow")},
                 "parameters": n_parameters(full_model),
                 "train_seconds": round(vae_total, 3),
                 "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"], "phase 2": vae_train["glow"]["train_seconds"]},
@@ -432,6 +470,8 @@ def main(argv=None) -> dict:
                 "bpd_elbo": None,
                 "bpd_iwae": None,
                 "bpd_exact": ev_glow["bpd_baseline"],
+                "per_image": {"exact": ev_glow["bpd_baseline_per_image"]},
+                "seconds_per_epoch": {"baseline": seconds_per_epoch(glow_run, "baseline")},
                 "parameters": n_parameters(glow_model),
                 "train_seconds": glow_train["train_seconds"],
                 "train_seconds_per_phase": {"baseline": glow_train["train_seconds"]},
@@ -475,6 +515,7 @@ def main(argv=None) -> dict:
             "vae_set": args.vae_set,
             "glow_set": args.glow_set,
             "temperatures": temperatures,
+            "sample_metric": args.sample_metric,
             "n_samples": args.n_samples,
             "iwae_k": args.iwae_k,
             "grid_n": args.grid_n,
@@ -497,6 +538,8 @@ def main(argv=None) -> dict:
         "rows": rows,
         "digit_fd_classifier_accuracy": ev_vae.get("digit_fd_classifier_accuracy"),
         "bpd_histogram": ev_vae.get("bpd_histogram"),
+        "bpd_png": ev_vae.get("bpd_png"),
+        "yardstick_per_image": {"histogram": ev_vae.get("bpd_histogram_per_image"), "PNG": ev_vae.get("bpd_png_per_image")},
         "runs": {"vaeflow": str(vae_run), "glow": str(glow_run)},
         "evaluations": {"vaeflow": str(vae_run / "eval" / "evaluate-test.json"), "glow": str(glow_run / "eval" / "evaluate-test.json")},
         "figure": str(figure),

@@ -108,6 +108,8 @@ class AdditiveCoupling(nn.Module):
     one channel, where a channel split is impossible (model.md, decided here).
     """
 
+    outputs_per_channel = 1  # the network's outputs per transformed channel: a shift
+
     def __init__(self, image_shape: tuple[int, int, int], *, hidden: int, parity: int, split: str) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -120,12 +122,12 @@ class AdditiveCoupling(nn.Module):
             self.cond = slice(0, ca) if self.parity == 0 else slice(ca, c)
             self.moved = slice(ca, c) if self.parity == 0 else slice(0, ca)
             n_cond = ca if self.parity == 0 else c - ca
-            self.net = coupling_net(n_cond, c - n_cond, hidden)
+            self.net = coupling_net(n_cond, self.outputs_per_channel * (c - n_cond), hidden)
         elif split == "checkerboard":
             ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
             mask = ((ii + jj + self.parity) % 2 == 0).float()[None, None]  # (1, 1, H, W), 1 = conditioner
             self.register_buffer("mask", mask)
-            self.net = coupling_net(c, c, hidden)
+            self.net = coupling_net(c, self.outputs_per_channel * c, hidden)
         else:
             raise ValueError(f"unknown split {split!r}; use 'channel' or 'checkerboard'")
 
@@ -153,6 +155,42 @@ class AdditiveCoupling(nn.Module):
 # ------------------------------------------------------------------ the Glow layer
 
 
+class SplitAffineCoupling(AdditiveCoupling):
+    """x_b <- (x_b + t(x_a)) * exp(s(x_a)), s = tanh(raw) (so each layer scales by e^-1 to e), with
+    the channel or checkerboard split of ``AdditiveCoupling``; log|det| = sum of s over the
+    transformed entries. The network's last conv is zeroed, so s = t = 0 and the layer starts as
+    exactly the identity (unlike Glow's sigmoid(raw + 2) scale). The scale depends on the
+    neighbouring pixels, so the layer can widen or narrow the decoder's Gaussian locally (edges
+    against flat regions), which an additive coupling cannot."""
+
+    outputs_per_channel = 2  # a shift and a log-scale per transformed channel
+
+    def _scale_shift(self, x):
+        if self.split == "channel":
+            h = self.net(x[:, self.cond]).float()
+        else:
+            h = (self.net(x * self.mask) * (1.0 - self.mask)).float()  # zero on the conditioner pixels
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        return torch.tanh(raw), shift
+
+    def forward(self, x):
+        log_scale, shift = self._scale_shift(x)
+        if self.split == "channel":
+            out = x.clone()
+            out[:, self.moved] = (x[:, self.moved] + shift.to(x.dtype)) * torch.exp(log_scale).to(x.dtype)
+            return out, log_scale.flatten(1).sum(1)
+        return (x + shift.to(x.dtype)) * torch.exp(log_scale).to(x.dtype), log_scale.flatten(1).sum(1)
+
+    def inverse(self, y):
+        # the conditioner part is unchanged, so the network sees the same input both ways
+        log_scale, shift = self._scale_shift(y)
+        if self.split == "channel":
+            out = y.clone()
+            out[:, self.moved] = y[:, self.moved] * torch.exp(-log_scale).to(y.dtype) - shift.to(y.dtype)
+            return out, -log_scale.flatten(1).sum(1)
+        return y * torch.exp(-log_scale).to(y.dtype) - shift.to(y.dtype), -log_scale.flatten(1).sum(1)
+
+
 class GlowLayer(FlowSequence):
     """f: data space -> decoder space; ``depth`` blocks of ActNorm -> 1x1 conv -> additive coupling.
 
@@ -161,13 +199,30 @@ class GlowLayer(FlowSequence):
     for C >= 2 and the checkerboard split for C = 1.
     """
 
-    def __init__(self, *, image_shape: tuple[int, int, int], depth: int, hidden_channels: int, lu: bool, split: str, checkpointing: bool) -> None:
+    def __init__(
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        depth: int,
+        hidden_channels: int,
+        lu: bool,
+        split: str,
+        checkpointing: bool,
+        coupling: str = "additive",
+    ) -> None:
         c = image_shape[0]
+        couple = {"additive": AdditiveCoupling, "affine": SplitAffineCoupling}[coupling]
         if split == "auto":
             split = "channel" if c >= 2 else "checkerboard"
+        if split == "alternate" and c < 2:
+            raise ValueError("split='alternate' needs at least 2 channels; use split='checkerboard'")
         blocks = []
         for i in range(depth):
-            blocks += [ActNorm(c), InvConv1x1(c, lu=lu), AdditiveCoupling(tuple(image_shape), hidden=hidden_channels, parity=i, split=split)]
+            if split == "alternate":  # checkerboard 0, channel 0, checkerboard 1, channel 1, ...
+                kind, parity = ("checkerboard", "channel")[i % 2], i // 2
+            else:
+                kind, parity = split, i
+            blocks += [ActNorm(c), InvConv1x1(c, lu=lu), couple(tuple(image_shape), hidden=hidden_channels, parity=parity, split=kind)]
         super().__init__(blocks)
         self.checkpointing = checkpointing
 

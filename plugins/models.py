@@ -133,16 +133,21 @@ def glow_layer(
     depth: Annotated[int, Range(1, 1024)] = 32,
     hidden_channels: Annotated[int, Range(1, 16384)] = 128,
     lu: bool = True,
-    split: Literal["auto", "channel", "checkerboard"] = "auto",
+    split: Literal["auto", "channel", "checkerboard", "alternate"] = "auto",
+    coupling: Literal["additive", "affine"] = "additive",
     checkpointing: bool = False,
 ) -> Flow:
     """The paper's Glow layer: ``depth`` blocks of ActNorm, an invertible 1x1 convolution (LU
-    parametrised with ``lu``) and an additive coupling of width ``hidden_channels``; ``split``
-    "auto" splits channels for C >= 2 and a checkerboard for C = 1; ``checkpointing`` recomputes
+    parametrised with ``lu``) and a coupling of width ``hidden_channels``, additive (the paper's)
+    or ``coupling = "affine"`` (a tanh-bounded log-scale as well); ``split`` "auto" splits channels
+    for C >= 2 and a checkerboard for C = 1, "checkerboard" splits pixels for any C, "alternate"
+    takes the checkerboard and the channel split in turn (C >= 2); ``checkpointing`` recomputes
     activations in the backward pass to save memory. The identity at initialisation."""
     from vaeflow_plugins.glow import GlowLayer
 
-    return GlowLayer(image_shape=image_shape, depth=depth, hidden_channels=hidden_channels, lu=lu, split=split, checkpointing=checkpointing)
+    return GlowLayer(
+        image_shape=image_shape, depth=depth, hidden_channels=hidden_channels, lu=lu, split=split, checkpointing=checkpointing, coupling=coupling
+    )
 
 
 def identity_flow(*, image_shape: ImageShape) -> Flow:

@@ -7,7 +7,7 @@ import torch
 
 from vaeflow_cli.plugins import build_registry
 from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior_component, perturb
-from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, InvConv1x1, squeeze, unsqueeze
+from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, InvConv1x1, SplitAffineCoupling, squeeze, unsqueeze
 from vaeflow_plugins.models import glow_layer, multiscale_glow
 
 REGISTRY = build_registry(allowed=None)  # every installed plugin, third-party ones too
@@ -62,6 +62,12 @@ GLOW_PARTS = {
     "coupling-ch1": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="channel"), 3),
     "checker0": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
     "checker1": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=1, split="checkerboard"), 1),
+    "checker-rgb": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="checkerboard"), 3),
+    "glow-alternate": (lambda: glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=8, split="alternate"), 3),
+    "affine-split-ch": (lambda: SplitAffineCoupling((3, 4, 4), hidden=8, parity=0, split="channel"), 3),
+    "affine-split-checker": (lambda: SplitAffineCoupling((3, 4, 4), hidden=8, parity=1, split="checkerboard"), 3),
+    "affine-split-gray": (lambda: SplitAffineCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
+    "glow-affine-alternate": (lambda: glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=8, split="alternate", coupling="affine"), 3),
     "affine0": (lambda: AffineCoupling(4, hidden=8, parity=0), 4),
     "affine1": (lambda: AffineCoupling(3, hidden=8, parity=1), 3),
 }
@@ -115,10 +121,13 @@ def test_non_lu_conv_log_det_is_slogdet_times_pixels():
     assert torch.allclose(ld, torch.full((2,), 20 * math.log(3.0)))
 
 
-@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 6, 6)])
+@pytest.mark.parametrize(
+    "shape, split, coupling",
+    [((1, 6, 6), "auto", "additive"), ((3, 6, 6), "auto", "additive"), ((3, 6, 6), "checkerboard", "affine"), ((3, 6, 6), "alternate", "affine")],
+)
 @pytest.mark.parametrize("lu", [True, False])
-def test_glow_layer_is_exactly_the_identity_at_initialisation(shape, lu):
-    flow = glow_layer(image_shape=shape, depth=3, hidden_channels=8, lu=lu)
+def test_glow_layer_is_exactly_the_identity_at_initialisation(shape, split, coupling, lu):
+    flow = glow_layer(image_shape=shape, depth=3, hidden_channels=8, lu=lu, split=split, coupling=coupling)
     x = torch.rand(4, *shape)
     y, ld = flow(x)
     assert torch.equal(y, x)
@@ -133,6 +142,11 @@ def test_glow_coupling_splits_as_documented():
     # the 1 | 2 channel split alternates which part is transformed
     couplings = [m for m in rgb.layers if isinstance(m, AdditiveCoupling)]
     assert (couplings[0].moved, couplings[1].moved) == (slice(1, 3), slice(0, 1))
+    # "alternate": checkerboard and channel splits in turn, each kind alternating its own parity
+    mixed = [m for m in glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=4, split="alternate").layers if isinstance(m, AdditiveCoupling)]
+    assert [(m.split, m.parity) for m in mixed] == [("checkerboard", 0), ("channel", 0), ("checkerboard", 1), ("channel", 1)]
+    with pytest.raises(ValueError, match="alternate"):
+        glow_layer(image_shape=(1, 4, 4), depth=2, hidden_channels=4, split="alternate")
 
 
 def test_check_bijection_catches_a_wrong_log_det():

@@ -436,6 +436,38 @@ def test_imagefolder_reads_every_kind_of_image_and_splits_stably(tmp_path, capfd
     assert "skipped 1 unreadable image(s)" in capfd.readouterr().err
 
 
+def test_imagefolder_crop_box_cuts_the_same_box_of_every_image(tmp_path):
+    """crop_box = [top, left, height, width] cuts img[top:top+height, left:left+width]: the half-size
+    CelebA faces (89 wide, 109 high) give Dai & Wipf's face box with no resize, exactly the numpy slice."""
+    from vaeflow_plugins.datasets import ImageFolder
+
+    root = tmp_path / "faces"
+    root.mkdir()
+    rng = np.random.RandomState(1)
+    pictures = [smooth_image(rng, w=89, h=109) for _ in range(4)]
+    for i, rgb in enumerate(pictures):
+        Image.fromarray(rgb).save(root / f"{i:06d}.png")  # lossless: the pixels are known exactly
+    ds = ImageFolder(root=str(root), crop_box=[22, 12, 64, 64], size=64, test_fraction=0.0)
+    got = ds.split("train")
+    assert got.shape == (4, 3, 64, 64)
+    for i, rgb in enumerate(pictures):
+        assert np.array_equal(got[i], rgb[22:86, 12:76].transpose(2, 0, 1))
+    assert ds.info()["preprocessing"]["crop_box"] == [22, 12, 64, 64]
+    # another box is another cache
+    assert np.array_equal(
+        ImageFolder(root=str(root), crop_box=[0, 0, 64, 64], size=64, test_fraction=0.0).split("train")[0], pictures[0][:64, :64].transpose(2, 0, 1)
+    )
+    for kwargs, message in (
+        ({"crop_box": [1, 2, 3]}, r"imagefolder: a crop box is data.crop_box = \[top, left, height, width\]"),
+        ({"crop_box": [0, -1, 4, 4]}, "imagefolder: a crop box is"),
+        ({"crop_box": [0, 0, 4, 4], "crop": 32}, "data.crop = 32 and data.crop_box both choose the crop"),
+    ):
+        with pytest.raises(VaeflowError, match=message):
+            ImageFolder(root=str(root), size=8, **kwargs)
+    with pytest.raises(VaeflowError, match=r"000000.png.*does not fit"):
+        ImageFolder(root=str(root), crop_box=[100, 0, 64, 64], size=8, test_fraction=0.0).split("train")
+
+
 def test_the_embedded_dataset_refuses_a_root_it_would_ignore():
     from vaeflow_cli import config as config_mod
     from vaeflow_cli.data import build_dataset

@@ -124,3 +124,17 @@ def test_paper_claim_tiny(tmp_path, tiny_config, mnist_root, capsys):
     with Image.open(png_path) as im:
         assert im.format == "PNG" and im.width > im.height > 100
     assert (out / "samples-vaeflow_full.png").exists() and (out / "samples-glow.png").exists()
+    # the yardsticks, the per-image distributions and the seconds per epoch (the Table 4 analogue)
+    assert data["bpd_png"] > 0 and data["yardstick_per_image"]["PNG"]["median"] > 0
+    assert set(rows["vaeflow_full"]["per_image"]) == {"ELBO", "IWAE_8"} and set(rows["glow"]["per_image"]) == {"exact"}
+    assert rows["vaeflow_full"]["per_image"]["ELBO"]["p90"] >= rows["vaeflow_full"]["per_image"]["ELBO"]["median"]
+    assert set(rows["vaeflow_full"]["seconds_per_epoch"]) == {"phase 1", "phase 2"} and rows["glow"]["seconds_per_epoch"]["baseline"] > 0
+    assert "PNG files of the held-out images" in md and "s per epoch" in md
+    # without a sample metric (colour images): no digit_fd table, the figure's temperature named
+    script = _load_script()
+    plain = json.loads(json.dumps(data))
+    plain["settings"]["sample_metric"] = "none"
+    for row in plain["rows"]:
+        row["digit_fd"], row["digit_fd_best"], row["best_temperature"] = {}, None, None
+    md_plain = script.markdown(plain)
+    assert "digit_fd per temperature" not in md_plain and "No sample-quality score" in md_plain and "T = 0.5" in md_plain

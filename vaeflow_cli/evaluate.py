@@ -2,9 +2,9 @@
 
 - bpd: the single-sample ELBO bound for the phase-1 model ("vae", Glow layer = identity) and, when
   phase 2 has a checkpoint, the full model ("full"); a standalone baseline run gets its exact bpd.
-  Always with the per-pixel histogram baseline (``baselines.histogram_bpd``, fitted on the run's
-  training split) as a yardstick, and for every bound the distribution over images (mean, median,
-  90th percentile, max).
+  Always with two yardsticks, the per-pixel histogram baseline (``baselines.histogram_bpd``,
+  fitted on the run's training split) and PNG's file lengths (``baselines.png_bpd``, a lossless
+  codec), and for every bound the distribution over images (mean, median, 90th percentile, max).
 - iwae: the IWAE_K bound for the same models (tighter than the ELBO; the paper reports only the
   ELBO bound).
 - fid: FID between ``n_samples`` samples of the full model (the phase-1 model when there is no
@@ -296,17 +296,21 @@ class _Evaluation:
         self.runs = {phase: load_run(self.rd.path, device=self.device, checkpoint=phase) for phase in self.phases}
 
     def histogram_baseline(self) -> None:
-        from vaeflow_cli.baselines import HISTOGRAM_ALPHA, histogram_bpd
+        """The yardsticks: the per-pixel histogram (exact bpd) and PNG's file lengths."""
+        from vaeflow_cli.baselines import HISTOGRAM_ALPHA, histogram_bpd, png_bpd
         from vaeflow_cli.data import load_split
 
         train = load_split(self.cfg, "train", dataset=self.run_dataset)
         log(f"bpd: per-pixel histogram baseline fitted on the run's {len(train)} training images")
         hist = histogram_bpd(train, self.images, alpha=HISTOGRAM_ALPHA)
+        png = png_bpd(self.images)
         self.result.update(
             bpd_histogram=float(hist.mean()),
             bpd_histogram_per_image=per_image_stats(hist),
             histogram_alpha=HISTOGRAM_ALPHA,
             histogram_train_images=len(train),
+            bpd_png=float(png.mean()),
+            bpd_png_per_image=per_image_stats(png),
         )
 
     def bounds(self, *, elbo: bool, iwae_k: int | None) -> None:
@@ -432,6 +436,9 @@ def format_table(r: dict) -> str:
             f"training split, {r['histogram_train_images']} images, add-{r['histogram_alpha']:g} smoothing)"
         )
         rows.append(("histogram baseline", r.get("bpd_histogram_per_image")))
+    if "bpd_png" in r:
+        lines.append(f"  PNG (lossless codec)          bpd = {r['bpd_png']:.4f} (file length of each image, Pillow optimize=True)")
+        rows.append(("PNG files", r.get("bpd_png_per_image")))
     rows = [(name, stats) for name, stats in rows if stats]
     if rows:
         width = max(len(name) for name, _ in rows)
