@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli, write_idx
+from PIL import Image
 
 from vaeflow_cli import config as config_mod
 from vaeflow_cli import fid
@@ -508,6 +509,115 @@ def test_digit_fd_and_training_curves(trained_run):
     assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
     path = run_cli("plot", "--run", trained_run).stdout.decode().strip()
     assert path.endswith("training-curves.png") and open(path, "rb").read(4) == b"\x89PNG"
+
+
+COLOUR_RUN = """
+[data]
+name = "imagefolder"
+root = "{root}"
+size = 8
+test_fraction = 0.3
+
+[model]
+latent_dim = 4
+pixel_transform = "logit"
+logit_alpha = 0.05
+
+[model.encoder]
+type = "resnet"
+base_channels = 4
+depth = 2
+fc_width = 16
+
+[model.decoder]
+type = "resnet-diagonal"
+base_channels = 4
+depth = 2
+fc_width = 16
+
+[model.prior]
+type = "realnvp"
+layers = 2
+hidden = 16
+
+[model.flow]
+type = "glow-layer"
+depth = 2
+hidden_channels = 8
+split = "alternate"
+coupling = "affine"
+
+[train]
+device = "cpu"
+seed = 0
+
+[train.vae]
+epochs = 1
+batch_size = 16
+
+[train.glow]
+epochs = 1
+batch_size = 16
+"""
+
+
+def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folders(tmp_path):
+    """cifar_fd end to end on a tiny run of two colour classes: the classifier is trained on the
+    run's training images with their folder names as labels (it separates red from blue), cached
+    with the classes and a fingerprint of the files, reused, refused when the files change; the
+    Frechet distance of the real images to themselves is zero; digit runs get one line."""
+    from vaeflow_cli import cifarfd
+    from vaeflow_cli.data import build_dataset, load_split
+    from vaeflow_cli.errors import VaeflowError
+    from vaeflow_cli.train import train_phase
+
+    root = tmp_path / "images"
+    rng = np.random.RandomState(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            x = rng.randint(0, 80, (8, 8, 3)).astype(np.uint8)
+            x[:, :, channel] = rng.randint(150, 256, (8, 8))
+            Image.fromarray(x).save(root / name / f"{i:03d}.png")
+    config = tmp_path / "colour.toml"
+    config.write_text(COLOUR_RUN.format(root=root))
+    cfg = config_mod.resolve(config)
+    run = tmp_path / "run"
+    train_phase(cfg, run, "vae", progress=False)
+    train_phase(cfg, run, "glow", progress=False)
+
+    r = evaluate_run(run, metrics=["cifar_fd"], n_samples=20, temperatures=[0.5, 1.0])
+    assert r["cifar_fd_classes"] == 2 and r["cifar_fd_classifier_accuracy"] == 1.0  # red against blue
+    for label in ("vae", "full"):
+        assert set(r[f"cifar_fd_{label}"]) == {"0.5", "1"} and all(math.isfinite(v) and v > 0 for v in r[f"cifar_fd_{label}"].values())
+    cache = run / "eval" / "cifar-cnn.pt"
+    state = torch.load(cache, weights_only=True)
+    assert state["classes"] == ["blue", "red"] and state["format"] == cifarfd.FORMAT
+    # the labels are the class folders, in the order the split decodes the files
+    dataset = build_dataset(cfg)
+    (train, ytr), (test, yte), classes, _ = cifarfd.labelled_splits(dataset)
+    assert np.array_equal(train, load_split(cfg, "train")) and len(test) + len(train) == 60
+    assert all((x[2].mean() > x[0].mean()) == (y == 0) for x, y in zip(train, ytr))
+    net, accuracy, _ = cifarfd.load_or_train(cache, dataset)  # from the cache: the same weights
+    assert accuracy == r["cifar_fd_classifier_accuracy"]
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), state["model"].values()))
+    mu, sigma = fid.statistics(cifarfd.features(net, test))
+    assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
+    assert "cifar_fd" in (run / "eval" / "evaluate-test.txt").read_text() and "not Inception" in (run / "eval" / "evaluate-test.txt").read_text()
+    # another set of files: the cache is refused in one line that says what to do
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "red" / "new.png")
+    with pytest.raises(VaeflowError, match="trained on other images or classes.*delete it"):
+        cifarfd.load_or_train(cache, build_dataset(cfg))
+    # images outside class folders, and a run of digits
+    with pytest.raises(VaeflowError, match="not inside a class folder"):
+        cifarfd.class_labels([root / "x.png"], root)
+
+
+def test_cifar_fd_of_a_digit_run_is_one_line(trained_run):
+    from vaeflow_cli.errors import VaeflowError
+
+    with pytest.raises(VaeflowError, match="cifar_fd needs a run trained on an imagefolder dataset"):
+        evaluate_run(trained_run, metrics=["cifar_fd"], n_samples=8)
 
 
 def test_results_of_different_metrics_accumulate_in_the_eval_file(trained_run):

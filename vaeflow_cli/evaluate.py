@@ -10,6 +10,9 @@
 - fid: FID between ``n_samples`` samples of the full model (the phase-1 model when there is no
   phase 2) at each temperature and the held-out split; the split's Inception statistics are
   cached in RUN/eval/.
+- digit_fd / cifar_fd: the FID formula in the features of a small classifier instead of
+  Inception-v3 (not FID): digit_fd for digits (``digitfd``), cifar_fd for colour images in class
+  folders, the classifier trained on the run's own labelled training images (``cifarfd``).
 
 The images scored are the run's own SPLIT, or with ``data``/``data_root`` (``--data``,
 ``--data-root``) that split of another dataset of the same image shape. Results go to stdout (by
@@ -219,7 +222,7 @@ def evaluate_run(
     ev = _Evaluation.open(run, seed=seed, device=device)
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
     ev.load_images(split, data=data, data_root=data_root)
-    if "fid" in metrics or "digit_fd" in metrics:  # the samples and their features are held at once
+    if {"fid", "digit_fd", "cifar_fd"} & set(metrics):  # the samples and their features are held at once
         from vaeflow_cli.limits import require_memory
 
         require_memory(
@@ -232,6 +235,8 @@ def evaluate_run(
     ev.bounds(elbo="bpd" in metrics, iwae_k=iwae_k if "iwae" in metrics else None)
     if "digit_fd" in metrics:
         ev.digit_fd(temperatures, n_samples)
+    if "cifar_fd" in metrics:
+        ev.cifar_fd(temperatures, n_samples)
     if "fid" in metrics:
         ev.fid(fid_net, weights, temperatures, n_samples)
     ev.result["temperature"] = temperatures[0] if len(temperatures) == 1 else list(temperatures)
@@ -353,6 +358,22 @@ class _Evaluation:
             )
             self.result[f"digit_fd_{label}"] = _per_temperature(scores, temperatures)
 
+    def cifar_fd(self, temperatures, n_samples: int) -> None:
+        """The Frechet distance of samples in the features of a classifier trained on the run's
+        labelled training images (class folders), every checkpoint."""
+        from vaeflow_cli import cifarfd
+        from vaeflow_cli import fid as fid_mod
+
+        net, accuracy, classes = cifarfd.load_or_train(self.rd.path / "eval" / "cifar-cnn.pt", self.run_dataset)
+        reference = fid_mod.statistics(cifarfd.features(net, self.images))
+        self.result.update(cifar_fd_classifier_accuracy=accuracy, cifar_fd_classes=len(classes), n_samples=n_samples)
+        for phase, run in self.runs.items():
+            label = PHASES[phase].label
+            scores = _frechet_by_temperature(
+                run.model, lambda x: cifarfd.features(net, x), reference, temperatures, n_samples, self.seed, f"cifar_fd ({label} model)"
+            )
+            self.result[f"cifar_fd_{label}"] = _per_temperature(scores, temperatures)
+
     def fid(self, net, weights: Path, temperatures, n_samples: int) -> None:
         """FID of the two-phase model's samples (the paper's), against the scored images."""
         from vaeflow_cli import fid as fid_mod
@@ -453,6 +474,16 @@ def format_table(r: dict) -> str:
             lines.append(f"  {name:18s} digit_fd ({r['n_samples']} samples; digit-CNN features, not Inception): {cells}")
     if "digit_fd_classifier_accuracy" in r:
         lines.append(f"  (digit classifier accuracy on the 500 held-out digits: {r['digit_fd_classifier_accuracy']:.3f})")
+    for key, name in names.items():
+        if f"cifar_fd_{key}" in r:
+            v = r[f"cifar_fd_{key}"]
+            per_t = v if isinstance(v, dict) else {f"{r['temperature']:g}": v}
+            cells = ", ".join(f"T={t}: {x:.3f}" for t, x in per_t.items())
+            lines.append(f"  {name:18s} cifar_fd ({r['n_samples']} samples; features of a classifier of the run's classes, not Inception): {cells}")
+    if "cifar_fd_classifier_accuracy" in r:
+        lines.append(
+            f"  (classifier accuracy on the run's held-out images, {r['cifar_fd_classes']} classes: {r['cifar_fd_classifier_accuracy']:.3f})"
+        )
     if "fid" in r:
         fids = r["fid"] if isinstance(r["fid"], dict) else {f"{r['temperature']:g}": r["fid"]}
         for t, v in fids.items():
