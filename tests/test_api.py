@@ -4,6 +4,7 @@ wrapper (same pixels for the same seed), cheap ``import vaeflow_cli``."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -189,3 +190,94 @@ def test_a_run_whose_logger_is_no_longer_installed_still_loads_but_does_not_trai
     proc = run_cli("train-joint", "--run", run, check=False)
     assert proc.returncode == 2 and "unknown logger 'gone-tracker'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_the_latest_checkpoint_is_chosen_by_the_phase_table_and_a_no_op_resume_changes_nothing(trained_run, tmp_path):
+    """A copied or restored run whose phase-1 file is newer than its phase-2 file still loads and
+    samples phase 2; resuming a finished phase rewrites no file."""
+    import shutil
+
+    from vaeflow_cli import config as config_mod
+    from vaeflow_cli.phases import latest
+    from vaeflow_cli.train import train_phase
+
+    run = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(trained_run), str(run)], check=True)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+
+    def snapshot():
+        return {p.relative_to(run): (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = snapshot()
+    train_phase(config_mod.resolve(run / "config.toml"), run, "vae", resume=True, progress=False)  # already complete: a no-op
+    train_phase(config_mod.resolve(run / "config.toml"), run, "glow", resume=True, progress=False)
+    assert snapshot() == before
+    vae = run / "checkpoints" / "vae.pt"
+    future = vae.stat().st_mtime_ns + 10**12
+    os.utime(vae, ns=(future, future))  # a restore touched phase 1
+    assert load_run(run, device="cpu").phase == "glow"
+    done = run_cli("sample", "--run", run, "--n", "4", "--out", tmp_path / "s.png")
+    assert "has no phase-2 checkpoint" not in done.stderr
+    # the rule: what no other checkpoint started from; ties by LOAD_ORDER
+    starts = {"glow": "vae", "prior": "glow", "joint": "glow"}
+    assert latest(["glow", "vae"], starts.get) == "glow"
+    assert latest(["prior", "glow", "vae"], starts.get) == "prior"  # train-prior after phase 2
+    assert latest(["prior", "glow", "vae"], {"glow": "prior", "prior": "vae"}.get) == "glow"  # phase 2 from the trained prior
+    assert latest(["joint", "glow", "vae"], starts.get) == "joint"
+    assert latest(["vae"], starts.get) == "vae"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"metrics": "bpd"}, r"metrics must be a non-empty list of names from bpd, iwae"),
+        ({"metrics": ["bpd", "fidd"]}, r"metrics: unknown 'fidd'; choose from bpd, iwae, fid, digit_fd, cifar_fd"),
+        ({"metrics": []}, "metrics must be a non-empty list"),
+        ({"metrics": ["iwae"], "iwae_k": 10**7}, r"iwae_k must be an integer >= 1 and <= 100000, not 10000000"),
+        ({"metrics": ["iwae"], "iwae_k": 2.5}, r"iwae_k must be an integer >= 1 and <= 100000, not 2.5"),
+        ({"seed": 2**70}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"metrics": ["digit_fd"], "temperatures": [float("nan")]}, r"temperature must be a number in \[0, 100\], not nan"),
+        ({"temperatures": 0.5}, "temperatures must be a list"),
+        ({"n_samples": 1}, r"n_samples must be an integer >= 2"),
+        ({"split": 3}, "split must be the name of a split"),
+    ],
+)
+def test_evaluate_run_checks_its_arguments_as_the_cli_does_and_writes_nothing(trained_run, tmp_path, kwargs, message):
+    """The library door of evaluate keeps the CLI's rules: one VaeflowError naming the argument,
+    before any work, and RUN/eval untouched."""
+    import shutil
+
+    from vaeflow_cli.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = sorted(p.name for p in (run / "eval").glob("*")) if (run / "eval").exists() else []
+    with pytest.raises(VaeflowError, match=message) as info:
+        evaluate_run(run, **kwargs)
+    assert "\n" not in str(info.value)
+    after = sorted(p.name for p in (run / "eval").glob("*")) if (run / "eval").exists() else []
+    assert after == before
+
+
+def test_encode_and_reconstruct_go_in_batches(trained_run, monkeypatch):
+    """Many images are encoded and reconstructed in batches of api.BATCH (peak memory of one batch),
+    with the results of a single pass; reconstruct checks the memory its output needs first."""
+    from vaeflow_cli import api
+
+    r = load_run(trained_run, device="cpu")
+    images = r.images("test")
+    monkeypatch.setattr(api, "BATCH", 7)
+    seen = []
+    encode = r.model.encode
+    monkeypatch.setattr(r.model, "encode", lambda y: seen.append(len(y)) or encode(y))
+    mean, log_std = r.encode(images)
+    assert max(seen) == 7 and sum(seen) == len(images) and mean.shape == (len(images), r.model.latent_dim)
+    monkeypatch.setattr(api, "BATCH", 10**6)
+    whole_mean, whole_log_std = r.encode(images)
+    assert torch.allclose(mean, whole_mean, atol=1e-5) and torch.allclose(log_std, whole_log_std, atol=1e-5)
+    monkeypatch.setattr(api, "BATCH", 7)
+    assert torch.allclose(r.reconstruct(images), api.sampling.reconstruct(r.model, images), atol=1e-5)
+    monkeypatch.setattr(api, "require_image_memory", lambda *a: (_ for _ in ()).throw(VaeflowError("reconstruct (60000 images) needs about 1 GiB")))
+    with pytest.raises(VaeflowError, match="reconstruct"):
+        r.reconstruct(images)

@@ -129,6 +129,7 @@ CASES = [
     ("config-not-utf8", ["train-vae", "--config", "{bad}/latin1.toml", "--run", "{new}"], 2, ["not UTF-8"]),
     ("config-not-toml", ["config", "show", "--config", "{bad}/notatoml.toml"], 2, ["not valid TOML"]),
     ("config-missing", ["train-vae", "--config", "{bad}/nothere.toml"], 2, ["not found"]),
+    ("run-dir-nul-byte", ["train-vae", "--config", "{cfg}", "--set", 'run.dir="/tmp/a\\u0000b"'], 2, ["run.dir", "NUL byte"]),
     ("norm-layer", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.encoder.norm=layer")], 2, ["model.encoder.norm", '"batch"']),
     (
         "mean-activation-relu",

@@ -224,6 +224,23 @@ def test_stdout_closed_or_a_reader_that_leaves_is_one_line(tiny_config, tmp_path
     lines = err.strip().splitlines()
     assert proc.returncode == 1 and lines[-1].startswith("vaeflow: error: the reader of stdout closed the pipe"), err
     assert "Traceback" not in err and "Exception ignored" not in err
+    # a reader that takes one byte and leaves (| head -c 1), with stdout buffered or not (python -u,
+    # PYTHONUNBUFFERED): a short write is the same one line, never exit 0
+    for unbuffered in ("1", ""):
+        env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+        if not unbuffered:
+            env.pop("PYTHONUNBUFFERED")
+        cmd = [sys.executable, "-m", "vaeflow_cli", "sample", "--run", str(run), "--out", "-", "--format", "npy", "--n", "2000"]
+        writer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        head = subprocess.run(["head", "-c", "1"], stdin=writer.stdout, capture_output=True)
+        writer.stdout.close()
+        err = writer.stderr.read().decode()
+        writer.wait(timeout=120)
+        assert len(head.stdout) == 1
+        assert writer.returncode == 1 and err.strip().splitlines()[-1].startswith("vaeflow: error: the reader of stdout closed the pipe"), (
+            unbuffered,
+            err,
+        )
 
 
 def test_out_through_a_link_or_into_a_fifo_keeps_them(tiny_config, tmp_path):

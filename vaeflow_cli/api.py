@@ -30,8 +30,8 @@ import torch
 
 from vaeflow_cli import sampling
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, TEMPERATURE_MAX, require_image_memory
-from vaeflow_cli.phases import LOAD_ORDER, PHASES
+from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, check_bool, check_count, check_seed, check_temperature, require_image_memory, temperature_list
+from vaeflow_cli.phases import LOAD_ORDER, PHASES, latest
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
 
@@ -91,9 +91,9 @@ class Run:
         :returns: float32 (n, C, H, W) in [0, 1], on the CPU.
         :raises VaeflowError: n < 1, a negative or non-finite temperature, ``vae_only`` on a
             standalone flow."""
-        _check_count(n, "n")
-        _check_temperature(temperature)
-        _check_bool(vae_only, "vae_only")
+        check_count(n, "n")
+        check_temperature(temperature)
+        check_bool(vae_only, "vae_only")
         if vae_only:
             self._need_vae("vae_only sampling")
         _require_images(n, self.image_shape, "sampling")
@@ -107,7 +107,7 @@ class Run:
         :param steps: images along the path, the endpoints (the two reconstructions) included.
         :returns: float32 (steps, C, H, W) in [0, 1], on the CPU."""
         self._need_vae("interpolation")
-        _check_count(steps, "steps", low=2)
+        check_count(steps, "steps", low=2)
         _require_images(steps, self.image_shape, "interpolation")
         ya, yb = (as_uint8_images(img, self.image_shape, name) for img, name in ((a, "a"), (b, "b")))
         if len(ya) != 1 or len(yb) != 1:
@@ -118,9 +118,9 @@ class Run:
         """Spherical paths between ``pairs`` pairs of base points u ~ N(0, I), mapped through the
         prior and decoded at ``temperature``. :returns: float32 (pairs, steps, C, H, W) in [0, 1]."""
         self._need_vae("interpolation")
-        _check_count(pairs, "pairs")
-        _check_count(steps, "steps", low=2)
-        _check_temperature(temperature)
+        check_count(pairs, "pairs")
+        check_count(steps, "steps", low=2)
+        check_temperature(temperature)
         _require_images(pairs * steps, self.image_shape, "interpolation")
         return sampling.interpolate_prior(self.model, pairs=pairs, steps=steps, seed=_seed(seed), temperature=temperature)
 
@@ -128,9 +128,9 @@ class Run:
         """The paper's Figure 4: per latent z ~ p(z), the VAE mean g_mu(z), then ``per_z``
         Glow-layer samples of the same z. :returns: float32 (rows, 1 + per_z, C, H, W) in [0, 1]."""
         self._need_vae("the Figure-4 comparison")
-        _check_count(rows, "rows")
-        _check_count(per_z, "per_z")
-        _check_temperature(temperature)
+        check_count(rows, "rows")
+        check_count(per_z, "per_z")
+        check_temperature(temperature)
         _require_images(rows * (1 + per_z), self.image_shape, "the comparison figure")
         return sampling.compare_grid(self.model, rows=rows, per_z=per_z, temperature=temperature, seed=_seed(seed))
 
@@ -138,8 +138,8 @@ class Run:
         """One row per temperature, the same ``n`` latents and noise in every row.
         :returns: float32 (len(temperatures), n, C, H, W) in [0, 1]."""
         self._need_vae("a temperature sweep")
-        _check_count(n, "n")
-        temps = _temperature_list(temperatures)
+        check_count(n, "n")
+        temps = temperature_list(temperatures)
         _require_images(n * len(temps), self.image_shape, "the temperature sweep")
         return sampling.temperature_grid(self.model, temperatures=temps, n=n, seed=_seed(seed))
 
@@ -151,16 +151,22 @@ class Run:
         :returns: ``(mean, log_std)``, float32 (N, latent_dim) each, on the CPU; ``log_std`` is
             the natural log of the standard deviation."""
         self._need_vae("encode")
-        y = sampling.bin_centres(as_uint8_images(images, self.image_shape), self.device)
+        x = as_uint8_images(images, self.image_shape)
+        means, log_stds = [], []
         with torch.no_grad():
-            mean, log_std = self.model.encode(y)
-        return mean.cpu(), log_std.cpu()
+            for i in range(0, len(x), BATCH):  # the activations of one batch at a time
+                mean, log_std = self.model.encode(sampling.bin_centres(x[i : i + BATCH], self.device))
+                means.append(mean.cpu())
+                log_stds.append(log_std.cpu())
+        return torch.cat(means), torch.cat(log_stds)
 
     def reconstruct(self, images: Any) -> torch.Tensor:
         """f^-1(g_mu(m(y))): decode each image's posterior mean at temperature 0.
         :returns: float32 (N, C, H, W) in [0, 1], on the CPU."""
         self._need_vae("reconstruct")
-        return sampling.reconstruct(self.model, as_uint8_images(images, self.image_shape))
+        x = as_uint8_images(images, self.image_shape)
+        _require_images(len(x), self.image_shape, "reconstruct")
+        return torch.cat([sampling.reconstruct(self.model, x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
 
     def log_prob_bound(self, images: Any, *, k: int = 1, seed: int | None = None) -> torch.Tensor:
         """A lower bound on log p(x) of each discrete image, in bits/dim (lower is better): the
@@ -174,7 +180,7 @@ class Run:
         :raises VaeflowError: k < 1, images of another shape or dtype."""
         from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
 
-        _check_count(k, "k", high=IWAE_K_MAX)
+        check_count(k, "k", high=IWAE_K_MAX)
         y = as_uint8_images(images, self.image_shape)
         s = self.seed if seed is None else _seed(seed)
         if k == 1 or PHASES[self.phase].standalone:
@@ -188,13 +194,30 @@ class Run:
             raise VaeflowError(f"{self.path} is a standalone flow (train-baseline): it has no latent space for {what}")
 
 
+BATCH = 500
+"""Images per forward pass of ``encode`` and ``reconstruct`` (as ``log_prob_bound`` batches)."""
+
+
+def _started_from(file: Path) -> str | None:
+    """The phase a checkpoint's training started from, read through a memory map (the weights stay
+    on disk); a file that cannot be read so is read and checked in full, which names its problem."""
+    from vaeflow_cli.runs import load_checkpoint
+
+    try:
+        start = torch.load(file, weights_only=True, mmap=True, map_location="cpu").get("start")
+    except Exception:  # noqa: BLE001 - load_checkpoint turns every problem into one line
+        start = load_checkpoint(file).get("start")
+    return start if isinstance(start, str) else None
+
+
 def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoint: str | Path | None = None) -> Run:
     """Load a trained run directory for sampling, inference and scoring.
 
     :param path: a run directory (``--run``): its ``config.toml`` and ``checkpoints/``.
     :param device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-    :param checkpoint: None for the newest checkpoint of the VAE phases (joint, prior, phase 2,
-        phase 1; the baseline when only it exists), a phase name ("vae", "glow", "prior",
+    :param checkpoint: None for the checkpoint of the phase trained last among the VAE phases, by
+        the phase table (``phases.latest``: joint after phase 2 after phase 1, train-prior after what
+        it started from; never by file times), the baseline when only it exists; a phase name ("vae", "glow", "prior",
         "joint", "baseline"), or the path of a checkpoint file (a step-tagged one, say).
     :raises VaeflowError: a folder that is not a run, a missing, damaged or mismatched checkpoint,
         an unknown device (one line each)."""
@@ -213,7 +236,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     if checkpoint is None:
         found = [p for p in LOAD_ORDER if rd.checkpoint_path(p).exists()]
         if found:
-            checkpoint = max(found, key=lambda p: rd.checkpoint_path(p).stat().st_mtime_ns)
+            checkpoint = latest(found, start_of=lambda p: _started_from(rd.checkpoint_path(p)))
         elif rd.checkpoint_path("baseline").exists():
             checkpoint = "baseline"
         else:
@@ -289,41 +312,12 @@ def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images
     return np.ascontiguousarray(out)
 
 
-def _check_count(value: int, name: str, *, low: int = 1, high: int | None = None) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low or (high and value > high):
-        raise VaeflowError(f"{name} must be an integer >= {low}" + (f" and <= {high}" if high else "") + f", not {value!r}")
-
-
-def _check_bool(value: bool, name: str) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise VaeflowError(f"{name} must be True or False, not {value!r}")
-
-
 def _require_images(count: int, image_shape, what: str) -> None:
     require_image_memory(count, image_shape, what, "ask for fewer images at a time")
-
-
-def _temperature_list(temperatures) -> list[float]:
-    """A sequence, 1-D array or tensor of temperatures as a checked, non-empty list of floats."""
-    if isinstance(temperatures, (str, bytes, set, dict)) or not hasattr(temperatures, "__len__") or np.ndim(temperatures) != 1:
-        raise VaeflowError(f"temperatures must be a list (or 1-D array) of numbers, not {type(temperatures).__name__}")
-    values = [t.item() if hasattr(t, "item") else t for t in temperatures]
-    if not values:
-        raise VaeflowError("temperatures is empty; give one or more")
-    for t in values:
-        _check_temperature(t)
-    return [float(t) for t in values]
-
-
-def _check_temperature(t: float) -> None:
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)) or not 0 <= t <= TEMPERATURE_MAX:
-        raise VaeflowError(f"temperature must be a number in [0, {TEMPERATURE_MAX:g}], not {t!r}")
 
 
 def _seed(seed: int | None) -> int:
     """A seed for a CPU ``torch.Generator``: ``seed`` itself, or a fresh one when None."""
     if seed is None:
         return int(torch.Generator().seed()) & SEED_MAX  # a fresh seed; the global RNG is not touched
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
-        raise VaeflowError(f"seed must be an integer in [0, {SEED_MAX}], not {seed!r}")
-    return int(seed)
+    return check_seed(seed)

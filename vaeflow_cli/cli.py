@@ -17,7 +17,7 @@ import typer
 
 from vaeflow_cli.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
 from vaeflow_cli.errors import VaeflowError, describe_os_error
-from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, TEMPERATURE_MAX
+from vaeflow_cli.limits import IWAE_K_MAX, N_SAMPLES_MAX, SEED_MAX, TEMPERATURE_MAX
 from vaeflow_cli.metrics import METRICS
 from vaeflow_cli.phases import PHASES, Phase
 
@@ -262,6 +262,21 @@ def _stdout_failure(exc: OSError):
     )
 
 
+def write_all(stream, data: bytes) -> None:
+    """Write every byte of ``data`` to a binary stream. An unbuffered stream (python -u,
+    PYTHONUNBUFFERED) is a raw file whose write() may take only part (a pipe whose reader left
+    after 64 KiB): the rest is written again, so a reader that left is a BrokenPipeError, never a
+    silently short result."""
+    view = memoryview(data)
+    while view:
+        n = stream.write(view)
+        if n is None:  # a non-blocking stream with no room now
+            raise BlockingIOError(11, "stdout would block")
+        if n == 0:
+            raise OSError(5, "stdout accepted no bytes")
+        view = view[n:]
+
+
 def _write_output(data: bytes, out: str) -> None:
     from vaeflow_cli.files import atomic_write_bytes
 
@@ -269,7 +284,7 @@ def _write_output(data: bytes, out: str) -> None:
         try:
             if sys.stdout is None:
                 raise OSError(9, "stdout is closed")
-            sys.stdout.buffer.write(data)
+            write_all(sys.stdout.buffer, data)
             sys.stdout.buffer.flush()
         except BrokenPipeError:
             raise
@@ -455,7 +470,7 @@ def evaluate(
     metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
     iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=IWAE_K_MAX, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
     n_samples: int = typer.Option(
-        10_000, "--n-samples", min=2, max=10**9, help="Generated images for FID (refused when they would not fit in memory)."
+        10_000, "--n-samples", min=2, max=N_SAMPLES_MAX, help="Generated images for FID (refused when they would not fit in memory)."
     ),
     temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),

@@ -11,7 +11,8 @@ one-line errors, as the built-ins::
     def __init__(self, *, image_shape, depth: Annotated[int, Range(1, 1024)] = 32,
                  norm: Literal["batch", "group", "none"] = "batch", ...): ...
 
-Every float key must be finite (checked for all keys, declared or not). This module imports
+Every float key must be finite and no string key may hold a NUL byte (checked for all keys,
+declared or not). This module imports
 nothing heavy (no torch), so ``vaeflow config show`` stays fast.
 """
 
@@ -135,10 +136,13 @@ def declared_constraints(factory: Callable[..., Any]) -> dict[str, list]:
 
 
 def problem(value: Any, constraints: list) -> str | None:
-    """The first rule ``value`` breaks (finiteness, then the declared constraints), or None."""
+    """The first rule ``value`` breaks (finiteness, no NUL byte in a string, then the declared
+    constraints), or None."""
     found = finite_problem(value)
     if found:
         return found
+    if isinstance(value, str) and "\x00" in value:
+        return "must not contain a NUL byte (no path or name can hold one)"
     for c in constraints:
         found = c.check(value)
         if found:

@@ -192,6 +192,28 @@ def load_eval_images(eval_cfg: dict, split: str, run_shape: tuple, run_path: Pat
     return arr
 
 
+def check_arguments(*, metrics, iwae_k, n_samples, temperatures, seed, split) -> tuple[list[str], list[float]]:
+    """``evaluate_run``'s arguments checked with the bounds the CLI's options declare (one
+    VaeflowError naming the argument): metrics a list of names from METRICS (a string is refused:
+    the CLI splits "bpd,iwae" itself), iwae_k in [1, IWAE_K_MAX], n_samples in [2, N_SAMPLES_MAX], finite
+    temperatures in [0, TEMPERATURE_MAX], seed None or in [0, SEED_MAX], split a non-empty str.
+    Returns (metrics, temperatures) as lists."""
+    from vaeflow_cli.limits import IWAE_K_MAX, N_SAMPLES_MAX, check_count, check_seed, temperature_list
+
+    if isinstance(metrics, (str, bytes)) or not isinstance(metrics, (list, tuple)) or not metrics:
+        raise VaeflowError(f"metrics must be a non-empty list of names from {', '.join(METRICS)}, not {metrics!r}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise VaeflowError(f"metrics: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}")
+    check_count(iwae_k, "iwae_k", high=IWAE_K_MAX)
+    check_count(n_samples, "n_samples", low=2, high=N_SAMPLES_MAX)
+    if seed is not None:
+        check_seed(seed)
+    if not isinstance(split, str) or not split:
+        raise VaeflowError(f"split must be the name of a split (a str such as 'test'), not {split!r}")
+    return list(metrics), temperature_list(temperatures)
+
+
 def evaluate_run(
     run: str | Path,
     *,
@@ -216,9 +238,7 @@ def evaluate_run(
     different shape than the run's."""
     from vaeflow_cli import fid as fid_mod
 
-    metrics = list(metrics)
-    if iwae_k < 1 or n_samples < 2:
-        raise VaeflowError("--iwae-k must be at least 1 and --n-samples at least 2")
+    metrics, temperatures = check_arguments(metrics=metrics, iwae_k=iwae_k, n_samples=n_samples, temperatures=temperatures, seed=seed, split=split)
     ev = _Evaluation.open(run, seed=seed, device=device)
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
     ev.load_images(split, data=data, data_root=data_root)

@@ -11,6 +11,9 @@ import os
 
 from vaeflow_cli.errors import VaeflowError
 
+# The argument checks shared by the Python API (load_run, Run, evaluate_run, train_phase): one line
+# naming the argument; the CLI's options declare the same bounds (its messages name the options).
+
 TEMPERATURE_MAX = 100.0
 """The largest sampling temperature accepted (the paper samples at 0.5): T multiplies the decoder's
 standard deviation, and far above this the float32 images overflow to nothing but noise."""
@@ -19,6 +22,10 @@ standard deviation, and far above this the float32 images overflow to nothing bu
 SEED_MAX = 2**32 - 1
 """Seeds are 0 .. 2**32 - 1 (``--seed``, ``train.seed``, the Python API): torch's CPU generator keeps
 the low 32 bits of a seed, so larger seeds would repeat smaller ones."""
+
+N_SAMPLES_MAX = 10**9
+"""The most generated images ``evaluate`` scores (``--n-samples``, ``evaluate_run(n_samples=)``); the
+memory check refuses far fewer on most machines."""
 
 IWAE_K_MAX = 100_000
 """The largest IWAE sample count (``evaluate --iwae-k``, ``Run.log_prob_bound``; the IWAE paper uses 5,000)."""
@@ -85,3 +92,52 @@ def check_regular_file(path, what: str, fix: str) -> None:
     found = file_problem(path)
     if found is not None:
         raise VaeflowError(f"{what} {path} {found}; {fix}")
+
+
+def _is_integer(value) -> bool:
+    import numpy as np
+
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+
+
+def check_count(value, name: str, *, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int in [low, high], or one VaeflowError naming ``name``."""
+    if not _is_integer(value) or value < low or (high and value > high):
+        raise VaeflowError(f"{name} must be an integer >= {low}" + (f" and <= {high}" if high else "") + f", not {value!r}")
+    return int(value)
+
+
+def check_bool(value, name: str) -> bool:
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise VaeflowError(f"{name} must be True or False, not {value!r}")
+    return bool(value)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed in [0, SEED_MAX], or one VaeflowError."""
+    if not _is_integer(seed) or not 0 <= seed <= SEED_MAX:
+        raise VaeflowError(f"{name} must be an integer in [0, {SEED_MAX}], not {seed!r}")
+    return int(seed)
+
+
+def check_temperature(t, name: str = "temperature") -> float:
+    """A finite temperature in [0, TEMPERATURE_MAX] (NaN fails the comparison), or one VaeflowError."""
+    import numpy as np
+
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)) or not 0 <= t <= TEMPERATURE_MAX:
+        raise VaeflowError(f"{name} must be a number in [0, {TEMPERATURE_MAX:g}], not {t!r}")
+    return float(t)
+
+
+def temperature_list(temperatures, name: str = "temperatures") -> list[float]:
+    """A sequence, 1-D array or tensor of temperatures as a checked, non-empty list of floats."""
+    import numpy as np
+
+    if isinstance(temperatures, (str, bytes, set, dict)) or not hasattr(temperatures, "__len__") or np.ndim(temperatures) != 1:
+        raise VaeflowError(f"{name} must be a list (or 1-D array) of numbers, not {type(temperatures).__name__}")
+    values = [t.item() if hasattr(t, "item") else t for t in temperatures]
+    if not values:
+        raise VaeflowError(f"{name} is empty; give one or more")
+    return [check_temperature(t) for t in values]

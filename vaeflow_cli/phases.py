@@ -115,8 +115,20 @@ PHASES: dict[str, Phase] = {
 """The phases in ``[train.*]`` order; the order also seeds each phase's RNG (``train_phase``)."""
 
 LOAD_ORDER = ("joint", "prior", "glow", "vae")
-"""The VAE phases ``load_run`` may pick, the newest checkpoint winning (phases may run in either
-order: train-prior before or after train-glow); the baseline only when none of these exists."""
+"""The VAE phases ``load_run`` may pick (``latest``), in the order that breaks ties; the baseline
+only when none of these exists."""
+
+
+def latest(found: list[str], start_of: Callable[[str], str | None]) -> str:
+    """The phase of the last training step among the checkpoints ``found`` (names in LOAD_ORDER):
+    the one no other found checkpoint started from (``start_of(name)``: what the phase's training
+    started from), by the phase table, never by file times (a copy or a restore touches files).
+    phase 2 supersedes phase 1; train-prior supersedes what it started from (phase 2 or phase 1),
+    and phase 2 started from a trained prior supersedes that prior; joint supersedes phase 2.
+    Ties (two phases from the same start) go to the first in LOAD_ORDER."""
+    later = {p for p in found if p != "vae"}
+    superseded = {start_of(p) for p in later} if len(found) > 1 else set()
+    return next(p for p in LOAD_ORDER if p in found and p not in superseded)
 
 
 def previous(phase: str, has: Callable[[str], bool], start_of: Callable[[str], str | None]) -> str | None:

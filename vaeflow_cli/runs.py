@@ -148,8 +148,10 @@ class RunDir:
 
     def truncate_metrics(self, phase: str, after_epoch: int) -> None:
         """Drop records of ``phase`` beyond ``after_epoch`` (written after the checkpoint we resume from)."""
-        keep = [r for r in self.read_metrics() if not (r.get("phase") == phase and r.get("epoch", 0) > after_epoch)]
-        atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        records = self.read_metrics()
+        keep = [r for r in records if not (r.get("phase") == phase and r.get("epoch", 0) > after_epoch)]
+        if len(keep) < len(records):  # nothing to drop: the file stays untouched
+            atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
     # ---------------------------------------------------------------- checkpoints
 

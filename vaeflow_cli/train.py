@@ -197,9 +197,16 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
 
 
 def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> None:
-    """Check that ``cfg`` fits the run directory (check_run) and write it there."""
+    """Check that ``cfg`` fits the run directory (check_run) and write it there (unless the file
+    already holds exactly that config: a no-op resume rewrites nothing)."""
     check_run(cfg, rd, phase, resume=resume)
-    rd.write_config(cfg)
+    text = config_mod.dumps(cfg).encode()
+    try:
+        same = rd.config_path.read_bytes() == text
+    except OSError:
+        same = False
+    if not same:
+        rd.write_config(cfg)
 
 
 def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | None:
@@ -266,6 +273,7 @@ class TrainingState:
     device: torch.device
     position: Position = field(default_factory=Position)
     resumed_ranks: int | None = None
+    restored_complete: bool = False  # the checkpoint restored was already marked complete
     """How many processes wrote the checkpoint this state was restored from (None: a fresh start)."""
 
     def checkpoint(self, *, rngs: list[dict], epochs: int, complete: bool, signature: str, world_size: int, start: str | None) -> dict[str, Any]:
@@ -318,6 +326,7 @@ class TrainingState:
             state["epoch"], state["step"], state["global_step"], state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
         )
         self.resumed_ranks = len(rngs)
+        self.restored_complete = bool(state.get("complete"))
         if self.position.step > steps_per_epoch and self.position.epoch < state["epochs"]:
             raise VaeflowError(
                 f"checkpoint {path}: step {self.position.step} of an epoch of {steps_per_epoch} steps; it is damaged, or "
@@ -553,7 +562,8 @@ class _Trainer:
             if self.pcfg["epochs"] <= p.epoch and test_bpd is None:
                 if self.ddp.is_main:
                     log(f"phase {phase} of {rd.path} is already complete ({p.epoch} epochs); raise train.{phase}.epochs to train further")
-                path = self.checkpoint(complete=True)
+                # a no-op resume of a finished phase changes nothing (file times included)
+                path = rd.checkpoint_path(phase) if self.state.restored_complete else self.checkpoint(complete=True)
         return PhaseResult(rd.path, phase, p.epoch, test_bpd, path)
 
     def run_epoch(self, bar: _Progress, interrupt: dict, max_steps: int | None) -> None:
