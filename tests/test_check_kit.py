@@ -562,3 +562,74 @@ def test_check_components_checks_real_images_and_exempts_the_standalone_flow(tin
     assert not bool(model.flow.initialized), "the check ran the model's own flow in training mode"
     with pytest.raises(VaeflowError, match=r"\[model.flow\] Scale is not the identity at initialisation: "):
         check_components(with_flow(Scale(image_shape=(1, 28, 28), init=0.01)), y)
+
+
+@pytest.mark.parametrize(
+    "part, broken, message",
+    [
+        (
+            "encoder",
+            lambda out: (out[0] * float("nan"), out[1]),
+            r"\[model.encoder\] returned mean with \d+ value\(s\) that are not finite \(e.g. nan\)",
+        ),
+        ("encoder", lambda out: (out[0], out[1] + float("inf")), r"\[model.encoder\] returned log_std .* not finite"),
+        ("decoder", lambda out: (out[0], -out[1]), r"\[model.decoder\] returned std .* not finite and positive \(e.g. -"),
+        ("decoder", lambda out: (out[0], out[1] * float("nan")), r"\[model.decoder\] returned std .* not finite and positive \(e.g. nan\)"),
+        ("decoder", lambda out: (out[0] * float("nan"), out[1]), r"\[model.decoder\] returned mean .* not finite"),
+    ],
+)
+def test_a_component_with_non_finite_outputs_or_a_non_positive_std_is_refused_before_anything_is_written(
+    tiny_config, tmp_path, monkeypatch, part, broken, message
+):
+    """A third-party encoder returning NaN or a decoder returning a negative or NaN standard
+    deviation cannot learn: the start-of-training check refuses it in one line and writes nothing
+    (the corrected command then starts as a fresh run)."""
+    from vaeflow_plugins import resnet
+
+    cls = {"encoder": resnet.ResNetEncoder, "decoder": resnet.DiagonalDecoder}[part]
+    original = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, *a, **kw: broken(original(self, *a, **kw)))
+    cfg = config_mod.resolve(tiny_config)
+    run = tmp_path / "new-run"
+    with pytest.raises(VaeflowError, match=message) as info:
+        train_phase(cfg, run, "vae", progress=False)
+    assert "\n" not in str(info.value) and not run.exists()
+    monkeypatch.setattr(cls, "forward", original)
+    assert train_phase(config_mod.resolve(tiny_config, overrides=["train.vae.epochs=1"]), run, "vae", progress=False).epochs == 1
+
+
+def test_a_plugin_component_that_raises_mid_training_is_named_with_its_plugin_and_the_checkpoint_kept(tiny_config, tmp_path, capsys, monkeypatch):
+    """A component's exception in the middle of training is one line naming the config section,
+    the plugin and the place (the traceback in a file); the last good checkpoint stays readable.
+    A dataset's split() that raises under evaluate --data names the dataset and its plugin."""
+    from vaeflow_plugins import datasets, resnet
+
+    run = tmp_path / "run"
+    code, _, err = call(["train-vae", "--config", tiny_config, "--run", run, "--set", "train.vae.epochs=1"], capsys)
+    assert code == 0, err
+    good = RunDir(run).load_checkpoint("vae")
+    calls = {"n": 0}
+
+    class FlakyFunctional:  # what resnet.py calls F: pad fails mid-epoch, inside the encoder's own code
+        def __getattr__(self, name):
+            return getattr(torch.nn.functional, name)
+
+        def pad(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > 4:  # past the start-of-training check, in the middle of an epoch
+                raise ValueError("the encoder's buffer went away")
+            return torch.nn.functional.pad(*args, **kwargs)
+
+    monkeypatch.setattr(resnet, "F", FlakyFunctional())
+    code, _, err = call(["train-vae", "--run", run, "--resume", "--set", "train.vae.epochs=2"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err, err
+    assert lines[-1].startswith("vaeflow: error: [model.encoder] of plugin 'builtin-models' (") and "resnet.py:" in lines[-1], lines[-1]
+    assert "ValueError: the encoder's buffer went away" in lines[-1] and "traceback is in" in lines[-1]
+    assert RunDir(run).load_checkpoint("vae")["global_step"] == good["global_step"]  # the last good state, intact
+
+    monkeypatch.setattr(resnet, "F", torch.nn.functional)
+    monkeypatch.setattr(datasets, "read_idx_images", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("index file vanished")))
+    root = config_mod.resolve(tiny_config)["data"]["root"]
+    code, _, err = call(["evaluate", "--run", run, "--data", "mnist", "--data-root", root], capsys)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("vaeflow: error: [data] dataset of plugin 'builtin-datasets' ("), err

@@ -322,3 +322,17 @@ def test_a_step_that_fails_near_the_end_of_an_epoch_saves_the_last_good_state_wi
         faulthandler.cancel_dump_traceback_later()
     state = RunDir(tmp_path / "run").load_checkpoint("vae")
     assert state["global_step"] == bad_step and state["skipped_steps"] == 1
+
+
+def test_the_advice_after_non_finite_steps_is_true_a_resume_that_fails_at_once_says_to_start_again(tiny, tmp_path):
+    """lr = 10 wrecks the embedded default's weights with finite steps before the non-finite ones;
+    resuming that state with a lower learning rate (the first advice) fails at every step, and the
+    message then says why and to train the phase again in a new run directory."""
+    fast = ["train.threads=1", "train.eval_samples=32", "run.sample_n=4"]
+    wild = config_mod.resolve(None, ["train.vae.lr=10", *fast])
+    with pytest.raises(VaeflowError, match=r"non-finite steps .* then vaeflow train-vae --run .* --resume \(if every step then fails at once"):
+        train_phase(wild, tmp_path / "run", "vae", progress=False)
+    calm = config_mod.resolve(None, ["train.vae.lr=1e-5", "train.vae.grad_clip=1.0", *fast])
+    with pytest.raises(VaeflowError) as info:
+        train_phase(calm, tmp_path / "run", "vae", resume=True, progress=False)
+    assert "every step since this resume" in str(info.value) and "new run directory" in str(info.value) and "\n" not in str(info.value)

@@ -125,6 +125,16 @@ def report_exception(exc: BaseException) -> int:
         typer.echo(f"vaeflow: error: {describe_os_error(exc)}", err=True)
         return 1
     if os.environ.get("VAEFLOW_DEBUG") in (None, "", "0"):
+        from vaeflow_cli.plugins import blame
+
+        culprit = blame(exc)
+        if culprit is not None:
+            typer.echo(
+                f"vaeflow: error: {culprit} failed: {type(exc).__name__}: {line(exc)[:300]}; {_save_traceback(exc)}; "
+                "check that component's options, or report it to the plugin's authors (VAEFLOW_DEBUG=1 prints the traceback)",
+                err=True,
+            )
+            return 1
         typer.echo(
             f"vaeflow: error: internal error, a bug in vaeflow or one of its plugins: {type(exc).__name__}: "
             f"{line(exc)[:300]}; {_save_traceback(exc)}; please report it (VAEFLOW_DEBUG=1 prints the traceback)",

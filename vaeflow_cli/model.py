@@ -277,7 +277,7 @@ is below 2e-5 bits/dim at 28x28)."""
 def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool = True, flow_type: str | None = None) -> None:
     """Run each component once on a few training images ``y`` (B, C, H, W) in [0, 1), in eval mode
     and without gradients, and check what it returns against the hookspecs' contract (shapes,
-    finiteness). A component that raises or breaks the contract is one line naming its config
+    finiteness of every output, a positive decoder std). A component that raises or breaks the contract is one line naming its config
     section, so a bad component fails the start of training before anything is written.
 
     ``identity_flow`` (a VAE whose pixel flow is fresh: phase 1, and phase 2 unless it resumes):
@@ -304,12 +304,21 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
                 f"{type(exc).__name__}: {first}; check the [model.{section}] options"
             ) from None
 
-    def expect(section: str, what: str, t, shape) -> None:
+    def expect(section: str, what: str, t, shape, *, positive: bool = False) -> None:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise VaeflowError(
                 f"[model.{section}] returned {what} of shape {got}, the contract (vaeflow_cli.hookspecs) "
                 f"wants {tuple(shape)}; the component is broken or misconfigured"
+            )
+        bad = ~torch.isfinite(t) if not positive else ~(torch.isfinite(t) & (t > 0))
+        if bad.any():
+            kind = "finite and positive" if positive else "finite"
+            example = t[bad].flatten()[0].item()
+            raise VaeflowError(
+                f"[model.{section}] returned {what} with {int(bad.sum())} value(s) that are not {kind} (e.g. {example:g}) on {b} "
+                f"training images; the contract (vaeflow_cli.hookspecs) wants {kind} values, so training could not "
+                "learn: the component is broken or misconfigured"
             )
 
     b = y.shape[0]
@@ -335,7 +344,7 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
             expect("encoder", "log_std", log_std, (b, model.latent_dim))
             g_mu, g_sigma = call("decoder", model.decoder, mean)
             expect("decoder", "mean", g_mu, y.shape)
-            expect("decoder", "std", g_sigma, y.shape)
+            expect("decoder", "std", g_sigma, y.shape, positive=True)
             expect("prior", "log_prob", call("prior", model.prior.log_prob, mean), (b,))
     finally:
         model.train(was_training)

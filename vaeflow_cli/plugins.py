@@ -411,3 +411,51 @@ def get_registry(*, warn_failures: bool = True) -> Registry:
     if warn_failures:
         warn_failed(_REGISTRY)
     return _REGISTRY
+
+
+def blame(exc: BaseException) -> str | None:
+    """Which plugin's code raised ``exc``, from its traceback, as text for an error line:
+    "[model.encoder] of plugin 'demo' (path/to/module.py:12)", or None when no registered plugin's
+    code is on the traceback (a bug in vaeflow or a library). The innermost frame in a plugin's
+    package names the plugin and the place; the section comes from the component object that
+    frame (or one above it) runs on: a model's encoder, decoder, prior or flow, or a dataset.
+    Looks only at a registry already built (never loads plugins while reporting an error)."""
+    import traceback
+
+    registry = _REGISTRY
+    if registry is None or exc.__traceback__ is None:
+        return None
+    owners: dict[str, dict[str, set[str]]] = {}  # top-level package -> {plugin: kinds it registered}
+    for by_name in registry.components.values():
+        for component in by_name.values():
+            top = (getattr(component.factory, "__module__", "") or "").split(".")[0]
+            if top and top != "vaeflow_cli":
+                owners.setdefault(top, {}).setdefault(component.plugin, set()).add(component.kind)
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    culprit = None
+    for i in range(len(frames) - 1, -1, -1):  # innermost first
+        frame, lineno = frames[i]
+        top = str(frame.f_globals.get("__name__", "")).split(".")[0]
+        if top in owners:
+            culprit = i
+            break
+    if culprit is None:
+        return None
+    frame, lineno = frames[culprit]
+    section, kind = None, None
+    model = None
+    for f, _ in frames[: culprit + 1]:  # outer to inner: the component a model method called into
+        obj = f.f_locals.get("self")
+        if model is not None and section is None and obj is not None:
+            kind = next((name for name in ("encoder", "decoder", "prior", "flow") if getattr(model, name, None) is obj), None)
+            section = f"[model.{kind}]" if kind else None
+        if type(obj).__module__ == "vaeflow_cli.model" and type(obj).__name__ in ("VAEFlow", "FlowModel"):
+            model = obj
+    if section is None:
+        obj = frame.f_locals.get("self")
+        is_dataset = obj is not None and callable(getattr(obj, "split", None))
+        section, kind = ("[data] dataset", "dataset") if is_dataset else ("a component", None)
+    candidates = owners[str(frame.f_globals.get("__name__", "")).split(".")[0]]
+    of_kind = [p for p, kinds in candidates.items() if kind in kinds] or list(candidates)  # the package's plugins that register such components
+    plugins = " or ".join(repr(p) for p in sorted(of_kind))
+    return f"{section} of plugin {plugins} ({frame.f_code.co_filename}:{lineno}, in {frame.f_code.co_name})"

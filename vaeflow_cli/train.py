@@ -552,12 +552,23 @@ class _Trainer:
                     f"continue with: vaeflow train-{phase} --run {rd.path} --resume"
                 ) from None
             except _TooManyBadSteps:
-                path = self.checkpoint()  # the skipped steps changed nothing: this is the last good state
+                path = self.checkpoint()  # the skipped steps changed nothing: the state before them
+                bad = self.stepper.bad_steps
+                head = (
+                    f"{bad} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} step {p.step} "
+                    f"(train.max_bad_steps = {self.tcfg['max_bad_steps']})"
+                )
+                if self.steps_this_call == bad and self.state.resumed_ranks is not None:  # resumed, and not one finite step since
+                    raise RuntimeFailure(
+                        f"{head}, every step since this resume: the saved weights themselves give non-finite steps (the finite "
+                        f"steps before them, at too high a learning rate, damaged them), so a lower learning rate cannot "
+                        f"rescue this checkpoint; train the phase again in a new run directory with a lower train.{phase}.lr "
+                        f"(and train.{phase}.grad_clip), e.g. vaeflow train-{phase} --run NEW_RUN --set train.{phase}.lr=..."
+                    ) from None
                 raise RuntimeFailure(
-                    f"{self.stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} "
-                    f"step {p.step} (train.max_bad_steps = {self.tcfg['max_bad_steps']}); saved the last good state to {path}; "
-                    f"lower train.{phase}.lr or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} "
-                    "--resume"
+                    f"{head}; saved the state before them to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, "
+                    f"then vaeflow train-{phase} --run {rd.path} --resume (if every step then fails at once, the weights were "
+                    "already damaged before these steps: train the phase again in a new run directory)"
                 ) from None
             if self.pcfg["epochs"] <= p.epoch and test_bpd is None:
                 if self.ddp.is_main:
