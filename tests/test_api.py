@@ -281,3 +281,21 @@ def test_encode_and_reconstruct_go_in_batches(trained_run, monkeypatch):
     monkeypatch.setattr(api, "require_image_memory", lambda *a: (_ for _ in ()).throw(VaeflowError("reconstruct (60000 images) needs about 1 GiB")))
     with pytest.raises(VaeflowError, match="reconstruct"):
         r.reconstruct(images)
+
+
+def test_train_phase_checks_its_arguments(tiny_config, tmp_path):
+    from vaeflow_cli import config as config_mod
+    from vaeflow_cli.train import train_phase
+
+    cfg = config_mod.resolve(tiny_config)
+    for kwargs, message in (
+        ({"phase": "vea"}, "phase must be one of vae, glow"),
+        ({"phase": "vae", "cfg": {"train": {}}}, "cfg must be a resolved config"),
+        ({"phase": "vae", "run_dir": 3}, "run_dir must be the path of a run directory"),
+        ({"phase": "vae", "resume": "yes"}, "resume must be True or False"),
+        ({"phase": "vae", "max_steps": 0}, "max_steps must be an integer >= 1"),
+    ):
+        args = {"cfg": cfg, "run_dir": tmp_path / "run", **kwargs}
+        with pytest.raises(VaeflowError, match=message):
+            train_phase(args.pop("cfg"), args.pop("run_dir"), args.pop("phase"), progress=False, **args)
+    assert not (tmp_path / "run").exists()

@@ -358,8 +358,18 @@ def train_phase(
     (checkpointing first), as a Ctrl-C would; tests use it to interrupt and resume deterministically.
     ``config_path``: the config file the user gave, for the commands that error messages suggest.
     Raises VaeflowError (bad input), RuntimeFailure (a run that cannot go on), Interrupted."""
-    if phase not in PHASES:
-        raise ValueError(phase)
+    from vaeflow_cli.limits import check_bool, check_count
+
+    if not isinstance(phase, str) or phase not in PHASES:
+        raise VaeflowError(f"phase must be one of {', '.join(PHASES)}, not {phase!r}")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("train"), dict) or phase not in cfg["train"]:
+        raise VaeflowError("cfg must be a resolved config (vaeflow_cli.resolve_config), not " + type(cfg).__name__)
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
+        raise VaeflowError(f"run_dir must be the path of a run directory (a str or Path), not {run_dir!r}")
+    check_bool(resume, "resume")
+    check_bool(progress, "progress")
+    if max_steps is not None:
+        check_count(max_steps, "max_steps")
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
     ddp, ddp_device = init_distributed(tcfg["device"])
     rd = RunDir(run_dir)
