@@ -336,3 +336,10 @@ def test_the_advice_after_non_finite_steps_is_true_a_resume_that_fails_at_once_s
     with pytest.raises(VaeflowError) as info:
         train_phase(calm, tmp_path / "run", "vae", resume=True, progress=False)
     assert "every step since this resume" in str(info.value) and "new run directory" in str(info.value) and "\n" not in str(info.value)
+    # finite training steps, a NaN held-out bound (eval mode wrecked): stopped before the epoch is saved
+    tiny_wild = config_mod.resolve(base=tiny, overrides=["train.vae.lr=10", "train.vae.epochs=1"])
+    with pytest.raises(VaeflowError, match=r"held-out bound of .* is nan after epoch 1: .* nothing of this epoch was saved, no checkpoint") as info:
+        train_phase(tiny_wild, tmp_path / "tiny", "vae", progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "tiny" / "checkpoints" / "vae.pt").exists()
+    metrics = tmp_path / "tiny" / "metrics.jsonl"
+    assert not metrics.exists() or "NaN" not in metrics.read_text()

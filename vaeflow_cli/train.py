@@ -509,6 +509,23 @@ class _Trainer:
             limit=self.tcfg["eval_samples"],
         )
 
+    def finite_held_out_bpd(self) -> float:
+        """The epoch's held-out bound; a non-finite one (the model in eval mode gives NaN though its
+        training steps were finite, e.g. BatchNorm statistics wrecked by too high a learning rate)
+        stops the run before this epoch is recorded or saved: the last checkpoint is kept."""
+        value = self.held_out_bpd()
+        if not math.isfinite(value):
+            p, phase = self.state.position, self.phase
+            last = self.rd.checkpoint_path(phase)
+            kept = f"the last checkpoint {last} is kept" if last.exists() else "no checkpoint of it was written"
+            raise RuntimeFailure(
+                f"the held-out bound of {PHASES[phase].title} is {value} after epoch {p.epoch + 1}: the model in eval mode gives "
+                f"non-finite values although its training steps were finite (its weights or normalisation statistics are "
+                f"damaged, e.g. by too high a learning rate); nothing of this epoch was saved, {kept}; train the phase again "
+                f"with a lower train.{phase}.lr"
+            )
+        return value
+
     def record_start(self) -> None:
         """Rank 0, at the start of a phase that continues another: its held-out bound as epoch 0."""
         start = self.held_out_bpd()
@@ -637,7 +654,7 @@ class _Trainer:
         p, phase, ddp = self.state.position, self.phase, self.ddp
         wait = self.loader.wait_seconds
         p.loss_sum, p.loss_n = ddp.sum(p.loss_sum, p.loss_n)
-        test_bpd = ddp.main_only(self.held_out_bpd)
+        test_bpd = ddp.main_only(self.finite_held_out_bpd)
         seconds = time.perf_counter() - t0
         record = {
             "phase": phase,
