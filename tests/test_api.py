@@ -299,3 +299,63 @@ def test_train_phase_checks_its_arguments(tiny_config, tmp_path):
         with pytest.raises(VaeflowError, match=message):
             train_phase(args.pop("cfg"), args.pop("run_dir"), args.pop("phase"), progress=False, **args)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_library_doors_found_by_an_attack(trained_run, tmp_path):
+    """Cases a fresh attack on the Python API found: numpy integers work in evaluate_run as in
+    Run; wrong argument types, configs edited after resolve_config and a checkpoint renamed to
+    another phase are one VaeflowError each, before anything is written."""
+    import copy
+    import json
+    import shutil
+
+    from vaeflow_cli import config as config_mod
+    from vaeflow_cli.evaluate import evaluate_run
+    from vaeflow_cli.train import train_phase
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    r = evaluate_run(run, metrics=["iwae"], iwae_k=np.int64(2), seed=np.uint32(3))
+    assert r["iwae_k"] == 2 and r["seed"] == 3 and json.loads((run / "eval" / "evaluate-test.json").read_text())["iwae_k"] == 2
+    for kwargs, message in (
+        ({"run": None}, "run must be the path of a run directory"),
+        ({"run": b"/tmp"}, "run must be the path of a run directory"),
+        ({"run": ""}, "run must be the path of a run directory"),
+        ({"device": None}, "device must be"),
+        ({"metrics": ["fid"], "fid_weights": 5}, "fid_weights must be None or a path"),
+        ({"data": 3}, "data must be None or the name of a registered dataset"),
+    ):
+        args = {"run": run, **kwargs}
+        with pytest.raises(VaeflowError, match=message):
+            evaluate_run(args.pop("run"), **args)
+    for args, kw, message in (
+        ((5,), {}, "path must be None or the path of a TOML config file"),
+        (("a\0b.toml",), {}, "path must be None or the path"),
+        ((None, None), {}, "overrides must be a list"),
+        ((None, [b"train.seed=1"]), {}, "overrides must be a list"),
+        ((), {"base": {5: 1}}, "base must be None or a config dict"),
+    ):
+        with pytest.raises(VaeflowError, match=message):
+            vaeflow_cli.resolve_config(*args, **kw)
+    cfg = config_mod.resolve(run / "config.toml")
+    for edit, message in (
+        (lambda c: c["train"]["vae"].__setitem__("batch_size", 0), "train.vae.batch_size' must be >= 1"),
+        (lambda c: c["train"].__setitem__("threads", -1), "train.threads' must be >= 0"),
+        (lambda c: c["train"]["vae"].__setitem__("lr", float("nan")), "must be a finite number"),
+    ):
+        edited = copy.deepcopy(cfg)
+        edit(edited)
+        with pytest.raises(VaeflowError, match=message):
+            train_phase(edited, tmp_path / "new", "vae", progress=False)
+        assert not (tmp_path / "new").exists()
+    # a phase-1 checkpoint copied over phase 2's file is refused, not scored as the full model
+    shutil.copy(run / "checkpoints" / "vae.pt", run / "checkpoints" / "glow.pt")
+    with pytest.raises(VaeflowError, match="holds phase 'vae', but it is the glow checkpoint"):
+        load_run(run, device="cpu", checkpoint="glow")
+    with pytest.raises(VaeflowError, match="holds phase 'vae'"):
+        evaluate_run(run, metrics=["bpd"])
+    # a numpy matrix is one 28x28 image
+    single = np.asmatrix(load_run(trained_run, device="cpu").images("test")[0, 0])
+    assert load_run(trained_run, device="cpu").encode(single)[0].shape[0] == 1
+    with pytest.raises(VaeflowError, match="temperatures cannot be read as numbers"):
+        load_run(trained_run, device="cpu").temperature_sweep(torch.tensor([0.5], device="meta"), 2)

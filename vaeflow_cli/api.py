@@ -249,6 +249,15 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     else:
         file = _checkpoint_file(rd, Path(checkpoint))
     state = load_checkpoint(file)
+    stored = state.get("phase")
+    if stored not in PHASES or (isinstance(checkpoint, str) and checkpoint in PHASES and stored != checkpoint):
+        wanted = f"the {checkpoint} checkpoint" if isinstance(checkpoint, str) and checkpoint in PHASES else "a checkpoint"
+        raise VaeflowError(
+            f"checkpoint {file} holds phase {stored!r}, but it is {wanted} of {rd.path}; the file was copied or renamed "
+            f"by hand: restore the right file, or load it by its own phase (checkpoint={stored!r})"
+            if stored in PHASES
+            else f"checkpoint {file} names no known phase ({stored!r}; phases: {', '.join(PHASES)}); the file is damaged: restore it or retrain"
+        )
     check_signature(state, cfg, file)
     model = model_from_state(cfg, state, device=str(dev), path=file)
     return Run(
@@ -290,6 +299,8 @@ def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images
             raise VaeflowError(f"{name}: this tensor cannot be read ({type(exc).__name__}); pass a dense CPU or CUDA tensor") from None
     if not isinstance(images, np.ndarray) or isinstance(images, np.ma.MaskedArray):
         raise VaeflowError(f"{name} must be a uint8 numpy array or tensor, not {type(images).__name__}")
+    if isinstance(images, np.matrix):  # a subclass that stays 2-D whatever the reshape
+        images = np.asarray(images)
     if images.dtype != np.uint8:
         raise VaeflowError(
             f"{name} must be uint8 (values 0..255), not {images.dtype}; images in [0, 1] from vaeflow "

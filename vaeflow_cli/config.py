@@ -202,7 +202,16 @@ def resolve(
     the embedded default) and ``--set KEY=VALUE`` overrides. Component sections are filled with
     their factories' defaults. ``check_loggers`` off: ``run.loggers`` may name loggers that are not
     installed (a stored run read back to sample or evaluate; training opens its loggers, and
-    refuses unknown ones, before it writes anything)."""
+    refuses unknown ones, before it writes anything).
+    Raises VaeflowError (one line) for a bad file or value, and for arguments of the wrong type."""
+    import os
+
+    if path is not None and (not isinstance(path, (str, os.PathLike)) or not str(path) or "\x00" in str(path)):
+        raise VaeflowError(f"path must be None or the path of a TOML config file (a str or Path without NUL bytes), not {path!r}")
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+        raise VaeflowError(f'overrides must be a list of "KEY=VALUE" strings (as --set takes them), not {overrides!r}')
+    if base is not None and (not isinstance(base, dict) or not all(isinstance(k, str) for k in base)):
+        raise VaeflowError(f"base must be None or a config dict with str keys (a resolved config, say), not {type(base).__name__}")
     if path is not None:
         raw, where = load_toml(path, fix=config_fix(path)), str(path)
     elif base is not None:

@@ -192,26 +192,40 @@ def load_eval_images(eval_cfg: dict, split: str, run_shape: tuple, run_path: Pat
     return arr
 
 
-def check_arguments(*, metrics, iwae_k, n_samples, temperatures, seed, split) -> tuple[list[str], list[float]]:
+def check_arguments(
+    *, metrics, iwae_k, n_samples, temperatures, seed, split, run=".", device="auto", fid_weights=None, data=None, data_root=None
+) -> dict:
     """``evaluate_run``'s arguments checked with the bounds the CLI's options declare (one
     VaeflowError naming the argument): metrics a list of names from METRICS (a string is refused:
     the CLI splits "bpd,iwae" itself), iwae_k in [1, IWAE_K_MAX], n_samples in [2, N_SAMPLES_MAX], finite
     temperatures in [0, TEMPERATURE_MAX], seed None or in [0, SEED_MAX], split a non-empty str.
-    Returns (metrics, temperatures) as lists."""
+    run a path (str or PathLike, not empty), device a str, fid_weights/data/data_root None or
+    paths/names. Returns the arguments as plain Python values (numpy integers become ints)."""
+    import os
+
     from vaeflow_cli.limits import IWAE_K_MAX, N_SAMPLES_MAX, check_count, check_seed, temperature_list
+
+    if not isinstance(run, (str, os.PathLike)) or not str(run):
+        raise VaeflowError(f"run must be the path of a run directory (a str or Path), not {run!r}")
+    if not isinstance(device, str) or not device:
+        raise VaeflowError(f'device must be "auto", "cpu", "cuda" or "cuda:N", not {device!r}')
+    for name, value in (("fid_weights", fid_weights), ("data_root", data_root)):
+        if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(value)):
+            raise VaeflowError(f"{name} must be None or a path (a str or Path), not {value!r}")
+    if data is not None and (not isinstance(data, str) or not data):
+        raise VaeflowError(f"data must be None or the name of a registered dataset (vaeflow plugins lists them), not {data!r}")
 
     if isinstance(metrics, (str, bytes)) or not isinstance(metrics, (list, tuple)) or not metrics:
         raise VaeflowError(f"metrics must be a non-empty list of names from {', '.join(METRICS)}, not {metrics!r}")
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise VaeflowError(f"metrics: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}")
-    check_count(iwae_k, "iwae_k", high=IWAE_K_MAX)
-    check_count(n_samples, "n_samples", low=2, high=N_SAMPLES_MAX)
-    if seed is not None:
-        check_seed(seed)
+    iwae_k = check_count(iwae_k, "iwae_k", high=IWAE_K_MAX)
+    n_samples = check_count(n_samples, "n_samples", low=2, high=N_SAMPLES_MAX)
+    seed = None if seed is None else check_seed(seed)
     if not isinstance(split, str) or not split:
         raise VaeflowError(f"split must be the name of a split (a str such as 'test'), not {split!r}")
-    return list(metrics), temperature_list(temperatures)
+    return {"metrics": list(metrics), "temperatures": temperature_list(temperatures), "iwae_k": iwae_k, "n_samples": n_samples, "seed": seed}
 
 
 def evaluate_run(
@@ -238,7 +252,20 @@ def evaluate_run(
     different shape than the run's."""
     from vaeflow_cli import fid as fid_mod
 
-    metrics, temperatures = check_arguments(metrics=metrics, iwae_k=iwae_k, n_samples=n_samples, temperatures=temperatures, seed=seed, split=split)
+    checked = check_arguments(
+        metrics=metrics,
+        iwae_k=iwae_k,
+        n_samples=n_samples,
+        temperatures=temperatures,
+        seed=seed,
+        split=split,
+        run=run,
+        device=device,
+        fid_weights=fid_weights,
+        data=data,
+        data_root=data_root,
+    )
+    metrics, temperatures, iwae_k, n_samples, seed = (checked[k] for k in ("metrics", "temperatures", "iwae_k", "n_samples", "seed"))
     ev = _Evaluation.open(run, seed=seed, device=device)
     weights = fid_mod.weights_path(fid_weights) if "fid" in metrics else None  # fail before any work
     ev.load_images(split, data=data, data_root=data_root)

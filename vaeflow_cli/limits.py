@@ -137,7 +137,10 @@ def temperature_list(temperatures, name: str = "temperatures") -> list[float]:
 
     if isinstance(temperatures, (str, bytes, set, dict)) or not hasattr(temperatures, "__len__") or np.ndim(temperatures) != 1:
         raise VaeflowError(f"{name} must be a list (or 1-D array) of numbers, not {type(temperatures).__name__}")
-    values = [t.item() if hasattr(t, "item") else t for t in temperatures]
+    try:
+        values = [t.item() if hasattr(t, "item") else t for t in temperatures]
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:  # a meta or sparse tensor, say
+        raise VaeflowError(f"{name} cannot be read as numbers ({type(exc).__name__}); pass a list of floats or a dense CPU array") from None
     if not values:
         raise VaeflowError(f"{name} is empty; give one or more")
     return [check_temperature(t) for t in values]

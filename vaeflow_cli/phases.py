@@ -126,9 +126,10 @@ def latest(found: list[str], start_of: Callable[[str], str | None]) -> str:
     phase 2 supersedes phase 1; train-prior supersedes what it started from (phase 2 or phase 1),
     and phase 2 started from a trained prior supersedes that prior; joint supersedes phase 2.
     Ties (two phases from the same start) go to the first in LOAD_ORDER."""
-    later = {p for p in found if p != "vae"}
-    superseded = {start_of(p) for p in later} if len(found) > 1 else set()
-    return next(p for p in LOAD_ORDER if p in found and p not in superseded)
+    later = [p for p in found if p != "vae"]
+    starts = {p: start_of(p) for p in later} if len(found) > 1 else {}
+    superseded = {s for p, s in starts.items() if s in found and s != p}  # a damaged "start" names nothing
+    return next((p for p in LOAD_ORDER if p in found and p not in superseded), next(p for p in LOAD_ORDER if p in found))
 
 
 def previous(phase: str, has: Callable[[str], bool], start_of: Callable[[str], str | None]) -> str | None:

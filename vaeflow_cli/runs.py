@@ -284,6 +284,12 @@ def check_checkpoint(state: Any, path: Path) -> None:
             f"checkpoint {path} has a non-finite optimizer state; resuming from it cannot work: use an earlier checkpoint "
             f"({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase"
         )
+    odd = next((k for k, v in state["model"].items() if v.layout != torch.strided or v.device.type == "meta"), None)
+    if odd is not None:  # a sparse or meta tensor has no values to load
+        raise VaeflowError(
+            f"checkpoint {path}: weight {odd!r} is not a dense tensor with values; the file is damaged or not a vaeflow "
+            f"checkpoint: use an earlier one ({path.parent}/{state.get('phase', 'PHASE')}-step*.pt) or retrain that phase"
+        )
     if not all_finite([v for v in state["model"].values() if v.is_floating_point()]):
         first = next(k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all())
         raise VaeflowError(

@@ -370,6 +370,8 @@ def train_phase(
     check_bool(progress, "progress")
     if max_steps is not None:
         check_count(max_steps, "max_steps")
+    # validated again, as resolve validates a file: a dict edited after resolve_config gets the same rules
+    cfg = config_mod.resolve(base=cfg, source="the config given to train_phase")
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
     ddp, ddp_device = init_distributed(tcfg["device"])
     rd = RunDir(run_dir)
