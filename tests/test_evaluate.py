@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, write_idx
+from conftest import TINY, run_cli, write_idx
 from PIL import Image
 
 from vaeflow_cli import config as config_mod
@@ -511,54 +511,15 @@ def test_digit_fd_and_training_curves(trained_run):
     assert path.endswith("training-curves.png") and open(path, "rb").read(4) == b"\x89PNG"
 
 
-COLOUR_RUN = """
-[data]
-name = "imagefolder"
-root = "{root}"
-size = 8
-test_fraction = 0.3
-
-[model]
-latent_dim = 4
-pixel_transform = "logit"
-logit_alpha = 0.05
-
-[model.encoder]
-type = "resnet"
-base_channels = 4
-depth = 2
-fc_width = 16
-
-[model.decoder]
-type = "resnet-diagonal"
-base_channels = 4
-depth = 2
-fc_width = 16
-
-[model.prior]
-type = "realnvp"
-layers = 2
-hidden = 16
-
-[model.flow]
-type = "glow-layer"
-depth = 2
-hidden_channels = 8
-split = "alternate"
-coupling = "affine"
-
-[train]
-device = "cpu"
-seed = 0
-
-[train.vae]
-epochs = 1
-batch_size = 16
-
-[train.glow]
-epochs = 1
-batch_size = 16
-"""
+# The tiny run of conftest.TINY on 8x8 colour images in class folders, with the colour configs'
+# decoder space and Glow layer.
+COLOUR_RUN = (
+    TINY.replace('name = "mnist"\nroot = "{root}"', 'name = "imagefolder"\nroot = "{root}"\nsize = 8\ntest_fraction = 0.3')
+    .replace("latent_dim = 4\n", 'latent_dim = 4\npixel_transform = "logit"\nlogit_alpha = 0.05\n')
+    .replace("hidden_channels = 8\n", 'hidden_channels = 8\nsplit = "alternate"\ncoupling = "affine"\n')
+    .replace("batch_size = 32", "batch_size = 16")
+    .replace("epochs = 2", "epochs = 1")
+)
 
 
 def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folders(tmp_path):
@@ -580,7 +541,7 @@ def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folde
             x[:, :, channel] = rng.randint(150, 256, (8, 8))
             Image.fromarray(x).save(root / name / f"{i:03d}.png")
     config = tmp_path / "colour.toml"
-    config.write_text(COLOUR_RUN.format(root=root))
+    config.write_text(COLOUR_RUN.format(root=root, run=tmp_path / "run"))
     cfg = config_mod.resolve(config)
     run = tmp_path / "run"
     train_phase(cfg, run, "vae", progress=False)

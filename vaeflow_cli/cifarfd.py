@@ -157,26 +157,17 @@ def load_or_train(cache: Path, dataset) -> tuple[ColourCNN, float, list[str]]:
     delete it."""
     import os
 
-    from vaeflow_cli.fid import load_weights_file, state_dict_problem
+    from vaeflow_cli.fid import load_classifier_cache
 
     train, test, classes, fingerprint = labelled_splits(dataset)
     net = ColourCNN(len(classes))
     if os.path.lexists(cache):
-        fix = "delete it and evaluate again to retrain the classifier"
-        state = load_weights_file(cache, what="cifar_fd classifier cache", fix=fix)
-        problem = None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            problem = f"not a cifar_fd classifier cache of this vaeflow (no 'format' = {FORMAT})"
-        elif state.get("classes") != classes or state.get("files") != fingerprint:
-            problem = "it was trained on other images or classes than this run's"
-        elif not isinstance(state.get("accuracy"), float) or not 0.0 <= state["accuracy"] <= 1.0:
-            problem = "its 'accuracy' is not a number in [0, 1]"
-        else:
-            problem = state_dict_problem(state.get("model"), net.state_dict())
-        if problem is not None:
-            raise VaeflowError(f"cifar_fd classifier cache {cache} is unusable: {problem}; {fix}")
-        net.load_state_dict(state["model"])
-        return net.eval(), state["accuracy"], classes
+
+        def same_data(state) -> str | None:
+            same = state.get("classes") == classes and state.get("files") == fingerprint
+            return None if same else "it was trained on other images or classes than this run's"
+
+        return net, load_classifier_cache(cache, net, metric="cifar_fd", kind="cifar_fd classifier", fmt=FORMAT, extra=same_data), classes
     log(f"cifar_fd: training the classifier on {len(train[0])} labelled training images, {len(classes)} classes (cached in {cache})")
     net, accuracy = train_classifier(train, test, len(classes))
     state = {"format": FORMAT, "model": net.state_dict(), "accuracy": accuracy, "classes": classes, "files": fingerprint}

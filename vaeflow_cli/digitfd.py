@@ -93,21 +93,9 @@ def load_or_train(cache: Path) -> tuple[DigitCNN, float]:
 
     net = DigitCNN()
     if os.path.lexists(cache):
-        from vaeflow_cli.fid import load_weights_file, state_dict_problem
+        from vaeflow_cli.fid import load_classifier_cache
 
-        fix = "delete it and evaluate again to retrain the classifier"
-        state = load_weights_file(cache, what="digit_fd classifier cache", fix=fix)
-        problem = None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            problem = "not a digit classifier cache of this vaeflow (no 'format' = 1)"
-        elif not isinstance(state.get("accuracy"), float) or not 0.0 <= state["accuracy"] <= 1.0:
-            problem = "its 'accuracy' is not a number in [0, 1]"
-        else:
-            problem = state_dict_problem(state.get("model"), net.state_dict())
-        if problem is not None:
-            raise VaeflowError(f"digit_fd classifier cache {cache} is unusable: {problem}; {fix}")
-        net.load_state_dict(state["model"])
-        return net.eval(), state["accuracy"]
+        return net, load_classifier_cache(cache, net, metric="digit_fd", kind="digit classifier", fmt=FORMAT)
     log(f"digit_fd: training the digit classifier (cached in {cache})")
     net, accuracy = train_classifier()
     atomic_write(cache, lambda fh: torch.save({"format": FORMAT, "model": net.state_dict(), "accuracy": accuracy}, fh))

@@ -513,24 +513,22 @@ def format_table(r: dict) -> str:
         lines.append(f"  {'per-image bpd':{width + 2}s} " + "".join(f"{s:>9s}" for s in PER_IMAGE_STATS))
         for name, stats in rows:
             lines.append(f"    {name:{width}s} " + "".join(f"{stats[s]:9.4f}" for s in PER_IMAGE_STATS))
-    for key, name in names.items():
-        if f"digit_fd_{key}" in r:
-            v = r[f"digit_fd_{key}"]
-            per_t = v if isinstance(v, dict) else {f"{r['temperature']:g}": v}
-            cells = ", ".join(f"T={t}: {x:.3f}" for t, x in per_t.items())
-            lines.append(f"  {name:18s} digit_fd ({r['n_samples']} samples; digit-CNN features, not Inception): {cells}")
-    if "digit_fd_classifier_accuracy" in r:
-        lines.append(f"  (digit classifier accuracy on the 500 held-out digits: {r['digit_fd_classifier_accuracy']:.3f})")
-    for key, name in names.items():
-        if f"cifar_fd_{key}" in r:
-            v = r[f"cifar_fd_{key}"]
-            per_t = v if isinstance(v, dict) else {f"{r['temperature']:g}": v}
-            cells = ", ".join(f"T={t}: {x:.3f}" for t, x in per_t.items())
-            lines.append(f"  {name:18s} cifar_fd ({r['n_samples']} samples; features of a classifier of the run's classes, not Inception): {cells}")
-    if "cifar_fd_classifier_accuracy" in r:
-        lines.append(
-            f"  (classifier accuracy on the run's held-out images, {r['cifar_fd_classes']} classes: {r['cifar_fd_classifier_accuracy']:.3f})"
-        )
+    classifier_fds = {  # metric -> (what its features are, the line on its classifier)
+        "digit_fd": ("digit-CNN features", lambda: f"digit classifier accuracy on the 500 held-out digits: {r['digit_fd_classifier_accuracy']:.3f}"),
+        "cifar_fd": (
+            "features of a classifier of the run's classes",
+            lambda: f"classifier accuracy on the run's held-out images, {r['cifar_fd_classes']} classes: {r['cifar_fd_classifier_accuracy']:.3f}",
+        ),
+    }
+    for metric, (features, accuracy) in classifier_fds.items():
+        for key, name in names.items():
+            if f"{metric}_{key}" in r:
+                v = r[f"{metric}_{key}"]
+                per_t = v if isinstance(v, dict) else {f"{r['temperature']:g}": v}
+                cells = ", ".join(f"T={t}: {x:.3f}" for t, x in per_t.items())
+                lines.append(f"  {name:18s} {metric} ({r['n_samples']} samples; {features}, not Inception): {cells}")
+        if f"{metric}_classifier_accuracy" in r:
+            lines.append(f"  ({accuracy()})")
     if "fid" in r:
         fids = r["fid"] if isinstance(r["fid"], dict) else {f"{r['temperature']:g}": r["fid"]}
         for t, v in fids.items():

@@ -231,3 +231,26 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def load_classifier_cache(cache, net, *, metric: str, kind: str, fmt: int, extra=None) -> float:
+    """Load the feature classifier cached at ``cache`` (weights only) into ``net`` and return its
+    held-out accuracy, for ``digit_fd`` and ``cifar_fd``: the file must carry ``format`` = ``fmt``,
+    pass ``extra(state)`` (a problem string or None), hold an accuracy in [0, 1] and weights of
+    ``net``'s keys and shapes. Anything else is one VaeflowError naming ``metric`` and saying to
+    delete the file (``kind`` names what the file should be)."""
+    fix = "delete it and evaluate again to retrain the classifier"
+    state = load_weights_file(cache, what=f"{metric} classifier cache", fix=fix)
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        problem = f"not a {kind} cache of this vaeflow (no 'format' = {fmt})"
+    else:
+        problem = extra(state) if extra is not None else None
+    if problem is None and (not isinstance(state.get("accuracy"), float) or not 0.0 <= state["accuracy"] <= 1.0):
+        problem = "its 'accuracy' is not a number in [0, 1]"
+    if problem is None:
+        problem = state_dict_problem(state.get("model"), net.state_dict())
+    if problem is not None:
+        raise VaeflowError(f"{metric} classifier cache {cache} is unusable: {problem}; {fix}")
+    net.load_state_dict(state["model"])
+    net.eval()
+    return state["accuracy"]
