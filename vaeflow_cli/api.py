@@ -201,8 +201,11 @@ BATCH = 500
 def _started_from(file: Path) -> str | None:
     """The phase a checkpoint's training started from, read through a memory map (the weights stay
     on disk); a file that cannot be read so is read and checked in full, which names its problem."""
+    from vaeflow_cli.limits import file_problem
     from vaeflow_cli.runs import load_checkpoint
 
+    if file_problem(file) is not None:  # a FIFO would block the open forever: load_checkpoint names the problem
+        return load_checkpoint(file).get("start")
     try:
         start = torch.load(file, weights_only=True, mmap=True, map_location="cpu").get("start")
     except Exception:  # noqa: BLE001 - load_checkpoint turns every problem into one line
