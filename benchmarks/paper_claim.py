@@ -503,7 +503,8 @@ def main(argv=None) -> dict:
         g = grid(images)
         atomic_write_bytes(out / f"samples-{key}.png", png_bytes(g))
         bpd = f"bpd <= {row['bpd_elbo']:.3f}" if row["bpd_exact"] is None else f"bpd = {row['bpd_exact']:.3f}"
-        panels.append((f"{what}, T = {t:g}\ndigit_fd {_fd(row['digit_fd_best'])}, {bpd}, {row['train_seconds']:.0f} s training", g))
+        fd = f"digit_fd {_fd(row['digit_fd_best'])}, " if fd_metrics else ""
+        panels.append((f"{what}, T = {t:g}\n{fd}{bpd}, {row['train_seconds']:.0f} s training", g))
     figure = sample_figure(out / "paper_claim.png", panels)
 
     result = {
