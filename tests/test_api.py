@@ -1,4 +1,4 @@
-"""The Python API: ``vaeflow_cli.load_run`` and ``Run``, the README's example, the CLI as a thin
+"""The Python API: ``vaeflow_cli.load_run`` and ``Run``, the example of docs/api.md, the CLI as a thin
 wrapper (same pixels for the same seed), cheap ``import vaeflow_cli``."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from vaeflow_cli.api import as_uint8_images, load_run
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.images import to_uint8
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"  # the Python API page of the docs site
 
 
 def test_public_api_is_declared_and_lazy():
@@ -37,16 +37,16 @@ def test_public_api_is_declared_and_lazy():
     assert (Path(vaeflow_cli.__file__).parent / "py.typed").is_file()
 
 
-def readme_example() -> str:
-    text = README.read_text()
-    section = text[text.index("## Python API") :]
+def api_page_example() -> str:
+    text = API_PAGE.read_text()
+    section = text[text.index("# Python API") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_example_runs_and_means_what_it_says(trained_run, capsys):
-    code = readme_example().replace('"runs/default"', repr(str(trained_run)))
+def test_the_api_page_example_runs_and_means_what_it_says(trained_run, capsys):
+    code = api_page_example().replace('"runs/default"', repr(str(trained_run)))
     scope: dict = {}
-    exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102 -- the README's own example
+    exec(compile(code, "docs/api.md (Python API)", "exec"), scope)  # noqa: S102 -- the docs' own example
     run, x, test = scope["run"], scope["x"], scope["test"]
     c, h, w = run.image_shape
     assert run.phase == "glow" and (c, h, w) == (1, 28, 28)
