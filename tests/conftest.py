@@ -16,6 +16,18 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _fixed_threads():
+    """Every test starts and ends on conftest's thread count: a command a test runs in-process
+    with train.threads = 0 installs the load governor (vaeflow_cli.threads), which must not carry
+    its decisions into the next test."""
+    from vaeflow_cli import threads
+
+    yield
+    threads.install(None)
+    torch.set_num_threads(2)
+
+
 def write_idx(path: Path, images: np.ndarray, *, gz: bool = False) -> Path:
     """uint8 (N, H, W) -> an MNIST-format IDX3 file."""
     n, h, w = images.shape

@@ -24,6 +24,7 @@ from torch import nn
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.files import atomic_write
+from vaeflow_cli.threads import tick
 
 FORMAT = 1
 FEATURES = 256
@@ -119,6 +120,7 @@ def train_classifier(train, test, n_classes: int, *, epochs: int = EPOCHS, seed:
         net.train()
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), BATCH):
+            tick()  # the thread count follows the machine's load (vaeflow_cli.threads)
             b = perm[i : i + BATCH]
             x = _to_input(xtr[np.sort(b.numpy())][np.argsort(np.argsort(b.numpy()))])
             flip = torch.rand(len(b), generator=g) < 0.5

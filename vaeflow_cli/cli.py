@@ -374,7 +374,7 @@ def sample(
     """
     from vaeflow_cli.api import load_run
     from vaeflow_cli.console import log
-    from vaeflow_cli.engine import resolve_device
+    from vaeflow_cli.engine import resolve_device, set_threads
     from vaeflow_cli.files import atomic_write_bytes
     from vaeflow_cli.images import grid, npy_bytes, png_bytes, to_uint8
     from vaeflow_cli.runs import RunDir
@@ -395,6 +395,7 @@ def sample(
     _check_out(out, folder=fmt == "png" and not as_grid and not figure)
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
+    set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
     if r.phase == "baseline" and (vae_only or figure):
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): --vae-only, --compare and --temperatures need a VAE")
     if r.phase == "vae" and not vae_only:
@@ -451,7 +452,7 @@ def interpolate(
     """Interpolate between random prior points (spherical, in u space) or between two images
     (linear, between their encoder means). Writes one grid PNG, a row per path; prints its path."""
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.engine import resolve_device
+    from vaeflow_cli.engine import resolve_device, set_threads
     from vaeflow_cli.images import grid, png_bytes, read_image, to_uint8
     from vaeflow_cli.runs import RunDir
 
@@ -460,6 +461,7 @@ def interpolate(
     _check_out(out)
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
+    set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
     if r.phase == "baseline":
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
     _require_image_memory(steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")

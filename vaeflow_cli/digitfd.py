@@ -19,6 +19,7 @@ from torch import nn
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.files import atomic_write
+from vaeflow_cli.threads import tick
 
 FORMAT = 1
 
@@ -74,6 +75,7 @@ def train_classifier(*, epochs: int = 4, seed: int = 0) -> tuple[DigitCNN, float
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
+            tick()  # the thread count follows the machine's load (vaeflow_cli.threads)
             b = perm[i : i + 64]
             loss = nn.functional.cross_entropy(net(x[b]), y[b])
             opt.zero_grad()

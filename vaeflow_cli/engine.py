@@ -10,7 +10,8 @@ outputs their log-dets are made of).
 Threads (``train.threads``): torch's intra-op CPU thread count is set deliberately at the start
 of training and timing (configure_backends), never left at torch's default of every core, which
 oversubscribes a machine shared with other jobs or with the other ranks of a torchrun job. 0 (auto)
-gives each process max(1, usable cores // LOCAL_WORLD_SIZE).
+gives each process max(1, usable cores // LOCAL_WORLD_SIZE) and follows the load of other
+processes from there (``vaeflow_cli.threads``).
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) each process takes one device (NCCL on CUDA,
 gloo on the CPU), the loader gives each rank a disjoint shard of the epoch's order, and
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.threads import LoadGovernor, busy_seconds, install, resolve_threads, tick, usable_cores
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -180,50 +182,36 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device | None]:
     return Dist(rank, world, local), torch.device("cpu")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity where the OS reports one (taskset,
-    cgroups cpusets, Slurm), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
-        return os.cpu_count() or 1
+_applied_threads: int | None = None  # the count last logged by set_threads (log once per value)
+_interop_sized = False  # only the first call in a process may size the inter-op pool
 
 
-def resolve_threads(threads: int) -> int:
-    """The intra-op thread count for ``train.threads``: itself when positive; 0 (auto) gives each
-    process of this node an equal share of the usable cores, max(1, cores // LOCAL_WORLD_SIZE)
-    (LOCAL_WORLD_SIZE: processes torchrun started on this node; 1 when run alone)."""
-    if threads < 0:
-        raise VaeflowError(f"train.threads must be >= 0 (0 = one share of the usable cores per process), got {threads}")
-    if threads > 0:
-        return threads
-    try:
-        local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local_world = 1
-    return max(1, usable_cores() // local_world)
-
-
-_applied_threads: int | None = None  # the count last set and logged by set_threads (log once per value)
-
-
-def set_threads(threads: int) -> int:
-    """Apply ``train.threads`` (see resolve_threads) to torch: intra-op threads always, and the
-    inter-op pool as well while it has not started (torch refuses to resize it afterwards). Logs
-    the count on stderr the first time it is chosen. Returns the count."""
-    global _applied_threads
+def set_threads(threads: int, *, log: bool = True) -> int:
+    """Apply ``train.threads`` to torch (``vaeflow_cli.threads`` has the policy and its numbers):
+    a positive count as it is, for the whole process; 0 (auto) starts at ``resolve_threads(0)``
+    and installs a ``LoadGovernor`` that lowers the count while other processes keep this
+    process's cores busy (Linux; where ``/proc/stat`` cannot be read, or the share is one thread,
+    the count stays fixed). Sizes the inter-op pool too while it has not started (torch refuses to
+    resize it afterwards). Logs the count on stderr the first time it is chosen, unless ``log``
+    is False. Returns the starting count.
+    :raises VaeflowError: a negative count."""
+    global _applied_threads, _interop_sized
     n = resolve_threads(int(threads))
     torch.set_num_threads(n)
-    if _applied_threads is None:  # only the first call in a process may size the inter-op pool
+    if not _interop_sized:
+        _interop_sized = True
         try:
             torch.set_num_interop_threads(n)
         except RuntimeError:  # parallel work already ran (or the pool was sized): keep it
             pass
-    if n != _applied_threads:
-        from vaeflow_cli.console import log
+    adaptive = int(threads) == 0 and n > 1 and busy_seconds() is not None
+    install(LoadGovernor(n, torch.set_num_threads) if adaptive else None)
+    if log and n != _applied_threads:
+        from vaeflow_cli.console import log as log_line
 
         source = "train.threads" if threads else f"auto: {usable_cores()} usable cores / {os.environ.get('LOCAL_WORLD_SIZE', '1')} local processes"
-        log(f"torch: {n} intra-op thread{'s' if n != 1 else ''} ({source})")
+        more = "; fewer while other processes keep these cores busy" if adaptive else ""
+        log_line(f"torch: {n} intra-op thread{'s' if n != 1 else ''} ({source}{more})")
         _applied_threads = n
     return n
 
@@ -346,6 +334,7 @@ class Stepper:
         return dist.get_backend() == "nccl"
 
     def step(self, y: torch.Tensor) -> float:
+        tick()  # the thread count follows the machine's load (vaeflow_cli.threads)
         if self.channels_last and y.dim() == 4:
             y = y.contiguous(memory_format=torch.channels_last)
         if self.objective is None:  # the first step under DDP

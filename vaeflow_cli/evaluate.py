@@ -303,9 +303,7 @@ class _Evaluation:
     @classmethod
     def open(cls, run, *, seed: int | None, device: str) -> _Evaluation:
         """Read the run's config; set the run's thread count."""
-        import torch
-
-        from vaeflow_cli.engine import resolve_device, resolve_threads
+        from vaeflow_cli.engine import resolve_device, set_threads
         from vaeflow_cli.runs import RunDir
 
         rd = RunDir(run)
@@ -314,7 +312,7 @@ class _Evaluation:
         dev = resolve_device(device, "--device")
         # the run's train.threads, as in training (IWAE and FID are heavy); not logged, so that an
         # error below stays the only line on stderr
-        torch.set_num_threads(resolve_threads(cfg["train"].get("threads", 0)))
+        set_threads(cfg["train"].get("threads", 0), log=False)
         return cls(rd, cfg, seed, dev)
 
     def load_images(self, split: str, *, data: str | None, data_root) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from vaeflow_cli.data import EVAL_EPOCH, dequantize
 from vaeflow_cli.distributions import bits_per_dim
+from vaeflow_cli.threads import tick
 
 EVAL_BATCH = 256  # images (ELBO) or image x sample pairs (IWAE) per forward pass; fixed, so the
 # numbers do not depend on the training batch size
@@ -34,6 +35,7 @@ class PerImageBpd:
 
 def _batches(images: np.ndarray, n: int, size: int, seed: int, device: torch.device):
     for start in range(0, n, size):
+        tick()  # the thread count follows the machine's load (vaeflow_cli.threads)
         idx = np.arange(start, min(start + size, n))
         y = dequantize(images[idx], seed=seed, epoch=EVAL_EPOCH, indices=idx)
         yield torch.from_numpy(y).to(device)
