@@ -107,7 +107,7 @@ def worker(steps: int, forever: bool) -> None:
         stepper.channels_last = bool(cfg["train"]["channels_last"])
         loader = BatchLoader(images, batch_size=b, seed=0, drop_last=True, threads=1)
 
-        def batches():
+        def batches(loader=loader):
             while True:
                 yield from loader.device_batches(device)
 
@@ -216,12 +216,12 @@ def main() -> None:
             entry = {"alone_s_per_step": _spread(alone)}
             old_alone = med["old"][k]["alone"] if "old" in sides else None
             if old_alone and side != "old":
-                entry["alone_vs_old"] = _spread([a / o for a, o in zip(alone, old_alone)])
+                entry["alone_vs_old"] = _spread([a / o for a, o in zip(alone, old_alone, strict=True)])
             for sit in situations:
                 if sit != "alone":
-                    entry[f"slowdown_{sit}"] = _spread([c / a for c, a in zip(med[side][k][sit], alone)])
+                    entry[f"slowdown_{sit}"] = _spread([c / a for c, a in zip(med[side][k][sit], alone, strict=True)])
                     if old_alone:  # beside the competitor, against the old policy alone: what a user sees
-                        entry[f"vs_old_alone_{sit}"] = _spread([c / o for c, o in zip(med[side][k][sit], old_alone)])
+                        entry[f"vs_old_alone_{sit}"] = _spread([c / o for c, o in zip(med[side][k][sit], old_alone, strict=True)])
             res[k] = entry
         out["results"][side] = res
     print(json.dumps(out))

@@ -93,7 +93,7 @@ def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_siz
     }
     names = list(variants)
     t0 = time.perf_counter()
-    for name, v in variants.items():
+    for v in variants.values():
         for _ in range(warmup):  # compile happens here
             v.step()
     print(f"{phase}: warm-up ({warmup} steps each, compile included) {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -109,7 +109,7 @@ def measure_phase(cfg: dict, phase: str, shape, images: np.ndarray, *, batch_siz
     base = per_round["fp32_eager"]
     out = {"fp32_eager_s_per_step": spread(variants["fp32_eager"].times)}
     for name in names[1:]:
-        ratios = [o / b for o, b in zip(per_round[name], base)]
+        ratios = [o / b for o, b in zip(per_round[name], base, strict=True)]
         out[name] = {
             "ratio": spread(ratios),
             "ratios": [round(x, 4) for x in ratios],

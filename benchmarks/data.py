@@ -108,7 +108,7 @@ def main() -> None:
             "pillow": lambda: pillow_decode(paths, draft=False, crop=crop, size=size),
             "pillow_draft": lambda: pillow_decode(paths, draft=True, crop=crop, size=size),
         }
-        for name, fn in sides.items():
+        for fn in sides.values():
             fn()  # warm-up: the files in the page cache for every side
         for _ in range(args.repeats):  # the sides alternated, round after round
             for name, fn in sides.items():

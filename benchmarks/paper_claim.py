@@ -255,7 +255,7 @@ def sample_figure(path: Path, panels: list[tuple[str, np.ndarray]]) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.8))
-    for ax, (title, g) in zip(np.atleast_1d(axes), panels):
+    for ax, (title, g) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(g[:, :, 0] if g.shape[2] == 1 else g, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -288,7 +288,7 @@ def markdown(r: dict) -> str:
     ]
     for row in r["rows"]:
 
-        def bound(key):
+        def bound(key, row=row):
             return "" if row.get(key) is None else f"<= {row[key]:.4f}"
 
         exact = "" if row.get("bpd_exact") is None else f"{row['bpd_exact']:.4f}"

@@ -141,7 +141,7 @@ def measure_phase(
         print(
             f"{phase} round {r + 1}/{rounds}: " + ", ".join(f"{n} {per_round[n][-1]:.4f} s" for n in SIDES) + f", ratio {ratio:.4f}", file=sys.stderr
         )
-    ratios = [g / u for g, u in zip(per_round["guarded"], per_round["unguarded"])]
+    ratios = [g / u for g, u in zip(per_round["guarded"], per_round["unguarded"], strict=True)]
     timed = rounds * steps
     return {
         "ratio": spread(ratios),

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from vaeflow_cli.hookspecs import hookimpl
 

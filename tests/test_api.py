@@ -171,7 +171,7 @@ def test_a_checkpoint_file_and_a_phase_name_load_the_same_weights(trained_run):
     assert load_run(trained_run, checkpoint="glow.pt", device="cpu").checkpoint == by_file.checkpoint  # a name in RUN/checkpoints
     newest = load_run(trained_run, device="cpu")
     assert by_name.phase == by_file.phase == newest.phase == "glow" and by_name.complete
-    for a, b in zip(by_name.model.state_dict().values(), by_file.model.state_dict().values()):
+    for a, b in zip(by_name.model.state_dict().values(), by_file.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

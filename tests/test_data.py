@@ -297,7 +297,7 @@ def test_loader_shards_shuffles_and_resumes(tmp_path):
     e1 = np.concatenate([i for i, _ in full.epoch(1)])
     assert not np.array_equal(np.concatenate([i for i, _ in e0]), e1)  # a new order every epoch
     resumed = list(full.epoch(0, start=4))
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(e0[4:], resumed))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(e0[4:], resumed, strict=True))
     # two ranks: disjoint, equal-sized shards; drop_last drops the partial batch
     shards = [BatchLoader(images, batch_size=4, seed=3, rank=r, world_size=2, drop_last=True) for r in (0, 1)]
     got = [np.concatenate([i for i, _ in s.epoch(0)]) for s in shards]

@@ -116,7 +116,8 @@ def test_per_image_bounds_are_the_batches_bounds_and_their_mean_is_the_old_numbe
     images = load_split(cfg, "test")
     cpu = torch.device("cpu")
 
-    def direct(per_batch, f, seed=3, n=len(images)):
+    def direct(per_batch, f, seed=3, n=None):
+        n = len(images) if n is None else n
         g = torch.Generator().manual_seed(seed)
         out = []
         with torch.no_grad():
@@ -558,10 +559,10 @@ def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folde
     dataset = build_dataset(cfg)
     (train, ytr), (test, yte), classes, _ = cifarfd.labelled_splits(dataset)
     assert np.array_equal(train, load_split(cfg, "train")) and len(test) + len(train) == 60
-    assert all((x[2].mean() > x[0].mean()) == (y == 0) for x, y in zip(train, ytr))
+    assert all((x[2].mean() > x[0].mean()) == (y == 0) for x, y in zip(train, ytr, strict=True))
     net, accuracy, _ = cifarfd.load_or_train(cache, dataset)  # from the cache: the same weights
     assert accuracy == r["cifar_fd_classifier_accuracy"]
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), state["model"].values()))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), state["model"].values(), strict=True))
     mu, sigma = fid.statistics(cifarfd.features(net, test))
     assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
     assert "cifar_fd" in (run / "eval" / "evaluate-test.txt").read_text() and "not Inception" in (run / "eval" / "evaluate-test.txt").read_text()

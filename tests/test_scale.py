@@ -93,7 +93,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
         (y.square().sum() - ld.sum()).backward()
         outs.append((y.detach(), ld.detach(), [p.grad.clone() for p in flow.parameters()]))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs[0][2], outs[1][2]))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs[0][2], outs[1][2], strict=True))
 
 
 # ---------------------------------------------------------------- faults

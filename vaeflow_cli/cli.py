@@ -11,7 +11,6 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -190,7 +189,7 @@ def _require_image_memory(count: int, image_shape, what: str) -> None:
     require_image_memory(count, image_shape, what, "ask for fewer images, or write several smaller batches with different --seed")
 
 
-def _finite(value: Optional[float]) -> Optional[float]:
+def _finite(value: float | None) -> float | None:
     """Option callback: a float option must be a finite number."""
     if value is not None and not math.isfinite(value):
         raise typer.BadParameter(f"{value} is not a finite number")
@@ -209,7 +208,7 @@ SAMPLE_N = 64  # vaeflow sample: images in a sample grid
 COMPARE_ROWS = 6  # vaeflow sample --compare/--temperatures: rows of the figure (the paper's Figure 4 has a handful)
 
 
-def _check_out(out: Optional[str], *, folder: bool = False) -> None:
+def _check_out(out: str | None, *, folder: bool = False) -> None:
     """Refuse an --out that cannot be written BEFORE any work: a directory where a file is
     wanted, a missing or read-only parent folder."""
     import os
@@ -243,7 +242,7 @@ RunOpt = typer.Option(
 )
 
 
-def _run_or_default(run: Optional[Path]) -> Path:
+def _run_or_default(run: Path | None) -> Path:
     """--run, or the run directory of the embedded default config."""
     if run is not None:
         return run
@@ -305,7 +304,7 @@ def _write_output(data: bytes, out: str) -> None:
         _out(out)
 
 
-def _train(phase: str, config: Optional[Path], run: Optional[Path], overrides: List[str], resume: bool) -> None:
+def _train(phase: str, config: Path | None, run: Path | None, overrides: list[str], resume: bool) -> None:
     from vaeflow_cli import config as config_mod
     from vaeflow_cli.runs import RunDir
     from vaeflow_cli.train import train_phase
@@ -326,9 +325,9 @@ def _train_command(phase: Phase):
     """The ``vaeflow train-PHASE`` command of one row of the phase table."""
 
     def command(
-        config: Optional[Path] = ConfigOpt,
-        run: Optional[Path] = RunOpt,
-        set: Optional[List[str]] = SetOpt,
+        config: Path | None = ConfigOpt,
+        run: Path | None = RunOpt,
+        set: list[str] | None = SetOpt,
         resume: bool = typer.Option(False, "--resume", help=f"Continue from the run's {phase.name} checkpoint ({phase.title})."),
     ):
         _train(phase.name, config, run, set, resume)
@@ -345,8 +344,8 @@ for _phase in PHASES.values():
 @app.command(short_help="Draw samples of a trained run (PNG grid or NPY).")
 @cli_errors
 def sample(
-    run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
-    n: Optional[int] = typer.Option(
+    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    n: int | None = typer.Option(
         None,
         "--n",
         min=1,
@@ -359,11 +358,11 @@ def sample(
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
     fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),
     as_grid: bool = typer.Option(True, "--grid/--no-grid", help="One grid PNG, or one PNG per sample."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
     device: str = DeviceOpt,
     compare: bool = typer.Option(False, "--compare", help="Figure 4: per row, one z: its VAE mean, then --per-z Glow-layer samples at -t."),
     per_z: int = typer.Option(5, "--per-z", min=1, max=4096, help="With --compare: Glow-layer samples per z."),
-    temperatures: Optional[str] = typer.Option(
+    temperatures: str | None = typer.Option(
         None, "--temperatures", help="Temperature figure: one row per T (e.g. 0,0.25,0.5,0.75,1), the same --n latents and noise in each row."
     ),
 ):
@@ -440,13 +439,13 @@ def _sample_figure(r, rows: int, per_z: int | None, temperatures: list[float], *
 @app.command(short_help="Interpolate between prior points or two images.")
 @cli_errors
 def interpolate(
-    run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     steps: int = typer.Option(8, "--steps", min=2, max=4096, help="Images per path, endpoints included."),
     pairs: int = typer.Option(4, "--pairs", min=1, max=10**9, help="Number of random pairs (rows)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed for the endpoints."),
-    src: Optional[Path] = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
-    dst: Optional[Path] = typer.Option(None, "--to", help="... to this one, through their encodings."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG path, or - for stdout."),
+    src: Path | None = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
+    dst: Path | None = typer.Option(None, "--to", help="... to this one, through their encodings."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output PNG path, or - for stdout."),
     device: str = DeviceOpt,
 ):
     """Interpolate between random prior points (spherical, in u space) or between two images
@@ -477,7 +476,7 @@ def interpolate(
 @app.command(short_help="Held-out bits/dim bounds (ELBO, IWAE), FID, digit FD.")
 @cli_errors
 def evaluate(
-    run: Optional[Path] = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
     metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
     iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=IWAE_K_MAX, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
@@ -485,13 +484,13 @@ def evaluate(
         10_000, "--n-samples", min=2, max=N_SAMPLES_MAX, help="Generated images for FID (refused when they would not fit in memory)."
     ),
     temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
-    fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
+    fid_weights: Path | None = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    data: Optional[str] = typer.Option(
+    data: str | None = typer.Option(
         None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."
     ),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Root folder of --data (alone: the run's dataset read from this root)."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Root folder of --data (alone: the run's dataset read from this root)."),
 ):
     """Held-out bpd bounds (ELBO, IWAE) of the phase-1 and full models with their per-image
     distribution and the per-pixel histogram baseline, and FID of samples.
@@ -518,19 +517,19 @@ def evaluate(
 @app.command(short_help="Seconds per epoch of each phase and of a standalone Glow.")
 @cli_errors
 def timing(
-    config: Optional[Path] = ConfigOpt,
-    set: Optional[List[str]] = SetOpt,
+    config: Path | None = ConfigOpt,
+    set: list[str] | None = SetOpt,
     steps: int = typer.Option(20, "--steps", min=1, max=100_000, help="Timed training steps per model (after the warm-up)."),
     warmup: int = typer.Option(3, "--warmup", min=1, max=10_000, help="Untimed steps first (ActNorm init, caches)."),
-    batch_size: Optional[int] = typer.Option(
+    batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, max=2**20, help="Batch size for all three models (default: train.vae.batch_size)."
     ),
     glow_levels: int = typer.Option(3, "--glow-levels", min=1, max=10, help="Standalone Glow: levels L (paper's baseline: 3)."),
     glow_steps: int = typer.Option(32, "--glow-steps", min=1, max=1024, help="Standalone Glow: steps per level K (32)."),
     glow_width: int = typer.Option(512, "--glow-width", min=1, max=16384, help="Standalone Glow: coupling width (512)."),
     glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine or additive."),
-    device: Optional[str] = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
-    threads: Optional[int] = typer.Option(
+    device: str | None = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
+    threads: int | None = typer.Option(
         None, "--threads", min=0, max=1024, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
@@ -559,8 +558,8 @@ def timing(
 @app.command(short_help="Plot training loss and held-out bound per epoch.")
 @cli_errors
 def plot(
-    run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png)."),
+    run: Path | None = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png)."),
 ):
     """Plot training loss and held-out bound per epoch, all phases. Prints the PNG's path."""
     from vaeflow_cli.plots import training_curves
@@ -594,7 +593,7 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON f
 
 @config_app.command("show", short_help="Print the resolved config as TOML.")
 @cli_errors
-def config_show(config: Optional[Path] = ConfigOpt, set: Optional[List[str]] = SetOpt):
+def config_show(config: Path | None = ConfigOpt, set: list[str] | None = SetOpt):
     """Print the resolved config (defaults, file and --set overrides, component defaults) as TOML."""
     from vaeflow_cli import config as config_mod
 
@@ -625,7 +624,7 @@ def data_info(
     _out(json.dumps(dataset_info(name, root), indent=2))
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """The ``vaeflow`` console script: every failure, parse errors included, ends as one stderr
     line and an exit code (see report_exception)."""
     click = _click_exceptions()

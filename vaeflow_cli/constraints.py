@@ -21,8 +21,9 @@ from __future__ import annotations
 import inspect
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

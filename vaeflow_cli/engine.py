@@ -321,10 +321,10 @@ class Stepper:
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, self.device)
-        for p, u in zip(self.params, used.tolist()):
+        for p, u in zip(self.params, used.tolist(), strict=True):
             if not u:
                 p.requires_grad_(False)
-        self.params = [p for p, u in zip(self.params, used.tolist()) if u]
+        self.params = [p for p, u in zip(self.params, used.tolist(), strict=True) if u]
 
     def dist_backend_is_nccl(self) -> bool:
         if not self.dist.enabled:

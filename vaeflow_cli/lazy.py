@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def lazy_exports(module: str, homes: Mapping[str, str | tuple[str, str]], missing: str) -> tuple[Callable, Callable]:

@@ -28,7 +28,8 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.hookspecs import MetricsLogger

@@ -15,8 +15,9 @@ build its commands).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 MODEL_PARTS = ("encoder", "decoder", "prior", "flow")
 

@@ -44,9 +44,9 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     for phase in order:
         rows = [r for r in records if r["phase"] == phase]
         xs = [offset + r["epoch"] for r in rows]
-        train = [(x, r["train_bpd"]) for x, r in zip(xs, rows) if "train_bpd" in r]
+        train = [(x, r["train_bpd"]) for x, r in zip(xs, rows, strict=True) if "train_bpd" in r]
         if train:
-            ax.plot(*zip(*train), "-", label=f"{phase}: training loss")
+            ax.plot(*zip(*train, strict=True), "-", label=f"{phase}: training loss")
         ax.plot(xs, [r["test_bpd"] if r["test_bpd"] is not None else math.nan for r in rows], "o-", ms=3, label=f"{phase}: held-out bound")
         offset = max(xs)
         ax.axvline(offset, color="grey", lw=0.5)

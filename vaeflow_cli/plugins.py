@@ -36,8 +36,9 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
 

@@ -67,7 +67,8 @@ import copy
 import fnmatch
 import io
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -420,8 +421,8 @@ def check_state_dict_round_trip(module: nn.Module, make_fresh: Callable[[], nn.M
     try:
         for mode in ("eval", "train"):
             with torch.no_grad():
-                a = _seeded(lambda: dict(outputs(module.train(mode == "train"))), seed)
-                b = _seeded(lambda: dict(outputs(fresh.train(mode == "train"))), seed)
+                a = _seeded(lambda mode=mode: dict(outputs(module.train(mode == "train"))), seed)
+                b = _seeded(lambda mode=mode: dict(outputs(fresh.train(mode == "train"))), seed)
             for k in a:
                 if not (a[k].shape == b[k].shape and torch.equal(torch.nan_to_num(a[k]), torch.nan_to_num(b[k]))):
                     raise AssertionError(
@@ -591,7 +592,7 @@ def check_flow_component(
         seed=seed,
         warm_up=lambda m: m(x_warm),
         outputs=outputs,
-        loss_outputs=lambda m: dict(zip(("forward", "log_det"), m(x))),
+        loss_outputs=lambda m: dict(zip(("forward", "log_det"), m(x), strict=False)),
         loss_what="a loss of the forward outputs and log_det",
         no_grad_ok=no_grad_ok,
         modes_differ=modes_differ,
@@ -669,7 +670,7 @@ def _check_gaussian_module(
     Gaussian, each of ``shape`` (a standard deviation positive), run through every module check."""
 
     def outputs(module):
-        return dict(zip(names, _pair(module(x), f"the {kind}")))
+        return dict(zip(names, _pair(module(x), f"the {kind}"), strict=True))
 
     def contract(module):
         assert isinstance(module, protocol), f"{type(module).__name__} is not callable (vaeflow_cli.hookspecs.{protocol.__name__})"

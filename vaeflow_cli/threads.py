@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 INTERVAL_S = 2.0  # seconds between two looks at the load
 FIRST_LOOK_S = 0.5  # the first look comes sooner: a command that starts beside a busy job adapts early

@@ -237,7 +237,7 @@ def _result(cfg, timed, baseline, models, *, device, batch_size, shape, n_train,
     stats = {t.name: spread(t.times) for t in timed}
     per_step = {k: v["median"] for k, v in stats.items()}
     epoch = {k: v * steps_per_epoch for k, v in per_step.items()}
-    rounds = [g / ((v + p) / 2) for v, p, g in zip(*(t.times for t in timed))]  # each round's own speedup
+    rounds = [g / ((v + p) / 2) for v, p, g in zip(*(t.times for t in timed), strict=True)]  # each round's own speedup
     cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return {
         "vae_s_per_epoch": epoch["vae"],

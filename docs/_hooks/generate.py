@@ -133,7 +133,7 @@ def _fields(doc: str) -> str:
     parts = _FIELD.split(_code_spans(doc))
     out = [parts[0].strip()] if parts[0].strip() else []
     items, after = [], []
-    for field, value in zip(parts[1::2], parts[2::2]):
+    for field, value in zip(parts[1::2], parts[2::2], strict=True):
         first, *rest = re.split(r"\n\s*\n", value.strip(), maxsplit=1)
         kind, _, name = field.partition(" ")
         label = {"param": f"`{name}`:", "returns": "Returns:", "raises": f"Raises `{name}`:"}[kind]
@@ -172,7 +172,7 @@ def _attribute_docs(module, cls_name: str) -> list[tuple[str, str, str]]:
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls_name:
             found = []
-            for stmt, nxt in zip(node.body, [*node.body[1:], None]):
+            for stmt, nxt in zip(node.body, [*node.body[1:], None], strict=True):
                 if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                     doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) else ""
                     found.append((stmt.target.id, ast.unparse(stmt.annotation), inspect.cleandoc(str(doc))))
