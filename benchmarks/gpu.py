@@ -1,6 +1,6 @@
 """Training speed at the paper's shapes, per precision: the VAE phase, the Glow-layer phase and the
 standalone multi-scale Glow (L=3, K=32, width 512), on synthetic uint8 data through the real loader
-and training step (``vaeflow_cli.timing``), with each model's data-wait share and peak memory.
+and training step (``vaeflow_cli.training.timing``), with each model's data-wait share and peak memory.
 Prints one line per measurement on stderr and a JSON object as its last line on stdout.
 
     python benchmarks/gpu.py                           # CUDA: fp32, bf16, fp16; CIFAR-10 and CelebA-64
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from vaeflow_cli import config as config_mod
-from vaeflow_cli.timing import run_timing
+from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.training.timing import run_timing
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {"cifar10": ("configs/cifar10.toml", (3, 32, 32), 50_000), "celeba64": ("configs/celeba.toml", (3, 64, 64), 162_770)}

@@ -4,7 +4,7 @@ multi-scale Glow baseline, trained for the same wall-clock budget on the same ma
     python benchmarks/paper_claim.py --out results/paper-claim   # roughly 15-20 min on 2 idle CPU cores
 
 1. vaeflow (the embedded default config, or --vae-config) is trained phase 1 (VAE) then phase 2
-   (Glow layer) into OUT/runs/vaeflow through vaeflow_cli.train.train_phase, each phase timed two
+   (Glow layer) into OUT/runs/vaeflow through vaeflow_cli.training.loop.train_phase, each phase timed two
    ways: its training seconds (the per-epoch seconds training records in metrics.jsonl: the
    optimizer steps plus the held-out bound at each epoch end, summed) and the wall-clock seconds
    of the whole call (plus data loading, model building, phase 2's starting bound, sample grids).
@@ -16,7 +16,7 @@ multi-scale Glow baseline, trained for the same wall-clock budget on the same ma
    run would pay once; --budget-measure wall counts whole calls instead. The learning-rate schedule
    is a function of the epoch and step only, so this is the same training as one run of that many
    epochs.
-3. Both runs are scored with vaeflow_cli.evaluate.evaluate_run on the same 500 held-out digits:
+3. Both runs are scored with vaeflow_cli.evaluation.evaluate.evaluate_run on the same 500 held-out digits:
    vaeflow's bounds in bits/dim (single-sample ELBO and IWAE_K, upper bounds) for the phase-1 model
    and the full model, the Glow's exact bits/dim, and digit_fd (Frechet distance in a small digit
    CNN's features, NOT FID) of --n-samples samples at each temperature, with the same classifier
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaeflow_cli import config as config_mod
+from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
 
@@ -115,7 +115,7 @@ def _version(name: str) -> str | None:
 
 
 def machine_facts(threads: int, device: str) -> dict:
-    from vaeflow_cli.engine import usable_cores
+    from vaeflow_cli.training.step import usable_cores
 
     facts = {
         "usable_cores": usable_cores(),
@@ -160,14 +160,14 @@ def best_temperature(scores: dict[str, float]) -> tuple[float | None, float | No
 
 def epoch_seconds(run: Path, phase: str) -> float:
     """Sum of the per-epoch seconds (training steps + held-out bound) that training recorded."""
-    from vaeflow_cli.runs import RunDir
+    from vaeflow_cli.training.runs import RunDir
 
     return round(sum(r.get("seconds", 0.0) for r in RunDir(run).read_metrics() if r["phase"] == phase), 3)
 
 
 def seconds_per_epoch(run: Path, phase: str) -> float | None:
     """Median recorded seconds of the phase's epochs (the Table 4 analogue)."""
-    from vaeflow_cli.runs import RunDir
+    from vaeflow_cli.training.runs import RunDir
 
     seconds = [r["seconds"] for r in RunDir(run).read_metrics() if r["phase"] == phase and r.get("seconds")]
     return round(float(np.median(seconds)), 3) if seconds else None
@@ -190,7 +190,7 @@ def _fd(x) -> str:
 
 
 def train_vaeflow(cfg: dict, run: Path) -> dict:
-    from vaeflow_cli.train import train_phase
+    from vaeflow_cli.training.loop import train_phase
 
     out = {}
     for phase in ("vae", "glow"):
@@ -211,7 +211,7 @@ def train_vaeflow(cfg: dict, run: Path) -> dict:
 def train_glow_for(resolve_glow, run: Path, budget: float, max_epochs: int | None, measure: str) -> dict:
     """Epoch by epoch (train.baseline.epochs = e, resumed) until the cumulative seconds, counted
     as ``measure`` says ("epochs": recorded per-epoch seconds; "wall": whole calls), reach ``budget``."""
-    from vaeflow_cli.train import train_phase
+    from vaeflow_cli.training.loop import train_phase
 
     wall, spent, epochs, per_call = 0.0, 0.0, 0, []
     while epochs < 1 or (spent < budget and (max_epochs is None or epochs < max_epochs)):
@@ -239,7 +239,7 @@ def train_glow_for(resolve_glow, run: Path, budget: float, max_epochs: int | Non
 def heldout_sha(cfg: dict) -> str:
     import hashlib
 
-    from vaeflow_cli.data import load_split
+    from vaeflow_cli.data.pipeline import load_split
 
     return hashlib.sha256(np.ascontiguousarray(load_split(cfg, "test")).tobytes()).hexdigest()[:16]
 
@@ -354,10 +354,10 @@ def markdown(r: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.engine import set_threads, usable_cores
-    from vaeflow_cli.evaluate import evaluate_run, generate, parse_temperatures
+    from vaeflow_cli.data.images import grid, png_bytes
+    from vaeflow_cli.evaluation.evaluate import evaluate_run, generate, parse_temperatures
     from vaeflow_cli.files import atomic_write_bytes
-    from vaeflow_cli.images import grid, png_bytes
+    from vaeflow_cli.training.step import set_threads, usable_cores
 
     temperatures = parse_temperatures(args.temperatures, "--temperatures")
     if args.n_samples < 2 or args.iwae_k < 1 or args.grid_n < 1:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from vaeflow_cli import config as config_mod
-from vaeflow_cli.engine import set_threads
+from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.training.step import set_threads
 
 PHASES = {"phase1_vae": "vae", "phase2_glow_layer": "glow"}
 SHAPE = (1, 28, 28)  # the embedded default's data: MNIST digits (synthetic here: timing does not depend on the pixels)

@@ -43,12 +43,12 @@ import numpy as np
 import step_common  # noqa: E402 -- benchmarks/, the scripts' folder, is on sys.path
 import torch
 
-from vaeflow_cli import config as config_mod
-from vaeflow_cli.data import BatchLoader
-from vaeflow_cli.engine import Stepper
-from vaeflow_cli.model import build_model
-from vaeflow_cli.timing import rotating_cycles, spread
-from vaeflow_cli.train import set_phase_mode, trainable_parameters
+from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.data.pipeline import BatchLoader
+from vaeflow_cli.model.vaeflow import build_model
+from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+from vaeflow_cli.training.step import Stepper
+from vaeflow_cli.training.timing import rotating_cycles, spread
 
 SIDES = ("guarded", "unguarded")
 DEVICE = torch.device("cpu")

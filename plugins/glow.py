@@ -257,7 +257,7 @@ class DataInitActNorm(ActNorm):
     channel. The ``initialized`` buffer is saved with the weights, so a resumed run keeps them.
 
     Under torchrun the statistics are those of the GLOBAL batch (every rank's shard, all-reduced
-    with vaeflow_cli.flows.global_mean), so every replica gets the same values, the ones a single
+    with vaeflow_cli.model.flows.global_mean), so every replica gets the same values, the ones a single
     process computes on the whole batch: DDP broadcasts the weights only once, before this
     initialisation, and would otherwise leave each rank with its own. Every rank therefore runs
     this first training forward pass together (as DDP's training steps do)."""

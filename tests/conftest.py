@@ -19,9 +19,9 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _fixed_threads():
     """Every test starts and ends on conftest's thread count: a command a test runs in-process
-    with train.threads = 0 installs the load governor (vaeflow_cli.threads), which must not carry
+    with train.threads = 0 installs the load governor (vaeflow_cli.training.threads), which must not carry
     its decisions into the next test."""
-    from vaeflow_cli import threads
+    from vaeflow_cli.training import threads
 
     yield
     threads.install(None)
@@ -126,8 +126,8 @@ def trained_run(tmp_path_factory, digits):
     write_idx(root / "t10k-images-idx3-ubyte", digits[96:128])
     path = tmp / "tiny.toml"
     path.write_text(TINY.format(root=root, run=tmp / "run"))
-    from vaeflow_cli import config as config_mod
-    from vaeflow_cli.train import train_phase
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.training.loop import train_phase
 
     cfg = config_mod.resolve(path)
     train_phase(cfg, tmp / "run", "vae", progress=False)
@@ -147,7 +147,7 @@ def run_cli(*args, env=None, check=True, input=None, cwd=None) -> subprocess.Com
 
 def call_main(argv, capsys) -> tuple[int, str, str]:
     """Run ``vaeflow ARGV`` in this process through ``cli.main``: (exit code, stdout, stderr)."""
-    from vaeflow_cli.cli import main
+    from vaeflow_cli.cli.app import main
 
     capsys.readouterr()
     try:

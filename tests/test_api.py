@@ -17,8 +17,8 @@ from conftest import run_cli
 
 import vaeflow_cli
 from vaeflow_cli.api import as_uint8_images, load_run
+from vaeflow_cli.data.images import to_uint8
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.images import to_uint8
 
 API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"  # the Python API page of the docs site
 
@@ -77,7 +77,7 @@ def test_cli_sample_gives_the_api_pixels_for_the_same_seed(trained_run):
 
 def test_bounds_match_evaluate_and_the_model_computed_here(trained_run):
     """log_prob_bound with the default seed is what evaluate reports; k=1 is the ELBO."""
-    from vaeflow_cli.evaluate import evaluate_run
+    from vaeflow_cli.evaluation.evaluate import evaluate_run
 
     run = load_run(trained_run, device="cpu")
     test = run.images("test")
@@ -197,9 +197,9 @@ def test_the_latest_checkpoint_is_chosen_by_the_phase_table_and_a_no_op_resume_c
     samples phase 2; resuming a finished phase rewrites no file."""
     import shutil
 
-    from vaeflow_cli import config as config_mod
-    from vaeflow_cli.phases import latest
-    from vaeflow_cli.train import train_phase
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.training.loop import train_phase
+    from vaeflow_cli.training.phases import latest
 
     run = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(trained_run), str(run)], check=True)
@@ -248,7 +248,7 @@ def test_evaluate_run_checks_its_arguments_as_the_cli_does_and_writes_nothing(tr
     before any work, and RUN/eval untouched."""
     import shutil
 
-    from vaeflow_cli.evaluate import evaluate_run
+    from vaeflow_cli.evaluation.evaluate import evaluate_run
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -284,8 +284,8 @@ def test_encode_and_reconstruct_go_in_batches(trained_run, monkeypatch):
 
 
 def test_train_phase_checks_its_arguments(tiny_config, tmp_path):
-    from vaeflow_cli import config as config_mod
-    from vaeflow_cli.train import train_phase
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.training.loop import train_phase
 
     cfg = config_mod.resolve(tiny_config)
     for kwargs, message in (
@@ -309,9 +309,9 @@ def test_the_library_doors_found_by_an_attack(trained_run, tmp_path):
     import json
     import shutil
 
-    from vaeflow_cli import config as config_mod
-    from vaeflow_cli.evaluate import evaluate_run
-    from vaeflow_cli.train import train_phase
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.evaluation.evaluate import evaluate_run
+    from vaeflow_cli.training.loop import train_phase
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -5,10 +5,10 @@ numpy, so the ``vaeflow`` command starts fast; the first use of a name loads its
 
 - ``load_run(path, *, device="auto", checkpoint=None) -> Run``: a trained run for sampling,
   encoding, reconstruction, interpolation and likelihood bounds (``vaeflow_cli.api``).
-- ``resolve_config(path=None, overrides=())``: a config as training sees it (``vaeflow_cli.config``).
-- ``train_phase(cfg, run_dir, phase)``: train one phase (``vaeflow_cli.train``; phases in
-  ``vaeflow_cli.phases.PHASES``).
-- ``evaluate_run(run, ...)``: what ``vaeflow evaluate`` computes, as a dict (``vaeflow_cli.evaluate``).
+- ``resolve_config(path=None, overrides=())``: a config as training sees it (``vaeflow_cli.config.core``).
+- ``train_phase(cfg, run_dir, phase)``: train one phase (``vaeflow_cli.training.loop``; phases in
+  ``vaeflow_cli.training.phases.PHASES``).
+- ``evaluate_run(run, ...)``: what ``vaeflow evaluate`` computes, as a dict (``vaeflow_cli.evaluation.evaluate``).
 - ``VaeflowError`` (exit code 2), ``RuntimeFailure`` (1), ``Interrupted`` (130): the errors every
   function raises with a one-line message (``vaeflow_cli.errors``).
 
@@ -27,10 +27,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_run": "vaeflow_cli.api",
     "Run": "vaeflow_cli.api",
-    "resolve_config": ("vaeflow_cli.config", "resolve"),
-    "train_phase": "vaeflow_cli.train",
-    "evaluate_run": "vaeflow_cli.evaluate",
-    "PHASES": "vaeflow_cli.phases",
+    "resolve_config": ("vaeflow_cli.config.core", "resolve"),
+    "train_phase": "vaeflow_cli.training.loop",
+    "evaluate_run": "vaeflow_cli.evaluation.evaluate",
+    "PHASES": "vaeflow_cli.training.phases",
     "VaeflowError": "vaeflow_cli.errors",
     "RuntimeFailure": "vaeflow_cli.errors",
     "Interrupted": "vaeflow_cli.errors",
@@ -43,11 +43,11 @@ __all__ = ["__version__", "load_run", "Run", "resolve_config", "train_phase", "e
 
 if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.api import Run, load_run
-    from vaeflow_cli.config import resolve as resolve_config
+    from vaeflow_cli.config.core import resolve as resolve_config
     from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
-    from vaeflow_cli.evaluate import evaluate_run
-    from vaeflow_cli.phases import PHASES
-    from vaeflow_cli.train import train_phase
+    from vaeflow_cli.evaluation.evaluate import evaluate_run
+    from vaeflow_cli.training.loop import train_phase
+    from vaeflow_cli.training.phases import PHASES
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, "the public API is vaeflow_cli.__all__")

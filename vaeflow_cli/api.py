@@ -10,7 +10,7 @@ A notebook session::
 Images going in are uint8 (values 0..255), as numpy arrays or tensors, (N, C, H, W) or
 (N, H, W, C) (a single image, or (N, H, W) for one channel, is accepted too); each is read as the
 centre of its dequantization bin, (k + 0.5) / 256 (``docs/model.md``, "Data and dequantization").
-Images coming out are float32 CPU tensors in [0, 1]; ``vaeflow_cli.images.to_uint8`` quantizes
+Images coming out are float32 CPU tensors in [0, 1]; ``vaeflow_cli.data.images.to_uint8`` quantizes
 them as the CLI does (floor(256 x), clipped), so the CLI's ``sample`` and ``Run.sample`` give the
 same pixels for the same seed. Seeds are 0 .. 2**32 - 1 (``limits.SEED_MAX``), temperatures 0 .. 100
 (``limits.TEMPERATURE_MAX``), IWAE sample counts 1 .. 100,000; a request whose images would not
@@ -29,10 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaeflow_cli import sampling
+from vaeflow_cli.config.limits import (
+    IWAE_K_MAX,
+    SEED_MAX,
+    check_bool,
+    check_count,
+    check_seed,
+    check_temperature,
+    require_image_memory,
+    temperature_list,
+)
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.limits import IWAE_K_MAX, SEED_MAX, check_bool, check_count, check_seed, check_temperature, require_image_memory, temperature_list
-from vaeflow_cli.phases import LOAD_ORDER, PHASES, latest
+from vaeflow_cli.model import sampling
+from vaeflow_cli.training.phases import LOAD_ORDER, PHASES, latest
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
 
@@ -42,7 +51,7 @@ class Run:
     """A trained run loaded for use: the model in eval mode on ``device`` and what it was made with.
 
     Attributes: ``path`` (the run directory), ``config`` (the resolved config dict), ``phase``
-    (which checkpoint: "vae", "glow", "prior", "joint" or "baseline"; see ``vaeflow_cli.phases``),
+    (which checkpoint: "vae", "glow", "prior", "joint" or "baseline"; see ``vaeflow_cli.training.phases``),
     ``checkpoint`` (its file), ``model`` (``VAEFlow``, or ``FlowModel`` for a baseline run),
     ``device`` (``torch.device``), ``start`` (the phase the checkpoint's phase started from).
     Methods run without gradients and leave the model in eval mode.
@@ -77,7 +86,7 @@ class Run:
     def images(self, split: str = "test") -> np.ndarray:
         """A split of the run's own dataset (``[data]`` of its config): uint8 (N, C, H, W).
         :raises VaeflowError: an unknown split, or missing or damaged dataset files."""
-        from vaeflow_cli.data import load_split
+        from vaeflow_cli.data.pipeline import load_split
 
         return load_split(self.config, split)
 
@@ -179,7 +188,7 @@ class Run:
 
         :returns: float64 (N,) bits/dim, on the CPU.
         :raises VaeflowError: k < 1, images of another shape or dtype."""
-        from vaeflow_cli.likelihood import elbo_bpd, iwae_bpd_per_image
+        from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
 
         check_count(k, "k", high=IWAE_K_MAX)
         y = as_uint8_images(images, self.image_shape)
@@ -202,8 +211,8 @@ BATCH = 500
 def _started_from(file: Path) -> str | None:
     """The phase a checkpoint's training started from, read through a memory map (the weights stay
     on disk); a file that cannot be read so is read and checked in full, which names its problem."""
-    from vaeflow_cli.limits import file_problem
-    from vaeflow_cli.runs import load_checkpoint
+    from vaeflow_cli.config.limits import file_problem
+    from vaeflow_cli.training.runs import load_checkpoint
 
     if file_problem(file) is not None:  # a FIFO would block the open forever: load_checkpoint names the problem
         return load_checkpoint(file).get("start")
@@ -225,8 +234,8 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         "joint", "baseline"), or the path of a checkpoint file (a step-tagged one, say).
     :raises VaeflowError: a folder that is not a run, a missing, damaged or mismatched checkpoint,
         an unknown device (one line each)."""
-    from vaeflow_cli.engine import resolve_device
-    from vaeflow_cli.runs import RunDir, check_signature, load_checkpoint, model_from_state
+    from vaeflow_cli.training.runs import RunDir, check_signature, load_checkpoint, model_from_state
+    from vaeflow_cli.training.step import resolve_device
 
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise VaeflowError(f"load_run takes the path of a run directory (a str or Path), not {path!r}")
@@ -308,7 +317,7 @@ def as_uint8_images(images: Any, image_shape: Sequence[int], name: str = "images
     if images.dtype != np.uint8:
         raise VaeflowError(
             f"{name} must be uint8 (values 0..255), not {images.dtype}; images in [0, 1] from vaeflow "
-            "(Run.sample, Run.reconstruct) become uint8 through vaeflow_cli.images.to_uint8"
+            "(Run.sample, Run.reconstruct) become uint8 through vaeflow_cli.data.images.to_uint8"
         )
     c, h, w = (int(s) for s in image_shape)
     shape = tuple(images.shape)

@@ -44,39 +44,39 @@ from typing import TYPE_CHECKING
 from vaeflow_cli.lazy import lazy_exports
 
 _HOMES = {
-    "Range": "vaeflow_cli.constraints",
-    "OneOf": "vaeflow_cli.constraints",
-    "Check": "vaeflow_cli.constraints",
+    "Range": "vaeflow_cli.config.constraints",
+    "OneOf": "vaeflow_cli.config.constraints",
+    "Check": "vaeflow_cli.config.constraints",
     "VaeflowError": "vaeflow_cli.errors",
-    "FlowSequence": "vaeflow_cli.flows",
-    "global_mean": "vaeflow_cli.flows",
-    "global_sum": "vaeflow_cli.flows",
-    "gaussian_log_prob": "vaeflow_cli.distributions",
-    "standard_normal_log_prob": "vaeflow_cli.distributions",
-    "bits_per_dim": "vaeflow_cli.distributions",
-    "DEFAULT_MAX_PIXELS": "vaeflow_cli.data",
-    "decode_with_fallback": "vaeflow_cli.data",
-    "cached_array": "vaeflow_cli.data",
-    "cache_path": "vaeflow_cli.data",
-    "file_signature": "vaeflow_cli.data",
-    "file_problem": "vaeflow_cli.limits",
-    "check_regular_file": "vaeflow_cli.limits",
+    "FlowSequence": "vaeflow_cli.model.flows",
+    "global_mean": "vaeflow_cli.model.flows",
+    "global_sum": "vaeflow_cli.model.flows",
+    "gaussian_log_prob": "vaeflow_cli.model.distributions",
+    "standard_normal_log_prob": "vaeflow_cli.model.distributions",
+    "bits_per_dim": "vaeflow_cli.model.distributions",
+    "DEFAULT_MAX_PIXELS": "vaeflow_cli.data.pipeline",
+    "decode_with_fallback": "vaeflow_cli.data.pipeline",
+    "cached_array": "vaeflow_cli.data.pipeline",
+    "cache_path": "vaeflow_cli.data.pipeline",
+    "file_signature": "vaeflow_cli.data.pipeline",
+    "file_problem": "vaeflow_cli.config.limits",
+    "check_regular_file": "vaeflow_cli.config.limits",
 }
 
 # fmt: off
 __all__ = ["Range", "OneOf", "Check", "VaeflowError", "FlowSequence", "global_mean", "global_sum",
            "gaussian_log_prob", "standard_normal_log_prob", "bits_per_dim", "DEFAULT_MAX_PIXELS",
            "decode_with_fallback", "cached_array", "cache_path", "file_signature", "file_problem",
-           "check_regular_file"]  # = _HOMES (tests/test_plugins.py checks)
+           "check_regular_file"]  # = _HOMES (tests/plugins/test_plugins.py checks)
 # fmt: on
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vaeflow_cli.constraints import Check, OneOf, Range
-    from vaeflow_cli.data import DEFAULT_MAX_PIXELS, cache_path, cached_array, decode_with_fallback, file_signature
-    from vaeflow_cli.distributions import bits_per_dim, gaussian_log_prob, standard_normal_log_prob
+    from vaeflow_cli.config.constraints import Check, OneOf, Range
+    from vaeflow_cli.config.limits import check_regular_file, file_problem
+    from vaeflow_cli.data.pipeline import DEFAULT_MAX_PIXELS, cache_path, cached_array, decode_with_fallback, file_signature
     from vaeflow_cli.errors import VaeflowError
-    from vaeflow_cli.flows import FlowSequence, global_mean, global_sum
-    from vaeflow_cli.limits import check_regular_file, file_problem
+    from vaeflow_cli.model.distributions import bits_per_dim, gaussian_log_prob, standard_normal_log_prob
+    from vaeflow_cli.model.flows import FlowSequence, global_mean, global_sum
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _HOMES, "plugins may use the names in vaeflow_cli.plugin_api.__all__")

@@ -1,0 +1,188 @@
+"""The component suite: every registered component (built-in or third-party) is checked the same way."""
+
+import math
+
+import pytest
+import torch
+
+from vaeflow_cli.plugins.registry import build_registry
+from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior_component, perturb
+from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, InvConv1x1, SplitAffineCoupling, squeeze, unsqueeze
+from vaeflow_plugins.models import glow_layer, multiscale_glow
+
+REGISTRY = build_registry(allowed=None)  # every installed plugin, third-party ones too
+
+
+def names(kind):
+    return [pytest.param(c.factory, id=f"{c.plugin}:{c.name}") for c in REGISTRY.components[kind].values()]
+
+
+@pytest.mark.parametrize("factory", names("flow"))
+@pytest.mark.parametrize("image_shape", [(1, 4, 4), (3, 4, 4)])
+def test_every_flow_inverts_and_matches_autograd_log_det(factory, image_shape):
+    check_flow_component(factory, image_shape=image_shape)
+
+
+@pytest.mark.parametrize("factory", names("prior"))
+@pytest.mark.parametrize("latent_dim", [1, 4, 5])
+def test_every_prior_is_a_density_and_its_bijection_checks(factory, latent_dim):
+    check_prior_component(factory, latent_dim=latent_dim)
+
+
+@pytest.mark.parametrize("factory", names("encoder"))
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (3, 20, 12)])
+def test_every_encoder_gives_gaussian_parameters(factory, image_shape):
+    enc = factory(image_shape=image_shape, latent_dim=6).eval()
+    with torch.no_grad():
+        mean, log_std = enc(torch.rand(2, *image_shape))
+    assert mean.shape == log_std.shape == (2, 6)
+    assert torch.isfinite(mean).all() and torch.isfinite(log_std).all()
+
+
+@pytest.mark.parametrize("factory", names("decoder"))
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (3, 20, 12)])
+def test_every_decoder_gives_a_mean_in_unit_range_and_positive_std(factory, image_shape):
+    dec = factory(image_shape=image_shape, latent_dim=6).eval()
+    with torch.no_grad():
+        mean, std = dec(torch.randn(3, 6))
+    assert mean.shape == std.shape == (3, *image_shape)
+    assert torch.isfinite(mean).all()
+    assert (std > 0).all()
+
+
+# ---------------------------------------------------------------- the Glow layer's parts
+
+
+GLOW_PARTS = {
+    "actnorm": (lambda: ActNorm(3), 3),
+    "invconv-lu": (lambda: InvConv1x1(3, lu=True), 3),
+    "invconv-dense": (lambda: InvConv1x1(3, lu=False), 3),
+    "invconv-1ch": (lambda: InvConv1x1(1, lu=True), 1),
+    "coupling-ch0": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=0, split="channel"), 3),
+    "coupling-ch1": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="channel"), 3),
+    "checker0": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
+    "checker1": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=1, split="checkerboard"), 1),
+    "checker-rgb": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="checkerboard"), 3),
+    "glow-alternate": (lambda: glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=8, split="alternate"), 3),
+    "affine-split-ch": (lambda: SplitAffineCoupling((3, 4, 4), hidden=8, parity=0, split="channel"), 3),
+    "affine-split-checker": (lambda: SplitAffineCoupling((3, 4, 4), hidden=8, parity=1, split="checkerboard"), 3),
+    "affine-split-gray": (lambda: SplitAffineCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
+    "glow-affine-alternate": (lambda: glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=8, split="alternate", coupling="affine"), 3),
+    "affine0": (lambda: AffineCoupling(4, hidden=8, parity=0), 4),
+    "affine1": (lambda: AffineCoupling(3, hidden=8, parity=1), 3),
+}
+
+
+def test_squeeze_moves_2x2_blocks_to_channels_and_back():
+    x = torch.arange(2 * 3 * 4 * 6.0).reshape(2, 3, 4, 6)
+    s = squeeze(x)
+    assert s.shape == (2, 12, 2, 3) and torch.equal(unsqueeze(s), x)
+    assert s[0, :4, 0, 0].tolist() == [x[0, 0, 0, 0], x[0, 0, 0, 1], x[0, 0, 1, 0], x[0, 0, 1, 1]]
+
+
+def test_data_dependent_actnorm_normalises_its_first_training_batch_only():
+    norm = DataInitActNorm(3).train()
+    x = 5 + 3 * torch.randn(16, 3, 4, 4)
+    y, _ = norm(x)
+    assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(y.std((0, 2, 3)), torch.ones(3), atol=1e-4)
+    before = norm.bias.clone()
+    norm(torch.randn(16, 3, 4, 4))
+    assert torch.equal(norm.bias, before) and bool(norm.initialized)
+    fresh = DataInitActNorm(3).eval()
+    assert torch.equal(fresh(x)[0], x)  # no initialisation outside training
+
+
+def test_multiscale_glow_is_a_density_with_a_standard_normal_base():
+    """With its steps at the identity (additive couplings start there), the Glow is its learned top
+    prior: x ~ N(0.5 + mean, exp(log_std)^2) per pixel, a closed form to compare against."""
+    glow = multiscale_glow(image_shape=(1, 2, 2), levels=1, steps=1, hidden_channels=4, coupling="additive").eval()
+    with torch.no_grad():
+        glow.body.prior_mean.fill_(0.25)
+        glow.body.prior_log_std.fill_(math.log(0.5))
+    x = torch.rand(5, 1, 2, 2)
+    z, log_det = glow(x)
+    log_p = -0.5 * (z**2).flatten(1).sum(1) - 2 * math.log(2 * math.pi) + log_det
+    expected = torch.distributions.Normal(0.75, 0.5).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(log_p, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("part", GLOW_PARTS)
+def test_glow_parts_invert_and_match_autograd(part):
+    make, channels = GLOW_PARTS[part]
+    check_bijection(perturb(make(), scale=0.3), torch.randn(3, channels, 4, 4))
+
+
+def test_non_lu_conv_log_det_is_slogdet_times_pixels():
+    conv = InvConv1x1(3, lu=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[2.0, 0.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, 0.5]]))
+    _, ld = conv(torch.randn(2, 3, 5, 4))
+    assert torch.allclose(ld, torch.full((2,), 20 * math.log(3.0)))
+
+
+@pytest.mark.parametrize(
+    "shape, split, coupling",
+    [((1, 6, 6), "auto", "additive"), ((3, 6, 6), "auto", "additive"), ((3, 6, 6), "checkerboard", "affine"), ((3, 6, 6), "alternate", "affine")],
+)
+@pytest.mark.parametrize("lu", [True, False])
+def test_glow_layer_is_exactly_the_identity_at_initialisation(shape, split, coupling, lu):
+    flow = glow_layer(image_shape=shape, depth=3, hidden_channels=8, lu=lu, split=split, coupling=coupling)
+    x = torch.rand(4, *shape)
+    y, ld = flow(x)
+    assert torch.equal(y, x)
+    assert torch.equal(ld, torch.zeros(4))
+
+
+def test_glow_coupling_splits_as_documented():
+    rgb = glow_layer(image_shape=(3, 4, 4), depth=2, hidden_channels=4)
+    gray = glow_layer(image_shape=(1, 4, 4), depth=2, hidden_channels=4)
+    assert [m.split for m in rgb.layers if isinstance(m, AdditiveCoupling)] == ["channel", "channel"]
+    assert [m.split for m in gray.layers if isinstance(m, AdditiveCoupling)] == ["checkerboard", "checkerboard"]
+    # the 1 | 2 channel split alternates which part is transformed
+    couplings = [m for m in rgb.layers if isinstance(m, AdditiveCoupling)]
+    assert (couplings[0].moved, couplings[1].moved) == (slice(1, 3), slice(0, 1))
+    # "alternate": checkerboard and channel splits in turn, each kind alternating its own parity
+    mixed = [m for m in glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=4, split="alternate").layers if isinstance(m, AdditiveCoupling)]
+    assert [(m.split, m.parity) for m in mixed] == [("checkerboard", 0), ("channel", 0), ("checkerboard", 1), ("channel", 1)]
+    with pytest.raises(ValueError, match="alternate"):
+        glow_layer(image_shape=(1, 4, 4), depth=2, hidden_channels=4, split="alternate")
+
+
+def test_check_bijection_catches_a_wrong_log_det():
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x, x.new_zeros(x.shape[0])  # log-det should be D log 2
+
+        def inverse(self, y):
+            return y / 2, y.new_zeros(y.shape[0])
+
+    with pytest.raises(AssertionError, match="autograd"):
+        check_bijection(Wrong(), torch.randn(2, 1, 2, 2))
+
+
+def test_check_bijection_catches_a_wrong_inverse():
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return x + 1, x.new_zeros(x.shape[0])
+
+        def inverse(self, y):
+            return y - 0.999, y.new_zeros(y.shape[0])
+
+    with pytest.raises(AssertionError, match="inverse"):
+        check_bijection(Wrong(), torch.randn(2, 1, 2, 2))
+
+
+def test_the_1x1_convolution_inverts_through_its_lu_factors_like_a_general_inverse():
+    torch.manual_seed(3)
+    conv = InvConv1x1(5, lu=True)
+    with torch.no_grad():
+        for p in (conv.lower, conv.upper, conv.log_s):
+            p.normal_(0, 0.5)
+        conv.perm.copy_(torch.eye(5)[torch.randperm(5)])
+        conv.sign_s.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0]))
+    w, _ = conv._weight()
+    expected = torch.linalg.inv(w.double())
+    assert torch.allclose(conv.inverse_weight().double(), expected, atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 5, 3, 3)
+    assert torch.allclose(conv.inverse(conv(x)[0])[0], x, atol=1e-5)

@@ -1,0 +1,424 @@
+"""The ``vaeflow`` command line. Thin: it parses options and calls library functions.
+
+torch is imported inside the commands, never at module level, so ``vaeflow --help`` is fast.
+Results (paths, image or array bytes, JSON, TOML) go to stdout; progress and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import typer
+
+from vaeflow_cli.cli.exits import cli_errors, run
+from vaeflow_cli.cli.output import _check_out, _out, _write_output
+from vaeflow_cli.config.limits import IWAE_K_MAX, N_SAMPLES_MAX, SEED_MAX, TEMPERATURE_MAX
+from vaeflow_cli.data.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
+from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.evaluation.metrics import METRICS
+from vaeflow_cli.training.phases import PHASES, Phase
+
+app = typer.Typer(
+    name="vaeflow",
+    help="Train, sample and evaluate VAEs with normalizing-flow decoders (Morrow & Chiu).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def verbosity(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only: no progress lines or bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lines too (which config, which overrides)."),
+):
+    """Set the verbosity of the log lines on stderr (vaeflow_cli.console); stdout is the same either way."""
+    from vaeflow_cli import console
+
+    if quiet and verbose:
+        raise typer.BadParameter("give -q/--quiet or -v/--verbose, not both", param_hint="'-q' / '-v'")
+    console.configure(-1 if quiet else 1 if verbose else 0)
+
+
+def _require_image_memory(count: int, image_shape, what: str) -> None:
+    """Refuse before sampling, naming the options, when ``count`` images would not fit in memory."""
+    from vaeflow_cli.config.limits import require_image_memory
+
+    require_image_memory(count, image_shape, what, "ask for fewer images, or write several smaller batches with different --seed")
+
+
+def _finite(value: float | None) -> float | None:
+    """Option callback: a float option must be a finite number."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _temperature(value: float) -> float:
+    """Option callback: a sampling temperature is a finite number in [0, TEMPERATURE_MAX]."""
+    _finite(value)
+    if not 0 <= value <= TEMPERATURE_MAX:
+        raise typer.BadParameter(f"{value:g} is not in [0, {TEMPERATURE_MAX:g}]")
+    return value
+
+
+SAMPLE_N = 64  # vaeflow sample: images in a sample grid
+COMPARE_ROWS = 6  # vaeflow sample --compare/--temperatures: rows of the figure (the paper's Figure 4 has a handful)
+
+
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: the embedded MNIST config).")
+SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.vae.epochs=3 (repeatable).")
+RunOpt = typer.Option(
+    None,
+    "--run",
+    "--run-dir",
+    help="Run directory (default: [run] dir of the config). Under torchrun write --run-dir: torchrun's own parser takes --run for its --run-path.",
+)
+
+
+def _run_or_default(run: Path | None) -> Path:
+    """--run, or the run directory of the embedded default config."""
+    if run is not None:
+        return run
+    from vaeflow_cli.config import core as config_mod
+
+    return Path(config_mod.embedded_default().get("run", {}).get("dir", config_mod.DEFAULTS["run"]["dir"]))
+
+
+def _train(phase: str, config: Path | None, run: Path | None, overrides: list[str], resume: bool) -> None:
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.training.loop import train_phase
+    from vaeflow_cli.training.runs import RunDir
+
+    if config is None and run is not None and RunDir(run).config_path.exists():
+        cfg = RunDir(run).resolved_config(overrides or [])
+    else:
+        cfg = config_mod.resolve(config, overrides or [])
+        if run is None and config is None and PHASES[phase].starts_from:
+            rd = RunDir(cfg["run"]["dir"])
+            if rd.config_path.exists():  # the default run: continue with the config it was trained with
+                cfg = rd.resolved_config(overrides or [])
+    result = train_phase(cfg, run if run is not None else cfg["run"]["dir"], phase, resume=resume, config_path=config)
+    _out(str(result.run_dir))
+
+
+def _train_command(phase: Phase):
+    """The ``vaeflow train-PHASE`` command of one row of the phase table."""
+
+    def command(
+        config: Path | None = ConfigOpt,
+        run: Path | None = RunOpt,
+        set: list[str] | None = SetOpt,
+        resume: bool = typer.Option(False, "--resume", help=f"Continue from the run's {phase.name} checkpoint ({phase.title})."),
+    ):
+        _train(phase.name, config, run, set, resume)
+
+    command.__name__ = phase.command.replace("-", "_")
+    command.__doc__ = phase.help
+    return cli_errors(command)
+
+
+for _phase in PHASES.values():
+    app.command(_phase.command, short_help=_phase.summary)(_train_command(_phase))
+
+
+@app.command(short_help="Draw samples of a trained run (PNG grid or NPY).")
+@cli_errors
+def sample(
+    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    n: int | None = typer.Option(
+        None,
+        "--n",
+        min=1,
+        max=10**9,
+        show_default=False,
+        help=f"Number of samples (default {SAMPLE_N}; with --compare or --temperatures, rows: default {COMPARE_ROWS}). Refused when they would not fit in memory.",
+    ),
+    temperature: float = typer.Option(0.5, "--temperature", "-t", callback=_temperature, help="Glow-layer temperature T in [0, 100] (paper: 0.5)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
+    vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
+    fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),
+    as_grid: bool = typer.Option(True, "--grid/--no-grid", help="One grid PNG, or one PNG per sample."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
+    device: str = DeviceOpt,
+    compare: bool = typer.Option(False, "--compare", help="Figure 4: per row, one z: its VAE mean, then --per-z Glow-layer samples at -t."),
+    per_z: int = typer.Option(5, "--per-z", min=1, max=4096, help="With --compare: Glow-layer samples per z."),
+    temperatures: str | None = typer.Option(
+        None, "--temperatures", help="Temperature figure: one row per T (e.g. 0,0.25,0.5,0.75,1), the same --n latents and noise in each row."
+    ),
+):
+    """Draw samples: u ~ N(0,I), z = h^-1(u), xbar = g_mu + T g_sigma eps, x = f^-1(xbar).
+
+    Prints the written paths, one per line (or writes the PNG / NPY bytes to stdout with --out -).
+    --compare and --temperatures write one grid PNG (the paper's Figure 4; a temperature figure).
+    """
+    from vaeflow_cli.api import load_run
+    from vaeflow_cli.console import log
+    from vaeflow_cli.data.images import grid, npy_bytes, png_bytes, to_uint8
+    from vaeflow_cli.files import atomic_write_bytes
+    from vaeflow_cli.training.runs import RunDir
+    from vaeflow_cli.training.step import resolve_device, set_threads
+
+    if fmt not in ("png", "npy"):
+        raise VaeflowError(f"--format must be png or npy, not {fmt!r}")
+    if fmt == "png" and not as_grid and out == "-":
+        raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
+    figure = compare or temperatures is not None
+    if figure:
+        from vaeflow_cli.evaluation.evaluate import parse_temperatures
+
+        if compare and temperatures is not None:
+            raise VaeflowError("--compare and --temperatures make different figures; give one")
+        if fmt != "png" or not as_grid:
+            raise VaeflowError("--compare and --temperatures write one PNG figure; leave out --format npy and --no-grid")
+        temps = parse_temperatures(temperatures, "--temperatures") if temperatures is not None else []
+    _check_out(out, folder=fmt == "png" and not as_grid and not figure)
+    run = _run_or_default(run)
+    r = load_run(run, device=resolve_device(device, "--device"))
+    set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
+    if r.phase == "baseline" and (vae_only or figure):
+        raise VaeflowError(f"{run} is a standalone flow (train-baseline): --vae-only, --compare and --temperatures need a VAE")
+    if r.phase == "vae" and not vae_only:
+        log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
+    samples_dir = RunDir(run).samples_dir
+    if figure:
+        rows_n = n if n is not None else COMPARE_ROWS
+        name, picture = _sample_figure(r, rows_n, per_z if compare else None, temps, temperature=temperature, seed=seed)
+        _write_output(png_bytes(picture), out or str(samples_dir / name))
+        return
+    n = n if n is not None else SAMPLE_N
+    _require_image_memory(n, r.image_shape, f"--n {n}")
+    images = to_uint8(r.sample(n, temperature=temperature, seed=seed, vae_only=vae_only))  # (N, C, H, W)
+    stem = f"sample-seed{seed}-" + ("vae" if vae_only else f"t{temperature:g}")
+    if fmt == "npy":
+        _write_output(npy_bytes(images), out or str(samples_dir / f"{stem}.npy"))
+    elif as_grid:
+        _write_output(png_bytes(grid(images)), out or str(samples_dir / f"{stem}.png"))
+    else:
+        folder = Path(out) if out else samples_dir / stem
+        for i, img in enumerate(images):
+            path = folder / f"{i:05d}.png"
+            atomic_write_bytes(path, png_bytes(img.transpose(1, 2, 0)))
+            _out(str(path))
+
+
+def _sample_figure(r, rows: int, per_z: int | None, temperatures: list[float], *, temperature: float, seed: int):
+    """(file name, uint8 picture (H, W, C)): the paper's Figure 4 (``per_z`` Glow-layer samples of
+    each of ``rows`` latents, after its VAE mean), or else a temperature sweep, one row per T."""
+    from vaeflow_cli.data.images import grid, to_uint8
+
+    count = rows * ((1 + per_z) if per_z else len(temperatures))
+    what = f"--n {rows} x --per-z {per_z}" if per_z else f"--n {rows} x {len(temperatures)} temperatures"
+    _require_image_memory(count, r.image_shape, what)
+    if per_z:
+        images, name = r.compare(rows, per_z, temperature=temperature, seed=seed), f"compare-seed{seed}-t{temperature:g}.png"
+    else:
+        images, name = r.temperature_sweep(temperatures, rows, seed=seed), f"temperatures-seed{seed}.png"
+    return name, grid(to_uint8(images.reshape(-1, *images.shape[2:])), nrow=images.shape[1])
+
+
+@app.command(short_help="Interpolate between prior points or two images.")
+@cli_errors
+def interpolate(
+    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    steps: int = typer.Option(8, "--steps", min=2, max=4096, help="Images per path, endpoints included."),
+    pairs: int = typer.Option(4, "--pairs", min=1, max=10**9, help="Number of random pairs (rows)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed for the endpoints."),
+    src: Path | None = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
+    dst: Path | None = typer.Option(None, "--to", help="... to this one, through their encodings."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output PNG path, or - for stdout."),
+    device: str = DeviceOpt,
+):
+    """Interpolate between random prior points (spherical, in u space) or between two images
+    (linear, between their encoder means). Writes one grid PNG, a row per path; prints its path."""
+    from vaeflow_cli.api import load_run
+    from vaeflow_cli.data.images import grid, png_bytes, read_image, to_uint8
+    from vaeflow_cli.training.runs import RunDir
+    from vaeflow_cli.training.step import resolve_device, set_threads
+
+    if (src is None) != (dst is None):
+        raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
+    _check_out(out)
+    run = _run_or_default(run)
+    r = load_run(run, device=resolve_device(device, "--device"))
+    set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
+    if r.phase == "baseline":
+        raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
+    _require_image_memory(steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")
+    if src is not None:
+        images = r.interpolate(read_image(src, r.image_shape), read_image(dst, r.image_shape), steps)
+        name = f"interpolate-{src.stem}-{dst.stem}.png"
+    else:
+        images = r.interpolate_prior(pairs, steps, seed=seed).reshape(-1, *r.image_shape)
+        name = f"interpolate-seed{seed}.png"
+    _write_output(png_bytes(grid(to_uint8(images), nrow=steps)), out or str(RunDir(run).samples_dir / name))
+
+
+@app.command(short_help="Held-out bits/dim bounds (ELBO, IWAE), FID, digit FD.")
+@cli_errors
+def evaluate(
+    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
+    metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
+    iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=IWAE_K_MAX, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
+    n_samples: int = typer.Option(
+        10_000, "--n-samples", min=2, max=N_SAMPLES_MAX, help="Generated images for FID (refused when they would not fit in memory)."
+    ),
+    temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
+    fid_weights: Path | None = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
+    device: str = DeviceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    data: str | None = typer.Option(
+        None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."
+    ),
+    data_root: str | None = typer.Option(None, "--data-root", help="Root folder of --data (alone: the run's dataset read from this root)."),
+):
+    """Held-out bpd bounds (ELBO, IWAE) of the phase-1 and full models with their per-image
+    distribution and the per-pixel histogram baseline, and FID of samples.
+
+    Results also go into RUN/eval/evaluate-SPLIT.json and .txt (evaluate-NAME-SPLIT.* with --data
+    or --data-root)."""
+    from vaeflow_cli.evaluation.evaluate import evaluate_run, format_table, parse_metrics, parse_temperatures
+
+    result = evaluate_run(
+        _run_or_default(run),
+        split=split,
+        metrics=parse_metrics(metrics),
+        iwae_k=iwae_k,
+        n_samples=n_samples,
+        temperatures=parse_temperatures(temperature),
+        fid_weights=fid_weights,
+        device=device,
+        data=data,
+        data_root=data_root,
+    )
+    _out(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command(short_help="Seconds per epoch of each phase and of a standalone Glow.")
+@cli_errors
+def timing(
+    config: Path | None = ConfigOpt,
+    set: list[str] | None = SetOpt,
+    steps: int = typer.Option(20, "--steps", min=1, max=100_000, help="Timed training steps per model (after the warm-up)."),
+    warmup: int = typer.Option(3, "--warmup", min=1, max=10_000, help="Untimed steps first (ActNorm init, caches)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, max=2**20, help="Batch size for all three models (default: train.vae.batch_size)."
+    ),
+    glow_levels: int = typer.Option(3, "--glow-levels", min=1, max=10, help="Standalone Glow: levels L (paper's baseline: 3)."),
+    glow_steps: int = typer.Option(32, "--glow-steps", min=1, max=1024, help="Standalone Glow: steps per level K (32)."),
+    glow_width: int = typer.Option(512, "--glow-width", min=1, max=16384, help="Standalone Glow: coupling width (512)."),
+    glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine or additive."),
+    device: str | None = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=0, max=1024, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+):
+    """Seconds per epoch of the VAE phase, the Glow-layer phase and a standalone multi-scale Glow
+    on the config's data shape and batch size (the paper's Table 4), and the speedup. The three
+    models' steps are interleaved round by round; each time is the median step (IQR as spread)."""
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.training.timing import format_table, run_timing
+
+    if glow_coupling not in ("affine", "additive"):
+        raise VaeflowError(f"--glow-coupling must be affine or additive, not {glow_coupling!r}")
+    cfg = config_mod.resolve(config, set or [])
+    result = run_timing(
+        cfg,
+        steps=steps,
+        warmup=warmup,
+        batch_size=batch_size,
+        device=device,
+        threads=threads,
+        baseline={"levels": glow_levels, "steps": glow_steps, "hidden_channels": glow_width, "coupling": glow_coupling},
+    )
+    _out(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command(short_help="Plot training loss and held-out bound per epoch.")
+@cli_errors
+def plot(
+    run: Path | None = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png)."),
+):
+    """Plot training loss and held-out bound per epoch, all phases. Prints the PNG's path."""
+    from vaeflow_cli.evaluation.plots import training_curves
+
+    _check_out(out)
+    _out(str(training_curves(_run_or_default(run), out)))
+
+
+@app.command("plugins", short_help="List the plugins and the components they registered.")
+@cli_errors
+def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
+    """List each plugin, its version and the components it registered, or why it failed to load."""
+    from vaeflow_cli.plugins.registry import get_registry
+
+    registry = get_registry(warn_failures=False)  # failed plugins are listed below, with their errors
+    rows = [
+        {"name": p.name, "version": p.version, "builtin": p.builtin, "registered": p.registered, "error": p.error} for p in registry.plugins.values()
+    ]
+    if as_json:
+        _out(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        kind = "built-in" if row["builtin"] else "external"
+        if row["error"] is not None:
+            _out(f"{row['name']} {row['version']} ({kind}, FAILED to load): {row['error']}")
+            continue
+        _out(f"{row['name']} {row['version']} ({kind})")
+        for k, names in row["registered"].items():
+            _out(f"  {k}: {', '.join(names)}")
+
+
+@config_app.command("show", short_help="Print the resolved config as TOML.")
+@cli_errors
+def config_show(config: Path | None = ConfigOpt, set: list[str] | None = SetOpt):
+    """Print the resolved config (defaults, file and --set overrides, component defaults) as TOML."""
+    from vaeflow_cli.config import core as config_mod
+
+    _out(config_mod.dumps(config_mod.resolve(config, set or [])), nl=False)
+
+
+@data_app.command("download", short_help="Download a dataset's official files, MD5-verified.")
+@cli_errors
+def data_download(
+    name: str = typer.Argument(..., help=download_names_help()), root: Path = typer.Option(..., "--root", help="Folder to download into (data.root).")
+):
+    """Download a dataset's official files: resumable, MD5-verified, written atomically. Prints the files."""
+    from vaeflow_cli.console import log
+    from vaeflow_cli.data.download import download
+
+    for path in download(name, root, log=log):
+        _out(str(path))
+
+
+@data_app.command("info", short_help="Print a dataset's split sizes and image shape (JSON).")
+@cli_errors
+def data_info(
+    name: str = typer.Argument(..., help="A registered dataset."), root: str = typer.Option("", "--root", help="The dataset's folder (data.root).")
+):
+    """Print a dataset's split sizes, image shape and cache state as JSON."""
+    from vaeflow_cli.data.pipeline import dataset_info
+
+    _out(json.dumps(dataset_info(name, root), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``vaeflow`` console script: every failure, parse errors included, ends as one stderr
+    line and an exit code (``vaeflow_cli.cli.exits.run``)."""
+    sys.exit(run(app, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""How the command line ends: every exception a command raises becomes one line on stderr and an
+exit code (``report_exception``; the codes are in ``vaeflow_cli.errors``), Ctrl-C and SIGTERM
+outside the training loop exit at once with 130, and a torchrun process leaves its process group
+before it exits. The commands themselves live in ``app``; this is the only place that turns
+exceptions into exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+
+from vaeflow_cli.errors import VaeflowError, describe_os_error
+
+
+def cli_errors(fn):
+    """Turn any exception a command raises into one line on stderr and its exit code (see
+    ``report_exception``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- every exception ends as one line
+            raise typer.Exit(report_exception(exc)) from None
+
+    return wrapper
+
+
+def report_exception(exc: BaseException) -> int:
+    """Print the one stderr line for ``exc`` and return the exit code (see vaeflow_cli.errors).
+
+    VaeflowError: its message (2, or its ``exit_code``). Click usage errors: one line, 2. Ctrl-C:
+    130. Memory exhaustion and OS errors (disk full, permission denied): one line, 1. Anything
+    else is a bug: one line naming the exception and the file with its traceback, 1; with
+    VAEFLOW_DEBUG=1 the traceback is printed instead."""
+    import os
+
+    click = _click_exceptions()
+
+    def line(message: str) -> str:  # one line, printable whatever bytes a file name held
+        text = " ".join(str(message).split()) or type(exc).__name__
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    if isinstance(exc, VaeflowError):
+        typer.echo(f"vaeflow: error: {line(exc)}", err=True)
+        return exc.exit_code
+    if isinstance(exc, (KeyboardInterrupt, typer.Abort, getattr(click, "Abort", typer.Abort))):
+        typer.echo("vaeflow: error: interrupted; nothing was saved after the last checkpoint", err=True)
+        return 130
+    if isinstance(exc, click.UsageError):
+        cmd = exc.ctx.command_path if exc.ctx is not None else "vaeflow"
+        typer.echo(f"vaeflow: error: {cmd}: {line(exc.format_message()).rstrip('.')}; see '{cmd} --help'", err=True)
+        return 2
+    if isinstance(exc, click.ClickException):
+        typer.echo(f"vaeflow: error: {line(exc.format_message())}", err=True)
+        return exc.exit_code
+    if isinstance(exc, BrokenPipeError):  # the reader of stdout went away (| head)
+        import os as _os
+
+        try:  # nothing more may reach the closed pipe, at exit either
+            _os.dup2(_os.open(_os.devnull, _os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, AttributeError, ValueError):
+            pass
+        typer.echo(
+            "vaeflow: error: the reader of stdout closed the pipe before the result was written; "
+            "write to a file with --out FILE (or > FILE) to keep all of it",
+            err=True,
+        )
+        return 1
+    if _is_lost_peer(exc):
+        typer.echo(f"vaeflow: error: another process of this torchrun job failed or died ({line(exc)[:160]}); its own output says why", err=True)
+        return 1
+    if _is_out_of_memory(exc):
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        typer.echo(
+            f"vaeflow: error: out of memory ({type(exc).__name__}: {first}); lower the batch size, "
+            "the number of images (--n, --n-samples, --iwae-k) or the model's size",
+            err=True,
+        )
+        return 1
+    if isinstance(exc, OSError) and not os.environ.get("VAEFLOW_DEBUG"):
+        typer.echo(f"vaeflow: error: {describe_os_error(exc)}", err=True)
+        return 1
+    if os.environ.get("VAEFLOW_DEBUG") in (None, "", "0"):
+        from vaeflow_cli.plugins.registry import blame
+
+        culprit = blame(exc)
+        if culprit is not None:
+            typer.echo(
+                f"vaeflow: error: {culprit} failed: {type(exc).__name__}: {line(exc)[:300]}; {_save_traceback(exc)}; "
+                "check that component's options, or report it to the plugin's authors (VAEFLOW_DEBUG=1 prints the traceback)",
+                err=True,
+            )
+            return 1
+        typer.echo(
+            f"vaeflow: error: internal error, a bug in vaeflow or one of its plugins: {type(exc).__name__}: "
+            f"{line(exc)[:300]}; {_save_traceback(exc)}; please report it (VAEFLOW_DEBUG=1 prints the traceback)",
+            err=True,
+        )
+        return 1
+    import traceback
+
+    traceback.print_exception(exc)
+    return 1
+
+
+def _click_exceptions():
+    """The exceptions module of the Click that typer uses (typer vendors its own copy)."""
+    return sys.modules[typer.BadParameter.__module__]
+
+
+def _is_lost_peer(exc: BaseException) -> bool:
+    """A collective that failed because another rank of a torchrun job is gone."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "ProcessGroup"))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _save_traceback(exc: BaseException) -> str:
+    """Write ``exc``'s traceback to a file in the temporary folder; say where (or why not)."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="vaeflow-traceback-", suffix=".txt")
+        with open(fd, "w") as fh:
+            fh.write("".join(traceback.format_exception(exc)))
+        return f"the traceback is in {path}"
+    except OSError as err:
+        return f"the traceback could not be written ({err.strerror})"
+
+
+def _sigterm_interrupts() -> dict:
+    """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill) outside the training loop:
+    remove the temporary files of writes in progress, print one line and exit with 130 at once.
+    (Not a KeyboardInterrupt raised wherever the main thread happens to be: one raised inside an
+    extension's import makes Python exit by SIGINT later, whatever exit code was asked for.)
+    Training installs its own handler, which stops at a step boundary and saves a checkpoint."""
+    import os
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        files = sys.modules.get("vaeflow_cli.files")
+        if files is not None:
+            files.remove_pending_temporaries()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        os.write(2, f"vaeflow: error: interrupted by {name}; nothing was written after the last complete file or checkpoint\n".encode())
+        os._exit(130)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {name: signal.signal(getattr(signal, name), handler) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)}
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for name, old in previous.items():
+        signal.signal(getattr(signal, name), old)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before exiting (a process that exits inside one
+    can abort in the communication library's destructors)."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 -- exiting anyway
+        pass
+
+
+def run(app: typer.Typer, argv: list[str] | None) -> int:
+    """Run the Typer ``app`` on ``argv``: every failure, parse errors included, ends as one stderr
+    line and an exit code (see report_exception). Returns the exit code."""
+    click = _click_exceptions()
+    previous = _sigterm_interrupts()
+    try:
+        code = app(args=argv, prog_name="vaeflow", standalone_mode=False)
+    except tuple({typer.Exit, getattr(click, "Exit", typer.Exit)}) as exc:
+        code = exc.exit_code
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 -- every failure ends as one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vaeflow` or `vaeflow config`: the help
+            exc.show()
+            code = 2
+        else:
+            code = report_exception(exc)
+    finally:
+        _leave_process_group()
+        _restore_signals(previous)  # main() called in a process that goes on (tests, notebooks)
+    return code if isinstance(code, int) else 0

@@ -1,0 +1,87 @@
+"""Results on stdout: text lines, and image or array bytes written whole (``write_all``); an
+``--out`` path checked before any work. A stdout that cannot be written is one clear error."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from vaeflow_cli.errors import VaeflowError
+
+
+def _out(text: str, nl: bool = True) -> None:
+    """Print a result on stdout; a stdout that cannot be written (closed, a full device) is one line."""
+    try:
+        if sys.stdout is None:
+            raise OSError(9, "stdout is closed")
+        typer.echo(text, nl=nl)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _stdout_failure(exc) from None
+
+
+def _stdout_failure(exc: OSError):
+    from vaeflow_cli.errors import RuntimeFailure
+
+    return RuntimeFailure(
+        f"cannot write the result to stdout ({exc.strerror or exc}); redirect stdout to a writable file, or use --out FILE where the command has it"
+    )
+
+
+def write_all(stream, data: bytes) -> None:
+    """Write every byte of ``data`` to a binary stream. An unbuffered stream (python -u,
+    PYTHONUNBUFFERED) is a raw file whose write() may take only part (a pipe whose reader left
+    after 64 KiB): the rest is written again, so a reader that left is a BrokenPipeError, never a
+    silently short result."""
+    view = memoryview(data)
+    while view:
+        n = stream.write(view)
+        if n is None:  # a non-blocking stream with no room now
+            raise BlockingIOError(11, "stdout would block")
+        if n == 0:
+            raise OSError(5, "stdout accepted no bytes")
+        view = view[n:]
+
+
+def _write_output(data: bytes, out: str) -> None:
+    from vaeflow_cli.files import atomic_write_bytes
+
+    if out == "-":
+        try:
+            if sys.stdout is None:
+                raise OSError(9, "stdout is closed")
+            write_all(sys.stdout.buffer, data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _stdout_failure(exc) from None
+    else:
+        atomic_write_bytes(Path(out), data)
+        _out(out)
+
+
+def _check_out(out: str | None, *, folder: bool = False) -> None:
+    """Refuse an --out that cannot be written BEFORE any work: a directory where a file is
+    wanted, a missing or read-only parent folder."""
+    import os
+
+    if out == "-" and sys.stdout is None:
+        raise VaeflowError("--out - writes to stdout, which is closed; give --out FILE or redirect stdout")
+    if out is None or out == "-":
+        return
+    path = Path(out)
+    if path.is_dir() and not folder:
+        raise VaeflowError(f"--out {out} is an existing directory; give a file path (e.g. {path / 'samples.png'})")
+    if path.exists() and not path.is_dir() and folder:
+        raise VaeflowError(f"--out {out} is an existing file; --no-grid writes one PNG per sample into a folder")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VaeflowError(f"--out {out}: {parent} is not a directory; fix the path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VaeflowError(f"--out {out}: the folder {parent} is not writable; choose a path you may write to")

@@ -1,0 +1,104 @@
+"""Sampling, reconstruction and interpolation from a trained model (paper, section 3.5 and
+Figures 4 and 5). Every function runs without gradients and returns float32 CPU images in [0, 1]
+(non-finite values, from a diverged inverse, become 0 or 1); ``images.to_uint8`` quantizes them.
+``vaeflow_cli.api.Run`` is the public face of these functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vaeflow_cli.model.vaeflow import VAEFlow, slerp
+from vaeflow_cli.training.threads import tick
+
+SAMPLE_BATCH = 256  # images generated at once
+
+
+def unit_images(x: torch.Tensor) -> torch.Tensor:
+    """Model outputs -> float32 CPU images in [0, 1]: NaN and -inf become 0, +inf becomes 1, the
+    rest is clamped. ``to_uint8`` gives the same pixels for ``x`` and ``unit_images(x)``."""
+    x = x.detach().float().cpu()
+    return torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+
+def bin_centres(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> float32 (k + 0.5) / 256, the centres of their dequantization bins."""
+    return torch.from_numpy((images.astype(np.float32) + 0.5) / 256.0).to(device)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0, vae_only: bool = False, batch: int = SAMPLE_BATCH) -> torch.Tensor:
+    """n samples, float32 (n, C, H, W) in [0, 1], drawn ``batch`` at a time from one seeded CPU
+    stream: the same seed (and ``batch``) gives the same images on any device."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    out = torch.empty((n, *model.image_shape), dtype=torch.float32)
+    for i in range(0, n, batch):
+        tick()  # the thread count follows the machine's load (vaeflow_cli.training.threads)
+        m = min(batch, n - i)
+        out[i : i + m] = unit_images(model.sample(m, temperature=temperature, vae_only=vae_only, generator=g))
+    return out
+
+
+@torch.no_grad()
+def interpolate_prior(model: VAEFlow, *, pairs: int, steps: int, seed: int = 0, temperature: float = 0.0) -> torch.Tensor:
+    """Rows of images along spherical paths between pairs of base points u ~ N(0, I), mapped to
+    z = h^-1(u) and decoded: float32 (pairs, steps, C, H, W). At temperature 0 each image is
+    f^-1(g_mu(z)), so frames change only with z."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    ua = torch.randn(pairs, model.latent_dim, generator=g)
+    ub = torch.randn(pairs, model.latent_dim, generator=g)
+    u = slerp(ua, ub, torch.linspace(0, 1, steps)).reshape(pairs * steps, -1).to(_device(model))
+    x = model.decode(model.prior.from_base(u), temperature=temperature, generator=g)
+    return unit_images(x).reshape(pairs, steps, *model.image_shape)
+
+
+@torch.no_grad()
+def interpolate_images(model: VAEFlow, a: np.ndarray, b: np.ndarray, *, steps: int) -> torch.Tensor:
+    """Linear path between the encoder means of uint8 images a and b (C, H, W), decoded at
+    temperature 0: float32 (steps, C, H, W). The endpoints are the two images' reconstructions."""
+    model.eval()
+    device = _device(model)
+    mean, _ = model.encode(bin_centres(np.stack([a, b]), device))  # (2, d)
+    t = torch.linspace(0, 1, steps, device=device)[:, None]
+    z = (1 - t) * mean[0] + t * mean[1]  # (steps, d)
+    return unit_images(model.decode(z, temperature=0.0))
+
+
+@torch.no_grad()
+def reconstruct(model: VAEFlow, images: np.ndarray) -> torch.Tensor:
+    """f^-1(g_mu(m(y))) for uint8 images (N, C, H, W) -> float32 (N, C, H, W)."""
+    model.eval()
+    return unit_images(model.decode(model.encode(bin_centres(images, _device(model)))[0], temperature=0.0))
+
+
+@torch.no_grad()
+def compare_grid(model: VAEFlow, *, rows: int, per_z: int, temperature: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """The paper's Figure 4: for each of ``rows`` latents z ~ p(z), the VAE mean g_mu(z) followed
+    by ``per_z`` Glow-layer samples x = f^-1(g_mu + T g_sigma eps) of the same z:
+    float32 (rows, 1 + per_z, C, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    z = model.prior.from_base(torch.randn(rows, model.latent_dim, generator=g).to(_device(model)))
+    mean = model.decode(z, vae_only=True)
+    zz = z.repeat_interleave(per_z, 0)
+    samples = model.decode(zz, temperature=temperature, generator=g).reshape(rows, per_z, *model.image_shape)
+    return unit_images(torch.cat([mean[:, None], samples], 1))
+
+
+@torch.no_grad()
+def temperature_grid(model: VAEFlow, *, temperatures, n: int, seed: int = 0) -> torch.Tensor:
+    """One row per temperature T, the same ``n`` latents z and the same noise eps in every row:
+    x = f^-1(g_mu(z) + T g_sigma(z) eps): float32 (len(temperatures), n, C, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    device = _device(model)
+    z = model.prior.from_base(torch.randn(n, model.latent_dim, generator=g).to(device))
+    mean, std = model.decoder(z)
+    eps = torch.randn(mean.shape, generator=g).to(device=device, dtype=mean.dtype)
+    return unit_images(torch.stack([model.from_decoder_space(mean + t * std * eps) for t in temperatures]))

@@ -1,0 +1,385 @@
+"""The model of Morrow & Chiu: a VAE (encoder, Gaussian decoder, learned prior) whose decoder
+distribution is the base of a Glow layer f in pixel space (paper eqs. 3-4; model.md).
+
+    log p(y|z) = log N(f(y); g_mu(z), g_sigma(z)^2) + log|det df/dy|
+    ELBO(y)    = E_q[log p(y|z)] - KL(q(z|y) || p(z))
+
+``use_flow=False`` gives the phase-1 model (f = identity), which phase 1 trains without running f.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vaeflow_cli.config.core import PIXEL_TRANSFORMS
+from vaeflow_cli.model.distributions import LOG_2PI, bits_per_dim, gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
+
+
+@dataclass
+class Bound:
+    """Single-sample ELBO terms per image, in nats; each (B,)."""
+
+    log_px_z: torch.Tensor  # log p(y|z) at z ~ q(z|y)
+    log_pz: torch.Tensor  # log p(z)
+    entropy: torch.Tensor  # H[q(z|y)], analytic
+    dims: int
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return self.log_px_z + self.log_pz + self.entropy
+
+    @property
+    def kl(self) -> torch.Tensor:
+        return -(self.log_pz + self.entropy)
+
+    @property
+    def bpd(self) -> torch.Tensor:
+        """Upper bound on bits per dimension of the discrete images (model.md)."""
+        return bits_per_dim(self.elbo, self.dims)
+
+
+class LogitTransform(nn.Module):
+    """The fixed elementwise bijection t = logit(alpha + (1 - 2 alpha) y) of dequantized pixels
+    y in [0, 1) (RealNVP's data transform: Dinh et al., 2017, section 4.1), applied before the
+    Glow layer in both phases, so that the decoder's Gaussian lives in logit space.
+    forward(y) -> (t, log|det dt/dy|) and inverse(t) -> (y, log|det dy/dt|), shapes (B, C, H, W)
+    and (B,), log-determinants in float32 nats.
+
+    Why (measured; README, "The model, and the choices the paper leaves open"): the pixels of 8-bit digits are near 0 or near 1, and a Gaussian
+    in [0, 1) must then put a standard deviation near 1/(256 sqrt 12) on the background and a
+    mean accurate to a thousandth there; in logit space the saturated values are spread over a few
+    units and a Gaussian fits them at a sensible scale."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        if not 0.0 < alpha < 0.5:
+            raise ValueError(f"model.logit_alpha must be in (0, 0.5), got {alpha}")
+        self.alpha = alpha
+
+    def _log_det(self, p: torch.Tensor) -> torch.Tensor:  # log dt/dy at p = alpha + (1 - 2 alpha) y
+        return (math.log1p(-2 * self.alpha) - torch.log(p) - torch.log1p(-p)).flatten(1).sum(1)
+
+    def forward(self, y):
+        p = self.alpha + (1 - 2 * self.alpha) * y.float()
+        return torch.log(p) - torch.log1p(-p), self._log_det(p)
+
+    def inverse(self, t):
+        p = torch.sigmoid(t.float())
+        return (p - self.alpha) / (1 - 2 * self.alpha), -self._log_det(p)
+
+
+class IdentityTransform(nn.Module):
+    """No pixel transform: the decoder's Gaussian lives on y in [0, 1) itself (the paper's text)."""
+
+    def forward(self, y):
+        return y, y.new_zeros(y.shape[0], dtype=torch.float32)
+
+    def inverse(self, t):
+        return t, t.new_zeros(t.shape[0], dtype=torch.float32)
+
+
+def pixel_transform(name: str, alpha: float = 1e-6) -> nn.Module:
+    """``model.pixel_transform``: "none" or "logit" (with ``model.logit_alpha``)."""
+    if name == "logit":
+        return LogitTransform(alpha)
+    if name == "none":
+        return IdentityTransform()
+    raise ValueError(f"model.pixel_transform must be one of {', '.join(PIXEL_TRANSFORMS)}, not {name!r}")
+
+
+class VAEFlow(nn.Module):
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: nn.Module,
+        flow: nn.Module,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        transform: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.prior, self.flow = encoder, decoder, prior, flow
+        self.transform = transform if transform is not None else IdentityTransform()
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.dims = math.prod(self.image_shape)
+
+    # ---------------------------------------------------------------- likelihood
+
+    def encode(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of q(z|y), each (B, d), in float32 whatever the autocast precision."""
+        mean, log_std = self.encoder(y)
+        return mean.float(), log_std.float()
+
+    def to_decoder_space(self, y: torch.Tensor, *, use_flow: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """xbar = f(t(y)) and log|det dxbar/dy| (B,) in float32: the pixel transform t (identity
+        or logit), then the Glow layer f unless ``use_flow`` is off (phase 1: f = identity)."""
+        xbar, log_det = self.transform(y)
+        if use_flow:
+            xbar, flow_log_det = self.flow(xbar)
+            log_det = log_det.float() + flow_log_det.float()
+        return xbar.float(), log_det.float()
+
+    def from_decoder_space(self, xbar: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
+        """y = t^-1(f^-1(xbar)), the inverse of ``to_decoder_space`` (log-det not needed)."""
+        if use_flow:
+            xbar = self.flow.inverse(xbar)[0]
+        return self.transform.inverse(xbar)[0]
+
+    def log_px_given_z(self, y: torch.Tensor, z: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
+        """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32."""
+        mean, std = self.decoder(z)  # (B, C, H, W) each
+        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
+        return gaussian_log_prob(xbar, mean.float(), std.float()) + log_det
+
+    def bound(self, y: torch.Tensor, *, use_flow: bool = True, generator: torch.Generator | None = None) -> Bound:
+        """One-sample ELBO of dequantized images y in [0,1) (B, C, H, W)."""
+        mean, log_std = self.encode(y)
+        eps = _randn(mean.shape, generator, mean)
+        z = mean + torch.exp(log_std) * eps  # (B, d)
+        return Bound(
+            log_px_z=self.log_px_given_z(y, z, use_flow=use_flow), log_pz=self.prior.log_prob(z), entropy=gaussian_entropy(log_std), dims=self.dims
+        )
+
+    def iwae_log_likelihood(
+        self, y: torch.Tensor, *, k: int, use_flow: bool = True, generator: torch.Generator | None = None, chunk: int = 64
+    ) -> torch.Tensor:
+        """IWAE_K lower bound on log p(y), (B,) nats (Burda et al.): log (1/K) sum_k w_k with
+        w_k = p(y|z_k) p(z_k) / q(z_k|y), z_k ~ q(z|y). The Glow layer runs once per image;
+        the decoder runs on ``chunk`` samples per image at a time. IWAE_1 is an unbiased
+        estimate of the ELBO and IWAE_K increases with K toward log p(y)."""
+        mean, log_std = self.encode(y)  # (B, d)
+        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
+        b, d = mean.shape
+        log_w = []
+        for start in range(0, k, chunk):
+            kc = min(chunk, k - start)
+            eps = _randn((b, kc, d), generator, mean)
+            z = (mean[:, None] + torch.exp(log_std)[:, None] * eps).reshape(b * kc, d)
+            dec_mean, dec_std = self.decoder(z)
+            log_px = gaussian_log_prob(xbar.repeat_interleave(kc, 0), dec_mean.float(), dec_std.float()).reshape(b, kc)
+            log_pz = self.prior.log_prob(z).reshape(b, kc)
+            log_q = (-0.5 * (eps * eps + LOG_2PI) - log_std[:, None]).sum(-1)
+            log_w.append(log_px + log_det[:, None] + log_pz.float() - log_q.float())
+        return torch.logsumexp(torch.cat(log_w, 1), 1) - math.log(k)
+
+    # ---------------------------------------------------------------- sampling (paper, section 3.5)
+
+    def decode(self, z: torch.Tensor, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [0,1]-ish space from latents: xbar = g_mu + T g_sigma eps, x = t^-1(f^-1(xbar))
+        (t: the pixel transform); ``vae_only`` returns t^-1(g_mu(z)) (the paper's Figure 4, left
+        column)."""
+        mean, std = self.decoder(z)
+        if vae_only:
+            return self.from_decoder_space(mean, use_flow=False)
+        xbar = mean + temperature * std * _randn(mean.shape, generator, mean)
+        return self.from_decoder_space(xbar)
+
+    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """u ~ N(0, I), z = h^-1(u), then ``decode``. -> (n, C, H, W)."""
+        device = next(self.parameters()).device
+        u = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        return self.decode(self.prior.from_base(u), temperature=temperature, vae_only=vae_only, generator=generator)
+
+
+class FlowModel(nn.Module):
+    """A flow alone as a density model, log p(y) = log N(f(y); 0, I) + log|det df/dy|: the
+    standalone Glow baseline (``vaeflow train-baseline``). Its likelihood is exact, so ``bound``
+    puts all of it in ``log_px_z`` (no latent: log p(z) = entropy = 0) and bpd is the exact value."""
+
+    def __init__(self, *, flow: nn.Module, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.flow = flow
+        self.image_shape = tuple(image_shape)
+        self.dims = math.prod(self.image_shape)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        z, log_det = self.flow(y)
+        return standard_normal_log_prob(z.float()) + log_det.float()
+
+    def iwae_log_likelihood(
+        self, y: torch.Tensor, *, k: int = 1, use_flow: bool = True, generator: torch.Generator | None = None, chunk: int = 64
+    ) -> torch.Tensor:
+        """A flow's likelihood is exact: every IWAE_K equals log p(y)."""
+        return self.log_prob(y)
+
+    def bound(self, y: torch.Tensor, *, use_flow: bool = True, generator: torch.Generator | None = None) -> Bound:
+        log_p = self.log_prob(y)
+        zero = torch.zeros_like(log_p)
+        return Bound(log_px_z=log_p, log_pz=zero, entropy=zero, dims=self.dims)
+
+    def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x = f^-1(T * eps), eps ~ N(0, I) (Glow's temperature)."""
+        device = next(self.parameters()).device
+        z = temperature * torch.randn(n, *self.image_shape, generator=generator).to(device)
+        return self.flow.inverse(z)[0]
+
+
+def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise; drawn on the CPU from ``generator`` when one is given, so that a seed
+    gives the same numbers on every device."""
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    return torch.randn(shape, generator=generator).to(device=like.device, dtype=like.dtype)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of a and b (B, d) at fractions t (K,) -> (B, K, d)."""
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.acos((an * bn).sum(1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None, None]  # (B, 1, 1)
+    t = t[None, :, None]
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / so
+
+
+def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, baseline: bool = False):
+    """The model described by a resolved config's [model] section: the VAE with its flow decoder,
+    or with ``baseline`` the [model.flow] alone as a density (FlowModel)."""
+    if registry is None:
+        from vaeflow_cli.plugins.registry import get_registry
+
+        registry = get_registry()
+    m = cfg["model"]
+    d = m["latent_dim"]
+
+    def make(kind, section, **context):
+        kwargs = {k: v for k, v in m[section].items() if k != "type"}
+        return registry.get(kind, m[section]["type"]).build(f"[model.{section}]", **context, **kwargs)
+
+    shape = tuple(image_shape)
+    if baseline:
+        return FlowModel(flow=make("flow", "flow", image_shape=shape), image_shape=shape)
+    return VAEFlow(
+        encoder=make("encoder", "encoder", image_shape=shape, latent_dim=d),
+        decoder=make("decoder", "decoder", image_shape=shape, latent_dim=d),
+        prior=make("prior", "prior", latent_dim=d),
+        flow=make("flow", "flow", image_shape=shape),
+        image_shape=shape,
+        latent_dim=d,
+        transform=pixel_transform(m["pixel_transform"], m["logit_alpha"]),
+    )
+
+
+IDENTITY_RTOL = 1e-3
+"""check_components: allowed max |f(x) - x| / (1 + |x|) of a fresh pixel flow (float32 is exact for
+an identity built from zeros and eyes; TF32 convolutions on a GPU round x to 11 significant bits)."""
+IDENTITY_LOG_DET_ATOL = 1e-2
+"""check_components: allowed max |log det df/dx| of a fresh pixel flow, in nats per image (1e-2 nats
+is below 2e-5 bits/dim at 28x28)."""
+
+
+def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool = True, flow_type: str | None = None) -> None:
+    """Run each component once on a few training images ``y`` (B, C, H, W) in [0, 1), in eval mode
+    and without gradients, and check what it returns against the hookspecs' contract (shapes,
+    finiteness of every output, a positive decoder std). A component that raises or breaks the contract is one line naming its config
+    section, so a bad component fails the start of training before anything is written.
+
+    ``identity_flow`` (a VAE whose pixel flow is fresh: phase 1, and phase 2 unless it resumes):
+    the [model.flow] must also be the identity at initialisation on these images, t(y) -> t(y) with
+    log det 0, the ``Flow`` protocol's contract that lets phase 2 start at the phase-1 bound
+    (docs/model.md, "Decided here"): in eval mode, and in a first train-mode pass on a copy of the
+    flow (where data-dependent initialisation happens; the model itself is left untouched), within
+    ``IDENTITY_RTOL`` and ``IDENTITY_LOG_DET_ATOL``. The standalone flow (FlowModel) is exempt.
+    ``flow_type``: the config's ``model.flow.type``, named in that error (else the class name).
+    Raises VaeflowError."""
+    from vaeflow_cli.errors import VaeflowError
+
+    def call(section: str, fn, *args):
+        try:
+            return fn(*args)
+        except VaeflowError:
+            raise
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a plugin's error, reported as one line
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise VaeflowError(
+                f"[model.{section}] fails on {y.shape[0]} training images of shape {tuple(y.shape[1:])}: "
+                f"{type(exc).__name__}: {first}; check the [model.{section}] options"
+            ) from None
+
+    def expect(section: str, what: str, t, shape, *, positive: bool = False) -> None:
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise VaeflowError(
+                f"[model.{section}] returned {what} of shape {got}, the contract (vaeflow_cli.hookspecs) "
+                f"wants {tuple(shape)}; the component is broken or misconfigured"
+            )
+        bad = ~torch.isfinite(t) if not positive else ~(torch.isfinite(t) & (t > 0))
+        if bad.any():
+            kind = "finite and positive" if positive else "finite"
+            example = t[bad].flatten()[0].item()
+            raise VaeflowError(
+                f"[model.{section}] returned {what} with {int(bad.sum())} value(s) that are not {kind} (e.g. {example:g}) on {b} "
+                f"training images; the contract (vaeflow_cli.hookspecs) wants {kind} values, so training could not "
+                "learn: the component is broken or misconfigured"
+            )
+
+    b = y.shape[0]
+    was_training = model.training
+    rng = torch.get_rng_state()  # a component that draws noise must not shift the training's stream
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(model, FlowModel):
+                out = call("flow", model.flow, y)
+                expect("flow", "log_det", out[1], (b,))
+                return
+            t, _ = model.to_decoder_space(y, use_flow=False)
+            out = call("flow", model.flow, t)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise VaeflowError("[model.flow] must return (x, log_det) from forward; see vaeflow_cli.hookspecs")
+            expect("flow", "x", out[0], y.shape)
+            expect("flow", "log_det", out[1], (b,))
+            if identity_flow:
+                _check_identity_at_init(model.flow, t, out, call, f"type = {flow_type!r}" if flow_type else type(model.flow).__name__)
+            mean, log_std = call("encoder", model.encoder, y)
+            expect("encoder", "mean", mean, (b, model.latent_dim))
+            expect("encoder", "log_std", log_std, (b, model.latent_dim))
+            g_mu, g_sigma = call("decoder", model.decoder, mean)
+            expect("decoder", "mean", g_mu, y.shape)
+            expect("decoder", "std", g_sigma, y.shape, positive=True)
+            expect("prior", "log_prob", call("prior", model.prior.log_prob, mean), (b,))
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(rng)
+
+
+def _check_identity_at_init(flow: nn.Module, t: torch.Tensor, out, call, name: str) -> None:
+    """``check_components``' identity check of a fresh pixel flow on images ``t`` (its input space),
+    ``out`` its eval-mode output there: then again in a first train-mode pass of a copy (where
+    data-dependent initialisation happens) and in eval mode after it. Raises VaeflowError."""
+    import copy
+
+    from vaeflow_cli.errors import VaeflowError
+
+    def check(out, when: str) -> None:
+        x, log_det = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
+        if not (isinstance(x, torch.Tensor) and tuple(x.shape) == tuple(t.shape) and isinstance(log_det, torch.Tensor)):
+            raise VaeflowError(f"[model.flow] must return (x, log_det) with x of shape {tuple(t.shape)}{when}; see vaeflow_cli.hookspecs")
+        err = ((x.double() - t.double()).abs() / (1 + t.double().abs())).max().item()
+        ld = log_det.double().abs().max().item()
+        if err <= IDENTITY_RTOL and ld <= IDENTITY_LOG_DET_ATOL:
+            return
+        raise VaeflowError(
+            f"[model.flow] {name} is not the identity at initialisation{when}: on {t.shape[0]} training images "
+            f"max |f(x) - x| / (1 + |x|) = {err:.3g} and max |log det| = {ld:.3g} nats; a VAE's pixel flow must start as f(x) = x "
+            f'with log det 0 so that phase 2 starts at the phase-1 bound (docs/model.md, "Decided here"); use an identity-at-init '
+            f'flow such as model.flow.type = "glow-layer", and train a flow like this one alone as a density with vaeflow train-baseline'
+        )
+
+    check(out, "")
+    try:
+        probe = copy.deepcopy(flow)
+    except Exception:  # noqa: BLE001 -- a flow that cannot be copied is checked in eval mode only
+        return
+    devices = [t.device.index if t.device.index is not None else torch.cuda.current_device()] if t.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        check(call("flow", probe.train(), t), " in its first training-mode pass (data-dependent initialisation)")
+        check(call("flow", probe.eval(), t), " in eval mode after its first training-mode pass")

@@ -1,0 +1,145 @@
+"""The training phases, in one table: what each trains, what it starts from, whether its model runs
+the Glow layer, its checkpoint, its command and its help text.
+
+The ``train-*`` commands, the trainer (``vaeflow_cli.training.loop``), ``evaluate``, ``load_run`` and the
+config schema read this table instead of repeating its rules. No torch here (the CLI imports it to
+build its commands).
+
+- ``vae`` (phase 1, paper section 3.3): encoder, decoder and prior on the ELBO, the Glow layer
+  left at the identity.
+- ``glow`` (phase 2): the Glow layer alone on the frozen VAE.
+- ``prior``: the prior alone on z ~ q(z|y) of the frozen encoder (a two-stage VAE's second stage).
+- ``joint``: every part together after phase 2 (paper, section 3.4).
+- ``baseline``: ``[model.flow]`` alone as a density with a N(0, I) base (the standalone Glow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+MODEL_PARTS = ("encoder", "decoder", "prior", "flow")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    """Its ``[train.NAME]`` section, ``checkpoints/NAME.pt`` and ``vaeflow train-NAME``."""
+    title: str
+    """How messages name it ("phase 1")."""
+    label: str
+    """Its key in ``evaluate``'s results (``bpd_elbo_LABEL``)."""
+    trains: tuple[str, ...]
+    """The model parts it trains (the others are frozen and in eval mode)."""
+    starts_from: tuple[str, ...]
+    """The finished phases it may start from, in order of preference (see ``previous``)."""
+    summary: str
+    """The one line ``vaeflow --help`` shows for ``train-NAME``."""
+    help: str
+    """The ``train-NAME`` command's help text."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Its ``[train.NAME]`` defaults that differ from every phase's (``config.DEFAULTS``)."""
+
+    @property
+    def command(self) -> str:
+        return f"train-{self.name}"
+
+    @property
+    def standalone(self) -> bool:
+        """The model is ``[model.flow]`` alone (a FlowModel), not the VAE."""
+        return self.name == "baseline"
+
+    def uses_flow(self, start: str | None) -> bool:
+        """Whether this phase's model runs the Glow layer, given the phase it started from: not
+        phase 1 (the layer is the identity there), nor a prior trained on phase 1."""
+        return self.name != "vae" and not (self.name == "prior" and start == "vae")
+
+
+PHASES: dict[str, Phase] = {
+    p.name: p
+    for p in (
+        Phase(
+            "vae",
+            "phase 1",
+            "vae",
+            ("encoder", "decoder", "prior"),
+            (),
+            "Phase 1: train encoder, decoder and prior on the ELBO.",
+            "Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory.",
+        ),
+        Phase(
+            "glow",
+            "phase 2",
+            "full",
+            ("flow",),
+            ("vae", "prior"),
+            "Phase 2: train the Glow layer on the frozen VAE.",
+            "Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory.",
+        ),
+        Phase(
+            "baseline",
+            "the baseline",
+            "baseline",
+            ("flow",),
+            (),
+            "Train the flow alone: the standalone Glow baseline.",
+            "Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's "
+            "standalone Glow baseline: configs/glow-cifar10.toml). Prints the run directory.",
+        ),
+        Phase(
+            "joint",
+            "the joint fine-tuning",
+            "joint",
+            MODEL_PARTS,
+            ("glow",),
+            "Fine-tune all parts together after both phases.",
+            "After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full "
+            "model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory.",
+            {"epochs": 5, "lr": 1e-5},
+        ),
+        Phase(
+            "prior",
+            "the prior training",
+            "prior",
+            ("prior",),
+            ("glow", "vae"),
+            "Train the prior alone on the frozen encoder's z.",
+            "Train the prior alone on z ~ q(z|x) of the frozen encoder ([train.prior]), starting from "
+            "phase 2 (or phase 1): the second stage of a two-stage VAE prior (model.prior.type = "
+            '"two-stage-vae"; Dai & Wipf, the paper\'s Table 1), or more steps for any other prior. '
+            "Prints the run directory.",
+            {"epochs": 20, "lr": 1e-3},
+        ),
+    )
+}
+"""The phases in ``[train.*]`` order; the order also seeds each phase's RNG (``train_phase``)."""
+
+LOAD_ORDER = ("joint", "prior", "glow", "vae")
+"""The VAE phases ``load_run`` may pick (``latest``), in the order that breaks ties; the baseline
+only when none of these exists."""
+
+
+def latest(found: list[str], start_of: Callable[[str], str | None]) -> str:
+    """The phase of the last training step among the checkpoints ``found`` (names in LOAD_ORDER):
+    the one no other found checkpoint started from (``start_of(name)``: what the phase's training
+    started from), by the phase table, never by file times (a copy or a restore touches files).
+    phase 2 supersedes phase 1; train-prior supersedes what it started from (phase 2 or phase 1),
+    and phase 2 started from a trained prior supersedes that prior; joint supersedes phase 2.
+    Ties (two phases from the same start) go to the first in LOAD_ORDER."""
+    later = [p for p in found if p != "vae"]
+    starts = {p: start_of(p) for p in later} if len(found) > 1 else {}
+    superseded = {s for p, s in starts.items() if s in found and s != p}  # a damaged "start" names nothing
+    return next((p for p in LOAD_ORDER if p in found and p not in superseded), next(p for p in LOAD_ORDER if p in found))
+
+
+def previous(phase: str, has: Callable[[str], bool], start_of: Callable[[str], str | None]) -> str | None:
+    """The finished phase whose checkpoint ``phase`` starts from, given which checkpoints exist
+    (``has(name)``) and what each started from (``start_of(name)``): phase 2 from phase 1, or from
+    a prior trained on phase 1 (before phase 2 exists); joint from phase 2; the prior from phase 2,
+    else phase 1. None for phases that start from scratch."""
+    if phase == "glow":
+        return "prior" if has("prior") and not has("glow") and start_of("prior") == "vae" else "vae"
+    if phase == "prior":
+        return "glow" if has("glow") else "vae"
+    return PHASES[phase].starts_from[0] if PHASES[phase].starts_from else None
