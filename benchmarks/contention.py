@@ -77,6 +77,7 @@ def worker(steps: int, forever: bool) -> None:
     from vaeflow_cli.data.pipeline import BatchLoader
     from vaeflow_cli.model.vaeflow import build_model
     from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+    from vaeflow_cli.training.phases import PHASES
     from vaeflow_cli.training.step import Stepper, set_threads
     from vaeflow_cli.training.threads import usable_cores
 
@@ -92,13 +93,13 @@ def worker(steps: int, forever: bool) -> None:
         model = build_model(cfg, SHAPE)
         params = trainable_parameters(model, phase)
         set_phase_mode(model, phase)
+        model.use_flow = PHASES[phase].uses_flow(None)  # the phase's model: its forward is the loss
         b = cfg["train"][phase]["batch_size"]
         images = np.random.default_rng(0).integers(0, 256, size=(b * 8, *SHAPE), dtype=np.uint8)
         stepper = Stepper(
             model,
             params,
             torch.optim.Adam(params, lr=cfg["train"][phase]["lr"]),
-            use_flow=phase != "vae",
             device=device,
             precision="fp32",
             compile=False,

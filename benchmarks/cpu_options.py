@@ -33,6 +33,7 @@ from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.data.pipeline import BatchLoader
 from vaeflow_cli.model.vaeflow import build_model
 from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+from vaeflow_cli.training.phases import PHASES
 from vaeflow_cli.training.step import Stepper
 from vaeflow_cli.training.timing import rotating_cycles, spread
 
@@ -57,16 +58,10 @@ class Variant:
             self.model.to(memory_format=torch.channels_last)
         params = trainable_parameters(self.model, phase)
         set_phase_mode(self.model, phase)
+        self.model.use_flow = PHASES[phase].uses_flow(None)  # the phase's model: its forward is the loss
         opt = torch.optim.Adam(params, lr=cfg["train"][phase]["lr"])
         self.stepper = Stepper(
-            self.model,
-            params,
-            opt,
-            use_flow=phase != "vae",
-            device=DEVICE,
-            precision=precision,
-            compile=compile,
-            grad_clip=cfg["train"][phase]["grad_clip"],
+            self.model, params, opt, device=DEVICE, precision=precision, compile=compile, grad_clip=cfg["train"][phase]["grad_clip"]
         )
         self.stepper.channels_last = channels_last  # the Stepper turns it on for CUDA only
         self.loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, threads=1)

@@ -7,7 +7,7 @@ buffer (BatchNorm running statistics), so that a skipped step can restore them; 
 pass it computes the total gradient norm with foreach kernels, stacks it with the loss, checks
 both for finiteness and syncs with the host once (``.tolist()``), and only then applies the Adam
 step. The reference is the step the engine had before the guard, written out here: fp32 with
-autocast off, the loss (``model.bound(y, use_flow=...).bpd.float().mean()``), one host sync on
+autocast off, the loss (``model(y).bpd.float().mean()``), one host sync on
 ``loss.item()``, backward skipped when that loss is not finite, else zero_grad, backward and
 ``opt.step()``; no buffer snapshot and no gradient check. Both sides run fp32 with the embedded
 default's ``train.channels_last`` (model and batch), each with its own model and Adam started from
@@ -47,6 +47,7 @@ from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.data.pipeline import BatchLoader
 from vaeflow_cli.model.vaeflow import build_model
 from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+from vaeflow_cli.training.phases import PHASES
 from vaeflow_cli.training.step import Stepper
 from vaeflow_cli.training.timing import rotating_cycles, spread
 
@@ -65,20 +66,13 @@ class Side:
         self.model = build_model(cfg, shape)
         self.params = trainable_parameters(self.model, phase)
         set_phase_mode(self.model, phase)
+        self.model.use_flow = PHASES[phase].uses_flow(None)  # the phase's model: its forward is the loss
         self.opt = torch.optim.Adam(self.params, lr=cfg["train"][phase]["lr"])
-        self.use_flow = phase != "vae"
         self.channels_last = channels_last
         self.grad_clip = grad_clip
         if name == "guarded":  # the Stepper puts the model in channels_last itself
             self.stepper = Stepper(
-                self.model,
-                self.params,
-                self.opt,
-                use_flow=self.use_flow,
-                device=DEVICE,
-                precision="fp32",
-                grad_clip=grad_clip,
-                channels_last=channels_last,
+                self.model, self.params, self.opt, device=DEVICE, precision="fp32", grad_clip=grad_clip, channels_last=channels_last
             )
         elif channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -94,7 +88,7 @@ class Side:
         """The reference: one host sync on the loss, no buffer snapshot, no gradient check."""
         if self.channels_last and y.dim() == 4:
             y = y.contiguous(memory_format=torch.channels_last)
-        loss = self.model.bound(y, use_flow=self.use_flow).bpd.float().mean()
+        loss = self.model(y).bpd.float().mean()
         value = loss.item()
         self.opt.zero_grad(set_to_none=True)
         if not math.isfinite(value):

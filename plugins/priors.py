@@ -120,7 +120,8 @@ class TwoStageVAEPrior(nn.Module):
     fully-connected layers of width 1024 with the input concatenated before the output layer,
     u of the latent size, p(u) = N(0, I).
 
-    Until the second stage is trained (``vaeflow train-prior``, which sets ``trained``), the prior is
+    Until the second stage is trained (``vaeflow train-prior``, which calls ``start_own_training``
+    and so sets the ``trained`` buffer), the prior is
     N(0, I): phase 1 is then the first-stage VAE of Dai & Wipf. Afterwards log_prob(z) is the
     second stage's one-sample ELBO, a lower bound on log p(z), so the model's ELBO stays a lower
     bound on log p(x) (a bound of a bound); sampling draws u ~ N(0, I) and z = g(u)."""
@@ -147,3 +148,7 @@ class TwoStageVAEPrior(nn.Module):
 
     def from_base(self, u: torch.Tensor) -> torch.Tensor:
         return self.decoder(u) if bool(self.trained) else u
+
+    def start_own_training(self) -> None:
+        """The second stage begins (``vaeflow train-prior``): from now on log p(z) is its ELBO."""
+        self.trained.fill_(True)

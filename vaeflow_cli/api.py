@@ -194,9 +194,9 @@ class Run:
         y = as_uint8_images(images, self.image_shape)
         s = self.seed if seed is None else _seed(seed)
         if k == 1 or PHASES[self.phase].standalone:
-            b = elbo_bpd(self.model, y, seed=s, use_flow=self.uses_flow, device=self.device)
+            b = elbo_bpd(self.model, y, seed=s, device=self.device)
         else:
-            b = iwae_bpd_per_image(self.model, y, k=k, seed=s, use_flow=self.uses_flow, device=self.device)
+            b = iwae_bpd_per_image(self.model, y, k=k, seed=s, device=self.device)
         return torch.from_numpy(b.per_image)
 
     def _need_vae(self, what: str) -> None:
@@ -273,6 +273,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         )
     check_signature(state, cfg, file)
     model = model_from_state(cfg, state, device=str(dev), path=file)
+    model.use_flow = PHASES[state["phase"]].uses_flow(state.get("start"))  # the checkpoint's phase decides
     return Run(
         path=rd.path,
         config=cfg,

@@ -100,7 +100,12 @@ class Decoder(Protocol):
 
 @runtime_checkable
 class Prior(Protocol):
-    """The latent prior p(z) (a learned flow prior in the paper, section 3.2)."""
+    """The latent prior p(z) (a learned flow prior in the paper, section 3.2).
+
+    Optional: a method ``start_own_training()`` (no arguments, returns None), which vaeflow calls
+    when a phase that trains the prior on its own starts (``vaeflow train-prior``), before its first
+    step; a prior whose density changes from then on (a two-stage VAE's second stage) switches there
+    and keeps the switch in its state dict."""
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """:param z: latents, (B, latent_dim). :returns: log p(z) in nats, (B,)."""

@@ -185,9 +185,9 @@ def sample(
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
     set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
-    if r.phase == "baseline" and (vae_only or figure):
+    if PHASES[r.phase].standalone and (vae_only or figure):
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): --vae-only, --compare and --temperatures need a VAE")
-    if r.phase == "vae" and not vae_only:
+    if not r.uses_flow and not vae_only:
         log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
     samples_dir = RunDir(run).samples_dir
     if figure:
@@ -251,7 +251,7 @@ def interpolate(
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
     set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
-    if r.phase == "baseline":
+    if PHASES[r.phase].standalone:
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
     _require_image_memory(steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")
     if src is not None:

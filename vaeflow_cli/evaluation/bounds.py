@@ -56,7 +56,7 @@ def _count(images: np.ndarray, limit: int) -> int:
 
 
 @torch.no_grad()
-def elbo_bpd(model, images: np.ndarray, *, seed: int, use_flow: bool, device: torch.device, limit: int = 0) -> PerImageBpd:
+def elbo_bpd(model, images: np.ndarray, *, seed: int, device: torch.device, use_flow: bool | None = None, limit: int = 0) -> PerImageBpd:
     """Single-sample ELBO bound (bits/dim) of each of the first ``limit`` (0: all) uint8 ``images``
     (N, C, H, W), dequantized with the EVAL_EPOCH noise, in batches of EVAL_BATCH, one latent
     sample per image from a generator seeded with ``seed``. Returns PerImageBpd (mean, float64 (n,))."""
@@ -70,7 +70,7 @@ def elbo_bpd(model, images: np.ndarray, *, seed: int, use_flow: bool, device: to
     return out
 
 
-def held_out_bpd(model, images: np.ndarray, *, seed: int, use_flow: bool, device: torch.device, limit: int = 0) -> float:
+def held_out_bpd(model, images: np.ndarray, *, seed: int, device: torch.device, use_flow: bool | None = None, limit: int = 0) -> float:
     """Mean single-sample ELBO bound (bits/dim) on uint8 ``images`` (the first ``limit``; 0: all)."""
     return elbo_bpd(model, images, seed=seed, use_flow=use_flow, device=device, limit=limit).mean
 
@@ -86,7 +86,9 @@ def _fixed_global_rng(seed: int, device: torch.device):
 
 
 @torch.no_grad()
-def iwae_bpd_per_image(model, images: np.ndarray, *, k: int, seed: int, use_flow: bool, device: torch.device, limit: int = 0) -> PerImageBpd:
+def iwae_bpd_per_image(
+    model, images: np.ndarray, *, k: int, seed: int, device: torch.device, use_flow: bool | None = None, limit: int = 0
+) -> PerImageBpd:
     """IWAE_K bound (bits/dim) of each image: -log (1/K) sum_k p(y|z_k) p(z_k) / q(z_k|y),
     z_k ~ q(z|y), converted by ``bits_per_dim``; max(1, EVAL_BATCH // K) images per forward pass.
     ``images``: uint8 (N, C, H, W). Returns PerImageBpd (mean, float64 (n,))."""
@@ -107,6 +109,6 @@ def iwae_bpd_per_image(model, images: np.ndarray, *, k: int, seed: int, use_flow
     return out
 
 
-def iwae_bpd(model, images: np.ndarray, *, k: int, seed: int, use_flow: bool, device: torch.device, limit: int = 0) -> float:
+def iwae_bpd(model, images: np.ndarray, *, k: int, seed: int, device: torch.device, use_flow: bool | None = None, limit: int = 0) -> float:
     """Mean IWAE_K bound (bits/dim): -log (1/K) sum_k p(y|z_k) p(z_k) / q(z_k|y), z_k ~ q(z|y)."""
     return iwae_bpd_per_image(model, images, k=k, seed=seed, use_flow=use_flow, device=device, limit=limit).mean

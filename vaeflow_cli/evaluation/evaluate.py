@@ -373,18 +373,18 @@ class _Evaluation:
             self.result[f"{label}_checkpoint_complete"] = run.complete
             if PHASES[phase].standalone:  # a flow's likelihood is exact: no bound, no IWAE
                 if elbo or iwae_k:
-                    b = elbo_bpd(run.model, images, seed=seed, use_flow=True, device=dev)
+                    b = elbo_bpd(run.model, images, seed=seed, device=dev)
                     self.result.update(bpd_baseline=b.mean, bpd_baseline_per_image=per_image_stats(b.per_image, b.mean))
                 continue
             if elbo:
                 log(f"bpd: ELBO bound of the {label} model on {n} {self.tag} images")
-                b = elbo_bpd(run.model, images, seed=seed, use_flow=run.uses_flow, device=dev)
+                b = elbo_bpd(run.model, images, seed=seed, device=dev)
                 self.result[f"bpd_elbo_{label}"] = b.mean
                 self.result[f"bpd_elbo_{label}_per_image"] = per_image_stats(b.per_image, b.mean)
             if iwae_k:
                 self.result["iwae_k"] = iwae_k
                 log(f"iwae: IWAE_{iwae_k} bound of the {label} model on {n} {self.tag} images")
-                b = iwae_bpd_per_image(run.model, images, k=iwae_k, seed=seed, use_flow=run.uses_flow, device=dev)
+                b = iwae_bpd_per_image(run.model, images, k=iwae_k, seed=seed, device=dev)
                 self.result[f"bpd_iwae_{label}"] = b.mean
                 self.result[f"bpd_iwae_{label}_per_image"] = per_image_stats(b.per_image, b.mean)
 

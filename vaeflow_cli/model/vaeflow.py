@@ -4,7 +4,10 @@ distribution is the base of a Glow layer f in pixel space (paper eqs. 3-4; model
     log p(y|z) = log N(f(y); g_mu(z), g_sigma(z)^2) + log|det df/dy|
     ELBO(y)    = E_q[log p(y|z)] - KL(q(z|y) || p(z))
 
-``use_flow=False`` gives the phase-1 model (f = identity), which phase 1 trains without running f.
+The model's forward is its bound: ``loss = model(y).bpd.mean()`` is the training loss of every
+phase. ``model.use_flow`` is the phase's state, set once where the phase's model is built or
+loaded (``training.phases.Phase.uses_flow``): False gives the phase-1 model (f = identity), which
+phase 1 trains without running f.
 """
 
 from __future__ import annotations
@@ -109,6 +112,14 @@ class VAEFlow(nn.Module):
         self.image_shape = tuple(image_shape)
         self.latent_dim = latent_dim
         self.dims = math.prod(self.image_shape)
+        self.use_flow = True
+        """Whether the bound runs the Glow layer f (False: phase 1, where f is the identity and is not
+        run). A plain attribute, not saved in checkpoints: the phase decides it."""
+
+    def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> Bound:
+        """The one-sample ELBO of dequantized images y in [0, 1), (B, C, H, W) float32, with this
+        phase's model (``use_flow``): ``model(y).bpd`` is the per-image loss in bits/dim, (B,)."""
+        return self.bound(y, generator=generator)
 
     # ---------------------------------------------------------------- likelihood
 
@@ -138,8 +149,10 @@ class VAEFlow(nn.Module):
         xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
         return gaussian_log_prob(xbar, mean.float(), std.float()) + log_det
 
-    def bound(self, y: torch.Tensor, *, use_flow: bool = True, generator: torch.Generator | None = None) -> Bound:
-        """One-sample ELBO of dequantized images y in [0,1) (B, C, H, W)."""
+    def bound(self, y: torch.Tensor, *, use_flow: bool | None = None, generator: torch.Generator | None = None) -> Bound:
+        """One-sample ELBO of dequantized images y in [0,1) (B, C, H, W); ``use_flow`` None: the
+        model's ``use_flow``."""
+        use_flow = self.use_flow if use_flow is None else use_flow
         mean, log_std = self.encode(y)
         eps = _randn(mean.shape, generator, mean)
         z = mean + torch.exp(log_std) * eps  # (B, d)
@@ -148,12 +161,14 @@ class VAEFlow(nn.Module):
         )
 
     def iwae_log_likelihood(
-        self, y: torch.Tensor, *, k: int, use_flow: bool = True, generator: torch.Generator | None = None, chunk: int = 64
+        self, y: torch.Tensor, *, k: int, use_flow: bool | None = None, generator: torch.Generator | None = None, chunk: int = 64
     ) -> torch.Tensor:
         """IWAE_K lower bound on log p(y), (B,) nats (Burda et al.): log (1/K) sum_k w_k with
-        w_k = p(y|z_k) p(z_k) / q(z_k|y), z_k ~ q(z|y). The Glow layer runs once per image;
-        the decoder runs on ``chunk`` samples per image at a time. IWAE_1 is an unbiased
-        estimate of the ELBO and IWAE_K increases with K toward log p(y)."""
+        w_k = p(y|z_k) p(z_k) / q(z_k|y), z_k ~ q(z|y). The Glow layer runs once per image (unless
+        ``use_flow``, by default the model's, is off); the decoder runs on ``chunk`` samples per
+        image at a time. IWAE_1 is an unbiased estimate of the ELBO and IWAE_K increases with K
+        toward log p(y)."""
+        use_flow = self.use_flow if use_flow is None else use_flow
         mean, log_std = self.encode(y)  # (B, d)
         xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
         b, d = mean.shape
@@ -198,18 +213,23 @@ class FlowModel(nn.Module):
         self.flow = flow
         self.image_shape = tuple(image_shape)
         self.dims = math.prod(self.image_shape)
+        self.use_flow = True  # the flow is the whole model: always run
+
+    def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> Bound:
+        """The exact log-likelihood of y as a ``Bound`` (see ``bound``): ``model(y).bpd`` is the loss."""
+        return self.bound(y, generator=generator)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         z, log_det = self.flow(y)
         return standard_normal_log_prob(z.float()) + log_det.float()
 
     def iwae_log_likelihood(
-        self, y: torch.Tensor, *, k: int = 1, use_flow: bool = True, generator: torch.Generator | None = None, chunk: int = 64
+        self, y: torch.Tensor, *, k: int = 1, use_flow: bool | None = None, generator: torch.Generator | None = None, chunk: int = 64
     ) -> torch.Tensor:
         """A flow's likelihood is exact: every IWAE_K equals log p(y)."""
         return self.log_prob(y)
 
-    def bound(self, y: torch.Tensor, *, use_flow: bool = True, generator: torch.Generator | None = None) -> Bound:
+    def bound(self, y: torch.Tensor, *, use_flow: bool | None = None, generator: torch.Generator | None = None) -> Bound:
         log_p = self.log_prob(y)
         zero = torch.zeros_like(log_p)
         return Bound(log_px_z=log_p, log_pz=zero, entropy=zero, dims=self.dims)

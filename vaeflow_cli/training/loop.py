@@ -140,7 +140,7 @@ def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: in
     g = torch.Generator().manual_seed(SAMPLE_SEED)
     with torch.no_grad():
         model.eval()
-        x = model.sample(n, temperature=0.5, vae_only=(phase == "vae"), generator=g)
+        x = model.sample(n, temperature=0.5, vae_only=not model.use_flow, generator=g)
     path = rd.samples_dir / f"{phase}-epoch{epoch:04d}.png"
     atomic_write_bytes(path, png_bytes(grid(to_uint8(x))))
     return path
@@ -384,16 +384,18 @@ def train_phase(
         check_run(cfg, rd, phase, resume=resume, config_path=config_path)
         device = ddp_device or resolve_device(tcfg["device"])
         resuming = resume and rd.checkpoint_path(phase).exists()
-        data, model = _data_and_model(cfg, phase, ddp, device, fresh_flow=phase == "vae" or (phase == "glow" and not resuming))
+        p = PHASES[phase]
+        data, model = _data_and_model(cfg, phase, ddp, device, fresh_flow=p.flow_at_init and not (resuming and "flow" in p.trains))
         before = _load_previous(rd, phase, cfg, model, device)
-        state, stepper, loader = _training_state(cfg, phase, ddp, device, data, model, use_flow=PHASES[phase].uses_flow(before))
+        model.use_flow = p.uses_flow(before)  # the phase's model, set once: its forward is the loss
+        state, stepper, loader = _training_state(cfg, phase, ddp, device, data, model)
         if resuming:
             path = rd.checkpoint_path(phase)
             saved = rd.load_checkpoint(phase, map_location=device)
             check_signature(saved, cfg, path)
             state.restore(saved, path, rank=ddp.rank, steps_per_epoch=len(loader), batch_key=f"train.{phase}.batch_size")
-        if phase == "prior" and hasattr(model.prior, "trained"):
-            model.prior.trained.fill_(True)  # a second-stage prior: from now on log p(z) is its ELBO
+        if p.prior_alone and hasattr(model.prior, "start_own_training"):
+            model.prior.start_own_training()  # a second-stage prior: from now on log p(z) is its ELBO
 
         metrics = held.enter_context(MetricsSink(rd))  # metrics.jsonl and the [run] loggers, closed on every exit
         ddp.main_only(lambda: metrics.open(cfg["run"]["loggers"], phase=phase, config=cfg))  # rank 0 only; writes nothing yet
@@ -419,7 +421,7 @@ def _data_and_model(cfg: dict, phase: str, ddp, device: torch.device, *, fresh_f
     return data, model
 
 
-def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Splits, model, *, use_flow: bool):
+def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Splits, model):
     """A fresh TrainingState of ``model`` for ``phase`` (Adam on the parameters it trains), its
     Stepper (the training step) and the rank's BatchLoader."""
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
@@ -434,7 +436,6 @@ def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Spli
         model,
         params,
         opt,
-        use_flow=use_flow,
         device=device,
         precision=tcfg["precision"],
         grad_clip=pcfg["grad_clip"],
@@ -495,21 +496,13 @@ class _Trainer:
         self.cfg, self.rd, self.phase, self.ddp = cfg, rd, phase, ddp
         self.data, self.loader, self.state, self.stepper, self.metrics = data, loader, state, stepper, metrics
         self.before = before
-        self.use_flow = PHASES[phase].uses_flow(before)
         self.tcfg, self.pcfg = cfg["train"], cfg["train"][phase]
         self.signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
         self.steps_this_call = 0
 
     def held_out_bpd(self) -> float:
         """The ELBO bound (bits/dim) on the held-out split (``train.eval_samples`` of it)."""
-        return held_out_bpd(
-            self.state.model,
-            self.data.test,
-            seed=self.tcfg["seed"],
-            use_flow=self.use_flow,
-            device=self.state.device,
-            limit=self.tcfg["eval_samples"],
-        )
+        return held_out_bpd(self.state.model, self.data.test, seed=self.tcfg["seed"], device=self.state.device, limit=self.tcfg["eval_samples"])
 
     def finite_held_out_bpd(self) -> float:
         """The epoch's held-out bound; a non-finite one (the model in eval mode gives NaN though its

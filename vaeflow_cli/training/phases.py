@@ -40,6 +40,12 @@ class Phase:
     """The ``train-NAME`` command's help text."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Its ``[train.NAME]`` defaults that differ from every phase's (``config.DEFAULTS``)."""
+    prior_alone: bool = False
+    """The phase trains the prior on its own: the prior's optional ``start_own_training()`` is
+    called when it starts (``vaeflow_cli.hookspecs.Prior``)."""
+    flow_at_init: bool = False
+    """The phase starts with the Glow layer at its initialisation, where it must be the identity
+    (checked when the phase starts): phase 1, which never trains it, and phase 2, which starts it."""
 
     @property
     def command(self) -> str:
@@ -67,6 +73,7 @@ PHASES: dict[str, Phase] = {
             (),
             "Phase 1: train encoder, decoder and prior on the ELBO.",
             "Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory.",
+            flow_at_init=True,
         ),
         Phase(
             "glow",
@@ -76,6 +83,7 @@ PHASES: dict[str, Phase] = {
             ("vae", "prior"),
             "Phase 2: train the Glow layer on the frozen VAE.",
             "Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory.",
+            flow_at_init=True,
         ),
         Phase(
             "baseline",
@@ -110,6 +118,7 @@ PHASES: dict[str, Phase] = {
             '"two-stage-vae"; Dai & Wipf, the paper\'s Table 1), or more steps for any other prior. '
             "Prints the run directory.",
             {"epochs": 20, "lr": 1e-3},
+            prior_alone=True,
         ),
     )
 }

@@ -27,6 +27,7 @@ from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.config.limits import check_regular_file
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error
 from vaeflow_cli.files import atomic_write, atomic_write_bytes, fsync_dir
+from vaeflow_cli.training.phases import PHASES
 
 CHECKPOINT_FORMAT = 1
 
@@ -418,6 +419,6 @@ def model_from_state(cfg: dict, state: dict, *, device: str = "cpu", path: str |
     from vaeflow_cli.data.pipeline import build_dataset
     from vaeflow_cli.model.vaeflow import build_model
 
-    model = build_model(cfg, build_dataset(cfg).image_shape, baseline=state["phase"] == "baseline")
+    model = build_model(cfg, build_dataset(cfg).image_shape, baseline=state.get("phase") in PHASES and PHASES[state["phase"]].standalone)
     load_weights(model, state["model"], Path(path))
     return model.to(device).eval()

@@ -227,19 +227,6 @@ def configure_backends(device: torch.device, train_cfg: dict) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-class Objective(nn.Module):
-    """The per-image loss, bits/dim of the bound, as a module whose forward DDP and torch.compile
-    can wrap: y (B, C, H, W) -> bpd (B,)."""
-
-    def __init__(self, model: nn.Module, *, use_flow: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.use_flow = use_flow
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.model.bound(y, use_flow=self.use_flow).bpd
-
-
 class Stepper:
     """Runs training steps of one phase: autocast, gradient scaling, clipping, the Adam step, and
     the guard against non-finite steps.
@@ -265,7 +252,6 @@ class Stepper:
         params: list,
         opt: torch.optim.Optimizer,
         *,
-        use_flow: bool,
         device: torch.device,
         precision: str = "fp32",
         grad_clip: float = 0.0,
@@ -285,8 +271,7 @@ class Stepper:
         self.compile = compile
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self._raw_objective = Objective(model, use_flow=use_flow)
-        self.objective: nn.Module | None = None if self.dist.enabled else self._wrap(self._raw_objective)
+        self.objective: nn.Module | None = None if self.dist.enabled else self._wrap(model)  # the model's forward is its bound
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.bad_steps = 0
         self._buffers = [b for b in model.buffers()]
@@ -309,7 +294,7 @@ class Stepper:
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         with self._autocast():
-            loss = self._raw_objective(y).float().mean()
+            loss = self.model(y).bpd.float().mean()
         grads = torch.autograd.grad(loss, self.params, allow_unused=True) if loss.requires_grad else [None] * len(self.params)
         used = torch.tensor([0.0 if g is None else 1.0 for g in grads], device=self.device if self.dist_backend_is_nccl() else "cpu")
         if self.dist.enabled:
@@ -339,12 +324,12 @@ class Stepper:
             y = y.contiguous(memory_format=torch.channels_last)
         if self.objective is None:  # the first step under DDP
             self._freeze_unused(y)
-            self.objective = self._wrap(self._raw_objective)
+            self.objective = self._wrap(self.model)
         if self._buffers:
             with torch.no_grad():
                 torch._foreach_copy_(self._saved, self._buffers)  # one fused copy per step
         with self._autocast():
-            loss = self.objective(y).float().mean()
+            loss = self.objective(y).bpd.float().mean()  # the loss: the bound in bits/dim, averaged over the batch
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # on every rank, even for a bad loss: DDP expects it
         if self.scaler.is_enabled():

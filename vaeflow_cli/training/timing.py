@@ -28,6 +28,7 @@ from vaeflow_cli.data.pipeline import BatchLoader, build_dataset
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.vaeflow import FlowModel, build_model
 from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+from vaeflow_cli.training.phases import PHASES
 from vaeflow_cli.training.step import Stepper, configure_backends, resolve_device
 
 PAPER_SPEEDUP = 3.5  # Table 4: Glow 512 s/epoch against VAE 118 s and Glow layer 162 s (GTX 1080 Ti)
@@ -98,7 +99,8 @@ def _prepare(
     params = trainable_parameters(model, phase)
     opt = torch.optim.Adam(params, lr=lr)
     set_phase_mode(model, phase)
-    stepper = Stepper(model, params, opt, use_flow=phase != "vae", device=device, precision=precision, compile=compile, channels_last=channels_last)
+    model.use_flow = PHASES[phase].uses_flow(None)
+    stepper = Stepper(model, params, opt, device=device, precision=precision, compile=compile, channels_last=channels_last)
     loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, pin_memory=device.type == "cuda")
     return _Timed(name, phase, stepper, loader, loader.device_epoch(0, device), device)
 
