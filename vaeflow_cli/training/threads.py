@@ -13,13 +13,15 @@ threads spin for a while at the end of each parallel region before they sleep (l
 ``GOMP_SPINCOUNT``, 300,000 iterations by default). Alone on its cores that saves a wake-up per
 region; beside another CPU-bound job, the thread it waits for is often descheduled, and the
 spinning thread burns its time slice waiting. A small model runs thousands of short parallel
-regions per step, so the waste compounds: the embedded default's phase-1 step ran 3.3-5x slower
-beside one other 2-thread torch job on 2 cores, where a fair share is 2x, and 17-22x in an
-earlier measurement. One thread has no team to wait for. ``benchmarks/contention.py`` measured
-the alternatives (docs/performance.md has the table): sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
-kept contention near 2x but made the step alone about 30% slower (a wake-up per region); a
-shorter spin (``GOMP_SPINCOUNT=10000``) was worse under contention; the governor keeps libgomp's
-default alone and drops to what the other processes leave free when they appear. A user's own
+regions per step, so the waste compounds: on 2 cores, beside a second training, the embedded
+default's steps ran 5.4x (phase 1) and 4.3x (phase 2) slower (median over rounds; one round
+85x), where a fair share is 2x. One thread has no team to wait for. ``benchmarks/contention.py``
+measured the alternatives (``docs/gpu.md``, "CPU threads", has the tables): sleeping at once
+(``OMP_WAIT_POLICY=PASSIVE``) kept contention near 2x but made the phase-1 step alone 1.39x
+slower (a wake-up per region); a shorter spin (``GOMP_SPINCOUNT=10000``) was worse under
+contention; a single thread is 1.4-1.7x slower alone. The governor keeps libgomp's default
+alone (1.01x and 0.92x the old step time) and drops to what the other processes leave free when
+they appear (1.38x and 2.00x beside a second training). A user's own
 ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left as it is.
 """
 
