@@ -147,7 +147,7 @@ def run_cli(*args, env=None, check=True, input=None, cwd=None) -> subprocess.Com
 
 def call_main(argv, capsys) -> tuple[int, str, str]:
     """Run ``vaeflow ARGV`` in this process through ``cli.main``: (exit code, stdout, stderr)."""
-    from vaeflow_cli.cli.app import main
+    from vaeflow_cli.cli.commands import main
 
     capsys.readouterr()
     try:

@@ -52,7 +52,7 @@ def test_the_site_builds_strictly_with_every_page(site):
 def _commands():
     import typer
 
-    from vaeflow_cli.cli.app import app
+    from vaeflow_cli.cli.commands import app
 
     found = {}
 

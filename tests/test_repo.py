@@ -124,7 +124,7 @@ def test_the_built_ins_are_a_distribution_registered_by_entry_points_without_a_s
 def test_listing_plugins_and_showing_a_config_do_not_import_torch(args):
     code = (
         "import sys, io, contextlib\n"
-        "from vaeflow_cli.cli.app import main\n"
+        "from vaeflow_cli.cli.commands import main\n"
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
         "    try:\n"

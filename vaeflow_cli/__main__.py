@@ -1,5 +1,5 @@
 """``python -m vaeflow_cli`` (and ``torchrun -m vaeflow_cli``) runs the CLI."""
 
-from vaeflow_cli.cli.app import main
+from vaeflow_cli.cli.commands import main
 
 main()

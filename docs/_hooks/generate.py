@@ -2,7 +2,7 @@
 so they cannot drift from it (``hooks:`` in mkdocs.yml).
 
 docs/cli.md holds one ``<!-- vaeflow-help: COMMAND -->`` marker per command of the Typer app
-``vaeflow_cli.cli.app.app`` (``<!-- vaeflow-help: -->`` for ``vaeflow`` itself, ``<!-- vaeflow-help: data
+``vaeflow_cli.cli.commands.app`` (``<!-- vaeflow-help: -->`` for ``vaeflow`` itself, ``<!-- vaeflow-help: data
 download -->`` for a subcommand); each becomes that command's ``--help`` text. A command of the app
 without a marker, or a marker naming no command, fails the build. ``<!-- vaeflow-commands -->``
 becomes a table of every command with its one-line summary.
@@ -59,7 +59,7 @@ def commands() -> dict:
     import click
     import typer
 
-    from vaeflow_cli.cli.app import app
+    from vaeflow_cli.cli.commands import app
 
     found: dict = {}
 

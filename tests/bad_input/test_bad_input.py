@@ -2,7 +2,7 @@
 ``vaeflow: error:`` line on stderr, the documented exit code, no traceback, and leaves the run
 directory exactly as it was, so the corrected command just works.
 
-The corpus runs the real console entry point (``vaeflow_cli.cli.app.main``) in this process, which is
+The corpus runs the real console entry point (``vaeflow_cli.cli.commands.main``) in this process, which is
 what keeps ~60 cases fast; a few cases also run as subprocesses (tests/config/test_config.py and the
 SIGTERM, lock and disk-full tests below), so the process boundary is covered too. Count of
 tracebacks: ``python -m pytest -q tests/bad_input/test_bad_input.py -k corpus``, every case asserts none.

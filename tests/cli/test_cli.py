@@ -10,7 +10,7 @@ from PIL import Image
 
 def test_help_lists_the_commands_without_importing_torch():
     code = (
-        "import sys; from typer.testing import CliRunner; from vaeflow_cli.cli.app import app; "
+        "import sys; from typer.testing import CliRunner; from vaeflow_cli.cli.commands import app; "
         "r = CliRunner().invoke(app, ['--help']); print(r.output); "
         "assert 'torch' not in sys.modules, 'help imported torch'"
     )

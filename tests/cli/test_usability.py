@@ -92,9 +92,9 @@ def test_download_help_lists_every_name_the_command_accepts(capsys):
     for name in [*SOURCES, *MANUAL]:
         assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), (name, text)
     code = (
-        "from vaeflow_cli import download; download.SOURCES['new-set'] = []; download.MANUAL['by-hand'] = 'x'; "
-        "import vaeflow_cli.cli.app; from typer.testing import CliRunner; "
-        "print(CliRunner().invoke(vaeflow_cli.cli.app.app, ['data', 'download', '--help'], terminal_width=200).output)"
+        "from vaeflow_cli.data import download; download.SOURCES['new-set'] = []; download.MANUAL['by-hand'] = 'x'; "
+        "import vaeflow_cli.cli.commands; from typer.testing import CliRunner; "
+        "print(CliRunner().invoke(vaeflow_cli.cli.commands.app, ['data', 'download', '--help'], terminal_width=200).output)"
     )
     text = " ".join(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout.split())
     assert "or new-set;" in text and "and by-hand" in text, text  # derived from data/download.py, not a copy
@@ -102,13 +102,13 @@ def test_download_help_lists_every_name_the_command_accepts(capsys):
 
 def test_evaluate_help_lists_every_metric_and_the_cli_imports_no_heavy_module():
     code = (
-        "from vaeflow_cli import metrics; metrics.METRICS += ('a_new_metric',); "  # the help follows METRICS
-        "import vaeflow_cli.cli.app; from vaeflow_cli import evaluate; assert evaluate.METRICS is metrics.METRICS; "
+        "from vaeflow_cli.evaluation import metrics; metrics.METRICS += ('a_new_metric',); "  # the help follows METRICS
+        "import vaeflow_cli.cli.commands; from vaeflow_cli.evaluation import evaluate; assert evaluate.METRICS is metrics.METRICS; "
         "from typer.testing import CliRunner; "
-        "out = CliRunner().invoke(vaeflow_cli.cli.app.app, ['evaluate', '--help'], terminal_width=200).output; "
+        "out = CliRunner().invoke(vaeflow_cli.cli.commands.app, ['evaluate', '--help'], terminal_width=200).output; "
         "print(' '.join(out.split()))"
     )
-    cheap = "import sys; import vaeflow_cli.cli.app; print(sorted({'torch', 'numpy', 'http.client', 'urllib.request', 'tarfile'} & set(sys.modules)))"
+    cheap = "import sys; import vaeflow_cli.cli.commands; print(sorted({'torch', 'numpy', 'http.client', 'urllib.request', 'tarfile'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", cheap], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip() == "[]"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     from vaeflow_cli.evaluation.metrics import METRICS
@@ -173,7 +173,7 @@ def test_dataset_info_of_a_plugin_dataset_with_a_missing_split():
 def test_no_command_summary_is_cut_off_and_each_command_keeps_its_full_help(monkeypatch, capsys):
     import typer
 
-    from vaeflow_cli.cli.app import app
+    from vaeflow_cli.cli.commands import app
 
     monkeypatch.setenv("COLUMNS", "80")
     group = typer.main.get_command(app)

@@ -1,6 +1,7 @@
-"""The command line: the Typer app (``app``), a thin layer over the library functions that turns
-their errors into one line on stderr and an exit code."""
+"""The command line: the Typer app ``app`` (``commands``: one thin function per command over the
+library functions), ``exits`` (every exception to one line on stderr and an exit code) and
+``output`` (results on stdout). ``main`` is the console script."""
 
-from vaeflow_cli.cli.app import app, main
+from vaeflow_cli.cli.commands import app, main
 
 __all__ = ["app", "main"]
