@@ -52,7 +52,7 @@ class LogitTransform(nn.Module):
     forward(y) -> (t, log|det dt/dy|) and inverse(t) -> (y, log|det dy/dt|), shapes (B, C, H, W)
     and (B,), log-determinants in float32 nats.
 
-    Why (measured; README, "The model, and the choices the paper leaves open"): the pixels of 8-bit digits are near 0 or near 1, and a Gaussian
+    Why (measured; docs/design.md, "The model, and the choices the paper leaves open"): the pixels of 8-bit digits are near 0 or near 1, and a Gaussian
     in [0, 1) must then put a standard deviation near 1/(256 sqrt 12) on the background and a
     mean accurate to a thousandth there; in logit space the saturated values are spread over a few
     units and a Gaussian fits them at a sensible scale."""
