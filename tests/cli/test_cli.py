@@ -95,3 +95,26 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(1, target + 1))
     assert RunDir(run).load_checkpoint("vae")["complete"]
+
+
+def test_a_signal_after_the_last_line_still_exits_130_in_one_line():
+    """The console script keeps its signal handlers until the process ends: a Ctrl-C that lands
+    between the command's return and the exit (a second Ctrl-C after a saved checkpoint) is exit 130
+    and one line, not Python's default KeyboardInterrupt (killed by SIGINT, exit -2). Called in a
+    process that goes on, run() gives the previous handlers back."""
+    script = (
+        "import os, signal, sys\n"
+        "from vaeflow_cli.cli.commands import app\n"
+        "from vaeflow_cli.cli.exits import run\n"
+        "code = run(app, ['plugins'], exiting=sys.argv[1] == 'exiting')\n"
+        "assert code == 0\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.exit(code)\n"
+    )
+    kept = subprocess.run([sys.executable, "-c", script, "exiting"], capture_output=True, text=True, timeout=120)
+    assert kept.returncode == 130 and "Traceback" not in kept.stderr, kept.stderr
+    assert kept.stdout.strip().splitlines()[-1] == "False"
+    assert kept.stderr.strip().splitlines()[-1].startswith("vaeflow: error: interrupted by Ctrl-C"), kept.stderr
+    given_back = subprocess.run([sys.executable, "-c", script, "in-process"], capture_output=True, text=True, timeout=120)
+    assert given_back.stdout.strip().splitlines()[-1] == "True" and given_back.returncode != 0

@@ -416,8 +416,9 @@ def data_info(
 
 def main(argv: list[str] | None = None) -> None:
     """The ``vaeflow`` console script: every failure, parse errors included, ends as one stderr
-    line and an exit code (``vaeflow_cli.cli.exits.run``)."""
-    sys.exit(run(app, argv))
+    line and an exit code (``vaeflow_cli.cli.exits.run``). ``argv=None`` (the process's own
+    command line) keeps vaeflow's signal handlers until the process exits."""
+    sys.exit(run(app, argv, exiting=argv is None))
 
 
 if __name__ == "__main__":

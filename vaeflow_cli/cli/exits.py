@@ -174,22 +174,36 @@ def _restore_signals(previous: dict) -> None:
         signal.signal(getattr(signal, name), old)
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(finished: bool) -> None:
     """Under torchrun, leave the process group before exiting (a process that exits inside one
-    can abort in the communication library's destructors)."""
+    can abort in the communication library's destructors). After a clean finish the ranks first
+    meet at a barrier: a rank that tears its group down while a peer is still in its last
+    collective aborts in gloo's worker threads ("terminate called without an active exception",
+    exit -6; seen about once in five two-process CPU runs before the barrier). A clean finish is
+    exit 0, or 130 after a Ctrl-C or SIGTERM that every rank agreed to stop at. After a failure
+    there is no barrier (the peers may never reach it; torchrun stops them)."""
     dist = sys.modules.get("torch.distributed")
     try:
         if dist is not None and dist.is_available() and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001 -- exiting anyway
         pass
 
 
-def run(app: typer.Typer, argv: list[str] | None) -> int:
+def run(app: typer.Typer, argv: list[str] | None, *, exiting: bool = False) -> int:
     """Run the Typer ``app`` on ``argv``: every failure, parse errors included, ends as one stderr
-    line and an exit code (see report_exception). Returns the exit code."""
+    line and an exit code (see report_exception). Returns the exit code.
+
+    ``exiting=True`` (the console script, which exits right after) keeps vaeflow's Ctrl-C and
+    SIGTERM handlers until the process ends: a signal that arrives after the last line was printed
+    still exits with 130 and one line, never by Python's default KeyboardInterrupt (exit -2).
+    Otherwise (main() called in a process that goes on: tests, notebooks) the previous handlers
+    come back."""
     click = _click_exceptions()
     previous = _sigterm_interrupts()
+    code = 1
     try:
         code = app(args=argv, prog_name="vaeflow", standalone_mode=False)
     except tuple({typer.Exit, getattr(click, "Exit", typer.Exit)}) as exc:
@@ -203,6 +217,7 @@ def run(app: typer.Typer, argv: list[str] | None) -> int:
         else:
             code = report_exception(exc)
     finally:
-        _leave_process_group()
-        _restore_signals(previous)  # main() called in a process that goes on (tests, notebooks)
+        _leave_process_group(finished=code in (0, None, 130))
+        if not exiting:
+            _restore_signals(previous)
     return code if isinstance(code, int) else 0
