@@ -345,10 +345,11 @@ class _GlowLevel(nn.Module):
     def __init__(self, channels: int, height: int, width: int, *, levels: int, steps: int, hidden: int, coupling: str, lu: bool) -> None:
         super().__init__()
         c = 4 * channels
+        affine = {"affine": True, "additive": False}[coupling]  # checked by multiscale_glow's declared constraints
         blocks = []
         for k in range(steps):
             blocks += [DataInitActNorm(c), InvConv1x1(c, lu=lu)]
-            if coupling == "affine":
+            if affine:
                 blocks.append(AffineCoupling(c, hidden=hidden, parity=k))
             else:
                 blocks.append(AdditiveCoupling((c, height // 2, width // 2), hidden=hidden, parity=k, split="channel"))
@@ -404,8 +405,6 @@ class MultiScaleGlow(nn.Module):
         c, h, w = image_shape
         if h % 2**levels or w % 2**levels:
             raise ValueError(f"multiscale-glow with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
-        if coupling not in ("affine", "additive"):
-            raise ValueError(f"coupling must be 'affine' or 'additive', not {coupling!r}")
         self.body = _GlowLevel(c, h, w, levels=levels, steps=steps, hidden=hidden_channels, coupling=coupling, lu=lu)
 
     def forward(self, x):

@@ -12,7 +12,7 @@ Besides its config keys a factory receives the context arguments named in its ki
 The host owns the registry, so a name registered twice is reported with both plugins' names.
 vaeflow runs every model component once on real training images before training starts and
 checks the shapes below, and that a VAE's pixel flow is the identity at initialisation
-(``vaeflow_cli.model.vaeflow.check_components``). ``vaeflow_cli.testing`` is the kit a plugin author runs
+(``vaeflow_cli.model.contracts.check_components``). ``vaeflow_cli.testing`` is the kit a plugin author runs
 in their own tests: ``check_flow_component``, ``check_encoder``, ``check_decoder``,
 ``check_prior``, ``check_dataset``.
 

@@ -259,7 +259,8 @@ def test_a_corrupt_gzip_idx_file_is_one_line(tmp_path, content, words):
 
 
 def test_raw_idx_files_are_checked_before_anything_is_allocated(tmp_path):
-    from vaeflow_plugins.datasets import FashionMNIST, IDXDataset, read_idx_images
+    from vaeflow_plugins.datasets import FashionMNIST, IDXDataset
+    from vaeflow_plugins.readers import read_idx_images
 
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(idx_bytes(n=2**32 - 1, body=bytes(4984)))  # claims 3 TB: compared with the file size, not read

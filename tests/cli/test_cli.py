@@ -118,3 +118,35 @@ def test_a_signal_after_the_last_line_still_exits_130_in_one_line():
     assert kept.stderr.strip().splitlines()[-1].startswith("vaeflow: error: interrupted by Ctrl-C"), kept.stderr
     given_back = subprocess.run([sys.executable, "-c", script, "in-process"], capture_output=True, text=True, timeout=120)
     assert given_back.stdout.strip().splitlines()[-1] == "True" and given_back.returncode != 0
+
+
+def test_an_interrupted_command_exits_130_even_if_a_second_signal_lands_while_python_shuts_down(tmp_path):
+    """Python's finalization resets signal handlers to the system's defaults before it tears the
+    modules down (slowly, with torch loaded): a second Ctrl-C landing then killed an interrupted
+    `train-vae` by SIGINT (exit -2). exit_process(130) ends the process before finalization; the
+    same script with sys.exit(130) is the control that shows the window exists."""
+    import signal
+    import time
+
+    script = tmp_path / "slow_exit.py"
+    script.write_text(
+        "import sys, time\n"
+        "from vaeflow_cli.cli.exits import _sigterm_interrupts, exit_process\n"
+        "_sigterm_interrupts()\n"
+        "class SlowTeardown:\n"
+        "    def __del__(self):\n"
+        "        time.sleep(1.0)\n"
+        "keep = SlowTeardown()\n"
+        "print('ready', flush=True)\n"
+        "(exit_process if sys.argv[1] == 'exit_process' else sys.exit)(130)\n"
+    )
+    codes = {}
+    for how in ("exit_process", "sys.exit"):
+        proc = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.3)  # in exit: either gone already, or inside the slow teardown
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        codes[how] = proc.returncode
+    assert codes["exit_process"] == 130, codes
+    assert codes["sys.exit"] == -signal.SIGINT, codes  # the window this guards against

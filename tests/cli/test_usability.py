@@ -236,18 +236,18 @@ def test_errors_stay_one_line_under_quiet_and_both_flags_are_refused(tmp_path, c
 
 
 def test_quiet_turns_the_progress_bar_off(monkeypatch, vaeflow_logger):
-    from vaeflow_cli.training import loop as train
+    from vaeflow_cli.training.progress import Progress
 
     class Terminal:
         def isatty(self):
             return True
 
     monkeypatch.setattr(sys, "stderr", Terminal())
-    assert train._Progress(enabled=True).enabled
+    assert Progress(enabled=True).enabled
     vaeflow_logger.configure(-1)
-    assert not train._Progress(enabled=True).enabled
+    assert not Progress(enabled=True).enabled
     vaeflow_logger.configure(1)
-    assert train._Progress(enabled=True).enabled
+    assert Progress(enabled=True).enabled
 
 
 LIBRARY = """

@@ -13,7 +13,8 @@ from PIL import Image
 
 from vaeflow_cli.data.pipeline import decode_images
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_plugins.datasets import CIFAR10, CelebA, FashionMNIST, IDXDataset, read_idx_images
+from vaeflow_plugins.datasets import CIFAR10, CelebA, FashionMNIST, IDXDataset
+from vaeflow_plugins.readers import read_idx_images
 
 
 def smooth_image(rng, w=178, h=218):

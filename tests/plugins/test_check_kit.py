@@ -1,7 +1,7 @@
 """The component check kit (vaeflow_cli.testing): every registered encoder, decoder, prior and flow
 passes its kind's entry point (or is listed below with a declared, verified reason), every check
 of the kit can fail, and training refuses a VAE whose pixel flow is not the identity at
-initialisation (model.check_components)."""
+initialisation (model.contracts.check_components)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from torch import nn
 from vaeflow_cli import testing as kit
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.model.vaeflow import VAEFlow, build_model, check_components
+from vaeflow_cli.model.contracts import check_components
+from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.plugins.registry import get_registry
 from vaeflow_cli.training import loop as train_mod
 from vaeflow_cli.training.loop import train_phase

@@ -221,3 +221,21 @@ def run(app: typer.Typer, argv: list[str] | None, *, exiting: bool = False) -> i
         if not exiting:
             _restore_signals(previous)
     return code if isinstance(code, int) else 0
+
+
+def exit_process(code: int) -> None:
+    """End the ``vaeflow`` process with ``code``. After an interruption (130: everything is saved
+    and the line is printed) the process ends at once, without the interpreter's finalization:
+    finalization first resets the signal handlers to the system's defaults and then tears down
+    torch for a while, and a second Ctrl-C landing in that window killed the process by SIGINT
+    (exit -2, not 130). Other codes exit normally (atexit handlers and buffers run)."""
+    import os
+
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said
+                pass
+        os._exit(130)
+    sys.exit(code)

@@ -33,6 +33,7 @@ from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.training.phases import PHASES
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
+PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision (training.step maps them to autocast dtypes)
 PIXEL_TRANSFORMS = ("none", "logit")  # model.pixel_transform (model.pixel_transform builds them)
 COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
 # [train.<phase>] sections: one per phase of vaeflow_cli.training.phases.PHASES (what each trains and starts from)
@@ -90,7 +91,7 @@ CONSTRAINTS: dict[str, list] = {
     "train.seed": [Range(0, SEED_MAX)],
     "train.eval_samples": [Range(0)],
     "train.dequantize": [OneOf(("host", "device"))],
-    "train.precision": [OneOf(("fp32", "bf16", "fp16"))],
+    "train.precision": [OneOf(PRECISIONS)],
     "train.threads": [Range(0, 4096)],
     "train.checkpoint_every": [Range(0)],
     "train.keep_checkpoints": [Range(0)],
@@ -378,7 +379,7 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
         out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=src)
         found = problem(out[k], declared.get(k, []))
         if found:
-            fix = "fix the --set" if src != where else f"fix it in [{key}]"
+            fix = f"fix it in [{key}]" if src == where else "fix the --set" if src.startswith("--set") else f"fix {src.split()[0]}"
             raise VaeflowError(f"{src}: '{key}.{k}' {found} for {kind} {name!r}, got {out[k]!r}; {fix}")
     for k, default in params.items():
         if k in out:
@@ -390,6 +391,16 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
         if not _is_toml_value(v):
             raise VaeflowError(f"{where}: '{key}.{k}' = {v!r} cannot be written to TOML; give it a value in the config")
     return out
+
+
+def component_options(kind: str, name: str, options: dict, *, registry, options_by: dict[str, str]) -> dict:
+    """A component's options outside a config file (e.g. ``vaeflow timing``'s ``--glow-*``), checked
+    by the same rules as a config section (the factory's keys, types and declared constraints)
+    and completed with its defaults. ``options_by``: option key -> the command-line option that
+    gave it (named in the error). Raises VaeflowError."""
+    set_by = {f"{kind}.{k}": f"{options_by[k]} {v}" for k, v in options.items()}
+    out = _validate_component({"type": name, **options}, kind, kind, where="the command line", registry=registry, name_key="type", set_by=set_by)
+    return {k: v for k, v in out.items() if k != "type"}
 
 
 def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None, check_loggers: bool = True) -> dict:

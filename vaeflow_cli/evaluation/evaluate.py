@@ -62,11 +62,12 @@ def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise VaeflowError(f"{option} {text!r} must be a number or a comma-separated list, e.g. 0,0.25,0.5") from None
-    from vaeflow_cli.config.limits import TEMPERATURE_MAX
+    from vaeflow_cli.config.limits import TEMPERATURE_MAX, temperature_list
 
-    if not values or any(not math.isfinite(t) or not 0 <= t <= TEMPERATURE_MAX for t in values):
-        raise VaeflowError(f"{option} {text!r}: give one or more finite numbers in [0, {TEMPERATURE_MAX:g}]")
-    return values
+    try:
+        return temperature_list(values)
+    except VaeflowError:
+        raise VaeflowError(f"{option} {text!r}: give one or more finite numbers in [0, {TEMPERATURE_MAX:g}]") from None
 
 
 def generate(model, n: int, *, temperature: float, seed: int, batch: int = SAMPLE_BATCH) -> np.ndarray:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vaeflow_cli.config.core import PIXEL_TRANSFORMS
+from vaeflow_cli.config.constraints import problem
+from vaeflow_cli.config.core import CONSTRAINTS
 from vaeflow_cli.model.distributions import LOG_2PI, bits_per_dim, gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
 
 
@@ -59,8 +60,7 @@ class LogitTransform(nn.Module):
 
     def __init__(self, alpha: float) -> None:
         super().__init__()
-        if not 0.0 < alpha < 0.5:
-            raise ValueError(f"model.logit_alpha must be in (0, 0.5), got {alpha}")
+        _check_model_key("model.logit_alpha", alpha)
         self.alpha = alpha
 
     def _log_det(self, p: torch.Tensor) -> torch.Tensor:  # log dt/dy at p = alpha + (1 - 2 alpha) y
@@ -86,12 +86,18 @@ class IdentityTransform(nn.Module):
 
 
 def pixel_transform(name: str, alpha: float = 1e-6) -> nn.Module:
-    """``model.pixel_transform``: "none" or "logit" (with ``model.logit_alpha``)."""
-    if name == "logit":
-        return LogitTransform(alpha)
-    if name == "none":
-        return IdentityTransform()
-    raise ValueError(f"model.pixel_transform must be one of {', '.join(PIXEL_TRANSFORMS)}, not {name!r}")
+    """``model.pixel_transform``: "none" or "logit" (with ``model.logit_alpha``).
+    :raises ValueError: a name or alpha outside the config's declared constraints."""
+    _check_model_key("model.pixel_transform", name)
+    return LogitTransform(alpha) if name == "logit" else IdentityTransform()
+
+
+def _check_model_key(key: str, value) -> None:
+    """The config's declared constraint on ``key`` (config.core.CONSTRAINTS, the one home of the
+    rule), for callers that build the model without a config. Raises ValueError."""
+    found = problem(value, CONSTRAINTS[key])
+    if found:
+        raise ValueError(f"{key} {found}, got {value!r}")
 
 
 class VAEFlow(nn.Module):
@@ -284,122 +290,3 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
         latent_dim=d,
         transform=pixel_transform(m["pixel_transform"], m["logit_alpha"]),
     )
-
-
-IDENTITY_RTOL = 1e-3
-"""check_components: allowed max |f(x) - x| / (1 + |x|) of a fresh pixel flow (float32 is exact for
-an identity built from zeros and eyes; TF32 convolutions on a GPU round x to 11 significant bits)."""
-IDENTITY_LOG_DET_ATOL = 1e-2
-"""check_components: allowed max |log det df/dx| of a fresh pixel flow, in nats per image (1e-2 nats
-is below 2e-5 bits/dim at 28x28)."""
-
-
-def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool = True, flow_type: str | None = None) -> None:
-    """Run each component once on a few training images ``y`` (B, C, H, W) in [0, 1), in eval mode
-    and without gradients, and check what it returns against the hookspecs' contract (shapes,
-    finiteness of every output, a positive decoder std). A component that raises or breaks the contract is one line naming its config
-    section, so a bad component fails the start of training before anything is written.
-
-    ``identity_flow`` (a VAE whose pixel flow is fresh: phase 1, and phase 2 unless it resumes):
-    the [model.flow] must also be the identity at initialisation on these images, t(y) -> t(y) with
-    log det 0, the ``Flow`` protocol's contract that lets phase 2 start at the phase-1 bound
-    (docs/model.md, "Decided here"): in eval mode, and in a first train-mode pass on a copy of the
-    flow (where data-dependent initialisation happens; the model itself is left untouched), within
-    ``IDENTITY_RTOL`` and ``IDENTITY_LOG_DET_ATOL``. The standalone flow (FlowModel) is exempt.
-    ``flow_type``: the config's ``model.flow.type``, named in that error (else the class name).
-    Raises VaeflowError."""
-    from vaeflow_cli.errors import VaeflowError
-
-    def call(section: str, fn, *args):
-        try:
-            return fn(*args)
-        except VaeflowError:
-            raise
-        except (MemoryError, torch.OutOfMemoryError):
-            raise
-        except Exception as exc:  # noqa: BLE001 -- a plugin's error, reported as one line
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise VaeflowError(
-                f"[model.{section}] fails on {y.shape[0]} training images of shape {tuple(y.shape[1:])}: "
-                f"{type(exc).__name__}: {first}; check the [model.{section}] options"
-            ) from None
-
-    def expect(section: str, what: str, t, shape, *, positive: bool = False) -> None:
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise VaeflowError(
-                f"[model.{section}] returned {what} of shape {got}, the contract (vaeflow_cli.hookspecs) "
-                f"wants {tuple(shape)}; the component is broken or misconfigured"
-            )
-        bad = ~torch.isfinite(t) if not positive else ~(torch.isfinite(t) & (t > 0))
-        if bad.any():
-            kind = "finite and positive" if positive else "finite"
-            example = t[bad].flatten()[0].item()
-            raise VaeflowError(
-                f"[model.{section}] returned {what} with {int(bad.sum())} value(s) that are not {kind} (e.g. {example:g}) on {b} "
-                f"training images; the contract (vaeflow_cli.hookspecs) wants {kind} values, so training could not "
-                "learn: the component is broken or misconfigured"
-            )
-
-    b = y.shape[0]
-    was_training = model.training
-    rng = torch.get_rng_state()  # a component that draws noise must not shift the training's stream
-    model.eval()
-    try:
-        with torch.no_grad():
-            if isinstance(model, FlowModel):
-                out = call("flow", model.flow, y)
-                expect("flow", "log_det", out[1], (b,))
-                return
-            t, _ = model.to_decoder_space(y, use_flow=False)
-            out = call("flow", model.flow, t)
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise VaeflowError("[model.flow] must return (x, log_det) from forward; see vaeflow_cli.hookspecs")
-            expect("flow", "x", out[0], y.shape)
-            expect("flow", "log_det", out[1], (b,))
-            if identity_flow:
-                _check_identity_at_init(model.flow, t, out, call, f"type = {flow_type!r}" if flow_type else type(model.flow).__name__)
-            mean, log_std = call("encoder", model.encoder, y)
-            expect("encoder", "mean", mean, (b, model.latent_dim))
-            expect("encoder", "log_std", log_std, (b, model.latent_dim))
-            g_mu, g_sigma = call("decoder", model.decoder, mean)
-            expect("decoder", "mean", g_mu, y.shape)
-            expect("decoder", "std", g_sigma, y.shape, positive=True)
-            expect("prior", "log_prob", call("prior", model.prior.log_prob, mean), (b,))
-    finally:
-        model.train(was_training)
-        torch.set_rng_state(rng)
-
-
-def _check_identity_at_init(flow: nn.Module, t: torch.Tensor, out, call, name: str) -> None:
-    """``check_components``' identity check of a fresh pixel flow on images ``t`` (its input space),
-    ``out`` its eval-mode output there: then again in a first train-mode pass of a copy (where
-    data-dependent initialisation happens) and in eval mode after it. Raises VaeflowError."""
-    import copy
-
-    from vaeflow_cli.errors import VaeflowError
-
-    def check(out, when: str) -> None:
-        x, log_det = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
-        if not (isinstance(x, torch.Tensor) and tuple(x.shape) == tuple(t.shape) and isinstance(log_det, torch.Tensor)):
-            raise VaeflowError(f"[model.flow] must return (x, log_det) with x of shape {tuple(t.shape)}{when}; see vaeflow_cli.hookspecs")
-        err = ((x.double() - t.double()).abs() / (1 + t.double().abs())).max().item()
-        ld = log_det.double().abs().max().item()
-        if err <= IDENTITY_RTOL and ld <= IDENTITY_LOG_DET_ATOL:
-            return
-        raise VaeflowError(
-            f"[model.flow] {name} is not the identity at initialisation{when}: on {t.shape[0]} training images "
-            f"max |f(x) - x| / (1 + |x|) = {err:.3g} and max |log det| = {ld:.3g} nats; a VAE's pixel flow must start as f(x) = x "
-            f'with log det 0 so that phase 2 starts at the phase-1 bound (docs/model.md, "Decided here"); use an identity-at-init '
-            f'flow such as model.flow.type = "glow-layer", and train a flow like this one alone as a density with vaeflow train-baseline'
-        )
-
-    check(out, "")
-    try:
-        probe = copy.deepcopy(flow)
-    except Exception:  # noqa: BLE001 -- a flow that cannot be copied is checked in eval mode only
-        return
-    devices = [t.device.index if t.device.index is not None else torch.cuda.current_device()] if t.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        check(call("flow", probe.train(), t), " in its first training-mode pass (data-dependent initialisation)")
-        check(call("flow", probe.eval(), t), " in eval mode after its first training-mode pass")

@@ -33,7 +33,9 @@ rule is. The checks (each also public, for use on a module built by hand):
 * **eval() and train() agree** (``check_modes_agree``): see the mode rule below;
 * **identity at initialisation** (pixel flows; ``check_identity_at_init``): see the ``Flow``
   protocol; a freshly built flow gives ``f(x) = x`` and ``log_det = 0``, also in its first forward
-  pass in train() mode (where data-dependent initialisation happens) and in eval() after it;
+  pass in train() mode (where data-dependent initialisation happens) and in eval() after it, with
+  the same check and tolerances that training applies to real images when a phase starts
+  (``vaeflow_cli.model.contracts``: relative 1e-5, 1e-4 nats);
 * **datasets** (``check_dataset``, ``check_dataset_missing_files``): ``image_shape``, ``splits``,
   every split a uint8 array (N, C, H, W); missing files are one ``VaeflowError`` line.
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from vaeflow_cli.testing._helpers import Outputs, _first_line, _kwargs, _max_diff, _pair, _rand, _randn, _seeded, mode_dependent_layers
+from vaeflow_cli.testing._helpers import Outputs, _first_line, _kwargs, _max_diff, _rand, _randn, _seeded, mode_dependent_layers
 
 
 def check_gradients(
@@ -179,9 +179,7 @@ def check_modes_agree(module: nn.Module, outputs: Outputs, *, seed: int = 0, ato
             )
 
 
-def check_identity_at_init(
-    factory, image_shape=(3, 4, 4), *, batch: int = 4, seed: int = 0, atol: float = 1e-5, log_det_atol: float = 1e-4, **kwargs
-) -> None:
+def check_identity_at_init(factory, image_shape=(3, 4, 4), *, batch: int = 4, seed: int = 0, **kwargs) -> None:
     """Assert the ``Flow`` protocol's identity at initialisation: a flow freshly built by
     ``factory(image_shape=image_shape, **kwargs)`` (``test_kwargs`` first; not perturbed) maps
     random inputs x (B, C, H, W) to themselves with log_det = 0, forward and inverse:
@@ -191,8 +189,12 @@ def check_identity_at_init(
     3. in eval() mode after that pass, on other inputs.
 
     The inputs mix values in [0, 1) (the "none" pixel transform) and N(0, 5^2) values (logit
-    space). Tolerances: ``|f(x) - x| <= atol * (1 + |x|)`` entrywise and ``|log_det| <=
-    log_det_atol`` nats per image. Raises AssertionError naming the step that failed."""
+    space). The check and its tolerances are the ones training applies to real images
+    (``vaeflow_cli.model.contracts.identity_failure``: ``|f(x) - x| <= IDENTITY_RTOL * (1 + |x|)``
+    entrywise and ``|log_det| <= IDENTITY_LOG_DET_ATOL`` nats per image). Raises AssertionError
+    naming the step that failed."""
+    from vaeflow_cli.model.contracts import IDENTITY_STAGES, identity_failure
+
     shape = tuple(image_shape)
     kwargs = _kwargs(factory, kwargs)
     flow = _seeded(lambda: factory(image_shape=shape, **kwargs), seed)
@@ -201,27 +203,11 @@ def check_identity_at_init(
         half = max(1, batch // 2)
         return torch.cat([_rand((half, *shape), s), _randn((max(1, batch - half), *shape), s + 1, 5.0)])
 
-    def check(x, when, direction):
-        with torch.no_grad():
-            y, ld = _pair(flow(x) if direction == "forward" else flow.inverse(x), direction)
-        assert tuple(y.shape) == tuple(x.shape), f"{direction} changed the shape {tuple(x.shape)} -> {tuple(y.shape)}"
-        err = ((y.double() - x.double()).abs() / (1 + x.double().abs())).max().item()
-        ld_max = ld.double().abs().max().item()
-        if not (err <= atol and ld_max <= log_det_atol):
-            name = "f^-1(x)" if direction == "inverse" else "f(x)"
-            raise AssertionError(
-                f"the flow is not the identity at initialisation ({when}, {direction}): max |{name} - x| / (1 + |x|) = {err:.3g} "
-                f"(allowed {atol:g}) and max |log_det| = {ld_max:.3g} nats (allowed {log_det_atol:g}); a VAE's pixel flow must "
-                f"start as f(x) = x with log_det = 0 so that phase 2 starts at the phase-1 bound (vaeflow_cli.hookspecs.Flow, "
-                f"docs/model.md); a flow meant only as a standalone density (vaeflow train-baseline) is checked with pixel_flow=False"
-            )
-
-    x1, x2 = inputs(seed + 7), inputs(seed + 9)
-    flow.eval()
-    check(x1, "fresh, eval() mode", "forward")
-    check(x1, "fresh, eval() mode", "inverse")
-    flow.train()
-    check(x1, "first forward pass in train() mode, where data-dependent initialisation happens", "forward")
-    flow.eval()
-    check(x2, "eval() mode after the first training forward pass", "forward")
-    check(x2, "eval() mode after the first training forward pass", "inverse")
+    found = identity_failure(flow, inputs(seed + 7), inputs(seed + 9), on_copy=False)
+    if found is not None:
+        raise AssertionError(
+            f"the flow is not the identity at initialisation ({IDENTITY_STAGES[found.stage]}, {found.direction}): {found.measured()}; "
+            f"a VAE's pixel flow must start as f(x) = x with log_det = 0 so that phase 2 starts at the phase-1 bound "
+            f"(vaeflow_cli.hookspecs.Flow, docs/model.md); a flow meant only as a standalone density (vaeflow train-baseline) "
+            f"is checked with pixel_flow=False"
+        )

@@ -16,29 +16,30 @@ import contextlib
 import json
 import math
 import os
-import signal
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.console import log, progress_enabled
+from vaeflow_cli.console import log
 from vaeflow_cli.data.images import grid, png_bytes, to_uint8
 from vaeflow_cli.data.pipeline import BatchLoader, Splits, dequantize_on_device, load_splits
 from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
 from vaeflow_cli.evaluation.bounds import held_out_bpd
 from vaeflow_cli.files import atomic_write_bytes
+from vaeflow_cli.model.contracts import check_components
 from vaeflow_cli.model.sampling import bin_centres
-from vaeflow_cli.model.vaeflow import VAEFlow, build_model, check_components
+from vaeflow_cli.model.vaeflow import VAEFlow, build_model
+from vaeflow_cli.training.admission import check_run, prepare_run
 from vaeflow_cli.training.loggers import MetricsSink
 from vaeflow_cli.training.phases import PHASES, previous
+from vaeflow_cli.training.progress import Progress
 from vaeflow_cli.training.runs import RunDir, all_finite, check_signature, load_weights
+from vaeflow_cli.training.signals import stop_on_signals
+from vaeflow_cli.training.state import TrainingState, rng_state
 from vaeflow_cli.training.step import Stepper, configure_backends, init_distributed, resolve_device
 
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
@@ -50,36 +51,6 @@ class _StopRequested(Exception):
 
 class _TooManyBadSteps(Exception):
     """train.max_bad_steps consecutive non-finite steps."""
-
-
-STOP_SIGNALS = {"SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM"}  # SIGTERM: what SLURM and Kubernetes send before a kill
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """The first Ctrl-C (SIGINT) or SIGTERM asks training to stop at the next step boundary and
-    save a checkpoint, so a preempted job resumes with nothing lost; a second one aborts at once,
-    keeping only the last checkpoint. Yields a dict whose "stop" key is the flag."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:  # the second signal: abort now, without running exit handlers that could block
-            os.write(2, b"vaeflow: error: aborted by a second signal; the last checkpoint is kept (--resume continues from it)\n")
-            os._exit(130)
-        flag["stop"] = True
-        name = STOP_SIGNALS.get(signal.Signals(signum).name, signal.Signals(signum).name)
-        log(f"{name}: stopping after this step and saving a checkpoint (a second signal aborts without saving)")
-
-    previous = {name: signal.signal(getattr(signal, name), handler) for name in STOP_SIGNALS if hasattr(signal, name)}
-    try:
-        yield flag
-    finally:
-        if not flag["stop"]:  # after a stop request this handler stays: a second signal still aborts in one line
-            for name, old in previous.items():
-                signal.signal(getattr(signal, name), old)
 
 
 # ------------------------------------------------------------------ the training loop
@@ -146,69 +117,6 @@ def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: in
     return path
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: str | Path | None = None) -> None:
-    """Refuse (one line) to train ``phase`` of ``cfg`` in ``rd``, reading only: a finished or
-    started phase without --resume, a run made with another [model]/[data] config, a later phase
-    in a folder that is not a run. Called before anything is written, and again under the lock."""
-    ckpt_path = rd.checkpoint_path(phase)
-    if os.path.lexists(rd.path) and not rd.path.is_dir():
-        raise VaeflowError(f"--run {rd.path} is not a directory (a file, or a broken or looping link); give a run directory")
-    for entry, folder in (
-        (rd.path / "checkpoints", True),
-        (rd.samples_dir, True),
-        (rd.path / "eval", True),
-        (rd.config_path, False),
-        (rd.metrics_path, False),
-    ):
-        if os.path.lexists(entry) and (entry.is_dir() != folder or not (folder or entry.is_file())):
-            want = "a folder" if folder else "a regular file"
-            raise VaeflowError(f"{entry} is in the way: vaeflow keeps {want} there; move it away, or choose another --run")
-    rd.read_metrics()  # a damaged metrics.jsonl is refused now, before anything is written
-    if ckpt_path.exists() and not resume:
-        raise VaeflowError(
-            f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run"
-        )
-    if rd.config_path.exists():
-        existing = rd.resolved_config()
-        if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
-            raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
-    elif phase not in ("vae", "baseline"):
-        hint = f"vaeflow train-vae --config {config_path} --run {rd.path}" if config_path else f"vaeflow train-vae --run {rd.path}"
-        data, root = cfg["data"]["name"], cfg["data"].get("root", "")
-        needs = (
-            f" (it trains on the {data} dataset at data.root = {root!r}, which is not there yet: vaeflow data download {data} --root {root})"
-            if root and not os.path.exists(root)
-            else ""
-        )
-        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASES[phase].title} starts from phase 1: run {hint} first{needs}")
-
-
-def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> None:
-    """Check that ``cfg`` fits the run directory (check_run) and write it there (unless the file
-    already holds exactly that config: a no-op resume rewrites nothing)."""
-    check_run(cfg, rd, phase, resume=resume)
-    text = config_mod.dumps(cfg).encode()
-    try:
-        same = rd.config_path.read_bytes() == text
-    except OSError:
-        same = False
-    if not same:
-        rd.write_config(cfg)
-
-
 def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | None:
     """Load the finished phase that ``phase`` starts from into ``model`` (reading only); its name."""
     before = previous_phase(rd, phase)
@@ -226,112 +134,10 @@ def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | No
     return before
 
 
-def _check_optimizer_shapes(opt, path) -> None:
-    """After ``opt.load_state_dict``: every per-parameter state tensor (Adam's moments) has its
-    parameter's shape (load_state_dict does not check; finiteness is checked on load), or one line
-    before anything is written."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for name, t in opt.state.get(p, {}).items():
-                if isinstance(t, torch.Tensor) and t.dim() > 0 and tuple(t.shape) != tuple(p.shape):
-                    raise VaeflowError(
-                        f"checkpoint {path}: its optimizer's {name!r} has shape {tuple(t.shape)} for a parameter of shape "
-                        f"{tuple(p.shape)}; the file is damaged: restore it or retrain the phase"
-                    )
-
-
 def _check_finite_weights(model, what: str) -> None:
     """One fused check that every floating-point parameter and buffer is finite."""
     if not all_finite([*model.parameters(), *model.buffers()]):
         raise RuntimeFailure(what)
-
-
-@dataclass
-class Position:
-    """Where a phase is: ``epoch`` epochs finished, ``step`` optimizer steps into the next one,
-    ``global_step`` steps in all, the epoch's running loss (``loss_sum`` over ``loss_n`` images,
-    bits/dim) and the non-finite steps ``skipped`` so far."""
-
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
-    loss_sum: float = 0.0
-    loss_n: int = 0
-    skipped: int = 0
-
-
-@dataclass
-class TrainingState:
-    """What a checkpoint holds and ``--resume`` restores: the weights (``model``), the optimizer and
-    gradient-scaler states, every rank's RNG state and the ``position``. The epoch order and the
-    dequantization noise are functions of (seed, epoch), so with these a resumed phase continues
-    exactly where it stopped."""
-
-    model: torch.nn.Module
-    opt: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    position: Position = field(default_factory=Position)
-    resumed_ranks: int | None = None
-    restored_complete: bool = False  # the checkpoint restored was already marked complete
-    """How many processes wrote the checkpoint this state was restored from (None: a fresh start)."""
-
-    def checkpoint(self, *, rngs: list[dict], epochs: int, complete: bool, signature: str, world_size: int, start: str | None) -> dict[str, Any]:
-        """The checkpoint dict (``runs.check_checkpoint`` is its schema); ``rngs``: every rank's RNG state."""
-        p = self.position
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "lr": self.opt.param_groups[0]["lr"],
-            "rng": rngs[0],
-            "rng_ranks": rngs,
-            "epoch": p.epoch,
-            "step": p.step,
-            "global_step": p.global_step,
-            "epochs": epochs,
-            "loss_sum": p.loss_sum,
-            "loss_n": p.loss_n,
-            "skipped_steps": p.skipped,
-            "complete": complete,
-            "signature": signature,
-            "world_size": world_size,
-            "start": start,
-        }
-
-    def restore(self, state: dict, path: Path, *, rank: int, steps_per_epoch: int, batch_key: str) -> None:
-        """Load a checked checkpoint dict into this state (rank ``rank`` takes its own RNG state).
-        Raises VaeflowError, before anything is written, for an optimizer state or RNG state that
-        does not fit, or a position past the end of an epoch of ``steps_per_epoch`` steps
-        (``batch_key``, the config key of the batch size, is named in that error)."""
-        load_weights(self.model, state["model"], path)
-        try:
-            self.opt.load_state_dict(state["optimizer"])
-            if "scaler" in state:
-                self.scaler.load_state_dict(state["scaler"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise VaeflowError(
-                f"checkpoint {path}: its optimizer state does not fit this model ({type(exc).__name__}: {str(exc)[:120]}); "
-                "the file is damaged: restore it or retrain the phase"
-            ) from None
-        _check_optimizer_shapes(self.opt, path)
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        try:
-            _set_rng_state(rngs[rank % len(rngs)], self.device)
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise VaeflowError(
-                f"checkpoint {path}: its RNG state cannot be restored ({type(exc).__name__}); the file is damaged: restore it or retrain the phase"
-            ) from None
-        self.position = Position(
-            state["epoch"], state["step"], state["global_step"], state["loss_sum"], state["loss_n"], state.get("skipped_steps", 0)
-        )
-        self.resumed_ranks = len(rngs)
-        self.restored_complete = bool(state.get("complete"))
-        if self.position.step > steps_per_epoch and self.position.epoch < state["epochs"]:
-            raise VaeflowError(
-                f"checkpoint {path}: step {self.position.step} of an epoch of {steps_per_epoch} steps; it is damaged, or "
-                f"{batch_key} changed since it was saved: restore the batch size or retrain the phase"
-            )
 
 
 def train_phase(
@@ -524,11 +330,7 @@ class _Trainer:
     def record_start(self) -> None:
         """Rank 0, at the start of a phase that continues another: its held-out bound as epoch 0."""
         start = self.held_out_bpd()
-        note = {
-            "glow": "start of phase 2 (Glow layer = identity)",
-            "joint": "start of joint fine-tuning (the two-phase model)",
-            "prior": f"start of prior training (from {PHASES[self.before].title})",
-        }[self.phase]
+        note = PHASES[self.phase].start_note.format(start=PHASES[self.before].title)
         self.rd.truncate_metrics(self.phase, -1)
         self.metrics.append({"phase": self.phase, "epoch": 0, "test_bpd": start, "note": note}, step=self.state.position.global_step)
         log(f"{self.phase} start: held-out bound <= {start:.4f} bpd ({note})")
@@ -537,7 +339,7 @@ class _Trainer:
         """Every rank calls this at the same step (the RNG states are gathered); rank 0 writes.
         Non-finite weights are never saved: the run stops and the last checkpoint stays."""
         state, p, rd, phase = self.state, self.state.position, self.rd, self.phase
-        rngs = self.ddp.gather(_rng_state(state.device))
+        rngs = self.ddp.gather(rng_state(state.device))
         self.ddp.sync_buffers(state.model)
         self.ddp.check_replicas(state.model, f"after {phase} epoch {p.epoch}" if p.step == 0 else f"at {phase} epoch {p.epoch + 1} step {p.step}")
 
@@ -560,9 +362,9 @@ class _Trainer:
         if self.before is not None and p.epoch == 0 and p.step == 0:
             self.ddp.main_only(self.record_start)
         test_bpd, path = None, None
-        with _stop_on_signals() as interrupt:  # installed until the final checkpoint is saved
+        with stop_on_signals() as interrupt:  # installed until the final checkpoint is saved
             try:
-                with _Progress(enabled=progress and self.ddp.is_main) as bar:
+                with Progress(enabled=progress and self.ddp.is_main) as bar:
                     while p.epoch < self.pcfg["epochs"]:
                         t0 = time.perf_counter()
                         self.run_epoch(bar, interrupt, max_steps)
@@ -599,51 +401,47 @@ class _Trainer:
                 path = rd.checkpoint_path(phase) if self.state.restored_complete else self.checkpoint(complete=True)
         return PhaseResult(rd.path, phase, p.epoch, test_bpd, path)
 
-    def run_epoch(self, bar: _Progress, interrupt: dict, max_steps: int | None) -> None:
+    def run_epoch(self, bar: Progress, interrupt: dict, max_steps: int | None) -> None:
         """The optimizer steps of the current epoch, from ``position.step`` on. Raises _StopRequested
         at a step boundary (a signal, ``max_steps``) and _TooManyBadSteps."""
-        p, phase = self.state.position, self.phase
+        p, phase, tcfg, device = self.state.position, self.phase, self.tcfg, self.state.device
+        on_device = tcfg["dequantize"] == "device"
         self.loader.wait_seconds = 0.0
         bar.start_epoch(f"{phase} {p.epoch + 1}/{self.pcfg['epochs']}", len(self.loader), p.step)
         set_phase_mode(self.state.model, phase)
-        batches = self.loader.device_epoch(p.epoch, self.state.device, start=p.step)
+        batches = self.loader.device_epoch(p.epoch, device, start=p.step)
         with contextlib.closing(batches):  # a step that raises ends the loader's producer at once
-            self._steps(batches, bar, interrupt, max_steps)
+            for idx, y in batches:
+                stop = interrupt["stop"] or (max_steps is not None and self.steps_this_call >= max_steps)
+                if self.ddp.enabled:  # every rank stops at the same step
+                    stop = self.ddp.sum(float(stop))[0] > 0
+                if stop:
+                    raise _StopRequested
+                if on_device:  # uint8 crossed to the device; the same noise, computed there
+                    y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=tcfg["seed"], epoch=p.epoch)
+                for group in self.state.opt.param_groups:
+                    group["lr"] = learning_rate(self.pcfg, p.epoch, p.global_step)
+                value = self.stepper.step(y)
+                p.step += 1
+                p.global_step += 1
+                self.steps_this_call += 1
+                if math.isnan(value):
+                    p.skipped += 1
+                    log(
+                        f"{phase} epoch {p.epoch + 1} step {p.step}: non-finite loss or gradient, step skipped "
+                        f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})"
+                    )
+                    if self.stepper.bad_steps >= tcfg["max_bad_steps"]:
+                        raise _TooManyBadSteps
+                else:
+                    p.loss_sum += value * len(idx)
+                    p.loss_n += len(idx)
+                    bar.advance(value)
+                every = tcfg["checkpoint_every"]
+                if every > 0 and p.global_step % every == 0 and p.step < len(self.loader):
+                    self.checkpoint()
 
-    def _steps(self, batches, bar: _Progress, interrupt: dict, max_steps: int | None) -> None:
-        p, phase, tcfg, device = self.state.position, self.phase, self.tcfg, self.state.device
-        on_device = tcfg["dequantize"] == "device"
-        for idx, y in batches:
-            stop = interrupt["stop"] or (max_steps is not None and self.steps_this_call >= max_steps)
-            if self.ddp.enabled:  # every rank stops at the same step
-                stop = self.ddp.sum(float(stop))[0] > 0
-            if stop:
-                raise _StopRequested
-            if on_device:  # uint8 crossed to the device; the same noise, computed there
-                y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=tcfg["seed"], epoch=p.epoch)
-            for group in self.state.opt.param_groups:
-                group["lr"] = learning_rate(self.pcfg, p.epoch, p.global_step)
-            value = self.stepper.step(y)
-            p.step += 1
-            p.global_step += 1
-            self.steps_this_call += 1
-            if math.isnan(value):
-                p.skipped += 1
-                log(
-                    f"{phase} epoch {p.epoch + 1} step {p.step}: non-finite loss or gradient, step skipped "
-                    f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})"
-                )
-                if self.stepper.bad_steps >= tcfg["max_bad_steps"]:
-                    raise _TooManyBadSteps
-            else:
-                p.loss_sum += value * len(idx)
-                p.loss_n += len(idx)
-                bar.advance(value)
-            every = tcfg["checkpoint_every"]
-            if every > 0 and p.global_step % every == 0 and p.step < len(self.loader):
-                self.checkpoint()
-
-    def end_epoch(self, bar: _Progress, t0: float) -> tuple[float, Path]:
+    def end_epoch(self, bar: Progress, t0: float) -> tuple[float, Path]:
         """After an epoch's last step: the held-out bound, the metrics record, the checkpoint and
         the sample grid. Returns (held-out bpd on rank 0, checkpoint path)."""
         p, phase, ddp = self.state.position, self.phase, self.ddp
@@ -674,49 +472,3 @@ class _Trainer:
                 f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
             )
         return test_bpd, path
-
-
-class _Progress:
-    """A rich progress bar on stderr (or nothing), plus one log line per epoch."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty() and progress_enabled()  # no bars under vaeflow -q
-        self.progress = None
-        self.task = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def start_epoch(self, description: str, total: int, done: int) -> None:
-        if self.progress is not None:
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(description, total=total, completed=done, loss="-")
-
-    def advance(self, loss: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
-
-    def finish_epoch(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(message, highlight=False, markup=False)
-        else:
-            log(message)

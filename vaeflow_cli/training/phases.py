@@ -46,20 +46,21 @@ class Phase:
     flow_at_init: bool = False
     """The phase starts with the Glow layer at its initialisation, where it must be the identity
     (checked when the phase starts): phase 1, which never trains it, and phase 2, which starts it."""
+    standalone: bool = False
+    """The model is ``[model.flow]`` alone (a FlowModel), not the VAE."""
+    start_note: str = ""
+    """The note of its epoch-0 record, the held-out bound it starts at (a phase that continues
+    another); ``{start}`` stands for the title of the phase it started from."""
 
     @property
     def command(self) -> str:
         return f"train-{self.name}"
 
-    @property
-    def standalone(self) -> bool:
-        """The model is ``[model.flow]`` alone (a FlowModel), not the VAE."""
-        return self.name == "baseline"
-
     def uses_flow(self, start: str | None) -> bool:
-        """Whether this phase's model runs the Glow layer, given the phase it started from: not
-        phase 1 (the layer is the identity there), nor a prior trained on phase 1."""
-        return self.name != "vae" and not (self.name == "prior" and start == "vae")
+        """Whether this phase's model runs the Glow layer, given the phase it started from: when
+        it trains the layer, or starts from a phase that does (so not phase 1, where the layer is
+        the identity, nor a prior trained on phase 1)."""
+        return "flow" in self.trains or (start is not None and PHASES[start].uses_flow(None))
 
 
 PHASES: dict[str, Phase] = {
@@ -84,6 +85,7 @@ PHASES: dict[str, Phase] = {
             "Phase 2: train the Glow layer on the frozen VAE.",
             "Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory.",
             flow_at_init=True,
+            start_note="start of phase 2 (Glow layer = identity)",
         ),
         Phase(
             "baseline",
@@ -94,6 +96,7 @@ PHASES: dict[str, Phase] = {
             "Train the flow alone: the standalone Glow baseline.",
             "Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's "
             "standalone Glow baseline: configs/glow-cifar10.toml). Prints the run directory.",
+            standalone=True,
         ),
         Phase(
             "joint",
@@ -105,6 +108,7 @@ PHASES: dict[str, Phase] = {
             "After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full "
             "model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory.",
             {"epochs": 5, "lr": 1e-5},
+            start_note="start of joint fine-tuning (the two-phase model)",
         ),
         Phase(
             "prior",
@@ -119,6 +123,7 @@ PHASES: dict[str, Phase] = {
             "Prints the run directory.",
             {"epochs": 20, "lr": 1e-3},
             prior_alone=True,
+            start_note="start of prior training (from {start})",
         ),
     )
 }

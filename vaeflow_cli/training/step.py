@@ -31,7 +31,7 @@ from torch import nn
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.training.threads import LoadGovernor, busy_seconds, install, resolve_threads, tick, usable_cores
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision (checked by the config)
 
 
 @dataclass
@@ -259,12 +259,10 @@ class Stepper:
         channels_last: bool = False,
         dist: Dist | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise VaeflowError(f"train.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "fp16" and device.type != "cuda":
             raise VaeflowError('train.precision = "fp16" needs a CUDA device; use bf16 or fp32 on the CPU')
         self.model, self.params, self.opt, self.device = model, params, opt, device
-        self.dtype = PRECISIONS[precision]
+        self.dtype = AUTOCAST_DTYPES[precision]
         self.grad_clip = grad_clip
         self.dist = dist or Dist()
         self.channels_last = channels_last

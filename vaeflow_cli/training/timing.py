@@ -218,10 +218,24 @@ def run_timing(
     )
 
 
+BASELINE_OPTIONS = {"levels": "--glow-levels", "steps": "--glow-steps", "hidden_channels": "--glow-width", "coupling": "--glow-coupling"}
+
+
 def _baseline_options(given: dict | None, shape) -> dict:
-    """The standalone Glow's options: BASELINE overridden by ``given``, with as many levels as the
-    image sides allow (each level halves them)."""
-    baseline = {**BASELINE, **{k: v for k, v in (given or {}).items() if v is not None}}
+    """The standalone Glow's options: BASELINE overridden by ``given``, checked by the
+    multiscale-glow flow's declared constraints (the rules of a [model.flow] section), with as many
+    levels as the image sides allow (each level halves them). Raises VaeflowError naming the
+    ``--glow-*`` option."""
+    from vaeflow_cli.config.core import component_options
+    from vaeflow_cli.plugins.registry import get_registry
+
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(BASELINE_OPTIONS))
+    if unknown:
+        raise VaeflowError(f"timing's standalone Glow has no option {unknown[0]!r}; its options are {', '.join(BASELINE_OPTIONS)}")
+    options = {**BASELINE, **given}
+    baseline = component_options("flow", "multiscale-glow", options, registry=get_registry(), options_by=BASELINE_OPTIONS)
+    baseline = {k: baseline[k] for k in options}
     levels = baseline["levels"]
     while levels > 1 and (shape[1] % 2**levels or shape[2] % 2**levels):
         levels -= 1  # e.g. 28x28 MNIST: 2 levels (28 is not divisible by 8)

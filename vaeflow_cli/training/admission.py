@@ -1,0 +1,64 @@
+"""Run admission: whether a phase may start or resume in a run directory, decided by reading only,
+before anything is written (``check_run``), and writing the run's config once it may
+(``prepare_run``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.training.phases import PHASES
+from vaeflow_cli.training.runs import RunDir
+
+
+def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: str | Path | None = None) -> None:
+    """Refuse (one line) to train ``phase`` of ``cfg`` in ``rd``, reading only: a finished or
+    started phase without --resume, a run made with another [model]/[data] config, a later phase
+    in a folder that is not a run. Called before anything is written, and again under the lock."""
+    ckpt_path = rd.checkpoint_path(phase)
+    if os.path.lexists(rd.path) and not rd.path.is_dir():
+        raise VaeflowError(f"--run {rd.path} is not a directory (a file, or a broken or looping link); give a run directory")
+    for entry, folder in (
+        (rd.path / "checkpoints", True),
+        (rd.samples_dir, True),
+        (rd.path / "eval", True),
+        (rd.config_path, False),
+        (rd.metrics_path, False),
+    ):
+        if os.path.lexists(entry) and (entry.is_dir() != folder or not (folder or entry.is_file())):
+            want = "a folder" if folder else "a regular file"
+            raise VaeflowError(f"{entry} is in the way: vaeflow keeps {want} there; move it away, or choose another --run")
+    rd.read_metrics()  # a damaged metrics.jsonl is refused now, before anything is written
+    if ckpt_path.exists() and not resume:
+        raise VaeflowError(
+            f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run"
+        )
+    if rd.config_path.exists():
+        existing = rd.resolved_config()
+        if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
+            raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
+    elif PHASES[phase].starts_from:  # a phase that continues another needs the run it continues
+        hint = f"vaeflow train-vae --config {config_path} --run {rd.path}" if config_path else f"vaeflow train-vae --run {rd.path}"
+        data, root = cfg["data"]["name"], cfg["data"].get("root", "")
+        needs = (
+            f" (it trains on the {data} dataset at data.root = {root!r}, which is not there yet: vaeflow data download {data} --root {root})"
+            if root and not os.path.exists(root)
+            else ""
+        )
+        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASES[phase].title} starts from phase 1: run {hint} first{needs}")
+
+
+def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> None:
+    """Check that ``cfg`` fits the run directory (check_run) and write it there (unless the file
+    already holds exactly that config: a no-op resume rewrites nothing)."""
+    check_run(cfg, rd, phase, resume=resume)
+    text = config_mod.dumps(cfg).encode()
+    try:
+        same = rd.config_path.read_bytes() == text
+    except OSError:
+        same = False
+    if not same:
+        rd.write_config(cfg)
