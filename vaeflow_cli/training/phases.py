@@ -59,7 +59,9 @@ class Phase:
     def uses_flow(self, start: str | None) -> bool:
         """Whether this phase's model runs the Glow layer, given the phase it started from: when
         it trains the layer, or starts from a phase that does (so not phase 1, where the layer is
-        the identity, nor a prior trained on phase 1)."""
+        the identity, nor a prior trained on phase 1). An unknown start (None) is the phase's
+        preferred one, the first of ``starts_from``."""
+        start = start if start is not None else (self.starts_from[0] if self.starts_from else None)
         return "flow" in self.trains or (start is not None and PHASES[start].uses_flow(None))
 
 
