@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
-import json
-import math
 import os
 import sys
 from importlib import resources
@@ -444,40 +442,12 @@ def _is_toml_value(v: Any) -> bool:
 # ------------------------------------------------------------------ writing
 
 
-def _toml_scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
 def dumps(cfg: dict) -> str:
-    """TOML text for a config (nested tables of scalars and lists); ``tomllib.loads`` inverts it."""
-    lines: list[str] = []
+    """TOML text for a config (nested tables of scalars and lists), written by tomli-w;
+    ``tomllib.loads`` inverts it. Raises TypeError for a value TOML cannot hold (None, objects)."""
+    import tomli_w
 
-    def table(node: dict, name: str) -> None:
-        scalars = {k: v for k, v in node.items() if not isinstance(v, dict)}
-        if name and (scalars or not any(isinstance(v, dict) for v in node.values())):
-            lines.append(f"\n[{name}]")
-        for k, v in scalars.items():
-            lines.append(f"{k} = {_toml_scalar(v)}")
-        for k, v in node.items():
-            if isinstance(v, dict):
-                table(v, f"{name}.{k}" if name else k)
-
-    table(cfg, "")
-    return "\n".join(lines).lstrip() + "\n"
+    return tomli_w.dumps(cfg)
 
 
 # [model] keys added after the first runs: left out of signatures at their defaults (as component keys are)
