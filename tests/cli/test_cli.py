@@ -104,6 +104,9 @@ def test_a_signal_after_the_last_line_still_exits_130_in_one_line():
     process that goes on, run() gives the previous handlers back."""
     script = (
         "import os, signal, sys\n"
+        # Python's own Ctrl-C handler, whatever the parent left: a shell's background job starts
+        # with SIGINT ignored, and Python then keeps it ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from vaeflow_cli.cli.commands import app\n"
         "from vaeflow_cli.cli.exits import run\n"
         "code = run(app, ['plugins'], exiting=sys.argv[1] == 'exiting')\n"
