@@ -1,35 +1,63 @@
 """The paper's claim, locally, as one command: vaeflow's two-phase model against the standalone
-multi-scale Glow baseline, trained for the same wall-clock budget on the same machine.
+multi-scale Glow baseline, trained for the same training time on the same machine, at one budget
+or several.
 
-    python benchmarks/paper_claim.py --out results/paper-claim   # roughly 15-20 min on 2 idle CPU cores
+    python benchmarks/paper_claim.py --out results/paper-claim      # the embedded digits: about 25 min on 2 cores (earlier version)
+    python benchmarks/paper_claim.py --out OUT --vae-config configs/cifar10-cpu.toml \\
+        --glow-config configs/glow-cifar10-cpu.toml --budgets 600,1200,2400 --side-by-side --threads 1 \\
+        --sample-metric cifar_fd --vae-set "data.root='/tmp/data/train'" --glow-set "data.root='/tmp/data/train'"
 
-1. vaeflow (the embedded default config, or --vae-config) is trained phase 1 (VAE) then phase 2
-   (Glow layer) into OUT/runs/vaeflow through vaeflow_cli.training.loop.train_phase, each phase timed two
-   ways: its training seconds (the per-epoch seconds training records in metrics.jsonl: the
-   optimizer steps plus the held-out bound at each epoch end, summed) and the wall-clock seconds
-   of the whole call (plus data loading, model building, phase 2's starting bound, sample grids).
-2. The budget is vaeflow's total training seconds (or --budget-seconds). The standalone Glow
-   (configs/glow-mnist.toml, or --glow-config) is trained into OUT/runs/glow one epoch at a time
-   (train.baseline.epochs = e, resumed, for e = 1, 2, ...) until its cumulative training seconds
-   reach the budget: it never gets less time than vaeflow (at most one epoch more). Training
-   seconds are the default measure because each resumed call repeats the start-up, which a single
-   run would pay once; --budget-measure wall counts whole calls instead. The learning-rate schedule
-   is a function of the epoch and step only, so this is the same training as one run of that many
-   epochs.
-3. Both runs are scored with vaeflow_cli.evaluation.evaluate.evaluate_run on the same 500 held-out digits:
-   vaeflow's bounds in bits/dim (single-sample ELBO and IWAE_K, upper bounds) for the phase-1 model
-   and the full model, the Glow's exact bits/dim, and digit_fd (Frechet distance in a small digit
-   CNN's features, NOT FID) of --n-samples samples at each temperature, with the same classifier
-   file, reference images, seed and sample count for every model. The best temperature per model
-   is the one with the lowest digit_fd. ``--sample-metric none`` (for colour images, where no
-   digit classifier applies) scores bits/dim only and draws the figure at the first temperature.
-4. Writes OUT/paper_claim.json, OUT/paper_claim.md (the table, the digit_fd per temperature, the
-   machine) and OUT/paper_claim.png (sample grids side by side at each model's best temperature),
-   prints the JSON and Markdown paths on stdout; progress goes to stderr.
+Training (vaeflow_cli.training.loop.train_phase; a budget counts seconds of the training loop:
+its steps and each epoch end's held-out bound, checkpoint and sample grid, not the start-up):
 
-Torch's CPU thread count is set explicitly (--threads, default: this process's usable cores) for
-training and evaluation of both models, and recorded. --vae-set/--glow-set KEY=VALUE (repeatable)
-override either config like `vaeflow --set`. Exit status 2 with one line on stderr for bad input.
+1. vaeflow (the embedded default config, or --vae-config) trains phase 1 (the VAE) to its
+   configured end into OUT/runs/vaeflow; its seconds count toward every budget. Then phase 2 (the
+   Glow layer) trains in stops: at each budget B of --budgets it stops at the first step boundary
+   after B seconds in all (``max_seconds`` = B - the seconds spent so far), and the checkpoint is
+   copied to OUT/snapshots/vaeflow-Bs.pt. A budget that phase 1 alone exceeds has no vaeflow model.
+2. The standalone Glow (configs/glow-mnist.toml, or --glow-config) trains into OUT/runs/glow in
+   stops at the same budgets, a snapshot OUT/snapshots/glow-Bs.pt at each.
+   A stop saves a checkpoint that the next call resumes exactly, and the learning-rate schedules
+   are functions of the epoch and step alone, so this is the training of one uninterrupted run
+   looked at along the way. Where a phase would end its configured epochs before the largest
+   budget, its epochs are raised (train.glow.epochs / train.baseline.epochs, as --set would;
+   recorded in the JSON's ``epochs_raised``).
+3. Without --budgets there is one budget: vaeflow's two phases trained to their configured ends
+   (the embedded default), as measured; the Glow then trains for that long.
+4. --side-by-side trains the two models at the same time, each in its own process (this script
+   with --worker) with train.threads = --threads, so that both see the same machine load; the
+   default trains them one after the other. It needs --budgets.
+
+Scoring, at every budget, on the same held-out images (vaeflow's config's test split), seed and
+sample count (vaeflow_cli.evaluation):
+
+- vaeflow's single-sample ELBO bound and its latent and pixel parts, and the IWAE_K bound
+  (--iwae-k, 0 to skip: the conditional Glow layer runs once per importance sample), upper bounds in
+  bits/dim; the Glow's exact bits/dim; each with its per-image distribution (median, p90, ...).
+  vaeflow's phase-1 model (the VAE alone) is scored once the same way.
+- --sample-metric: digit_fd (digits), cifar_fd (colour images in class folders), simclr_fd (colour
+  images, no labels) or none: the Frechet distance (not FID) of --n-samples samples at each of
+  --temperatures in the features of a small CNN trained once on vaeflow's run's training images
+  (cached in OUT/runs/vaeflow/eval/ and copied to the Glow's run: one file for both models; or
+  --metric-network FILE, a file ``vaeflow evaluate`` cached for a run on the same training images).
+  The best temperature per model is the one with the lowest score.
+- The per-pixel histogram and PNG yardsticks of the same images.
+
+Writes OUT/paper_claim.json (everything, with the machine and the settings), OUT/paper_claim.md
+(a table per budget, the sample scores per temperature), OUT/curve.png (held-out bits/dim against
+training seconds: the per-epoch held-out bound training records in RUN/metrics.jsonl, on
+train.eval_samples images, at the epochs' recorded seconds summed, which leave out each epoch end's
+checkpoint and sample grid, so they sit slightly left of the loop seconds; and the budget points,
+on every held-out image), OUT/samples.png (both models' samples at their best temperatures at the
+largest budget; samples-MODEL.png each alone) and OUT/figure4.png (the paper's Figure 4 for vaeflow
+there: a row per latent z, the VAE mean g_mu(z), then Glow-layer samples of the same z), prints the
+JSON and Markdown paths on stdout; progress goes to stderr. A failed or interrupted training
+process stops the other one too (side by side). On the colour sets training takes the largest
+budget (side by side) or twice it, plus start-ups; scoring comes after it (IWAE_64 and training the
+sample metric's network take most of that).
+
+--vae-set/--glow-set KEY=VALUE (repeatable) override either config like `vaeflow --set`. Bad
+input: one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -40,68 +68,80 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.console import log
+from vaeflow_cli.console import counted, log
 from vaeflow_cli.errors import VaeflowError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GLOW_CONFIG = ROOT / "configs" / "glow-mnist.toml"
 DEFAULT_TEMPERATURES = "0.5,0.7,0.85,1.0"
-CLASSIFIER_FILE = Path("eval") / "digit-cnn.pt"  # where evaluate_run caches the digit classifier
+SAMPLE_METRICS = ("digit_fd", "cifar_fd", "simclr_fd", "none")
+METRIC_FILES = {"digit_fd": "digit-cnn.pt", "cifar_fd": "cifar-cnn.pt", "simclr_fd": "simclr-cnn.pt"}  # where evaluate caches them in RUN/eval
+PHASE_OF = {"vaeflow": "glow", "glow": "baseline"}  # the phase each model trains in stops
+LABELS = {"vaeflow_vae": "vaeflow, VAE alone (phase 1)", "vaeflow": "vaeflow, VAE + Glow layer", "glow": "standalone multi-scale Glow"}
 
-MODELS = {  # row key -> label
-    "vaeflow_vae": "vaeflow, VAE alone (phase 1)",
-    "vaeflow_full": "vaeflow, two-phase (VAE + Glow layer)",
-    "glow": "standalone multi-scale Glow",
-}
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line (the script's bad-input pattern), not argparse's usage block
+        raise VaeflowError(f"{message} (see --help)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, type=Path, help="output folder (runs/, paper_claim.json|.md|.png)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for everything (default: usable cores)")
+    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, help="output folder (runs/, snapshots/, paper_claim.json|.md, curve.png, samples.png, figure4.png)")
     ap.add_argument(
-        "--budget-seconds", type=float, default=None, help="the Glow's training budget in seconds (default: vaeflow's measured two-phase total)"
+        "--budgets",
+        default=None,
+        help="training budgets in seconds of training-loop time, comma-separated (e.g. 600,1200,2400); default: one, "
+        "vaeflow's two phases trained to their configured ends",
     )
+    ap.add_argument("--side-by-side", action="store_true", help="train both models at the same time, each in its own process (needs --budgets)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="train.threads of each model's training (default: usable cores, half of them side by side)"
+    )
+    ap.add_argument("--eval-threads", type=int, default=None, help="torch CPU threads of the scoring after training (default: usable cores)")
     ap.add_argument("--vae-config", type=Path, default=None, help="vaeflow's config (default: the embedded default)")
     ap.add_argument("--glow-config", type=Path, default=DEFAULT_GLOW_CONFIG, help="the standalone Glow's config")
     ap.add_argument("--vae-set", action="append", default=[], metavar="KEY=VALUE", help="override vaeflow's config (repeatable)")
     ap.add_argument("--glow-set", action="append", default=[], metavar="KEY=VALUE", help="override the Glow's config (repeatable)")
-    ap.add_argument("--temperatures", default=DEFAULT_TEMPERATURES, help="sampling temperatures scored by digit_fd")
+    ap.add_argument("--temperatures", default=DEFAULT_TEMPERATURES, help="sampling temperatures scored by the sample metric")
     ap.add_argument(
         "--sample-metric",
-        choices=("digit_fd", "none"),
+        choices=SAMPLE_METRICS,
         default="digit_fd",
-        help="sample quality score: digit_fd (digits only) or none (bits/dim only; the figure at the first temperature)",
+        help="sample score: digit_fd (digits), cifar_fd (colour, class folders), simclr_fd (colour, no labels), none (the figures at the first temperature)",
     )
-    ap.add_argument("--n-samples", type=int, default=2000, help="samples per model and temperature for digit_fd")
-    ap.add_argument("--iwae-k", type=int, default=64, help="importance samples of vaeflow's IWAE bound")
-    ap.add_argument("--grid-n", type=int, default=64, help="samples per model in the figure")
+    ap.add_argument("--n-samples", type=int, default=2000, help="samples per model and temperature for the sample metric")
+    ap.add_argument("--iwae-k", type=int, default=64, help="importance samples of vaeflow's IWAE bound (0: no IWAE bound)")
+    ap.add_argument("--grid-n", type=int, default=64, help="samples per model in samples.png")
+    ap.add_argument("--figure-rows", type=int, default=8, help="latents z (rows) in figure4.png, each with 5 Glow-layer samples")
     ap.add_argument("--device", default="cpu", help="training and evaluation device for both models (default: cpu)")
     ap.add_argument(
-        "--budget-measure",
-        choices=("epochs", "wall"),
-        default="epochs",
-        help="what the budget counts: 'epochs' (default), the per-epoch seconds training records "
-        "(steps + held-out bound), summed; 'wall', whole train_phase calls (start-up included, "
-        "which the Glow, trained one epoch per call, pays at every epoch)",
-    )
-    ap.add_argument("--max-glow-epochs", type=int, default=None, help="stop the Glow at this many epochs even within budget")
-    ap.add_argument(
+        "--metric-network",
         "--digit-classifier",
+        dest="metric_network",
         type=Path,
         default=None,
-        help="a cached digit-classifier file (evaluate's RUN/eval/digit-cnn.pt) to use instead of training one",
+        help="the sample metric's network file, cached by vaeflow evaluate (RUN/eval/digit-cnn.pt, cifar-cnn.pt or simclr-cnn.pt of a run on "
+        "the same training images), instead of training one",
     )
-    return ap.parse_args(argv)
+    ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)  # --side-by-side: train one model from this spec file
+    args = ap.parse_args(argv)
+    if args.worker is None and args.out is None:
+        raise VaeflowError("--out is required (the output folder)")
+    return args
 
 
 # ------------------------------------------------------------------ helpers
@@ -114,14 +154,14 @@ def _version(name: str) -> str | None:
         return None
 
 
-def machine_facts(threads: int, device: str) -> dict:
+def machine_facts(threads: int, eval_threads: int, device: str) -> dict:
     from vaeflow_cli.training.step import usable_cores
 
     facts = {
         "usable_cores": usable_cores(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
-        "torch_num_threads": torch.get_num_threads(),
+        "eval_threads": eval_threads,
         "torch": torch.__version__,
         "vaeflow": _version("vaeflow"),
         "numpy": np.__version__,
@@ -142,15 +182,23 @@ def load_average() -> list[float] | None:
         return None
 
 
-def temperature_scores(value, temperatures) -> dict[str, float]:
-    """evaluate_run's digit_fd value (a number for one temperature, else {"T": number}) as a dict."""
-    if isinstance(value, dict):
-        return {k: float(v) for k, v in value.items()}
-    return {f"{temperatures[0]:g}": float(value)}
+def parse_budgets(text: str | None) -> list[float] | None:
+    """--budgets as increasing positive seconds, or None (one budget: vaeflow's configured training)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise VaeflowError(f"--budgets {text!r} must be comma-separated seconds, e.g. 600,1200,2400") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise VaeflowError(f"--budgets {text!r}: give one or more positive finite numbers of seconds")
+    if len(set(values)) != len(values):
+        raise VaeflowError(f"--budgets {text!r} names a budget twice")
+    return sorted(values)
 
 
 def best_temperature(scores: dict[str, float]) -> tuple[float | None, float | None]:
-    """(T, digit_fd) with the lowest finite digit_fd; (None, None) when none is finite."""
+    """(T, score) with the lowest finite score; (None, None) when none is finite."""
     finite = {t: v for t, v in scores.items() if math.isfinite(v)}
     if not finite:
         return None, None
@@ -158,90 +206,299 @@ def best_temperature(scores: dict[str, float]) -> tuple[float | None, float | No
     return float(t), finite[t]
 
 
-def epoch_seconds(run: Path, phase: str) -> float:
-    """Sum of the per-epoch seconds (training steps + held-out bound) that training recorded."""
-    from vaeflow_cli.training.runs import RunDir
-
-    return round(sum(r.get("seconds", 0.0) for r in RunDir(run).read_metrics() if r["phase"] == phase), 3)
-
-
-def seconds_per_epoch(run: Path, phase: str) -> float | None:
-    """Median recorded seconds of the phase's epochs (the Table 4 analogue)."""
-    from vaeflow_cli.training.runs import RunDir
-
-    seconds = [r["seconds"] for r in RunDir(run).read_metrics() if r["phase"] == phase and r.get("seconds")]
-    return round(float(np.median(seconds)), 3) if seconds else None
-
-
 def n_parameters(module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
-def _fmt(x, spec: str = ".3f", none: str = "-") -> str:
+def _fmt(x, spec: str = ".3f", none: str = "") -> str:
     return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def _fd(x) -> str:
-    """A digit_fd value: one decimal, or three significant digits below 10."""
-    return _fmt(x, ".1f" if x is None or not math.isfinite(x) or abs(x) >= 10 else ".3g")
+def _score(x) -> str:
+    """A sample score: one decimal, three below 10."""
+    return _fmt(x, ".1f" if x is None or not math.isfinite(x) or abs(x) >= 10 else ".3f")
 
 
-# ------------------------------------------------------------------ training
+def _budget_name(b: float) -> str:
+    return f"{b:g}s"
 
 
-def train_vaeflow(cfg: dict, run: Path) -> dict:
-    from vaeflow_cli.training.loop import train_phase
+def heldout_sha(images: np.ndarray) -> str:
+    import hashlib
 
-    out = {}
-    for phase in ("vae", "glow"):
-        log(f"paper_claim: vaeflow {phase} phase ({cfg['train'][phase]['epochs']} epochs) into {run}")
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ training (one model; in-process or a --worker)
+
+
+def _resolve(spec: dict, epochs: int | None = None) -> dict:
+    """The model's config: its file, the --*-set overrides, the forced threads and device, and
+    (when raised) the epochs of the phase trained in stops."""
+    extra = [] if epochs is None else [f"train.{PHASE_OF[spec['model']]}.epochs={epochs}"]
+    cfg = config_mod.resolve(spec["config"], [*spec["sets"], *spec["forced"], *extra])
+    cfg["run"]["dir"] = spec["run"]
+    return cfg
+
+
+class _Trainer:
+    """One model's training through the budgets: every train_phase call and its seconds, the
+    snapshots, and the per-epoch held-out bounds placed on the training-seconds axis."""
+
+    def __init__(self, spec: dict) -> None:
+        from vaeflow_cli.data.pipeline import load_split
+
+        self.spec, self.run = spec, Path(spec["run"])
+        self.cfg = _resolve(spec)
+        self.phase = PHASE_OF[spec["model"]]
+        self.configured_epochs = self.epochs = int(self.cfg["train"][self.phase]["epochs"])
+        self.steps_per_epoch = -(-len(load_split(self.cfg, "train")) // int(self.cfg["train"][self.phase]["batch_size"]))
+        self.spent = 0.0  # training-loop seconds so far, every phase of this model
+        self.phase_start: float | None = None  # self.spent when the phase trained in stops began
+        self.complete, self.done_epochs = False, 0  # where the phase trained in stops stands
+        self.calls: list[dict] = []
+        self.curve: list[dict] = []
+        self.snapshots = Path(spec["snapshots"])
+
+    def call(self, phase: str, max_seconds: float | None):
+        """One train_phase call (resumed), timed; its epoch ends placed on the seconds axis."""
+        from vaeflow_cli.training.loop import train_phase
+        from vaeflow_cli.training.runs import RunDir
+
+        before = {r["epoch"] for r in RunDir(self.run).read_metrics() if r["phase"] == phase}
+        cfg = self.cfg if phase != self.phase else _resolve(self.spec, self.epochs)
+        start, wall0, load0 = self.spent, time.time(), load_average()
+        if phase == self.phase and self.phase_start is None:
+            self.phase_start = start
         t0 = time.perf_counter()
-        result = train_phase(cfg, run, phase)
-        seconds = time.perf_counter() - t0
-        out[phase] = {
-            "seconds": round(seconds, 3),
-            "epoch_seconds": epoch_seconds(run, phase),
-            "epochs": result.epochs,
-            "last_epoch_bpd": result.test_bpd,
-        }
-        log(f"paper_claim: vaeflow {phase} phase took {seconds:.1f} s")
+        kwargs = {} if max_seconds is None else {"max_seconds": max_seconds, "smoke": True}
+        r = train_phase(cfg, self.run, phase, resume=True, progress=False, **kwargs)
+        wall = time.perf_counter() - t0
+        self.spent += r.seconds
+        if phase == self.phase:
+            self.complete, self.done_epochs = r.complete, r.epochs
+        x = start
+        for rec in RunDir(self.run).read_metrics():  # this call's epoch ends: their seconds are this call's part of the epoch
+            if rec["phase"] == phase and rec["epoch"] not in before and rec.get("test_bpd") is not None:
+                x += rec.get("seconds", 0.0)
+                self.curve.append({"phase": phase, "epoch": rec["epoch"], "seconds": round(min(x, self.spent), 3), "test_bpd": rec["test_bpd"]})
+        self.calls.append(
+            {
+                "phase": phase,
+                "max_seconds": None if max_seconds is None else round(max_seconds, 3),
+                "seconds": r.seconds,
+                "wall_seconds": round(wall, 3),
+                "started": round(wall0, 3),
+                "ended": round(time.time(), 3),
+                "load_average": {"start": load0, "end": load_average()},
+                "epochs": r.epochs,
+                "complete": r.complete,
+                "epochs_setting": cfg["train"][phase]["epochs"],
+            }
+        )
+        log(f"paper_claim: {self.spec['model']} {phase}: {r.seconds:.1f} s of training in this call, {self.spent:.1f} s in all")
+        return r
+
+    def snapshot(self, name: str, phase: str) -> dict:
+        """Copy the phase's checkpoint to OUT/snapshots/NAME.pt; where it stands."""
+        from vaeflow_cli.training.runs import RunDir, load_checkpoint
+
+        path = self.snapshots / f"{name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(RunDir(self.run).checkpoint_path(phase), path)
+        state = load_checkpoint(path)
+        return {"snapshot": str(path), "epoch": int(state["epoch"]), "step": int(state["step"]), "global_step": int(state["global_step"])}
+
+    def train_to(self, budget: float | None) -> None:
+        """Train the phase in stops until ``budget`` seconds in all (None: to its configured end),
+        raising its epochs when they would end first."""
+        if budget is None:
+            self.call(self.phase, None)
+            return
+        while self.spent < budget:
+            if self.complete:  # its epochs ended before this budget: raise them (the estimate, and one to spare)
+                per_epoch = max((self.spent - self.phase_start) / max(self.done_epochs, 1), 1e-3)
+                self.epochs = self.done_epochs + math.ceil((budget - self.spent) / per_epoch) + 1
+                log(
+                    f"paper_claim: {self.spec['model']}: {self.done_epochs} epochs end before {budget:g} s; train.{self.phase}.epochs raised to {self.epochs}"
+                )
+            self.call(self.phase, budget - self.spent)
+
+    def point(self, budget: float, *, name: str) -> dict:
+        snap = self.snapshot(name, self.phase)
+        epochs = round(snap["epoch"] + snap["step"] / self.steps_per_epoch, 2)
+        return {"budget_seconds": budget, "available": True, "seconds": round(self.spent, 3), "epochs_fraction": epochs, **snap}
+
+
+def train_model(spec: dict) -> dict:
+    """Train one model (spec["model"]: "vaeflow" or "glow") through spec["budgets"] (None: vaeflow
+    to its configured end); the budget points, calls, per-epoch curve and epochs raised."""
+    from vaeflow_cli.training.step import set_threads
+
+    out: dict = {"model": spec["model"], "started": round(time.time(), 3)}
+    set_threads(spec["threads"], log=False)
+    t = _Trainer(spec)
+    points = []
+    if spec["model"] == "vaeflow":
+        t.call("vae", None)  # phase 1 to its configured end, whatever the budgets
+        out["phase1"] = {"seconds": round(t.spent, 3), "epochs": t.calls[-1]["epochs"], **t.snapshot("vaeflow-phase1", "vae")}
+        if spec["budgets"] is None:
+            t.train_to(None)
+            points.append({**t.point(round(t.spent, 3), name="vaeflow-final"), "budget_seconds": round(t.spent, 3)})
+    for budget in spec["budgets"] or ():
+        if spec["model"] == "vaeflow" and out["phase1"]["seconds"] > budget:
+            points.append(
+                {"budget_seconds": budget, "available": False, "why": f"phase 1 alone trained {out['phase1']['seconds']:.1f} s, beyond this budget"}
+            )
+            continue
+        t.train_to(budget)
+        points.append(t.point(budget, name=f"{spec['model']}-{_budget_name(budget)}"))
+    out.update(
+        points=points,
+        calls=t.calls,
+        curve=t.curve,
+        seconds=round(t.spent, 3),
+        ended=round(time.time(), 3),
+        steps_per_epoch=t.steps_per_epoch,
+        epochs_raised={
+            "key": f"train.{t.phase}.epochs",
+            "configured": t.configured_epochs,
+            "final": t.epochs,
+            "raised": t.epochs != t.configured_epochs,
+        },
+    )
     return out
 
 
-def train_glow_for(resolve_glow, run: Path, budget: float, max_epochs: int | None, measure: str) -> dict:
-    """Epoch by epoch (train.baseline.epochs = e, resumed) until the cumulative seconds, counted
-    as ``measure`` says ("epochs": recorded per-epoch seconds; "wall": whole calls), reach ``budget``."""
-    from vaeflow_cli.training.loop import train_phase
+def worker(spec_path: Path) -> dict:
+    """--worker SPEC: train one model as train_model does and write its result to spec["result"]."""
+    from vaeflow_cli.files import atomic_write_bytes
 
-    wall, spent, epochs, per_call = 0.0, 0.0, 0, []
-    while epochs < 1 or (spent < budget and (max_epochs is None or epochs < max_epochs)):
-        epochs += 1
-        cfg = resolve_glow(epochs)
-        t0 = time.perf_counter()
-        train_phase(cfg, run, "baseline", resume=True)
-        dt = time.perf_counter() - t0
-        wall += dt
-        per_call.append(round(dt, 3))
-        spent = wall if measure == "wall" else epoch_seconds(run, "baseline")
-        log(f"paper_claim: Glow epoch {epochs}: {dt:.1f} s wall-clock; {spent:.1f} of {budget:.1f} s budget ({measure})")
-    return {
-        "seconds": round(wall, 3),
-        "epoch_seconds": epoch_seconds(run, "baseline"),
-        "epochs": epochs,
-        "seconds_per_call": per_call,
-        "stopped_by": "budget" if spent >= budget else "max_glow_epochs",
-    }
+    spec = json.loads(spec_path.read_text())
+    result = train_model(spec)
+    atomic_write_bytes(Path(spec["result"]), (json.dumps(result, indent=2) + "\n").encode())
+    return result
 
 
-# ------------------------------------------------------------------ evaluation
+def train_side_by_side(specs: dict[str, dict], out: Path) -> dict[str, dict]:
+    """Both models at once, each in its own process running this script with --worker; their
+    stderr comes through line by line, prefixed with the model's name."""
+    from vaeflow_cli.errors import RuntimeFailure
+    from vaeflow_cli.files import atomic_write_bytes
+
+    procs, pumps, tails = {}, [], {}
+    for name, spec in specs.items():
+        path = out / f"worker-{name}.json"
+        spec = {**spec, "result": str(out / f"training-{name}.json")}
+        atomic_write_bytes(path, (json.dumps(spec, indent=2) + "\n").encode())
+        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+        procs[name] = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+        tails[name] = deque(maxlen=20)
+
+        def pump(name=name, proc=procs[name]):
+            for line in proc.stdout:
+                tails[name].append(line.rstrip("\n"))
+                sys.stderr.write(f"[{name}] {line}")
+                sys.stderr.flush()
+
+        pumps.append(threading.Thread(target=pump, daemon=True))
+        pumps[-1].start()
+    failed = None
+    try:
+        while failed is None and any(proc.poll() is None for proc in procs.values()):
+            failed = next((name for name, proc in procs.items() if proc.poll() not in (None, 0)), None)
+            time.sleep(0.2)
+        failed = failed or next((name for name, proc in procs.items() if proc.returncode != 0), None)
+    finally:  # a failed training, or Ctrl-C here: the other one stops too (SIGTERM: at a step boundary, checkpointed)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            proc.wait()
+        for th in pumps:
+            th.join()
+    if failed is not None:
+        last = next((line for line in reversed(tails[failed]) if line.strip()), "")
+        raise RuntimeFailure(f"the {failed} training process exited with status {procs[failed].returncode}: {last}")
+    return {name: json.loads(Path(out / f"training-{name}.json").read_text()) for name in specs}
 
 
-def heldout_sha(cfg: dict) -> str:
-    import hashlib
+# ------------------------------------------------------------------ scoring
 
-    from vaeflow_cli.data.pipeline import load_split
 
-    return hashlib.sha256(np.ascontiguousarray(load_split(cfg, "test")).tobytes()).hexdigest()[:16]
+def sample_metric(metric: str, vae_cfg: dict, vae_run: Path, glow_run: Path, images: np.ndarray, given: Path | None):
+    """(featurize(images, progress), facts) of the sample metric's network, trained once on
+    vaeflow's run's training images (or ``given``) and cached in both runs' eval/ folders."""
+    from vaeflow_cli.data.pipeline import build_dataset, load_split
+    from vaeflow_cli.evaluation import cifarfd, digitfd, simclrfd
+
+    cache = vae_run / "eval" / METRIC_FILES[metric]
+    if given is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(given, cache)
+    if metric == "digit_fd":
+        net, accuracy = digitfd.load_or_train(cache)
+        facts = {"accuracy": accuracy, "accuracy_means": "the digit classifier's accuracy on the embedded held-out digits"}
+
+        def featurize(x, progress=None):
+            return digitfd.features(net, x, progress=progress)
+
+    elif metric == "cifar_fd":
+        net, accuracy, classes = cifarfd.load_or_train(cache, build_dataset(vae_cfg))
+        facts = {"accuracy": accuracy, "classes": len(classes), "accuracy_means": "the classifier's accuracy on the run's held-out images"}
+
+        def featurize(x, progress=None):
+            return cifarfd.features(net, x, progress=progress)
+
+    else:
+        net, accuracy = simclrfd.load_or_train(cache, load_split(vae_cfg, "train"), images)
+        facts = {"accuracy": accuracy, "accuracy_means": "SimCLR pair accuracy on the held-out images (an image's other augmented view found)"}
+
+        def featurize(x, progress=None):
+            return simclrfd.features(net, x, progress=progress)
+
+    (glow_run / "eval").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cache, glow_run / "eval" / METRIC_FILES[metric])  # the same file, should vaeflow evaluate score the Glow's run
+    return featurize, {"name": metric, "network": str(cache), **facts}
+
+
+def score(run, images: np.ndarray, *, seed: int, device, iwae_k: int, fd, temperatures, n_samples: int, what: str, bar) -> dict:
+    """The bounds (a flow's exact bits/dim) of one loaded checkpoint on ``images``, and its sample
+    score at each temperature (``fd``: (featurize, reference statistics), or None)."""
+    from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
+    from vaeflow_cli.evaluation.evaluate import frechet_by_temperature, per_image_stats
+    from vaeflow_cli.training.phases import PHASES
+
+    bar.message(f"paper_claim: bits/dim of {what} on {len(images)} held-out images")
+    b = elbo_bpd(run.model, images, seed=seed, device=device, progress=bar.start(f"bits/dim: {what}", len(images)))
+    if PHASES[run.phase].standalone:
+        out = {"bpd_exact": b.mean, "per_image": {"exact": per_image_stats(b.per_image, b.mean)}}
+    else:
+        out = {
+            "bpd_elbo": b.mean,
+            "latent_bpd": float(b.latent.mean()),
+            "pixel_bpd": float(b.pixel.mean()),
+            "per_image": {"ELBO": per_image_stats(b.per_image, b.mean)},
+        }
+        if iwae_k:
+            bar.message(f"paper_claim: IWAE_{iwae_k} bound of {what}")
+            w = iwae_bpd_per_image(run.model, images, k=iwae_k, seed=seed, device=device, progress=bar.start(f"IWAE_{iwae_k}: {what}", len(images)))
+            out["bpd_iwae"] = w.mean
+            out["per_image"][f"IWAE_{iwae_k}"] = per_image_stats(w.per_image, w.mean)
+    scores = {}
+    if fd is not None:
+        featurize, reference = fd
+        raw = frechet_by_temperature(run.model, featurize, reference, temperatures, n_samples, seed, f"paper_claim: {what}", bar)
+        scores = {f"{t:g}": float(v) for t, v in raw.items()}
+    t, v = best_temperature(scores)
+    return {**out, "sample_scores": scores, "best_temperature": t, "sample_score_best": v}
 
 
 # ------------------------------------------------------------------ outputs
@@ -265,85 +522,160 @@ def sample_figure(path: Path, panels: list[tuple[str, np.ndarray]]) -> Path:
     return path
 
 
+def curve_figure(path: Path, r: dict) -> Path:
+    """Held-out bits/dim against training seconds: training's per-epoch bound (lines) and the
+    budget points on every held-out image (markers), both models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours = {"vaeflow": "tab:blue", "glow": "tab:orange"}
+    for model, train in r["training"].items():
+        pts = train["curve"]
+        ax.plot(
+            [p["seconds"] for p in pts],
+            [p["test_bpd"] for p in pts],
+            "-",
+            color=colours[model],
+            alpha=0.6,
+            marker=".",
+            label=f"{LABELS[model]}: training's per-epoch bound (x: the epochs' recorded seconds, summed)",
+        )
+    p1 = r["vaeflow_phase1"]
+    ax.plot([p1["seconds"]], [p1["bpd_elbo"]], "s", color="tab:green", label="vaeflow phase 1 (VAE alone), ELBO")
+    for model, key, marker, what in (
+        ("vaeflow", "bpd_elbo", "o", "ELBO"),
+        ("vaeflow", "bpd_iwae", "v", f"IWAE_{r['settings']['iwae_k']}"),
+        ("glow", "bpd_exact", "D", "exact"),
+    ):
+        pts = [(b[model]["seconds"], b[model][key]) for b in r["budgets"] if b[model]["available"] and b[model].get(key) is not None]
+        if pts:
+            ax.plot(
+                *zip(*pts, strict=True), marker, color=colours[model], markersize=8, linestyle="none", label=f"{LABELS[model]} at the budgets, {what}"
+            )
+    for b in r["budgets"]:
+        ax.axvline(b["budget_seconds"], color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("training seconds (training loop)")
+    ax.set_ylabel("held-out bits/dim")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def markdown(r: dict) -> str:
-    k = r["settings"]["iwae_k"]
-    m = r["machine"]
+    s, m = r["settings"], r["machine"]
+    k, metric = s["iwae_k"], s["sample_metric"]
+    temps = [f"{t:g}" for t in s["temperatures"]]
+    fd = r.get("sample_metric_network") or {}
+    how = (
+        f"side by side, each in its own process with train.threads = {s['threads']}"
+        if s["side_by_side"]
+        else f"one after the other, train.threads = {s['threads']}"
+    )
     lines = [
-        "# The paper's claim on this machine: vaeflow vs. a standalone Glow, same wall-clock budget",
+        "# vaeflow against a standalone Glow at equal training budgets",
         "",
-        f"Held-out split: {r['settings']['heldout_images']} images. Bits/dim: vaeflow's are upper bounds "
-        f'("<=": single-sample ELBO and IWAE_{k}); the Glow\'s is exact. '
-        + (
-            f"digit_fd: Frechet distance in the "
-            f"features of a small digit CNN (held-out accuracy {_fmt(r['digit_fd_classifier_accuracy'])}), "
-            f"{r['settings']['n_samples']} samples per temperature, the lowest over T = "
-            f"{', '.join(f'{t:g}' for t in r['settings']['temperatures'])}; it is not FID. "
-            if r["settings"].get("sample_metric", "digit_fd") == "digit_fd"
-            else f"No sample-quality score (--sample-metric none); the figure's samples are at T = {r['settings']['temperatures'][0]:g}. "
-        )
-        + f"Budget: {r['budget']['seconds']:.1f} s ({r['budget']['source']}).",
+        f"Held-out images: {s['heldout_images']} (vaeflow's test split; the same images, seed {s['eval_seed']} and sample counts for every model). "
+        f"Bits/dim: vaeflow's are upper bounds (\"<=\": the single-sample ELBO{f' and IWAE_{k}' if k else ''}), the Glow's exact. "
+        f"Budgets: {', '.join(f'{b:g}' for b in s['budgets'])} s of training-loop time ({s['budget_source']}); trained {how}.",
         "",
-        f"| model | parameters | ELBO bpd | IWAE_{k} bpd | exact bpd | digit_fd (best T) | best T | training s | wall-clock s | epochs |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
-    for row in r["rows"]:
-
-        def bound(key, row=row):
-            return "" if row.get(key) is None else f"<= {row[key]:.4f}"
-
-        exact = "" if row.get("bpd_exact") is None else f"{row['bpd_exact']:.4f}"
-
-        def seconds(total, per_phase):
-            if len(per_phase) > 1:
-                return " + ".join(f"{v:.1f} ({p})" for p, v in per_phase.items()) + f" = {total:.1f}"
-            return f"{total:.1f}"
-
-        epochs = row["epochs"]
-        epochs_text = " + ".join(f"{v} ({p})" for p, v in epochs.items()) if isinstance(epochs, dict) else str(epochs)
-        lines.append(
-            f"| {row['label']} | {row['parameters']:,} | {bound('bpd_elbo')} | {bound('bpd_iwae')} | {exact} | "
-            f"{_fd(row['digit_fd_best'])} | {_fmt(row['best_temperature'], 'g')} | "
-            f"{seconds(row['train_seconds'], row['train_seconds_per_phase'])} | "
-            f"{seconds(row['wall_seconds'], row['wall_seconds_per_phase'])} | {epochs_text} |"
-        )
-    temps = [f"{t:g}" for t in r["settings"]["temperatures"]]
-    if any(row["digit_fd"] for row in r["rows"]):
+    if metric != "none":
         lines += [
+            f"Sample score: {metric}, the Frechet distance (not FID) of {s['n_samples']} samples per temperature in a small CNN's features, "
+            f"the lowest over T = {', '.join(temps)}; {fd['accuracy_means']}: {_fmt(fd['accuracy'])}.",
             "",
-            "digit_fd per temperature (lower is better):",
-            "",
-            "| model | " + " | ".join(f"T = {t}" for t in temps) + " |",
-            "|---|" + "---:|" * len(temps),
         ]
-        for row in r["rows"]:
-            lines.append(f"| {row['label']} | " + " | ".join(_fd(row["digit_fd"].get(t)) for t in temps) + " |")
-    lines += ["", "Per-image bits/dim (median / p90) and seconds per epoch (median over epochs, the Table 4 analogue):", ""]
-    lines += ["| model | per-image bpd: median / p90 | s per epoch |", "|---|---|---|"]
-    for row in r["rows"]:
-        cells = ", ".join(
-            f"{kind} {_fmt(st.get('median'), '.3f')} / {_fmt(st.get('p90'), '.3f')}" for kind, st in row.get("per_image", {}).items() if st
+    else:
+        lines += [f"No sample score (--sample-metric none); the figures' samples are at T = {temps[0]}.", ""]
+    head = f"| model | training s | epochs | ELBO bpd |{f' IWAE_{k} bpd |' if k else ''} latent / pixel bpd | exact bpd | per-image median bpd |" + (
+        f" {metric} (best T) | best T |" if metric != "none" else ""
+    )
+    cols = head.count("|") - 1
+
+    def row(label, d, epochs) -> str:
+        cells = [label, _fmt(d["seconds"], ".1f"), epochs, f"<= {d['bpd_elbo']:.4f}" if d.get("bpd_elbo") is not None else ""]
+        if k:
+            cells.append(f"<= {d['bpd_iwae']:.4f}" if d.get("bpd_iwae") is not None else "")
+        cells.append(f"{d['latent_bpd']:.4f} / {d['pixel_bpd']:.4f}" if d.get("latent_bpd") is not None else "")
+        cells.append(_fmt(d.get("bpd_exact"), ".4f"))
+        main = next(iter(d["per_image"].values()))
+        cells.append(_fmt(main["median"], ".4f"))
+        if metric != "none":
+            cells += [_score(d["sample_score_best"]), _fmt(d["best_temperature"], "g")]
+        return "| " + " | ".join(cells) + " |"
+
+    p1 = r["vaeflow_phase1"]
+    lines += ["## vaeflow's phase 1 (the VAE alone), trained to its configured end first", "", head, "|---" * cols + "|"]
+    lines += [row(LABELS["vaeflow_vae"], p1, str(p1["epochs"])), ""]
+    for b in r["budgets"]:
+        lines += [f"## Budget {b['budget_seconds']:g} s", "", head, "|---" * cols + "|"]
+        v, g = b["vaeflow"], b["glow"]
+        if v["available"]:
+            lines.append(row(LABELS["vaeflow"], v, f"{v['epochs']['phase 1']} + {v['epochs']['phase 2']:.2f}"))
+        else:
+            lines.append(f"| {LABELS['vaeflow']} | no model: {v['why']} |" + " |" * (cols - 2))
+        lines.append(row(LABELS["glow"], g, f"{g['epochs']:.2f}"))
+        if v["available"] and v.get("gap_elbo_minus_exact") is not None:
+            lines += ["", f"vaeflow's ELBO bound minus the Glow's exact bits/dim: {v['gap_elbo_minus_exact']:+.4f}."]
+        lines.append("")
+    if metric != "none":
+        lines += [f"## {metric} per temperature (lower is better; {s['n_samples']} samples each)", ""]
+        lines += ["| model | budget s | " + " | ".join(f"T = {t}" for t in temps) + " |", "|---|---|" + "---:|" * len(temps)]
+        lines.append(f"| {LABELS['vaeflow_vae']} | {p1['seconds']:.1f} | " + " | ".join(_score(p1["sample_scores"].get(t)) for t in temps) + " |")
+        for b in r["budgets"]:
+            for model in ("vaeflow", "glow"):
+                d = b[model]
+                if d["available"]:
+                    lines.append(
+                        f"| {LABELS[model]} | {b['budget_seconds']:g} | " + " | ".join(_score(d["sample_scores"].get(t)) for t in temps) + " |"
+                    )
+        lines.append("")
+    y = r["yardsticks"]
+    lines += [
+        "## Yardsticks and training",
+        "",
+        f"Per-pixel histogram (exact, fitted on vaeflow's training split): {y['bpd_histogram']:.4f} bpd (per-image median "
+        f"{y['bpd_histogram_per_image']['median']:.4f}). PNG files of the held-out images (lossless codec): {y['bpd_png']:.4f} bpd.",
+        "",
+    ]
+    for model, t in r["training"].items():
+        raised = t["epochs_raised"]
+        note = (
+            f"; {raised['key']} raised from {raised['configured']} to {raised['final']} so that training reaches the largest budget"
+            if raised["raised"]
+            else ""
         )
-        secs = ", ".join(f"{p} {_fmt(v, '.1f')}" for p, v in row.get("seconds_per_epoch", {}).items())
-        lines.append(f"| {row['label']} | {cells} | {secs} |")
-    for name, st in (r.get("yardstick_per_image") or {}).items():
-        if st:
-            lines.append(f"| {name} yardstick | {_fmt(st.get('median'), '.3f')} / {_fmt(st.get('p90'), '.3f')} | |")
-    hist = r.get("bpd_histogram")
+        params = next((b[model]["parameters"] for b in r["budgets"] if b[model]["available"]), None)
+        lines.append(
+            f"- {LABELS[model]}{f' ({params:,} parameters)' if params else ''}: {t['seconds']:.1f} s of training in {counted(len(t['calls']), 'train_phase call')}, "
+            f"{t['wall_seconds']:.1f} s wall-clock from its start to its end{note}."
+        )
+    if s["side_by_side"]:
+        lines.append(f"- Side by side: the two trainings overlapped for {r['overlap_seconds']:.1f} s of wall-clock time.")
     lines += [
         "",
-        f"Per-pixel histogram baseline (exact, fitted on the training split): {_fmt(hist, '.4f')} bpd. "
-        f"PNG files of the held-out images (lossless codec, Pillow optimize): {_fmt(r.get('bpd_png'), '.4f')} bpd.",
-        "Training s: the seconds training records per epoch (optimizer steps plus the held-out bound at the "
-        "epoch end), summed per phase. Wall-clock s: the whole training calls (data loading, model building, "
-        "phase 2's starting bound, sample grids too); the Glow, trained one epoch per call, pays that start-up "
-        f"at every epoch. The budget counts {'wall-clock' if r['budget']['measure'] == 'wall' else 'training'} s; "
-        "the Glow trains one more epoch until its total reaches it (so it never gets less time than vaeflow).",
+        "Training s: seconds of the training loop (the steps, and at each epoch end the held-out bound, checkpoint and sample grid), not "
+        "the start-up, vaeflow's phase 1 included; each budget stops at the first step boundary after it. Epochs: completed epochs plus "
+        "the fraction of the current one (vaeflow: phase 1 + phase 2). Per-image median: of the ELBO bound (vaeflow) or the exact "
+        "bits/dim (the Glow).",
         "",
-        f"Machine: {m['usable_cores']} usable cores ({m['cpu_count']} CPUs); torch {m['torch']}, "
-        f"threads = {m['threads']} (training and evaluation); device {m['device']}, {m['platform']}; load average at start "
-        f"{r['load_average']['start']}, at end {r['load_average']['end']}.",
+        f"Machine: {m['usable_cores']} usable cores ({m['cpu_count']} CPUs), {m['processor']}; torch {m['torch']}; training threads "
+        f"{m['threads']} per model, scoring threads {m['eval_threads']}; device {m['device']}; {m['platform']}. Load average at the start "
+        f"{r['load_average']['start']}, after training {r['load_average']['after_training']}, at the end {r['load_average']['end']}.",
         "",
-        f"Samples: {Path(r['figure']).name}",
+        f"Figures: {Path(r['figures']['curve']).name} (held-out bits/dim against training seconds), {Path(r['figures']['samples']).name} "
+        "(samples at the largest budget)"
+        + (
+            f", {Path(r['figures']['figure4']).name} (Figure 4 at T = {s['figure4_temperature']:g}: the VAE mean, then Glow-layer samples of the same z)."
+            if "figure4" in r["figures"]
+            else "."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -351,202 +683,251 @@ def markdown(r: dict) -> str:
 # ------------------------------------------------------------------ main
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.images import grid, png_bytes
-    from vaeflow_cli.evaluation.evaluate import evaluate_run, generate, parse_temperatures
-    from vaeflow_cli.files import atomic_write_bytes
-    from vaeflow_cli.training.step import set_threads, usable_cores
+def check_sample_metric(metric: str, vae_cfg: dict) -> None:
+    """Refuse a sample metric that cannot score these images before anything trains (one line)."""
+    from vaeflow_cli.data.pipeline import build_dataset
+
+    if metric == "none":
+        return
+    dataset = build_dataset(vae_cfg)
+    shape = tuple(dataset.image_shape)
+    if metric == "digit_fd" and shape != (1, 28, 28):
+        raise VaeflowError(f"--sample-metric digit_fd scores 1x28x28 digits, not {'x'.join(map(str, shape))} images; use cifar_fd, simclr_fd or none")
+    if metric == "cifar_fd":
+        from vaeflow_cli.evaluation import cifarfd
+
+        cifarfd.labelled_splits(dataset)
+    if metric == "simclr_fd":
+        from vaeflow_cli.evaluation import simclrfd
+
+        simclrfd.check_images(np.zeros((0, *shape), np.uint8))
+
+
+class Plan(NamedTuple):
+    """What one comparison does, checked before anything trains."""
+
+    args: argparse.Namespace
+    temperatures: list[float]
+    budgets: list[float] | None  # None: one budget, vaeflow's configured training
+    threads: int
+    eval_threads: int
+    specs: dict[str, dict]  # the two models' training specs (train_model)
+    vae_cfg: dict
+    images: np.ndarray  # the held-out images every model is scored on
+    same_heldout: bool
+    out: Path
+    runs: dict[str, Path]
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Check the options, the two configs and the sample metric (one VaeflowError line each)."""
+    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.evaluation.evaluate import parse_temperatures
+    from vaeflow_cli.training.step import usable_cores
 
     temperatures = parse_temperatures(args.temperatures, "--temperatures")
-    if args.n_samples < 2 or args.iwae_k < 1 or args.grid_n < 1:
-        raise VaeflowError("--n-samples must be at least 2, --iwae-k and --grid-n at least 1")
-    threads = args.threads if args.threads is not None else usable_cores()
-    if threads < 1:
-        raise VaeflowError(f"--threads must be at least 1, got {threads}")
-    set_threads(threads)
-    load_start = load_average()
+    budgets = parse_budgets(args.budgets)
+    if args.n_samples < 2 or args.iwae_k < 0 or args.grid_n < 1 or args.figure_rows < 1:
+        raise VaeflowError("--n-samples must be at least 2, --iwae-k at least 0, --grid-n and --figure-rows at least 1")
+    if args.side_by_side and budgets is None:
+        raise VaeflowError("--side-by-side needs --budgets: the Glow cannot wait for vaeflow's measured training time while both train")
+    threads = args.threads if args.threads is not None else max(1, usable_cores() // (2 if args.side_by_side else 1))
+    eval_threads = args.eval_threads if args.eval_threads is not None else usable_cores()
+    if threads < 1 or eval_threads < 1:
+        raise VaeflowError(f"--threads and --eval-threads must be at least 1, got {threads} and {eval_threads}")
+    if args.metric_network is not None and (args.sample_metric == "none" or not args.metric_network.is_file()):
+        raise VaeflowError(f"--metric-network {args.metric_network}: needs --sample-metric digit_fd, cifar_fd or simclr_fd and an existing file")
     out = args.out
-    vae_run, glow_run = out / "runs" / "vaeflow", out / "runs" / "glow"
-    for run in (vae_run, glow_run):
+    runs = {"vaeflow": out / "runs" / "vaeflow", "glow": out / "runs" / "glow"}
+    for run in runs.values():
         if (run / "checkpoints").exists():
             raise VaeflowError(f"{run} already has checkpoints; choose a new --out")
-    forced = [f"train.threads={threads}", f"train.device='{args.device}'"]
-    vae_cfg = config_mod.resolve(args.vae_config, [*args.vae_set, *forced])
-    vae_cfg["run"]["dir"] = str(vae_run)
-
-    def resolve_glow(epochs: int) -> dict:
-        cfg = config_mod.resolve(args.glow_config, [*args.glow_set, *forced, f"train.baseline.epochs={epochs}"])
-        cfg["run"]["dir"] = str(glow_run)
-        return cfg
-
-    glow_cfg = resolve_glow(1)  # fail on a bad Glow config before training anything
-    same_heldout = heldout_sha(vae_cfg) == heldout_sha(glow_cfg)
+    configs = {"vaeflow": (None if args.vae_config is None else str(args.vae_config), args.vae_set), "glow": (str(args.glow_config), args.glow_set)}
+    specs = {
+        model: {
+            "model": model,
+            "config": config,
+            "sets": sets,
+            "run": str(runs[model]),
+            "forced": [f"train.threads={threads}", f"train.device='{args.device}'"],
+            "threads": threads,
+            "budgets": budgets,
+            "snapshots": str(out / "snapshots"),
+        }
+        for model, (config, sets) in configs.items()
+    }
+    vae_cfg, glow_cfg = _resolve(specs["vaeflow"]), _resolve(specs["glow"])  # bad configs fail before anything trains
+    images, glow_images = load_split(vae_cfg, "test"), load_split(glow_cfg, "test")
+    for cfg in (vae_cfg, glow_cfg):  # decoded and cached here once, not by both training processes at once
+        load_split(cfg, "train")
+    if tuple(glow_images.shape[1:]) != tuple(images.shape[1:]):
+        shapes = ["x".join(map(str, a.shape[1:])) for a in (glow_images, images)]
+        raise VaeflowError(f"the Glow's images are {shapes[0]}, vaeflow's {shapes[1]}: the two configs must hold the same images")
+    same_heldout = heldout_sha(images) == heldout_sha(glow_images)
     if not same_heldout:
-        log("paper_claim: warning: the two configs' held-out splits differ; the bits/dim are not comparable")
+        log("paper_claim: warning: the Glow's config holds out other images than vaeflow's; both are scored on vaeflow's")
+    check_sample_metric(args.sample_metric, vae_cfg)
+    return Plan(args, temperatures, budgets, threads, eval_threads, specs, vae_cfg, images, same_heldout, out, runs)
 
-    t_start = time.perf_counter()
-    vae_train = train_vaeflow(vae_cfg, vae_run)
-    key = "seconds" if args.budget_measure == "wall" else "epoch_seconds"  # what the budget counts
-    for d in vae_train.values():
-        d["train_seconds"] = d[key]
-    vae_total = vae_train["vae"][key] + vae_train["glow"][key]
-    vae_wall = vae_train["vae"]["seconds"] + vae_train["glow"]["seconds"]
-    budget = args.budget_seconds if args.budget_seconds is not None else vae_total
-    source = "--budget-seconds" if args.budget_seconds is not None else "vaeflow's measured two-phase training time"
-    log(f"paper_claim: standalone Glow budget {budget:.1f} s ({source}; counted as {args.budget_measure})")
-    glow_train = train_glow_for(resolve_glow, glow_run, budget, args.max_glow_epochs, args.budget_measure)
-    glow_train["train_seconds"] = glow_train[key]
 
-    seed = vae_cfg["train"]["seed"]
-    eval_device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.digit_classifier is not None:
-        (vae_run / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.digit_classifier, vae_run / CLASSIFIER_FILE)
-    fd_metrics = ["digit_fd"] if args.sample_metric == "digit_fd" else []
-    log(f"paper_claim: evaluating vaeflow ({', '.join(['bpd', 'iwae', *fd_metrics])})")
-    ev_vae = evaluate_run(
-        vae_run,
-        metrics=["bpd", "iwae", *fd_metrics],
-        iwae_k=args.iwae_k,
-        n_samples=args.n_samples,
-        temperatures=temperatures,
-        device=eval_device,
-        seed=seed,
-    )
-    if fd_metrics:  # the same classifier file for the Glow (evaluate_run would otherwise train its own copy)
-        (glow_run / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(vae_run / CLASSIFIER_FILE, glow_run / CLASSIFIER_FILE)
-    log(f"paper_claim: evaluating the standalone Glow ({', '.join(['bpd', *fd_metrics])})")
-    ev_glow = evaluate_run(glow_run, metrics=["bpd", *fd_metrics], n_samples=args.n_samples, temperatures=temperatures, device=eval_device, seed=seed)
-    glow_fd = temperature_scores(ev_glow["digit_fd_baseline"], temperatures) if fd_metrics else {}
+def train_both(p: Plan) -> dict[str, dict]:
+    """Both models through the budgets: side by side, or vaeflow then the Glow."""
+    p.out.mkdir(parents=True, exist_ok=True)
+    if p.args.side_by_side:
+        log(f"paper_claim: training both models side by side, {p.threads} thread(s) each, to {', '.join(f'{b:g}' for b in p.budgets)} s")
+        return train_side_by_side(p.specs, p.out)
+    training = {"vaeflow": train_model(p.specs["vaeflow"])}
+    if p.budgets is None:  # the Glow gets what vaeflow's configured training took
+        p.specs["glow"]["budgets"] = [training["vaeflow"]["points"][0]["budget_seconds"]]
+    training["glow"] = train_model(p.specs["glow"])
+    return training
 
-    full_model = load_run(vae_run, device=eval_device, checkpoint="glow").model
-    glow_model = load_run(glow_run, device=eval_device, checkpoint="baseline").model
-    vae_params = sum(n_parameters(getattr(full_model, m)) for m in ("encoder", "decoder", "prior"))
-    vae_fd = temperature_scores(ev_vae["digit_fd_vae"], temperatures) if fd_metrics else {}
-    full_fd = temperature_scores(ev_vae["digit_fd_full"], temperatures) if fd_metrics else {}
-    rows = []
-    for key, fd, extra in (
-        (
-            "vaeflow_vae",
-            vae_fd,
-            {
-                "bpd_elbo": ev_vae["bpd_elbo_vae"],
-                "bpd_iwae": ev_vae["bpd_iwae_vae"],
-                "bpd_exact": None,
-                "per_image": {"ELBO": ev_vae["bpd_elbo_vae_per_image"], f"IWAE_{args.iwae_k}": ev_vae["bpd_iwae_vae_per_image"]},
-                "seconds_per_epoch": {"phase 1": seconds_per_epoch(vae_run, "vae")},
-                "parameters": vae_params,
-                "train_seconds": vae_train["vae"]["train_seconds"],
-                "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"]},
-                "wall_seconds": vae_train["vae"]["seconds"],
-                "wall_seconds_per_phase": {"phase 1": vae_train["vae"]["seconds"]},
-                "epochs": vae_train["vae"]["epochs"],
-            },
-        ),
-        (
-            "vaeflow_full",
-            full_fd,
-            {
-                "bpd_elbo": ev_vae["bpd_elbo_full"],
-                "bpd_iwae": ev_vae["bpd_iwae_full"],
-                "bpd_exact": None,
-                "per_image": {"ELBO": ev_vae["bpd_elbo_full_per_image"], f"IWAE_{args.iwae_k}": ev_vae["bpd_iwae_full_per_image"]},
-                "seconds_per_epoch": {"phase 1": seconds_per_epoch(vae_run, "vae"), "phase 2": seconds_per_epoch(vae_run, "glow")},
-                "parameters": n_parameters(full_model),
-                "train_seconds": round(vae_total, 3),
-                "train_seconds_per_phase": {"phase 1": vae_train["vae"]["train_seconds"], "phase 2": vae_train["glow"]["train_seconds"]},
-                "wall_seconds": round(vae_wall, 3),
-                "wall_seconds_per_phase": {"phase 1": vae_train["vae"]["seconds"], "phase 2": vae_train["glow"]["seconds"]},
-                "epochs": {"phase 1": vae_train["vae"]["epochs"], "phase 2": vae_train["glow"]["epochs"]},
-            },
-        ),
-        (
-            "glow",
-            glow_fd,
-            {
-                "bpd_elbo": None,
-                "bpd_iwae": None,
-                "bpd_exact": ev_glow["bpd_baseline"],
-                "per_image": {"exact": ev_glow["bpd_baseline_per_image"]},
-                "seconds_per_epoch": {"baseline": seconds_per_epoch(glow_run, "baseline")},
-                "parameters": n_parameters(glow_model),
-                "train_seconds": glow_train["train_seconds"],
-                "train_seconds_per_phase": {"baseline": glow_train["train_seconds"]},
-                "wall_seconds": glow_train["seconds"],
-                "wall_seconds_per_phase": {"baseline": glow_train["seconds"]},
-                "epochs": glow_train["epochs"],
-            },
-        ),
-    ):
-        t, v = best_temperature(fd)
-        rows.append(
-            {
-                "model": key,
-                "label": MODELS[key],
-                **extra,
-                "bpd_kind": "exact" if key == "glow" else "upper bound",
-                "digit_fd": fd,
-                "best_temperature": t,
-                "digit_fd_best": v,
-            }
-        )
 
-    # the figure: the two full models at their best temperatures, the same number of samples each
-    panels = []
-    for key, model, what in (("vaeflow_full", full_model, "vaeflow (VAE + Glow layer)"), ("glow", glow_model, "standalone Glow")):
-        row = next(r for r in rows if r["model"] == key)
-        t = row["best_temperature"] if row["best_temperature"] is not None else temperatures[0]
-        images = generate(model, args.grid_n, temperature=t, seed=seed)
-        g = grid(images)
-        atomic_write_bytes(out / f"samples-{key}.png", png_bytes(g))
-        bpd = f"bpd <= {row['bpd_elbo']:.3f}" if row["bpd_exact"] is None else f"bpd = {row['bpd_exact']:.3f}"
-        fd = f"digit_fd {_fd(row['digit_fd_best'])}, " if fd_metrics else ""
-        panels.append((f"{what}, T = {t:g}\n{fd}{bpd}, {row['train_seconds']:.0f} s training", g))
-    figure = sample_figure(out / "paper_claim.png", panels)
+def score_all(p: Plan, training: dict[str, dict]) -> dict:
+    """Every snapshot scored on the same images, seed and sample count: vaeflow's phase 1 once,
+    both models at each budget; the sample metric's network and the yardsticks."""
+    from vaeflow_cli.api import load_run
+    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.evaluation import fid as fid_mod
+    from vaeflow_cli.evaluation.evaluate import per_image_stats
+    from vaeflow_cli.evaluation.yardsticks import HISTOGRAM_ALPHA, histogram_bpd, png_bpd
+    from vaeflow_cli.progress import Progress
+    from vaeflow_cli.training.step import set_threads
 
+    args, images = p.args, p.images
+    set_threads(p.eval_threads, log=False)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    network, fd, loaded = None, None, {}
+    with Progress() as bar:
+        if args.sample_metric != "none":
+            featurize, network = sample_metric(args.sample_metric, p.vae_cfg, p.runs["vaeflow"], p.runs["glow"], images, args.metric_network)
+            fd = (featurize, fid_mod.statistics(featurize(images, bar.start(f"{args.sample_metric}: features of the held-out images", len(images)))))
+        common = {
+            "seed": p.vae_cfg["train"]["seed"],
+            "device": device,
+            "iwae_k": args.iwae_k,
+            "fd": fd,
+            "temperatures": p.temperatures,
+            "n_samples": args.n_samples,
+            "bar": bar,
+        }
+        p1 = training["vaeflow"]["phase1"]
+        run = load_run(p.runs["vaeflow"], device=device, checkpoint=p1["snapshot"])
+        phase1 = {**p1, **score(run, images, what="vaeflow's phase 1", **common)}
+        phase1["parameters"] = sum(n_parameters(getattr(run.model, m)) for m in ("encoder", "decoder", "prior"))
+        rows = []
+        for i, budget in enumerate(b["budget_seconds"] for b in training["glow"]["points"]):
+            row = {"budget_seconds": budget}
+            for model in ("vaeflow", "glow"):
+                point = row[model] = training[model]["points"][i]
+                if not point["available"]:
+                    continue
+                run = loaded[model] = load_run(p.runs[model], device=device, checkpoint=point["snapshot"])
+                d = row[model] = {
+                    **point,
+                    **score(run, images, what=f"{LABELS[model]} at {budget:g} s", **common),
+                    "parameters": n_parameters(run.model),
+                }
+                if model == "vaeflow":
+                    d["epochs"] = {"phase 1": p1["epochs"], "phase 2": point["epochs_fraction"]}
+                    d["seconds_phase1"], d["seconds_phase2"] = p1["seconds"], round(point["seconds"] - p1["seconds"], 3)
+                else:
+                    d["epochs"] = point["epochs_fraction"]
+            if row["vaeflow"]["available"]:
+                row["vaeflow"]["gap_elbo_minus_exact"] = row["vaeflow"]["bpd_elbo"] - row["glow"]["bpd_exact"]
+            rows.append(row)
+        hist = histogram_bpd(load_split(p.vae_cfg, "train"), images, alpha=HISTOGRAM_ALPHA)
+        png = png_bpd(images)
+    yardsticks = {
+        "bpd_histogram": float(hist.mean()),
+        "bpd_histogram_per_image": per_image_stats(hist),
+        "histogram_alpha": HISTOGRAM_ALPHA,
+        "bpd_png": float(png.mean()),
+        "bpd_png_per_image": per_image_stats(png),
+    }
+    return {"network": network, "phase1": phase1, "rows": rows, "loaded": loaded, "yardsticks": yardsticks}
+
+
+def sample_figures(p: Plan, rows: list[dict], loaded: dict) -> tuple[dict, float]:
+    """samples.png (and each model's grid alone, samples-MODEL.png) at the largest budget where the
+    model exists, each at its best temperature; figure4.png for vaeflow there. (paths, Figure 4's T)."""
+    from vaeflow_cli.data.images import grid, png_bytes, to_uint8
+    from vaeflow_cli.evaluation.evaluate import generate
+    from vaeflow_cli.files import atomic_write_bytes
+
+    args, seed = p.args, p.vae_cfg["train"]["seed"]
+    panels, figure4_t = [], p.temperatures[0]
+    last = {m: next(b[m] for b in reversed(rows) if b[m]["available"]) for m in ("vaeflow", "glow") if m in loaded}
+    for model, d in last.items():
+        t = d["best_temperature"] if d["best_temperature"] is not None else p.temperatures[0]
+        g = grid(generate(loaded[model].model, args.grid_n, temperature=t, seed=seed))
+        atomic_write_bytes(p.out / f"samples-{model}.png", png_bytes(g))
+        bpd = f"bpd <= {d['bpd_elbo']:.3f}" if model == "vaeflow" else f"bpd = {d['bpd_exact']:.3f}"
+        fd_text = f"{args.sample_metric} {_score(d['sample_score_best'])}, " if d["sample_scores"] else ""
+        panels.append((f"{LABELS[model]}, {d['budget_seconds']:g} s budget, T = {t:g}\n{fd_text}{bpd}, {d['seconds']:.0f} s training", g))
+        if model == "vaeflow":
+            figure4_t = t
+    figures = {"curve": str(p.out / "curve.png"), "samples": str(sample_figure(p.out / "samples.png", panels))}
+    if "vaeflow" in loaded:  # vaeflow had a model at some budget
+        per_z = 5
+        cmp = loaded["vaeflow"].compare(args.figure_rows, per_z, temperature=figure4_t, seed=seed)
+        g = grid(to_uint8(cmp.reshape(-1, *cmp.shape[2:])), nrow=1 + per_z)
+        title = f"vaeflow at {last['vaeflow']['budget_seconds']:g} s, T = {figure4_t:g}: a row per z ~ p(z),\nthe VAE mean g_mu(z), then {per_z} Glow-layer samples of that z"
+        figures["figure4"] = str(sample_figure(p.out / "figure4.png", [(title, g)]))
+    return figures, figure4_t
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return worker(args.worker)
+    from vaeflow_cli.files import atomic_write_bytes
+
+    p = plan(args)
+    load_start, t_start = load_average(), time.perf_counter()
+    training = train_both(p)
+    load_after_training = load_average()
+    scored = score_all(p, training)
+    figures, figure4_t = sample_figures(p, scored["rows"], scored["loaded"])
     result = {
-        "machine": machine_facts(threads, args.device),
-        "load_average": {"start": load_start, "end": load_average()},
+        "machine": machine_facts(p.threads, p.eval_threads, args.device),
+        "load_average": {"start": load_start, "after_training": load_after_training, "end": None},
         "settings": {
             "vae_config": str(args.vae_config) if args.vae_config else config_mod.DEFAULT_CONFIG_NAME,
             "glow_config": str(args.glow_config),
             "vae_set": args.vae_set,
             "glow_set": args.glow_set,
-            "temperatures": temperatures,
+            "budgets": [b["budget_seconds"] for b in scored["rows"]],
+            "budget_source": "--budgets" if p.budgets is not None else "vaeflow's two phases trained to their configured ends, as measured",
+            "side_by_side": args.side_by_side,
+            "threads": p.threads,
+            "eval_threads": p.eval_threads,
+            "temperatures": p.temperatures,
             "sample_metric": args.sample_metric,
             "n_samples": args.n_samples,
             "iwae_k": args.iwae_k,
             "grid_n": args.grid_n,
-            "eval_seed": seed,
-            "heldout_images": ev_vae["images"],
-            "same_heldout_images": same_heldout,
-            "max_glow_epochs": args.max_glow_epochs,
+            "figure_rows": args.figure_rows,
+            "figure4_temperature": figure4_t,
+            "eval_seed": p.vae_cfg["train"]["seed"],
+            "heldout_images": len(p.images),
+            "heldout_sha256": heldout_sha(p.images),
+            "same_heldout_images": p.same_heldout,
         },
-        "budget": {
-            "seconds": round(budget, 3),
-            "source": source,
-            "measure": args.budget_measure,
-            "vaeflow_seconds": round(vae_total, 3),
-            "glow_seconds": glow_train["train_seconds"],
-            "vaeflow_wall_seconds": round(vae_wall, 3),
-            "glow_wall_seconds": glow_train["seconds"],
-            "glow_stopped_by": glow_train["stopped_by"],
-            "glow_wall_seconds_per_epoch_call": glow_train["seconds_per_call"],
-        },
-        "rows": rows,
-        "digit_fd_classifier_accuracy": ev_vae.get("digit_fd_classifier_accuracy"),
-        "bpd_histogram": ev_vae.get("bpd_histogram"),
-        "bpd_png": ev_vae.get("bpd_png"),
-        "yardstick_per_image": {"histogram": ev_vae.get("bpd_histogram_per_image"), "PNG": ev_vae.get("bpd_png_per_image")},
-        "runs": {"vaeflow": str(vae_run), "glow": str(glow_run)},
-        "evaluations": {"vaeflow": str(vae_run / "eval" / "evaluate-test.json"), "glow": str(glow_run / "eval" / "evaluate-test.json")},
-        "figure": str(figure),
-        "total_seconds": round(time.perf_counter() - t_start, 3),
+        "sample_metric_network": scored["network"],
+        "vaeflow_phase1": scored["phase1"],
+        "budgets": scored["rows"],
+        "yardsticks": scored["yardsticks"],
+        "training": {m: {**t, "wall_seconds": round(t["ended"] - t["started"], 3)} for m, t in training.items()},
+        "runs": {m: str(r) for m, r in p.runs.items()},
+        "figures": figures,
     }
-    json_path, md_path = out / "paper_claim.json", out / "paper_claim.md"
+    v, g = result["training"]["vaeflow"], result["training"]["glow"]
+    result["overlap_seconds"] = round(max(0.0, min(v["ended"], g["ended"]) - max(v["started"], g["started"])), 3)
+    curve_figure(p.out / "curve.png", result)
+    result["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    result["load_average"]["end"] = load_average()
+    json_path, md_path = p.out / "paper_claim.json", p.out / "paper_claim.md"
     result["json"], result["markdown"] = str(json_path), str(md_path)
     atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(md_path, markdown(result).encode())
@@ -560,7 +941,7 @@ def cli() -> int:
         main()
     except VaeflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         return 130
     return 0

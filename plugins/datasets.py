@@ -14,13 +14,16 @@ from typing import Annotated
 import numpy as np
 
 from vaeflow_cli.hookspecs import hookimpl
-from vaeflow_cli.plugin_api import DEFAULT_MAX_PIXELS, Range, VaeflowError
+from vaeflow_cli.plugin_api import DEFAULT_MAX_PIXELS, Check, Range, VaeflowError, default_cache_dir
 from vaeflow_plugins.readers import CIFAR_FIX, error_reason, read_cifar_binary_batch, read_cifar_python_batch, read_idx_images, read_text_file
 
 # Valid values of the image datasets' config keys (read by the config validator).
 Size = Annotated[int, Range(1, 4096)]  # output side in pixels
 Threads = Annotated[int, Range(0, 4096)]  # decoding threads; 0 = all usable cores
 MaxPixels = Annotated[int, Range(1)]  # width x height an image header may claim
+# imagefolder's test_fraction is in (0, 1): this says why 0 is not
+HELD_OUT_WHY = "training reports held-out bits/dim every epoch, so some images must be held out (0.05 holds out about 5%)"
+HELD_OUT = f"must be > 0: {HELD_OUT_WHY}"
 
 # ------------------------------------------------------------------ embedded default
 
@@ -125,9 +128,10 @@ class DecodedImageFiles:
     ``max_pixels`` pixels, width x height, is refused before it is decoded), cropped (``crop``: an int c >= 1 is the centred c x c square,
     0 the centred square of the shorter side, a (top, left, height, width) tuple that box of
     every image), resized (Lanczos3) to ``size`` and cached as a memory-mapped uint8 file in
-    ``cache_dir`` (default root/.vaeflow-cache), rebuilt when the files or parameters change. The
-    cache is keyed on the crop itself (the box, not the name that chose it). Subclasses say which
-    files make each split (``files``) and name their cache (``label``)."""
+    ``cache_dir`` (default: ``default_cache_dir()``, the user's cache directory, never the images'
+    folder, which may be read-only), rebuilt when the files or parameters change. The cache is
+    keyed on the folder, the files and the crop itself (the box, not the name that chose it).
+    Subclasses say which files make each split (``files``) and name their cache (``label``)."""
 
     splits: tuple[str, ...] = ()
     label = "images"
@@ -155,7 +159,7 @@ class DecodedImageFiles:
         self.crop, self.size, self.threads, self.skip_bad = crop, size, threads, skip_bad
         self.max_pixels = max_pixels
         self.crop_name = crop if crop_name is None else crop_name
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".vaeflow-cache"
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.image_shape = (3, size, size)
 
     def files(self, name: str) -> list[Path]:
@@ -164,8 +168,15 @@ class DecodedImageFiles:
     def _crop_key(self):
         return list(self.crop) if isinstance(self.crop, tuple) else self.crop
 
+    def file_decoding(self) -> dict:
+        """How this dataset turns one image file into one of its images: the ``crop``, ``size`` and
+        ``max_pixels`` arguments of ``decode_with_fallback``. vaeflow decodes a user's files for
+        a run of this dataset the same way (``interpolate --from/--to``)."""
+        return {"crop": self.crop, "size": self.size, "max_pixels": self.max_pixels}
+
     def _cache_key(self) -> list:
-        key = [f"{self.label}-v1", self._crop_key(), self.size, self.skip_bad]
+        # the folder: the caches of every dataset share one cache directory (file_signature has names only)
+        key = [f"{self.label}-v1", os.path.abspath(self.root), self._crop_key(), self.size, self.skip_bad]
         # the bound decides which files are skipped; the default keeps the caches built before it
         return key if self.max_pixels == DEFAULT_MAX_PIXELS else [*key, {"max_pixels": self.max_pixels}]
 
@@ -178,12 +189,14 @@ class DecodedImageFiles:
             tag = "t{}l{}h{}w{}".format(*self.crop)  # the box: top, left, height, width
         else:
             tag = str(self.crop)
-        return files, f"{self.label}-{name}-{tag}-{self.size}", [*self._cache_key(), file_signature(files)]
+        return files, f"{self.label}-{name}-{tag}-{self.size}", [*self._cache_key(), file_signature(files, skip_bad=self.skip_bad)]
 
     def split(self, name: str) -> np.ndarray:
         from vaeflow_cli.plugin_api import cached_array, decode_with_fallback
 
         files, cache_name, key = self._cache(name)
+        if not files:
+            raise self.empty_split(name)
 
         def build():
             pixels = decode_with_fallback(
@@ -192,6 +205,10 @@ class DecodedImageFiles:
             return pixels.transpose(0, 3, 1, 2)
 
         return cached_array(self.cache_dir, cache_name, key, build)
+
+    def empty_split(self, name: str) -> VaeflowError:
+        """The error for a split that has no files."""
+        return VaeflowError(f"{self.label}: the {name} split has no images under {self.root}; check data.root")
 
     def info(self) -> dict:
         from vaeflow_cli.plugin_api import cache_path
@@ -322,6 +339,10 @@ class CelebA(DecodedImageFiles):
                 files.append(self.root / "img_align_celeba" / name)
         return files
 
+    def empty_split(self, name: str) -> VaeflowError:
+        part = self.root / "list_eval_partition.txt"
+        return VaeflowError(f"celeba: {part} lists no image of the {name} split; download it again (vaeflow data download celeba says from where)")
+
 
 # ------------------------------------------------------------------ any folder of images
 
@@ -338,7 +359,8 @@ class ImageFolder(DecodedImageFiles):
 
     Split rule: a file belongs to "test" when int(first 8 hex digits of SHA-1 of its path relative
     to root) mod 10,000 < test_fraction * 10,000, else to "train". Adding or removing files never
-    moves the others between splits."""
+    moves the others between splits. ``test_fraction`` is in (0, 1): training needs a held-out
+    split, and a split that no image falls in is an error that says so."""
 
     splits = ("train", "test")
     SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -351,14 +373,14 @@ class ImageFolder(DecodedImageFiles):
         crop: Annotated[int, Range(0)] = 0,
         crop_box: list = [],  # noqa: B006 -- the declared config default; never mutated
         size: Size = 64,
-        test_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1,
+        test_fraction: Annotated[float, Check(lambda v: v != 0, HELD_OUT), Range(gt=0, lt=1)] = 0.1,
         cache_dir: str = "",
         threads: Threads = 0,
         skip_bad: bool = False,
         max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     ) -> None:
-        if not 0.0 <= test_fraction < 1.0:
-            raise VaeflowError(f"imagefolder: test_fraction must be in [0, 1), got {test_fraction}")
+        if not 0.0 < test_fraction < 1.0:
+            raise VaeflowError(f"imagefolder: data.test_fraction must be > 0 and < 1, got {test_fraction}: {HELD_OUT_WHY}")
         if len(crop_box) and crop:
             raise VaeflowError(f"imagefolder: data.crop = {crop} and data.crop_box both choose the crop; remove one of them")
         box = checked_crop_box(crop_box, "imagefolder: a crop box is") if len(crop_box) else crop
@@ -372,12 +394,21 @@ class ImageFolder(DecodedImageFiles):
             raise VaeflowError(f"imagefolder has splits train and test, not {name!r}")
         if not self.root.is_dir():
             raise VaeflowError(f"imagefolder: {self.root} is not a folder; set data.root")
-        cache = self.cache_dir.resolve()
-        try:  # files only: a folder named x.png is a folder (its images are found inside it)
+        try:  # a data.cache_dir inside root: its files are not images of the dataset
+            inside = self.cache_dir.resolve().relative_to(self.root.resolve()).parts
+        except ValueError:
+            inside = None
+        try:  # files only: a folder named x.png is a folder (its images are found inside it). A
+            # broken link or a loop of links is listed, and is an error naming it (or skipped with
+            # skip_bad) when the split is read; rglob does not follow links to folders.
             paths = sorted(
-                p for p in self.root.rglob("*") if p.suffix.lower() in self.SUFFIXES and not p.is_dir() and cache not in p.resolve().parents
+                p
+                for p in self.root.rglob("*")
+                if p.suffix.lower() in self.SUFFIXES
+                and not p.is_dir()
+                and (inside is None or p.relative_to(self.root).parts[: len(inside)] != inside)
             )
-        except (OSError, RuntimeError) as exc:  # a folder that cannot be listed, a symlink loop
+        except (OSError, RuntimeError) as exc:  # a folder that cannot be listed
             raise VaeflowError(
                 f"imagefolder: cannot list the images under {self.root} ({error_reason(exc)}); check data.root and its permissions"
             ) from None
@@ -393,6 +424,16 @@ class ImageFolder(DecodedImageFiles):
 
     def _cache_key(self) -> list:
         return [*super()._cache_key(), self.test_fraction]
+
+    def empty_split(self, name: str) -> VaeflowError:
+        counts = {s: len(self.files(s)) for s in self.splits}
+        total = sum(counts.values())
+        fix = "raise data.test_fraction" if name == "test" else "lower data.test_fraction"
+        return VaeflowError(
+            f"imagefolder: none of the {total} image(s) under {self.root} falls in the {name} split (test_fraction = "
+            f"{self.test_fraction:g} holds out about that fraction, chosen by a hash of each path: {counts['test']} test, "
+            f"{counts['train']} train); training needs images in both splits: add images, or {fix}"
+        )
 
 
 @hookimpl

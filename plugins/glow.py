@@ -100,103 +100,130 @@ def coupling_net(c_in: int, c_out: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last)
 
 
-class AdditiveCoupling(nn.Module):
-    """x_b <- x_b + NN(x_a), volume preserving (log|det| = 0) (NICE; Glow's additive coupling).
+SPLITS = ("channel", "checkerboard")
+SCALES = ("none", "tanh", "sigmoid")
 
-    ``split="channel"``: x_a is the first C//2 channels (parity 0) or the rest (parity 1).
-    ``split="checkerboard"``: x_a is the pixels where (i + j + parity) is even, for images with
-    one channel, where a channel split is impossible (model.md, decided here).
+
+class Coupling(nn.Module):
+    """One coupling layer: x_b <- (x_b + t) * exp(log_s) with (t, raw) = NN(x_a) and x_a unchanged
+    (NICE, Dinh et al. 2014; RealNVP, Dinh et al. 2017; Glow, Kingma & Dhariwal 2018, section 3.3).
+
+    ``split``: which entries condition and which move. "channel": x_a is the first C//2 channels
+    (parity 0) or the rest (parity 1); "checkerboard": x_a is the pixels where (i + j + parity) is
+    even, every channel (the only split for one-channel images; on colour images it predicts
+    pixels from their neighbours where the channel split predicts colours of a pixel from each
+    other).
+
+    ``scale``: "none" is the additive coupling (log_s = 0, volume preserving; the paper's Glow
+    layer); "tanh" is log_s = tanh(raw), a scale between e^-1 and e that is exactly 1 at
+    initialisation; "sigmoid" is Glow's s = sigmoid(raw + 2) (log_s = logsigmoid(raw + 2), 0.88 at
+    initialisation: close to, not exactly, the identity). log|det| = sum of log_s over the moved
+    entries, (B,), in float32.
+
+    ``condition_channels`` P > 0 makes the coupling conditional: NN's first hidden layer adds a
+    1x1 convolution of condition feature maps (B, P, H, W) given to forward/inverse, so t and s
+    depend on x_a and the condition (a conditional coupling, as in conditional Glow / SRFlow).
+    The network's last convolution is zeroed, so with "none" or "tanh" the layer starts as the
+    identity for every condition.
     """
 
-    outputs_per_channel = 1  # the network's outputs per transformed channel: a shift
-
-    def __init__(self, image_shape: tuple[int, int, int], *, hidden: int, parity: int, split: str) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int, int], *, hidden: int, parity: int, split: str, scale: str = "none", condition_channels: int = 0
+    ) -> None:
         super().__init__()
         c, h, w = image_shape
-        self.split = split
-        self.parity = parity % 2
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if scale not in SCALES:
+            raise ValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+        self.split, self.scale, self.parity = split, scale, parity % 2
+        per = 1 if scale == "none" else 2  # the network's outputs per moved entry: a shift (and a log-scale)
         if split == "channel":
             if c < 2:
                 raise ValueError("a channel split needs at least 2 channels; use split='checkerboard'")
             ca = c // 2
             self.cond = slice(0, ca) if self.parity == 0 else slice(ca, c)
             self.moved = slice(ca, c) if self.parity == 0 else slice(0, ca)
-            n_cond = ca if self.parity == 0 else c - ca
-            self.net = coupling_net(n_cond, self.outputs_per_channel * (c - n_cond), hidden)
-        elif split == "checkerboard":
-            ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-            mask = ((ii + jj + self.parity) % 2 == 0).float()[None, None]  # (1, 1, H, W), 1 = conditioner
-            self.register_buffer("mask", mask)
-            self.net = coupling_net(c, self.outputs_per_channel * c, hidden)
+            n_in = ca if self.parity == 0 else c - ca
+            n_out = c - n_in
         else:
-            raise ValueError(f"unknown split {split!r}; use 'channel' or 'checkerboard'")
+            ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            self.register_buffer("mask", ((ii + jj + self.parity) % 2 == 0).float()[None, None])  # (1, 1, H, W), 1 = conditioner
+            n_in = n_out = c
+        self.net = coupling_net(n_in, per * n_out, hidden)
+        self.condition_in = nn.Conv2d(condition_channels, hidden, 1, bias=False) if condition_channels else None
+        self.conditional = bool(condition_channels)
 
-    def _shift(self, x):
-        if self.split == "channel":
-            return self.net(x[:, self.cond])
-        return self.net(x * self.mask) * (1.0 - self.mask)
+    def _raw(self, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        inp = x[:, self.cond] if self.split == "channel" else x * self.mask
+        if self.condition_in is None:
+            out = self.net(inp)
+        else:
+            if condition is None:
+                raise ValueError("this coupling is conditional: pass the condition feature maps")
+            first, *rest = self.net
+            out = first(inp) + self.condition_in(condition)
+            for layer in rest:
+                out = layer(out)
+        return out if self.split == "channel" else out * (1.0 - self.mask)  # zero on the conditioner pixels
 
-    def _couple(self, x, sign: float):
-        zero = x.new_zeros(x.shape[0])
+    def _shift_log_scale(self, x, condition):
+        raw = self._raw(x, condition)
+        if self.scale == "none":
+            return raw, None
+        raw = raw.float()  # float32 under autocast: the log-det sums log_s
+        shift, s = raw[:, 0::2], raw[:, 1::2]
+        log_s = torch.tanh(s) if self.scale == "tanh" else F.logsigmoid(s + 2.0)
+        if self.split == "checkerboard":
+            log_s = log_s * (1.0 - self.mask)
+        return shift, log_s
+
+    def _couple(self, x, condition, sign: float):
+        shift, log_s = self._shift_log_scale(x, condition)
+        part = x[:, self.moved] if self.split == "channel" else x
+        if log_s is None:
+            moved, log_det = part + sign * shift.to(x.dtype), x.new_zeros(x.shape[0], dtype=torch.float32)
+        elif sign > 0:
+            moved, log_det = (part + shift.to(x.dtype)) * torch.exp(log_s).to(x.dtype), log_s.flatten(1).sum(1)
+        else:
+            moved, log_det = part * torch.exp(-log_s).to(x.dtype) - shift.to(x.dtype), -log_s.flatten(1).sum(1)
         if self.split == "channel":
             out = x.clone()
-            out[:, self.moved] = x[:, self.moved] + sign * self._shift(x)
-            return out, zero
-        return x + sign * self._shift(x), zero
+            out[:, self.moved] = moved
+            return out, log_det
+        return moved, log_det  # the conditioner pixels have shift 0 and log_s 0: unchanged
 
-    def forward(self, x):
-        return self._couple(x, 1.0)
+    def forward(self, x, condition: torch.Tensor | None = None):
+        return self._couple(x, condition, 1.0)
 
-    def inverse(self, y):
-        # The conditioner part is unchanged by the coupling, so NN sees the same input both ways.
-        return self._couple(y, -1.0)
+    def inverse(self, y, condition: torch.Tensor | None = None):
+        # the conditioner part is unchanged, so the network sees the same input both ways
+        return self._couple(y, condition, -1.0)
+
+
+def condition_maps(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The decoder's base distribution as feature maps for a conditional flow: (g_mu, log g_sigma)
+    stacked on channels, (B, 2C, H, W), in the dtype of ``mean``."""
+    return torch.cat([mean, torch.log(std)], 1)
 
 
 # ------------------------------------------------------------------ the Glow layer
 
 
-class SplitAffineCoupling(AdditiveCoupling):
-    """x_b <- (x_b + t(x_a)) * exp(s(x_a)), s = tanh(raw) (so each layer scales by e^-1 to e), with
-    the channel or checkerboard split of ``AdditiveCoupling``; log|det| = sum of s over the
-    transformed entries. The network's last conv is zeroed, so s = t = 0 and the layer starts as
-    exactly the identity (unlike Glow's sigmoid(raw + 2) scale). The scale depends on the
-    neighbouring pixels, so the layer can widen or narrow the decoder's Gaussian locally (edges
-    against flat regions), which an additive coupling cannot."""
-
-    outputs_per_channel = 2  # a shift and a log-scale per transformed channel
-
-    def _scale_shift(self, x):
-        if self.split == "channel":
-            h = self.net(x[:, self.cond]).float()
-        else:
-            h = (self.net(x * self.mask) * (1.0 - self.mask)).float()  # zero on the conditioner pixels
-        shift, raw = h[:, 0::2], h[:, 1::2]
-        return torch.tanh(raw), shift
-
-    def forward(self, x):
-        log_scale, shift = self._scale_shift(x)
-        if self.split == "channel":
-            out = x.clone()
-            out[:, self.moved] = (x[:, self.moved] + shift.to(x.dtype)) * torch.exp(log_scale).to(x.dtype)
-            return out, log_scale.flatten(1).sum(1)
-        return (x + shift.to(x.dtype)) * torch.exp(log_scale).to(x.dtype), log_scale.flatten(1).sum(1)
-
-    def inverse(self, y):
-        # the conditioner part is unchanged, so the network sees the same input both ways
-        log_scale, shift = self._scale_shift(y)
-        if self.split == "channel":
-            out = y.clone()
-            out[:, self.moved] = y[:, self.moved] * torch.exp(-log_scale).to(y.dtype) - shift.to(y.dtype)
-            return out, -log_scale.flatten(1).sum(1)
-        return y * torch.exp(-log_scale).to(y.dtype) - shift.to(y.dtype), -log_scale.flatten(1).sum(1)
-
-
 class GlowLayer(FlowSequence):
-    """f: data space -> decoder space; ``depth`` blocks of ActNorm -> 1x1 conv -> additive coupling.
+    """f: data space -> decoder space; ``depth`` blocks of ActNorm -> 1x1 conv -> coupling, no
+    squeeze, no split (the paper's section 3.3).
 
     ``hidden_channels``: width of the coupling networks (the paper does not state it; model.md
     explains why the shipped configs use 128 or less). ``split="auto"`` picks the channel split
-    for C >= 2 and the checkerboard split for C = 1.
+    for C >= 2 and the checkerboard split for C = 1; "alternate" takes the checkerboard and the
+    channel split in turn. ``coupling``: "additive" (the paper's) or "affine" (a tanh-bounded
+    log-scale, ``Coupling`` with scale "tanh").
+
+    ``conditional``: the couplings also see the decoder's base distribution, through feature maps
+    of (g_mu, log g_sigma) (``condition_channels`` of them, one 3x3 convolution computed once per
+    call); forward and inverse then take ``condition=(mean, std)``, each (B, C, H, W). The
+    identity at initialisation either way.
     """
 
     def __init__(
@@ -209,36 +236,70 @@ class GlowLayer(FlowSequence):
         split: str,
         checkpointing: bool,
         coupling: str = "additive",
+        conditional: bool = False,
+        condition_channels: int = 8,
     ) -> None:
         c = image_shape[0]
-        couple = {"additive": AdditiveCoupling, "affine": SplitAffineCoupling}[coupling]
+        scale = {"additive": "none", "affine": "tanh"}[coupling]
         if split == "auto":
             split = "channel" if c >= 2 else "checkerboard"
         if split == "alternate" and c < 2:
             raise ValueError("split='alternate' needs at least 2 channels; use split='checkerboard'")
+        cc = condition_channels if conditional else 0
         blocks = []
         for i in range(depth):
             if split == "alternate":  # checkerboard 0, channel 0, checkerboard 1, channel 1, ...
                 kind, parity = ("checkerboard", "channel")[i % 2], i // 2
             else:
                 kind, parity = split, i
-            blocks += [ActNorm(c), InvConv1x1(c, lu=lu), couple(tuple(image_shape), hidden=hidden_channels, parity=parity, split=kind)]
+            blocks += [
+                ActNorm(c),
+                InvConv1x1(c, lu=lu),
+                Coupling(tuple(image_shape), hidden=hidden_channels, parity=parity, split=kind, scale=scale, condition_channels=cc),
+            ]
         super().__init__(blocks)
         self.checkpointing = checkpointing
+        self.conditional = conditional
+        self.condition_net = nn.Conv2d(2 * c, cc, 3, padding=1) if conditional else None
 
-    def forward(self, x):
-        """With ``checkpointing`` (model.flow.checkpointing) and gradients on, each layer's
-        activations are recomputed in the backward pass instead of stored: the coupling networks'
-        full-resolution hidden maps are most of phase 2's memory, so larger batches fit."""
-        if not (self.checkpointing and torch.is_grad_enabled()):
-            return super().forward(x)
-        from torch.utils.checkpoint import checkpoint
+    def _features(self, condition):
+        if not self.conditional:
+            return None
+        if condition is None:
+            raise ValueError("this Glow layer is conditional: pass condition=(mean, std) of the decoder")
+        return self.condition_net(condition_maps(*condition))
 
+    def _run(self, x, features, layers, inverse: bool):
         log_det = x.new_zeros(x.shape[0], dtype=torch.float32)
-        for layer in self.layers:
-            x, ld = checkpoint(layer, x, use_reentrant=False)
+        for layer in layers:
+            step = layer.inverse if inverse else layer
+            if isinstance(layer, Coupling) and layer.conditional:
+                if self.checkpointing and not inverse and torch.is_grad_enabled():
+                    x, ld = _checkpointed(layer, x, features)
+                else:
+                    x, ld = step(x, features)
+            elif self.checkpointing and not inverse and torch.is_grad_enabled():
+                x, ld = _checkpointed(layer, x)
+            else:
+                x, ld = step(x)
             log_det = log_det + ld
         return x, log_det
+
+    def forward(self, x, condition=None):
+        """x (B, C, H, W) -> (xbar, log|det dxbar/dx|). With ``checkpointing`` (model.flow.checkpointing)
+        and gradients on, each layer's activations are recomputed in the backward pass instead of
+        stored: the coupling networks' full-resolution hidden maps are most of phase 2's memory,
+        so larger batches fit."""
+        return self._run(x, self._features(condition), self.layers, inverse=False)
+
+    def inverse(self, xbar, condition=None):
+        return self._run(xbar, self._features(condition), list(reversed(self.layers)), inverse=True)
+
+
+def _checkpointed(layer, *args):
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(layer, *args, use_reentrant=False)
 
 
 class IdentityFlow(FlowSequence):
@@ -248,7 +309,7 @@ class IdentityFlow(FlowSequence):
         super().__init__([])
 
 
-# ------------------------------------------------------------------ the standalone Glow baseline
+# ------------------------------------------------------------------ the multi-scale Glow's parts (multiscale.py)
 
 
 class DataInitActNorm(ActNorm):
@@ -289,39 +350,6 @@ class DataInitActNorm(ActNorm):
         self.initialized.fill_(True)
 
 
-class AffineCoupling(nn.Module):
-    """Glow's affine coupling: x_b <- (x_b + t(x_a)) * sigmoid(s(x_a) + 2), channel split in half;
-    log|det| = sum log sigmoid(s + 2). The network's last conv is zeroed, so the layer starts
-    close to (not exactly) the identity."""
-
-    def __init__(self, channels: int, *, hidden: int, parity: int) -> None:
-        super().__init__()
-        ca = channels // 2
-        self.parity = parity % 2
-        self.cond = slice(0, ca) if self.parity == 0 else slice(ca, channels)
-        self.moved = slice(ca, channels) if self.parity == 0 else slice(0, ca)
-        n_cond = ca if self.parity == 0 else channels - ca
-        self.net = coupling_net(n_cond, 2 * (channels - n_cond), hidden)
-
-    def _scale_shift(self, x):
-        h = self.net(x[:, self.cond]).float()  # float32 under autocast: the log-det sums log_scale
-        shift, raw = h[:, 0::2], h[:, 1::2]
-        log_scale = F.logsigmoid(raw + 2.0)
-        return log_scale, shift
-
-    def forward(self, x):
-        log_scale, shift = self._scale_shift(x)
-        out = x.clone()
-        out[:, self.moved] = (x[:, self.moved] + shift) * torch.exp(log_scale)
-        return out, log_scale.flatten(1).sum(1)
-
-    def inverse(self, y):
-        log_scale, shift = self._scale_shift(y)
-        out = y.clone()
-        out[:, self.moved] = y[:, self.moved] * torch.exp(-log_scale) - shift
-        return out, -log_scale.flatten(1).sum(1)
-
-
 def squeeze(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 4C, H/2, W/2), each 2x2 block of pixels to channels."""
     b, c, h, w = x.shape
@@ -333,83 +361,3 @@ def unsqueeze(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     x = x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(b, c // 4, 2 * h, 2 * w)
-
-
-class _GlowLevel(nn.Module):
-    """One level: squeeze, K steps of flow, then (except at the top) split off half the channels,
-    whose learned Gaussian prior N(mu(h), sigma(h)^2) given the kept half h is folded in as an
-    affine map to N(0, I), and recurse on h. The top level's learned prior (Glow's learntop) is a
-    per-channel-and-position mean and log-scale. The output has the input's shape and is N(0, I)
-    under the model, so the whole Glow is one bijection with a standard normal base."""
-
-    def __init__(self, channels: int, height: int, width: int, *, levels: int, steps: int, hidden: int, coupling: str, lu: bool) -> None:
-        super().__init__()
-        c = 4 * channels
-        affine = {"affine": True, "additive": False}[coupling]  # checked by multiscale_glow's declared constraints
-        blocks = []
-        for k in range(steps):
-            blocks += [DataInitActNorm(c), InvConv1x1(c, lu=lu)]
-            if affine:
-                blocks.append(AffineCoupling(c, hidden=hidden, parity=k))
-            else:
-                blocks.append(AdditiveCoupling((c, height // 2, width // 2), hidden=hidden, parity=k, split="channel"))
-        self.steps = FlowSequence(blocks)
-        self.top = levels == 1
-        if self.top:
-            self.prior_mean = nn.Parameter(torch.zeros(1, c, height // 2, width // 2))
-            self.prior_log_std = nn.Parameter(torch.zeros(1, c, height // 2, width // 2))
-        else:
-            self.split_prior = nn.Conv2d(c // 2, c, 3, padding=1)  # Glow's Conv2dZeros: starts at N(0, I)
-            nn.init.zeros_(self.split_prior.weight)
-            nn.init.zeros_(self.split_prior.bias)
-            self.next = _GlowLevel(c // 2, height // 2, width // 2, levels=levels - 1, steps=steps, hidden=hidden, coupling=coupling, lu=lu)
-
-    def forward(self, x):
-        h, log_det = self.steps(squeeze(x))
-        if self.top:
-            out = (h - self.prior_mean) * torch.exp(-self.prior_log_std)
-            return unsqueeze(out), log_det - self.prior_log_std.sum().expand(x.shape[0])
-        kept, z = h.chunk(2, dim=1)
-        mean, log_std = self.split_prior(kept).float().chunk(2, dim=1)
-        eps = (z - mean) * torch.exp(-log_std)
-        rest, ld = self.next(kept)
-        return unsqueeze(torch.cat([rest, eps], 1)), log_det + ld - log_std.flatten(1).sum(1)
-
-    def inverse(self, y):
-        y = squeeze(y)
-        if self.top:
-            h = y * torch.exp(self.prior_log_std) + self.prior_mean
-            log_det = self.prior_log_std.sum().expand(y.shape[0])
-        else:
-            rest, eps = y.chunk(2, dim=1)
-            kept, log_det = self.next.inverse(rest)
-            mean, log_std = self.split_prior(kept).float().chunk(2, dim=1)
-            h = torch.cat([kept, eps * torch.exp(log_std) + mean], 1)
-            log_det = log_det + log_std.flatten(1).sum(1)
-        x, ld = self.steps.inverse(h)
-        return unsqueeze(x), log_det + ld
-
-
-class MultiScaleGlow(nn.Module):
-    """The standalone Glow of Kingma & Dhariwal (2018), the paper's baseline: ``levels`` levels
-    (L) of squeeze -> ``steps`` (K) x [ActNorm (data-dependent init) -> 1x1 conv -> affine or
-    additive coupling] -> split, with learned split priors and a learned top prior. Registered as a
-    flow: x -> (z, log_det) with z ~ N(0, I) under the model (the learned priors are folded into
-    the bijection), so ``vaeflow train-baseline`` trains it alone as a density model. It is not
-    the identity at initialisation, so vaeflow refuses it as a VAE's pixel-space flow (the
-    ``Flow`` contract in vaeflow_cli.hookspecs). Inputs are centred (x - 0.5) first, as in Glow.
-    Needs H and W divisible by 2^levels."""
-
-    def __init__(self, *, image_shape: tuple[int, int, int], levels: int, steps: int, hidden_channels: int, coupling: str, lu: bool) -> None:
-        super().__init__()
-        c, h, w = image_shape
-        if h % 2**levels or w % 2**levels:
-            raise ValueError(f"multiscale-glow with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
-        self.body = _GlowLevel(c, h, w, levels=levels, steps=steps, hidden=hidden_channels, coupling=coupling, lu=lu)
-
-    def forward(self, x):
-        return self.body(x - 0.5)
-
-    def inverse(self, z):
-        x, log_det = self.body.inverse(z)
-        return x + 0.5, log_det

@@ -2,7 +2,9 @@
 
 ``tensorboard``: every numeric, finite value of each metrics record as a TensorBoard scalar
 ``<phase>/<key>`` (``vae/train_bpd``, ``vae/test_bpd``, ``vae/lr``, ...) at the record's global
-optimizer step, in ``RUN/tensorboard/<phase>/``; view with ``tensorboard --logdir RUN/tensorboard``.
+optimizer step, the step records' recent training loss as ``<phase>/train_bpd_step`` (every
+``[run] log_every`` steps), and each epoch's sample grid as the image ``<phase>/samples``, in
+``RUN/tensorboard/<phase>/``; view with ``tensorboard --logdir RUN/tensorboard``.
 Needs the ``tensorboard`` package (``pip install 'vaeflow[tensorboard]'``).
 
 This module imports neither torch nor tensorboard: the factory does, when a phase starts.
@@ -30,17 +32,26 @@ class TensorBoardLogger:
         self.log_dir, self.phase, self._writer_class = log_dir, phase, writer_class
         self._writer = None
 
-    def log(self, record: Mapping[str, Any]) -> None:
-        step = int(record["step"])
+    def _writer_at(self, step: int):
         if self._writer is None:
             self._writer = self._writer_class(self.log_dir, purge_step=step)
+        return self._writer
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        step = int(record["step"])
+        self._writer_at(step)
         for key, value in record.items():
             if key in SKIPPED_KEYS or isinstance(value, bool) or not isinstance(value, numbers.Real):
                 continue
             value = float(value)
             if math.isfinite(value):
                 self._writer.add_scalar(f"{self.phase}/{key}", value, global_step=step)
-        self._writer.flush()  # one record per epoch: cheap, and a killed run loses nothing
+        self._writer.flush()  # a record per epoch, or per [run] log_every steps: cheap, and a killed run loses nothing
+
+    def log_image(self, name: str, image: Any, *, step: int) -> None:
+        """``image``: uint8 (H, W, C), the epoch's sample grid."""
+        self._writer_at(int(step)).add_image(name, image, global_step=int(step), dataformats="HWC")
+        self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -53,6 +53,7 @@ def register_priors(register):
 @hookimpl
 def register_flows(register):
     register("glow-layer", glow_layer)
+    register("conditional-glow", conditional_glow)
     register("identity", identity_flow)
     register("multiscale-glow", multiscale_glow)
 
@@ -127,6 +128,9 @@ def two_stage_vae_prior(*, latent_dim: int, hidden: Annotated[int, Range(1, 6553
 # -- pixel-space flows (glow.py) --------------------------------------------------------------------
 
 
+ConditionChannels = Annotated[int, Range(1, 4096)]
+
+
 def glow_layer(
     *,
     image_shape: ImageShape,
@@ -136,18 +140,63 @@ def glow_layer(
     split: Literal["auto", "channel", "checkerboard", "alternate"] = "auto",
     coupling: Literal["additive", "affine"] = "additive",
     checkpointing: bool = False,
+    conditional: bool = False,
+    condition_channels: ConditionChannels = 8,
 ) -> Flow:
     """The paper's Glow layer: ``depth`` blocks of ActNorm, an invertible 1x1 convolution (LU
     parametrised with ``lu``) and a coupling of width ``hidden_channels``, additive (the paper's)
     or ``coupling = "affine"`` (a tanh-bounded log-scale as well); ``split`` "auto" splits channels
     for C >= 2 and a checkerboard for C = 1, "checkerboard" splits pixels for any C, "alternate"
     takes the checkerboard and the channel split in turn (C >= 2); ``checkpointing`` recomputes
-    activations in the backward pass to save memory. The identity at initialisation."""
+    activations in the backward pass to save memory. ``conditional``: the couplings also read
+    ``condition_channels`` feature maps of the decoder's (g_mu, log g_sigma) (a conditional flow).
+    The identity at initialisation."""
     from vaeflow_plugins.glow import GlowLayer
 
     return GlowLayer(
-        image_shape=image_shape, depth=depth, hidden_channels=hidden_channels, lu=lu, split=split, checkpointing=checkpointing, coupling=coupling
+        image_shape=image_shape,
+        depth=depth,
+        hidden_channels=hidden_channels,
+        lu=lu,
+        split=split,
+        checkpointing=checkpointing,
+        coupling=coupling,
+        conditional=conditional,
+        condition_channels=condition_channels,
     )
+
+
+def conditional_glow(
+    *,
+    image_shape: ImageShape,
+    levels: Annotated[int, Range(1, 10)] = 3,
+    steps: Annotated[int, Range(1, 1024)] = 8,
+    hidden_channels: Annotated[int, Range(1, 16384)] = 64,
+    coupling: Literal["affine", "additive"] = "affine",
+    lu: bool = True,
+    condition_channels: ConditionChannels = 8,
+) -> Flow:
+    """vaeflow's conditional flow decoder: f(x; c) = g_mu + g_sigma * G(x; c), with G a
+    multi-scale Glow (``levels`` levels of ``steps`` steps of width ``hidden_channels``, squeeze
+    and split, data-dependent ActNorm, as the standalone ``multiscale-glow``) whose couplings and
+    split and top priors read ``condition_channels`` feature maps of the decoder's (g_mu,
+    log g_sigma) at each level's resolution. Not the identity at initialisation: phase 2 starts
+    from its own. Needs H and W divisible by 2**levels."""
+    from vaeflow_plugins.multiscale import MultiScaleGlow
+
+    return MultiScaleGlow(
+        image_shape=image_shape,
+        levels=levels,
+        steps=steps,
+        hidden_channels=hidden_channels,
+        coupling=coupling,
+        lu=lu,
+        conditional=True,
+        condition_channels=condition_channels,
+    )
+
+
+conditional_glow.test_kwargs = {"levels": 2, "steps": 2, "hidden_channels": 8, "condition_channels": 3}  # fits the suite's 4x4 images
 
 
 def identity_flow(*, image_shape: ImageShape) -> Flow:
@@ -169,7 +218,7 @@ def multiscale_glow(
     """The standalone Glow of Kingma & Dhariwal (the paper's baseline; ``vaeflow train-baseline``):
     ``levels`` levels of ``steps`` steps with learned split and top priors folded into the
     bijection; needs H and W divisible by 2**levels. Not the identity at initialisation."""
-    from vaeflow_plugins.glow import MultiScaleGlow
+    from vaeflow_plugins.multiscale import MultiScaleGlow
 
     return MultiScaleGlow(image_shape=image_shape, levels=levels, steps=steps, hidden_channels=hidden_channels, coupling=coupling, lu=lu)
 

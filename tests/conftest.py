@@ -16,6 +16,29 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory):
+    """No test writes into the real user's cache directory: the decoded-dataset cache
+    ($VAEFLOW_CACHE_DIR) of session-scoped fixtures goes to a temporary folder (each test gets its
+    own, ``cache_dir``)."""
+    saved = os.environ.get("VAEFLOW_CACHE_DIR")
+    os.environ["VAEFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("VAEFLOW_CACHE_DIR", None)
+    else:
+        os.environ["VAEFLOW_CACHE_DIR"] = saved
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """This test's $VAEFLOW_CACHE_DIR (a fresh temporary folder, also for the commands it runs in
+    subprocesses); datasets of image files cache their decoded splits in its ``datasets`` folder."""
+    path = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("VAEFLOW_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _fixed_threads():
     """Every test starts and ends on conftest's thread count: a command a test runs in-process

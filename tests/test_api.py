@@ -235,7 +235,7 @@ def test_the_latest_checkpoint_is_chosen_by_the_phase_table_and_a_no_op_resume_c
     "kwargs, message",
     [
         ({"metrics": "bpd"}, r"metrics must be a non-empty list of names from bpd, iwae"),
-        ({"metrics": ["bpd", "fidd"]}, r"metrics: unknown 'fidd'; choose from bpd, iwae, fid, digit_fd, cifar_fd"),
+        ({"metrics": ["bpd", "fidd"]}, r"metrics: unknown 'fidd'; choose from bpd, iwae, fid, digit_fd, cifar_fd, simclr_fd"),
         ({"metrics": []}, "metrics must be a non-empty list"),
         ({"metrics": ["iwae"], "iwae_k": 10**7}, r"iwae_k must be an integer >= 1 and <= 100000, not 10000000"),
         ({"metrics": ["iwae"], "iwae_k": 2.5}, r"iwae_k must be an integer >= 1 and <= 100000, not 2.5"),

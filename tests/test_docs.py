@@ -131,3 +131,17 @@ def test_the_issue_number_patterns_catch_what_they_are_for(text):
 @pytest.mark.parametrize("text", ["issued on a side stream", "a/#12/b", "&#8212;", "color #abc", "section 3.4", "`--seed` 12"])
 def test_the_issue_number_patterns_leave_other_text_alone(text):
     assert not any(p.search(text) for p in ISSUE_REFERENCES)
+
+
+def test_the_config_on_the_configs_page_is_a_valid_config():
+    """Every key the annotated config of docs/configs.md shows exists and has a valid value."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    from vaeflow_cli.config import core as config_mod
+
+    block = re.search(r"```toml\n(.*?)```", (ROOT / "docs" / "configs.md").read_text(encoding="utf-8"), re.S).group(1)
+    cfg = config_mod.resolve(base=tomllib.loads(block), source="docs/configs.md")
+    assert cfg["run"]["log_every"] == config_mod.DEFAULTS["run"]["log_every"] and cfg["run"]["loggers"] == []

@@ -39,8 +39,10 @@ from vaeflow_cli.config.limits import (
     require_image_memory,
     temperature_list,
 )
+from vaeflow_cli.console import warning
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import sampling
+from vaeflow_cli.training import lineage
 from vaeflow_cli.training.phases import LOAD_ORDER, PHASES, latest
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
@@ -66,6 +68,10 @@ class Run:
     start: str | None = None
     complete: bool = False
     """Whether the checkpoint's phase ran all its epochs (False for a checkpoint saved mid-phase)."""
+    stale: str | None = None
+    """Why this checkpoint no longer sits on the run's state of the phase it was trained on (phase 2
+    after phase 1 trained further, say), with the ways out, or None (``training.lineage``); ``load_run``
+    also warns with it."""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -199,6 +205,42 @@ class Run:
             b = iwae_bpd_per_image(self.model, y, k=k, seed=s, device=self.device)
         return torch.from_numpy(b.per_image)
 
+    def score(self, images: Any, *, k: int | None = None, seed: int | None = None, crop_resize: bool = False):
+        """Per-image scores for finding the odd ones out (``vaeflow score``; docs/scoring.md): the
+        bound in bits/dim (the one-sample ELBO, or the IWAE_k bound for ``k``; a standalone flow's
+        exact value), its latent term KL(q(z|y) || p(z)) and pixel term -log p(y|z) (Havtorn et
+        al., 2021, separate the two), the bits of a PNG file of the image, and the
+        complexity-corrected score bpd - PNG (Serra et al., 2020). The same numbers as ``vaeflow
+        score``, and on the same images in the same order with the same seed as ``vaeflow
+        evaluate``'s per-image bounds (image i of the set gets the dequantization noise of index i).
+        Scored a batch at a time (``bounds.EVAL_BATCH`` images), files read as many at a time.
+
+        :param images: uint8 images (see the module docstring), or image files: a path (a PNG or
+            JPEG file, or a folder: its .png/.jpg/.jpeg files, recursively, sorted by path) or a
+            list of paths, decoded as the run decodes image files (the Rust data path).
+        :param k: None for the ELBO, an int in [1, 100000] for the IWAE_k bound (tighter).
+        :param seed: the dequantization and latent noise (None: the run's ``train.seed``, as evaluate).
+        :param crop_resize: files of any size go through the run's own crop and resize (an
+            imagefolder or celeba run's); without it each file must have the model's size.
+        :returns: ``vaeflow_cli.evaluation.scoring.Scores``: float64 (N,) arrays ``bpd``,
+            ``latent_bpd``, ``pixel_bpd``, ``elbo_bpd`` (``latent_bpd + pixel_bpd``; ``bpd`` unless
+            ``k``), ``png_bpd`` and ``complexity``, bits/dim; ``labels`` (the paths, or the
+            indices); ``failed``: (path, why) of each file that could not be scored.
+        :raises VaeflowError: bad arguments, images of another shape or dtype, paths of which
+            none could be scored (the first file's reason), ``crop_resize`` for a run whose dataset
+            has no crop or resize (mnist, cifar10), images too large to score a batch of in the
+            available memory."""
+        from vaeflow_cli.evaluation.scoring import as_paths, score_images, score_paths
+
+        k = None if k is None else check_count(k, "k", high=IWAE_K_MAX)
+        s = self.seed if seed is None else check_seed(seed)
+        paths = as_paths(images)
+        if paths is not None:
+            return score_paths(self, paths, k=k, seed=s, crop_resize=check_bool(crop_resize, "crop_resize"))
+        if check_bool(crop_resize, "crop_resize"):
+            raise VaeflowError("crop_resize applies to image files; images given as an array must have the run's size already")
+        return score_images(self, as_uint8_images(images, self.image_shape), k=k, seed=s)
+
     def _need_vae(self, what: str) -> None:
         if PHASES[self.phase].standalone:
             raise VaeflowError(f"{self.path} is a standalone flow (train-baseline): it has no latent space for {what}")
@@ -206,21 +248,6 @@ class Run:
 
 BATCH = 500
 """Images per forward pass of ``encode`` and ``reconstruct`` (as ``log_prob_bound`` batches)."""
-
-
-def _started_from(file: Path) -> str | None:
-    """The phase a checkpoint's training started from, read through a memory map (the weights stay
-    on disk); a file that cannot be read so is read and checked in full, which names its problem."""
-    from vaeflow_cli.config.limits import file_problem
-    from vaeflow_cli.training.runs import load_checkpoint
-
-    if file_problem(file) is not None:  # a FIFO would block the open forever: load_checkpoint names the problem
-        return load_checkpoint(file).get("start")
-    try:
-        start = torch.load(file, weights_only=True, mmap=True, map_location="cpu").get("start")
-    except Exception:  # noqa: BLE001 - load_checkpoint turns every problem into one line
-        start = load_checkpoint(file).get("start")
-    return start if isinstance(start, str) else None
 
 
 def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoint: str | Path | None = None) -> Run:
@@ -231,7 +258,10 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     :param checkpoint: None for the checkpoint of the phase trained last among the VAE phases, by
         the phase table (``phases.latest``: joint after phase 2 after phase 1, train-prior after what
         it started from; never by file times), the baseline when only it exists; a phase name ("vae", "glow", "prior",
-        "joint", "baseline"), or the path of a checkpoint file (a step-tagged one, say).
+        "joint", "baseline"), or the path of a checkpoint file (a step-tagged one, say). A checkpoint
+        trained on a state of its start phase that the run no longer holds (phase 2 after phase 1
+        trained further) is stale: loaded when asked for by name or file, with a warning line and
+        ``Run.stale``; passed over by default for the phase trained after it, with a warning line.
     :raises VaeflowError: a folder that is not a run, a missing, damaged or mismatched checkpoint,
         an unknown device (one line each)."""
     from vaeflow_cli.training.runs import RunDir, check_signature, load_checkpoint, model_from_state
@@ -246,10 +276,14 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); train one with vaeflow train-vae --run {rd.path}")
     dev = resolve_device(str(device), "device")
     cfg = rd.resolved_config()
+    head_of = lineage.heads(rd.path)
+    passed_over = None
     if checkpoint is None:
         found = [p for p in LOAD_ORDER if rd.checkpoint_path(p).exists()]
         if found:
-            checkpoint = latest(found, start_of=lambda p: _started_from(rd.checkpoint_path(p)))
+            stale = {p: lineage.stale_link(p, head_of) for p in found} if len(found) > 1 else {}
+            checkpoint = latest(found, start_of=lambda p: head_of(p)["start"], stale=lambda p: stale.get(p) is not None)
+            passed_over = next((stale[p] for p in LOAD_ORDER if stale.get(p) is not None and p != checkpoint), None)
         elif rd.checkpoint_path("baseline").exists():
             checkpoint = "baseline"
         else:
@@ -274,6 +308,11 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     check_signature(state, cfg, file)
     model = model_from_state(cfg, state, device=str(dev), path=file)
     model.use_flow = PHASES[state["phase"]].uses_flow(state.get("start"))  # the checkpoint's phase decides
+    stale = _staleness(rd, file, state, head_of)
+    if stale is not None:
+        warning(f"{stale.message(rd.path)}; loaded it as it is")
+    elif passed_over is not None:
+        warning(f"{passed_over.message(rd.path)}; loaded {PHASES[state['phase']].title} ({file}), trained after it")
     return Run(
         path=rd.path,
         config=cfg,
@@ -283,7 +322,18 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         device=dev,
         start=state.get("start"),
         complete=bool(state.get("complete", False)),
+        stale=stale.message(rd.path) if stale is not None else None,
     )
+
+
+def _staleness(rd, file: Path, state: dict, head_of):
+    """``lineage.stale_link`` for the checkpoint loaded from ``file`` (the run's own, or a
+    step-tagged one: its chain is checked from its own recorded start)."""
+    phase = state["phase"]
+    if phase in PHASES and file.resolve() == rd.checkpoint_path(phase).resolve():
+        return lineage.stale_link(phase, head_of)
+    own = {k: state.get(k) for k in lineage.HEAD_KEYS}  # a step-tagged file: its own head, the run's for the rest
+    return lineage.stale_link(phase, lambda p: own if p == phase else head_of(p))
 
 
 def _checkpoint_file(rd, given: Path) -> Path:

@@ -81,6 +81,11 @@ def warning(msg: str) -> None:
     logger.warning(msg)
 
 
+def counted(n: int, noun: str) -> str:
+    """A count and its noun for a message: "1 epoch", "3 epochs" (``noun`` singular, plural by -s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def progress_enabled() -> bool:
     """Whether progress bars may be drawn: the "vaeflow" logger passes info lines (not ``-q``)."""
     _default()

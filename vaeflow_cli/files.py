@@ -1,14 +1,19 @@
 """Writing files so that nothing is ever half-written: a temporary file beside the target,
 flushed and fsynced, renamed over it, the folder fsynced (``atomic_write``). Used for checkpoints,
-configs, metrics, caches, samples and results alike."""
+configs, metrics, caches, samples and results alike.
+
+The file keeps the permissions a plain ``open(path, "w")`` would give it: a new file gets 0666
+less the umask (the temporary file is created with that mode, so the kernel applies the umask and
+any default ACL of the folder), and a file that is replaced keeps its own mode."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
-from vaeflow_cli.errors import RuntimeFailure, describe_os_error
+from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error, is_input_os_error, shorten_words
 
 
 def atomic_write(path: Path, write) -> None:
@@ -28,8 +33,7 @@ def atomic_write(path: Path, write) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        _PENDING.add(tmp)
+        fd, tmp = _create_temporary(path)
         with os.fdopen(fd, "wb") as fh:
             recorder = _WriteErrors(fh)
             try:
@@ -47,12 +51,45 @@ def atomic_write(path: Path, write) -> None:
             Path(tmp).unlink(missing_ok=True)
             _PENDING.discard(tmp)
         if isinstance(exc, OSError):
-            raise RuntimeFailure(f"cannot write {describe_os_error(exc, path)} ({path} is unchanged)") from None
+            kind = VaeflowError if is_input_os_error(exc) else RuntimeFailure  # a path too long is bad input (exit 2)
+            raise kind(f"cannot write {describe_os_error(exc, path)} ({shorten_words(str(path))} is unchanged)") from None
         raise
     fsync_dir(path.parent)
 
 
 _PENDING: set[str] = set()  # temporary files of atomic writes in progress
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new, empty temporary file beside ``path`` (registered in ``_PENDING``), with
+    the mode ``path`` will keep: that of the file it replaces, or 0666 less the umask for a new one
+    (``tempfile.mkstemp`` would make every file 0600)."""
+    try:
+        replaced = os.stat(path)
+        mode = stat.S_IMODE(replaced.st_mode) if stat.S_ISREG(replaced.st_mode) else None
+    except OSError:  # absent (or unreadable: the write itself will say why)
+        mode = None
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask, as for a plain write
+        except FileExistsError:
+            continue
+        _PENDING.add(tmp)
+        if mode is not None:
+            try:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fd, mode)
+                else:  # Windows before Python 3.13
+                    os.chmod(tmp, mode)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)
+                _PENDING.discard(tmp)
+                raise
+        return fd, tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def remove_pending_temporaries() -> None:

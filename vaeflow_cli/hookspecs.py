@@ -44,6 +44,7 @@ __all__ = [
     "Prior",
     "BijectivePrior",
     "Flow",
+    "ConditionalFlow",
     "Dataset",
     "MetricsLogger",
     "EncoderFactory",
@@ -137,7 +138,10 @@ class Flow(Protocol):
     train-mode pass on a copy, where data-dependent initialisation happens. A flow that breaks it
     is refused with one line naming ``[model.flow]``. Check it in your tests with
     ``vaeflow_cli.testing.check_flow_component(factory, pixel_flow=True)``. A flow meant only as a
-    standalone density (``train-baseline``) need not satisfy it."""
+    standalone density (``train-baseline``) need not satisfy it, and neither does a flow that
+    declares a false attribute ``identity_at_init`` (a flow decoder with its own data-dependent
+    initialisation, such as the built-in ``conditional-glow``: its phase 2 starts from that
+    initialisation instead of the phase-1 bound)."""
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param x: images in the pixel transform's space, (B, C, H, W).
@@ -148,8 +152,44 @@ class Flow(Protocol):
 
 
 @runtime_checkable
+class ConditionalFlow(Protocol):
+    """A bijection f(.; c) on images for every condition c, where c is the decoder's base
+    distribution for the same latent: ``condition = (mean, std)`` = (g_mu(z), g_sigma(z)), each
+    (B, C, H, W) with ``std > 0`` (vaeflow's conditional flow decoder; docs/model.md, "The
+    conditional flow decoder"). The model's density is then
+    log p(x|z) = log N(f(x; c); g_mu(z), g_sigma(z)^2) + log|det df/dx|, exact for every z, and
+    sampling is x = f^-1(g_mu + T g_sigma eps; c).
+
+    A conditional flow declares itself with a true attribute ``conditional`` (vaeflow reads it
+    once, when the model is built); everything the ``Flow`` protocol says holds for each fixed
+    condition: shapes, log-dets, the identity at initialisation for every condition (so phase 2
+    starts at the phase-1 bound). Check it with
+    ``vaeflow_cli.testing.check_flow_component(factory, pixel_flow=True)``, which detects the
+    attribute and runs ``check_conditional_flow``: every flow check at fixed conditions, and that
+    the output depends on the condition."""
+
+    conditional: bool
+    """True: forward and inverse take the condition."""
+
+    def __call__(self, x: torch.Tensor, condition: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:param x: images in the pixel transform's space, (B, C, H, W).
+        :param condition: ``(mean, std)`` of the decoder for these images' latents, each (B, C, H, W).
+        :returns: ``(xbar, log|det dxbar/dx|)``, shapes (B, C, H, W) and (B,)."""
+
+    def inverse(self, xbar: torch.Tensor, condition: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:returns: ``(x, log|det dx/dxbar|)``, shapes (B, C, H, W) and (B,); inverts ``__call__``
+        for the same condition."""
+
+
+@runtime_checkable
 class Dataset(Protocol):
-    """An image dataset with named splits."""
+    """An image dataset with named splits.
+
+    A dataset made of image files may also have ``file_decoding() -> dict``: the ``crop``,
+    ``size`` and ``max_pixels`` with which it passes its files to
+    ``plugin_api.decode_with_fallback``. Commands that take a user's image files for a run
+    (``interpolate --from/--to``) then decode them the same way; without it, those files must
+    already be the model's size."""
 
     image_shape: tuple[int, int, int]
     """(C, H, W), C in {1, 3}."""
@@ -164,11 +204,21 @@ class Dataset(Protocol):
 
 @runtime_checkable
 class MetricsLogger(Protocol):
-    """An experiment tracker fed the same records as ``metrics.jsonl`` (on the main process only)."""
+    """An experiment tracker fed the records of ``metrics.jsonl``, one per epoch, and every
+    ``[run] log_every`` optimizer steps a step record (on the main process only).
+
+    Optional: a method ``log_image(name, image, *, step)`` (returns None), which vaeflow calls at
+    each epoch's end with the epoch's sample grid (the PNG it writes to RUN/samples/): ``name`` is
+    ``"<phase>/samples"``, ``image`` a uint8 numpy array (H, W, C), C 1 or 3, ``step`` the global
+    optimizer step of that epoch's record. A logger without it receives the records alone. It is
+    guarded as ``log`` is: one that raises is one warning, and the logger is off for the phase."""
 
     def log(self, record: Mapping[str, Any]) -> None:
-        """:param record: one metrics record: ``phase`` (str), ``epoch`` (int), ``step`` (int, the
-        global optimizer step) and numeric values such as ``train_bpd`` / ``test_bpd`` (bits/dim)."""
+        """:param record: an epoch record, as written to ``metrics.jsonl``: ``phase`` (str),
+        ``epoch`` (int), ``step`` (int, the global optimizer step) and numeric values such as
+        ``train_bpd`` / ``test_bpd`` (bits/dim); or a step record: ``phase``, ``step`` and
+        ``train_bpd_step``, the mean training loss (bits/dim) of the steps since the previous step
+        record (under torchrun, of rank 0's batches)."""
 
     def close(self) -> None:
         """Flush and release; called once at the end of a phase, also when it stops early."""
@@ -236,7 +286,8 @@ def register_flows(register: Register) -> None:
 
     :param register: call ``register(name, factory)`` once per flow; ``factory`` is a ``FlowFactory``
         returning a ``Flow`` (the identity at initialisation, unless it is meant only for
-        ``vaeflow train-baseline``)."""
+        ``vaeflow train-baseline``) or a ``ConditionalFlow`` (a flow decoder that also reads the
+        decoder's base distribution)."""
 
 
 @hookspec

@@ -32,7 +32,9 @@ Datasets (numpy):
   cannot read.
 - ``cached_array(cache_dir, name, key_parts, build)``, ``cache_path(...)``: a decoded split cached
   as a memory-mapped ``.npy`` keyed by ``key_parts`` (use ``file_signature(paths)`` in the key so
-  that changed files rebuild it), written atomically.
+  that changed files rebuild it), written atomically; ``default_cache_dir()``: where, unless the
+  dataset's ``cache_dir`` key says otherwise (the user's cache directory, or ``$VAEFLOW_CACHE_DIR``;
+  never the images' folder).
 
 Testing: ``vaeflow_cli.testing`` is the component check kit (it imports pytest-free torch code).
 """
@@ -59,6 +61,7 @@ _HOMES = {
     "cached_array": "vaeflow_cli.data.pipeline",
     "cache_path": "vaeflow_cli.data.pipeline",
     "file_signature": "vaeflow_cli.data.pipeline",
+    "default_cache_dir": "vaeflow_cli.data.pipeline",
     "file_problem": "vaeflow_cli.config.limits",
     "check_regular_file": "vaeflow_cli.config.limits",
 }
@@ -67,13 +70,13 @@ _HOMES = {
 __all__ = ["Range", "OneOf", "Check", "VaeflowError", "FlowSequence", "global_mean", "global_sum",
            "gaussian_log_prob", "standard_normal_log_prob", "bits_per_dim", "DEFAULT_MAX_PIXELS",
            "decode_with_fallback", "cached_array", "cache_path", "file_signature", "file_problem",
-           "check_regular_file"]  # = _HOMES (tests/plugins/test_plugins.py checks)
+           "check_regular_file", "default_cache_dir"]  # = _HOMES (tests/plugins/test_plugins.py checks)
 # fmt: on
 
 if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.config.constraints import Check, OneOf, Range
     from vaeflow_cli.config.limits import check_regular_file, file_problem
-    from vaeflow_cli.data.pipeline import DEFAULT_MAX_PIXELS, cache_path, cached_array, decode_with_fallback, file_signature
+    from vaeflow_cli.data.pipeline import DEFAULT_MAX_PIXELS, cache_path, cached_array, decode_with_fallback, default_cache_dir, file_signature
     from vaeflow_cli.errors import VaeflowError
     from vaeflow_cli.model.distributions import bits_per_dim, gaussian_log_prob, standard_normal_log_prob
     from vaeflow_cli.model.flows import FlowSequence, global_mean, global_sum

@@ -116,9 +116,9 @@ def test_the_pixel_bound_is_a_config_key_and_is_enforced_for_every_decoder(image
     ds = build_dataset(cfg)
     assert ds.max_pixels == 100
     with pytest.raises(VaeflowError) as exc:  # the 20x24 images (480 pixels): the JPEG in Rust, the PNGs in Pillow
-        ImageFolder(root=str(image_folder), size=8, test_fraction=0.0, max_pixels=479).split("train")
+        ImageFolder(root=str(image_folder), size=8, test_fraction=1e-4, max_pixels=479).split("train")
     assert "20x24 = 480 pixels" in one_line(exc) and "(now 479)" in one_line(exc)
-    assert len(ImageFolder(root=str(image_folder), size=8, test_fraction=0.0, max_pixels=480).split("train")) == 7
+    assert len(ImageFolder(root=str(image_folder), size=8, test_fraction=1e-4, max_pixels=480).split("train")) == 7
     for bad in (0, -5, 1.5, True):
         with pytest.raises(VaeflowError, match="max_pixels must be a positive integer"):
             ImageFolder(root=str(image_folder), max_pixels=bad)
@@ -186,28 +186,28 @@ def test_an_image_folder_with_folders_fifos_and_garbage_named_like_images(image_
     sub = image_folder / "x.png"  # a folder named like an image is searched, not decoded
     sub.mkdir()
     Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(sub / "inner.png")
-    ds = ImageFolder(root=str(image_folder), size=8, test_fraction=0.0)
+    ds = ImageFolder(root=str(image_folder), size=8, test_fraction=1e-4)
     assert len(ds.split("train")) == 8 and sub not in ds.files("train")
     (image_folder / "text.png").write_text("not an image")
     if hasattr(os, "mkfifo"):
         os.mkfifo(image_folder / "pipe.jpg")
     with pytest.raises(VaeflowError) as exc:
-        ImageFolder(root=str(image_folder), size=8, test_fraction=0.0, cache_dir=str(image_folder.parent / "c1")).split("train")
+        ImageFolder(root=str(image_folder), size=8, test_fraction=1e-4, cache_dir=str(image_folder.parent / "c1")).split("train")
     assert "pipe.jpg" in one_line(exc) or "text.png" in one_line(exc)
-    kept = ImageFolder(root=str(image_folder), size=8, test_fraction=0.0, skip_bad=True, cache_dir=str(image_folder.parent / "c2")).split("train")
+    kept = ImageFolder(root=str(image_folder), size=8, test_fraction=1e-4, skip_bad=True, cache_dir=str(image_folder.parent / "c2")).split("train")
     assert len(kept) == 8
 
 
-def test_an_unreadable_cache_is_one_line(image_folder):
+def test_an_unreadable_cache_is_one_line(image_folder, cache_dir):
     from vaeflow_plugins.datasets import ImageFolder
 
-    ds = ImageFolder(root=str(image_folder), size=8, test_fraction=0.0)
+    ds = ImageFolder(root=str(image_folder), size=8, test_fraction=1e-4)
     ds.split("train")
-    (cache,) = (image_folder / ".vaeflow-cache").glob("*.npy")
+    (cache,) = (cache_dir / "datasets").glob("*.npy")
     for content in (b"", b"\x93NUMPY garbage", b"\x93NUMPY\x01\x00\x10\x00{'descr': |O}   \n"):
         cache.write_bytes(content)
         with pytest.raises(VaeflowError) as exc:
-            ImageFolder(root=str(image_folder), size=8, test_fraction=0.0).split("train")
+            ImageFolder(root=str(image_folder), size=8, test_fraction=1e-4).split("train")
         assert str(cache) in one_line(exc) and "delete it" in one_line(exc)
 
 
@@ -632,7 +632,7 @@ def test_cli_huge_image_in_an_image_folder(tmp_path, image_folder):
     (image_folder / "huge.png").write_bytes(HUGE["huge.png"])
     config = tmp_path / "images.toml"
     config.write_text(
-        TINY.format(root=image_folder, run=tmp_path / "run").replace('name = "mnist"', 'name = "imagefolder"\nsize = 16\ntest_fraction = 0.0')
+        TINY.format(root=image_folder, run=tmp_path / "run").replace('name = "mnist"', 'name = "imagefolder"\nsize = 16\ntest_fraction = 0.0001')
     )
     proc = run_cli("train-vae", "--config", config, check=False)
     # train-vae may log its thread count before it opens the data (the training loop's order, not the data path's)

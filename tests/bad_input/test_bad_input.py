@@ -444,3 +444,37 @@ def test_a_file_name_that_is_not_utf8_is_decoded_not_a_crash(world, tmp_path, mo
         capsys=capsys,
     )
     assert rc == 0 and "Traceback" not in err, err
+
+
+LONG = "a" * 100_000  # longer than any file name or path a file system takes
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "show", "--config", LONG],
+        ["config", "show", "--config", f"{{bad}}/{'b' * 300}.toml"],
+        ["sample", "--run", LONG],
+        ["sample", "--run", "{run}", "--out", f"{{bad}}/{LONG}.png"],
+        ["data", "info", "imagefolder", "--root", LONG],
+        ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("data.name=imagefolder", f"data.root={LONG}")],
+        ["interpolate", "--run", "{run}", "--from", LONG, "--to", LONG],
+    ],
+    ids=["config", "config-component", "run", "out", "data-root", "train-data-root", "interpolate-from"],
+)
+def test_an_over_long_path_exits_2_and_its_echo_is_cut(world, tmp_path, argv, monkeypatch, capsys):
+    """A path longer than the file system allows is bad input (exit code 2, as documented), and the
+    one error line shows its start and end, not 100 KB."""
+    fill = {"cfg": world["cfg"], "run": world["run"], "bad": world["bad"], "new": tmp_path / "new"}
+    rc, out, err = call([a.format(**fill) for a in argv], monkeypatch=monkeypatch, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2, err[:2000]
+    assert len(lines) == 1 and lines[0].startswith("vaeflow: error: ") and "internal error" not in lines[0], err[:2000]
+    assert len(lines[0]) < 2_000, lines[0][:2000]
+    assert ("characters left out" in lines[0]) == any(LONG in a for a in argv), lines[0]
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_echo_of_a_long_value_is_cut_in_every_error_line(world, monkeypatch, capsys):
+    rc, out, err = call(["config", "show", "--set", f"model.encoder.type={LONG}"], monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 2 and len(err) < 5_000 and "characters left out" in err, err[:2000]  # the value is echoed twice, each cut

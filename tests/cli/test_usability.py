@@ -236,7 +236,7 @@ def test_errors_stay_one_line_under_quiet_and_both_flags_are_refused(tmp_path, c
 
 
 def test_quiet_turns_the_progress_bar_off(monkeypatch, vaeflow_logger):
-    from vaeflow_cli.training.progress import Progress
+    from vaeflow_cli.progress import Progress
 
     class Terminal:
         def isatty(self):

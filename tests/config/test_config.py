@@ -28,14 +28,28 @@ def test_shipped_configs_validate_and_build_their_models(path):
 
 
 def test_paper_configs_use_the_paper_settings():
+    """The paper-scale configs: the paper's VAE and prior and phase-1 schedule; the flow decoder is
+    the conditional Glow sized like the baseline (with Glow's schedule), and the paper's own Glow
+    layer (depth 32, its schedule) is kept in NAME-glow-layer.toml."""
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    baseline = config_mod.resolve(configs / "glow-cifar10.toml")["model"]["flow"]
     for name, depth in (("cifar10", 3), ("celeba", 4)):
-        cfg = config_mod.resolve(Path(__file__).resolve().parents[2] / "configs" / f"{name}.toml")
-        assert cfg["model"]["encoder"]["depth"] == depth == cfg["model"]["decoder"]["depth"]
-        assert (cfg["model"]["prior"]["layers"], cfg["model"]["prior"]["hidden"]) == (16, 1024)
-        assert cfg["model"]["flow"]["depth"] == 32
-        for phase in ("vae", "glow"):
-            p = cfg["train"][phase]
-            assert (p["epochs"], p["lr"], p["lr_halve_every"]) == (1000, 1e-4, 250)
+        for variant in (name, f"{name}-glow-layer"):
+            cfg = config_mod.resolve(configs / f"{variant}.toml")
+            assert cfg["model"]["encoder"]["depth"] == depth == cfg["model"]["decoder"]["depth"]
+            assert (cfg["model"]["prior"]["layers"], cfg["model"]["prior"]["hidden"]) == (16, 1024)
+            v = cfg["train"]["vae"]
+            assert (v["epochs"], v["lr"], v["lr_halve_every"]) == (1000, 1e-4, 250)
+        cfg = config_mod.resolve(configs / f"{name}.toml")
+        flow = cfg["model"]["flow"]
+        assert flow["type"] == "conditional-glow"
+        assert (flow["levels"], flow["steps"], flow["hidden_channels"]) == (baseline["levels"], baseline["steps"], baseline["hidden_channels"])
+        g = cfg["train"]["glow"]
+        assert (g["epochs"], g["lr"], g["warmup_steps"]) == (1000, 1e-3, 3125)
+        paper = config_mod.resolve(configs / f"{name}-glow-layer.toml")
+        assert paper["model"]["flow"]["type"] == "glow-layer" and paper["model"]["flow"]["depth"] == 32
+        g = paper["train"]["glow"]
+        assert (g["epochs"], g["lr"], g["lr_halve_every"]) == (1000, 1e-4, 250)
 
 
 def test_set_overrides_are_type_checked():
@@ -108,3 +122,20 @@ def test_config_show_prints_resolved_toml():
     proc = run_cli("config", "show", "--set", "train.vae.epochs=7")
     cfg = config_mod.tomllib.loads(proc.stdout.decode())
     assert cfg["train"]["vae"]["epochs"] == 7
+
+
+def test_a_config_starting_with_a_utf8_byte_order_mark_is_read(tmp_path, tiny_config):
+    """Editors on Windows (Notepad) save UTF-8 with a byte-order mark; it is not part of the TOML."""
+    text = tiny_config.read_text()
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert config_mod.resolve(bom) == config_mod.resolve(tiny_config)
+    proc = run_cli("config", "show", "--config", bom)
+    assert b"latent_dim = 4" in proc.stdout
+    # a mark anywhere else, or bytes that are not UTF-8, are still refused, naming the byte
+    (tmp_path / "twice.toml").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf" + text.encode())
+    with pytest.raises(VaeflowError, match="not valid TOML"):
+        config_mod.resolve(tmp_path / "twice.toml")
+    (tmp_path / "latin1.toml").write_bytes(b"\xef\xbb\xbf[train]\nseed = 1 # caf\xe9\n")
+    with pytest.raises(VaeflowError, match=r"not UTF-8 text \(byte 25\)"):
+        config_mod.resolve(tmp_path / "latin1.toml")

@@ -85,31 +85,31 @@ def test_a_decoder_panic_is_one_error_and_prints_nothing(capfd):
     assert "panicked at" not in capfd.readouterr().err
 
 
-def test_celeba_splits_cache_and_rebuild(celeba_root):
+def test_celeba_splits_cache_and_rebuild(celeba_root, cache_dir):
     ds = CelebA(root=str(celeba_root), crop="center-148", size=16)
     train = ds.split("train")
     assert isinstance(train, np.memmap) and train.shape == (4, 3, 16, 16) and train.dtype == np.uint8
     assert ds.split("val").shape == (1, 3, 16, 16) and ds.split("test").shape == (2, 3, 16, 16)
-    caches = sorted((celeba_root / ".vaeflow-cache").glob("*.npy"))
+    caches = sorted((cache_dir / "datasets").glob("*.npy"))
     assert len(caches) == 3
     again = CelebA(root=str(celeba_root), crop="center-148", size=16).split("train")
     assert np.array_equal(again, train)
-    assert len(list((celeba_root / ".vaeflow-cache").glob("*.npy"))) == 3  # read, not rebuilt
+    assert len(list((cache_dir / "datasets").glob("*.npy"))) == 3  # read, not rebuilt
     CelebA(root=str(celeba_root), crop="center-148", size=8).split("train")  # new parameters: new cache
-    assert len(list((celeba_root / ".vaeflow-cache").glob("celeba-train-*.npy"))) == 2
+    assert len(list((cache_dir / "datasets").glob("celeba-train-*.npy"))) == 2
     first = celeba_root / "img_align_celeba" / "000001.jpg"
     Image.fromarray(np.zeros((218, 178, 3), np.uint8)).save(first, quality=90)  # a changed source file
     os.utime(first, ns=(1, 1))
     rebuilt = CelebA(root=str(celeba_root), crop="center-148", size=16).split("train")
     assert rebuilt[0].max() < 10 and not np.array_equal(rebuilt, train)
-    assert not list((celeba_root / ".vaeflow-cache").glob("*.tmp"))
+    assert not list((cache_dir / "datasets").glob("*.tmp"))
 
 
-def test_celeba_bad_input(celeba_root):
+def test_celeba_bad_input(celeba_root, cache_dir):
     (celeba_root / "img_align_celeba" / "000002.jpg").write_bytes(b"broken")
     with pytest.raises(VaeflowError, match="000002.jpg"):
         CelebA(root=str(celeba_root), size=8).split("train")
-    assert not list((celeba_root / ".vaeflow-cache").glob("celeba-train-*"))  # no cache of a failed build
+    assert not list((cache_dir / "datasets").glob("celeba-train-*"))  # no cache of a failed build
     (celeba_root / "list_eval_partition.txt").unlink()
     with pytest.raises(VaeflowError, match="list_eval_partition.txt not found"):
         CelebA(root=str(celeba_root)).split("train")
@@ -173,8 +173,8 @@ def test_named_celeba_crops_are_the_documented_slices(coordinate_files, celeba_r
         assert np.abs(decode_images(smooth, crop=box, size=64).astype(int) - ref.astype(int)).mean() < 1.5, name
 
 
-def test_celeba_crop_options_cache_and_info(celeba_root):
-    cache = celeba_root / ".vaeflow-cache"
+def test_celeba_crop_options_cache_and_info(celeba_root, cache_dir):
+    cache = cache_dir / "datasets"
     wae = CelebA(root=str(celeba_root), crop="wae-140", size=16)
     files = wae.files("train")
     train = wae.split("train")
@@ -191,7 +191,7 @@ def test_celeba_crop_options_cache_and_info(celeba_root):
     assert CelebA(root=str(celeba_root)).crop == (45, 25, 128, 128)  # the default convention
 
 
-def test_celeba_crop_options_are_checked(celeba_root):
+def test_celeba_crop_options_are_checked(celeba_root, cache_dir):
     root = str(celeba_root)
     for kwargs, message in (
         ({"crop": "dcgan-148"}, r"unknown data.crop 'dcgan-148'; use one of \"two-stage-vae-128\""),
@@ -209,7 +209,7 @@ def test_celeba_crop_options_are_checked(celeba_root):
         VaeflowError, match=r"000001.jpg: image is 178x218, the crop box \(rows 80:228, columns 15:163\) does not fit.*\(and 3 more\)"
     ):
         CelebA(root=root, crop="box", crop_box=[80, 15, 148, 148], size=8).split("train")
-    assert not list((celeba_root / ".vaeflow-cache").glob("celeba-train-*"))
+    assert not list((cache_dir / "datasets").glob("celeba-train-*"))
 
 
 def test_celeba_config_names_its_crop():
@@ -448,7 +448,7 @@ def test_imagefolder_crop_box_cuts_the_same_box_of_every_image(tmp_path):
     pictures = [smooth_image(rng, w=89, h=109) for _ in range(4)]
     for i, rgb in enumerate(pictures):
         Image.fromarray(rgb).save(root / f"{i:06d}.png")  # lossless: the pixels are known exactly
-    ds = ImageFolder(root=str(root), crop_box=[22, 12, 64, 64], size=64, test_fraction=0.0)
+    ds = ImageFolder(root=str(root), crop_box=[22, 12, 64, 64], size=64, test_fraction=1e-4)
     got = ds.split("train")
     assert got.shape == (4, 3, 64, 64)
     for i, rgb in enumerate(pictures):
@@ -456,7 +456,7 @@ def test_imagefolder_crop_box_cuts_the_same_box_of_every_image(tmp_path):
     assert ds.info()["preprocessing"]["crop_box"] == [22, 12, 64, 64]
     # another box is another cache
     assert np.array_equal(
-        ImageFolder(root=str(root), crop_box=[0, 0, 64, 64], size=64, test_fraction=0.0).split("train")[0], pictures[0][:64, :64].transpose(2, 0, 1)
+        ImageFolder(root=str(root), crop_box=[0, 0, 64, 64], size=64, test_fraction=1e-4).split("train")[0], pictures[0][:64, :64].transpose(2, 0, 1)
     )
     for kwargs, message in (
         ({"crop_box": [1, 2, 3]}, r"imagefolder: a crop box is data.crop_box = \[top, left, height, width\]"),
@@ -466,7 +466,7 @@ def test_imagefolder_crop_box_cuts_the_same_box_of_every_image(tmp_path):
         with pytest.raises(VaeflowError, match=message):
             ImageFolder(root=str(root), size=8, **kwargs)
     with pytest.raises(VaeflowError, match=r"000000.png.*does not fit"):
-        ImageFolder(root=str(root), crop_box=[100, 0, 64, 64], size=8, test_fraction=0.0).split("train")
+        ImageFolder(root=str(root), crop_box=[100, 0, 64, 64], size=8, test_fraction=1e-4).split("train")
 
 
 def test_the_embedded_dataset_refuses_a_root_it_would_ignore():

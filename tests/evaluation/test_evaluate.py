@@ -607,3 +607,139 @@ def test_the_training_curves_show_every_value_with_a_log_axis_for_spikes(tmp_pat
     ax = figures[0].axes[0]
     low, high = ax.get_ylim()
     assert ax.get_yscale() == "log" and low <= 3.0 and high >= 127.0 and "log scale" in ax.get_ylabel()
+
+
+# -- progress, sweep plots, training curves -----------------------------------------------------
+
+
+def run_on_a_terminal(args, timeout: float = 600) -> tuple[int, bytes, bytes]:
+    """``python -m vaeflow_cli ARGS`` with stderr on a pseudo-terminal (stdout a pipe): (exit code,
+    stdout, everything the terminal received)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "160"}
+    proc = subprocess.Popen([sys.executable, "-m", "vaeflow_cli", *map(str, args)], stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    received, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the terminal's other end closed (the process ended)
+                    break
+                if not data:
+                    break
+                received.append(data)
+            elif proc.poll() is not None:
+                break
+        stdout = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0]
+    finally:
+        os.close(master)
+    return proc.returncode, stdout, b"".join(received)
+
+
+def test_evaluate_draws_progress_bars_on_a_terminal_and_nothing_under_quiet(trained_run):
+    import re
+
+    args = ["evaluate", "--run", trained_run, "--metrics", "bpd,iwae", "--iwae-k", "8"]
+    code, stdout, terminal = run_on_a_terminal(args)
+    text = terminal.decode(errors="replace")
+    assert code == 0, text[-2000:]
+    assert "iwae: IWAE_8 bound of the full model on 32 test images" in text  # the line, above the bars
+    assert "iwae: IWAE_8, full model" in text and "\u2501" in text and re.search(r"\d+/32", text), text[-2000:]  # a bar: its task, its count
+    assert json.loads((trained_run / "eval" / "evaluate-test.json").read_text())["iwae_k"] == 8 and stdout.startswith(b"run ")
+    code, stdout, terminal = run_on_a_terminal(["-q", *args])
+    assert code == 0 and terminal == b"" and stdout.startswith(b"run ")
+    piped = run_cli(*args)  # stderr not a terminal: the lines, no bar
+    assert "iwae: IWAE_8 bound of the full model on 32 test images" in piped.stderr and "\u2501" not in piped.stderr
+
+
+def test_the_progress_of_every_long_loop_counts_every_image(trained_run):
+    from vaeflow_cli.api import load_run
+    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
+    from vaeflow_cli.evaluation.evaluate import generate
+    from vaeflow_cli.evaluation.yardsticks import png_bpd
+
+    run = load_run(trained_run, device="cpu")
+    images = load_split(config_mod.resolve(trained_run / "config.toml"), "test")
+    for compute in (
+        lambda progress: elbo_bpd(run.model, images, seed=0, device="cpu", progress=progress),
+        lambda progress: iwae_bpd_per_image(run.model, images, k=64, seed=0, device="cpu", progress=progress),  # 4 images a batch
+        lambda progress: png_bpd(images, progress=progress),
+    ):
+        seen: list[int] = []
+        with_progress = compute(seen.append)
+        assert sum(seen) == len(images) and len(seen) > 0
+        without = compute(None)
+        assert np.array_equal(getattr(with_progress, "per_image", with_progress), getattr(without, "per_image", without))
+    seen = []
+    samples = generate(run.model, 600, temperature=0.5, seed=3, progress=seen.append)
+    assert seen == [500, 100] and np.array_equal(samples, generate(run.model, 600, temperature=0.5, seed=3))  # counted, the same images
+    seen = []
+    features = fid.batched_features(lambda x: torch.from_numpy(x.reshape(len(x), -1)[:, :3].astype(np.float32)), samples, 250, seen.append)
+    assert seen == [250, 250, 100] and sum(len(f) for f in features) == 600
+
+
+def test_every_sample_score_of_a_temperature_sweep_gets_its_plot(trained_run, tmp_path, monkeypatch):
+    from vaeflow_cli.evaluation import plots
+    from vaeflow_cli.evaluation.evaluate import format_table
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(
+        plots, "_save", lambda plt, fig, path: figures.append([line.get_label() for line in fig.axes[0].get_lines()]) or save(plt, fig, path)
+    )
+    r = evaluate_run(trained_run, metrics=["digit_fd"], n_samples=16, temperatures=[0.5, 1.0])
+    plot = trained_run / "eval" / "digit_fd-temperature-test.png"
+    assert r["digit_fd_plot"] == str(plot) and plot.read_bytes().startswith(b"\x89PNG")
+    assert figures == [["vae model", "full model"]]  # one line per model
+    assert f"plot: {plot}" in format_table(r)
+    r = evaluate_run(trained_run, metrics=["digit_fd"], n_samples=16, temperatures=[0.5, 1.0], out=tmp_path / "sweep.json")
+    assert r["digit_fd_plot"] == str(tmp_path / "sweep-digit_fd-temperature.png") and (tmp_path / "sweep-digit_fd-temperature.png").is_file()
+    assert evaluate_run(trained_run, metrics=["digit_fd"], n_samples=16, temperatures=[0.5]).get("digit_fd_plot") is None  # one T: no sweep
+
+
+def test_one_epoch_phases_are_drawn_with_markers_on_whole_epochs(tmp_path, monkeypatch):
+    from vaeflow_cli.evaluation import plots
+    from vaeflow_cli.training.runs import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    for record in (
+        {"phase": "vae", "epoch": 1, "train_bpd": 3.0, "test_bpd": 2.9},
+        {"phase": "glow", "epoch": 0, "test_bpd": 2.9},
+        {"phase": "glow", "epoch": 1, "train_bpd": 2.6, "test_bpd": 2.5},
+    ):
+        rd.append_metrics(record)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig) or path)
+    plots.training_curves(rd.path)
+    ax = figures[0].axes[0]
+    curves = [line for line in ax.get_lines() if line.get_label().startswith(("vae", "glow"))]
+    assert len(curves) == 4 and all(line.get_marker() not in (None, "", "None", " ") for line in curves)  # one point shows too
+    figures[0].canvas.draw()
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_score_of_an_earlier_call_keeps_its_temperature_in_the_merged_results(trained_run, tmp_path):
+    """A FID at T=0.5 from an earlier call, then a call at other temperatures: the merged file says
+    which temperature each number is at (the table failed on it, after all the work)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    (run / "eval").mkdir()
+    (run / "eval" / "evaluate-test.json").write_text(json.dumps({"temperature": 0.5, "fid": 12.5, "fid_model": "full", "n_samples": 24}))
+    evaluate_run(run, metrics=["bpd"], temperatures=[0.7, 1.0])
+    saved = json.loads((run / "eval" / "evaluate-test.json").read_text())
+    assert saved["fid"] == {"0.5": 12.5} and saved["temperature"] == [0.7, 1.0] and "bpd_elbo_full" in saved
+    assert "FID (full model, T=0.5, 24 samples): 12.50" in (run / "eval" / "evaluate-test.txt").read_text()

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
+from vaeflow_cli.model.distributions import gaussian_log_prob
 from vaeflow_cli.plugins.registry import build_registry
 from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior_component, perturb
-from vaeflow_plugins.glow import ActNorm, AdditiveCoupling, AffineCoupling, DataInitActNorm, InvConv1x1, SplitAffineCoupling, squeeze, unsqueeze
-from vaeflow_plugins.models import glow_layer, multiscale_glow
+from vaeflow_plugins.glow import ActNorm, Coupling, DataInitActNorm, InvConv1x1, squeeze, unsqueeze
+from vaeflow_plugins.models import conditional_glow, glow_layer, multiscale_glow
 
 REGISTRY = build_registry(allowed=None)  # every installed plugin, third-party ones too
 
@@ -58,18 +59,18 @@ GLOW_PARTS = {
     "invconv-lu": (lambda: InvConv1x1(3, lu=True), 3),
     "invconv-dense": (lambda: InvConv1x1(3, lu=False), 3),
     "invconv-1ch": (lambda: InvConv1x1(1, lu=True), 1),
-    "coupling-ch0": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=0, split="channel"), 3),
-    "coupling-ch1": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="channel"), 3),
-    "checker0": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
-    "checker1": (lambda: AdditiveCoupling((1, 4, 4), hidden=8, parity=1, split="checkerboard"), 1),
-    "checker-rgb": (lambda: AdditiveCoupling((3, 4, 4), hidden=8, parity=1, split="checkerboard"), 3),
+    "coupling-ch0": (lambda: Coupling((3, 4, 4), hidden=8, parity=0, split="channel"), 3),
+    "coupling-ch1": (lambda: Coupling((3, 4, 4), hidden=8, parity=1, split="channel"), 3),
+    "checker0": (lambda: Coupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
+    "checker1": (lambda: Coupling((1, 4, 4), hidden=8, parity=1, split="checkerboard"), 1),
+    "checker-rgb": (lambda: Coupling((3, 4, 4), hidden=8, parity=1, split="checkerboard"), 3),
     "glow-alternate": (lambda: glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=8, split="alternate"), 3),
-    "affine-split-ch": (lambda: SplitAffineCoupling((3, 4, 4), hidden=8, parity=0, split="channel"), 3),
-    "affine-split-checker": (lambda: SplitAffineCoupling((3, 4, 4), hidden=8, parity=1, split="checkerboard"), 3),
-    "affine-split-gray": (lambda: SplitAffineCoupling((1, 4, 4), hidden=8, parity=0, split="checkerboard"), 1),
+    "affine-split-ch": (lambda: Coupling((3, 4, 4), hidden=8, parity=0, split="channel", scale="tanh"), 3),
+    "affine-split-checker": (lambda: Coupling((3, 4, 4), hidden=8, parity=1, split="checkerboard", scale="tanh"), 3),
+    "affine-split-gray": (lambda: Coupling((1, 4, 4), hidden=8, parity=0, split="checkerboard", scale="tanh"), 1),
     "glow-affine-alternate": (lambda: glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=8, split="alternate", coupling="affine"), 3),
-    "affine0": (lambda: AffineCoupling(4, hidden=8, parity=0), 4),
-    "affine1": (lambda: AffineCoupling(3, hidden=8, parity=1), 3),
+    "affine0": (lambda: Coupling((4, 4, 4), hidden=8, parity=0, split="channel", scale="sigmoid"), 4),
+    "affine1": (lambda: Coupling((3, 4, 4), hidden=8, parity=1, split="channel", scale="sigmoid"), 3),
 }
 
 
@@ -137,13 +138,13 @@ def test_glow_layer_is_exactly_the_identity_at_initialisation(shape, split, coup
 def test_glow_coupling_splits_as_documented():
     rgb = glow_layer(image_shape=(3, 4, 4), depth=2, hidden_channels=4)
     gray = glow_layer(image_shape=(1, 4, 4), depth=2, hidden_channels=4)
-    assert [m.split for m in rgb.layers if isinstance(m, AdditiveCoupling)] == ["channel", "channel"]
-    assert [m.split for m in gray.layers if isinstance(m, AdditiveCoupling)] == ["checkerboard", "checkerboard"]
+    assert [m.split for m in rgb.layers if isinstance(m, Coupling)] == ["channel", "channel"]
+    assert [m.split for m in gray.layers if isinstance(m, Coupling)] == ["checkerboard", "checkerboard"]
     # the 1 | 2 channel split alternates which part is transformed
-    couplings = [m for m in rgb.layers if isinstance(m, AdditiveCoupling)]
+    couplings = [m for m in rgb.layers if isinstance(m, Coupling)]
     assert (couplings[0].moved, couplings[1].moved) == (slice(1, 3), slice(0, 1))
     # "alternate": checkerboard and channel splits in turn, each kind alternating its own parity
-    mixed = [m for m in glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=4, split="alternate").layers if isinstance(m, AdditiveCoupling)]
+    mixed = [m for m in glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=4, split="alternate").layers if isinstance(m, Coupling)]
     assert [(m.split, m.parity) for m in mixed] == [("checkerboard", 0), ("channel", 0), ("checkerboard", 1), ("channel", 1)]
     with pytest.raises(ValueError, match="alternate"):
         glow_layer(image_shape=(1, 4, 4), depth=2, hidden_channels=4, split="alternate")
@@ -186,3 +187,81 @@ def test_the_1x1_convolution_inverts_through_its_lu_factors_like_a_general_inver
     assert torch.allclose(conv.inverse_weight().double(), expected, atol=1e-5, rtol=1e-5)
     x = torch.randn(2, 5, 3, 3)
     assert torch.allclose(conv.inverse(conv(x)[0])[0], x, atol=1e-5)
+
+
+# ---------------------------------------------------------------- conditional flows
+
+
+def _base(shape, seed=0, batch=3):
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 * torch.randn(batch, *shape, generator=g), torch.exp(0.3 * torch.randn(batch, *shape, generator=g))
+
+
+def test_conditional_glow_layer_is_the_identity_at_initialisation_for_every_condition():
+    flow = glow_layer(
+        image_shape=(3, 4, 4), depth=3, hidden_channels=8, split="checkerboard", coupling="affine", conditional=True, condition_channels=3
+    )
+    x = 3 * torch.randn(3, 3, 4, 4)
+    for seed in (1, 2):
+        with torch.no_grad():
+            y, ld = flow.eval()(x, condition=_base((3, 4, 4), seed))
+            back, ldi = flow.inverse(x, condition=_base((3, 4, 4), seed))
+        assert torch.equal(y, x) and torch.equal(back, x)
+        assert torch.equal(ld, torch.zeros(3)) and torch.equal(ldi, torch.zeros(3))
+
+
+def test_conditional_glow_is_the_decoder_affine_map_of_a_glow_and_the_standalone_glow_when_it_ignores_the_condition():
+    """f(x; c) = mean + std * G(x; c), log|det df/dx| = log|det dG/dx| + sum log std: with every
+    path from the condition zeroed, G is the standalone multi-scale Glow with the same weights, so
+    the bound's Gaussian term cancels into the Glow's own N(0, I) density (model.md)."""
+    torch.manual_seed(0)
+    cond = perturb(conditional_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, condition_channels=3), scale=0.3, seed=4).eval()
+    with torch.no_grad():
+        for name, p in cond.named_parameters():
+            if "condition_in" in name or "project" in name or "top_prior" in name:
+                p.zero_()
+            elif name.endswith("split_prior.weight"):
+                p[:, -3:].zero_()  # the 3 condition feature channels are the last inputs of the split prior
+    plain = multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8).eval()
+    shared = {k: v for k, v in cond.state_dict().items() if not any(t in k for t in ("condition_in", "project", "top_prior"))}
+    plain.load_state_dict({k: v[:, :-3] if k.endswith("split_prior.weight") else v for k, v in shared.items()})
+    mean, std = _base((3, 4, 4), 5)
+    x = torch.rand(3, 3, 4, 4)
+    with torch.no_grad():
+        f, ld = cond(x, condition=(mean, std))
+        g, ld_g = plain(x)
+        back, ld_back = cond.inverse(f, condition=(mean, std))
+    assert torch.allclose(f, mean + std * g, atol=1e-5)
+    assert torch.allclose(ld, ld_g + torch.log(std).flatten(1).sum(1), atol=1e-4)
+    log_p = gaussian_log_prob(f, mean, std) + ld
+    glow_log_p = -0.5 * (g * g).flatten(1).sum(1) - 0.5 * 48 * math.log(2 * math.pi) + ld_g
+    assert torch.allclose(log_p, glow_log_p, atol=1e-3)
+    assert torch.allclose(back, x, atol=1e-5) and torch.allclose(ld_back, -ld, atol=1e-4)
+
+
+class _FixedFeatures(torch.nn.Module):
+    """A conditional coupling with its condition feature maps held fixed (broadcast to the batch)."""
+
+    def __init__(self, coupling, features):
+        super().__init__()
+        self.coupling = coupling
+        self.register_buffer("features", features)
+
+    def forward(self, x):
+        return self.coupling(x, self.features.expand(x.shape[0], -1, -1, -1))
+
+    def inverse(self, y):
+        return self.coupling.inverse(y, self.features.expand(y.shape[0], -1, -1, -1))
+
+
+def test_conditional_coupling_inverts_and_matches_autograd_at_a_fixed_condition():
+    for split in ("channel", "checkerboard"):
+        for scale in ("none", "tanh", "sigmoid"):
+            coupling = perturb(Coupling((3, 4, 4), hidden=8, parity=1, split=split, scale=scale, condition_channels=2), scale=0.3)
+            check_bijection(_FixedFeatures(coupling, torch.randn(1, 2, 4, 4)), torch.randn(3, 3, 4, 4))
+
+
+def test_a_conditional_coupling_without_its_condition_is_refused():
+    coupling = Coupling((3, 4, 4), hidden=8, parity=0, split="channel", condition_channels=2)
+    with pytest.raises(ValueError, match="conditional"):
+        coupling(torch.randn(2, 3, 4, 4))

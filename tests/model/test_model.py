@@ -9,9 +9,10 @@ from vaeflow_cli.api import load_run
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.data.images import to_uint8
 from vaeflow_cli.data.pipeline import dequantize, load_splits
+from vaeflow_cli.evaluation.bounds import held_out_bpd
 from vaeflow_cli.model.distributions import bits_per_dim, gaussian_log_prob
 from vaeflow_cli.model.vaeflow import LogitTransform, VAEFlow, build_model, slerp
-from vaeflow_cli.training.loop import Interrupted, held_out_bpd, train_phase
+from vaeflow_cli.training.loop import Interrupted, train_phase
 from vaeflow_cli.training.runs import RunDir
 from vaeflow_plugins.glow import IdentityFlow
 from vaeflow_plugins.priors import GaussianPrior
@@ -309,3 +310,25 @@ def test_to_uint8_floors_clamps_and_maps_non_finite_values_to_fixed_pixels():
 
     x = torch.tensor([[[[0.0, 0.5, 0.999, 1.5, -0.2, float("nan"), float("inf"), float("-inf")]]]])
     assert to_uint8(x).tolist() == [[[[0, 128, 255, 255, 0, 0, 255, 0]]]]
+
+
+def test_training_loss_is_the_bound_unless_a_kl_warm_up_or_free_bits_reweight_its_kl_term():
+    from vaeflow_cli.model.vaeflow import Bound, training_loss
+    from vaeflow_cli.training.loop import kl_weight
+
+    g = torch.Generator().manual_seed(0)
+    log_px = -torch.rand(4, generator=g) * 1000
+    log_pz, entropy = -torch.rand(4, generator=g) * 50, torch.rand(4, generator=g) * 10
+    bound = Bound(log_px_z=log_px, log_pz=log_pz, entropy=entropy, dims=12)
+    assert torch.equal(training_loss(bound), bound.bpd.float().mean())  # bit for bit: the default loss is the bound
+    kl = -(log_pz + entropy)
+    scale = 12 * math.log(2.0)
+    assert torch.allclose(bound.latent_bpd + bound.pixel_bpd, bound.bpd, atol=1e-5)
+    assert torch.allclose(training_loss(bound, kl_weight=0.25), bound.pixel_bpd.mean() + 0.25 * kl.mean() / scale, atol=1e-6)
+    free = float(kl.mean()) + 5.0  # below the free bits the KL term is constant: no gradient through it
+    z = torch.zeros(4, requires_grad=True)
+    training_loss(Bound(log_px_z=log_px, log_pz=log_pz + z, entropy=entropy, dims=12), free_bits=free).backward()
+    assert torch.equal(z.grad, torch.zeros(4))
+    assert training_loss(bound, free_bits=free).item() == pytest.approx((bound.pixel_bpd.mean() + free / scale).item(), rel=1e-6)
+    assert [kl_weight({"kl_warmup_steps": 4}, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert kl_weight({"kl_warmup_steps": 0}, 0) == 1.0

@@ -1,12 +1,17 @@
-"""A third-party plugin as a user would ship one: a real distribution (pyproject.toml, built into a
-wheel and installed), using only the documented plugin API (``vaeflow_cli.plugin_api``, the
-hookspecs' protocols). It is selected from TOML, trains, samples, and passes the check kit."""
+"""A third-party plugin as a user would ship one: the example plugin of docs/plugins.md, built from
+the page's own code blocks into a real distribution (pyproject.toml, built into a wheel and
+installed), using only the documented plugin API (``vaeflow_cli.plugin_api``, the hookspecs'
+protocols). It is selected from TOML, trains, samples, and passes the check kit; the page's test
+example and its claims (the check kit's signatures, installing next to a vaeflow checkout, the
+decoder mean's range) hold."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,204 +19,28 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-PYPROJECT = """
-[build-system]
-requires = ["setuptools>=69"]
-build-backend = "setuptools.build_meta"
+_spec = importlib.util.spec_from_file_location("vaeflow_demo_plugin", Path(__file__).with_name("demo_plugin.py"))
+demo_plugin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_plugin)
 
-[project]
-name = "vaeflow-demo"
-version = "0.2.0"
-dependencies = ["vaeflow"]
-
-[project.entry-points.vaeflow]
-demo = "vaeflow_demo"
-
-[tool.setuptools]
-packages = ["vaeflow_demo"]
-"""
-
-REGISTRATION = '''
-"""Registration and config schema; imports no torch (the networks are in .nets)."""
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Annotated
-
-from vaeflow_cli.hookspecs import hookimpl
-from vaeflow_cli.plugin_api import Range
-
-if TYPE_CHECKING:
-    from vaeflow_cli.hookspecs import Decoder, Encoder, Flow, Prior
-
-Width = Annotated[int, Range(1, 4096)]
-
-
-@hookimpl
-def register_encoders(register):
-    register("demo-mlp", mlp_encoder)
-
-
-@hookimpl
-def register_decoders(register):
-    register("demo-mlp", mlp_decoder)
-
-
-@hookimpl
-def register_priors(register):
-    register("demo-affine", affine_prior)
-
-
-@hookimpl
-def register_flows(register):
-    register("demo-pixel-affine", pixel_affine)
-
-
-def mlp_encoder(*, image_shape: tuple[int, int, int], latent_dim: int, hidden: Width = 32) -> Encoder:
-    from vaeflow_demo.nets import MLPEncoder
-
-    return MLPEncoder(image_shape, latent_dim, hidden)
-
-
-def mlp_decoder(*, image_shape: tuple[int, int, int], latent_dim: int, hidden: Width = 32,
-                init_std: Annotated[float, Range(gt=0)] = 0.5) -> Decoder:
-    from vaeflow_demo.nets import MLPDecoder
-
-    return MLPDecoder(image_shape, latent_dim, hidden, init_std)
-
-
-def affine_prior(*, latent_dim: int, layers: Annotated[int, Range(1, 8)] = 2) -> Prior:
-    from vaeflow_demo.nets import AffinePrior
-
-    return AffinePrior(latent_dim, layers)
-
-
-def pixel_affine(*, image_shape: tuple[int, int, int]) -> Flow:
-    from vaeflow_demo.nets import PixelAffine
-
-    return PixelAffine(image_shape)
-'''
-
-NETS = '''
-"""The networks: torch and the plugin API only."""
-import math
-
-import torch
-from torch import nn
-
-from vaeflow_cli.plugin_api import FlowSequence, standard_normal_log_prob
-
-
-class MLPEncoder(nn.Module):
-    def __init__(self, image_shape, latent_dim, hidden):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(image_shape), hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 2 * latent_dim))
-
-    def forward(self, y):
-        mean, log_std = self.net(y).chunk(2, dim=1)
-        return mean, log_std.clamp(-6, 2)
-
-
-class MLPDecoder(nn.Module):
-    def __init__(self, image_shape, latent_dim, hidden, init_std):
-        super().__init__()
-        self.shape = tuple(image_shape)
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, math.prod(image_shape)))
-        self.log_std = nn.Parameter(torch.full(self.shape, math.log(init_std)))
-
-    def forward(self, z):
-        mean = self.net(z).reshape(-1, *self.shape)
-        return mean, torch.exp(self.log_std).expand_as(mean) + 1e-3
-
-
-class ElementwiseAffine(nn.Module):
-    """u = z * exp(s) + b elementwise; ``params`` holds s and b."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.params = nn.Parameter(torch.zeros(2, dim))
-
-    def forward(self, z):
-        s, b = self.params
-        return z * s.exp() + b, s.sum().expand(len(z))
-
-    def inverse(self, u):
-        s, b = self.params
-        return (u - b) * (-s).exp(), -s.sum().expand(len(u))
-
-
-class AffinePrior(nn.Module):
-    """p(z) = N(h(z); 0, I) |det dh/dz| with h a stack of elementwise affine maps."""
-
-    def __init__(self, latent_dim, layers):
-        super().__init__()
-        self.h = FlowSequence(ElementwiseAffine(latent_dim) for _ in range(layers))
-
-    def forward(self, z):
-        return self.h(z)
-
-    def inverse(self, u):
-        return self.h.inverse(u)
-
-    def log_prob(self, z):
-        u, log_det = self.h(z)
-        return standard_normal_log_prob(u) + log_det
-
-    def from_base(self, u):
-        return self.h.inverse(u)[0]
-
-
-class PixelAffine(nn.Module):
-    """y = x * exp(s) + b per pixel: the identity at initialisation."""
-
-    def __init__(self, image_shape):
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(tuple(image_shape)))
-        self.bias = nn.Parameter(torch.zeros(tuple(image_shape)))
-
-    def forward(self, x):
-        return x * torch.exp(self.log_scale) + self.bias, self.log_scale.sum().expand(x.shape[0])
-
-    def inverse(self, y):
-        return (y - self.bias) * torch.exp(-self.log_scale), -self.log_scale.sum().expand(y.shape[0])
-'''
-
-CONFIG = """
-run.sample_n = 4
-data = { name = "mnist", root = "ROOT" }
-
-[model]
-latent_dim = 4
-encoder = { type = "demo-mlp", hidden = 16 }
-decoder = { type = "demo-mlp", hidden = 16 }
-prior = { type = "demo-affine" }
-flow = { type = "demo-pixel-affine" }
-
+CONFIG = (
+    'run.sample_n = 4\ndata = { name = "mnist", root = "ROOT" }\n\n'
+    + demo_plugin.named_blocks(demo_plugin.PAGE.read_text(encoding="utf-8"))["demo.toml"]  # the page's [model]
+    + """
 [train]
 device = "cpu"
 threads = 1
 vae = { epochs = 1, batch_size = 32, lr = 1e-3 }
 glow = { epochs = 1, batch_size = 32, lr = 1e-3 }
 """
+)
 
 
 @pytest.fixture(scope="module")
 def demo_site(tmp_path_factory):
-    """vaeflow-demo 0.2.0 built into a wheel (setuptools, no network) and installed into a folder."""
-    tmp = tmp_path_factory.mktemp("demo")
-    project = tmp / "vaeflow-demo"
-    (project / "vaeflow_demo").mkdir(parents=True)
-    (project / "pyproject.toml").write_text(PYPROJECT)
-    (project / "vaeflow_demo" / "__init__.py").write_text(REGISTRATION)
-    (project / "vaeflow_demo" / "nets.py").write_text(NETS)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(project)], check=True, capture_output=True
-    )
-    wheel = next((tmp / "dist").glob("vaeflow_demo-0.2.0-*.whl"))
-    site = tmp / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True, capture_output=True)
-    return site
+    """vaeflow-demo 0.2.0, as docs/plugins.md shows it, built into a wheel (setuptools, no network)
+    and installed into a folder."""
+    return demo_plugin.build_site(tmp_path_factory.mktemp("demo"))
 
 
 @pytest.fixture()
@@ -228,7 +57,12 @@ def test_the_built_distribution_registers_without_importing_torch(demo_site):
     rows = json.loads(run_cli("plugins", "--json", env=env).stdout)
     row = next(r for r in rows if r["name"] == "demo")
     assert row["version"] == "0.2.0" and not row["builtin"] and row["error"] is None
-    assert row["registered"] == {"encoder": ["demo-mlp"], "decoder": ["demo-mlp"], "prior": ["demo-affine"], "flow": ["demo-pixel-affine"]}
+    assert row["registered"] == {
+        "encoder": ["demo-mlp"],
+        "decoder": ["demo-mlp"],
+        "prior": ["demo-affine"],
+        "flow": ["demo-pixel-affine", "demo-conditioned-affine"],
+    }
     code = "import sys, vaeflow_demo; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True)
 
@@ -248,6 +82,16 @@ def test_it_is_selected_from_toml_trains_both_phases_and_samples(demo_site, tmp_
     assert [(r["phase"], r["epoch"]) for r in records] == [("vae", 1), ("glow", 0), ("glow", 1)]
     assert records[-1]["test_bpd"] < records[1]["test_bpd"]  # the plugin's flow improved the bound
     assert Path(run_cli("sample", "--run", run, "--n", "4", env=env).stdout.decode().strip()).is_file()
+    # the page's conditional flow decoder as the VAE's flow: both phases, then samples
+    conditioned = tmp_path / "conditioned.toml"
+    conditioned.write_text(config.read_text().replace('flow = { type = "demo-pixel-affine" }', 'flow = { type = "demo-conditioned-affine" }'))
+    assert "demo-conditioned-affine" in conditioned.read_text()
+    run = tmp_path / "conditioned-run"
+    for phase in ("train-vae", "train-glow"):
+        run_cli(phase, "--config", conditioned, "--run", run, env=env)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["phase"] == "glow" and records[-1]["test_bpd"] < records[1]["test_bpd"]
+    assert Path(run_cli("sample", "--run", run, "--n", "4", env=env).stdout.decode().strip()).is_file()
 
 
 def test_it_passes_the_check_kit_and_the_protocols(demo):
@@ -259,7 +103,115 @@ def test_it_passes_the_check_kit_and_the_protocols(demo):
     testing.check_decoder(demo.mlp_decoder)
     testing.check_prior(demo.affine_prior)
     testing.check_flow_component(demo.pixel_affine, pixel_flow=True)
+    testing.check_flow_component(demo.conditioned_affine, pixel_flow=True)
+    assert isinstance(demo.conditioned_affine(image_shape=(1, 2, 2)), hookspecs.ConditionalFlow)
     prior = demo.affine_prior(latent_dim=3)
     assert isinstance(prior, hookspecs.BijectivePrior) and isinstance(demo.pixel_affine(image_shape=(1, 2, 2)), hookspecs.Flow)
     with torch.no_grad():
         assert prior.log_prob(torch.zeros(2, 3)).shape == (2,)
+
+
+def test_the_page_s_test_example_passes(demo):
+    """The test module that docs/plugins.md suggests for the plugin, run as it is shown."""
+    code = demo_plugin.named_blocks(demo_plugin.PAGE.read_text(encoding="utf-8"))["tests/test_demo.py"]
+    scope: dict = {"__name__": "test_demo"}
+    exec(compile(code, "docs/plugins.md (tests/test_demo.py)", "exec"), scope)  # noqa: S102 -- the docs' own example
+    tests = [fn for name, fn in scope.items() if name.startswith("test_") and callable(fn)]
+    assert tests
+    for fn in tests:
+        fn()
+
+
+def test_the_check_kit_signatures_on_the_page_are_the_code_s():
+    """Every default the page gives for an entry point of vaeflow_cli.testing is the code's, and
+    every keyword argument it lists exists."""
+    import ast
+    import inspect
+
+    from vaeflow_cli import testing
+
+    text = demo_plugin.PAGE.read_text(encoding="utf-8")
+    shown = dict(re.findall(r"^- `(check_\w+)\((factory.*?)\)`$", text, re.M))
+    assert set(shown) == {"check_encoder", "check_decoder", "check_prior", "check_flow_component", "check_dataset"}, shown
+    for name, params in shown.items():
+        documented = ast.parse(f"def f({params}): pass").body[0].args
+        code = inspect.signature(getattr(testing, name)).parameters
+        names = [a.arg for a in documented.kwonlyargs]
+        assert all(n in code and code[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names), (name, names, list(code))
+        for arg, default in zip(documented.kwonlyargs, documented.kw_defaults, strict=True):
+            assert ast.literal_eval(default) == code[arg.arg].default, (name, arg.arg)
+        assert documented.kwarg is not None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in code.values()), name
+
+
+def test_the_dependency_on_vaeflow_resolves_against_the_installed_checkout_without_an_index(demo_site):
+    """The page: install vaeflow from its checkout, then the plugin; pip then looks for the
+    requirement ``vaeflow`` on no index (here --no-index: it must be satisfied by the installation)."""
+    wheel = next((demo_site.parent / "dist").glob("vaeflow_demo-*.whl"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--dry-run", "--no-index", "--no-build-isolation"]
+    proc = subprocess.run([*pip, str(wheel)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "vaeflow-demo" in proc.stdout.replace("_", "-")
+
+
+def test_the_decoder_mean_ranges_on_the_page_are_the_pixel_transforms():
+    """The page's ranges: [0, 1] with pixel_transform "none" (the schema's default), about
+    [-13.8, 13.8] with "logit" (the embedded default config's) at logit_alpha 1e-6."""
+    import torch
+
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.model.vaeflow import pixel_transform
+
+    text = " ".join(demo_plugin.PAGE.read_text(encoding="utf-8").split())
+    claim = re.search(r"puts them in about \[(-?[\d.]+), ([\d.]+)\] at `alpha = model.logit_alpha = ([\de.-]+)`", text)
+    assert claim, "the sentence on the logit range is gone from docs/plugins.md"
+    low, high, alpha = map(float, claim.groups())
+    assert config_mod.DEFAULTS["model"]["pixel_transform"] == "none" and config_mod.DEFAULTS["model"]["logit_alpha"] == alpha
+    assert config_mod.resolve()["model"]["pixel_transform"] == "logit"
+    ends = pixel_transform("logit", alpha)(torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1))[0].flatten().tolist()
+    assert [round(v, 1) for v in ends] == [low, high]
+    y = torch.rand(2, 1, 2, 2)
+    assert torch.equal(pixel_transform("none")(y)[0], y)  # "none": the images themselves, in [0, 1)
+
+
+def test_a_run_records_which_distribution_built_each_component_and_names_it_when_it_is_missing(demo_site, tmp_path, mnist_root):
+    """components.toml and every checkpoint name the plugin, distribution and version of each
+    component; opened without that plugin, a command's one-line error names what to install (or
+    that VAEFLOW_PLUGINS leaves it out), from the checkpoint when components.toml is gone."""
+    import torch
+
+    from vaeflow_cli.config.core import load_toml
+
+    config = tmp_path / "demo.toml"
+    config.write_text(CONFIG.replace("ROOT", str(mnist_root)))
+    run = tmp_path / "run"
+    path = os.environ.get("PYTHONPATH", "")
+    with_demo = {"PYTHONPATH": os.pathsep.join(filter(None, [str(demo_site), path])), "VAEFLOW_PLUGINS": "demo"}
+    run_cli("train-vae", "--config", config, "--run", run, env=with_demo)
+    record = load_toml(run / "components.toml")
+    assert record["components"]["decoder"] == {"name": "demo-mlp", "plugin": "demo", "distribution": "vaeflow-demo", "version": "0.2.0"}
+    assert record["components"]["dataset"] == {"name": "mnist", "plugin": "builtin-datasets", "distribution": "vaeflow-builtins", "version": "0.1.0"}
+    assert record["vaeflow"] == "0.1.0" and torch.load(run / "checkpoints" / "vae.pt", weights_only=True)["components"] == record
+
+    left_out = run_cli("sample", "--run", run, env={**with_demo, "VAEFLOW_PLUGINS": ""}, check=False)
+    lines = left_out.stderr.strip().splitlines()
+    assert left_out.returncode == 2 and len(lines) == 1, left_out.stderr
+    assert "model.encoder.type: unknown encoder 'demo-mlp'" in lines[0] and "trained with it from vaeflow-demo 0.2.0 (plugin 'demo')" in lines[0]
+    assert "installed but not loaded: VAEFLOW_PLUGINS='' leaves it out; add demo to VAEFLOW_PLUGINS" in lines[0]
+
+    (run / "components.toml").unlink()  # a copy of the run without it: the checkpoint records the same
+    missing = run_cli("evaluate", "--run", run, env={"PYTHONPATH": path, "VAEFLOW_PLUGINS": ""}, check=False)
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2 and len(lines) == 1, missing.stderr
+    assert "unknown encoder 'demo-mlp'" in lines[0] and "install it with pip install 'vaeflow-demo==0.2.0'" in lines[0]
+
+
+def test_weights_that_no_longer_fit_name_the_plugin_version_that_changed():
+    from vaeflow_cli.plugins.provenance import version_note
+    from vaeflow_cli.plugins.registry import build_registry
+
+    registry = build_registry(load_entry_points=False)
+    entry = {"name": "resnet-diagonal", "plugin": "builtin-models", "distribution": "vaeflow-builtins"}
+    assert version_note({"components": {"decoder": {**entry, "version": "0.1.0"}}}, registry) == ""
+    note = version_note({"components": {"decoder": {**entry, "version": "0.0.9"}}}, registry)
+    assert note == "; its decoder came from vaeflow-builtins 0.0.9, 0.1.0 is installed now"
+    assert version_note({"components": "damaged"}, registry) == version_note(None, registry) == ""

@@ -9,7 +9,9 @@ buffers) to DIR/RUN-PHASE-rankR.pt, and appends the phase's outcome to DIR/statu
 (written as it goes, so a job killed by a timeout still says how far it got). Rank 0 writes the
 plan to DIR/plan.json.
 
-The plan is made from the plugin registry, so a third-party component is covered like a built-in:
+The plan is made from the plugin registry, so a third-party component is covered like a built-in
+(the built-ins planned first, among themselves; the test installs the example plugin of
+docs/plugins.md next to vaeflow):
 
 * every encoder, decoder and prior is trained in phase ``vae`` and, after ``glow``, in ``joint``;
 * every prior with parameters also in phase ``prior`` (after phase 1), then ``glow`` and
@@ -18,7 +20,7 @@ The plan is made from the plugin registry, so a third-party component is covered
   gradient there), then ``prior`` after phase 2;
 * every flow with parameters in phase ``glow`` (after phase 1), ``joint`` and ``baseline`` (alone).
 
-Components are zipped into as few VAE runs as the longest kind needs. Each component gets tiny
+Components are zipped into as few VAE runs as the longest kind needs (see ``make_plan``). Each component gets tiny
 keyword arguments: the test config's own section for its kind, restricted to the arguments the
 factory takes, overlaid with the factory's ``test_kwargs`` (the component suite's settings).
 A flow without parameters is trained by no phase, and has no case.
@@ -83,6 +85,16 @@ def is_identity_at_init(factory, kwargs: dict) -> bool:
     return True
 
 
+def is_conditional_flow(factory, kwargs: dict) -> bool:
+    """Whether the flow, built tiny, reads the decoder's output (the ConditionalFlow protocol)."""
+    from vaeflow_cli.model.flows import is_conditional
+
+    try:
+        return is_conditional(factory(**_context("flow"), **kwargs))
+    except Exception:  # noqa: BLE001 -- not buildable at this shape: the training run reports why
+        return False
+
+
 def has_parameters(factory, kind: str, kwargs: dict) -> bool:
     """Whether the component, built tiny, has trainable parameters (True when it cannot be built:
     the training run then reports why)."""
@@ -94,72 +106,99 @@ def has_parameters(factory, kind: str, kwargs: dict) -> bool:
 
 
 def make_plan(registry, tiny_model: dict) -> dict:
-    """{"runs": [...], "cases": [...]}. A run: name, model sections, phases in order, and
-    optionally ``fork``: [parent run, phase after which its directory is copied]. A case: id,
-    kind, name, phase, run (whose ``RUN-PHASE-rankR.pt`` files hold its weights)."""
+    """{"runs": [...], "cases": [...], "skipped": [...]}. A run: name, model sections, phases in
+    order, and optionally ``fork``: [parent run, phase after which its directory is copied]. A
+    case: id, kind, name, phase, run (whose ``RUN-PHASE-rankR.pt`` files hold its weights).
+
+    The built-in components come first, planned among themselves (runs ``vae0``, ...), so their
+    cases do not change with what else is installed; then the third-party ones, planned the same
+    way (runs ``plugin0``, ...), a kind that no third-party plugin provides taking the first
+    built-in component of that kind."""
     comps: dict[str, list[dict]] = {}
     for kind in KINDS:
         comps[kind] = []
         for name in registry.names(kind):
-            factory = registry.get(kind, name).factory
-            kwargs = tiny_kwargs(factory, tiny_model.get(kind, {}))
+            component = registry.get(kind, name)
+            kwargs = tiny_kwargs(component.factory, tiny_model.get(kind, {}))
             comps[kind].append(
                 {
                     "name": name,
                     "section": {"type": name, **kwargs},
-                    "trainable": has_parameters(factory, kind, kwargs),
-                    "pixel": kind == "flow" and is_identity_at_init(factory, kwargs),
+                    "trainable": has_parameters(component.factory, kind, kwargs),
+                    # a VAE's pixel flow: the identity at initialisation, or a conditional flow decoder (which may declare its own start)
+                    "pixel": kind == "flow" and (is_identity_at_init(component.factory, kwargs) or is_conditional_flow(component.factory, kwargs)),
+                    "conditional": kind == "flow" and is_conditional_flow(component.factory, kwargs),
+                    "builtin": registry.plugins[component.plugin].builtin,
                 }
             )
-    flows = [c for c in comps["flow"] if c["trainable"] and c["pixel"]]  # a VAE's flow (the Flow protocol)
-    standalone = [c for c in comps["flow"] if c["trainable"]]  # every trainable flow trains as a baseline
+    builtin = {k: [c for c in comps[k] if c["builtin"]] for k in KINDS}
+    external = {k: [c for c in comps[k] if not c["builtin"]] for k in KINDS}
     runs, cases = [], []
+    _plan(builtin, builtin, "vae", runs, cases)
+    _plan(external, builtin, "plugin", runs, cases)
+    skipped = [{"id": f"flow:{c['name']}", "reason": "it has no parameters: no phase trains it"} for c in comps["flow"] if not c["trainable"]]
+    skipped += [
+        {"id": f"flow:{c['name']}:baseline", "reason": "a conditional flow needs a VAE's decoder: it trains as a VAE's flow only"}
+        for c in comps["flow"]
+        if c["trainable"] and c["conditional"]
+    ]
+    return {"runs": runs, "cases": cases, "skipped": skipped}
+
+
+def _plan(mine: dict, fill: dict, prefix: str, runs: list, cases: list) -> None:
+    """Append the runs and cases that train every component of ``mine`` ({kind: [component]}):
+    components are zipped into as few VAE runs (PREFIX0, ...) as the longest kind needs; a kind
+    ``mine`` lacks takes ``fill``'s first component, which then has no case here."""
 
     def case(kind, comp, phase, run, note=""):
         cid = f"{kind}:{comp['name']}:{phase}" + (f"({note})" if note else "")
         cases.append({"id": cid, "kind": kind, "name": comp["name"], "phase": phase, "run": run})
 
-    n = max(len(comps["encoder"]), len(comps["decoder"]), len(comps["prior"]), len(flows), 1)
+    def pixel_flows(flows):  # a VAE's flow (the Flow protocol), trained by phase glow
+        return [c for c in flows if c["trainable"] and c["pixel"]]
+
+    flows = pixel_flows(mine["flow"])
+    vae_flows = flows or pixel_flows(fill["flow"])
+    pools = {k: mine[k] or fill[k][:1] for k in ("encoder", "decoder", "prior")}
+    n = max(len(mine["encoder"]), len(mine["decoder"]), len(mine["prior"]), len(flows))
     for i in range(n):
-        pick = {k: comps[k][i % len(comps[k])] for k in ("encoder", "decoder", "prior") if comps[k]}
-        pick["flow"] = flows[i % len(flows)] if flows else next((c for c in comps["flow"] if c["pixel"]), None)
+        pick = {k: pool[i % len(pool)] for k, pool in pools.items() if pool}
+        pick["flow"] = vae_flows[i % len(vae_flows)] if vae_flows else next((c for c in mine["flow"] + fill["flow"] if c["pixel"]), None)
         if pick["flow"] is None:
             del pick["flow"]
         if len(pick) < 4:
             continue  # a kind with no component at all: no model can be built
         model = {k: dict(c["section"]) for k, c in pick.items()}
-        name = f"vae{i}"
+        name = f"{prefix}{i}"
         phases = ["vae"]
         prior_trains = pick["prior"]["trainable"]
         if prior_trains:
             phases.append("prior")
-        if flows:
+        if vae_flows:
             phases += ["glow", "joint"]
         runs.append({"name": name, "model": model, "phases": phases})
         for kind in ("encoder", "decoder", "prior"):
-            if i < len(comps[kind]):
+            if i < len(mine[kind]):
                 case(kind, pick[kind], "vae", name)
-                if flows:
+                if vae_flows:
                     case(kind, pick[kind], "joint", name, "trained" if kind == "prior" and prior_trains else "")
-        if prior_trains and i < len(comps["prior"]):
+        if prior_trains and i < len(mine["prior"]):
             case("prior", pick["prior"], "prior", name, "after vae")
         if flows and i < len(flows):
             case("flow", pick["flow"], "glow", name, "after prior" if prior_trains else "")
             case("flow", pick["flow"], "joint", name)
-        if prior_trains and flows and i < len(comps["prior"]):
+        if prior_trains and vae_flows and i < len(mine["prior"]):
             # the same run with the prior still untrained in phases 2 and joint, then trained
-            fork = f"vae{i}-untrained-prior"
+            fork = f"{name}-untrained-prior"
             runs.append({"name": fork, "model": model, "phases": ["glow", "joint", "prior"], "fork": [name, "vae"]})
             case("prior", pick["prior"], "joint", fork, "untrained")
             case("prior", pick["prior"], "prior", fork, "after glow")
             if i < len(flows):
                 case("flow", pick["flow"], "glow", fork, "after vae")
-    for f in standalone:
+    for f in (c for c in mine["flow"] if c["trainable"] and not c["conditional"]):  # every unconditional trainable flow trains as a baseline
         name = f"baseline-{f['name']}"
         runs.append({"name": name, "model": {"flow": dict(f["section"])}, "phases": ["baseline"]})
         case("flow", f, "baseline", name)
-    skipped = [{"id": f"flow:{c['name']}", "reason": "it has no parameters: no phase trains it"} for c in comps["flow"] if not c["trainable"]]
-    return {"runs": runs, "cases": cases, "skipped": skipped}
 
 
 ACTNORM_SHARDS = (3, 5)  # images of the ActNorm check's global batch on rank 0 and rank 1 (unequal on purpose)

@@ -3,10 +3,13 @@ gloo): the two replicas' weights (parameters AND buffers) are bit-identical afte
 case compares its component's part of the model's state_dict (and any tensor of the model outside
 the component sections), so a failure names the component that breaks the invariant.
 
-The cases come from the registry at collection time (tests/training/ddp_job.py: make_plan), so a
-third-party component is covered like a built-in. One torchrun launch (tests/training/ddp_job.py) trains
-them all in sequence in one process group, one epoch each on 64 tiny MNIST images, and saves each
-rank's state_dict per phase; the tests here compare the files. Issue 11, "Kind 3".
+The cases come from the registry (tests/training/ddp_job.py: make_plan), so a third-party component
+is covered like a built-in: the job runs with the example plugin of docs/plugins.md installed next
+to vaeflow (built into a wheel, on PYTHONPATH, selected by VAEFLOW_PLUGINS), and its components'
+cases follow the built-ins' (``test_a_third_party_plugin_is_covered_too``). One torchrun launch
+(tests/training/ddp_job.py) trains them all in sequence in one process group, one epoch each on 64
+tiny MNIST images, and saves each rank's state_dict per phase; the tests here compare the files.
+Issue 11, "Kind 3".
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ ROOT = HERE.parents[1]
 _spec = importlib.util.spec_from_file_location("vaeflow_ddp_job", HERE / "ddp_job.py")
 ddp_job = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ddp_job)
+_spec = importlib.util.spec_from_file_location("vaeflow_demo_plugin", ROOT / "tests" / "plugins" / "demo_plugin.py")
+demo_plugin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_plugin)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,7 +42,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TINY_MODEL = tomllib.loads(TINY.format(root="/unused", run="/unused"))["model"]
-PLAN = ddp_job.make_plan(get_registry(), TINY_MODEL)
+PLAN = ddp_job.make_plan(get_registry(), TINY_MODEL)  # the built-ins (conftest loads no third-party plugin)
+DEMO_COMPONENTS = {
+    ("encoder", "demo-mlp"),
+    ("decoder", "demo-mlp"),
+    ("prior", "demo-affine"),
+    ("flow", "demo-pixel-affine"),
+    ("flow", "demo-conditioned-affine"),
+}
 JOB_TIMEOUT_S = 300
 
 
@@ -51,7 +64,11 @@ def job(tmp_path_factory, digits):
     config = base / "tiny.toml"
     config.write_text(TINY.format(root=root, run=base / "unused-run"))
     out = base / "out"
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    site = demo_plugin.build_site(base / "demo")  # a third-party plugin installed next to vaeflow
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(site), os.environ.get("PYTHONPATH")])),
+        "VAEFLOW_PLUGINS": demo_plugin.ENTRY_POINT,
+    }
     t0 = time.perf_counter()
     proc = torchrun("--standalone", HERE / "ddp_job.py", "--config", config, "--out", out, env=env, timeout=JOB_TIMEOUT_S)
     status: dict = {}
@@ -71,7 +88,8 @@ def _stderr_tail(proc) -> str:
 def test_the_job_ran_the_plan_of_this_registry(job):
     assert (job["dir"] / "plan.json").exists(), f"torchrun exited {job['proc'].returncode}:\n{_stderr_tail(job['proc'])}"
     ran = json.loads((job["dir"] / "plan.json").read_text())
-    assert [c["id"] for c in ran["cases"]] == [c["id"] for c in PLAN["cases"]]
+    assert [c["id"] for c in ran["cases"][: len(PLAN["cases"])]] == [c["id"] for c in PLAN["cases"]]
+    assert {(c["kind"], c["name"]) for c in ran["cases"][len(PLAN["cases"]) :]} == DEMO_COMPONENTS
     assert all((job["dir"] / f"done-rank{r}").exists() for r in (0, 1)), (
         f"the job did not finish on every rank (torchrun exited {job['proc'].returncode}):\n{_stderr_tail(job['proc'])}"
     )
@@ -86,6 +104,21 @@ def _case_params():
 
 @pytest.mark.parametrize("case", _case_params())
 def test_replicas_are_bit_identical_after_an_epoch(job, case):
+    check_replicas(job, case)
+
+
+def test_a_third_party_plugin_is_covered_too(job):
+    """Every component of the example plugin, in every phase that trains it, as the built-ins."""
+    ran = json.loads((job["dir"] / "plan.json").read_text())["cases"] if (job["dir"] / "plan.json").exists() else []
+    extra = [c for c in ran if (c["kind"], c["name"]) in DEMO_COMPONENTS]
+    assert {(c["kind"], c["name"]) for c in extra} == DEMO_COMPONENTS, f"torchrun exited {job['proc'].returncode}:\n{_stderr_tail(job['proc'])}"
+    assert {c["phase"] for c in extra} == {"vae", "prior", "glow", "joint", "baseline"}
+    for case in extra:
+        check_replicas(job, case)
+
+
+def check_replicas(job, case) -> None:
+    """The case's phase ran on both ranks, and its component's tensors are bit-identical there."""
     key = (case["run"], case["phase"])
     entries = job["status"].get(key)
     if entries is None or None in entries:

@@ -18,7 +18,7 @@ from conftest import run_cli
 
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.data.pipeline import load_splits
-from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.errors import Interrupted, VaeflowError
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.training.loop import train_phase, trainable_parameters
 from vaeflow_cli.training.runs import RunDir
@@ -56,17 +56,20 @@ def test_a_finite_loss_with_a_nan_gradient_is_skipped_and_every_checkpoint_is_fi
     assert np.isfinite(result.test_bpd)
     assert RunDir(tmp_path / "one").read_metrics()[-1]["skipped_steps"] == 1
     calls["n"] = 0
-    bad = {2, 3}
-    with pytest.raises(VaeflowError, match="2 non-finite steps"):
-        train_phase(cfg, tmp_path / "two", "vae", progress=False)
+    bad = {5, 6}  # epoch 2 steps 2 and 3; step 4 was the last finite one
+    cfg2 = config_mod.resolve(base=cfg, overrides=["train.vae.epochs=2"])
+    with pytest.raises(
+        VaeflowError, match=r"2 non-finite steps .*the weights after step 4 .*saved the last state whose steps were finite \(the end of epoch 1\)"
+    ):
+        train_phase(cfg2, tmp_path / "two", "vae", progress=False)
     for path in (tmp_path / "one" / "checkpoints").glob("*.pt"):
         state = torch.load(path, weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     state = RunDir(tmp_path / "two").load_checkpoint("vae")  # checked (finite) on load
-    assert state["global_step"] == 3 and state["skipped_steps"] == 2
+    assert state["global_step"] == 3 and state["skipped_steps"] == 0 and state["epoch"] == 1
     # and the advised resume works (the last good state is good)
     monkeypatch.setattr(VAEFlow, "bound", original)
-    result = train_phase(cfg, tmp_path / "two", "vae", resume=True, progress=False)
+    result = train_phase(cfg2, tmp_path / "two", "vae", resume=True, progress=False)
     assert np.isfinite(result.test_bpd)
 
 
@@ -293,10 +296,10 @@ def test_a_fresh_start_after_a_run_killed_before_its_first_checkpoint_records_ea
 
 
 @pytest.mark.parametrize("from_end", [3, 2, 1])
-def test_a_step_that_fails_near_the_end_of_an_epoch_saves_the_last_good_state_without_hanging(tiny, tmp_path, monkeypatch, from_end):
+def test_a_step_that_fails_near_the_end_of_an_epoch_stops_without_hanging(tiny, tmp_path, monkeypatch, from_end):
     """Too many non-finite steps while the loader is handing over the epoch's last batches (the
-    producer waiting on a full queue) must not hang: the error is raised and the last good state
-    saved. faulthandler turns a hang into a failure with the stacks."""
+    producer waiting on a full queue) must not hang: the error is raised and the run goes back to
+    the last state whose steps were finite. faulthandler turns a hang into a failure with the stacks."""
     import faulthandler
 
     original = VAEFlow.bound
@@ -321,26 +324,82 @@ def test_a_step_that_fails_near_the_end_of_an_epoch_saves_the_last_good_state_wi
             train_phase(cfg, tmp_path / "run", "vae", progress=False)
     finally:
         faulthandler.cancel_dump_traceback_later()
-    state = RunDir(tmp_path / "run").load_checkpoint("vae")
-    assert state["global_step"] == bad_step and state["skipped_steps"] == 1
+    # the last state whose steps were finite is the start of this fresh phase: nothing is kept, a resume starts it again
+    assert not RunDir(tmp_path / "run").checkpoint_path("vae").exists()
 
 
-def test_the_advice_after_non_finite_steps_is_true_a_resume_that_fails_at_once_says_to_start_again(tiny, tmp_path):
-    """lr = 10 wrecks the embedded default's weights with finite steps before the non-finite ones;
-    resuming that state with a lower learning rate (the first advice) fails at every step, and the
-    message then says why and to train the phase again in a new run directory."""
+def test_the_advice_after_non_finite_steps_works_a_resume_with_a_lower_learning_rate_goes_on(tiny, tmp_path):
+    """lr = 10 wrecks the embedded default's weights with a finite step before the non-finite ones:
+    the weights after it give non-finite steps whatever the learning rate, so the state kept is
+    the last one whose steps were finite (here the start of the phase: nothing is kept), and the
+    advised resume with a lower learning rate trains on."""
     fast = ["train.threads=1", "train.eval_samples=32", "run.sample_n=4"]
     wild = config_mod.resolve(None, ["train.vae.lr=10", *fast])
-    with pytest.raises(VaeflowError, match=r"non-finite steps .* then vaeflow train-vae --run .* --resume \(if every step then fails at once"):
-        train_phase(wild, tmp_path / "run", "vae", progress=False)
-    calm = config_mod.resolve(None, ["train.vae.lr=1e-5", "train.vae.grad_clip=1.0", *fast])
     with pytest.raises(VaeflowError) as info:
-        train_phase(calm, tmp_path / "run", "vae", resume=True, progress=False)
-    assert "every step since this resume" in str(info.value) and "new run directory" in str(info.value) and "\n" not in str(info.value)
-    # finite training steps, a NaN held-out bound (eval mode wrecked): stopped before the epoch is saved
-    tiny_wild = config_mod.resolve(base=tiny, overrides=["train.vae.lr=10", "train.vae.epochs=1"])
-    with pytest.raises(VaeflowError, match=r"held-out bound of .* is nan after epoch 1: .* nothing of this epoch was saved, no checkpoint") as info:
+        train_phase(wild, tmp_path / "run", "vae", progress=False)
+    msg = str(info.value)
+    assert (
+        "non-finite steps" in msg and "the last finite one, give non-finite losses or gradients whatever the learning rate" in msg and "\n" not in msg
+    )
+    assert msg.endswith(
+        f"lower train.vae.lr (or set train.vae.grad_clip), then vaeflow train-vae --run {tmp_path / 'run'} --resume (it starts the phase from the beginning)"
+    )
+    assert not (tmp_path / "run" / "checkpoints" / "vae.pt").exists()
+    calm = config_mod.resolve(None, ["train.vae.lr=1e-5", "train.vae.grad_clip=1.0", *fast])
+    with pytest.raises(Interrupted):  # not a non-finite step: the advice works
+        train_phase(calm, tmp_path / "run", "vae", resume=True, progress=False, max_steps=15)
+    assert RunDir(tmp_path / "run").load_checkpoint("vae")["skipped_steps"] == 0
+
+
+def test_a_run_damaged_mid_phase_goes_back_to_the_last_epoch_end_and_resumes_as_if_nothing_happened(tiny, tmp_path, monkeypatch):
+    """One finite step that wrecks the weights (scaled by 1e30) in epoch 2, then non-finite steps:
+    the run goes back to the end of epoch 1 (the checkpoints and records after it removed), and
+    the resume then trains exactly as a run that never met the bad step."""
+    from vaeflow_cli.training import step as step_mod
+
+    cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=3", "train.max_bad_steps=2", "train.keep_checkpoints=5", "train.threads=1"])
+    clean = train_phase(cfg, tmp_path / "clean", "vae", progress=False)
+    original, calls = step_mod.Stepper.step, {"n": 0}
+
+    def wrecking(self, y):
+        value = original(self, y)
+        calls["n"] += 1
+        if calls["n"] == 4:  # epoch 2 step 1: a finite step whose update leaves unusable weights
+            with torch.no_grad():
+                for p in self.params:
+                    p.mul_(1e30)
+        return value
+
+    monkeypatch.setattr(step_mod.Stepper, "step", wrecking)
+    with pytest.raises(VaeflowError) as info:
+        train_phase(cfg, tmp_path / "run", "vae", progress=False)
+    msg = str(info.value)
+    assert (
+        "the weights after step 4 of the phase, the last finite one" in msg
+        and "saved the last state whose steps were finite (the end of epoch 1)" in msg
+    )
+    rd = RunDir(tmp_path / "run")
+    assert [p.name for p in rd.kept_checkpoints("vae")] == ["vae-step000000003.pt"] and rd.load_checkpoint("vae")["global_step"] == 3
+    assert [r["epoch"] for r in rd.read_metrics()] == [1]
+    monkeypatch.setattr(step_mod.Stepper, "step", original)
+    rescued = train_phase(cfg, tmp_path / "run", "vae", resume=True, progress=False)
+    assert rescued.test_bpd == clean.test_bpd
+    a, b = rd.load_checkpoint("vae")["model"], RunDir(tmp_path / "clean").load_checkpoint("vae")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_non_finite_held_out_bound_says_how_many_steps_were_skipped_and_the_advice_works(tiny, tmp_path):
+    """Finite training steps or skipped ones, a NaN held-out bound (eval mode wrecked): stopped
+    before the epoch is saved, the message counts the steps truthfully, and a resume with a lower
+    learning rate trains on."""
+    tiny_wild = config_mod.resolve(base=tiny, overrides=["train.vae.lr=10", "train.vae.epochs=1", "train.threads=1"])
+    with pytest.raises(
+        VaeflowError,
+        match=r"held-out bound of .* is nan after epoch 1 \(1 of its training steps in this call finite, 2 skipped\): .* nothing of this epoch was saved, and no checkpoint of the phase is left",
+    ) as info:
         train_phase(tiny_wild, tmp_path / "tiny", "vae", progress=False)
-    assert "\n" not in str(info.value) and not (tmp_path / "tiny" / "checkpoints" / "vae.pt").exists()
+    assert "\n" not in str(info.value) and "were finite" not in str(info.value) and not (tmp_path / "tiny" / "checkpoints" / "vae.pt").exists()
     metrics = tmp_path / "tiny" / "metrics.jsonl"
     assert not metrics.exists() or "NaN" not in metrics.read_text()
+    calm = config_mod.resolve(base=tiny, overrides=["train.vae.lr=1e-4", "train.vae.epochs=1", "train.threads=1"])
+    assert np.isfinite(train_phase(calm, tmp_path / "tiny", "vae", resume=True, progress=False).test_bpd)

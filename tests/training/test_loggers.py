@@ -269,3 +269,108 @@ def test_loggers_are_closed_when_a_phase_stops_early(recorder, tiny_config, tmp_
     with pytest.raises(Interrupted):
         train_phase(cfg, tmp_path / "run", "vae", progress=False, max_steps=1)  # stops inside epoch 1
     assert recorder.opened and recorder.closed == 1 and recorder.records == []
+
+
+# -- step records and sample grids ----------------------------------------------------------------
+
+
+def images(folder) -> dict[str, dict[int, bytes]]:
+    """Every image in the TensorBoard event files of ``folder``: {tag: {step: PNG bytes}}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0})
+    acc.Reload()
+    return {tag: {e.step: e.encoded_image_string for e in acc.Images(tag)} for tag in acc.Tags()["images"]}
+
+
+def test_tensorboard_gets_the_recent_loss_every_log_every_steps_and_each_epoch_s_sample_grid(tiny_config, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    run = tmp_path / "run"
+    run_cli("train-vae", "--config", tiny_config, "--run", run, *FAST, "--set", 'run.loggers=["tensorboard"]', "--set", "run.log_every=1")
+    records = read_metrics(run)
+    got = scalars(run / "tensorboard" / "vae")
+    steps = got.pop("vae/train_bpd_step")
+    assert set(steps) == {1, 2, 3, 4, 5, 6}  # 3 steps an epoch
+    for epoch, first in ((0, 1), (1, 4)):  # equal batches: the epoch's loss is the mean of its steps'
+        assert sum(steps[s] for s in range(first, first + 3)) / 3 == pytest.approx(records[epoch]["train_bpd"], rel=1e-5)
+    assert set(got) == set(expected_scalars(records, "vae"))  # the epoch records as before
+    grids = images(run / "tensorboard" / "vae")
+    assert set(grids) == {"vae/samples"} and set(grids["vae/samples"]) == {3, 6}
+    for epoch, step in ((1, 3), (2, 6)):
+        logged = np.asarray(Image.open(io.BytesIO(grids["vae/samples"][step])).convert("L"))
+        written = np.asarray(Image.open(run / "samples" / f"vae-epoch{epoch:04d}.png"))
+        assert np.array_equal(logged, written)  # the PNG of RUN/samples, pixel for pixel
+
+
+class Imaging:
+    """A plugin registering "imaging" (with the optional log_image), "plain" (without it) and
+    "bad-image" (whose log_image raises)."""
+
+    def __init__(self):
+        self.records = {"imaging": [], "plain": [], "bad-image": []}
+        self.images = {"imaging": [], "bad-image": []}
+
+    @hookimpl
+    def register_loggers(self, register):
+        for name in self.records:
+            register(name, self.factory(name))
+
+    def factory(self, name):
+        outer = self
+
+        class Logger:
+            def log(self, record):
+                outer.records[name].append(dict(record))
+
+            def close(self):
+                pass
+
+        class WithImages(Logger):
+            def log_image(self, tag, image, *, step):
+                outer.images[name].append((tag, image.shape, image.dtype, step))
+                if name == "bad-image":
+                    raise OSError("tracker full")
+
+        def make(*, run_dir, phase, config):
+            return Logger() if name == "plain" else WithImages()
+
+        return make
+
+
+def test_a_plugin_logger_gets_step_records_and_with_log_image_the_sample_grids(tiny_config, tmp_path, capsys, monkeypatch):
+    plugin = Imaging()
+    registry = build_registry(extra=[("imaging", plugin)], load_entry_points=False)
+    monkeypatch.setattr(plugins_mod, "_REGISTRY", registry)
+    run = tmp_path / "run"
+    code, err = call(
+        capsys,
+        "train-vae",
+        "--config",
+        tiny_config,
+        "--run",
+        run,
+        *FAST,
+        "--set",
+        'run.loggers=["imaging", "plain", "bad-image"]',
+        "--set",
+        "run.log_every=2",
+    )
+    assert code == 0, err
+    epochs = read_metrics(run)
+    received = plugin.records["imaging"]
+    assert [r for r in received if "epoch" in r] == [{**r, "step": r["steps"]} for r in epochs]
+    step_records = [r for r in received if "epoch" not in r]
+    assert [(r["phase"], r["step"]) for r in step_records] == [("vae", 2), ("vae", 4), ("vae", 6)]
+    assert all(set(r) == {"phase", "step", "train_bpd_step"} and math.isfinite(r["train_bpd_step"]) for r in step_records)
+    assert plugin.records["plain"] == received  # a logger without log_image gets the same records
+    assert [(tag, shape[2], str(dtype), step) for tag, shape, dtype, step in plugin.images["imaging"]] == [
+        ("vae/samples", 1, "uint8", 3),
+        ("vae/samples", 1, "uint8", 6),
+    ]
+    assert len(plugin.images["bad-image"]) == 1 and plugin.records["bad-image"] == received[:2]  # off after its first failure
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "logger 'bad-image'" in warnings[0] and "OSError: tracker full" in warnings[0], err

@@ -127,3 +127,89 @@ def test_a_fresh_process_beside_a_busy_one_lowers_an_auto_count_and_keeps_a_forc
         assert before == threads.usable_cores() and after < before, (before, after, r.stderr)
     else:
         assert before == after == 2, (before, after)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cpu  1 2 3 4\ncpu0 1 2 x 4 0 0 0\n",  # a field that is not a number
+        "cpu  1 2 3 4\ncpuX 1 2 3 4 0 0 0\n",  # a CPU that is not numbered
+        "\n\n",  # empty lines only
+        "cpu0 1 2\n",  # too few fields
+        "cpu0 -1 2 3 4 0 0 0\n",  # a negative tick count
+        "intr 1 2 3\n",  # no CPU line at all
+        "",
+    ],
+)
+def test_a_malformed_proc_stat_reads_as_unknown_and_an_auto_count_stays_fixed(tmp_path, monkeypatch, text):
+    """A /proc/stat that is not the kernel's layout (a container's fake one, a truncated read) is
+    an unknown load, like an unreadable one: no governor, and nothing raises, neither when an auto
+    count is chosen nor at a later look."""
+    import torch
+
+    from vaeflow_cli.training.step import set_threads
+
+    stat = tmp_path / "stat"
+    stat.write_text(text)
+    monkeypatch.setattr(threads, "PROC_STAT", str(stat))
+    assert threads.busy_seconds() is None and threads.busy_seconds({0}) is None
+    assert set_threads(0, log=False) == threads.resolve_threads(0) == torch.get_num_threads()
+    assert threads.installed() is None
+    threads.tick()
+    g = LoadGovernor(2, lambda n: None, cores={0, 1})  # a governor installed before the file went bad
+    g._next = 0.0
+    assert g.tick() == 2
+
+
+@pytest.mark.parametrize("value", ["abc", "", "0", "-2", "1.5"])
+def test_a_malformed_local_world_size_is_one_process_and_says_so(monkeypatch, capsys, value):
+    """The count used is the count printed, and the variable's problem is one warning line."""
+    from vaeflow_cli.training import step
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
+    monkeypatch.setattr(step, "_warned", set())
+    monkeypatch.setattr(step, "_applied_threads", None)
+    n = step.set_threads(0)
+    err = capsys.readouterr().err
+    assert n == threads.usable_cores()
+    assert f"auto: {threads.usable_cores()} usable cores / 1 local process" in err and "local processes" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("vaeflow: warning:")]
+    assert len(warnings) == 1 and f"LOCAL_WORLD_SIZE={value!r} is not a whole number >= 1" in warnings[0]
+    step.set_threads(0)
+    assert "warning" not in capsys.readouterr().err  # once per process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert threads.local_processes() == (2, None) and threads.resolve_threads(0) == max(1, threads.usable_cores() // 2)
+
+
+def test_a_python_caller_gets_its_thread_count_and_governor_back(tiny_config, tmp_path, capsys):
+    """train_phase, evaluate_run, run_timing and the commands run in-process set the run's thread
+    policy while they run; afterwards the caller's count holds and no governor is left to change
+    it (conftest's autouse fixture starts each test at 2 threads and no governor)."""
+    import torch
+    from conftest import call_main
+
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.evaluation.evaluate import evaluate_run
+    from vaeflow_cli.training.loop import train_phase
+    from vaeflow_cli.training.step import set_threads
+    from vaeflow_cli.training.threads import callers_threads
+    from vaeflow_cli.training.timing import run_timing
+
+    mine = LoadGovernor(1, lambda n: None, cores={0})
+    threads.install(mine)
+    torch.set_num_threads(1)
+    cfg = config_mod.resolve(tiny_config, ["train.vae.epochs=1", "train.threads=0"])
+    train_phase(cfg, tmp_path / "run", "vae", progress=False)
+    assert threads.installed() is mine and torch.get_num_threads() == 1
+    threads.install(None)
+    evaluate_run(tmp_path / "run", metrics=["bpd"])
+    assert threads.installed() is None and torch.get_num_threads() == 1
+    assert call_main(["sample", "--run", tmp_path / "run", "--n", "2", "--out", tmp_path / "s.png"], capsys)[0] == 0
+    assert threads.installed() is None and torch.get_num_threads() == 1
+    run_timing(cfg, steps=1, warmup=1, batch_size=8, threads=0)
+    assert threads.installed() is None and torch.get_num_threads() == 1
+    with pytest.raises(RuntimeError):
+        with callers_threads():
+            set_threads(0)
+            raise RuntimeError("the block failed")
+    assert threads.installed() is None and torch.get_num_threads() == 1

@@ -13,12 +13,15 @@ from pathlib import Path
 import typer
 
 from vaeflow_cli.cli.exits import cli_errors, exit_process, run
-from vaeflow_cli.cli.output import _check_out, _out, _write_output
+from vaeflow_cli.cli.output import _check_out, _out, _out_format, _run_or_default, _write_output
+from vaeflow_cli.cli.scoring import ood as ood_command
+from vaeflow_cli.cli.scoring import score as score_command
 from vaeflow_cli.config.limits import IWAE_K_MAX, N_SAMPLES_MAX, SEED_MAX, TEMPERATURE_MAX, check_temperature
 from vaeflow_cli.data.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.evaluation.metrics import METRICS
 from vaeflow_cli.training.phases import PHASES, Phase
+from vaeflow_cli.training.threads import keeps_callers_threads
 
 app = typer.Typer(
     name="vaeflow",
@@ -34,10 +37,22 @@ data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 
 
+def _print_version(value: bool) -> None:
+    """``vaeflow --version``: the installed version, then exit."""
+    if value:
+        from vaeflow_cli import __version__
+
+        _out(f"vaeflow {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def verbosity(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only: no progress lines or bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lines too (which config, which overrides)."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, expose_value=False, callback=_print_version, help="Print vaeflow's version and exit."
+    ),
 ):
     """Set the verbosity of the log lines on stderr (vaeflow_cli.console); stdout is the same either way."""
     from vaeflow_cli import console
@@ -79,16 +94,16 @@ RunOpt = typer.Option(
 )
 
 
-def _run_or_default(run: Path | None) -> Path:
-    """--run, or the run directory of the embedded default config."""
-    if run is not None:
-        return run
-    from vaeflow_cli.config import core as config_mod
-
-    return Path(config_mod.embedded_default().get("run", {}).get("dir", config_mod.DEFAULTS["run"]["dir"]))
-
-
-def _train(phase: str, config: Path | None, run: Path | None, overrides: list[str], resume: bool) -> None:
+def _train(
+    phase: str,
+    config: Path | None,
+    run: Path | None,
+    overrides: list[str],
+    resume: bool,
+    restart: bool = False,
+    max_steps: int | None = None,
+    max_seconds: float | None = None,
+) -> None:
     from vaeflow_cli.config import core as config_mod
     from vaeflow_cli.training.loop import train_phase
     from vaeflow_cli.training.runs import RunDir
@@ -101,20 +116,57 @@ def _train(phase: str, config: Path | None, run: Path | None, overrides: list[st
             rd = RunDir(cfg["run"]["dir"])
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
                 cfg = rd.resolved_config(overrides or [])
-    result = train_phase(cfg, run if run is not None else cfg["run"]["dir"], phase, resume=resume, config_path=config)
+    result = train_phase(
+        cfg,
+        run if run is not None else cfg["run"]["dir"],
+        phase,
+        resume=resume,
+        restart=restart,
+        max_steps=max_steps,
+        max_seconds=max_seconds,
+        smoke=max_steps is not None or max_seconds is not None,
+        config_path=config,
+    )
     _out(str(result.run_dir))
 
 
 def _train_command(phase: Phase):
-    """The ``vaeflow train-PHASE`` command of one row of the phase table."""
+    """The ``vaeflow train-PHASE`` command of one row of the phase table. Its -c/--config help says
+    which config ``_train`` uses without it, and its --set example is a key of this phase."""
+    stored = "the config stored in the run directory, --run or runs/default," if phase.starts_from else "the config stored in --run's directory"
+    config_opt = typer.Option(None, "--config", "-c", help=f"TOML config file (default: {stored} when there is one; else the embedded MNIST config).")
+    set_opt = typer.Option(None, "--set", help=f"Override a config key, e.g. --set train.{phase.name}.epochs=3 (repeatable).")
 
     def command(
-        config: Path | None = ConfigOpt,
+        config: Path | None = config_opt,
         run: Path | None = RunOpt,
-        set: list[str] | None = SetOpt,
+        set: list[str] | None = set_opt,
         resume: bool = typer.Option(False, "--resume", help=f"Continue from the run's {phase.name} checkpoint ({phase.title})."),
+        restart: bool = typer.Option(
+            False,
+            "--restart",
+            help=f"Train {phase.title} again from its start, replacing its checkpoints (e.g. after the phase it starts from trained further).",
+        ),
+        max_steps: int | None = typer.Option(
+            None,
+            "--max-steps",
+            min=1,
+            max=10**9,
+            help="Smoke test: stop after N optimizer steps, print the held-out bound there (on train.eval_samples images: add "
+            "--set train.eval_samples=64 to keep it quick) and write a sample grid; exits 0. The checkpoint it saves is "
+            "resumable: --resume continues exactly (the phase is not finished), and the next phase may start from it with "
+            "--max-steps too.",
+        ),
+        max_seconds: float | None = typer.Option(
+            None,
+            "--max-seconds",
+            min=0.001,
+            max=1e9,
+            help="A time budget: stop at the first step boundary after this many seconds of training in this call (one step at least), and end as --max-steps "
+            "does (held-out bound, sample grid, a checkpoint that --resume continues exactly). With --max-steps, whichever comes first.",
+        ),
     ):
-        _train(phase.name, config, run, set, resume)
+        _train(phase.name, config, run, set, resume, restart, max_steps, max_seconds)
 
     command.__name__ = phase.command.replace("-", "_")
     command.__doc__ = phase.help
@@ -127,6 +179,7 @@ for _phase in PHASES.values():
 
 @app.command(short_help="Draw samples of a trained run (PNG grid or NPY).")
 @cli_errors
+@keeps_callers_threads  # sets the run's thread policy; an in-process caller (cli.main) gets its own back
 def sample(
     run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     n: int | None = typer.Option(
@@ -140,7 +193,9 @@ def sample(
     temperature: float = typer.Option(0.5, "--temperature", "-t", callback=_temperature, help="Glow-layer temperature T in [0, 100] (paper: 0.5)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
-    fmt: str = typer.Option("png", "--format", help="png or npy (uint8, shape (N, C, H, W))."),
+    fmt: str | None = typer.Option(
+        None, "--format", show_default=False, help="png or npy (uint8, shape (N, C, H, W)); default: what --out's extension names, else png."
+    ),
     as_grid: bool = typer.Option(True, "--grid/--no-grid", help="One grid PNG, or one PNG per sample."),
     out: str | None = typer.Option(None, "--out", "-o", help="Output path, or - for stdout."),
     device: str = DeviceOpt,
@@ -162,8 +217,8 @@ def sample(
     from vaeflow_cli.training.runs import RunDir
     from vaeflow_cli.training.step import resolve_device, set_threads
 
-    if fmt not in ("png", "npy"):
-        raise VaeflowError(f"--format must be png or npy, not {fmt!r}")
+    # --no-grid's --out is a folder of PNGs: its name chooses no format
+    fmt = _out_format(out if as_grid else None, fmt, {"png": ".png", "npy": ".npy"}, default="png", given_by=f"--format {fmt}")
     if fmt == "png" and not as_grid and out == "-":
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
     figure = compare or temperatures is not None
@@ -173,7 +228,7 @@ def sample(
         if compare and temperatures is not None:
             raise VaeflowError("--compare and --temperatures make different figures; give one")
         if fmt != "png" or not as_grid:
-            raise VaeflowError("--compare and --temperatures write one PNG figure; leave out --format npy and --no-grid")
+            raise VaeflowError("--compare and --temperatures write one PNG figure; leave out --format npy and --no-grid, and name --out *.png")
         temps = parse_temperatures(temperatures, "--temperatures") if temperatures is not None else []
     _check_out(out, folder=fmt == "png" and not as_grid and not figure)
     run = _run_or_default(run)
@@ -181,7 +236,7 @@ def sample(
     set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
     if PHASES[r.phase].standalone and (vae_only or figure):
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): --vae-only, --compare and --temperatures need a VAE")
-    if not r.uses_flow and not vae_only:
+    if not r.uses_flow and not vae_only and not RunDir(run).checkpoint_path("glow").exists():  # one there is stale: load_run said so
         log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
     samples_dir = RunDir(run).samples_dir
     if figure:
@@ -222,25 +277,32 @@ def _sample_figure(r, rows: int, per_z: int | None, temperatures: list[float], *
 
 @app.command(short_help="Interpolate between prior points or two images.")
 @cli_errors
+@keeps_callers_threads  # sets the run's thread policy; an in-process caller (cli.main) gets its own back
 def interpolate(
     run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
     steps: int = typer.Option(8, "--steps", min=2, max=4096, help="Images per path, endpoints included."),
     pairs: int = typer.Option(4, "--pairs", min=1, max=10**9, help="Number of random pairs (rows)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed for the endpoints."),
-    src: Path | None = typer.Option(None, "--from", help="Interpolate from this image (PNG/JPEG) ..."),
+    src: Path | None = typer.Option(
+        None, "--from", help="Interpolate from this image (PNG/JPEG, any size: the run's own crop and resize are applied) ..."
+    ),
     dst: Path | None = typer.Option(None, "--to", help="... to this one, through their encodings."),
     out: str | None = typer.Option(None, "--out", "-o", help="Output PNG path, or - for stdout."),
     device: str = DeviceOpt,
 ):
     """Interpolate between random prior points (spherical, in u space) or between two images
-    (linear, between their encoder means). Writes one grid PNG, a row per path; prints its path."""
+    (linear, between their encoder means). Writes one grid PNG, a row per path; prints its path.
+    --from and --to are decoded as the run's dataset decodes its images (its crop and resize, for
+    imagefolder and celeba; a line on stderr says what was applied)."""
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.images import grid, png_bytes, read_image, to_uint8
+    from vaeflow_cli.console import log
+    from vaeflow_cli.data.images import grid, png_bytes, read_images_as_run, to_uint8
     from vaeflow_cli.training.runs import RunDir
     from vaeflow_cli.training.step import resolve_device, set_threads
 
     if (src is None) != (dst is None):
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
+    _out_format(out, None, {"png": ".png"}, default="png")
     _check_out(out)
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
@@ -249,7 +311,10 @@ def interpolate(
         raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
     _require_image_memory(steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")
     if src is not None:
-        images = r.interpolate(read_image(src, r.image_shape), read_image(dst, r.image_shape), steps)
+        (a, b), note = read_images_as_run([src, dst], r.config, r.image_shape)
+        if note:
+            log(f"interpolate: --from and --to: {note}")
+        images = r.interpolate(a, b, steps)
         name = f"interpolate-{src.stem}-{dst.stem}.png"
     else:
         images = r.interpolate_prior(pairs, steps, seed=seed).reshape(-1, *r.image_shape)
@@ -257,7 +322,7 @@ def interpolate(
     _write_output(png_bytes(grid(to_uint8(images), nrow=steps)), out or str(RunDir(run).samples_dir / name))
 
 
-@app.command(short_help="Held-out bits/dim bounds (ELBO, IWAE), FID, digit FD.")
+@app.command(short_help="Held-out bits/dim bounds (ELBO, IWAE), FID, digit_fd, cifar_fd, simclr_fd.")
 @cli_errors
 def evaluate(
     run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
@@ -265,9 +330,9 @@ def evaluate(
     metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
     iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=IWAE_K_MAX, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
     n_samples: int = typer.Option(
-        10_000, "--n-samples", min=2, max=N_SAMPLES_MAX, help="Generated images for FID (refused when they would not fit in memory)."
+        10_000, "--n-samples", min=2, max=N_SAMPLES_MAX, help="Generated images for FID and *_fd (refused when they would not fit in memory)."
     ),
-    temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID, or a comma-separated sweep (writes a plot)."),
+    temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID and *_fd, or a comma-separated sweep (writes a plot)."),
     fid_weights: Path | None = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
@@ -275,27 +340,47 @@ def evaluate(
         None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."
     ),
     data_root: str | None = typer.Option(None, "--data-root", help="Root folder of --data (alone: the run's dataset read from this root)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Save the results to this .json (JSON) or .txt (the table) file instead of RUN/eval/, sweep plots beside it."
+    ),
 ):
     """Held-out bpd bounds (ELBO, IWAE) of the phase-1 and full models with their per-image
-    distribution and the per-pixel histogram baseline, and FID of samples.
+    distribution and the per-pixel histogram baseline, and FID of samples or, without Inception
+    weights, a Frechet distance in a small CNN trained on the run's images (not FID): digit_fd
+    (digits), cifar_fd (colour, class folders), simclr_fd (colour, no labels; SimCLR).
 
-    Results also go into RUN/eval/evaluate-SPLIT.json and .txt (evaluate-NAME-SPLIT.* with --data
-    or --data-root)."""
-    from vaeflow_cli.evaluation.evaluate import evaluate_run, format_table, parse_metrics, parse_temperatures
+    The results are printed on stdout, and saved into RUN/eval/evaluate-SPLIT.json and .txt
+    (evaluate-NAME-SPLIT.* with --data or --data-root), or with --out into that file; a run
+    directory that cannot be written (read-only) is one warning line, the results still printed."""
+    from vaeflow_cli.evaluation.evaluate import OUT_FORMATS, ResultsNotSaved, evaluate_run, format_table, parse_metrics, parse_temperatures
 
-    result = evaluate_run(
-        _run_or_default(run),
-        split=split,
-        metrics=parse_metrics(metrics),
-        iwae_k=iwae_k,
-        n_samples=n_samples,
-        temperatures=parse_temperatures(temperature),
-        fid_weights=fid_weights,
-        device=device,
-        data=data,
-        data_root=data_root,
-    )
+    if out == "-":
+        raise VaeflowError("--out -: the results are on stdout already; --out saves them to a .json or .txt file")
+    if out is not None:
+        _out_format(out, "json" if as_json else None, {fmt: ext for ext, fmt in OUT_FORMATS.items()}, default=None, given_by="--json")
+        _check_out(out)
+    try:
+        result = evaluate_run(
+            _run_or_default(run),
+            split=split,
+            metrics=parse_metrics(metrics),
+            iwae_k=iwae_k,
+            n_samples=n_samples,
+            temperatures=parse_temperatures(temperature),
+            fid_weights=fid_weights,
+            device=device,
+            data=data,
+            data_root=data_root,
+            out=out,
+        )
+    except ResultsNotSaved as exc:  # computed, but --out could not be written: print them, then the error line
+        _out(json.dumps(exc.result) if as_json else format_table(exc.result))
+        raise
     _out(json.dumps(result) if as_json else format_table(result))
+
+
+app.command("score", short_help="Per-image bits/dim of images: the bound, its terms, PNG.")(score_command)
+app.command("ood", short_help="Out-of-distribution detection: AUROC, AUPR, FPR@95.")(ood_command)
 
 
 @app.command(short_help="Seconds per epoch of each phase and of a standalone Glow.")
@@ -341,11 +426,12 @@ def timing(
 @cli_errors
 def plot(
     run: Path | None = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
-    out: str | None = typer.Option(None, "--out", "-o", help="Output PNG (default: RUN/training-curves.png)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output file, PNG, SVG or PDF by its extension (default: RUN/training-curves.png)."),
 ):
-    """Plot training loss and held-out bound per epoch, all phases. Prints the PNG's path."""
-    from vaeflow_cli.evaluation.plots import training_curves
+    """Plot training loss and held-out bound per epoch, all phases. Prints the plot's path."""
+    from vaeflow_cli.evaluation.plots import PLOT_FORMATS, training_curves
 
+    _out_format(out, None, {f: f".{f}" for f in PLOT_FORMATS}, default="png")
     _check_out(out)
     _out(str(training_curves(_run_or_default(run), out)))
 

@@ -6,12 +6,13 @@ exceptions into exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
 import typer
 
-from vaeflow_cli.errors import VaeflowError, describe_os_error
+from vaeflow_cli.errors import CLOSED_PIPE, VaeflowError, describe_os_error, is_input_os_error, shorten_words
 
 
 def cli_errors(fn):
@@ -41,9 +42,8 @@ def report_exception(exc: BaseException) -> int:
 
     click = _click_exceptions()
 
-    def line(message: str) -> str:  # one line, printable whatever bytes a file name held
-        text = " ".join(str(message).split()) or type(exc).__name__
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    def line(message: str) -> str:
+        return one_line(message) or type(exc).__name__
 
     if isinstance(exc, VaeflowError):
         typer.echo(f"vaeflow: error: {line(exc)}", err=True)
@@ -53,18 +53,14 @@ def report_exception(exc: BaseException) -> int:
         return 130
     if isinstance(exc, click.UsageError):
         cmd = exc.ctx.command_path if exc.ctx is not None else "vaeflow"
-        typer.echo(f"vaeflow: error: {cmd}: {line(exc.format_message()).rstrip('.')}; see '{cmd} --help'", err=True)
+        sub = cmd.partition(" ")[2]  # the command after the program's name, which the line starts with already
+        typer.echo(f"vaeflow: error: {sub + ': ' if sub else ''}{line(exc.format_message()).rstrip('.')}; see '{cmd} --help'", err=True)
         return 2
     if isinstance(exc, click.ClickException):
         typer.echo(f"vaeflow: error: {line(exc.format_message())}", err=True)
         return exc.exit_code
     if isinstance(exc, BrokenPipeError):  # the reader of stdout went away (| head)
-        import os as _os
-
-        try:  # nothing more may reach the closed pipe, at exit either
-            _os.dup2(_os.open(_os.devnull, _os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, AttributeError, ValueError):
-            pass
+        _silence_stdout()
         typer.echo(
             "vaeflow: error: the reader of stdout closed the pipe before the result was written; "
             "write to a file with --out FILE (or > FILE) to keep all of it",
@@ -83,8 +79,8 @@ def report_exception(exc: BaseException) -> int:
         )
         return 1
     if isinstance(exc, OSError) and not os.environ.get("VAEFLOW_DEBUG"):
-        typer.echo(f"vaeflow: error: {describe_os_error(exc)}", err=True)
-        return 1
+        typer.echo(f"vaeflow: error: {line(describe_os_error(exc))}", err=True)
+        return 2 if is_input_os_error(exc) else 1  # a path too long is bad input, like any other
     if os.environ.get("VAEFLOW_DEBUG") in (None, "", "0"):
         from vaeflow_cli.plugins.registry import blame
 
@@ -106,6 +102,42 @@ def report_exception(exc: BaseException) -> int:
 
     traceback.print_exception(exc)
     return 1
+
+
+def one_line(message) -> str:
+    """``message`` as one printable line: whitespace runs (newlines included) become one space,
+    a 100 KB path is cut (``shorten_words``), bytes of a file name that are not UTF-8 show as \\xNN."""
+    text = shorten_words(" ".join(str(message).split()))
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def print_error(message) -> None:
+    """One ``vaeflow: error:`` line on stderr for a failure the command goes on after (an input
+    of ``vaeflow score`` that cannot be scored), whatever the verbosity."""
+    typer.echo(f"vaeflow: error: {one_line(message)}", err=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: nothing more may reach a closed pipe, at exit either."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+@contextlib.contextmanager
+def streamed_rows():
+    """Around a command that streams result rows to stdout (``vaeflow score``): when their reader
+    goes away (``| head``), stop quietly as a Unix filter does, with no line on stderr and no
+    traceback, and exit with ``CLOSED_PIPE``. (Other commands write one result, and a reader that
+    left before it was whole is an error line: see ``report_exception``.)"""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(CLOSED_PIPE) from None
 
 
 def _click_exceptions():

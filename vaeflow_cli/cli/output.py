@@ -1,5 +1,6 @@
 """Results on stdout: text lines, and image or array bytes written whole (``write_all``); an
-``--out`` path checked before any work. A stdout that cannot be written is one clear error."""
+``--out`` path checked before any work; the run directory of a command without ``--run``. A
+stdout that cannot be written is one clear error."""
 
 from __future__ import annotations
 
@@ -64,6 +65,15 @@ def _write_output(data: bytes, out: str) -> None:
         _out(out)
 
 
+def _run_or_default(run: Path | None) -> Path:
+    """--run, or the run directory of the embedded default config."""
+    if run is not None:
+        return run
+    from vaeflow_cli.config import core as config_mod
+
+    return Path(config_mod.embedded_default().get("run", {}).get("dir", config_mod.DEFAULTS["run"]["dir"]))
+
+
 def _check_out(out: str | None, *, folder: bool = False) -> None:
     """Refuse an --out that cannot be written BEFORE any work: a directory where a file is
     wanted, a missing or read-only parent folder."""
@@ -85,3 +95,57 @@ def _check_out(out: str | None, *, folder: bool = False) -> None:
         raise VaeflowError(f"--out {out}: {parent} is not a directory; fix the path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise VaeflowError(f"--out {out}: the folder {parent} is not writable; choose a path you may write to")
+
+
+# What a file extension names, for --out: the commands write the format its extension names, and
+# refuse one they cannot write (PNG bytes in x.npy were silently written before).
+FORMAT_OF_EXTENSION = {
+    ".png": "png",
+    ".npy": "npy",
+    ".npz": "npz",
+    ".json": "json",
+    ".txt": "table",
+    ".toml": "toml",
+    ".csv": "csv",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".gif": "gif",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".webp": "webp",
+    ".svg": "svg",
+    ".pdf": "pdf",
+    ".eps": "eps",
+    ".pt": "torch",
+    ".pth": "torch",
+}
+
+
+def _out_format(out: str | None, given: str | None, writes: dict[str, str], *, default: str | None, given_by: str = "--format") -> str:
+    """The format a command writes to ``--out``: ``given`` (the format option) when given, else the
+    one ``--out``'s extension names, else ``default`` (None: the extension is required).
+
+    ``writes``: {format: its extension} of the formats the command can write. Refused, before any
+    work (VaeflowError): a ``given`` format the command does not write, an extension naming a
+    format it does not write, and a ``given`` format that contradicts the extension. ``given_by``
+    is how the user gave the format, for the messages (``--format npy``, ``--json``)."""
+    if given is not None and given not in writes:
+        raise VaeflowError(f"{given_by} must be one of {', '.join(writes)}, not {given!r}")
+    named = None
+    if out is not None and out != "-":
+        path = Path(out)
+        suffix = path.suffix.lower()
+        named = FORMAT_OF_EXTENSION.get(suffix)
+        choices = " or ".join(f"{path.stem}{ext}" for ext in writes.values())
+        if named is not None and named not in writes:
+            raise VaeflowError(f"--out {out}: this command writes {' or '.join(writes)}, not {suffix}; name the file {choices}")
+        if named is not None and given is not None and named != given:
+            raise VaeflowError(
+                f"{given_by} and --out {out} disagree ({suffix} is {named}); name the file {path.stem}{writes[given]} or leave out {given_by.split()[0]}"
+            )
+        if named is None and default is None:
+            raise VaeflowError(f"--out {out}: the extension chooses the format; name the file {choices}")
+    return given or named or default

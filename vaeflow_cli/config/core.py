@@ -43,6 +43,8 @@ _PHASE = {
     "lr_halve_every": 0,  # epochs; 0 keeps the learning rate constant
     "warmup_steps": 0,  # linear learning-rate warm-up at the start of the phase
     "grad_clip": 0.0,  # max gradient norm; 0 disables clipping
+    "kl_warmup_steps": 0,  # the KL term's weight in the training loss rises linearly from 0 to 1 over these steps
+    "free_bits": 0.0,  # nats: the training loss's KL term is max(free_bits, the batch's mean KL) (Kingma et al., 2016)
 }
 
 # The schema: every key a config may hold outside component sections, with its default and type.
@@ -76,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "dir": "runs/default",  # used when --run is not given
         "sample_n": 64,  # images in the sample grid written after each epoch
         "loggers": [],  # experiment trackers fed every metrics record, e.g. ["tensorboard"] (registered "logger" components)
+        "log_every": 50,  # optimizer steps between the loggers' step records (the recent training loss); 0 = none
     },
 }
 
@@ -100,7 +103,10 @@ CONSTRAINTS: dict[str, list] = {
     "train.*.lr_halve_every": [Range(0)],
     "train.*.warmup_steps": [Range(0)],
     "train.*.grad_clip": [Range(0)],
+    "train.*.kl_warmup_steps": [Range(0)],
+    "train.*.free_bits": [Range(0, 1e9)],
     "run.sample_n": [Range(1, 4096)],
+    "run.log_every": [Range(0, 10**9)],
     "run.loggers": [
         Check(lambda v: all(isinstance(x, str) for x in v), 'must be a list of logger names (strings), e.g. ["tensorboard"]'),
         Check(lambda v: len(set(v)) == len(v), "must name each logger once"),
@@ -122,22 +128,26 @@ CONFIG_FIX = "pass a TOML file to --config"
 
 
 def load_toml(path: str | Path, *, fix: str = CONFIG_FIX) -> dict[str, Any]:
-    """The TOML file ``path`` as a dict; one VaeflowError (ending with ``fix``) when it is missing,
-    a folder, unreadable, not UTF-8 or not valid TOML."""
+    """The TOML file ``path`` as a dict (a UTF-8 byte-order mark at its start is skipped); one
+    VaeflowError (ending with ``fix``) when it is missing, a folder, unreadable, not UTF-8 or not
+    valid TOML."""
     p = Path(path)
     if p.is_dir():
         raise VaeflowError(f"config file {str(p)!r} is a directory; {fix}")
     if p.exists() and not p.is_file():
         raise VaeflowError(f"config file {str(p)!r} is not a regular file (a FIFO or device would block or never end); {fix}")
+    bom = b""
     try:
         with p.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
+        bom = b"\xef\xbb\xbf" if raw.startswith(b"\xef\xbb\xbf") else b""  # editors on Windows write one; it is not TOML
+        data = tomllib.loads(raw[len(bom) :].decode("utf-8"))
     except RecursionError:
         raise VaeflowError(f"{p}: nested too deeply to be a config; {fix}") from None
     except FileNotFoundError:
         raise VaeflowError(f"config file {str(p)!r} not found; {fix}") from None
     except UnicodeDecodeError as exc:
-        raise VaeflowError(f"{p}: not UTF-8 text (byte {exc.start}); a TOML config must be UTF-8: {fix}") from None
+        raise VaeflowError(f"{p}: not UTF-8 text (byte {exc.start + len(bom)}); a TOML config must be UTF-8: {fix}") from None
     except tomllib.TOMLDecodeError as exc:
         raise VaeflowError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
     except OSError as exc:
@@ -358,11 +368,23 @@ CONTEXT_ARGS = {
 }
 
 
+def _source(set_by: dict | None, dotted: str, where: str) -> str:
+    """Where the value of the key ``dotted`` came from, for error lines: the ``--set`` that gave it
+    or a section above it (``set_by``: dotted key -> "--set KEY=VALUE"), else ``where`` (the file)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        found = (set_by or {}).get(".".join(parts[:i]))
+        if found:
+            return found
+    return where
+
+
 def _validate_component(section: dict, kind: str, key: str, *, where: str, registry, name_key: str, set_by: dict | None = None) -> dict:
     name = section.get(name_key)
+    named_by = _source(set_by, f"{key}.{name_key}", where)
     if not isinstance(name, str):
-        raise VaeflowError(f'{where}: [{key}] needs {name_key} = "<registered {kind}>"; registered: {", ".join(registry.names(kind))}')
-    comp = registry.get(kind, name, where=f"{where}: {key}.{name_key}")
+        raise VaeflowError(f'{named_by}: [{key}] needs {name_key} = "<registered {kind}>"; registered: {", ".join(registry.names(kind))}')
+    comp = registry.get(kind, name, where=f"{named_by}: {key}.{name_key}")
     params = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
     fixed = {name_key} | ({"root"} if kind == "dataset" else set())
     out = {k: section[k] for k in section if k in fixed}
@@ -370,7 +392,7 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
     for k, v in section.items():
         if k in fixed:
             continue
-        src = (set_by or {}).get(f"{key}.{k}") or where  # the --set that gave the value, else the file
+        src = _source(set_by, f"{key}.{k}", where)  # the --set that gave the value, else the file
         if k not in params:
             raise VaeflowError(f"{src}: unknown key '{key}.{k}' for {kind} {name!r}{_suggest(k, params)}")
         default = params[k]
@@ -413,7 +435,7 @@ def validate(cfg: dict, *, where: str, registry, set_by: dict | None = None, che
         )
     _check_plain(out, where, set_by=set_by or {})
     for name in out["run"]["loggers"] if check_loggers else ():  # strings, each once (CONSTRAINTS); each registered
-        registry.get("logger", name, where=f"{(set_by or {}).get('run.loggers', where)}: run.loggers")
+        registry.get("logger", name, where=f"{_source(set_by, 'run.loggers', where)}: run.loggers")
     return out
 
 
@@ -428,7 +450,7 @@ def _check_plain(cfg: dict, where: str, prefix: str = "", *, set_by: dict) -> No
             continue
         found = problem(v, _plain_constraints(dotted))
         if found:
-            raise VaeflowError(f"{set_by.get(dotted, where)}: {dotted!r} {found}, got {v!r}")
+            raise VaeflowError(f"{_source(set_by, dotted, where)}: {dotted!r} {found}, got {v!r}")
 
 
 def _is_toml_value(v: Any) -> bool:

@@ -90,17 +90,35 @@ def decode_images(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pix
     not fit or one over the bound raises VaeflowError naming it (and how many others failed)."""
     pixels, failures = _decode_native(paths, crop=crop, size=size, threads=threads, max_pixels=max_pixels)
     if failures:
-        raise _decode_failure(failures, "replace or remove the file", max_pixels=max_pixels)
+        raise _decode_failure(failures, len(paths), max_pixels=max_pixels)
     return pixels
 
 
-def _decode_failure(failures: list[tuple[int, str, str]], hint: str, *, max_pixels: int, key: str = "max_pixels") -> VaeflowError:
-    """One line naming the first file that failed and how many others did; a file over the pixel
-    bound also says which key raises it."""
+def _decode_failure(
+    failures: list[tuple[int, str, str]], total: int, *, max_pixels: int, dataset: bool = False, skip_bad: bool = False
+) -> VaeflowError:
+    """One line naming the first file that failed and how many others did, with the fix that fits
+    what went wrong: a crop that does not fit (or fits none of the ``total`` images) says to
+    change the crop, a file over the pixel bound says which key raises it, an unreadable file says
+    to replace it. ``dataset``: the files are a dataset's, whose config keys (data.crop,
+    data.skip_bad, ...) the fix names; ``skip_bad``: they were skipped, and none was left."""
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     _, message, kind = failures[0]
-    if kind == "size":
-        hint = f"{hint}, or raise {key} (now {max_pixels}) to accept images this large"
+    crops = "data.crop / data.crop_box" if dataset else "the crop"
+    fits_none = sum(f[2] == "crop" for f in failures) == total
+    if fits_none:
+        hint = f"the crop fits none of the {total} image(s): choose a smaller crop that fits them ({crops})"
+    elif kind == "crop":
+        hint = f"choose a crop that fits every image ({crops}), or remove the file"
+    elif kind == "size":
+        key = "data.max_pixels" if dataset else "max_pixels"
+        hint = f"remove the file, or raise {key} (now {max_pixels}) to accept images this large"
+    else:
+        hint = "replace or remove the file"
+    if skip_bad:
+        return VaeflowError(f"no image could be decoded, all {total} failed (data.skip_bad = true skipped them), first: {message}; {hint}")
+    if dataset and not fits_none:
+        hint += ", or set data.skip_bad = true"
     return VaeflowError(f"cannot decode image {message}{more}; {hint}")
 
 
@@ -110,8 +128,24 @@ def decode_with_fallback(
     """Like ``decode_images`` for any image files: JPEGs in Rust, anything Rust cannot decode (PNG,
     CMYK or other unusual JPEGs) through Pillow with the same crop and Lanczos resize. A file that
     neither can read, or whose header claims more than ``max_pixels`` pixels, is an error naming
-    it or, with ``skip_bad``, dropped and counted on stderr. Files that Rust could not read at all
-    (missing, a directory), whose crop does not fit or that are over the bound are not retried."""
+    it or, with ``skip_bad``, dropped and counted on stderr (when every file fails, that is an
+    error too: an empty result would only be reported later, as an empty split). Files that Rust
+    could not read at all (missing, a directory), whose crop does not fit or that are over the
+    bound are not retried."""
+    paths = [str(p) for p in paths]
+    pixels, bad = decode_files(paths, crop=crop, size=size, threads=threads, max_pixels=max_pixels)
+    if bad and (not skip_bad or len(bad) == len(paths)):
+        raise _decode_failure(bad, len(paths), max_pixels=max_pixels, dataset=True, skip_bad=skip_bad)
+    if bad:
+        (log or console_log)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {bad[0][1]}")
+        pixels = np.delete(pixels, [i for i, _, _ in bad], axis=0)
+    return pixels
+
+
+def decode_files(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(uint8 (N, size, size, 3), [(index, message, kind), ...]): what ``decode_with_fallback``
+    decodes, JPEGs in Rust and the rest through Pillow, with the files that neither could decode
+    (zeros in the array); kind is "read", "size", "crop" or "decode"."""
     paths = [str(p) for p in paths]
     pixels, failures = _decode_native(paths, crop=crop, size=size, threads=threads, max_pixels=max_pixels)
     bad = []
@@ -122,15 +156,10 @@ def decode_with_fallback(
         try:
             pixels[i] = pillow_decode(paths[i], crop=crop, size=size, max_pixels=max_pixels)
         except ImageProblem as exc:
-            bad.append((i, f"{paths[i]}: {exc}" if exc.kind == "size" else f"{message}; Pillow: {exc}", exc.kind))
+            bad.append((i, f"{paths[i]}: {exc}" if exc.kind in ("size", "crop") else f"{message}; Pillow: {exc}", exc.kind))
         except Exception as exc:  # noqa: BLE001 -- any failure of Pillow on a hostile file is that file's
             bad.append((i, f"{message}; Pillow: {type(exc).__name__}: {_first_line(exc)}", "decode"))
-    if bad and not skip_bad:
-        raise _decode_failure(bad, "replace or remove the file, or set data.skip_bad = true", max_pixels=max_pixels, key="data.max_pixels")
-    if bad:
-        (log or console_log)(f"skipped {len(bad)} unreadable image(s) of {len(paths)}, first: {bad[0][1]}")
-        pixels = np.delete(pixels, [i for i, _, _ in bad], axis=0)
-    return pixels
+    return pixels, bad
 
 
 def _first_line(exc: BaseException) -> str:
@@ -206,15 +235,37 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
 
 
 def pillow_decode(path, *, crop: CropSpec, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One image through Pillow: RGB, the crop of ``decode_images``, Lanczos resize. Raises
-    ImageProblem for a file over ``max_pixels`` or that is not a readable PNG/JPEG file."""
+    """One image through Pillow: RGB (16-bit greyscale by its real range, see ``eight_bit``), the
+    crop of ``decode_images``, Lanczos resize. Raises ImageProblem for a file over ``max_pixels``
+    ("size"), one the crop does not fit ("crop") or one that is not a readable PNG/JPEG file."""
     from PIL import Image
 
     with open_image(path, max_pixels=max_pixels) as im, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's warnings on odd files would be stray stderr lines
-        im = im.convert("RGB")
-        box = _crop_region(crop, *im.size)
+        im = eight_bit(im).convert("RGB")
+        try:
+            box = _crop_region(crop, *im.size)
+        except ValueError as exc:
+            raise ImageProblem(str(exc), "crop") from None
         return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=box))
+
+
+# Pillow's modes of integer greyscale wider than 8 bits: a 16-bit greyscale PNG opens as I;16 in
+# recent Pillow, as I (32-bit) in older ones, holding 0..65535 either way.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit(im):
+    """``im`` with 16-bit greyscale values (Pillow's I;16 and I modes) mapped to 8-bit L by their
+    real range, round(v * 255 / 65535), so that v * 257 becomes v; other images unchanged.
+    (Pillow's convert("L") or convert("RGB") clips instead: every value above 255 becomes 255.)
+    16-bit RGB and RGBA PNGs open as 8-bit RGB/RGBA already."""
+    from PIL import Image
+
+    if im.mode not in WIDE_GREY_MODES:
+        return im
+    wide = np.asarray(im).astype(np.int64)
+    return Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
 
 
 def _decode_native(paths, *, crop: CropSpec, size: int, threads: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -247,6 +298,26 @@ def decode_images_with_failures(paths, *, crop: CropSpec, size: int, threads: in
     return pixels, [(i, message) for i, message, _ in failures]
 
 
+CACHE_ENV = "VAEFLOW_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """The folder where datasets cache their decoded splits unless ``data.cache_dir`` names one:
+    ``$VAEFLOW_CACHE_DIR/datasets`` when that variable is set, else ``datasets`` in the user's
+    cache directory (platformdirs: ``$XDG_CACHE_HOME/vaeflow``, by default ``~/.cache/vaeflow``,
+    on Linux; ``~/Library/Caches/vaeflow`` on macOS; ``%LOCALAPPDATA%\\vaeflow\\Cache`` on Windows).
+    Never inside the images' folder, which may be read-only or shared."""
+    configured = os.environ.get(CACHE_ENV, "")
+    if configured:
+        return Path(configured).expanduser() / "datasets"
+    import platformdirs
+
+    return platformdirs.user_cache_path("vaeflow", appauthor=False) / "datasets"
+
+
+CACHE_FIX = f"set data.cache_dir (or {CACHE_ENV}) to a folder you may write to"
+
+
 def cache_path(cache_dir: Path, name: str, key_parts) -> Path:
     """Where ``cached_array`` keeps the array for these key parts."""
     import hashlib
@@ -266,11 +337,11 @@ def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
 
     path = cache_path(cache_dir, name, key_parts)
     if os.path.lexists(cache_dir) and not Path(cache_dir).is_dir():
-        raise VaeflowError(f"data.cache_dir {cache_dir} is not a folder (a file, or a broken link); set data.cache_dir to a folder")
+        raise VaeflowError(f"the cache folder {cache_dir} is not a folder (a file, or a broken link); {CACHE_FIX}")
     try:
         present = path.exists()
     except OSError as exc:
-        raise VaeflowError(f"cannot look into the cache folder {cache_dir} ({exc.strerror}); set data.cache_dir to a folder you may use") from None
+        raise VaeflowError(f"cannot look into the cache folder {cache_dir} ({exc.strerror}); {CACHE_FIX}") from None
     if present:
         problem = file_problem(path)
         if problem is not None:
@@ -283,22 +354,45 @@ def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
     try:
         atomic_write(path, lambda fh: np.save(fh, array))
     except OSError as exc:
-        raise VaeflowError(f"cannot write the cache {path} ({exc}); set data.cache_dir to a writable folder") from None
+        raise VaeflowError(f"cannot write the cache {path} ({exc}); {CACHE_FIX}") from None
     return np.load(path, mmap_mode="r")
 
 
-def file_signature(paths) -> list:
-    """(name, size, mtime_ns) of each file, for cache keys; a missing file is a clear error."""
+def file_signature(paths, *, skip_bad: bool = False) -> list:
+    """(name, size, mtime_ns) of each file, for cache keys. A file that cannot be looked at (missing,
+    a symbolic link to nothing, a loop of links, a folder that may not be searched) is one clear
+    error, or with ``skip_bad`` (name, None, why) in the key: the decoder then skips it as
+    unreadable, and the key changes when the file appears."""
     out = []
     for p in paths:
         try:
             st = os.stat(p)
-        except FileNotFoundError:
-            raise VaeflowError(f"{p} not found; check data.root") from None
         except (OSError, ValueError) as exc:  # permission denied on a folder, a NUL byte in a name
-            raise VaeflowError(f"{p}: cannot be read ({getattr(exc, 'strerror', None) or exc}); check data.root and its permissions") from None
+            why = _unstattable(p, exc)
+            if skip_bad:
+                out.append([os.path.basename(p), None, why])
+                continue
+            fix = "check data.root" if isinstance(exc, FileNotFoundError) and not os.path.islink(p) else "fix or remove it"
+            raise VaeflowError(f"{p}: {why}; {fix}, or set data.skip_bad = true to skip unreadable images") from None
         out.append([os.path.basename(p), st.st_size, st.st_mtime_ns])
     return out
+
+
+def _unstattable(path, exc: BaseException) -> str:
+    """Why ``os.stat(path)`` failed, in words: a broken or looping symbolic link is named as one."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "a loop of symbolic links (the link leads back to itself)"
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return f"a symbolic link to {target}, which does not exist"
+        return "not found"
+    return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
 
 
 @dataclass

@@ -23,7 +23,6 @@ from torch import nn
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.files import atomic_write
 from vaeflow_cli.training.threads import tick
 
 FORMAT = 1
@@ -59,10 +58,14 @@ def _to_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0 - 0.5)
 
 
-def class_labels(files: list[Path], root: Path) -> tuple[np.ndarray, list[str]]:
+def class_labels(
+    files: list[Path], root: Path, *, split: str = "train", min_classes: int = 2, total: int | None = None
+) -> tuple[np.ndarray, list[str]]:
     """(int64 (N,) labels, sorted class names): an image's class is the first folder of its path
-    under ``root``. Raises VaeflowError when a file lies directly in ``root`` or there are fewer
-    than two classes."""
+    under ``root``. Raises VaeflowError when a file lies directly in ``root`` or the images of
+    ``split`` are in fewer than ``min_classes`` classes (the classifier trains on two or more; the
+    held-out images may be in fewer); ``total``, how many class folders the whole root has, tells
+    a short split from a root of one class in that message."""
     names = []
     for p in files:
         parts = Path(p).relative_to(root).parts
@@ -72,10 +75,19 @@ def class_labels(files: list[Path], root: Path) -> tuple[np.ndarray, list[str]]:
             )
         names.append(parts[0])
     classes = sorted(set(names))
-    if len(classes) < 2:
-        raise VaeflowError(f"cifar_fd: the images under {root} are in {len(classes)} class folder(s); a classifier needs at least two")
+    if len(classes) < min_classes:
+        found = f"{len(classes)} class folder(s) ({', '.join(classes) or 'none'})"
+        if total is not None and total > len(classes):
+            raise VaeflowError(
+                f"cifar_fd: the {split} split's images under {root} are in {found} of the {total} there (test_fraction decides "
+                f"which images are held out); its classifier trains on at least {min_classes}: add images to the other class folders"
+            )
+        raise VaeflowError(f"cifar_fd: the images under {root} are in {found}; a classifier needs at least {min_classes}")
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[n] for n in names], np.int64), classes
+
+
+MIN_SIDE = 8  # ColourCNN's three 2x2 max-pools need images of at least 8 x 8 pixels
 
 
 def labelled_splits(dataset) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str], str]:
@@ -86,15 +98,24 @@ def labelled_splits(dataset) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nd
         raise VaeflowError(
             "cifar_fd needs a run trained on an imagefolder dataset of class folders (CIFAR-10 as train/<class>/*.jpg); use digit_fd for digits or fid with Inception weights"
         )
+    shape = tuple(getattr(dataset, "image_shape", ()))
+    if len(shape) == 3 and min(shape[1:]) < MIN_SIDE:
+        raise VaeflowError(
+            f"cifar_fd: the run's images are {shape[2]}x{shape[1]}, and its classifier (three 2x2 poolings) needs at least "
+            f"{MIN_SIDE}x{MIN_SIDE}; use --metrics bpd, or fid, for images this small"
+        )
     if getattr(dataset, "skip_bad", False):
         raise VaeflowError(
             "cifar_fd: the run's dataset skips unreadable images (data.skip_bad = true), so its images cannot be matched with their class folders"
         )
     out = []
     digest = hashlib.sha256()
+    files_of = {split: dataset.files(split) for split in ("train", "test")}
+    folders = {Path(p).relative_to(dataset.root).parts[0] for files in files_of.values() for p in files}
     for split in ("train", "test"):
-        files = dataset.files(split)
-        labels, classes = class_labels(files, dataset.root)
+        files = files_of[split]
+        # the classifier trains on two classes or more; the held-out images may be in fewer
+        labels, classes = class_labels(files, dataset.root, split=split, min_classes=2 if split == "train" else 0, total=len(folders))
         images = np.asarray(dataset.split(split))
         if len(images) != len(files):
             raise VaeflowError(f"cifar_fd: the {split} split has {len(images)} images but {len(files)} files")
@@ -154,12 +175,12 @@ def _exact_batchnorm_statistics(net: ColourCNN, images: np.ndarray, limit: int =
 
 def load_or_train(cache: Path, dataset) -> tuple[ColourCNN, float, list[str]]:
     """The classifier cached at ``cache`` (weights-only, checked against the network's keys and
-    shapes and the run's training files), trained and written atomically if absent. A cache that
-    is unreadable, not this classifier or made from other files is one VaeflowError that says to
-    delete it."""
+    shapes and the run's training files), trained and written atomically if absent (a cache that
+    cannot be written is a warning). A cache that is unreadable, not this classifier or made from
+    other files is one VaeflowError that says to delete it."""
     import os
 
-    from vaeflow_cli.evaluation.fid import load_classifier_cache
+    from vaeflow_cli.evaluation.fid import load_classifier_cache, write_cache
 
     train, test, classes, fingerprint = labelled_splits(dataset)
     net = ColourCNN(len(classes))
@@ -173,13 +194,15 @@ def load_or_train(cache: Path, dataset) -> tuple[ColourCNN, float, list[str]]:
     log(f"cifar_fd: training the classifier on {len(train[0])} labelled training images, {len(classes)} classes (cached in {cache})")
     net, accuracy = train_classifier(train, test, len(classes))
     state = {"format": FORMAT, "model": net.state_dict(), "accuracy": accuracy, "classes": classes, "files": fingerprint}
-    atomic_write(cache, lambda fh: torch.save(state, fh))
+    write_cache(cache, lambda fh: torch.save(state, fh), "the cifar_fd classifier")
     return net, accuracy, classes
 
 
 @torch.no_grad()
-def features(net: ColourCNN, images: np.ndarray, batch: int = 500) -> np.ndarray:
+def features(net: ColourCNN, images: np.ndarray, batch: int = 500, progress=None) -> np.ndarray:
     """(N, 256) float64 features of uint8 (N, 3, H, W) images."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise VaeflowError(f"cifar_fd scores RGB images, not {tuple(images.shape[1:])}; use digit_fd for digits")
-    return np.concatenate([net.features(_to_input(images[i : i + batch])).double().numpy() for i in range(0, len(images), batch)])
+    from vaeflow_cli.evaluation.fid import batched_features
+
+    return np.concatenate(batched_features(lambda x: net.features(_to_input(x)), images, batch, progress))

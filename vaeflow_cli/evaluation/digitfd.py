@@ -18,7 +18,6 @@ from torch import nn
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.files import atomic_write
 from vaeflow_cli.training.threads import tick
 
 FORMAT = 1
@@ -89,24 +88,27 @@ def train_classifier(*, epochs: int = 4, seed: int = 0) -> tuple[DigitCNN, float
 
 def load_or_train(cache: Path) -> tuple[DigitCNN, float]:
     """The classifier cached at ``cache`` (weights-only, checked against the network's keys and
-    shapes), trained and written atomically if absent. A cache that is unreadable or not this
-    classifier is one VaeflowError that says to delete it."""
+    shapes), trained and written atomically if absent (a cache that cannot be written is a
+    warning). A cache that is unreadable or not this classifier is one VaeflowError that says to
+    delete it."""
     import os
+
+    from vaeflow_cli.evaluation.fid import load_classifier_cache, write_cache
 
     net = DigitCNN()
     if os.path.lexists(cache):
-        from vaeflow_cli.evaluation.fid import load_classifier_cache
-
         return net, load_classifier_cache(cache, net, metric="digit_fd", kind="digit classifier", fmt=FORMAT)
     log(f"digit_fd: training the digit classifier (cached in {cache})")
     net, accuracy = train_classifier()
-    atomic_write(cache, lambda fh: torch.save({"format": FORMAT, "model": net.state_dict(), "accuracy": accuracy}, fh))
+    write_cache(cache, lambda fh: torch.save({"format": FORMAT, "model": net.state_dict(), "accuracy": accuracy}, fh), "the digit_fd classifier")
     return net, accuracy
 
 
 @torch.no_grad()
-def features(net: DigitCNN, images: np.ndarray, batch: int = 500) -> np.ndarray:
+def features(net: DigitCNN, images: np.ndarray, batch: int = 500, progress=None) -> np.ndarray:
     """(N, 128) float64 features of uint8 (N, 1, 28, 28) images."""
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise VaeflowError(f"digit_fd scores 1x28x28 digit images, not {tuple(images.shape[1:])}; use fid for other data")
-    return np.concatenate([net.features(_to_input(images[i : i + batch])).double().numpy() for i in range(0, len(images), batch)])
+    from vaeflow_cli.evaluation.fid import batched_features
+
+    return np.concatenate(batched_features(lambda x: net.features(_to_input(x)), images, batch, progress))

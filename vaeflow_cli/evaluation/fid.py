@@ -190,21 +190,35 @@ def build_extractor(path: Path, device="cpu"):
     return net.to(torch.device(device)).eval()
 
 
-def features(net, images: np.ndarray, *, batch_size: int = 100) -> np.ndarray:
-    """Pool features (N, 2048) float64 of uint8 images (N, C, H, W), C in {1, 3} (grey repeated)."""
+def features(net, images: np.ndarray, *, batch_size: int = 100, progress=None) -> np.ndarray:
+    """Pool features (N, 2048) float64 of uint8 images (N, C, H, W), C in {1, 3} (grey repeated);
+    ``progress(k)`` after each batch of k images."""
     import torch
 
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 (N, 1|3, H, W) images, got {images.dtype} {images.shape}")
     device = next(net.parameters()).device
-    out = []
+
+    def pool(batch: np.ndarray):
+        x = torch.from_numpy(np.array(batch)).to(device)  # a writable copy
+        return net(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)[0]
+
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)  # a writable copy
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-            out.append(net(x)[0].double().cpu().numpy())
+        out = batched_features(pool, images, batch_size, progress)
     return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
+
+
+def batched_features(featurize, images: np.ndarray, batch: int, progress=None) -> list[np.ndarray]:
+    """``featurize`` (a uint8 batch of ``images`` -> a tensor of features) applied ``batch`` images
+    at a time: the float64 arrays, one per batch; ``progress(k)`` after each batch of k images.
+    The one loop of fid, digit_fd and cifar_fd."""
+    out = []
+    for start in range(0, len(images), batch):
+        part = images[start : start + batch]
+        out.append(featurize(part).double().cpu().numpy())
+        if progress is not None:
+            progress(len(part))
+    return out
 
 
 def statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,3 +268,17 @@ def load_classifier_cache(cache, net, *, metric: str, kind: str, fmt: int, extra
     net.load_state_dict(state["model"])
     net.eval()
     return state["accuracy"]
+
+
+def write_cache(path: Path, write, what: str) -> None:
+    """Write the cache file ``path`` atomically (``write(fileobj)``, as ``files.atomic_write``).
+    A cache is an aid, not a result: one that cannot be written (a read-only run directory) is one
+    warning line, and the work is done again next time."""
+    from vaeflow_cli.console import warning
+    from vaeflow_cli.errors import RuntimeFailure
+    from vaeflow_cli.files import atomic_write
+
+    try:
+        atomic_write(path, write)
+    except RuntimeFailure as exc:
+        warning(f"{what} was not cached ({exc}); it is computed again next time")

@@ -2,4 +2,4 @@
 command line lists them in its --help without importing ``vaeflow_cli.evaluation.evaluate`` (which computes
 them and re-exports ``METRICS``)."""
 
-METRICS = ("bpd", "iwae", "fid", "digit_fd", "cifar_fd")
+METRICS = ("bpd", "iwae", "fid", "digit_fd", "cifar_fd", "simclr_fd")

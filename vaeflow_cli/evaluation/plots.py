@@ -1,4 +1,5 @@
-"""PNG plots (matplotlib, Agg backend): training curves and the FID-against-temperature sweep."""
+"""Plots (matplotlib, Agg backend; PNG unless asked otherwise): training curves and a sample
+score against temperature."""
 
 from __future__ import annotations
 
@@ -20,10 +21,15 @@ def _figure(*args, **kwargs):
     return plt, *plt.subplots(*args, **kwargs)
 
 
+PLOT_FORMATS = ("png", "svg", "pdf")  # the formats a plot is written in, chosen by its file's extension
+
+
 def _save(plt, fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically, in the format its extension names (PNG otherwise)."""
+    fmt = path.suffix.lower().lstrip(".")
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format=fmt if fmt in PLOT_FORMATS else "png")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -31,7 +37,9 @@ def _save(plt, fig, path: Path) -> Path:
 
 def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     """Training loss and held-out bound (bits/dim) per epoch for every phase in RUN/metrics.jsonl,
-    the phases one after another on the x axis: RUN/training-curves.png by default."""
+    the phases one after another on the x axis: RUN/training-curves.png by default (``out``: PNG,
+    SVG or PDF by its extension). Every epoch is a marker, so a one-epoch phase shows; the epochs
+    are whole numbers on the axis."""
     rd = RunDir(run)
     records = [r for r in rd.read_metrics() if "test_bpd" in r] if rd.metrics_path.exists() else []
     if not records:
@@ -46,7 +54,7 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
         xs = [offset + r["epoch"] for r in rows]
         train = [(x, r["train_bpd"]) for x, r in zip(xs, rows, strict=True) if "train_bpd" in r]
         if train:
-            ax.plot(*zip(*train, strict=True), "-", label=f"{phase}: training loss")
+            ax.plot(*zip(*train, strict=True), "s-", ms=3, label=f"{phase}: training loss")
         ax.plot(xs, [r["test_bpd"] if r["test_bpd"] is not None else math.nan for r in rows], "o-", ms=3, label=f"{phase}: held-out bound")
         offset = max(xs)
         ax.axvline(offset, color="grey", lw=0.5)
@@ -56,6 +64,9 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     log_axis = bool(values) and min(values) > 0 and max(values) / min(values) > 2
     if log_axis:
         ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (phases one after another)")
     ax.set_ylabel("bits/dim (upper bound)" + (", log scale" if log_axis else ""))
     ax.set_title(f"{rd.path.name}: training curves")
@@ -64,13 +75,48 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     return _save(plt, fig, Path(out) if out else rd.path / "training-curves.png")
 
 
-def fid_sweep(path: Path, scores: dict[float, float], model: str, n: int) -> Path:
-    """FID against temperature."""
+def temperature_sweep(path: Path, metric: str, scores: dict[str, dict[float, float]], n: int) -> Path:
+    """A sample score (``fid``, ``digit_fd``, ``cifar_fd``) against temperature, one line per model
+    (``scores``: {model label: {T: score}})."""
     plt, fig, ax = _figure(figsize=(5, 3.5), dpi=120)
-    temps = sorted(scores)
-    ax.plot(temps, [scores[t] for t in temps], "o-")
+    for label, by_t in scores.items():
+        temps = sorted(by_t)
+        ax.plot(temps, [by_t[t] for t in temps], "o-", label=f"{label} model")
+    name = "FID" if metric == "fid" else metric
     ax.set_xlabel("temperature T")
-    ax.set_ylabel("FID")
-    ax.set_title(f"FID against temperature ({model} model, {n} samples)")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} against temperature ({n} samples)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(plt, fig, path)
+
+
+def score_histograms(path, values: dict[str, dict[str, object]], titles: dict[str, str], in_label: str) -> Path:
+    """``vaeflow ood``'s figure: one panel per score, a histogram of each set's values in it (the
+    in-distribution set ``in_label`` filled, the others outlined), on shared bins, so that their
+    overlap shows. ``values``: {set label: {score name: 1-D array}}; ``titles``: {score name: panel title}."""
+    import numpy as np
+
+    names = [n for n in titles if n in next(iter(values.values()))]
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    plt, fig, axes = _figure(rows, cols, figsize=(4.2 * cols, 3.4 * rows), dpi=110, squeeze=False)
+    for ax in axes.ravel()[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        finite = [np.asarray(v[name], np.float64)[np.isfinite(v[name])] for v in values.values()]
+        everything = np.concatenate(finite) if finite else np.zeros(0)
+        bins = np.histogram_bin_edges(everything, bins=40) if len(everything) else 10
+        for (label, _), data in zip(values.items(), finite, strict=True):
+            short = label if len(label) <= 40 else "..." + label[-37:]
+            if label == in_label:
+                ax.hist(data, bins=bins, density=True, alpha=0.45, label=f"in: {short} ({len(data)})")
+            else:
+                ax.hist(data, bins=bins, density=True, histtype="step", lw=1.4, label=f"{short} ({len(data)})")
+        ax.set_title(titles[name], fontsize=9)
+        ax.set_xlabel("bits/dim" + (" (|batch mean - reference|)" if name == "typicality" else ""), fontsize=8)
+        ax.grid(alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("density")
+    axes[0][0].legend(fontsize=7)
+    return _save(plt, fig, Path(path))

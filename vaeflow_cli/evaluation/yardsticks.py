@@ -95,14 +95,15 @@ def histogram_bpd(train: np.ndarray, test: np.ndarray, alpha: float = HISTOGRAM_
     return out
 
 
-def png_bpd(images: np.ndarray) -> np.ndarray:
+def png_bpd(images: np.ndarray, progress=None) -> np.ndarray:
     """Per-image bits/dim of lossless PNG files of ``images`` (the lossless-codec yardstick).
 
     images: uint8 (N, C, H, W) with C = 1 (written as mode "L") or C = 3 (mode "RGB"). Each image
     is encoded in memory by Pillow with ``PNG_OPTIONS`` (optimize: zlib level 9 and Pillow's filter
     choice). Returns float64 (N,): 8 * len(png bytes) / (C*H*W), bits per dimension, exact for that
-    file (module docstring: why it is comparable with the model's bounds). Raises VaeflowError for
-    an empty or non-uint8 array or a channel count PNG has no mode for here."""
+    file (module docstring: why it is comparable with the model's bounds); ``progress(1)`` after
+    each image. Raises VaeflowError for an empty or non-uint8 array or a channel count PNG has no
+    mode for here."""
     import io
 
     from PIL import Image
@@ -117,4 +118,6 @@ def png_bpd(images: np.ndarray) -> np.ndarray:
         buffer = io.BytesIO()
         picture.save(buffer, **PNG_OPTIONS)
         out[i] = 8.0 * buffer.getbuffer().nbytes / dims
+        if progress is not None:
+            progress(1)
     return out

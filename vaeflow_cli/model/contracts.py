@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vaeflow_cli.model.flows import WithCondition
 from vaeflow_cli.model.vaeflow import FlowModel
 
 IDENTITY_RTOL = 1e-5
@@ -121,6 +122,13 @@ def identity_failure(flow: nn.Module, x: torch.Tensor, x_after: torch.Tensor | N
             flow.train(was_training)
 
 
+def starts_at_identity(flow: nn.Module) -> bool:
+    """Whether a pixel flow must be the identity at initialisation: every flow, unless it declares
+    ``identity_at_init = False`` (a flow decoder with its own data-dependent initialisation, such
+    as ``conditional-glow``, whose phase 2 starts from there; the ``Flow`` protocol)."""
+    return getattr(flow, "identity_at_init", True) is not False
+
+
 def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool = True, flow_type: str | None = None) -> None:
     """Run each component once on a few training images ``y`` (B, C, H, W) in [0, 1), in eval mode
     and without gradients, and check what it returns against the hookspecs' contract (shapes,
@@ -176,16 +184,6 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
                 out = call("flow", model.flow, y)
                 expect("flow", "log_det", out[1], (b,))
                 return
-            t, _ = model.to_decoder_space(y, use_flow=False)
-            out = call("flow", model.flow, t)
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise VaeflowError("[model.flow] must return (x, log_det) from forward; see vaeflow_cli.hookspecs")
-            expect("flow", "x", out[0], y.shape)
-            expect("flow", "log_det", out[1], (b,))
-            if identity_flow:
-                found = call("flow", identity_failure, model.flow, t)
-                if found:
-                    _refuse_non_identity(found, f"type = {flow_type!r}" if flow_type else type(model.flow).__name__, b)
             mean, log_std = call("encoder", model.encoder, y)
             expect("encoder", "mean", mean, (b, model.latent_dim))
             expect("encoder", "log_std", log_std, (b, model.latent_dim))
@@ -193,6 +191,18 @@ def check_components(model: nn.Module, y: torch.Tensor, *, identity_flow: bool =
             expect("decoder", "mean", g_mu, y.shape)
             expect("decoder", "std", g_sigma, y.shape, positive=True)
             expect("prior", "log_prob", call("prior", model.prior.log_prob, mean), (b,))
+            t, _ = model.to_decoder_space(y, use_flow=False)
+            # a conditional flow is checked as the flow it is for the decoder's output at these images' codes
+            flow = WithCondition(model.flow, (g_mu.float(), g_sigma.float())) if model.conditional else model.flow
+            out = call("flow", flow, t)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise VaeflowError("[model.flow] must return (x, log_det) from forward; see vaeflow_cli.hookspecs")
+            expect("flow", "x", out[0], y.shape)
+            expect("flow", "log_det", out[1], (b,))
+            if identity_flow and starts_at_identity(model.flow):
+                found = call("flow", identity_failure, flow, t)
+                if found:
+                    _refuse_non_identity(found, f"type = {flow_type!r}" if flow_type else type(model.flow).__name__, b)
     finally:
         model.train(was_training)
         torch.set_rng_state(rng)

@@ -75,3 +75,38 @@ class FlowSequence(nn.Module):
             y, ld = layer.inverse(y)
             log_det = log_det + ld
         return y, log_det
+
+
+class WithCondition(nn.Module):
+    """A conditional flow with its condition held fixed, as an unconditional flow: ``forward(x)`` is
+    ``flow(x, condition=condition)`` and ``inverse(y)`` is ``flow.inverse(y, condition=condition)``.
+    ``condition`` is the decoder's (mean, std), each (B, C, H, W) or broadcastable to the inputs'
+    batch; they are buffers (not in the state dict), so ``.double()`` and ``.to()`` move them
+    with the flow. How the checks of a flow (invertibility, log-determinants against autograd,
+    identity at initialisation) apply to a conditional flow: for each fixed condition it must be
+    an ordinary one."""
+
+    def __init__(self, flow: nn.Module, condition: tuple[torch.Tensor, torch.Tensor]) -> None:
+        super().__init__()
+        self.flow = flow
+        self.identity_at_init = getattr(flow, "identity_at_init", True)  # the wrapped flow's declaration (the Flow protocol)
+        mean, std = condition
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def _condition(self, x: torch.Tensor):
+        b = x.shape[0]
+        if self.mean.shape[0] == b:
+            return self.mean, self.std
+        return self.mean.expand(b, *self.mean.shape[1:]), self.std.expand(b, *self.std.shape[1:])
+
+    def forward(self, x):
+        return self.flow(x, condition=self._condition(x))
+
+    def inverse(self, y):
+        return self.flow.inverse(y, condition=self._condition(y))
+
+
+def is_conditional(flow) -> bool:
+    """Whether a flow declares the ``ConditionalFlow`` protocol (``conditional = True``)."""
+    return bool(getattr(flow, "conditional", False))

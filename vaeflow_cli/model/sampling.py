@@ -101,4 +101,5 @@ def temperature_grid(model: VAEFlow, *, temperatures, n: int, seed: int = 0) -> 
     z = model.prior.from_base(torch.randn(n, model.latent_dim, generator=g).to(device))
     mean, std = model.decoder(z)
     eps = torch.randn(mean.shape, generator=g).to(device=device, dtype=mean.dtype)
-    return unit_images(torch.stack([model.from_decoder_space(mean + t * std * eps) for t in temperatures]))
+    base = (mean.float(), std.float())
+    return unit_images(torch.stack([model.from_decoder_space(mean + t * std * eps, condition=base) for t in temperatures]))

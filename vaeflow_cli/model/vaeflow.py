@@ -21,6 +21,7 @@ from torch import nn
 from vaeflow_cli.config.constraints import problem
 from vaeflow_cli.config.core import CONSTRAINTS
 from vaeflow_cli.model.distributions import LOG_2PI, bits_per_dim, gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
+from vaeflow_cli.model.flows import is_conditional
 
 
 @dataclass
@@ -42,8 +43,42 @@ class Bound:
 
     @property
     def bpd(self) -> torch.Tensor:
-        """Upper bound on bits per dimension of the discrete images (model.md)."""
+        """Upper bound on bits per dimension of the discrete images (model.md); the sum of
+        ``latent_bpd`` and ``pixel_bpd``."""
         return bits_per_dim(self.elbo, self.dims)
+
+    @property
+    def latent_bpd(self) -> torch.Tensor:
+        """The latent part of the bound, KL(q(z|y) || p(z)) in bits per dimension, (B,): what
+        the code z costs. 0 for a flow alone."""
+        return self.kl / (self.dims * math.log(2.0))
+
+    @property
+    def pixel_bpd(self) -> torch.Tensor:
+        """The pixel part of the bound, -log p(y|z) (the decoder with its flow) plus the
+        dequantization's D log 256, in bits per dimension, (B,): ``bpd - latent_bpd``."""
+        return bits_per_dim(self.log_px_z, self.dims)
+
+
+def training_loss(bound: Bound, *, kl_weight: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
+    """The training loss of a batch, a scalar in bits/dim: the mean bound ``bound.bpd.mean()``,
+    unless the phase sets a KL warm-up or free bits (``train.<phase>.kl_warmup_steps``,
+    ``train.<phase>.free_bits``), which change only the latent term's part of the gradient:
+
+        loss = mean(pixel_bpd) + kl_weight * max(free_bits, mean(KL)) / (D log 2)
+
+    ``kl_weight`` in [0, 1] (the warm-up of Bowman et al., 2016 and Sonderby et al., 2016),
+    ``free_bits`` in nats per image (the free bits of Kingma et al., 2016, "Improved Variational
+    Inference with Inverse Autoregressive Flow", on the whole KL): below it the KL costs nothing
+    in the loss, so a short phase 1 puts information into z before the decoder learns to do
+    without it. Either makes the loss differ from the bound; the held-out bound reported is always
+    the ELBO."""
+    if kl_weight == 1.0 and free_bits == 0.0:
+        return bound.bpd.float().mean()
+    kl = bound.kl.float().mean()
+    if free_bits > 0:
+        kl = torch.clamp(kl, min=free_bits)
+    return bound.pixel_bpd.float().mean() + kl_weight * kl / (bound.dims * math.log(2.0))
 
 
 class LogitTransform(nn.Module):
@@ -121,6 +156,9 @@ class VAEFlow(nn.Module):
         self.use_flow = True
         """Whether the bound runs the Glow layer f (False: phase 1, where f is the identity and is not
         run). A plain attribute, not saved in checkpoints: the phase decides it."""
+        self.conditional = is_conditional(flow)
+        """Whether f is a conditional flow f(.; c) that reads the decoder's base distribution
+        c = (g_mu(z), g_sigma(z)) (the ``ConditionalFlow`` protocol, vaeflow_cli.hookspecs)."""
 
     def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> Bound:
         """The one-sample ELBO of dequantized images y in [0, 1), (B, C, H, W) float32, with this
@@ -134,26 +172,38 @@ class VAEFlow(nn.Module):
         mean, log_std = self.encoder(y)
         return mean.float(), log_std.float()
 
-    def to_decoder_space(self, y: torch.Tensor, *, use_flow: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_flow(self, x: torch.Tensor, condition, *, inverse: bool = False):
+        """f(x) or f^-1(x), with ``condition`` = (g_mu, g_sigma) for a conditional flow."""
+        step = self.flow.inverse if inverse else self.flow
+        if not self.conditional:
+            return step(x)
+        if condition is None:
+            raise ValueError("the flow is conditional: pass condition=(mean, std), the decoder's output for the same z")
+        return step(x, condition=condition)
+
+    def to_decoder_space(self, y: torch.Tensor, *, use_flow: bool = True, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
         """xbar = f(t(y)) and log|det dxbar/dy| (B,) in float32: the pixel transform t (identity
-        or logit), then the Glow layer f unless ``use_flow`` is off (phase 1: f = identity)."""
+        or logit), then the Glow layer f unless ``use_flow`` is off (phase 1: f = identity).
+        ``condition``: the decoder's (mean, std), each (B, C, H, W), which a conditional flow reads."""
         xbar, log_det = self.transform(y)
         if use_flow:
-            xbar, flow_log_det = self.flow(xbar)
+            xbar, flow_log_det = self._run_flow(xbar, condition)
             log_det = log_det.float() + flow_log_det.float()
         return xbar.float(), log_det.float()
 
-    def from_decoder_space(self, xbar: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
+    def from_decoder_space(self, xbar: torch.Tensor, *, use_flow: bool = True, condition=None) -> torch.Tensor:
         """y = t^-1(f^-1(xbar)), the inverse of ``to_decoder_space`` (log-det not needed)."""
         if use_flow:
-            xbar = self.flow.inverse(xbar)[0]
+            xbar = self._run_flow(xbar, condition, inverse=True)[0]
         return self.transform.inverse(xbar)[0]
 
     def log_px_given_z(self, y: torch.Tensor, z: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
-        """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32."""
+        """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32.
+        A conditional flow reads the decoder's output for the same z."""
         mean, std = self.decoder(z)  # (B, C, H, W) each
-        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
-        return gaussian_log_prob(xbar, mean.float(), std.float()) + log_det
+        mean, std = mean.float(), std.float()
+        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow, condition=(mean, std))
+        return gaussian_log_prob(xbar, mean, std) + log_det
 
     def bound(self, y: torch.Tensor, *, use_flow: bool | None = None, generator: torch.Generator | None = None) -> Bound:
         """One-sample ELBO of dequantized images y in [0,1) (B, C, H, W); ``use_flow`` None: the
@@ -173,10 +223,11 @@ class VAEFlow(nn.Module):
         w_k = p(y|z_k) p(z_k) / q(z_k|y), z_k ~ q(z|y). The Glow layer runs once per image (unless
         ``use_flow``, by default the model's, is off); the decoder runs on ``chunk`` samples per
         image at a time. IWAE_1 is an unbiased estimate of the ELBO and IWAE_K increases with K
-        toward log p(y)."""
+        toward log p(y). A conditional flow depends on z, so it runs once per image and sample."""
         use_flow = self.use_flow if use_flow is None else use_flow
+        per_sample_flow = use_flow and self.conditional
         mean, log_std = self.encode(y)  # (B, d)
-        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow)
+        xbar, log_det = self.to_decoder_space(y, use_flow=use_flow and not per_sample_flow)
         b, d = mean.shape
         log_w = []
         for start in range(0, k, chunk):
@@ -184,7 +235,12 @@ class VAEFlow(nn.Module):
             eps = _randn((b, kc, d), generator, mean)
             z = (mean[:, None] + torch.exp(log_std)[:, None] * eps).reshape(b * kc, d)
             dec_mean, dec_std = self.decoder(z)
-            log_px = gaussian_log_prob(xbar.repeat_interleave(kc, 0), dec_mean.float(), dec_std.float()).reshape(b, kc)
+            dec_mean, dec_std = dec_mean.float(), dec_std.float()
+            x_k, ld_k = xbar.repeat_interleave(kc, 0), 0.0
+            if per_sample_flow:
+                x_k, flow_log_det = self._run_flow(x_k, (dec_mean, dec_std))
+                x_k, ld_k = x_k.float(), flow_log_det.float().reshape(b, kc)
+            log_px = gaussian_log_prob(x_k, dec_mean, dec_std).reshape(b, kc) + ld_k
             log_pz = self.prior.log_prob(z).reshape(b, kc)
             log_q = (-0.5 * (eps * eps + LOG_2PI) - log_std[:, None]).sum(-1)
             log_w.append(log_px + log_det[:, None] + log_pz.float() - log_q.float())
@@ -200,7 +256,7 @@ class VAEFlow(nn.Module):
         if vae_only:
             return self.from_decoder_space(mean, use_flow=False)
         xbar = mean + temperature * std * _randn(mean.shape, generator, mean)
-        return self.from_decoder_space(xbar)
+        return self.from_decoder_space(xbar, condition=(mean.float(), std.float()))
 
     def sample(self, n: int, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """u ~ N(0, I), z = h^-1(u), then ``decode``. -> (n, C, H, W)."""
@@ -280,7 +336,16 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
 
     shape = tuple(image_shape)
     if baseline:
-        return FlowModel(flow=make("flow", "flow", image_shape=shape), image_shape=shape)
+        flow = make("flow", "flow", image_shape=shape)
+        if is_conditional(flow):
+            from vaeflow_cli.errors import VaeflowError
+
+            raise VaeflowError(
+                f"[model.flow] type = {m['flow']['type']!r} is a conditional flow: it reads a VAE's decoder output, so it cannot be "
+                f"trained alone as a density; train it as the VAE's flow decoder (vaeflow train-vae, then vaeflow train-glow), or "
+                f'choose an unconditional flow for the baseline (type = "multiscale-glow")'
+            )
+        return FlowModel(flow=flow, image_shape=shape)
     return VAEFlow(
         encoder=make("encoder", "encoder", image_shape=shape, latent_dim=d),
         decoder=make("decoder", "decoder", image_shape=shape, latent_dim=d),

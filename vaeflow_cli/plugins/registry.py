@@ -152,6 +152,16 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 
+    def provenance(self, kind: str, name: str) -> dict[str, str]:
+        """Who registered component ``name``: ``{"plugin", "distribution", "version"}`` (the
+        distribution is empty for a plugin handed to ``build_registry(extra=...)``; all three are
+        empty for a name nothing registered). Recorded with each run (``plugins.provenance``)."""
+        component = self.components.get(kind, {}).get(name) if isinstance(name, str) else None
+        info = self.plugins.get(component.plugin) if component is not None else None
+        if info is None:
+            return {"plugin": "", "distribution": "", "version": ""}
+        return {"plugin": info.name, "distribution": info.distribution, "version": info.version}
+
 
 # -- choosing plugins (VAEFLOW_PLUGINS) ---------------------------------------------------------
 

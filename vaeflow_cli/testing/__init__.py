@@ -36,6 +36,9 @@ rule is. The checks (each also public, for use on a module built by hand):
   pass in train() mode (where data-dependent initialisation happens) and in eval() after it, with
   the same check and tolerances that training applies to real images when a phase starts
   (``vaeflow_cli.model.contracts``: relative 1e-5, 1e-4 nats);
+* **conditional flows** (``check_conditional_flow``, which ``check_flow_component`` calls for a
+  flow declaring ``conditional = True``): every flow check above with the condition (a decoder's
+  (mean, std)) held fixed, at two conditions drawn at random, and that the output depends on it;
 * **datasets** (``check_dataset``, ``check_dataset_missing_files``): ``image_shape``, ``splits``,
   every split a uint8 array (N, C, H, W); missing files are one ``VaeflowError`` line.
 
@@ -64,7 +67,14 @@ torch RNG is forked around every seeded call.
 """
 
 from vaeflow_cli.testing._helpers import MODE_DEPENDENT_LAYERS, mode_dependent_layers, perturb
-from vaeflow_cli.testing.components import check_decoder, check_encoder, check_flow_component, check_prior, check_prior_component
+from vaeflow_cli.testing.components import (
+    check_conditional_flow,
+    check_decoder,
+    check_encoder,
+    check_flow_component,
+    check_prior,
+    check_prior_component,
+)
 from vaeflow_cli.testing.datasets import check_dataset, check_dataset_missing_files
 from vaeflow_cli.testing.mathematics import check_bijection, check_flow_outputs, check_log_prob_change_of_variables
 from vaeflow_cli.testing.modules import check_gradients, check_identity_at_init, check_modes_agree, check_state_dict_round_trip
@@ -81,6 +91,7 @@ __all__ = [
     "check_modes_agree",
     "check_identity_at_init",
     "check_flow_component",
+    "check_conditional_flow",
     "check_encoder",
     "check_decoder",
     "check_prior",

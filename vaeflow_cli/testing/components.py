@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vaeflow_cli.model.contracts import starts_at_identity
+from vaeflow_cli.model.flows import WithCondition, is_conditional
 from vaeflow_cli.testing._helpers import Outputs, _expect, _kwargs, _max_diff, _pair, _rand, _randn, _seeded, _weighted_sum, perturb
 from vaeflow_cli.testing.mathematics import check_bijection, check_flow_outputs, check_log_prob_change_of_variables
 from vaeflow_cli.testing.modules import check_gradients, check_identity_at_init, check_modes_agree, check_state_dict_round_trip
@@ -71,7 +73,12 @@ def check_flow_component(
     ``no_grad_ok`` as in ``check_modes_agree`` / ``check_gradients``. Raises AssertionError."""
     shape = tuple(image_shape)
     kwargs = _kwargs(factory, kwargs)
-    if pixel_flow:
+    if is_conditional(_seeded(lambda: factory(image_shape=shape, **kwargs), seed)):
+        check_conditional_flow(
+            factory, image_shape=shape, batch=batch, seed=seed, pixel_flow=pixel_flow, modes_differ=modes_differ, no_grad_ok=no_grad_ok, **kwargs
+        )
+        return
+    if pixel_flow and starts_at_identity(_seeded(lambda: factory(image_shape=shape, **kwargs), seed)):
         check_identity_at_init(factory, shape, seed=seed, **kwargs)
     x = _randn((batch, *shape), seed, 0.5)
     x_warm = _randn((max(batch, 2), *shape), seed + 11, 0.5)
@@ -95,6 +102,57 @@ def check_flow_component(
         contract=lambda m: check_flow_outputs(m, x),
     )
     check_bijection(flow, x)
+
+
+def _condition(batch: int, shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder output to condition on, the same for the whole batch (so that the Jacobian of one
+    item is taken at its own condition): means N(0, 0.5^2), standard deviations exp(N(0, 0.3^2)),
+    each (batch, C, H, W) as views of one (1, C, H, W) draw."""
+    mean, std = _randn((1, *shape), seed, 0.5), torch.exp(_randn((1, *shape), seed + 1, 0.3))
+    return mean.expand(batch, *shape), std.expand(batch, *shape)
+
+
+def check_conditional_flow(
+    factory,
+    *,
+    image_shape=(3, 4, 4),
+    batch: int = 3,
+    seed: int = 0,
+    pixel_flow: bool = True,
+    modes_differ: bool | None = None,
+    no_grad_ok: Iterable[str] = (),
+    **kwargs,
+) -> None:
+    """Check a registered conditional flow factory (the ``ConditionalFlow`` protocol): for a fixed
+    condition (a decoder's (mean, std), each (B, C, H, W), std > 0) every check of
+    ``check_flow_component`` (with ``pixel_flow`` the identity at initialisation, for this and
+    for another condition; then, perturbed and warmed up, shapes and dtypes, the bijection and both
+    log-dets against autograd, eval()/train() agreement, the state_dict round trip, a gradient for
+    every parameter); and, perturbed, that the output depends on the condition (a conditional flow
+    that ignores it is a plain flow). Raises AssertionError."""
+    shape = tuple(image_shape)
+    kwargs = _kwargs(factory, kwargs)
+    probe = _seeded(lambda: factory(image_shape=shape, **kwargs), seed)
+    assert is_conditional(probe), f"{type(probe).__name__} does not declare conditional = True; check it with check_flow_component"
+    pixel_flow = pixel_flow and starts_at_identity(probe)  # a flow decoder with its own initialisation declares it
+    for k, cond in enumerate((_condition(1, shape, seed + 21), _condition(1, shape, seed + 23))):
+
+        def fixed(*, image_shape, cond=cond, **kw):
+            return WithCondition(factory(image_shape=image_shape, **kw), cond)
+
+        fixed.test_kwargs = {}
+        if pixel_flow and k == 1:
+            check_identity_at_init(fixed, shape, batch=batch, seed=seed + 5, **kwargs)
+            continue
+        check_flow_component(
+            fixed, image_shape=shape, batch=batch, seed=seed, pixel_flow=pixel_flow, modes_differ=modes_differ, no_grad_ok=no_grad_ok, **kwargs
+        )
+    flow = perturb(_seeded(lambda: factory(image_shape=shape, **kwargs), seed), seed=seed, scale=0.3).eval()
+    x = _randn((batch, *shape), seed + 31, 0.5)
+    with torch.no_grad():
+        a, _ = _pair(flow(x, condition=_condition(batch, shape, seed + 21)), "forward")
+        b, _ = _pair(flow(x, condition=_condition(batch, shape, seed + 23)), "forward")
+    assert _max_diff(a, b) > 1e-6, "the flow's output does not depend on its condition: it is not conditional (after perturb)"
 
 
 # (the two signatures stay wrapped: one parameter per line would repeat eight lines)

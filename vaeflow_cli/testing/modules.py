@@ -189,15 +189,19 @@ def check_identity_at_init(factory, image_shape=(3, 4, 4), *, batch: int = 4, se
     3. in eval() mode after that pass, on other inputs.
 
     The inputs mix values in [0, 1) (the "none" pixel transform) and N(0, 5^2) values (logit
-    space). The check and its tolerances are the ones training applies to real images
+    space); a conditional flow is checked at a decoder output (mean, std) drawn at random. The check
+    and its tolerances are the ones training applies to real images
     (``vaeflow_cli.model.contracts.identity_failure``: ``|f(x) - x| <= IDENTITY_RTOL * (1 + |x|)``
     entrywise and ``|log_det| <= IDENTITY_LOG_DET_ATOL`` nats per image). Raises AssertionError
     naming the step that failed."""
     from vaeflow_cli.model.contracts import IDENTITY_STAGES, identity_failure
+    from vaeflow_cli.model.flows import WithCondition, is_conditional
 
     shape = tuple(image_shape)
     kwargs = _kwargs(factory, kwargs)
     flow = _seeded(lambda: factory(image_shape=shape, **kwargs), seed)
+    if is_conditional(flow):  # the identity for a decoder output drawn at random (check_conditional_flow tries two)
+        flow = WithCondition(flow, (_randn((1, *shape), seed + 21, 0.5), torch.exp(_randn((1, *shape), seed + 22, 0.3))))
 
     def inputs(s):
         half = max(1, batch // 2)

@@ -14,10 +14,11 @@ from vaeflow_cli.training.phases import PHASES
 from vaeflow_cli.training.runs import RunDir
 
 
-def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: str | Path | None = None) -> None:
+def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, restart: bool = False, config_path: str | Path | None = None) -> None:
     """Refuse (one line) to train ``phase`` of ``cfg`` in ``rd``, reading only: a finished or
-    started phase without --resume, a run made with another [model]/[data] config, a later phase
-    in a folder that is not a run. Called before anything is written, and again under the lock."""
+    started phase without --resume or --restart, a run made with another [model]/[data] config, a
+    later phase in a folder that is not a run. Called before anything is written, and again under
+    the lock."""
     ckpt_path = rd.checkpoint_path(phase)
     if os.path.lexists(rd.path) and not rd.path.is_dir():
         raise VaeflowError(f"--run {rd.path} is not a directory (a file, or a broken or looping link); give a run directory")
@@ -26,15 +27,17 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
         (rd.samples_dir, True),
         (rd.path / "eval", True),
         (rd.config_path, False),
+        (rd.components_path, False),
         (rd.metrics_path, False),
     ):
         if os.path.lexists(entry) and (entry.is_dir() != folder or not (folder or entry.is_file())):
             want = "a folder" if folder else "a regular file"
             raise VaeflowError(f"{entry} is in the way: vaeflow keeps {want} there; move it away, or choose another --run")
     rd.read_metrics()  # a damaged metrics.jsonl is refused now, before anything is written
-    if ckpt_path.exists() and not resume:
+    if ckpt_path.exists() and not (resume or restart):
         raise VaeflowError(
-            f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, or choose a new --run"
+            f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, "
+            "--restart to train it again from the start (its checkpoints replaced), or choose a new --run"
         )
     if rd.config_path.exists():
         existing = rd.resolved_config()
@@ -51,10 +54,14 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, config_path: s
         raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASES[phase].title} starts from phase 1: run {hint} first{needs}")
 
 
-def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> None:
-    """Check that ``cfg`` fits the run directory (check_run) and write it there (unless the file
-    already holds exactly that config: a no-op resume rewrites nothing)."""
-    check_run(cfg, rd, phase, resume=resume)
+def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False, restart: bool = False) -> None:
+    """Check that ``cfg`` fits the run directory (check_run) and write it there, with what built
+    the run (``components.toml``: ``plugins.provenance``), unless the files already hold exactly
+    that: a no-op resume rewrites nothing."""
+    from vaeflow_cli.plugins.provenance import built_with
+    from vaeflow_cli.plugins.registry import get_registry
+
+    check_run(cfg, rd, phase, resume=resume, restart=restart)
     text = config_mod.dumps(cfg).encode()
     try:
         same = rd.config_path.read_bytes() == text
@@ -62,3 +69,4 @@ def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False) -> N
         same = False
     if not same:
         rd.write_config(cfg)
+    rd.write_components(built_with(cfg, get_registry()))

@@ -2,8 +2,10 @@
 metrics record that goes to ``metrics.jsonl``, closed when the phase ends, however it ends.
 
 A logger is a registered ``logger`` component (``hookspecs.register_loggers``): its factory gets
-``run_dir``, ``phase`` and the resolved config and returns a ``MetricsLogger``. Each record a
-logger sees is the ``metrics.jsonl`` record plus ``step``, the phase's global optimizer step.
+``run_dir``, ``phase`` and the resolved config and returns a ``MetricsLogger``. Each epoch record a
+logger sees is the ``metrics.jsonl`` record plus ``step``, the phase's global optimizer step; every
+``[run] log_every`` steps it also sees a step record (``phase``, ``step``, ``train_bpd_step``), and
+a logger with the optional ``log_image`` gets each epoch's sample grid.
 
 The policy (what training does about a logger):
 
@@ -64,6 +66,16 @@ class _Guarded:
             self.logger.log(dict(record))  # a copy: one logger cannot change what the next one sees
         except Exception as exc:  # noqa: BLE001 -- a tracker's failure must not stop training
             self._warn(f"to log the record of step {record.get('step')}", exc)
+
+    def log_image(self, name: str, image: Any, *, step: int) -> None:
+        """The optional ``MetricsLogger.log_image``: nothing for a logger without it."""
+        method = getattr(self.logger, "log_image", None)
+        if self.failed or self.closed or method is None:
+            return
+        try:
+            method(name, image, step=step)
+        except Exception as exc:  # noqa: BLE001 -- as log
+            self._warn(f"to log the image {name!r} of step {step}", exc)
 
     def close(self) -> None:
         if self.closed:
@@ -128,6 +140,16 @@ class MetricsSink:
         """Append ``record`` to metrics.jsonl, then give it, with ``step`` added, to each logger."""
         self.rd.append_metrics(record)
         feed(self.loggers, {**record, "step": int(step)})
+
+    def log_step(self, phase: str, *, step: int, train_bpd: float) -> None:
+        """A step record for the loggers only (metrics.jsonl holds epochs): the mean training loss
+        ``train_bpd`` of the steps since the previous one."""
+        feed(self.loggers, {"phase": phase, "step": int(step), "train_bpd_step": float(train_bpd)})
+
+    def log_image(self, name: str, image: Any, *, step: int) -> None:
+        """An image (uint8 (H, W, C)) for the loggers that have ``log_image``."""
+        for logger in self.loggers:
+            logger.log_image(name, image, step=int(step))
 
     def close(self) -> None:
         loggers, self.loggers = self.loggers, []

@@ -24,22 +24,23 @@ import numpy as np
 import torch
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.console import log
+from vaeflow_cli.console import counted, log, warning
 from vaeflow_cli.data.images import grid, png_bytes, to_uint8
 from vaeflow_cli.data.pipeline import BatchLoader, Splits, dequantize_on_device, load_splits
 from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
-from vaeflow_cli.evaluation.bounds import held_out_bpd
+from vaeflow_cli.evaluation.bounds import elbo_bpd
 from vaeflow_cli.files import atomic_write_bytes
-from vaeflow_cli.model.contracts import check_components
+from vaeflow_cli.model.contracts import check_components, starts_at_identity
 from vaeflow_cli.model.sampling import bin_centres
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
+from vaeflow_cli.progress import Progress
+from vaeflow_cli.training import lineage
 from vaeflow_cli.training.admission import check_run, prepare_run
 from vaeflow_cli.training.loggers import MetricsSink
 from vaeflow_cli.training.phases import PHASES, previous
-from vaeflow_cli.training.progress import Progress
-from vaeflow_cli.training.runs import RunDir, all_finite, check_signature, load_weights
+from vaeflow_cli.training.runs import RunDir, all_finite, check_signature, load_weights, weights_digest
 from vaeflow_cli.training.signals import stop_on_signals
-from vaeflow_cli.training.state import TrainingState, rng_state
+from vaeflow_cli.training.state import Snapshot, TrainingState, rng_state
 from vaeflow_cli.training.step import Stepper, configure_backends, init_distributed, resolve_device
 
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
@@ -68,6 +69,18 @@ def learning_rate(pcfg: dict, epoch: int, global_step: int) -> float:
     return lr
 
 
+def kl_weight(pcfg: dict, global_step: int) -> float:
+    """The KL term's weight in the training loss at ``global_step``: rising linearly from 1 /
+    kl_warmup_steps to 1 over the first ``kl_warmup_steps`` steps, then 1 (always 1 without a warm-up)."""
+    warm = pcfg["kl_warmup_steps"]
+    return min(1.0, (global_step + 1) / warm) if warm > 0 else 1.0
+
+
+def _split(bound: float, latent: float | None) -> str:
+    """Where a bound's bits go, as " (latent L + pixel P)" for the log lines; "" for a flow alone."""
+    return "" if latent is None else f" (latent {latent:.4f} + pixel {bound - latent:.4f})"
+
+
 @dataclass
 class PhaseResult:
     run_dir: Path
@@ -75,63 +88,129 @@ class PhaseResult:
     epochs: int
     test_bpd: float | None
     checkpoint: Path
+    complete: bool = True
+    """False after a ``smoke`` run stopped by ``max_steps`` or ``max_seconds`` (its checkpoint resumes it)."""
+    seconds: float = 0.0
+    """Wall-clock seconds of this call's training loop: its steps, and the held-out bound, checkpoint
+    and sample grid at each epoch end (not the start-up: data, model, checks)."""
 
 
-def phase_modules(model, phase: str) -> list[torch.nn.Module]:
-    """The model parts ``phase`` trains (``PHASES[phase].trains``); a FlowModel is its flow alone."""
+def phase_modules(model, phase: str, pcfg: dict | None = None) -> list[torch.nn.Module]:
+    """The model parts ``phase`` trains (``PHASES[phase].trains``, and the prior too where the
+    phase's config ``pcfg`` sets ``train_prior``); a FlowModel is its flow alone."""
     if not isinstance(model, VAEFlow):
         return [model.flow]
-    return [getattr(model, part) for part in PHASES[phase].trains]
+    return [getattr(model, part) for part in PHASES[phase].trained_parts(pcfg)]
 
 
-def previous_phase(rd: RunDir, phase: str) -> str | None:
-    """The finished phase whose checkpoint ``phase`` starts from in ``rd`` (``phases.previous``)."""
-    return previous(phase, has=lambda p: rd.checkpoint_path(p).exists(), start_of=lambda p: rd.load_checkpoint(p).get("start"))
+def previous_phase(rd: RunDir, phase: str, head_of=None) -> str | None:
+    """The finished phase whose checkpoint ``phase`` starts from in ``rd`` (``phases.previous``);
+    ``head_of``: ``lineage.heads`` of the run, to read each checkpoint's small entries once."""
+    head_of = head_of or lineage.heads(rd.path)
+    return previous(phase, has=lambda p: rd.checkpoint_path(p).exists(), start_of=lambda p: (head_of(p) or {}).get("start"))
 
 
-def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
-    """The parameters ``phase`` trains. The other phase's modules are frozen (requires_grad off):
-    the VAE in phase 2, the unused Glow layer in phase 1 (which DDP requires)."""
+def trainable_parameters(model, phase: str, pcfg: dict | None = None) -> list[torch.nn.Parameter]:
+    """The parameters ``phase`` trains (``phase_modules``). The other modules are frozen
+    (requires_grad off): the VAE in phase 2, the unused Glow layer in phase 1 (which DDP requires)."""
     if isinstance(model, VAEFlow):
         for m in (model.encoder, model.decoder, model.prior, model.flow):
             m.requires_grad_(False)
-    for m in phase_modules(model, phase):
+    for m in phase_modules(model, phase, pcfg):
         m.requires_grad_(True)
-    return [p for m in phase_modules(model, phase) for p in m.parameters()]
+    return [p for m in phase_modules(model, phase, pcfg) for p in m.parameters()]
 
 
-def set_phase_mode(model: VAEFlow, phase: str) -> None:
-    """Train mode for what this phase trains; the frozen phase-1 parts stay in eval mode."""
+def set_phase_mode(model: VAEFlow, phase: str, pcfg: dict | None = None) -> None:
+    """Train mode for what this phase trains; the frozen parts stay in eval mode."""
     model.eval()
-    for m in phase_modules(model, phase):
+    for m in phase_modules(model, phase, pcfg):
         m.train()
 
 
-def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: int) -> Path:
+def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: int, *, name: str | None = None) -> tuple[Path, np.ndarray]:
+    """The epoch's sample grid (or ``name``), written to RUN/samples/: its path and the picture, uint8 (H, W, C)."""
     g = torch.Generator().manual_seed(SAMPLE_SEED)
     with torch.no_grad():
         model.eval()
         x = model.sample(n, temperature=0.5, vae_only=not model.use_flow, generator=g)
-    path = rd.samples_dir / f"{phase}-epoch{epoch:04d}.png"
-    atomic_write_bytes(path, png_bytes(grid(to_uint8(x))))
-    return path
+    path = rd.samples_dir / (name or f"{phase}-epoch{epoch:04d}.png")
+    picture = grid(to_uint8(x))
+    atomic_write_bytes(path, png_bytes(picture))
+    return path, picture
 
 
-def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device) -> str | None:
-    """Load the finished phase that ``phase`` starts from into ``model`` (reading only); its name."""
-    before = previous_phase(rd, phase)
+def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device, *, resuming: bool = False, unfinished_ok: bool = False):
+    """Load the finished phase that ``phase`` starts from into ``model`` (reading only). Returns
+    (its name, the lineage entries of ``phase``'s checkpoints: that start's digest and step), or
+    (None, {}) for a phase that starts from scratch.
+
+    Refuses (one line, ``lineage.Stale``) to resume ``phase`` when the state it was trained on is
+    no longer its start's checkpoint (phase 1 trained further since phase 2 was), and to start
+    from a phase that is itself stale so. A resumed phase continues from the phase its checkpoint
+    records. ``unfinished_ok`` (a ``--max-steps`` smoke run) starts from an unfinished phase."""
+    head_of = lineage.heads(rd.path)
+    stale = lineage.stale_link(phase, head_of) if resuming else None
+    if stale is not None:
+        raise VaeflowError(
+            f"cannot resume {PHASES[phase].title}: {stale.what(rd.path)}; resuming would go on training on the old "
+            f"{PHASES[stale.start].title}: {stale.ways_out(rd.path)}"
+        )
+    recorded = (head_of(phase) or {}).get("start") if resuming else None
+    before = recorded if recorded in PHASES and recorded in PHASES[phase].starts_from else previous_phase(rd, phase, head_of)
     if before is None:
-        return None
+        return None, {}
     if not rd.checkpoint_path(before).exists():
         raise VaeflowError(f"{rd.path} has no checkpoint of {PHASES[before].title}; run vaeflow train-{before} --run {rd.path} first")
+    stale = lineage.stale_link(before, head_of)
+    if stale is not None:
+        raise VaeflowError(f"{PHASES[phase].title} starts from {PHASES[before].title}, and {stale.what(rd.path)}: {stale.ways_out(rd.path)}")
     prev_state = rd.load_checkpoint(before, map_location=device)
     check_signature(prev_state, cfg, rd.checkpoint_path(before))
     if not prev_state.get("complete"):
-        raise VaeflowError(
-            f"{PHASES[before].title} of {rd.path} is not finished (epoch {prev_state['epoch']}/{prev_state['epochs']}); run vaeflow train-{before} --run {rd.path} --resume"
-        )
+        where = f"epoch {prev_state['epoch']}/{prev_state['epochs']}" + (f", step {prev_state['step']}" if prev_state["step"] else "")
+        if not unfinished_ok:
+            raise VaeflowError(f"{PHASES[before].title} of {rd.path} is not finished ({where}); run vaeflow train-{before} --run {rd.path} --resume")
+        log(f"{PHASES[phase].title} starts from an unfinished {PHASES[before].title} ({where}): a smoke test (--max-steps)")
     load_weights(model, prev_state["model"], rd.checkpoint_path(before))
-    return before
+    digest = prev_state.get("digest") if isinstance(prev_state.get("digest"), str) else weights_digest(prev_state["model"])
+    return before, {"start_digest": digest, "start_step": prev_state["global_step"]}
+
+
+def _restart(rd: RunDir, phase: str) -> None:
+    """Rank 0, under the lock, after every check: remove ``phase``'s checkpoints (``--restart``)."""
+    gone = rd.remove_checkpoints(phase)
+    if gone:
+        log(
+            f"restarting {PHASES[phase].title} of {rd.path} from the beginning: removed its {len(gone)} checkpoint file{'s' if len(gone) != 1 else ''}"
+        )
+
+
+def _built_on_this(rd: RunDir, phase: str, *, resuming: bool, restart: bool) -> tuple[list[str], set[str]]:
+    """Before ``phase`` trains further (a resume) or again (``--restart``): the warnings for the
+    later phases trained on its current state, which then belong to the old one, and the file
+    names of the step-tagged checkpoints of ``phase`` that later phases record as their start
+    (kept, so that the old state can be put back: ``lineage.Stale.ways_out``)."""
+    path = rd.checkpoint_path(phase)
+    if not path.exists() or not (resuming or restart):
+        return [], set()
+    head_of = lineage.heads(rd.path)
+    pinned = set()
+    for later in PHASES:
+        head = head_of(later) if later != phase else None
+        if head and head.get("start") == phase and isinstance(head.get("start_step"), int):
+            pinned.add(lineage.tagged_name(phase, head["start_step"]))
+    warnings = []
+    for later, step in lineage.built_on(rd.path, phase, head_of(phase)["digest"], head_of):
+        kept = rd.path / "checkpoints" / lineage.tagged_name(phase, step) if step is not None else None
+        keep = f" (kept as {kept})" if kept is not None and kept.exists() and not restart else ""
+        warnings.append(
+            f"{rd.checkpoint_path(later)} ({PHASES[later].title}) was trained on this {PHASES[phase].title}"
+            + (f" (step {step})" if step is not None else "")
+            + f"; once it trains {'again' if restart else 'further'}, {PHASES[later].title} belongs to the old one{keep}: "
+            f"train it again afterwards (vaeflow train-{later} --run {rd.path} --restart)"
+        )
+    return warnings, pinned
 
 
 def _check_finite_weights(model, what: str) -> None:
@@ -149,6 +228,9 @@ def train_phase(
     progress: bool = True,
     max_steps: int | None = None,
     config_path: str | Path | None = None,
+    restart: bool = False,
+    smoke: bool = False,
+    max_seconds: float | None = None,
 ) -> PhaseResult:
     """Train one phase of a resolved config into ``run_dir``: 'vae' (phase 1), 'glow' (phase 2),
     'prior' (the prior alone on the frozen encoder), 'joint' (everything, after phase 2) or
@@ -162,7 +244,15 @@ def train_phase(
     Under torchrun every rank runs this; rank 0 alone writes the run directory, and an error there
     is raised on every rank. ``max_steps`` stops after that many optimizer steps in this call
     (checkpointing first), as a Ctrl-C would; tests use it to interrupt and resume deterministically.
-    ``config_path``: the config file the user gave, for the commands that error messages suggest.
+    ``max_seconds`` stops the same way at the first step boundary after that many seconds of this
+    call's training loop (a time budget: ``PhaseResult.seconds`` says how long it ran).
+    With ``smoke`` (the command line's ``--max-steps`` and ``--max-seconds``) that stop is the end of the call instead: the
+    held-out bound of the model there (on ``train.eval_samples`` images) and a sample grid, the
+    checkpoint that ``resume`` continues exactly, and a PhaseResult with ``complete`` False; a phase
+    may then start from an earlier phase that a smoke run left unfinished.
+    ``restart``: train the phase again from its start, its checkpoints replaced (after the phase it
+    starts from changed: ``lineage``). ``config_path``: the config file the user gave, for the
+    commands that error messages suggest.
     Raises VaeflowError (bad input), RuntimeFailure (a run that cannot go on), Interrupted."""
     from vaeflow_cli.config.limits import check_bool, check_count
 
@@ -174,8 +264,16 @@ def train_phase(
         raise VaeflowError(f"run_dir must be the path of a run directory (a str or Path), not {run_dir!r}")
     check_bool(resume, "resume")
     check_bool(progress, "progress")
+    check_bool(restart, "restart")
+    check_bool(smoke, "smoke")
     if max_steps is not None:
         check_count(max_steps, "max_steps")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and not isinstance(max_seconds, bool) and 0 < max_seconds < math.inf):
+        raise VaeflowError(f"max_seconds must be a positive finite number of seconds, not {max_seconds!r}")
+    if resume and restart:
+        raise VaeflowError("give resume (--resume: continue the phase) or restart (--restart: train it again from the start), not both")
+    if smoke and max_steps is None and max_seconds is None:
+        raise VaeflowError("smoke ends a run after max_steps steps or max_seconds seconds (--max-steps N, --max-seconds S); give one of them too")
     # validated again, as resolve validates a file: a dict edited after resolve_config gets the same rules
     cfg = config_mod.resolve(base=cfg, source="the config given to train_phase")
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
@@ -187,12 +285,12 @@ def train_phase(
         locked = ddp.broadcast(rd.path.is_dir())  # an existing run is held from the start: a second process fails fast
         if locked:
             ddp.main_only(lambda: held.enter_context(rd.lock()))
-        check_run(cfg, rd, phase, resume=resume, config_path=config_path)
+        check_run(cfg, rd, phase, resume=resume, restart=restart, config_path=config_path)
         device = ddp_device or resolve_device(tcfg["device"])
         resuming = resume and rd.checkpoint_path(phase).exists()
         p = PHASES[phase]
         data, model = _data_and_model(cfg, phase, ddp, device, fresh_flow=p.flow_at_init and not (resuming and "flow" in p.trains))
-        before = _load_previous(rd, phase, cfg, model, device)
+        before, record = _load_previous(rd, phase, cfg, model, device, resuming=resuming, unfinished_ok=smoke)
         model.use_flow = p.uses_flow(before)  # the phase's model, set once: its forward is the loss
         state, stepper, loader = _training_state(cfg, phase, ddp, device, data, model)
         if resuming:
@@ -205,10 +303,21 @@ def train_phase(
 
         metrics = held.enter_context(MetricsSink(rd))  # metrics.jsonl and the [run] loggers, closed on every exit
         ddp.main_only(lambda: metrics.open(cfg["run"]["loggers"], phase=phase, config=cfg))  # rank 0 only; writes nothing yet
-        ddp.main_only(lambda: _start_writing(cfg, rd, phase, held, locked=locked, resume=resume, state=state, world_size=ddp.world_size))
-        configure_backends(device, tcfg)  # after the checks: a failed start prints its error line only
-        trainer = _Trainer(cfg, rd, phase, ddp, data, loader, state, stepper, metrics, before=before)
-        return trainer.run(progress=progress, max_steps=max_steps)
+        trains = not (state.restored_complete and state.position.epoch >= pcfg["epochs"])  # not a no-op resume
+        warnings, pinned = _built_on_this(rd, phase, resuming=resuming and trains, restart=restart)
+        ddp.main_only(
+            lambda: _start_writing(cfg, rd, phase, held, locked=locked, resume=resume, restart=restart, state=state, world_size=ddp.world_size)
+        )
+        for line in warnings if ddp.is_main else ():
+            warning(line)
+        # after the checks (a failed start prints its error line only); the caller's settings again on exit
+        held.enter_context(configure_backends(device, tcfg))
+        from vaeflow_cli.plugins.provenance import built_with
+        from vaeflow_cli.plugins.registry import get_registry
+
+        record = {**record, "components": built_with(cfg, get_registry())}
+        trainer = _Trainer(cfg, rd, phase, ddp, data, loader, state, stepper, metrics, before=before, record=record, pinned=pinned)
+        return trainer.run(progress=progress, max_steps=max_steps, max_seconds=max_seconds, smoke=smoke)
 
 
 def _data_and_model(cfg: dict, phase: str, ddp, device: torch.device, *, fresh_flow: bool):
@@ -231,11 +340,11 @@ def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Spli
     """A fresh TrainingState of ``model`` for ``phase`` (Adam on the parameters it trains), its
     Stepper (the training step) and the rank's BatchLoader."""
     tcfg, pcfg = cfg["train"], cfg["train"][phase]
-    params = trainable_parameters(model, phase)
+    params = trainable_parameters(model, phase, pcfg)
     if not params:
         raise VaeflowError(
             f"the {phase} phase has no parameters to train: the components it trains "
-            f"({', '.join(type(m).__name__ for m in phase_modules(model, phase))}) have none; check the [model] types"
+            f"({', '.join(type(m).__name__ for m in phase_modules(model, phase, pcfg))}) have none; check the [model] types"
         )
     opt = torch.optim.Adam(params, lr=pcfg["lr"])
     stepper = Stepper(
@@ -249,6 +358,7 @@ def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Spli
         channels_last=tcfg["channels_last"],
         dist=ddp,
     )
+    stepper.free_bits = pcfg["free_bits"]
     loader = BatchLoader(
         data.train,
         batch_size=pcfg["batch_size"] // ddp.world_size,
@@ -262,14 +372,26 @@ def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Spli
 
 
 def _start_writing(
-    cfg: dict, rd: RunDir, phase: str, held: contextlib.ExitStack, *, locked: bool, resume: bool, state: TrainingState, world_size: int
+    cfg: dict,
+    rd: RunDir,
+    phase: str,
+    held: contextlib.ExitStack,
+    *,
+    locked: bool,
+    resume: bool,
+    state: TrainingState,
+    world_size: int,
+    restart: bool = False,
 ) -> None:
     """Rank 0, after every check: lock the directory (if not yet), check again under the lock,
-    write the config, clean up after a killed writer."""
+    write the config (and what built the run), clean up after a killed writer, remove the phase's
+    checkpoints on ``restart``."""
     if not locked:
         held.enter_context(rd.lock())
-    prepare_run(cfg, rd, phase, resume=resume)
+    prepare_run(cfg, rd, phase, resume=resume, restart=restart)
     rd.remove_stale_temporaries()  # of a writer killed mid-write (SIGKILL): we hold the lock
+    if restart:
+        _restart(rd, phase)
     p = state.position
     if rd.metrics_path.exists():  # records a killed or refused earlier start left beyond this position
         rd.truncate_metrics(phase, p.epoch)
@@ -298,37 +420,118 @@ class _Trainer:
         metrics: MetricsSink,
         *,
         before: str | None,
+        record: dict | None = None,
+        pinned: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.cfg, self.rd, self.phase, self.ddp = cfg, rd, phase, ddp
         self.data, self.loader, self.state, self.stepper, self.metrics = data, loader, state, stepper, metrics
         self.before = before
+        self.record = record or {}  # what built the run, what the phase started from: into every checkpoint
+        self.pinned = pinned  # step-tagged checkpoints that later phases were trained on: never pruned
         self.tcfg, self.pcfg = cfg["train"], cfg["train"][phase]
         self.signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
         self.steps_this_call = 0
+        self.recent_loss = [0.0, 0]  # sum and count of the finite losses since the loggers' last step record
+        self.stopped_by_budget = False
+        self.budget: tuple[int | None, float | None] = (None, None)  # (max_steps, max_seconds) of this call
+        self.started = time.perf_counter()
+        self.loop_seconds = 0.0  # the training loop's seconds in this call, up to its last step or epoch end
+        # the non-finite rescue (``rescue``): the last states whose steps were finite, newest last
+        self.snapshots: list[Snapshot] = []
+        self.last_finite: int | None = None  # global step of the last finite step in this call
+        self.last_step_finite = True
+        self.epoch_finite = self.epoch_skipped = 0  # this call's steps of the current epoch
+        self.first_step = state.position.global_step  # where this call started
 
     def held_out_bpd(self) -> float:
         """The ELBO bound (bits/dim) on the held-out split (``train.eval_samples`` of it)."""
-        return held_out_bpd(self.state.model, self.data.test, seed=self.tcfg["seed"], device=self.state.device, limit=self.tcfg["eval_samples"])
+        return self.held_out_bound()[0]
 
-    def finite_held_out_bpd(self) -> float:
-        """The epoch's held-out bound; a non-finite one (the model in eval mode gives NaN though its
-        training steps were finite, e.g. BatchNorm statistics wrecked by too high a learning rate)
-        stops the run before this epoch is recorded or saved: the last checkpoint is kept."""
-        value = self.held_out_bpd()
-        if not math.isfinite(value):
-            p, phase = self.state.position, self.phase
-            last = self.rd.checkpoint_path(phase)
-            kept = f"the last checkpoint {last} is kept" if last.exists() else "no checkpoint of it was written"
-            raise RuntimeFailure(
-                f"the held-out bound of {PHASES[phase].title} is {value} after epoch {p.epoch + 1}: the model in eval mode gives "
-                f"non-finite values although its training steps were finite (its weights or normalisation statistics are "
-                f"damaged, e.g. by too high a learning rate); nothing of this epoch was saved, {kept}; train the phase again "
-                f"with a lower train.{phase}.lr"
+    def held_out_bound(self) -> tuple[float, float | None]:
+        """(the ELBO bound, its latent part: the mean KL term) in bits/dim on the held-out split
+        (``train.eval_samples`` of it); the latent part is None for a flow alone (no latent)."""
+        bound = elbo_bpd(self.state.model, self.data.test, seed=self.tcfg["seed"], device=self.state.device, limit=self.tcfg["eval_samples"])
+        latent = None if PHASES[self.phase].standalone or bound.latent is None else float(bound.latent.mean())
+        return bound.mean, latent
+
+    def remember(self) -> None:
+        """Keep this state in memory for ``rescue`` (every rank; two at most, on the CPU): at the
+        start of the call and after each epoch end whose last step was finite."""
+        if (self.snapshots and not self.last_step_finite) or self.state.position.epoch >= self.pcfg["epochs"]:
+            return  # a state after a skipped step, or a finished phase: nothing to go back to
+        self.snapshots = [*self.snapshots[-1:], self.state.snapshot()]
+
+    def rescue(self, head: str, *, before_step: int | None) -> RuntimeFailure:
+        """After non-finite training (``head`` says what happened): roll every rank back to the
+        newest remembered state before global step ``before_step`` (the last finite step: the
+        weights after it give non-finite steps whatever the learning rate; None: the newest
+        state), save it as the phase's checkpoint (rank 0 removes the checkpoints and metrics
+        records after it), and return the one-line error whose advice works: a resume from that
+        state with a lower learning rate retraces none of the steps that damaged the weights. A
+        fresh start rolled back to its beginning saves nothing: a resume starts from the beginning."""
+        p, phase, rd = self.state.position, self.phase, self.rd
+        again = f"lower train.{phase}.lr (or set train.{phase}.grad_clip), then vaeflow train-{phase} --run {rd.path} --resume"
+        usable = [s for s in self.snapshots if before_step is None or s.position.global_step < before_step]
+        if not usable:  # no finite step in this call
+            if self.state.resumed_ranks is not None:
+                return RuntimeFailure(
+                    f"{head}, every step since this resume: the checkpoint it resumed from gives non-finite losses or gradients "
+                    f"whatever the learning rate (the steps that made it damaged its weights), so nothing was saved and a lower "
+                    f"learning rate cannot rescue it; train the phase again with a lower train.{phase}.lr (and train.{phase}.grad_clip): "
+                    f"vaeflow train-{phase} --run {rd.path} --restart --set train.{phase}.lr=..."
+                )
+            return RuntimeFailure(
+                f"{head}, from the first step: the model gives non-finite losses or gradients at its initialisation, whatever "
+                "the learning rate; nothing was saved; check the [model] config and the data"
             )
-        return value
+        if before_step is not None:
+            head += (
+                f": the weights after step {before_step} of the phase, the last finite one, give non-finite losses or gradients "
+                "whatever the learning rate (too high a learning rate damaged them)"
+            )
+        snap = usable[-1]
+        self.state.roll_back(snap)
+        fresh = self.state.resumed_ranks is None and p.global_step == 0
+
+        def forget_later() -> None:
+            rd.remove_checkpoints(phase, after_step=-1 if fresh else p.global_step)
+            if rd.metrics_path.exists():
+                rd.truncate_metrics(phase, p.epoch)
+
+        self.ddp.main_only(forget_later)
+        if fresh:
+            kept = "; the last state whose steps were finite is the start of the phase, so no checkpoint is kept" if before_step is not None else ""
+            return RuntimeFailure(f"{head}{kept}, and no checkpoint of the phase is left; {again} (it starts the phase from the beginning)")
+        path = self.checkpoint()
+        at = f"the end of epoch {p.epoch}" if p.step == 0 and p.epoch > 0 else f"epoch {p.epoch + 1} step {p.step}"
+        if p.global_step == self.first_step:
+            at += ", where this call resumed"
+        kept = f"the last state whose steps were finite ({at})" if before_step is not None else f"the state at {at}"
+        return RuntimeFailure(f"{head}; saved {kept} to {path}, removing the checkpoints after it; {again}")
+
+    def finite_held_out_bpd(self, value: float) -> float:
+        """The epoch's held-out bound ``value`` (rank 0's, on every rank); a non-finite one (the
+        model in eval mode gives NaN, e.g. BatchNorm statistics wrecked by too high a learning
+        rate) stops the run before this epoch is recorded or saved, rolled back to the last epoch
+        end (``rescue``)."""
+        if math.isfinite(value):
+            return value
+        p, phase = self.state.position, self.phase
+        steps = f"{self.epoch_finite} of its training steps in this call finite, {self.epoch_skipped} skipped"
+        raise self.rescue(
+            f"the held-out bound of {PHASES[phase].title} is {value} after epoch {p.epoch + 1} ({steps}): the model in eval mode "
+            f"gives non-finite values (its weights or normalisation statistics are damaged, e.g. by too high a learning rate); "
+            "nothing of this epoch was saved",
+            before_step=None,
+        ) from None
 
     def record_start(self) -> None:
-        """Rank 0, at the start of a phase that continues another: its held-out bound as epoch 0."""
+        """Rank 0, at the start of a phase that continues another: its held-out bound as epoch 0
+        (not for a fresh flow decoder with its own data-dependent initialisation, whose bound
+        before its first step means nothing)."""
+        if PHASES[self.phase].flow_at_init and not starts_at_identity(self.state.model.flow):
+            log(f"{self.phase} start: the flow decoder starts from its own data-dependent initialisation, not from {PHASES[self.before].title}")
+            return
         start = self.held_out_bpd()
         note = PHASES[self.phase].start_note.format(start=PHASES[self.before].title)
         self.rd.truncate_metrics(self.phase, -1)
@@ -351,95 +554,169 @@ class _Trainer:
                 f"or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume",
             )
             ckpt = state.checkpoint(
-                rngs=rngs, epochs=self.pcfg["epochs"], complete=complete, signature=self.signature, world_size=self.ddp.world_size, start=self.before
+                rngs=rngs,
+                epochs=self.pcfg["epochs"],
+                complete=complete,
+                signature=self.signature,
+                world_size=self.ddp.world_size,
+                start=self.before,
+                extra=self.record,
             )
-            return rd.save_checkpoint(phase, ckpt, keep=self.tcfg["keep_checkpoints"], tag=f"step{p.global_step:09d}")
+            return rd.save_checkpoint(phase, ckpt, keep=self.tcfg["keep_checkpoints"], tag=f"step{p.global_step:09d}", pinned=self.pinned)
 
         return self.ddp.main_only(save)
 
-    def run(self, *, progress: bool, max_steps: int | None) -> PhaseResult:
+    def run(self, *, progress: bool, max_steps: int | None, max_seconds: float | None = None, smoke: bool = False) -> PhaseResult:
+        result = self._run(progress=progress, max_steps=max_steps, max_seconds=max_seconds, smoke=smoke)
+        result.seconds = round(self.loop_seconds, 3)
+        return result
+
+    def _run(self, *, progress: bool, max_steps: int | None, max_seconds: float | None, smoke: bool) -> PhaseResult:
         p, phase, rd = self.state.position, self.phase, self.rd
+        self.budget = (max_steps, max_seconds)
         if self.before is not None and p.epoch == 0 and p.step == 0:
             self.ddp.main_only(self.record_start)
+        self.remember()
+        self.started = time.perf_counter()  # the training loop's clock (max_seconds, PhaseResult.seconds)
+        self.loop_seconds = 0.0
         test_bpd, path = None, None
         with stop_on_signals() as interrupt:  # installed until the final checkpoint is saved
             try:
-                with Progress(enabled=progress and self.ddp.is_main) as bar:
+                with Progress(enabled=progress and self.ddp.is_main, fields={"loss": "-"}) as bar:
                     while p.epoch < self.pcfg["epochs"]:
                         t0 = time.perf_counter()
-                        self.run_epoch(bar, interrupt, max_steps)
+                        self.run_epoch(bar, interrupt)
                         test_bpd, path = self.end_epoch(bar, t0)
+                        self.loop_seconds = time.perf_counter() - self.started
             except _StopRequested:
+                self.loop_seconds = time.perf_counter() - self.started
                 path = self.checkpoint()
+                if smoke and self.stopped_by_budget:
+                    return self.end_smoke(path)
                 raise Interrupted(
                     f"interrupted at {phase} epoch {p.epoch + 1} step {p.step}; saved {path}; "
                     f"continue with: vaeflow train-{phase} --run {rd.path} --resume"
                 ) from None
-            except _TooManyBadSteps:
-                path = self.checkpoint()  # the skipped steps changed nothing: the state before them
-                bad = self.stepper.bad_steps
-                head = (
-                    f"{bad} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} step {p.step} "
-                    f"(train.max_bad_steps = {self.tcfg['max_bad_steps']})"
-                )
-                if self.steps_this_call == bad and self.state.resumed_ranks is not None:  # resumed, and not one finite step since
-                    raise RuntimeFailure(
-                        f"{head}, every step since this resume: the saved weights themselves give non-finite steps (the finite "
-                        f"steps before them, at too high a learning rate, damaged them), so a lower learning rate cannot "
-                        f"rescue this checkpoint; train the phase again in a new run directory with a lower train.{phase}.lr "
-                        f"(and train.{phase}.grad_clip), e.g. vaeflow train-{phase} --run NEW_RUN --set train.{phase}.lr=..."
-                    ) from None
-                raise RuntimeFailure(
-                    f"{head}; saved the state before them to {path}; lower train.{phase}.lr or set train.{phase}.grad_clip, "
-                    f"then vaeflow train-{phase} --run {rd.path} --resume (if every step then fails at once, the weights were "
-                    "already damaged before these steps: train the phase again in a new run directory)"
-                ) from None
+            except _TooManyBadSteps as bad:
+                raise self.rescue(str(bad), before_step=self.last_finite) from None
             if self.pcfg["epochs"] <= p.epoch and test_bpd is None:
                 if self.ddp.is_main:
-                    log(f"phase {phase} of {rd.path} is already complete ({p.epoch} epochs); raise train.{phase}.epochs to train further")
+                    log(f"phase {phase} of {rd.path} is already complete ({counted(p.epoch, 'epoch')}); raise train.{phase}.epochs to train further")
                 # a no-op resume of a finished phase changes nothing (file times included)
                 path = rd.checkpoint_path(phase) if self.state.restored_complete else self.checkpoint(complete=True)
         return PhaseResult(rd.path, phase, p.epoch, test_bpd, path)
 
-    def run_epoch(self, bar: Progress, interrupt: dict, max_steps: int | None) -> None:
+    def end_smoke(self, path: Path) -> PhaseResult:
+        """The end of a ``--max-steps`` or ``--max-seconds`` run, after its checkpoint: the held-out
+        bound of the model there, a sample grid, one line saying how to go on."""
+        p, phase, rd = self.state.position, self.phase, self.rd
+        max_steps, max_seconds = self.budget
+        steps = self.steps_this_call
+        stopped = (
+            f"after {steps} step{'s' if steps != 1 else ''} (--max-steps)"
+            if max_steps is not None and steps >= max_steps
+            else (f"after {time.perf_counter() - self.started:.0f} s, {steps} step{'s' if steps != 1 else ''} (--max-seconds {max_seconds:g})")
+        )
+        again = f"--max-steps {max_steps}" if max_steps is not None else f"--max-seconds {max_seconds:g}"
+
+        def report() -> float:
+            bound = self.held_out_bpd()
+            n = min(len(self.data.test), self.tcfg["eval_samples"] or len(self.data.test))
+            if not math.isfinite(bound):
+                raise RuntimeFailure(
+                    f"the held-out bound of {PHASES[phase].title} is {bound} {stopped}: the model in "
+                    f"eval mode gives non-finite values; lower train.{phase}.lr (or set train.{phase}.grad_clip) and train it "
+                    f"again: vaeflow train-{phase} --run {rd.path} --restart {again}"
+                )
+            grid_path, _ = _write_sample_grid(
+                self.state.model, rd, phase, p.epoch, self.cfg["run"]["sample_n"], name=f"{phase}-step{p.global_step:09d}.png"
+            )
+            train = f"train loss {p.loss_sum / p.loss_n:.4f} bpd, " if p.loss_n else ""
+            log(
+                f"{phase} stopped {stopped} at epoch {p.epoch + 1} step {p.step}: "
+                f"{train}held-out bound <= {bound:.4f} bpd on {n} images; {grid_path}; saved {path} "
+                f"(continue with: vaeflow train-{phase} --run {rd.path} --resume)"
+            )
+            return bound
+
+        bound = self.ddp.main_only(report)
+        return PhaseResult(rd.path, phase, p.epoch, bound, path, complete=False)
+
+    def run_epoch(self, bar: Progress, interrupt: dict) -> None:
         """The optimizer steps of the current epoch, from ``position.step`` on. Raises _StopRequested
-        at a step boundary (a signal, ``max_steps``) and _TooManyBadSteps."""
+        at a step boundary (a signal, ``max_steps``, ``max_seconds``) and _TooManyBadSteps."""
+        max_steps, max_seconds = self.budget
         p, phase, tcfg, device = self.state.position, self.phase, self.tcfg, self.state.device
         on_device = tcfg["dequantize"] == "device"
         self.loader.wait_seconds = 0.0
-        bar.start_epoch(f"{phase} {p.epoch + 1}/{self.pcfg['epochs']}", len(self.loader), p.step)
-        set_phase_mode(self.state.model, phase)
+        self.epoch_finite = self.epoch_skipped = 0
+        whole_epoch = p.step == 0
+        bar.start(f"{phase} {p.epoch + 1}/{self.pcfg['epochs']}", len(self.loader), p.step)
+        set_phase_mode(self.state.model, phase, self.pcfg)
         batches = self.loader.device_epoch(p.epoch, device, start=p.step)
         with contextlib.closing(batches):  # a step that raises ends the loader's producer at once
             for idx, y in batches:
-                stop = interrupt["stop"] or (max_steps is not None and self.steps_this_call >= max_steps)
-                if self.ddp.enabled:  # every rank stops at the same step
+                by_budget = (max_steps is not None and self.steps_this_call >= max_steps) or (
+                    max_seconds is not None and self.steps_this_call > 0 and time.perf_counter() - self.started >= max_seconds
+                )
+                stop = interrupt["stop"] or by_budget
+                if self.ddp.enabled:  # every rank stops at the same step (rank 0's clock is not every rank's)
                     stop = self.ddp.sum(float(stop))[0] > 0
+                    by_budget = stop and not interrupt["stop"]
                 if stop:
+                    self.stopped_by_budget = by_budget and not interrupt["stop"]
                     raise _StopRequested
                 if on_device:  # uint8 crossed to the device; the same noise, computed there
                     y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=tcfg["seed"], epoch=p.epoch)
                 for group in self.state.opt.param_groups:
                     group["lr"] = learning_rate(self.pcfg, p.epoch, p.global_step)
+                self.stepper.kl_weight = kl_weight(self.pcfg, p.global_step)
                 value = self.stepper.step(y)
                 p.step += 1
                 p.global_step += 1
                 self.steps_this_call += 1
+                self.last_step_finite = not math.isnan(value)
                 if math.isnan(value):
                     p.skipped += 1
+                    self.epoch_skipped += 1
                     log(
                         f"{phase} epoch {p.epoch + 1} step {p.step}: non-finite loss or gradient, step skipped "
                         f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})"
                     )
                     if self.stepper.bad_steps >= tcfg["max_bad_steps"]:
-                        raise _TooManyBadSteps
+                        raise _TooManyBadSteps(
+                            f"{self.stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} "
+                            f"step {p.step} (train.max_bad_steps = {tcfg['max_bad_steps']})"
+                        )
                 else:
+                    self.last_finite = p.global_step
+                    self.epoch_finite += 1
                     p.loss_sum += value * len(idx)
                     p.loss_n += len(idx)
-                    bar.advance(value)
+                    bar.advance(loss=f"{value:.4f}")
+                    self.recent_loss[0] += value
+                    self.recent_loss[1] += 1
+                self.log_step()
                 every = tcfg["checkpoint_every"]
                 if every > 0 and p.global_step % every == 0 and p.step < len(self.loader):
                     self.checkpoint()
+        if whole_epoch and self.epoch_skipped and not self.epoch_finite:  # fewer steps than train.max_bad_steps, every one skipped
+            raise _TooManyBadSteps(f"every step of {phase} epoch {p.epoch + 1} was non-finite (loss or gradient; {self.epoch_skipped} skipped)")
+
+    def sample_grid(self) -> Path:
+        """Rank 0, at an epoch's end: the sample grid, written and given to the loggers; its path."""
+        p = self.state.position
+        path, picture = _write_sample_grid(self.state.model, self.rd, self.phase, p.epoch, self.cfg["run"]["sample_n"])
+        self.metrics.log_image(f"{self.phase}/samples", picture, step=p.global_step)
+        return path
+
+    def log_step(self) -> None:
+        """Every ``[run] log_every`` optimizer steps, the mean loss of the steps since the last time
+        to the loggers (rank 0; nothing to do without loggers): a few float additions per step."""
+        every, (total, n) = self.cfg["run"]["log_every"], self.recent_loss
+        if every > 0 and self.metrics.loggers and self.state.position.global_step % every == 0 and n:
+            self.metrics.log_step(self.phase, step=self.state.position.global_step, train_bpd=total / n)
+            self.recent_loss = [0.0, 0]
 
     def end_epoch(self, bar: Progress, t0: float) -> tuple[float, Path]:
         """After an epoch's last step: the held-out bound, the metrics record, the checkpoint and
@@ -447,13 +724,15 @@ class _Trainer:
         p, phase, ddp = self.state.position, self.phase, self.ddp
         wait = self.loader.wait_seconds
         p.loss_sum, p.loss_n = ddp.sum(p.loss_sum, p.loss_n)
-        test_bpd = ddp.main_only(self.finite_held_out_bpd)
+        test_bpd, test_latent = ddp.main_only(self.held_out_bound)
+        test_bpd = self.finite_held_out_bpd(test_bpd)
         seconds = time.perf_counter() - t0
         record = {
             "phase": phase,
             "epoch": p.epoch + 1,
             "train_bpd": p.loss_sum / max(p.loss_n, 1),
             "test_bpd": test_bpd,
+            **({"test_latent_bpd": test_latent, "test_pixel_bpd": test_bpd - test_latent} if test_latent is not None else {}),
             "lr": self.state.opt.param_groups[0]["lr"],
             "steps": p.global_step,
             "skipped_steps": p.skipped,
@@ -464,11 +743,12 @@ class _Trainer:
         p.epoch, p.step, p.loss_sum, p.loss_n = p.epoch + 1, 0, 0.0, 0
         ddp.main_only(lambda: self.metrics.append(record, step=p.global_step))  # first: a kill before the checkpoint only repeats the epoch
         path = self.checkpoint(complete=p.epoch >= self.pcfg["epochs"])
-        grid_path = ddp.main_only(lambda: _write_sample_grid(self.state.model, self.rd, phase, p.epoch, self.cfg["run"]["sample_n"]))
+        self.remember()
+        grid_path = ddp.main_only(self.sample_grid)
         if ddp.is_main:
-            bar.finish_epoch(
+            bar.message(
                 f"{phase} epoch {p.epoch}/{self.pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
-                f"held-out bound <= {test_bpd:.4f} bpd, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
+                f"held-out bound <= {test_bpd:.4f} bpd{_split(test_bpd, test_latent)}, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
                 f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
             )
         return test_bpd, path

@@ -56,6 +56,12 @@ class Phase:
     def command(self) -> str:
         return f"train-{self.name}"
 
+    def trained_parts(self, pcfg: dict | None = None) -> tuple[str, ...]:
+        """The model parts this phase trains: ``trains``, and the prior too where the phase's
+        config section ``pcfg`` sets ``train_prior`` (phase 2's option)."""
+        extra = ("prior",) if pcfg and pcfg.get("train_prior") and "prior" not in self.trains else ()
+        return self.trains + extra
+
     def uses_flow(self, start: str | None) -> bool:
         """Whether this phase's model runs the Glow layer, given the phase it started from: when
         it trains the layer, or starts from a phase that does (so not phase 1, where the layer is
@@ -88,6 +94,7 @@ PHASES: dict[str, Phase] = {
             "Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory.",
             flow_at_init=True,
             start_note="start of phase 2 (Glow layer = identity)",
+            defaults={"train_prior": False},
         ),
         Phase(
             "baseline",
@@ -136,16 +143,19 @@ LOAD_ORDER = ("joint", "prior", "glow", "vae")
 only when none of these exists."""
 
 
-def latest(found: list[str], start_of: Callable[[str], str | None]) -> str:
+def latest(found: list[str], start_of: Callable[[str], str | None], stale: Callable[[str], bool] = lambda p: False) -> str:
     """The phase of the last training step among the checkpoints ``found`` (names in LOAD_ORDER):
     the one no other found checkpoint started from (``start_of(name)``: what the phase's training
     started from), by the phase table, never by file times (a copy or a restore touches files).
     phase 2 supersedes phase 1; train-prior supersedes what it started from (phase 2 or phase 1),
     and phase 2 started from a trained prior supersedes that prior; joint supersedes phase 2.
-    Ties (two phases from the same start) go to the first in LOAD_ORDER."""
-    later = [p for p in found if p != "vae"]
-    starts = {p: start_of(p) for p in later} if len(found) > 1 else {}
-    superseded = {s for p, s in starts.items() if s in found and s != p}  # a damaged "start" names nothing
+    Ties (two phases from the same start) go to the first in LOAD_ORDER. A ``stale`` phase (the
+    phase it was trained on has trained since: ``lineage.stale_link``) supersedes nothing: that
+    phase was trained after it."""
+    later = [p for p in found if p != "vae"] if len(found) > 1 else []
+    outdated = {p for p in later if stale(p)}
+    starts = {p: start_of(p) for p in later if p not in outdated}
+    superseded = outdated | {s for p, s in starts.items() if s in found and s != p}  # a damaged "start" names nothing
     return next((p for p in LOAD_ORDER if p in found and p not in superseded), next(p for p in LOAD_ORDER if p in found))
 
 

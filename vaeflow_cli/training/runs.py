@@ -16,10 +16,12 @@ crash never leaves a half-written file. Checkpoints load with ``torch.load(weigh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,10 @@ class RunDir:
     def samples_dir(self) -> Path:
         return self.path / "samples"
 
+    @property
+    def components_path(self) -> Path:
+        return self.path / "components.toml"
+
     def checkpoint_path(self, phase: str) -> Path:
         return self.path / "checkpoints" / f"{phase}.pt"
 
@@ -60,11 +66,50 @@ class RunDir:
 
     def resolved_config(self, overrides: list[str] = ()) -> dict:
         """The run's stored config, validated against the registry, with ``--set`` overrides; the
-        loggers it names need not be installed (``config.resolve``'s ``check_loggers``)."""
-        return config_mod.resolve(base=self.read_config(), overrides=overrides, source=str(self.config_path), check_loggers=False)
+        loggers it names need not be installed (``config.resolve``'s ``check_loggers``). A
+        component that no loaded plugin registers is one line naming the distribution and version
+        that provided it when the run was trained (``recorded_components``)."""
+        from vaeflow_cli.plugins import provenance
+        from vaeflow_cli.plugins.registry import get_registry
+
+        raw = self.read_config()
+        provenance.check_known(self.path, raw, str(self.config_path), self.recorded_components, get_registry())
+        return config_mod.resolve(base=raw, overrides=overrides, source=str(self.config_path), check_loggers=False)
 
     def write_config(self, cfg: dict) -> None:
         atomic_write_bytes(self.config_path, config_mod.dumps(cfg).encode())
+
+    def write_components(self, record: dict) -> None:
+        """Write ``components.toml`` (``plugins.provenance.built_with``) unless it holds that already."""
+        from vaeflow_cli.plugins import provenance
+
+        text = provenance.dumps(record).encode()
+        try:
+            if self.components_path.read_bytes() == text:
+                return
+        except OSError:
+            pass
+        atomic_write_bytes(self.components_path, text)
+
+    def recorded_components(self) -> dict[str, dict]:
+        """Which plugin, distribution and version provided each component when the run was trained
+        (``plugins.provenance.parse``): from ``components.toml``, else from the first checkpoint
+        that records it (a run copied without the file, say); {} when nothing records it."""
+        from vaeflow_cli.plugins import provenance
+
+        try:
+            found = provenance.parse(config_mod.load_toml(self.components_path)) if self.components_path.is_file() else {}
+        except VaeflowError:
+            found = {}
+        for phase in PHASES if not found else ():
+            if self.checkpoint_path(phase).is_file():
+                try:
+                    found = provenance.parse(self.load_checkpoint(phase).get("components"))
+                except VaeflowError:
+                    continue
+                if found:
+                    break
+        return found
 
     # ---------------------------------------------------------------- metrics
 
@@ -156,14 +201,16 @@ class RunDir:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save_checkpoint(self, phase: str, state: dict[str, Any], *, keep: int = 0, tag: str = "") -> Path:
-        """Write ``checkpoints/PHASE.pt`` atomically (temporary file, fsync, rename). With ``keep``
-        > 0 and a ``tag``, the checkpoint is first written as ``PHASE-TAG.pt`` and PHASE.pt becomes
-        a hard link to it; only the ``keep`` newest tagged files are kept."""
+    def save_checkpoint(self, phase: str, state: dict[str, Any], *, keep: int = 0, tag: str = "", pinned: Iterable[str] = ()) -> Path:
+        """Write ``checkpoints/PHASE.pt`` atomically (temporary file, fsync, rename), with the
+        digest of its weights (``digest``: ``weights_digest``). With ``keep`` > 0 and a
+        ``tag``, the checkpoint is first written as ``PHASE-TAG.pt`` and PHASE.pt becomes a hard
+        link to it; only the ``keep`` newest tagged files are kept, besides those named in
+        ``pinned`` (a state another phase was trained on)."""
         import torch
 
         path = self.checkpoint_path(phase)
-        payload = {"format": CHECKPOINT_FORMAT, "phase": phase, **state}
+        payload = {"format": CHECKPOINT_FORMAT, "phase": phase, **state, "digest": weights_digest(state["model"])}
         if keep <= 0 or not tag:
             atomic_write(path, lambda fh: torch.save(payload, fh))
             return path
@@ -174,9 +221,25 @@ class RunDir:
         os.link(tagged, link)
         os.replace(link, path)
         fsync_dir(path.parent)
-        for old in self.kept_checkpoints(phase)[:-keep]:
+        pinned = set(pinned)
+        for old in [p for p in self.kept_checkpoints(phase) if p.name not in pinned][:-keep]:
             old.unlink(missing_ok=True)
         return path
+
+    def remove_checkpoints(self, phase: str, *, after_step: int = -1) -> list[Path]:
+        """Delete the step-tagged checkpoints of ``phase`` beyond ``after_step`` (all of them, and
+        PHASE.pt too, with the default): ``--restart``, and the states a rescue from non-finite
+        steps discards. Only the holder of ``lock`` may call this."""
+        gone = []
+        for p in self.kept_checkpoints(phase):
+            step = p.stem.rsplit("-step", 1)[-1]
+            if not step.isdigit() or int(step) > after_step:
+                p.unlink(missing_ok=True)
+                gone.append(p)
+        if after_step < 0 and self.checkpoint_path(phase).exists():
+            self.checkpoint_path(phase).unlink()
+            gone.append(self.checkpoint_path(phase))
+        return gone
 
     def kept_checkpoints(self, phase: str) -> list[Path]:
         """The tagged checkpoints of ``phase``, oldest first."""
@@ -236,6 +299,10 @@ CHECKPOINT_OPTIONAL: dict[str, tuple] = {
     "world_size": (int,),
     "lr": (int, float),
     "start": (str, type(None)),
+    "components": (dict,),  # plugins.provenance.built_with: who registered each component
+    "digest": (str,),  # weights_digest of "model"
+    "start_digest": (str, type(None)),  # the digest of the checkpoint this phase started from ...
+    "start_step": (int, type(None)),  # ... and its global step (lineage.stale_link)
 }
 
 
@@ -299,6 +366,20 @@ def check_checkpoint(state: Any, path: Path) -> None:
         )
 
 
+def weights_digest(weights: dict) -> str:
+    """SHA-256 of a state dict (names, dtypes, shapes and bytes, in name order): equal exactly when
+    the weights are. The tensors are read on the CPU."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name]
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
+    return h.hexdigest()
+
+
 def all_finite(tensors) -> bool:
     """Whether every element of every floating-point tensor is finite: one fused reduction and
     one host sync, however many tensors (weights, buffers, optimizer moments)."""
@@ -347,6 +428,8 @@ METRIC_TYPES: dict[str, tuple] = {
     "epoch": (int,),
     "train_bpd": (int, float, type(None)),
     "test_bpd": (int, float, type(None)),
+    "test_latent_bpd": (int, float),
+    "test_pixel_bpd": (int, float),
     "lr": (int, float),
     "steps": (int,),
     "seconds": (int, float),
@@ -420,5 +503,14 @@ def model_from_state(cfg: dict, state: dict, *, device: str = "cpu", path: str |
     from vaeflow_cli.model.vaeflow import build_model
 
     model = build_model(cfg, build_dataset(cfg).image_shape, baseline=state.get("phase") in PHASES and PHASES[state["phase"]].standalone)
-    load_weights(model, state["model"], Path(path))
+    try:
+        load_weights(model, state["model"], Path(path))
+    except VaeflowError as exc:  # a plugin upgraded since: say which
+        from vaeflow_cli.plugins.provenance import version_note
+        from vaeflow_cli.plugins.registry import get_registry
+
+        note = version_note(state.get("components"), get_registry())
+        if not note:
+            raise
+        raise VaeflowError(f"{exc}{note}") from None
     return model.to(device).eval()

@@ -5,6 +5,7 @@ is ``runs.check_checkpoint``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,14 @@ class TrainingState:
     restored_complete: bool = False  # the checkpoint restored was already marked complete
     """How many processes wrote the checkpoint this state was restored from (None: a fresh start)."""
 
-    def checkpoint(self, *, rngs: list[dict], epochs: int, complete: bool, signature: str, world_size: int, start: str | None) -> dict[str, Any]:
-        """The checkpoint dict (``runs.check_checkpoint`` is its schema); ``rngs``: every rank's RNG state."""
+    def checkpoint(
+        self, *, rngs: list[dict], epochs: int, complete: bool, signature: str, world_size: int, start: str | None, extra: dict | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint dict (``runs.check_checkpoint`` is its schema); ``rngs``: every rank's RNG
+        state; ``extra``: entries of the run's record (what built it, what the phase started from)."""
         p = self.position
         return {
+            **(extra or {}),
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -128,3 +133,45 @@ class TrainingState:
                 f"checkpoint {path}: step {self.position.step} of an epoch of {steps_per_epoch} steps; it is damaged, or "
                 f"{batch_key} changed since it was saved: restore the batch size or retrain the phase"
             )
+
+    def snapshot(self) -> Snapshot:
+        """A copy, on the CPU, of everything ``checkpoint`` saves of this rank (weights, optimizer
+        and scaler states, RNG state, position), for ``roll_back``: the non-finite-step rescue
+        keeps the last states whose steps were finite (``loop._Trainer``)."""
+
+        def cpu(value):
+            if isinstance(value, torch.Tensor):
+                return value.detach().to("cpu", copy=True)
+            if isinstance(value, dict):
+                return {k: cpu(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [cpu(v) for v in value]
+            return value
+
+        return Snapshot(
+            model=cpu(self.model.state_dict()),
+            optimizer=cpu(self.opt.state_dict()),
+            scaler=cpu(self.scaler.state_dict()),
+            rng=cpu(rng_state(self.device)),
+            position=dataclasses.replace(self.position),
+        )
+
+    def roll_back(self, snap: Snapshot) -> None:
+        """Put a ``snapshot`` back: the state continues (and checkpoints) as it was then."""
+        self.model.load_state_dict(snap.model)
+        self.opt.load_state_dict(snap.optimizer)
+        self.scaler.load_state_dict(snap.scaler)
+        set_rng_state(snap.rng, self.device)
+        for f in dataclasses.fields(Position):  # in place: the trainer holds this object
+            setattr(self.position, f.name, getattr(snap.position, f.name))
+
+
+@dataclass
+class Snapshot:
+    """``TrainingState.snapshot``: a rank's state at ``position``, on the CPU."""
+
+    model: dict
+    optimizer: dict
+    scaler: dict
+    rng: dict
+    position: Position

@@ -21,6 +21,7 @@ B / world_size each is a step of global batch B (``train.<phase>.batch_size`` is
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.training.threads import LoadGovernor, busy_seconds, install, resolve_threads, tick, usable_cores
+from vaeflow_cli.model.vaeflow import training_loss
+from vaeflow_cli.training.threads import LoadGovernor, busy_seconds, callers_threads, install, local_processes, resolve_threads, tick, usable_cores
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision (checked by the config)
 
@@ -184,6 +186,7 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device | None]:
 
 _applied_threads: int | None = None  # the count last logged by set_threads (log once per value)
 _interop_sized = False  # only the first call in a process may size the inter-op pool
+_warned: set[str] = set()  # the LOCAL_WORLD_SIZE problems already warned about (once per process)
 
 
 def set_threads(threads: int, *, log: bool = True) -> int:
@@ -197,6 +200,12 @@ def set_threads(threads: int, *, log: bool = True) -> int:
     :raises VaeflowError: a negative count."""
     global _applied_threads, _interop_sized
     n = resolve_threads(int(threads))
+    local, problem = local_processes()
+    if int(threads) == 0 and problem is not None and problem not in _warned:
+        from vaeflow_cli.console import warning
+
+        _warned.add(problem)
+        warning(problem)
     torch.set_num_threads(n)
     if not _interop_sized:
         _interop_sized = True
@@ -209,22 +218,29 @@ def set_threads(threads: int, *, log: bool = True) -> int:
     if log and n != _applied_threads:
         from vaeflow_cli.console import log as log_line
 
-        source = "train.threads" if threads else f"auto: {usable_cores()} usable cores / {os.environ.get('LOCAL_WORLD_SIZE', '1')} local processes"
+        source = "train.threads" if threads else f"auto: {usable_cores()} usable cores / {local} local process{'es' if local != 1 else ''}"
         more = "; fewer while other processes keep these cores busy" if adaptive else ""
         log_line(f"torch: {n} intra-op thread{'s' if n != 1 else ''} ({source}{more})")
         _applied_threads = n
     return n
 
 
-def configure_backends(device: torch.device, train_cfg: dict) -> None:
-    """The process-wide settings a training or timing run starts with: torch's CPU thread count
-    (``train.threads``, see set_threads) and, on CUDA, TF32 matmuls and convolutions where allowed
-    (``train.tf32``)."""
-    set_threads(train_cfg.get("threads", 0))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(train_cfg["tf32"])
-        torch.backends.cudnn.allow_tf32 = bool(train_cfg["tf32"])
-        torch.backends.cudnn.benchmark = True
+@contextlib.contextmanager
+def configure_backends(device: torch.device, train_cfg: dict):
+    """The process-wide settings a training or timing run holds while it runs, the caller's again
+    on exit (``callers_threads``, and the CUDA flags): torch's CPU thread count (``train.threads``,
+    see set_threads) and, on CUDA, TF32 matmuls and convolutions where allowed (``train.tf32``)."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    with callers_threads():
+        try:
+            set_threads(train_cfg.get("threads", 0))
+            if device.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = bool(train_cfg["tf32"])
+                torch.backends.cudnn.allow_tf32 = bool(train_cfg["tf32"])
+                torch.backends.cudnn.benchmark = True
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
 
 
 class Stepper:
@@ -272,6 +288,8 @@ class Stepper:
         self.objective: nn.Module | None = None if self.dist.enabled else self._wrap(model)  # the model's forward is its bound
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.bad_steps = 0
+        self.kl_weight = 1.0  # the KL term's weight in the loss at this step (training.loop sets it from the warm-up)
+        self.free_bits = 0.0  # nats (train.<phase>.free_bits)
         self._buffers = [b for b in model.buffers()]
         self._saved = [b.detach().clone() for b in self._buffers]  # where each step snapshots them
 
@@ -327,7 +345,8 @@ class Stepper:
             with torch.no_grad():
                 torch._foreach_copy_(self._saved, self._buffers)  # one fused copy per step
         with self._autocast():
-            loss = self.objective(y).bpd.float().mean()  # the loss: the bound in bits/dim, averaged over the batch
+            # the loss: the bound in bits/dim averaged over the batch (with a KL warm-up or free bits, their weighting of its KL term)
+            loss = training_loss(self.objective(y), kl_weight=self.kl_weight, free_bits=self.free_bits)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # on every rank, even for a bad loss: DDP expects it
         if self.scaler.is_enabled():

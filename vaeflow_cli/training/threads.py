@@ -27,6 +27,8 @@ they appear (1.38x and 2.00x beside a second training). A user's own
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
@@ -57,34 +59,67 @@ def resolve_threads(threads: int) -> int:
         raise VaeflowError(f"train.threads must be >= 0 (0 = one share of the usable cores per process), got {threads}")
     if threads > 0:
         return threads
+    return max(1, usable_cores() // local_processes()[0])
+
+
+def local_processes() -> tuple[int, str | None]:
+    """The processes that share this node's cores, from ``LOCAL_WORLD_SIZE`` (torchrun sets it;
+    unset when run alone: 1), and what is wrong with the variable (None when nothing): a value
+    that is not a whole number >= 1 counts as 1 process, and the problem is named so that the
+    caller can say so (``step.set_threads`` warns and prints the count it used)."""
+    raw = os.environ.get("LOCAL_WORLD_SIZE")
+    if raw is None:
+        return 1, None
     try:
-        local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        value = int(raw.strip())
     except ValueError:
-        local_world = 1
-    return max(1, usable_cores() // local_world)
+        value = 0
+    if value >= 1:
+        return value, None
+    return (
+        1,
+        f"LOCAL_WORLD_SIZE={raw!r} is not a whole number >= 1 (torchrun sets it to the processes it starts on this node); counted as 1 local process",
+    )
 
 
-def busy_seconds(cpus: set[int] | None = None, path: str = "/proc/stat") -> float | None:
+PROC_STAT = "/proc/stat"  # where busy_seconds reads the load (tests point it at a file of their own)
+
+
+def busy_seconds(cpus: set[int] | None = None, path: str | None = None) -> float | None:
     """CPU seconds spent busy (user, nice, system, irq, softirq, steal) since boot on the CPUs
-    ``cpus`` (all when None), from Linux's ``/proc/stat``; None where it cannot be read."""
+    ``cpus`` (all when None), from Linux's ``/proc/stat``; None where it cannot be read or does
+    not have the kernel's layout (a malformed or foreign file): the count then stays fixed."""
     try:
-        with open(path, encoding="ascii") as f:
+        with open(PROC_STAT if path is None else path, encoding="ascii") as f:
             lines = f.read().splitlines()
         hz = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, AttributeError):
         return None
+    try:
+        return _busy_ticks(lines, cpus) / hz if hz > 0 else None
+    except (ValueError, TypeError):  # a line that is not "cpuN t1 t2 ...", or no such line
+        return None
+
+
+def _busy_ticks(lines: list[str], cpus: set[int] | None) -> int:
+    """The busy ticks of the ``cpuN`` lines of /proc/stat (N in ``cpus``); ValueError for a line
+    that does not parse as the kernel writes it, or when no line counts."""
     total = 0
     seen = False
     for line in lines:
-        name, *fields = line.split()
+        name, *fields = line.split() or [""]
         if not name.startswith("cpu") or name == "cpu":
             continue
+        if not name[3:].isdigit() or not 4 <= len(fields) or not all(v.isdigit() for v in fields):
+            raise ValueError(f"not a CPU line of /proc/stat: {line[:80]!r}")
         if cpus is not None and int(name[3:]) not in cpus:
             continue
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in (fields + ["0"] * 8)[:8])
         total += user + nice + system + irq + softirq + steal
         seen = True
-    return total / hz if seen else None
+    if not seen:
+        raise ValueError("no CPU lines")
+    return total
 
 
 def own_seconds() -> float:
@@ -177,9 +212,46 @@ def install(governor: LoadGovernor | None) -> None:
     _governor = governor
 
 
+def installed() -> LoadGovernor | None:
+    """The governor ``tick`` drives now (None: none), to be put back with ``install``."""
+    return _governor
+
+
 def tick() -> None:
     """Adapt the thread count to the load if an auto count is in force. Called between units of
     work (a training step, a batch of samples or of bound evaluations) on the main thread: OpenMP's
     thread count is a setting of the calling thread."""
     if _governor is not None:
         _governor.tick()
+
+
+@contextlib.contextmanager
+def callers_threads():
+    """Run a block (or, as a decorator, a function) that sets vaeflow's thread policy
+    (``step.set_threads``) and give the caller back what it had on exit, however the block ends:
+    torch's intra-op thread count and the load governor that ``tick`` drives (none, for a caller
+    that never set one). A Python caller of ``train_phase``, ``evaluate_run`` or a command run in
+    its process keeps its own thread count, and nothing adapts it afterwards. (The inter-op pool
+    can be sized once per process only: the first call's size stays.) torch is imported when the
+    block runs, not with this module."""
+    import torch
+
+    count, governor = torch.get_num_threads(), _governor
+    try:
+        yield
+    finally:
+        install(governor)
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+
+
+def keeps_callers_threads(fn: Callable) -> Callable:
+    """Decorate a function that sets vaeflow's thread policy: when it returns or raises, its caller
+    has its own thread count and governor back (``callers_threads``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with callers_threads():
+            return fn(*args, **kwargs)
+
+    return wrapper

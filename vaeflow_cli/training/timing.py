@@ -188,34 +188,34 @@ def run_timing(
     glow_flow = get_registry().get("flow", "multiscale-glow").build("timing's standalone Glow (--glow-*)", image_shape=shape, **baseline)
     glow = FlowModel(flow=glow_flow, image_shape=shape).to(dev)
     lr = cfg["train"]["vae"]["lr"]
-    configure_backends(dev, tcfg)  # after the checks: a refused start prints its error line only
-    options = {"precision": tcfg["precision"], "compile": tcfg["compile"], "channels_last": tcfg["channels_last"]}
-    timed = [
-        _prepare(name, model, phase, images=images, batch_size=b, device=dev, lr=lr, seed=seed, **options)
-        for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae2, "glow"), ("glow_baseline", glow, "baseline"))
-    ]
-    log(
-        f"timing: {warmup} warm-up steps of each model, then {steps} rounds of one step of each (interleaved), "
-        f"batch {b} on {dev} ({tcfg['precision']}, torch threads = {torch.get_num_threads()})"
-    )
-    try:
-        interleave(timed, steps=steps, warmup=warmup)
-    finally:
-        for t in timed:
-            t.batches.close()
-    return _result(
-        cfg,
-        timed,
-        baseline,
-        (vae, glow),
-        device=dev,
-        batch_size=b,
-        shape=shape,
-        n_train=(n_train, size_source),
-        steps=steps,
-        warmup=warmup,
-        precision=tcfg["precision"],
-    )
+    with configure_backends(dev, tcfg):  # after the checks: a refused start prints its error line only; the caller's threads again after
+        options = {"precision": tcfg["precision"], "compile": tcfg["compile"], "channels_last": tcfg["channels_last"]}
+        timed = [
+            _prepare(name, model, phase, images=images, batch_size=b, device=dev, lr=lr, seed=seed, **options)
+            for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae2, "glow"), ("glow_baseline", glow, "baseline"))
+        ]
+        log(
+            f"timing: {warmup} warm-up steps of each model, then {steps} rounds of one step of each (interleaved), "
+            f"batch {b} on {dev} ({tcfg['precision']}, torch threads = {torch.get_num_threads()})"
+        )
+        try:
+            interleave(timed, steps=steps, warmup=warmup)
+        finally:
+            for t in timed:
+                t.batches.close()
+        return _result(
+            cfg,
+            timed,
+            baseline,
+            (vae, glow),
+            device=dev,
+            batch_size=b,
+            shape=shape,
+            n_train=(n_train, size_source),
+            steps=steps,
+            warmup=warmup,
+            precision=tcfg["precision"],
+        )
 
 
 BASELINE_OPTIONS = {"levels": "--glow-levels", "steps": "--glow-steps", "hidden_channels": "--glow-width", "coupling": "--glow-coupling"}

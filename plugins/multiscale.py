@@ -1,0 +1,228 @@
+"""The multi-scale Glow (Kingma & Dhariwal, 2018): the paper's standalone baseline and, with a
+condition, vaeflow's conditional flow decoder.
+
+One network G, two uses:
+
+- **Standalone** (``multiscale-glow``, ``vaeflow train-baseline``): ``levels`` levels of squeeze
+  -> ``steps`` x [ActNorm with data-dependent initialisation -> invertible 1x1 convolution ->
+  affine coupling] -> split, with learned Gaussian priors for the split-off halves and a learned
+  top prior, all folded into the bijection so that its output G(x) is N(0, I) under the model.
+  Inputs are centred (x - 0.5) first, as in Glow.
+- **Conditional** (``conditional-glow``, a VAE's ``[model.flow]``): the same G, whose coupling
+  networks and split and top priors also read feature maps of the decoder's base distribution
+  c = (g_mu(z), log g_sigma(z)) at their resolution (a conditional Glow, as in f-VAEs, Su & Wu
+  2018, and SRFlow, Lugmayr et al. 2020), composed with the decoder's affine map:
+
+      f(x; c) = g_mu + g_sigma * G(x; c),    log|det df/dx| = log|det dG/dx| + sum log g_sigma
+
+  so that log p(x|z) = log N(f(x; c); g_mu, g_sigma^2) + log|det df/dx| = log N(G(x; c); 0, I) +
+  log|det dG/dx|: an exact density for every z, the paper's equation 4 with the decoder's
+  Gaussian as the base, and sampling x = f^-1(g_mu + T g_sigma eps; c) = G^-1(T eps; c) keeps
+  the temperature in the base (section 3.5). When G ignores its condition it is the standalone
+  Glow, and log p(x|z) is the Glow's log p(x): the baseline is the special case.
+
+  Unlike the paper's Glow layer this flow is not the identity at initialisation (its ActNorm
+  starts from the data, as Glow's): phase 2 starts from its own initialisation, not from the
+  phase-1 bound. Measured on CIFAR-10 (docs/reproduce.md), a flow that starts as the identity
+  on the decoder's standardized residual (x - g_mu) / g_sigma, or on x with the decoder's
+  Gaussian as its base, learned far more slowly per step than this one.
+
+Needs H and W divisible by 2**levels. A flow's output has its input's shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vaeflow_plugins.glow import ActNorm, Coupling, DataInitActNorm, InvConv1x1, condition_maps, squeeze, unsqueeze
+
+
+def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """Glow's Conv2dZeros: a 3x3 convolution that starts at zero (a prior that starts at N(0, I))."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class _Level(nn.Module):
+    """One level: squeeze, K steps of flow, then (except at the top) split off half the channels,
+    whose Gaussian prior N(mu, sigma^2) given the kept half (and the condition) is folded in as an
+    affine map to N(0, I), and recurse on the kept half. The top level's prior is a learned mean
+    and log-scale per channel and position (Glow's learntop), plus a function of the condition.
+
+    ``condition_in``: channels of the raw condition maps at this level's input resolution (0:
+    unconditional); they are squeezed with the image and projected to ``features`` channels once
+    per call, then shared by the level's couplings and prior."""
+
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        *,
+        levels: int,
+        steps: int,
+        hidden: int,
+        scale: str,
+        lu: bool,
+        data_init: bool,
+        condition_in: int,
+        features: int,
+    ) -> None:
+        super().__init__()
+        c, h, w = 4 * channels, height // 2, width // 2
+        p = features if condition_in else 0
+        self.project = nn.Conv2d(4 * condition_in, p, 3, padding=1) if condition_in else None
+        norm = DataInitActNorm if data_init else ActNorm
+        self.norms = nn.ModuleList(norm(c) for _ in range(steps))
+        self.convs = nn.ModuleList(InvConv1x1(c, lu=lu) for _ in range(steps))
+        self.couplings = nn.ModuleList(
+            Coupling((c, h, w), hidden=hidden, parity=k, split="channel", scale=scale, condition_channels=p) for k in range(steps)
+        )
+        self.top = levels == 1
+        if self.top:
+            self.prior_mean = nn.Parameter(torch.zeros(1, c, h, w))
+            self.prior_log_std = nn.Parameter(torch.zeros(1, c, h, w))
+            self.top_prior = _zero_conv(p, 2 * c) if p else None
+        else:
+            self.split_prior = _zero_conv(c // 2 + p, c)
+            self.next = _Level(
+                c // 2,
+                h,
+                w,
+                levels=levels - 1,
+                steps=steps,
+                hidden=hidden,
+                scale=scale,
+                lu=lu,
+                data_init=data_init,
+                condition_in=4 * condition_in,
+                features=features,
+            )
+
+    def _features(self, condition):
+        squeezed = squeeze(condition) if self.project is not None else None
+        return squeezed, (self.project(squeezed) if squeezed is not None else None)
+
+    def _prior(self, kept_or_none, feats, like):
+        """(mean, log_std) of the split-off half (given the kept half) or of the top's output."""
+        if self.top:
+            mean, log_std = self.prior_mean, self.prior_log_std
+            if feats is not None:
+                dm, dl = self.top_prior(feats).float().chunk(2, dim=1)
+                mean, log_std = mean + dm, log_std + dl
+            return mean.expand_as(like), log_std.expand_as(like)
+        inp = kept_or_none if feats is None else torch.cat([kept_or_none, feats], 1)
+        return self.split_prior(inp).float().chunk(2, dim=1)
+
+    def forward(self, x, condition=None):
+        squeezed, feats = self._features(condition)
+        h = squeeze(x)
+        log_det = h.new_zeros(h.shape[0], dtype=torch.float32)
+        for norm, conv, coupling in zip(self.norms, self.convs, self.couplings, strict=True):
+            h, a = norm(h)
+            h, b = conv(h)
+            h, c = coupling(h, feats)
+            log_det = log_det + a + b + c
+        if self.top:
+            mean, log_std = self._prior(None, feats, h)
+            return unsqueeze((h - mean) * torch.exp(-log_std)), log_det - log_std.flatten(1).sum(1)
+        kept, z = h.chunk(2, dim=1)
+        mean, log_std = self._prior(kept, feats, z)
+        eps = (z - mean) * torch.exp(-log_std)
+        rest, ld = self.next(kept, squeezed)
+        return unsqueeze(torch.cat([rest, eps], 1)), log_det + ld - log_std.flatten(1).sum(1)
+
+    def inverse(self, y, condition=None):
+        squeezed, feats = self._features(condition)
+        y = squeeze(y)
+        if self.top:
+            mean, log_std = self._prior(None, feats, y)
+            h, log_det = y * torch.exp(log_std) + mean, log_std.flatten(1).sum(1)
+        else:
+            rest, eps = y.chunk(2, dim=1)
+            kept, log_det = self.next.inverse(rest, squeezed)
+            mean, log_std = self._prior(kept, feats, eps)
+            h = torch.cat([kept, eps * torch.exp(log_std) + mean], 1)
+            log_det = log_det + log_std.flatten(1).sum(1)
+        for norm, conv, coupling in zip(reversed(self.norms), reversed(self.convs), reversed(self.couplings), strict=True):
+            h, c = coupling.inverse(h, feats)
+            h, b = conv.inverse(h)
+            h, a = norm.inverse(h)
+            log_det = log_det + a + b + c
+        return unsqueeze(h), log_det
+
+
+class MultiScaleGlow(nn.Module):
+    """The multi-scale Glow G, standalone or conditional (see the module docstring).
+
+    ``levels`` (L), ``steps`` (K) and ``hidden_channels`` as in Glow; ``coupling``: "affine"
+    (Glow's s = sigmoid(raw + 2)) or "additive"; ``lu``: LU-parametrised 1x1 convolutions.
+    ``conditional``: forward and inverse take ``condition=(mean, std)``, the decoder's base
+    distribution, each (B, C, H, W), and return f = mean + std * G(x; c) (forward) and its
+    inverse; ``condition_channels`` feature maps of the condition per level. Standalone,
+    forward(x) -> (G(x), log|det dG/dx|) with G(x) ~ N(0, I) under the model. Shapes: out as x,
+    log-dets (B,). Raises ValueError for H or W not divisible by 2**levels."""
+
+    def __init__(
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        levels: int,
+        steps: int,
+        hidden_channels: int,
+        coupling: str,
+        lu: bool,
+        conditional: bool = False,
+        condition_channels: int = 8,
+    ) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        if h % 2**levels or w % 2**levels:
+            name = "conditional-glow" if conditional else "multiscale-glow"
+            raise ValueError(f"{name} with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
+        self.conditional = conditional
+        if conditional:
+            # Not the identity at initialisation (data-dependent ActNorm): as a flow decoder its
+            # phase 2 starts from its own initialisation (the Flow protocol, vaeflow_cli.hookspecs).
+            # The standalone Glow declares nothing, so it stays refused as a VAE's pixel flow.
+            self.identity_at_init = False
+        self.body = _Level(
+            c,
+            h,
+            w,
+            levels=levels,
+            steps=steps,
+            hidden=hidden_channels,
+            scale="none" if coupling == "additive" else "sigmoid",
+            lu=lu,
+            data_init=True,
+            condition_in=2 * c if conditional else 0,
+            features=condition_channels,
+        )
+
+    def _maps(self, condition):
+        if not self.conditional:
+            return None
+        if condition is None:
+            raise ValueError("this flow is conditional: pass condition=(mean, std) of the decoder")
+        return condition_maps(*condition)
+
+    def forward(self, x, condition=None):
+        maps = self._maps(condition)
+        out, log_det = self.body(x - 0.5, maps)
+        if not self.conditional:
+            return out, log_det
+        mean, std = condition
+        return mean + std * out, log_det + torch.log(std).flatten(1).sum(1)
+
+    def inverse(self, y, condition=None):
+        maps = self._maps(condition)
+        if self.conditional:
+            mean, std = condition
+            x, log_det = self.body.inverse((y - mean) / std, maps)
+            return x + 0.5, log_det - torch.log(std).flatten(1).sum(1)
+        x, log_det = self.body.inverse(y)
+        return x + 0.5, log_det
