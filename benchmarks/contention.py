@@ -49,7 +49,7 @@ SHAPE = (1, 28, 28)  # the embedded default's data (MNIST digits); timing does n
 
 # Environment of each side, on top of the caller's environment without the OpenMP variables.
 # "default" adds nothing: train.threads = 0, vaeflow's own policy (an auto count that follows the
-# load, vaeflow_cli.training.threads). The others force a fixed count (VAEFLOW_BENCH_THREADS; "cores" = the
+# load, vaeflow_cli.runtime.threads). The others force a fixed count (VAEFLOW_BENCH_THREADS; "cores" = the
 # usable cores, what auto meant before the load governor) with libgomp's wait settings:
 # GOMP_SPINCOUNT=300000 is libgomp's default spin count when OMP_WAIT_POLICY is unset (libgomp
 # env.c), so "old" is the policy before the change; "passive" sleeps at once; "spin10k" spins 30x
@@ -76,10 +76,11 @@ def worker(steps: int, forever: bool) -> None:
     from vaeflow_cli.config import core as config_mod
     from vaeflow_cli.data.pipeline import BatchLoader
     from vaeflow_cli.model.vaeflow import build_model
+    from vaeflow_cli.runtime.devices import set_threads
+    from vaeflow_cli.runtime.phases import PHASES
+    from vaeflow_cli.runtime.threads import usable_cores
     from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
-    from vaeflow_cli.training.phases import PHASES
-    from vaeflow_cli.training.step import Stepper, set_threads
-    from vaeflow_cli.training.threads import usable_cores
+    from vaeflow_cli.training.step import Stepper
 
     forced = os.environ.get("VAEFLOW_BENCH_THREADS", "0")
     set_threads(usable_cores() if forced == "cores" else int(forced))

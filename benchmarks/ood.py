@@ -89,7 +89,7 @@ def compare_run(path: str, args, out: Path) -> dict:
     import vaeflow_cli as vf
     from vaeflow_cli.evaluation import ood
     from vaeflow_cli.evaluation.plots import score_histograms
-    from vaeflow_cli.training.step import set_threads
+    from vaeflow_cli.runtime.devices import set_threads
 
     run = vf.load_run(path, device=args.device, checkpoint=args.checkpoint)
     set_threads(run.config["train"].get("threads", 0), log=False)

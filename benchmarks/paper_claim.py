@@ -155,7 +155,7 @@ def _version(name: str) -> str | None:
 
 
 def machine_facts(threads: int, eval_threads: int, device: str) -> dict:
-    from vaeflow_cli.training.step import usable_cores
+    from vaeflow_cli.runtime.threads import usable_cores
 
     facts = {
         "usable_cores": usable_cores(),
@@ -262,8 +262,8 @@ class _Trainer:
 
     def call(self, phase: str, max_seconds: float | None):
         """One train_phase call (resumed), timed; its epoch ends placed on the seconds axis."""
+        from vaeflow_cli.runtime.runs import RunDir
         from vaeflow_cli.training.loop import train_phase
-        from vaeflow_cli.training.runs import RunDir
 
         before = {r["epoch"] for r in RunDir(self.run).read_metrics() if r["phase"] == phase}
         cfg = self.cfg if phase != self.phase else _resolve(self.spec, self.epochs)
@@ -301,7 +301,7 @@ class _Trainer:
 
     def snapshot(self, name: str, phase: str) -> dict:
         """Copy the phase's checkpoint to OUT/snapshots/NAME.pt; where it stands."""
-        from vaeflow_cli.training.runs import RunDir, load_checkpoint
+        from vaeflow_cli.runtime.runs import RunDir, load_checkpoint
 
         path = self.snapshots / f"{name}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ class _Trainer:
 def train_model(spec: dict) -> dict:
     """Train one model (spec["model"]: "vaeflow" or "glow") through spec["budgets"] (None: vaeflow
     to its configured end); the budget points, calls, per-epoch curve and epochs raised."""
-    from vaeflow_cli.training.step import set_threads
+    from vaeflow_cli.runtime.devices import set_threads
 
     out: dict = {"model": spec["model"], "started": round(time.time(), 3)}
     set_threads(spec["threads"], log=False)
@@ -474,7 +474,7 @@ def score(run, images: np.ndarray, *, seed: int, device, iwae_k: int, fd, temper
     score at each temperature (``fd``: (featurize, reference statistics), or None)."""
     from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
     from vaeflow_cli.evaluation.evaluate import frechet_by_temperature, per_image_stats
-    from vaeflow_cli.training.phases import PHASES
+    from vaeflow_cli.runtime.phases import PHASES
 
     bar.message(f"paper_claim: bits/dim of {what} on {len(images)} held-out images")
     b = elbo_bpd(run.model, images, seed=seed, device=device, progress=bar.start(f"bits/dim: {what}", len(images)))
@@ -723,7 +723,7 @@ def plan(args: argparse.Namespace) -> Plan:
     """Check the options, the two configs and the sample metric (one VaeflowError line each)."""
     from vaeflow_cli.data.pipeline import load_split
     from vaeflow_cli.evaluation.evaluate import parse_temperatures
-    from vaeflow_cli.training.step import usable_cores
+    from vaeflow_cli.runtime.threads import usable_cores
 
     temperatures = parse_temperatures(args.temperatures, "--temperatures")
     budgets = parse_budgets(args.budgets)
@@ -792,7 +792,7 @@ def score_all(p: Plan, training: dict[str, dict]) -> dict:
     from vaeflow_cli.evaluation.evaluate import per_image_stats
     from vaeflow_cli.evaluation.yardsticks import HISTOGRAM_ALPHA, histogram_bpd, png_bpd
     from vaeflow_cli.progress import Progress
-    from vaeflow_cli.training.step import set_threads
+    from vaeflow_cli.runtime.devices import set_threads
 
     args, images = p.args, p.images
     set_threads(p.eval_threads, log=False)

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     import torch
 
     import vaeflow_cli as vf
-    from vaeflow_cli.training.step import set_threads
+    from vaeflow_cli.runtime.devices import set_threads
 
     run = vf.load_run(args.run, device=args.device)
     threads = set_threads(run.config["train"].get("threads", 0), log=False)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.training.step import set_threads
+from vaeflow_cli.runtime.devices import set_threads
 
 PHASES = {"phase1_vae": "vae", "phase2_glow_layer": "glow"}
 SHAPE = (1, 28, 28)  # the embedded default's data: MNIST digits (synthetic here: timing does not depend on the pixels)

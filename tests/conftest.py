@@ -42,12 +42,12 @@ def cache_dir(tmp_path_factory, monkeypatch) -> Path:
 @pytest.fixture(autouse=True)
 def _fixed_threads():
     """Every test starts and ends on conftest's thread count: a command a test runs in-process
-    with train.threads = 0 installs the load governor (vaeflow_cli.training.threads), which must not carry
+    with train.threads = 0 installs the load governor (vaeflow_cli.runtime.threads), which must not carry
     its decisions into the next test. The reset before the test matters too: pytest sets up
     session- and module-scoped fixtures first, and one that trains in-process (``trained_run``)
     leaves the governor installed, which would change the thread count, and with it the float
     sums, in the middle of the first test that uses it whenever another process loads the cores."""
-    from vaeflow_cli.training import threads
+    from vaeflow_cli.runtime import threads
 
     threads.install(None)
     torch.set_num_threads(2)

@@ -202,8 +202,8 @@ def test_the_latest_checkpoint_is_chosen_by_the_phase_table_and_a_no_op_resume_c
     import shutil
 
     from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.runtime.phases import latest
     from vaeflow_cli.training.loop import train_phase
-    from vaeflow_cli.training.phases import latest
 
     run = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(trained_run), str(run)], check=True)

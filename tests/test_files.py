@@ -62,7 +62,7 @@ def test_a_failed_write_leaves_nothing_and_the_target_unchanged(tmp_path, umask)
 
 
 def test_checkpoints_run_files_and_out_files_follow_the_umask(tmp_path, trained_run, umask, capsys):
-    from vaeflow_cli.training.runs import RunDir
+    from vaeflow_cli.runtime.runs import RunDir
 
     umask(0o022)
     run = tmp_path / "run"

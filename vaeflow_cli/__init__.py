@@ -7,7 +7,7 @@ numpy, so the ``vaeflow`` command starts fast; the first use of a name loads its
   encoding, reconstruction, interpolation and likelihood bounds (``vaeflow_cli.api``).
 - ``resolve_config(path=None, overrides=())``: a config as training sees it (``vaeflow_cli.config.core``).
 - ``train_phase(cfg, run_dir, phase)``: train one phase (``vaeflow_cli.training.loop``; phases in
-  ``vaeflow_cli.training.phases.PHASES``).
+  ``vaeflow_cli.runtime.phases.PHASES``).
 - ``evaluate_run(run, ...)``: what ``vaeflow evaluate`` computes, as a dict (``vaeflow_cli.evaluation.evaluate``).
 - ``VaeflowError`` (exit code 2), ``RuntimeFailure`` (1), ``Interrupted`` (130): the errors every
   function raises with a one-line message (``vaeflow_cli.errors``).
@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vaeflow_cli._version import __version__
 from vaeflow_cli.lazy import lazy_exports
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "load_run": "vaeflow_cli.api",
@@ -30,7 +29,7 @@ _EXPORTS = {
     "resolve_config": ("vaeflow_cli.config.core", "resolve"),
     "train_phase": "vaeflow_cli.training.loop",
     "evaluate_run": "vaeflow_cli.evaluation.evaluate",
-    "PHASES": "vaeflow_cli.training.phases",
+    "PHASES": "vaeflow_cli.runtime.phases",
     "VaeflowError": "vaeflow_cli.errors",
     "RuntimeFailure": "vaeflow_cli.errors",
     "Interrupted": "vaeflow_cli.errors",
@@ -46,8 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.config.core import resolve as resolve_config
     from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
     from vaeflow_cli.evaluation.evaluate import evaluate_run
+    from vaeflow_cli.runtime.phases import PHASES
     from vaeflow_cli.training.loop import train_phase
-    from vaeflow_cli.training.phases import PHASES
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, "the public API is vaeflow_cli.__all__")

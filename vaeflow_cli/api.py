@@ -42,8 +42,8 @@ from vaeflow_cli.config.limits import (
 from vaeflow_cli.console import warning
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import sampling
+from vaeflow_cli.runtime.phases import LOAD_ORDER, PHASES, latest
 from vaeflow_cli.training import lineage
-from vaeflow_cli.training.phases import LOAD_ORDER, PHASES, latest
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
 
@@ -53,7 +53,7 @@ class Run:
     """A trained run loaded for use: the model in eval mode on ``device`` and what it was made with.
 
     Attributes: ``path`` (the run directory), ``config`` (the resolved config dict), ``phase``
-    (which checkpoint: "vae", "glow", "prior", "joint" or "baseline"; see ``vaeflow_cli.training.phases``),
+    (which checkpoint: "vae", "glow", "prior", "joint" or "baseline"; see ``vaeflow_cli.runtime.phases``),
     ``checkpoint`` (its file), ``model`` (``VAEFlow``, or ``FlowModel`` for a baseline run),
     ``device`` (``torch.device``), ``start`` (the phase the checkpoint's phase started from).
     Methods run without gradients and leave the model in eval mode.
@@ -264,8 +264,9 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         ``Run.stale``; passed over by default for the phase trained after it, with a warning line.
     :raises VaeflowError: a folder that is not a run, a missing, damaged or mismatched checkpoint,
         an unknown device (one line each)."""
-    from vaeflow_cli.training.runs import RunDir, check_signature, load_checkpoint, model_from_state
-    from vaeflow_cli.training.step import resolve_device
+    from vaeflow_cli.runtime.devices import resolve_device
+    from vaeflow_cli.runtime.runs import RunDir, load_checkpoint
+    from vaeflow_cli.training.runconfig import check_signature, model_from_state, resolved_config
 
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise VaeflowError(f"load_run takes the path of a run directory (a str or Path), not {path!r}")
@@ -275,7 +276,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     if not rd.config_path.is_file():
         raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); train one with vaeflow train-vae --run {rd.path}")
     dev = resolve_device(str(device), "device")
-    cfg = rd.resolved_config()
+    cfg = resolved_config(rd)
     head_of = lineage.heads(rd.path)
     passed_over = None
     if checkpoint is None:

@@ -86,7 +86,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "saved" in err and "--resume" in err
     assert out == ""
-    from vaeflow_cli.training.runs import RunDir
+    from vaeflow_cli.runtime.runs import RunDir
 
     stopped = RunDir(run).load_checkpoint("vae")
     assert not stopped["complete"]

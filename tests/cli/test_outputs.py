@@ -167,7 +167,7 @@ def test_a_usage_error_names_the_program_once(capsys):
 
 
 def test_each_train_command_s_help_gives_its_own_set_example_and_the_config_it_uses_without_c(capsys):
-    from vaeflow_cli.training.phases import PHASES
+    from vaeflow_cli.runtime.phases import PHASES
 
     for phase in PHASES.values():
         code, out, _ = call_main([phase.command, "--help"], capsys)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from conftest import call_main
 
-from vaeflow_cli.training.runs import RunDir
+from vaeflow_cli.runtime.runs import RunDir
 
 QUICK = ["--set", "train.threads=1", "--set", "train.eval_samples=8"]
 

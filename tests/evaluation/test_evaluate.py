@@ -59,7 +59,8 @@ def test_bpd_and_iwae_bounds_of_both_models(trained_run):
     # per-image distributions: the statistics of the per-image bounds, recomputed here with numpy
     from vaeflow_cli.data.pipeline import load_split
     from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
-    from vaeflow_cli.training.runs import RunDir, model_from_state
+    from vaeflow_cli.runtime.runs import RunDir
+    from vaeflow_cli.training.runconfig import model_from_state
 
     cfg = config_mod.resolve(trained_run / "config.toml")
     test, train = load_split(cfg, "test"), load_split(cfg, "train")
@@ -474,8 +475,8 @@ def test_figure4_and_temperature_figures_have_the_documented_layout(trained_run)
 def test_joint_training_runs_a_step_and_changes_every_parameter(trained_run, tmp_path):
     import shutil
 
+    from vaeflow_cli.runtime.runs import RunDir
     from vaeflow_cli.training.loop import Interrupted
-    from vaeflow_cli.training.runs import RunDir
 
     run = tmp_path / "joint"
     shutil.copytree(trained_run, run)
@@ -596,7 +597,7 @@ def test_results_of_different_metrics_accumulate_in_the_eval_file(trained_run):
 
 def test_the_training_curves_show_every_value_with_a_log_axis_for_spikes(tmp_path, monkeypatch):
     from vaeflow_cli.evaluation import plots
-    from vaeflow_cli.training.runs import RunDir
+    from vaeflow_cli.runtime.runs import RunDir
 
     rd = RunDir(tmp_path / "run")
     for epoch, (train, test) in enumerate([(9.0, 8.0), (4.0, 127.0), (3.1, 3.2), (3.0, 3.1)], 1):
@@ -709,7 +710,7 @@ def test_every_sample_score_of_a_temperature_sweep_gets_its_plot(trained_run, tm
 
 def test_one_epoch_phases_are_drawn_with_markers_on_whole_epochs(tmp_path, monkeypatch):
     from vaeflow_cli.evaluation import plots
-    from vaeflow_cli.training.runs import RunDir
+    from vaeflow_cli.runtime.runs import RunDir
 
     rd = RunDir(tmp_path / "run")
     for record in (

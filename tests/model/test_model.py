@@ -12,8 +12,8 @@ from vaeflow_cli.data.pipeline import dequantize, load_splits
 from vaeflow_cli.evaluation.bounds import held_out_bpd
 from vaeflow_cli.model.distributions import bits_per_dim, gaussian_log_prob
 from vaeflow_cli.model.vaeflow import LogitTransform, VAEFlow, build_model, slerp
+from vaeflow_cli.runtime.runs import RunDir
 from vaeflow_cli.training.loop import Interrupted, train_phase
-from vaeflow_cli.training.runs import RunDir
 from vaeflow_plugins.glow import IdentityFlow
 from vaeflow_plugins.priors import GaussianPrior
 

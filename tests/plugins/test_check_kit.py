@@ -22,9 +22,10 @@ from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.contracts import check_components
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.plugins.registry import get_registry
+from vaeflow_cli.runtime.runs import RunDir
 from vaeflow_cli.training import loop as train_mod
 from vaeflow_cli.training.loop import train_phase
-from vaeflow_cli.training.runs import RunDir
+from vaeflow_cli.training.runconfig import write_config
 
 REGISTRY = get_registry()
 
@@ -510,7 +511,7 @@ def test_phase_2_refuses_it_when_its_flow_is_fresh_and_not_when_it_resumes(tiny_
     it, writing nothing; resuming a phase 2 that has a checkpoint is not refused for it."""
     cfg = config_mod.resolve(tiny_config, overrides=MULTISCALE)
     run = tmp_path / "old-run"
-    RunDir(run).write_config(cfg)
+    write_config(RunDir(run), cfg)
     before = tree(run)
     with pytest.raises(VaeflowError) as exc:
         train_phase(cfg, run, "glow", progress=False)

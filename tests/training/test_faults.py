@@ -20,8 +20,9 @@ from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.data.pipeline import load_splits
 from vaeflow_cli.errors import Interrupted, VaeflowError
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
+from vaeflow_cli.runtime.runs import RunDir
 from vaeflow_cli.training.loop import train_phase, trainable_parameters
-from vaeflow_cli.training.runs import RunDir
+from vaeflow_cli.training.runconfig import write_config
 from vaeflow_cli.training.step import Stepper
 
 
@@ -289,7 +290,7 @@ def test_a_fresh_start_after_a_run_killed_before_its_first_checkpoint_records_ea
     run = RunDir(tmp_path / "run")
     cfg = config_mod.resolve(base=tiny, overrides=["train.vae.epochs=1"])
     run.path.mkdir()
-    run.write_config(cfg)
+    write_config(run, cfg)
     run.append_metrics({"phase": "vae", "epoch": 1, "train_bpd": 9.0, "test_bpd": 9.0})  # killed before its checkpoint
     train_phase(cfg, run.path, "vae", progress=False)
     assert [r["epoch"] for r in run.read_metrics() if r["phase"] == "vae"] == [1]

@@ -13,9 +13,9 @@ from vaeflow_cli.api import load_run
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.evaluation.evaluate import evaluate_run
+from vaeflow_cli.runtime.phases import latest
+from vaeflow_cli.runtime.runs import RunDir
 from vaeflow_cli.training.loop import train_phase
-from vaeflow_cli.training.phases import latest
-from vaeflow_cli.training.runs import RunDir
 
 FAST = ["train.vae.epochs=1", "train.threads=1", "run.sample_n=4"]
 
@@ -124,7 +124,7 @@ def test_latest_passes_over_a_stale_phase():
 
 
 def test_a_checkpoint_records_the_digest_of_its_weights(tiny_config, tmp_path):
-    from vaeflow_cli.training.runs import weights_digest
+    from vaeflow_cli.runtime.runs import weights_digest
 
     run = tmp_path / "run"
     train_phase(config_mod.resolve(tiny_config, FAST), run, "vae", progress=False)

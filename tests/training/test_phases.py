@@ -1,6 +1,6 @@
 """The phase table: what differs between phases is read from its fields."""
 
-from vaeflow_cli.training.phases import PHASES
+from vaeflow_cli.runtime.phases import PHASES
 
 
 def test_which_phases_run_the_glow_layer_follows_what_they_train_and_start_from():

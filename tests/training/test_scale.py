@@ -19,9 +19,9 @@ from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.flows import WithCondition, is_conditional
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.plugins.registry import build_registry
+from vaeflow_cli.runtime.runs import RunDir
 from vaeflow_cli.testing import perturb
 from vaeflow_cli.training.loop import train_phase
-from vaeflow_cli.training.runs import RunDir
 
 REGISTRY = build_registry(allowed=None)
 
@@ -220,24 +220,25 @@ def test_compiled_training_runs(tiny, tmp_path):
 
 
 def test_auto_threads_are_the_usable_cores_shared_by_the_local_processes(monkeypatch):
-    from vaeflow_cli.training import step as engine
+    from vaeflow_cli.runtime.threads import resolve_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert engine.resolve_threads(0) == 8
+    assert resolve_threads(0) == 8
     for local_world, want in (("1", 8), ("2", 4), ("3", 2), ("8", 1), ("16", 1)):
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
-        assert engine.resolve_threads(0) == want, local_world
-    assert engine.resolve_threads(5) == 5  # an explicit count is taken as it is
+        assert resolve_threads(0) == want, local_world
+    assert resolve_threads(5) == 5  # an explicit count is taken as it is
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # no affinity (macOS): the machine's count
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert engine.resolve_threads(0) == 3
+    assert resolve_threads(0) == 3
     with pytest.raises(VaeflowError, match=r"train.threads must be >= 0"):
-        engine.resolve_threads(-1)
+        resolve_threads(-1)
 
 
 def test_training_runs_its_steps_on_the_chosen_thread_count(tiny, tmp_path, monkeypatch, capsys):
+    from vaeflow_cli.runtime import devices
     from vaeflow_cli.training import step as engine
 
     before = torch.get_num_threads()
@@ -249,7 +250,7 @@ def test_training_runs_its_steps_on_the_chosen_thread_count(tiny, tmp_path, monk
         return step(self, y)
 
     monkeypatch.setattr(engine.Stepper, "step", recording)
-    monkeypatch.setattr(engine, "_applied_threads", None)
+    monkeypatch.setattr(devices, "_applied_threads", None)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # one usable core: auto = 1
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     try:

@@ -1,4 +1,4 @@
-"""The CPU thread policy (vaeflow_cli.training.threads): the auto count, the load governor's arithmetic and
+"""The CPU thread policy (vaeflow_cli.runtime.threads): the auto count, the load governor's arithmetic and
 decisions on a scripted clock and load, and, in a fresh interpreter beside a real busy process,
 that an auto count goes down and a forced one does not."""
 
@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 
-from vaeflow_cli.training import threads
-from vaeflow_cli.training.threads import FIRST_LOOK_S, INTERVAL_S, LoadGovernor
+from vaeflow_cli.runtime import threads
+from vaeflow_cli.runtime.threads import FIRST_LOOK_S, INTERVAL_S, LoadGovernor
 
 
 class Script:
@@ -98,8 +98,8 @@ PROBE = textwrap.dedent(
     """
     import sys, time
     import torch
-    from vaeflow_cli.training import threads
-    from vaeflow_cli.training.step import set_threads
+    from vaeflow_cli.runtime import threads
+    from vaeflow_cli.runtime.devices import set_threads
     before = set_threads(int(sys.argv[1]))
     deadline = time.monotonic() + (8 if int(sys.argv[1]) == 0 else 3)
     while time.monotonic() < deadline and torch.get_num_threads() == before:
@@ -147,7 +147,7 @@ def test_a_malformed_proc_stat_reads_as_unknown_and_an_auto_count_stays_fixed(tm
     count is chosen nor at a later look."""
     import torch
 
-    from vaeflow_cli.training.step import set_threads
+    from vaeflow_cli.runtime.devices import set_threads
 
     stat = tmp_path / "stat"
     stat.write_text(text)
@@ -164,18 +164,18 @@ def test_a_malformed_proc_stat_reads_as_unknown_and_an_auto_count_stays_fixed(tm
 @pytest.mark.parametrize("value", ["abc", "", "0", "-2", "1.5"])
 def test_a_malformed_local_world_size_is_one_process_and_says_so(monkeypatch, capsys, value):
     """The count used is the count printed, and the variable's problem is one warning line."""
-    from vaeflow_cli.training import step
+    from vaeflow_cli.runtime import devices
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
-    monkeypatch.setattr(step, "_warned", set())
-    monkeypatch.setattr(step, "_applied_threads", None)
-    n = step.set_threads(0)
+    monkeypatch.setattr(devices, "_warned", set())
+    monkeypatch.setattr(devices, "_applied_threads", None)
+    n = devices.set_threads(0)
     err = capsys.readouterr().err
     assert n == threads.usable_cores()
     assert f"auto: {threads.usable_cores()} usable cores / 1 local process" in err and "local processes" not in err
     warnings = [line for line in err.splitlines() if line.startswith("vaeflow: warning:")]
     assert len(warnings) == 1 and f"LOCAL_WORLD_SIZE={value!r} is not a whole number >= 1" in warnings[0]
-    step.set_threads(0)
+    devices.set_threads(0)
     assert "warning" not in capsys.readouterr().err  # once per process
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert threads.local_processes() == (2, None) and threads.resolve_threads(0) == max(1, threads.usable_cores() // 2)
@@ -190,9 +190,9 @@ def test_a_python_caller_gets_its_thread_count_and_governor_back(tiny_config, tm
 
     from vaeflow_cli.config import core as config_mod
     from vaeflow_cli.evaluation.evaluate import evaluate_run
+    from vaeflow_cli.runtime.devices import set_threads
+    from vaeflow_cli.runtime.threads import callers_threads
     from vaeflow_cli.training.loop import train_phase
-    from vaeflow_cli.training.step import set_threads
-    from vaeflow_cli.training.threads import callers_threads
     from vaeflow_cli.training.timing import run_timing
 
     mine = LoadGovernor(1, lambda n: None, cores={0})

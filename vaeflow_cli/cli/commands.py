@@ -20,8 +20,8 @@ from vaeflow_cli.config.limits import IWAE_K_MAX, N_SAMPLES_MAX, SEED_MAX, TEMPE
 from vaeflow_cli.data.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.evaluation.metrics import METRICS
-from vaeflow_cli.training.phases import PHASES, Phase
-from vaeflow_cli.training.threads import keeps_callers_threads
+from vaeflow_cli.runtime.phases import PHASES, Phase
+from vaeflow_cli.runtime.threads import keeps_callers_threads
 
 app = typer.Typer(
     name="vaeflow",
@@ -40,7 +40,7 @@ app.add_typer(data_app, name="data")
 def _print_version(value: bool) -> None:
     """``vaeflow --version``: the installed version, then exit."""
     if value:
-        from vaeflow_cli import __version__
+        from vaeflow_cli._version import __version__
 
         _out(f"vaeflow {__version__}")
         raise typer.Exit()
@@ -105,17 +105,18 @@ def _train(
     max_seconds: float | None = None,
 ) -> None:
     from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.runtime.runs import RunDir
     from vaeflow_cli.training.loop import train_phase
-    from vaeflow_cli.training.runs import RunDir
+    from vaeflow_cli.training.runconfig import resolved_config
 
     if config is None and run is not None and RunDir(run).config_path.exists():
-        cfg = RunDir(run).resolved_config(overrides or [])
+        cfg = resolved_config(RunDir(run), overrides or [])
     else:
         cfg = config_mod.resolve(config, overrides or [])
         if run is None and config is None and PHASES[phase].starts_from:
             rd = RunDir(cfg["run"]["dir"])
             if rd.config_path.exists():  # the default run: continue with the config it was trained with
-                cfg = rd.resolved_config(overrides or [])
+                cfg = resolved_config(rd, overrides or [])
     result = train_phase(
         cfg,
         run if run is not None else cfg["run"]["dir"],
@@ -214,8 +215,8 @@ def sample(
     from vaeflow_cli.console import log
     from vaeflow_cli.data.images import grid, npy_bytes, png_bytes, to_uint8
     from vaeflow_cli.files import atomic_write_bytes
-    from vaeflow_cli.training.runs import RunDir
-    from vaeflow_cli.training.step import resolve_device, set_threads
+    from vaeflow_cli.runtime.devices import resolve_device, set_threads
+    from vaeflow_cli.runtime.runs import RunDir
 
     # --no-grid's --out is a folder of PNGs: its name chooses no format
     fmt = _out_format(out if as_grid else None, fmt, {"png": ".png", "npy": ".npy"}, default="png", given_by=f"--format {fmt}")
@@ -297,8 +298,8 @@ def interpolate(
     from vaeflow_cli.api import load_run
     from vaeflow_cli.console import log
     from vaeflow_cli.data.images import grid, png_bytes, read_images_as_run, to_uint8
-    from vaeflow_cli.training.runs import RunDir
-    from vaeflow_cli.training.step import resolve_device, set_threads
+    from vaeflow_cli.runtime.devices import resolve_device, set_threads
+    from vaeflow_cli.runtime.runs import RunDir
 
     if (src is None) != (dst is None):
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")

@@ -14,7 +14,7 @@ from vaeflow_cli.cli.exits import cli_errors, print_error, streamed_rows
 from vaeflow_cli.cli.output import _check_out, _out, _out_format, _run_or_default
 from vaeflow_cli.config.limits import IWAE_K_MAX, SEED_MAX
 from vaeflow_cli.errors import SomeInputsFailed, VaeflowError
-from vaeflow_cli.training.threads import keeps_callers_threads
+from vaeflow_cli.runtime.threads import keeps_callers_threads
 
 RUN_HELP = "Trained run directory (default: the embedded config's, runs/default)."
 IWAE_HELP = "Score with the IWAE_K bound (tighter; K importance samples) instead of the single-sample ELBO."
@@ -29,7 +29,7 @@ SIZE_FIX = "resize it first, or add --crop-resize to apply the run's own crop an
 def _open_run(run: Path | None, device: str):
     """The run's checkpoint loaded, with the run's thread policy (as sample and evaluate)."""
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.training.step import resolve_device, set_threads
+    from vaeflow_cli.runtime.devices import resolve_device, set_threads
 
     r = load_run(_run_or_default(run), device=resolve_device(device, "--device"))
     set_threads(r.config["train"].get("threads", 0), log=False)

@@ -28,13 +28,13 @@ from vaeflow_cli.config.constraints import Check, OneOf, Range, declared_constra
 from vaeflow_cli.config.limits import SEED_MAX
 from vaeflow_cli.console import debug
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.training.phases import PHASES
+from vaeflow_cli.runtime.phases import PHASES
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision (training.step maps them to autocast dtypes)
 PIXEL_TRANSFORMS = ("none", "logit")  # model.pixel_transform (model.pixel_transform builds them)
 COMPONENT_SECTIONS = {"encoder": "encoder", "decoder": "decoder", "prior": "prior", "flow": "flow"}
-# [train.<phase>] sections: one per phase of vaeflow_cli.training.phases.PHASES (what each trains and starts from)
+# [train.<phase>] sections: one per phase of vaeflow_cli.runtime.phases.PHASES (what each trains and starts from)
 
 _PHASE = {
     "epochs": 10,  # passes over the training split

@@ -22,7 +22,7 @@ import torch
 
 from vaeflow_cli.data.pipeline import EVAL_EPOCH, dequantize
 from vaeflow_cli.model.distributions import bits_per_dim
-from vaeflow_cli.training.threads import tick
+from vaeflow_cli.runtime.threads import tick
 
 EVAL_BATCH = 256  # images (ELBO) or image x sample pairs (IWAE) per forward pass; fixed, so the
 # numbers do not depend on the training batch size
@@ -126,7 +126,7 @@ class BoundStream:
 
     @torch.no_grad()
     def _run(self) -> PerImageBpd:
-        tick()  # the thread count follows the machine's load (vaeflow_cli.training.threads)
+        tick()  # the thread count follows the machine's load (vaeflow_cli.runtime.threads)
         x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         self._pending, self._pending_n = [], 0
         idx = np.arange(self.done, self.done + len(x))

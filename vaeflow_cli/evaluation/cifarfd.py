@@ -23,7 +23,7 @@ from torch import nn
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.training.threads import tick
+from vaeflow_cli.runtime.threads import tick
 
 FORMAT = 1
 FEATURES = 256
@@ -141,7 +141,7 @@ def train_classifier(train, test, n_classes: int, *, epochs: int = EPOCHS, seed:
         net.train()
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), BATCH):
-            tick()  # the thread count follows the machine's load (vaeflow_cli.training.threads)
+            tick()  # the thread count follows the machine's load (vaeflow_cli.runtime.threads)
             b = perm[i : i + BATCH]
             x = _to_input(xtr[np.sort(b.numpy())][np.argsort(np.argsort(b.numpy()))])
             flip = torch.rand(len(b), generator=g) < 0.5

@@ -18,7 +18,7 @@ from torch import nn
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.training.threads import tick
+from vaeflow_cli.runtime.threads import tick
 
 FORMAT = 1
 
@@ -74,7 +74,7 @@ def train_classifier(*, epochs: int = 4, seed: int = 0) -> tuple[DigitCNN, float
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
-            tick()  # the thread count follows the machine's load (vaeflow_cli.training.threads)
+            tick()  # the thread count follows the machine's load (vaeflow_cli.runtime.threads)
             b = perm[i : i + 64]
             loss = nn.functional.cross_entropy(net(x[b]), y[b])
             opt.zero_grad()

@@ -48,8 +48,8 @@ from vaeflow_cli.console import counted, warning
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError
 from vaeflow_cli.evaluation.metrics import METRICS  # their one home; vaeflow_cli.evaluation.evaluate.METRICS stays
 from vaeflow_cli.progress import Progress
-from vaeflow_cli.training.phases import PHASES
-from vaeflow_cli.training.threads import keeps_callers_threads
+from vaeflow_cli.runtime.phases import PHASES
+from vaeflow_cli.runtime.threads import keeps_callers_threads
 
 PHASE_LABELS = {p.label for p in PHASES.values()}  # the models a sample score is given for: vae, full, ...
 
@@ -374,11 +374,12 @@ class _Evaluation:
     @classmethod
     def open(cls, run, *, seed: int | None, device: str, out=None) -> _Evaluation:
         """Read the run's config; set the run's thread count."""
-        from vaeflow_cli.training.runs import RunDir
-        from vaeflow_cli.training.step import resolve_device, set_threads
+        from vaeflow_cli.runtime.devices import resolve_device, set_threads
+        from vaeflow_cli.runtime.runs import RunDir
+        from vaeflow_cli.training.runconfig import resolved_config
 
         rd = RunDir(run)
-        cfg = rd.resolved_config()
+        cfg = resolved_config(rd)
         seed = cfg["train"]["seed"] if seed is None else seed
         dev = resolve_device(device, "--device")
         # the run's train.threads, as in training (IWAE and FID are heavy); not logged, so that an

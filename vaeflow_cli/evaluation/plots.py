@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.files import atomic_write_bytes
-from vaeflow_cli.training.runs import RunDir
+from vaeflow_cli.runtime.runs import RunDir
 
 
 def _figure(*args, **kwargs):

@@ -92,7 +92,7 @@ def describe(run, k: int | None) -> tuple[str, int | None, str]:
     """(bound, k, a line on what is scored) for a loaded run (``vaeflow_cli.api.Run``) and
     ``--iwae-k``: a standalone flow's exact bits/dim (k dropped), else the ELBO or IWAE_k of the
     checkpoint's model, phase 1's said so."""
-    from vaeflow_cli.training.phases import PHASES
+    from vaeflow_cli.runtime.phases import PHASES
 
     phase = PHASES[run.phase]
     if phase.standalone:
@@ -197,7 +197,7 @@ def scorer_for(run, *, k: int | None, seed: int | None) -> Scorer:
     """The ``Scorer`` of a loaded run with ``--iwae-k`` and ``--seed`` (None: the run's train.seed)."""
     from vaeflow_cli.config.limits import require_image_memory
     from vaeflow_cli.evaluation.bounds import EVAL_BATCH
-    from vaeflow_cli.training.phases import PHASES
+    from vaeflow_cli.runtime.phases import PHASES
 
     require_image_memory(EVAL_BATCH, run.image_shape, "scoring", "free memory, or score on a machine with more")  # one batch in flight
     bound, k, _ = describe(run, k)

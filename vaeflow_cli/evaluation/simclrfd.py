@@ -36,7 +36,7 @@ from torch import nn
 
 from vaeflow_cli.console import log
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.training.threads import tick
+from vaeflow_cli.runtime.threads import tick
 
 FORMAT = 1  # the layout of the cache file (its keys), checked when it is loaded
 FEATURES = 256
@@ -157,7 +157,7 @@ def train_network(images: np.ndarray, test_images: np.ndarray, *, epochs: int | 
         perm = torch.randperm(len(images), generator=g)[:MAX_IMAGES].numpy()
         losses = []
         for i in range(0, len(perm) - batch + 1, batch):
-            tick()  # the thread count follows the machine's load (vaeflow_cli.training.threads)
+            tick()  # the thread count follows the machine's load (vaeflow_cli.runtime.threads)
             x = to_input(images[np.sort(perm[i : i + batch])])
             loss = nt_xent(net(augment(x, g)), net(augment(x, g)))
             opt.zero_grad()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from vaeflow_cli.model.vaeflow import VAEFlow, slerp
-from vaeflow_cli.training.threads import tick
+from vaeflow_cli.runtime.threads import tick
 
 SAMPLE_BATCH = 256  # images generated at once
 
@@ -38,7 +38,7 @@ def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0, v
     model.eval()
     out = torch.empty((n, *model.image_shape), dtype=torch.float32)
     for i in range(0, n, batch):
-        tick()  # the thread count follows the machine's load (vaeflow_cli.training.threads)
+        tick()  # the thread count follows the machine's load (vaeflow_cli.runtime.threads)
         m = min(batch, n - i)
         out[i : i + m] = unit_images(model.sample(m, temperature=temperature, vae_only=vae_only, generator=g))
     return out

@@ -6,7 +6,7 @@ distribution is the base of a Glow layer f in pixel space (paper eqs. 3-4; model
 
 The model's forward is its bound: ``loss = model(y).bpd.mean()`` is the training loss of every
 phase. ``model.use_flow`` is the phase's state, set once where the phase's model is built or
-loaded (``training.phases.Phase.uses_flow``): False gives the phase-1 model (f = identity), which
+loaded (``runtime.phases.Phase.uses_flow``): False gives the phase-1 model (f = identity), which
 phase 1 trains without running f.
 """
 

@@ -3,7 +3,7 @@ names (the dataset, encoder, decoder, prior, flow and loggers), and vaeflow's ow
 
 Training records it twice: in ``RUN/components.toml`` (rewritten when a phase starts, like
 ``config.toml``) and in every checkpoint (``components``, as it was when that checkpoint's phase
-ran). When the run is opened again (``RunDir.resolved_config``: sample, evaluate, ``load_run``,
+ran). When the run is opened again (``training.runconfig.resolved_config``: sample, evaluate, ``load_run``,
 ``--resume``) without a component its config names, the one-line error says which distribution
 and version provided it, and how to get it back (``unknown_component``). No torch here.
 """
@@ -39,7 +39,7 @@ def _vaeflow_version() -> str:
     try:
         return md.version("vaeflow")
     except md.PackageNotFoundError:
-        from vaeflow_cli import __version__
+        from vaeflow_cli._version import __version__
 
         return __version__
 
@@ -117,7 +117,7 @@ def version_note(recorded: Any, registry) -> str:
 def check_known(run: os.PathLike | str, raw: dict, where: str, record: Callable[[], dict[str, dict]], registry) -> None:
     """Raise the one-line error for the first component of the run's config ``raw`` that no loaded
     plugin registers, naming the distribution and version that provided it by the run's record
-    (``record()``, read only then: ``RunDir.recorded_components``)."""
+    (``record()``, read only then: ``training.runconfig.recorded_components``)."""
     for dotted, kind, key in SECTIONS:
         section = _section(raw, dotted)
         name = section.get(key) if isinstance(section, dict) else None

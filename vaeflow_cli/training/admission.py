@@ -10,8 +10,9 @@ from pathlib import Path
 
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.training.phases import PHASES
-from vaeflow_cli.training.runs import RunDir
+from vaeflow_cli.runtime.phases import PHASES
+from vaeflow_cli.runtime.runs import RunDir
+from vaeflow_cli.training.runconfig import resolved_config, write_components, write_config
 
 
 def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, restart: bool = False, config_path: str | Path | None = None) -> None:
@@ -40,7 +41,7 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, restart: bool 
             "--restart to train it again from the start (its checkpoints replaced), or choose a new --run"
         )
     if rd.config_path.exists():
-        existing = rd.resolved_config()
+        existing = resolved_config(rd)
         if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
     elif PHASES[phase].starts_from:  # a phase that continues another needs the run it continues
@@ -68,5 +69,5 @@ def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False, rest
     except OSError:
         same = False
     if not same:
-        rd.write_config(cfg)
-    rd.write_components(built_with(cfg, get_registry()))
+        write_config(rd, cfg)
+    write_components(rd, built_with(cfg, get_registry()))

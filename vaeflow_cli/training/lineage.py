@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaeflow_cli.training.phases import PHASES
-from vaeflow_cli.training.runs import load_checkpoint, weights_digest
+from vaeflow_cli.runtime.phases import PHASES
+from vaeflow_cli.runtime.runs import load_checkpoint, weights_digest
 
 HEAD_KEYS = ("phase", "start", "start_digest", "start_step", "digest", "global_step", "epoch", "step", "epochs", "complete")
 """The small entries of a checkpoint that lineage checks read (never the weights, unless an old

@@ -34,14 +34,17 @@ from vaeflow_cli.model.contracts import check_components, starts_at_identity
 from vaeflow_cli.model.sampling import bin_centres
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.progress import Progress
+from vaeflow_cli.runtime.devices import configure_backends, resolve_device
+from vaeflow_cli.runtime.distributed import init_distributed
+from vaeflow_cli.runtime.phases import PHASES, previous
+from vaeflow_cli.runtime.runs import RunDir, all_finite, load_weights, weights_digest
 from vaeflow_cli.training import lineage
 from vaeflow_cli.training.admission import check_run, prepare_run
 from vaeflow_cli.training.loggers import MetricsSink
-from vaeflow_cli.training.phases import PHASES, previous
-from vaeflow_cli.training.runs import RunDir, all_finite, check_signature, load_weights, weights_digest
+from vaeflow_cli.training.runconfig import check_signature
 from vaeflow_cli.training.signals import stop_on_signals
 from vaeflow_cli.training.state import Snapshot, TrainingState, rng_state
-from vaeflow_cli.training.step import Stepper, configure_backends, init_distributed, resolve_device
+from vaeflow_cli.training.step import Stepper
 
 SAMPLE_SEED = 1234  # the per-epoch sample grids use the same latents every epoch
 
@@ -234,7 +237,7 @@ def train_phase(
 ) -> PhaseResult:
     """Train one phase of a resolved config into ``run_dir``: 'vae' (phase 1), 'glow' (phase 2),
     'prior' (the prior alone on the frozen encoder), 'joint' (everything, after phase 2) or
-    'baseline' (the [model.flow] alone as a density); ``vaeflow_cli.training.phases`` has the table.
+    'baseline' (the [model.flow] alone as a density); ``vaeflow_cli.runtime.phases`` has the table.
 
     Everything that can be checked is checked before the run directory is touched: the config
     against the run, the data (opened and decoded), the model (built, and each component run once

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vaeflow_cli.errors import VaeflowError
-from vaeflow_cli.training.runs import load_weights
+from vaeflow_cli.runtime.runs import load_weights
 
 
 def rng_state(device: torch.device) -> dict:

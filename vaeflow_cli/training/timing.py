@@ -10,7 +10,7 @@ steps are interleaved: ``steps`` rounds of one step of each (the order rotates e
 step timed on its own, so that whatever else loads the machine (another job, a thermal or
 frequency change) falls on all three alike. Each model's median seconds per step, extrapolated to
 one epoch of the dataset's training split, is its time; the interquartile range of its steps is
-the spread. torch's thread count is set first (``train.threads``, engine.set_threads).
+the spread. torch's thread count is set first (``train.threads``, ``runtime.devices.set_threads``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from vaeflow_cli.console import log
 from vaeflow_cli.data.pipeline import BatchLoader, build_dataset
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.vaeflow import FlowModel, build_model
+from vaeflow_cli.runtime.devices import configure_backends, resolve_device
+from vaeflow_cli.runtime.phases import PHASES
 from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
-from vaeflow_cli.training.phases import PHASES
-from vaeflow_cli.training.step import Stepper, configure_backends, resolve_device
+from vaeflow_cli.training.step import Stepper
 
 PAPER_SPEEDUP = 3.5  # Table 4: Glow 512 s/epoch against VAE 118 s and Glow layer 162 s (GTX 1080 Ti)
 

@@ -66,7 +66,7 @@ def local_processes() -> tuple[int, str | None]:
     """The processes that share this node's cores, from ``LOCAL_WORLD_SIZE`` (torchrun sets it;
     unset when run alone: 1), and what is wrong with the variable (None when nothing): a value
     that is not a whole number >= 1 counts as 1 process, and the problem is named so that the
-    caller can say so (``step.set_threads`` warns and prints the count it used)."""
+    caller can say so (``devices.set_threads`` warns and prints the count it used)."""
     raw = os.environ.get("LOCAL_WORLD_SIZE")
     if raw is None:
         return 1, None
@@ -228,7 +228,7 @@ def tick() -> None:
 @contextlib.contextmanager
 def callers_threads():
     """Run a block (or, as a decorator, a function) that sets vaeflow's thread policy
-    (``step.set_threads``) and give the caller back what it had on exit, however the block ends:
+    (``devices.set_threads``) and give the caller back what it had on exit, however the block ends:
     torch's intra-op thread count and the load governor that ``tick`` drives (none, for a caller
     that never set one). A Python caller of ``train_phase``, ``evaluate_run`` or a command run in
     its process keeps its own thread count, and nothing adapts it afterwards. (The inter-op pool

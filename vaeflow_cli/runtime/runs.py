@@ -11,6 +11,11 @@ it alone::
 
 Everything is written to a temporary file in the same folder, flushed to disk and renamed, so a
 crash never leaves a half-written file. Checkpoints load with ``torch.load(weights_only=True)``.
+
+This module knows the files and their formats, not what a config means: reading, resolving and
+writing ``config.toml``, the components' provenance, a checkpoint's config signature and the model
+a checkpoint holds are ``vaeflow_cli.training.runconfig``'s (they need the config schema, the
+plugin registry and the model, above the ground floor).
 """
 
 from __future__ import annotations
@@ -25,11 +30,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.config.limits import check_regular_file
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error
 from vaeflow_cli.files import atomic_write, atomic_write_bytes, fsync_dir
-from vaeflow_cli.training.phases import PHASES
 
 CHECKPOINT_FORMAT = 1
 
@@ -56,60 +59,6 @@ class RunDir:
 
     def checkpoint_path(self, phase: str) -> Path:
         return self.path / "checkpoints" / f"{phase}.pt"
-
-    # ---------------------------------------------------------------- config
-
-    def read_config(self) -> dict:
-        if not self.config_path.exists():
-            raise VaeflowError(f"{self.path} is not a vaeflow run (no config.toml); train one with: vaeflow train-vae --run {self.path}")
-        return config_mod.load_toml(self.config_path, fix="the run's config.toml is damaged: restore it, or start a new --run")
-
-    def resolved_config(self, overrides: list[str] = ()) -> dict:
-        """The run's stored config, validated against the registry, with ``--set`` overrides; the
-        loggers it names need not be installed (``config.resolve``'s ``check_loggers``). A
-        component that no loaded plugin registers is one line naming the distribution and version
-        that provided it when the run was trained (``recorded_components``)."""
-        from vaeflow_cli.plugins import provenance
-        from vaeflow_cli.plugins.registry import get_registry
-
-        raw = self.read_config()
-        provenance.check_known(self.path, raw, str(self.config_path), self.recorded_components, get_registry())
-        return config_mod.resolve(base=raw, overrides=overrides, source=str(self.config_path), check_loggers=False)
-
-    def write_config(self, cfg: dict) -> None:
-        atomic_write_bytes(self.config_path, config_mod.dumps(cfg).encode())
-
-    def write_components(self, record: dict) -> None:
-        """Write ``components.toml`` (``plugins.provenance.built_with``) unless it holds that already."""
-        from vaeflow_cli.plugins import provenance
-
-        text = provenance.dumps(record).encode()
-        try:
-            if self.components_path.read_bytes() == text:
-                return
-        except OSError:
-            pass
-        atomic_write_bytes(self.components_path, text)
-
-    def recorded_components(self) -> dict[str, dict]:
-        """Which plugin, distribution and version provided each component when the run was trained
-        (``plugins.provenance.parse``): from ``components.toml``, else from the first checkpoint
-        that records it (a run copied without the file, say); {} when nothing records it."""
-        from vaeflow_cli.plugins import provenance
-
-        try:
-            found = provenance.parse(config_mod.load_toml(self.components_path)) if self.components_path.is_file() else {}
-        except VaeflowError:
-            found = {}
-        for phase in PHASES if not found else ():
-            if self.checkpoint_path(phase).is_file():
-                try:
-                    found = provenance.parse(self.load_checkpoint(phase).get("components"))
-                except VaeflowError:
-                    continue
-                if found:
-                    break
-        return found
 
     # ---------------------------------------------------------------- metrics
 
@@ -482,35 +431,3 @@ def load_weights(model, weights: dict, path: Path) -> None:
             "it was made with another [model] config or vaeflow version: use that run's own directory, or retrain"
         )
     model.load_state_dict(weights)
-
-
-def check_signature(state: dict, cfg: dict, path: Path) -> None:
-    """A checkpoint must come from the same model and data config as the run's."""
-    want = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
-    try:
-        got = json.dumps(config_mod.normalize_signature(json.loads(state.get("signature") or "null") or {}), sort_keys=True)
-    except (TypeError, ValueError):
-        got = None
-    if got != want:
-        raise VaeflowError(
-            f"checkpoint {path} was trained with a different [model]/[data] config than {path.parent.parent}/config.toml; use the run's own config or a new --run"
-        )
-
-
-def model_from_state(cfg: dict, state: dict, *, device: str = "cpu", path: str | Path = "the checkpoint"):
-    """The model of a resolved config with a loaded checkpoint's weights, in eval mode on ``device``."""
-    from vaeflow_cli.data.pipeline import build_dataset
-    from vaeflow_cli.model.vaeflow import build_model
-
-    model = build_model(cfg, build_dataset(cfg).image_shape, baseline=state.get("phase") in PHASES and PHASES[state["phase"]].standalone)
-    try:
-        load_weights(model, state["model"], Path(path))
-    except VaeflowError as exc:  # a plugin upgraded since: say which
-        from vaeflow_cli.plugins.provenance import version_note
-        from vaeflow_cli.plugins.registry import get_registry
-
-        note = version_note(state.get("components"), get_registry())
-        if not note:
-            raise
-        raise VaeflowError(f"{exc}{note}") from None
-    return model.to(device).eval()
