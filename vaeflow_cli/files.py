@@ -52,7 +52,9 @@ def atomic_write(path: Path, write) -> None:
             _PENDING.discard(tmp)
         if isinstance(exc, OSError):
             kind = VaeflowError if is_input_os_error(exc) else RuntimeFailure  # a path too long is bad input (exit 2)
-            raise kind(f"cannot write {describe_os_error(exc, path)} ({shorten_words(str(path))} is unchanged)") from None
+            failure = kind(f"cannot write {describe_os_error(exc, path)} ({shorten_words(str(path))} is unchanged)")
+            failure.errno = exc.errno  # for a caller that knows which setting named the path (the data cache)
+            raise failure from None
         raise
     fsync_dir(path.parent)
 

@@ -78,6 +78,47 @@ def test_plot_writes_the_format_its_out_extension_names(trained_run, tmp_path, c
     assert magic in out.read_bytes()[:1000]
 
 
+def test_plot_out_dash_writes_the_png_bytes_to_stdout_and_no_file_named_dash(trained_run, tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("plot", "--run", trained_run, "--out", "-", cwd=tmp_path)
+    assert proc.stdout.startswith(b"\x89PNG\r\n\x1a\n") and proc.stderr == "", proc.stderr
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize(
+    "argv", [["sample", "--n", "2"], ["sample", "--n", "2", "--format", "npy"], ["interpolate", "--pairs", "1", "--steps", "2"], ["plot"]]
+)
+def test_an_out_ending_in_a_separator_names_a_folder_and_is_refused_before_any_work(trained_run, tmp_path, capsys, argv):
+    out = f"{tmp_path / 'new'}{os.sep}"  # the folder does not exist: no extensionless file may take its name
+    before = sorted(p.relative_to(trained_run) for p in trained_run.rglob("*"))
+    line = one_error(*call_main([*argv, "--run", trained_run, "--out", out], capsys)[::2])
+    assert f"--out {out} names a folder" in line and "give a file path" in line, line
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.relative_to(trained_run) for p in trained_run.rglob("*")) == before
+
+
+def test_sample_no_grid_into_a_new_folder_ending_in_a_separator_writes_into_it(trained_run, tmp_path, capsys):
+    out = f"{tmp_path / 'pngs'}{os.sep}"
+    code, stdout, err = call_main(["sample", "--run", trained_run, "--n", "2", "--no-grid", "--out", out], capsys)
+    assert code == 0, err
+    assert stdout.split() == [str(tmp_path / "pngs" / f"{i:05d}.png") for i in range(2)]
+
+
+def test_sample_no_grid_stops_quietly_when_the_reader_of_its_paths_leaves(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / ("a-long-folder-name-" * 12)  # paths of ~250 bytes: 400 of them overflow any pipe buffer
+    command = [sys.executable, "-m", "vaeflow_cli", "sample", "--run", str(trained_run), "--n", "400", "--no-grid", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip().endswith(b"00000.png")
+    proc.stdout.close()  # as head -n 1 does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141
+    assert "error" not in err and "--out" not in err and "Traceback" not in err, err
+
+
 # -- evaluate: the results are printed whatever happens to the copy in the run ------------------
 
 

@@ -69,3 +69,17 @@ def test_max_seconds_is_a_time_budget_that_stops_at_a_step_and_resumes_exactly(t
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
     code, _, err = call_main(["train-vae", "--config", tiny_config, "--run", tmp_path / "x", "--max-seconds", "0", *QUICK], capsys)
     assert code == 2 and "--max-seconds" in err
+
+
+def test_max_seconds_nan_or_inf_is_not_a_finite_number_and_out_of_range_says_the_range(tiny_config, tmp_path, capsys):
+    for value, words in (
+        ("nan", "nan is not a finite number in [0.001, 1e9]"),
+        ("inf", "inf is not a finite number in [0.001, 1e9]"),
+        ("-inf", "-inf is not a finite number"),
+        ("2e9", "2e9 is not in [0.001, 1e9]"),
+        ("0", "0 is not in [0.001"),
+    ):
+        code, out, err = call_main(["train-vae", "--config", tiny_config, "--run", tmp_path / "x", "--max-seconds", value, *QUICK], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and out == "" and len(lines) == 1 and "--max-seconds" in lines[0] and words in lines[0], err
+        assert "less than or equal" not in err and not (tmp_path / "x").exists()

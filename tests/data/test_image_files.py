@@ -53,6 +53,32 @@ def test_the_cache_is_written_to_the_user_cache_dir_never_into_the_images_folder
     assert len(list((tmp_path / "mine").glob("imagefolder-train-*.npy"))) == 1
 
 
+@pytest.mark.parametrize("how", ["variable", "setting", "read-only"])
+def test_a_cache_folder_that_cannot_be_written_names_the_setting_before_decoding(tmp_path, monkeypatch, how):
+    from vaeflow_cli.data.pipeline import CACHE_FIX
+
+    root = photos(tmp_path / "photos")
+    (tmp_path / "afile").write_text("")
+    options = {}
+    if how == "variable":  # $VAEFLOW_CACHE_DIR/datasets under a file
+        monkeypatch.setenv("VAEFLOW_CACHE_DIR", str(tmp_path / "afile"))
+    elif how == "setting":
+        options["cache_dir"] = str(tmp_path / "afile" / "cache")
+    else:  # a folder this user may not write (root may: its answer is what counts)
+        (tmp_path / "ro").mkdir()
+        monkeypatch.setenv("VAEFLOW_CACHE_DIR", str(tmp_path / "ro"))
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(tmp_path / "ro") else real_access(p, mode, **kw))
+    import vaeflow_cli.plugin_api as plugin_api
+
+    monkeypatch.setattr(plugin_api, "decode_with_fallback", lambda *a, **k: pytest.fail("decoded before the cache folder was checked"))
+    with pytest.raises(VaeflowError) as info:
+        ImageFolder(root=str(root), size=8, test_fraction=0.3, **options).split("train")
+    assert type(info.value) is VaeflowError and info.value.exit_code == 2  # a bad setting, not a failure of the machine
+    message = str(info.value)
+    assert message.startswith("cannot write the cache ") and message.endswith(CACHE_FIX) and len(message.splitlines()) == 1, message
+
+
 def test_the_default_cache_dir_follows_xdg_and_the_variable(tmp_path, monkeypatch):
     from vaeflow_cli.data.pipeline import default_cache_dir
 

@@ -5,6 +5,7 @@ input, and benchmarks/ood.py and benchmarks/score.py on tiny runs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,7 +131,11 @@ def test_ood_compares_every_score_of_each_set_with_the_in_set(trained_run, tmp_p
         (["--in", "mnist:test", "--out", "mnist:test"], "twice"),
         (["--in", "mnist:test", "--out", "{tmp}/empty"], "is an empty folder"),
         (["--in", "mnist:test", "--out", "nosuchdataset:test"], "nosuchdataset"),
-        (["--in", "mnist:test", "--out", "{tmp}", "--figure", "{tmp}/hist.jpg"], "writes png"),
+        (["--in", "mnist:test", "--out", "{tmp}", "--figure", "{tmp}/hist.jpg"], "--figure {tmp}/hist.jpg: this command writes png"),
+        (["--in", "mnist:test", "--out", "{tmp}", "--figure", "{tmp}/empty"], "--figure {tmp}/empty is an existing directory"),
+        (["--in", "mnist:test", "--out", "{tmp}", "--figure", "{tmp}/new/"], "--figure {tmp}/new/ names a folder"),
+        (["--in", "{tmp}", "--out", "{tmp}/"], "--in and --out name one set twice ({tmp} and {tmp}/)"),
+        (["--in", "mnist:test", "--out", "mnist:test:"], "--in and --out name one set twice (mnist:test and mnist:test:)"),
     ],
 )
 def test_ood_bad_input_is_one_line_before_any_work(trained_run, tmp_path, args, words):
@@ -138,7 +143,8 @@ def test_ood_bad_input_is_one_line_before_any_work(trained_run, tmp_path, args, 
     write_pngs(tmp_path, np.zeros((2, 1, 28, 28), np.uint8))
     proc = run_cli("ood", "--run", trained_run, *[a.format(tmp=tmp_path) for a in args], check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and proc.stdout == b"" and len(lines) == 1 and words in lines[0], proc.stderr
+    assert proc.returncode == 2 and proc.stdout == b"" and len(lines) == 1 and words.format(tmp=tmp_path) in lines[0], proc.stderr
+    assert "--out " + str(tmp_path / "hist") not in lines[0]  # a --figure problem names --figure (--out is a set here)
     assert not (trained_run / "eval" / "ood-histograms.png").exists() and not (tmp_path / "hist.jpg").exists()
 
 
@@ -212,3 +218,24 @@ def test_ood_names_files_it_cannot_score_and_exits_3_after_the_table(trained_run
     errors = [line for line in proc.stderr.splitlines() if line.startswith("vaeflow: error:")]
     assert len(errors) == 2 and "broken.png" in errors[0] and "1 file could not be scored" in errors[1]
     assert json.loads(proc.stdout)["sets"][str(tmp_path / "out")] == 6 and (tmp_path / "h.png").is_file()
+
+
+def test_ood_with_a_closed_stdout_is_one_line_before_any_work(trained_run, tmp_path):
+    write_pngs(tmp_path / "noise", np.zeros((2, 1, 28, 28), np.uint8))
+    command = [sys.executable, "-m", "vaeflow_cli", "ood", "--run", str(trained_run), "--in", "mnist:test", "--out", str(tmp_path / "noise")]
+    proc = subprocess.run(command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "stdout is closed, and ood writes its table there" in lines[0], proc.stderr
+    assert "--out FILE" not in proc.stderr and not (trained_run / "eval" / "ood-histograms.png").exists()
+
+
+def test_a_set_smaller_than_a_typicality_batch_is_one_warning_line_not_a_numpy_warning(trained_run, tmp_path):
+    write_pngs(tmp_path / "few", np.random.default_rng(2).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8))
+    argv = ["ood", "--run", trained_run, "--in", "mnist:test", "--out", tmp_path / "few", "--figure", tmp_path / "h.png", "--json"]
+    proc = run_cli(*argv, "--typicality-batch", "10", "--reference-images", "20")
+    assert "RuntimeWarning" not in proc.stderr and "site-packages" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "--typicality-batch" in line]
+    assert len(warnings) == 1 and f"{tmp_path / 'few'} has 6 scored images, fewer than --typicality-batch 10" in warnings[0], proc.stderr
+    assert warnings[0].startswith("vaeflow: warning:") and "--typicality-batch 6 or less" in warnings[0]
+    rows = {(r["out"], r["score"]): r for r in json.loads(proc.stdout)["rows"]}
+    assert rows[(str(tmp_path / "few"), "typicality")]["auroc"] is None and (tmp_path / "h.png").is_file()

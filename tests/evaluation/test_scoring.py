@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, call_main, run_cli
 from PIL import Image
 
 from vaeflow_cli.config import core as config_mod
@@ -305,6 +305,14 @@ def test_crop_resize_applies_the_run_s_own_crop_and_resize(tmp_path):
     assert "applying the run's preprocessing (imagefolder): the centred square of the shorter side, resized to 8x8" in proc.stderr
     want = load_run(tmp_path / "run", device="cpu").score(decode_with_fallback(raw, crop=0, size=8).transpose(0, 3, 1, 2))
     assert [json.loads(line)["bpd"] for line in proc.stdout.decode().splitlines()] == want.bpd.tolist()
+    # ood's size hint names the command line's option, Run.score's the Python keyword
+    proc = run_cli("ood", "--run", tmp_path / "run", "--in", "imagefolder:test", "--out", tmp_path / "raw", check=False)
+    assert proc.returncode == 2 and "add --crop-resize to apply the run's own crop and resize" in proc.stderr, proc.stderr
+    assert "crop_resize=True" not in proc.stderr
+    from vaeflow_cli.errors import VaeflowError
+
+    with pytest.raises(VaeflowError, match=r"crop_resize=True"):
+        load_run(tmp_path / "run", device="cpu").score(tmp_path / "raw")
 
 
 def test_the_api_takes_arrays_paths_and_lists_and_names_the_failures(run, images, tmp_path):
@@ -370,3 +378,40 @@ def test_a_closed_stdout_or_stdin_is_one_line(trained_run, images, tmp_path, fd,
     command = [sys.executable, "-m", "vaeflow_cli", "score", "--run", str(trained_run), *[a.format(png=tmp_path / "x.png") for a in args]]
     proc = subprocess.run(command, stdout=subprocess.PIPE if fd else None, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(fd))
     assert proc.returncode == 2 and proc.stderr.splitlines() == [proc.stderr.strip()] and words in proc.stderr, proc.stderr
+
+
+def test_an_unreadable_subfolder_is_named_in_one_line_and_the_rest_is_scored(trained_run, run, images, tmp_path, capsys, monkeypatch):
+    good = write_pngs(tmp_path / "ud", images[:2])
+    sub = tmp_path / "ud" / "sub"
+    write_pngs(sub, images[2:3])
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as for a folder of mode 000 to a user who is not root (tests run as root)
+        if os.fspath(path) == str(sub):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, out, err = call_main(["score", "--run", trained_run, tmp_path / "ud"], capsys)
+    assert code == 3, err
+    assert [row.split("\t")[0] for row in out.splitlines()] == ["path", *map(str, good)]
+    errors = [line for line in err.splitlines() if line.startswith("vaeflow: error:")]
+    assert errors[0] == f"vaeflow: error: {sub}: cannot list its files (Permission denied); check its permissions", err
+    assert len(errors) == 2 and "1 of 3 inputs could not be scored" in errors[1]
+    s = run.score(tmp_path / "ud")
+    assert s.labels == list(map(str, good)) and [p for p, _ in s.failed] == [str(sub)]
+    # only the unreadable subfolder: it is the one error, naming it (not the readable parent)
+    for p in good:
+        p.unlink()
+    code, out, err = call_main(["score", "--run", trained_run, tmp_path / "ud"], capsys)
+    assert code == 2 and out == "" and err.strip() == f"vaeflow: error: {sub}: cannot list its files (Permission denied); check its permissions"
+
+
+def test_a_file_that_may_not_be_read_is_told_permission_denied(trained_run, images, tmp_path, capsys, monkeypatch):
+    good, locked = write_pngs(tmp_path, images[:2], ["good.png", "locked.png"])
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if os.fspath(path) == str(locked) else real_access(path, mode, **kw))
+    code, out, err = call_main(["score", "--run", trained_run, good, locked], capsys)
+    assert code == 3 and [row.split("\t")[0] for row in out.splitlines()] == ["path", str(good)], err
+    errors = [line for line in err.splitlines() if line.startswith("vaeflow: error:")]
+    assert errors[0].startswith(f"vaeflow: error: {locked}: permission denied; check its permissions") and "PNG or JPEG" not in errors[0], err

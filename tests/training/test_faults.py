@@ -404,3 +404,19 @@ def test_a_non_finite_held_out_bound_says_how_many_steps_were_skipped_and_the_ad
     assert not metrics.exists() or "NaN" not in metrics.read_text()
     calm = config_mod.resolve(base=tiny, overrides=["train.vae.lr=1e-4", "train.vae.epochs=1", "train.threads=1"])
     assert np.isfinite(train_phase(calm, tmp_path / "tiny", "vae", resume=True, progress=False).test_bpd)
+
+
+@pytest.mark.parametrize("saved, words", [(False, "no checkpoint of this phase had been written yet"), (True, "the last checkpoint is kept")])
+def test_a_second_signal_says_whether_a_checkpoint_was_kept(saved, words):
+    script = (
+        "import os, signal, time\n"
+        "from vaeflow_cli.training.signals import stop_on_signals\n"
+        f"with stop_on_signals(saved=lambda: {saved}):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(30)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("vaeflow: error:")]
+    assert proc.returncode == 130 and len(lines) == 1 and words in lines[0], proc.stderr
+    assert ("--resume continues" in lines[0]) == saved

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from vaeflow_cli.cli.exits import cli_errors, exit_process, run
+from vaeflow_cli.cli.exits import cli_errors, exit_process, run, streamed_rows
 from vaeflow_cli.cli.output import _check_out, _out, _out_format, _run_or_default, _write_output
 from vaeflow_cli.cli.scoring import ood as ood_command
 from vaeflow_cli.cli.scoring import score as score_command
@@ -77,6 +77,21 @@ def _temperature(value: float) -> float:
     except VaeflowError:
         why = "is not a finite number in" if value != value or value in (float("inf"), float("-inf")) else "is not in"
         raise typer.BadParameter(f"{value:g} {why} [0, {TEMPERATURE_MAX:g}]") from None
+
+
+MAX_SECONDS = (0.001, 1e9)  # the range of --max-seconds
+
+
+def _max_seconds(value: float | None) -> float | None:
+    """Option callback: --max-seconds in MAX_SECONDS, a NaN or infinity named as not finite (a
+    range check alone calls nan "not <= 1e9")."""
+    import math
+
+    low, high = MAX_SECONDS
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        why = "is not in" if math.isfinite(value) else "is not a finite number in"
+        raise typer.BadParameter(f"{value:g} {why} [{low:g}, {high:.0e}]".replace("e+0", "e"))
+    return value
 
 
 SAMPLE_N = 64  # vaeflow sample: images in a sample grid
@@ -161,8 +176,7 @@ def _train_command(phase: Phase):
         max_seconds: float | None = typer.Option(
             None,
             "--max-seconds",
-            min=0.001,
-            max=1e9,
+            callback=_max_seconds,
             help="A time budget: stop at the first step boundary after this many seconds of training in this call (one step at least), and end as --max-steps "
             "does (held-out bound, sample grid, a checkpoint that --resume continues exactly). With --max-steps, whichever comes first.",
         ),
@@ -255,10 +269,11 @@ def sample(
         _write_output(png_bytes(grid(images)), out or str(samples_dir / f"{stem}.png"))
     else:
         folder = Path(out) if out else samples_dir / stem
-        for i, img in enumerate(images):
-            path = folder / f"{i:05d}.png"
-            atomic_write_bytes(path, png_bytes(img.transpose(1, 2, 0)))
-            _out(str(path))
+        with streamed_rows():  # the paths are rows: a reader that leaves (| head) stops it quietly, as score
+            for i, img in enumerate(images):
+                path = folder / f"{i:05d}.png"
+                atomic_write_bytes(path, png_bytes(img.transpose(1, 2, 0)))
+                _out(str(path))
 
 
 def _sample_figure(r, rows: int, per_z: int | None, temperatures: list[float], *, temperature: float, seed: int):
@@ -304,7 +319,7 @@ def interpolate(
     if (src is None) != (dst is None):
         raise VaeflowError("--from and --to go together: give both images, or neither for random prior points")
     _out_format(out, None, {"png": ".png"}, default="png")
-    _check_out(out)
+    _check_out(out, example="interpolate.png")
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
     set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
@@ -359,7 +374,7 @@ def evaluate(
         raise VaeflowError("--out -: the results are on stdout already; --out saves them to a .json or .txt file")
     if out is not None:
         _out_format(out, "json" if as_json else None, {fmt: ext for ext, fmt in OUT_FORMATS.items()}, default=None, given_by="--json")
-        _check_out(out)
+        _check_out(out, example="results.json")
     try:
         result = evaluate_run(
             _run_or_default(run),
@@ -427,13 +442,19 @@ def timing(
 @cli_errors
 def plot(
     run: Path | None = typer.Option(None, "--run", help="Run directory (default: the embedded config's, runs/default)."),
-    out: str | None = typer.Option(None, "--out", "-o", help="Output file, PNG, SVG or PDF by its extension (default: RUN/training-curves.png)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Output file, PNG, SVG or PDF by its extension (default: RUN/training-curves.png), or - for PNG bytes on stdout."
+    ),
 ):
-    """Plot training loss and held-out bound per epoch, all phases. Prints the plot's path."""
-    from vaeflow_cli.evaluation.plots import PLOT_FORMATS, training_curves
+    """Plot training loss and held-out bound per epoch, all phases. Prints the plot's path (or
+    writes the PNG bytes to stdout with --out -)."""
+    from vaeflow_cli.evaluation.plots import PLOT_FORMATS, training_curves, training_curves_bytes
 
     _out_format(out, None, {f: f".{f}" for f in PLOT_FORMATS}, default="png")
-    _check_out(out)
+    _check_out(out, example="training-curves.png")
+    if out == "-":
+        _write_output(training_curves_bytes(_run_or_default(run), "png"), "-")
+        return
     _out(str(training_curves(_run_or_default(run), out)))
 
 

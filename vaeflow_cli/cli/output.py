@@ -74,27 +74,37 @@ def _run_or_default(run: Path | None) -> Path:
     return Path(config_mod.embedded_default().get("run", {}).get("dir", config_mod.DEFAULTS["run"]["dir"]))
 
 
-def _check_out(out: str | None, *, folder: bool = False) -> None:
+def names_a_folder(out: str) -> bool:
+    """Whether ``out`` ends in a path separator (``runs/new/``): it names a folder, existing or not."""
+    import os
+
+    return out.endswith(tuple(s for s in (os.sep, os.altsep) if s))
+
+
+def _check_out(out: str | None, *, folder: bool = False, option: str = "--out", example: str = "samples.png") -> None:
     """Refuse an --out that cannot be written BEFORE any work: a directory where a file is
-    wanted, a missing or read-only parent folder."""
+    wanted (an existing one, or a path that ends in a separator), a missing or read-only parent
+    folder. ``option`` is the option's name in the messages; ``example`` a file name for the fix."""
     import os
 
     if out == "-" and sys.stdout is None:
-        raise VaeflowError("--out - writes to stdout, which is closed; give --out FILE or redirect stdout")
+        raise VaeflowError(f"{option} - writes to stdout, which is closed; give {option} FILE or redirect stdout")
     if out is None or out == "-":
         return
     path = Path(out)
     if path.is_dir() and not folder:
-        raise VaeflowError(f"--out {out} is an existing directory; give a file path (e.g. {path / 'samples.png'})")
+        raise VaeflowError(f"{option} {out} is an existing directory; give a file path (e.g. {path / example})")
+    if names_a_folder(out) and not folder:
+        raise VaeflowError(f"{option} {out} names a folder (it ends in {out[-1]}); give a file path (e.g. {path / example})")
     if path.exists() and not path.is_dir() and folder:
-        raise VaeflowError(f"--out {out} is an existing file; --no-grid writes one PNG per sample into a folder")
+        raise VaeflowError(f"{option} {out} is an existing file; --no-grid writes one PNG per sample into a folder")
     parent = path if folder and path.is_dir() else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise VaeflowError(f"--out {out}: {parent} is not a directory; fix the path")
+        raise VaeflowError(f"{option} {out}: {parent} is not a directory; fix the path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise VaeflowError(f"--out {out}: the folder {parent} is not writable; choose a path you may write to")
+        raise VaeflowError(f"{option} {out}: the folder {parent} is not writable; choose a path you may write to")
 
 
 # What a file extension names, for --out: the commands write the format its extension names, and
@@ -124,14 +134,17 @@ FORMAT_OF_EXTENSION = {
 }
 
 
-def _out_format(out: str | None, given: str | None, writes: dict[str, str], *, default: str | None, given_by: str = "--format") -> str:
+def _out_format(
+    out: str | None, given: str | None, writes: dict[str, str], *, default: str | None, given_by: str = "--format", option: str = "--out"
+) -> str:
     """The format a command writes to ``--out``: ``given`` (the format option) when given, else the
     one ``--out``'s extension names, else ``default`` (None: the extension is required).
 
     ``writes``: {format: its extension} of the formats the command can write. Refused, before any
     work (VaeflowError): a ``given`` format the command does not write, an extension naming a
     format it does not write, and a ``given`` format that contradicts the extension. ``given_by``
-    is how the user gave the format, for the messages (``--format npy``, ``--json``)."""
+    is how the user gave the format, for the messages (``--format npy``, ``--json``); ``option``
+    the option that names the file (``--figure``)."""
     if given is not None and given not in writes:
         raise VaeflowError(f"{given_by} must be one of {', '.join(writes)}, not {given!r}")
     named = None
@@ -141,11 +154,11 @@ def _out_format(out: str | None, given: str | None, writes: dict[str, str], *, d
         named = FORMAT_OF_EXTENSION.get(suffix)
         choices = " or ".join(f"{path.stem}{ext}" for ext in writes.values())
         if named is not None and named not in writes:
-            raise VaeflowError(f"--out {out}: this command writes {' or '.join(writes)}, not {suffix}; name the file {choices}")
+            raise VaeflowError(f"{option} {out}: this command writes {' or '.join(writes)}, not {suffix}; name the file {choices}")
         if named is not None and given is not None and named != given:
             raise VaeflowError(
-                f"{given_by} and --out {out} disagree ({suffix} is {named}); name the file {path.stem}{writes[given]} or leave out {given_by.split()[0]}"
+                f"{given_by} and {option} {out} disagree ({suffix} is {named}); name the file {path.stem}{writes[given]} or leave out {given_by.split()[0]}"
             )
         if named is None and default is None:
-            raise VaeflowError(f"--out {out}: the extension chooses the format; name the file {choices}")
+            raise VaeflowError(f"{option} {out}: the extension chooses the format; name the file {choices}")
     return given or named or default

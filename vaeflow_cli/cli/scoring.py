@@ -40,8 +40,9 @@ def _inputs(paths: list[str], failed: list):
     """(how many files the arguments name, or None when some come from stdin, and ``files(note)``,
     the iterator over them in order). An argument that names nothing to score (missing, an empty
     folder) goes to ``failed`` as (path, why), and so do the lines of stdin that do as they are
-    read (printed then); when no argument names a file and none is -, one VaeflowError.
-    ``note(line)`` hears of the files a folder left out."""
+    read (printed then), as do the folders inside a folder that cannot be listed (the rest of it is
+    scored); when no argument names a file and none is -, one VaeflowError. ``note(line)`` hears
+    of the files a folder left out."""
     from vaeflow_cli.data.images import expand, stdin_paths
 
     if paths.count("-") > 1:
@@ -51,7 +52,7 @@ def _inputs(paths: list[str], failed: list):
         if p == "-":
             given.append(None)
             continue
-        found, why = expand(p, note=notes.append)
+        found, why = expand(p, note=notes.append, unreadable=lambda where, line: failed.append((where, line)))
         if why is not None:
             failed.append((p, why))
         given.append(found)
@@ -66,7 +67,7 @@ def _inputs(paths: list[str], failed: list):
                 yield from g
                 continue
             for p in stdin_paths(sys.stdin.buffer):
-                found, why = expand(p, note=note)
+                found, why = expand(p, note=note, unreadable=lambda where, line: failed.append((where, line)) or print_error(line))
                 if why is not None:
                     failed.append((p, why))
                     print_error(why)
@@ -233,10 +234,12 @@ def ood(
     from vaeflow_cli.evaluation.ood import detect, format_table
     from vaeflow_cli.evaluation.scoring import crop_resize_note
 
-    _out_format(figure, None, {"png": ".png"}, default="png")
-    _check_out(figure)
     if figure == "-":
         raise VaeflowError("--figure -: stdout carries the table; give the figure a .png path")
+    _out_format(figure, None, {"png": ".png"}, default="png", option="--figure")
+    _check_out(figure, option="--figure", example="ood-histograms.png")
+    if sys.stdout is None:
+        raise VaeflowError("stdout is closed, and ood writes its table there; redirect stdout to a file (> ood.txt)")
     r = _open_run(run, device)
     if crop_resize and crop_resize_note(r) is None:
         c, h, w = r.image_shape
@@ -257,6 +260,7 @@ def ood(
         figure=path,
         on_failure=lambda p, why: failures.append(p) or print_error(why),
         message=log,
+        size_fix=SIZE_FIX,
     )
     _out(json.dumps(result) if as_json else format_table(result))
     if failures:

@@ -122,6 +122,9 @@ def read_images_as_run(paths, config: dict, image_shape, *, registry=None, threa
     return pixels, note
 
 
+PERMISSION_FIX = "check its permissions and its folders': this user must be able to read it"
+
+
 def decode_as_run(
     paths, config: dict, image_shape, *, crop_resize: bool, size_fix: str = "resize it first", dataset=None, registry=None, threads: int = 0
 ) -> tuple[np.ndarray, list[tuple[int, str]], str | None]:
@@ -147,7 +150,11 @@ def decode_as_run(
     failures: dict[int, str] = {}
     for i, p in enumerate(paths):
         problem = file_problem(p)
-        if problem is not None:
+        if problem is None and not os.access(p, os.R_OK):
+            problem = "permission denied"  # a file stat sees but this user may not read: the fix is its permissions, not its format
+        if problem == "permission denied":
+            failures[i] = f"{p}: permission denied; {PERMISSION_FIX}"
+        elif problem is not None:
             failures[i] = f"{p} {problem}; give a PNG or JPEG file"
     name = config["data"]["name"]
     dataset = dataset if dataset is not None else build_dataset(config, registry)
@@ -197,6 +204,8 @@ def decode_as_run(
         elif kind == "size":
             bound = f"the run's data.max_pixels is {max_pixels}" if callable(decoding) else f"vaeflow reads images of at most {max_pixels} pixels"
             failures[i] = f"{message}; give a smaller image ({bound})"
+        elif kind == "read" and "permission denied" in message.lower():
+            failures[i] = f"cannot read image {message}; {PERMISSION_FIX}"
         else:
             failures[i] = f"cannot read image {message}; give a PNG or JPEG file"
     if c == 1:
@@ -229,40 +238,55 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 """The files a folder contributes (case-insensitive), as the imagefolder dataset reads them."""
 
 
-def image_files(folder: str) -> tuple[list[str], int]:
+def image_files(folder: str, *, unreadable: Callable[[str, str], object] | None = None) -> tuple[list[str], int]:
     """The image files under ``folder``, recursively, sorted by path: (paths, how many other
     files were left out). Links to folders are not followed (as the imagefolder dataset).
-    Raises VaeflowError for a folder that cannot be listed."""
+    Raises VaeflowError for a folder that cannot be listed, naming it: ``folder`` itself, or a
+    folder inside it unless ``unreadable(subfolder, one line)`` is given, which hears of each
+    such subfolder instead (the rest is listed)."""
     found, others = [], 0
-    try:
-        for top, dirs, files in os.walk(folder, onerror=_raise):
-            dirs.sort()
-            for name in sorted(files):
-                if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                    found.append(os.path.join(top, name))
-                else:
-                    others += 1
-    except OSError as exc:
-        raise VaeflowError(f"{folder}: cannot list its files ({exc.strerror or type(exc).__name__}); check its permissions") from None
+
+    def failed(exc: OSError) -> None:
+        where = exc.filename if exc.filename is not None else folder
+        line = f"{where}: cannot list its files ({exc.strerror or type(exc).__name__}); check its permissions"
+        if unreadable is None or os.path.normpath(where) == os.path.normpath(folder):
+            raise VaeflowError(line)
+        unreadable(os.fsdecode(where), line)
+
+    for top, dirs, files in os.walk(folder, onerror=failed):
+        dirs.sort()
+        for name in sorted(files):
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                found.append(os.path.join(top, name))
+            else:
+                others += 1
     return sorted(found), others
 
 
-def _raise(exc: OSError) -> None:
-    raise exc
-
-
-def expand(path: str, *, note: Callable[[str], object] | None = None) -> tuple[list[str], str | None]:
+def expand(
+    path: str, *, note: Callable[[str], object] | None = None, unreadable: Callable[[str, str], object] | None = None
+) -> tuple[list[str], str | None]:
     """What one input names: a file is itself, a folder its image files (recursively, sorted).
     Returns (paths, None) or ([], why it names nothing to score): missing, an empty folder, a
-    folder without PNG or JPEG files. ``note(line)`` hears of files a folder left out."""
+    folder without PNG or JPEG files, a folder that cannot be listed. ``note(line)`` hears of
+    files a folder left out. A folder inside it that cannot be listed is ``unreadable(subfolder,
+    one line naming it)`` and the rest is returned (as files that cannot be read are reported
+    one by one); without ``unreadable`` it is the ``why`` of the whole input, naming the
+    subfolder. When nothing else could be listed, the first such line is the ``why``."""
     if not os.path.isdir(path):
         if not os.path.lexists(path):
             return [], f"{path} not found; give an image file or a folder of them"
         return [path], None  # a file (or a broken link, a device): decoding says what is wrong with it
+    skipped: list[tuple[str, str]] = []
     try:
-        found, others = image_files(path)
+        found, others = image_files(path, unreadable=lambda where, line: skipped.append((where, line)))
     except VaeflowError as exc:
         return [], str(exc)
+    if skipped and (not found or unreadable is None):
+        first = skipped[0][1]
+        return [], first if len(skipped) == 1 else f"{counted(len(skipped), 'folder')} in {path} cannot be listed; the first: {first}"
+    for where, line in skipped:
+        unreadable(where, line)
     if not found:
         what = "is an empty folder" if not others else f"holds no {'/'.join(IMAGE_SUFFIXES)} files (only {counted(others, 'other file')})"
         return [], f"{path} {what}; give a folder of PNG or JPEG images"

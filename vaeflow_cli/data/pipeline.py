@@ -9,6 +9,7 @@ x + u is exact in float32 and y always lies in [x/256, (x+1)/256).
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import warnings
@@ -350,12 +351,33 @@ def cached_array(cache_dir: Path, name: str, key_parts, build) -> np.ndarray:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:  # noqa: BLE001 -- truncated, empty (EOFError), a bad header, object arrays
             raise VaeflowError(f"cache {path} is unreadable ({type(exc).__name__}: {_first_line(exc)}); delete it to rebuild") from None
+    _check_cache_writable(Path(cache_dir), path)  # before the build: decoding every image first would be wasted
     array = np.ascontiguousarray(build())
     try:
         atomic_write(path, lambda fh: np.save(fh, array))
     except OSError as exc:
-        raise VaeflowError(f"cannot write the cache {path} ({exc}); {CACHE_FIX}") from None
+        raise VaeflowError(f"cannot write the cache {path} ({exc.strerror or exc}); {CACHE_FIX}") from None
+    except VaeflowError as exc:  # atomic_write's one line; a folder that may not be written is the setting's fault (exit 2)
+        if getattr(exc, "errno", None) in _SETTING_ERRNOS:
+            raise VaeflowError(f"cannot write the cache {path} ({os.strerror(exc.errno)}); {CACHE_FIX}") from None
+        raise
     return np.load(path, mmap_mode="r")
+
+
+_SETTING_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
+"""The write errors that the cache folder's setting causes (not the machine: a full disk)."""
+
+
+def _check_cache_writable(cache_dir: Path, path: Path) -> None:
+    """One VaeflowError naming the setting (``CACHE_FIX``) when the cache folder cannot be made or
+    written: a part of it is a file, or the nearest folder that exists may not be written."""
+    parent = cache_dir
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VaeflowError(f"cannot write the cache {path} ({parent} is not a folder); {CACHE_FIX}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VaeflowError(f"cannot write the cache {path} (the folder {parent} may not be written); {CACHE_FIX}")
 
 
 def file_signature(paths, *, skip_bad: bool = False) -> list:

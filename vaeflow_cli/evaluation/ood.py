@@ -100,17 +100,20 @@ def metrics(inliers, outliers) -> dict:
 # ------------------------------------------------------------------------------ sets of images
 
 
-def load_set(run, spec: str, option: str) -> tuple[str, list[str] | None, np.ndarray | None]:
+def load_set(
+    run, spec: str, option: str, *, unreadable: Callable[[str, str], object] | None = None
+) -> tuple[str, list[str] | None, np.ndarray | None]:
     """What ``--in``/``--out`` names: (label, image files, None) for an existing folder or file,
     (label, None, uint8 images (N, C, H, W)) for ``NAME:SPLIT`` or ``NAME:SPLIT:ROOT``, a
     registered dataset's split of the run's image shape (the run's own dataset keeps its options).
-    One VaeflowError line naming ``option`` for what names nothing to score."""
+    One VaeflowError line naming ``option`` for what names nothing to score. A folder inside a
+    folder that cannot be listed is ``unreadable(subfolder, line)`` (``expand``), the rest kept."""
     from vaeflow_cli.data.images import expand
     from vaeflow_cli.evaluation.evaluate import eval_data_config, load_eval_images
 
     where = f"ood {option} {spec}"
     if os.path.lexists(spec):
-        files, why = expand(spec)
+        files, why = expand(spec, unreadable=unreadable)
         if why is not None:
             raise VaeflowError(f"{option}: {why}")
         return spec, files, None
@@ -141,25 +144,61 @@ def reference_mean(run, *, k, seed: int, count: int = REFERENCE_IMAGES) -> tuple
     return float(scores.bpd.mean()), {"split": split, "images": int(len(pick))}
 
 
-def score_set(run, loaded, option: str, *, k, seed: int, crop_resize: bool, on_failure: Callable[[str, str], object] | None = None):
+def score_set(
+    run,
+    loaded,
+    option: str,
+    *,
+    k,
+    seed: int,
+    crop_resize: bool,
+    on_failure: Callable[[str, str], object] | None = None,
+    failed_before=(),
+    size_fix: str | None = None,
+):
     """The ``Scores`` of one ``--in``/``--out`` set, ``loaded`` by ``load_set``; files that cannot
-    be scored are ``on_failure(path, line)``. Raises VaeflowError when none could be."""
+    be scored are ``on_failure(path, line)``; ``failed_before``: (path, line) of what ``load_set``
+    could not list, counted with them. ``size_fix`` ends the line of a file of another size
+    (``score_files``' default, the Python keyword, when None). Raises VaeflowError when none could be."""
     from vaeflow_cli.evaluation.scoring import Scores, score_files, score_images
 
     label, files, images = loaded
     if files is None:
         return score_images(run, images, k=k, seed=seed, labels=[f"{label}:{i}" for i in range(len(images))])
-    failed = []
+    failed = list(failed_before)
 
     def failure(path: str, line: str) -> None:
         failed.append((path, line))
         if on_failure is not None:
             on_failure(path, line)
 
-    parts = list(score_files(run, files, k=k, seed=seed, crop_resize=crop_resize, on_failure=failure))
+    fix = {} if size_fix is None else {"size_fix": size_fix}
+    parts = list(score_files(run, files, k=k, seed=seed, crop_resize=crop_resize, on_failure=failure, **fix))
     if not parts:
         raise VaeflowError(f"{option} {label}: none of its {len(files)} files could be scored; the first: {failed[0][1]}")
     return Scores.join(parts, failed)
+
+
+def set_key(spec: str) -> tuple:
+    """What a ``--in``/``--out`` set names, whatever its spelling: an existing file or folder by
+    its resolved path (``flat``, ``./flat/``), a dataset as (NAME, SPLIT, resolved ROOT or "")
+    (``mnist:test`` and ``mnist:test:``)."""
+    if os.path.lexists(spec):
+        return ("path", os.path.realpath(spec))
+    name, _, rest = spec.partition(":")
+    split, _, root = rest.partition(":")
+    return ("dataset", name, split, os.path.realpath(root) if root else "")
+
+
+def _check_distinct(specs: list[str]) -> None:
+    """One VaeflowError when two of ``specs`` name the same set (``set_key``), however spelled."""
+    seen: dict[tuple, list[str]] = {}
+    for spec in specs:
+        seen.setdefault(set_key(spec), []).append(spec)
+    for spellings in seen.values():
+        if len(spellings) > 1:
+            what = spellings[0] if len(set(spellings)) == 1 else f"one set twice ({' and '.join(dict.fromkeys(spellings))})"
+            raise VaeflowError(f"--in and --out name {what}{' twice' if len(set(spellings)) == 1 else ''}; give each set once")
 
 
 def compare(sets: dict, in_label: str, *, reference: float, m: int, seed: int) -> tuple[list[dict], dict]:
@@ -233,11 +272,14 @@ def detect(
     figure=None,
     on_failure: Callable[[str, str], object] | None = None,
     message: Callable[[str], object] | None = None,
+    size_fix: str | None = None,
 ) -> dict:
     """``vaeflow ood``: score ``in_spec`` and every ``out_specs`` set (``load_set``) with a loaded
     run, the typicality reference (``reference_mean``), and every score's metrics for each pair.
     ``figure``: a path for the histograms of every score per set (PNG; None: none; one that cannot
-    be written is a warning, the results stand). Returns the
+    be written is a warning, the results stand). ``size_fix``: how the line of a file of another
+    size than the model's ends (the CLI names its --crop-resize; default: the Python keyword). A
+    set of fewer than ``m`` images has no typicality batch: one warning line says so. Returns the
     JSON-ready result: run, model, bound, k, seed, typicality_batch, reference {mean, split,
     images}, sets {label: images scored}, failed (count), rows (see ``compare``), figure.
     :raises VaeflowError: a set that names nothing to score, or none of whose files could be."""
@@ -247,15 +289,29 @@ def detect(
     seed = run.seed if seed is None else seed
     say = message or (lambda text: None)
     specs = [("--in", in_spec), *(("--out", s) for s in out_specs)]
-    labels = [spec for _, spec in specs]
-    if len(set(labels)) != len(labels):
-        raise VaeflowError(f"--in and --out name {', '.join(sorted({x for x in labels if labels.count(x) > 1}))} twice; give each set once")
-    loaded = [load_set(run, spec, option) for option, spec in specs]  # every set is checked before any is scored
+    _check_distinct([spec for _, spec in specs])
+    unlisted: dict[str, list] = {spec: [] for _, spec in specs}
+    loaded = [  # every set is checked before any is scored
+        load_set(run, spec, option, unreadable=lambda where, why, spec=spec: unlisted[spec].append((where, why))) for option, spec in specs
+    ]
     say(line)
     sets = {}
     for (option, spec), found in zip(specs, loaded, strict=True):
+        for where, why in unlisted[spec]:
+            if on_failure is not None:
+                on_failure(where, why)
         say(f"ood: scoring {option} {spec}")
-        sets[spec] = score_set(run, found, option, k=k, seed=seed, crop_resize=crop_resize, on_failure=on_failure)
+        sets[spec] = score_set(
+            run, found, option, k=k, seed=seed, crop_resize=crop_resize, on_failure=on_failure, failed_before=unlisted[spec], size_fix=size_fix
+        )
+    from vaeflow_cli.console import warning
+
+    for (option, spec), s in zip(specs, sets.values(), strict=True):
+        if len(s) < m:
+            warning(
+                f"ood: {option} {spec} has {len(s)} scored images, fewer than --typicality-batch {m}: no typicality batch of it "
+                f"(n/a in the table, an empty panel in the figure); give --typicality-batch {len(s)} or less to compare it"
+            )
     say("ood: the typicality test's reference images")
     ref, where = reference_mean(run, k=k, seed=seed, count=reference_images)
     rows, values = compare(sets, in_spec, reference=ref, m=m, seed=seed)
@@ -275,7 +331,6 @@ def detect(
         "figure": None,
     }
     if figure is not None:
-        from vaeflow_cli.console import warning
         from vaeflow_cli.errors import RuntimeFailure
         from vaeflow_cli.evaluation.plots import score_histograms
 

@@ -24,14 +24,18 @@ def _figure(*args, **kwargs):
 PLOT_FORMATS = ("png", "svg", "pdf")  # the formats a plot is written in, chosen by its file's extension
 
 
-def _save(plt, fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` atomically, in the format its extension names (PNG otherwise)."""
-    fmt = path.suffix.lower().lstrip(".")
+def _render(plt, fig, fmt: str) -> bytes:
+    """``fig``'s bytes in ``fmt`` (one of PLOT_FORMATS, PNG otherwise); the figure is closed."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format=fmt if fmt in PLOT_FORMATS else "png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically, in the format its extension names (PNG otherwise)."""
+    atomic_write_bytes(path, _render(plt, fig, path.suffix.lower().lstrip(".")))
     return path
 
 
@@ -40,6 +44,19 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     the phases one after another on the x axis: RUN/training-curves.png by default (``out``: PNG,
     SVG or PDF by its extension). Every epoch is a marker, so a one-epoch phase shows; the epochs
     are whole numbers on the axis."""
+    plt, fig, rd = _training_curves_figure(run)
+    return _save(plt, fig, Path(out) if out else rd.path / "training-curves.png")
+
+
+def training_curves_bytes(run: str | Path, fmt: str = "png") -> bytes:
+    """``training_curves``' plot as bytes in ``fmt`` (png, svg or pdf), written nowhere
+    (``vaeflow plot --out -``)."""
+    plt, fig, _ = _training_curves_figure(run)
+    return _render(plt, fig, fmt)
+
+
+def _training_curves_figure(run: str | Path):
+    """(plt, the training curves' figure, the RunDir); see ``training_curves``."""
     rd = RunDir(run)
     records = [r for r in rd.read_metrics() if "test_bpd" in r] if rd.metrics_path.exists() else []
     if not records:
@@ -72,7 +89,7 @@ def training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     ax.set_title(f"{rd.path.name}: training curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(plt, fig, Path(out) if out else rd.path / "training-curves.png")
+    return plt, fig, rd
 
 
 def temperature_sweep(path: Path, metric: str, scores: dict[str, dict[float, float]], n: int) -> Path:
@@ -108,6 +125,8 @@ def score_histograms(path, values: dict[str, dict[str, object]], titles: dict[st
         everything = np.concatenate(finite) if finite else np.zeros(0)
         bins = np.histogram_bin_edges(everything, bins=40) if len(everything) else 10
         for (label, _), data in zip(values.items(), finite, strict=True):
+            if not len(data):  # no value of this set for this score (fewer images than a typicality batch): nothing to draw
+                continue
             short = label if len(label) <= 40 else "..." + label[-37:]
             if label == in_label:
                 ax.hist(data, bins=bins, density=True, alpha=0.45, label=f"in: {short} ({len(data)})")

@@ -270,12 +270,13 @@ def score_files(
 
 def score_paths(run, paths: list[str], *, k: int | None = None, seed: int | None = None, crop_resize: bool = False) -> Scores:
     """``Run.score`` of paths: each a file, or a folder of them (``expand``), scored in order; the
-    ones that cannot be scored are ``Scores.failed``. Raises VaeflowError when none could be."""
+    ones that cannot be scored (and the folders inside a folder that cannot be listed) are
+    ``Scores.failed``. Raises VaeflowError when none could be."""
     from vaeflow_cli.data.images import expand
 
     failed, files = [], []
     for p in paths:
-        found, why = expand(p)
+        found, why = expand(p, unreadable=lambda where, line: failed.append((where, line)))
         files += found
         if why is not None:
             failed.append((p, why))

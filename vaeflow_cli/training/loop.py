@@ -583,7 +583,7 @@ class _Trainer:
         self.started = time.perf_counter()  # the training loop's clock (max_seconds, PhaseResult.seconds)
         self.loop_seconds = 0.0
         test_bpd, path = None, None
-        with stop_on_signals() as interrupt:  # installed until the final checkpoint is saved
+        with stop_on_signals(saved=lambda: rd.checkpoint_path(phase).exists()) as interrupt:  # installed until the final checkpoint is saved
             try:
                 with Progress(enabled=progress and self.ddp.is_main, fields={"loss": "-"}) as bar:
                     while p.epoch < self.pcfg["epochs"]:
