@@ -12,7 +12,7 @@ its steps and each epoch end's held-out bound, checkpoint and sample grid, not t
 
 1. vaeflow (the embedded default config, or --vae-config) trains phase 1 (the VAE) to its
    configured end into OUT/runs/vaeflow; its seconds count toward every budget. Then phase 2 (the
-   Glow layer) trains in stops: at each budget B of --budgets it stops at the first step boundary
+   flow decoder) trains in stops: at each budget B of --budgets it stops at the first step boundary
    after B seconds in all (``max_seconds`` = B - the seconds spent so far), and the checkpoint is
    copied to OUT/snapshots/vaeflow-Bs.pt. A budget that phase 1 alone exceeds has no vaeflow model.
 2. The standalone Glow (configs/glow-mnist.toml, or --glow-config) trains into OUT/runs/glow in
@@ -32,7 +32,7 @@ Scoring, at every budget, on the same held-out images (vaeflow's config's test s
 sample count (vaeflow_cli.evaluation):
 
 - vaeflow's single-sample ELBO bound and its latent and pixel parts, and the IWAE_K bound
-  (--iwae-k, 0 to skip: the conditional Glow layer runs once per importance sample), upper bounds in
+  (--iwae-k, 0 to skip: a conditional flow decoder runs once per importance sample), upper bounds in
   bits/dim; the Glow's exact bits/dim; each with its per-image distribution (median, p90, ...).
   vaeflow's phase-1 model (the VAE alone) is scored once the same way.
 - --sample-metric: digit_fd (digits), cifar_fd (colour images in class folders), simclr_fd (colour
@@ -50,7 +50,7 @@ train.eval_samples images, at the epochs' recorded seconds summed, which leave o
 checkpoint and sample grid, so they sit slightly left of the loop seconds; and the budget points,
 on every held-out image), OUT/samples.png (both models' samples at their best temperatures at the
 largest budget; samples-MODEL.png each alone) and OUT/figure4.png (the paper's Figure 4 for vaeflow
-there: a row per latent z, the VAE mean g_mu(z), then Glow-layer samples of the same z), prints the
+there: a row per latent z, the VAE mean g_mu(z), then flow-decoder samples of the same z), prints the
 JSON and Markdown paths on stdout; progress goes to stderr. A failed or interrupted training
 process stops the other one too (side by side). On the colour sets training takes the largest
 budget (side by side) or twice it, plus start-ups; scoring comes after it (IWAE_64 and training the
@@ -90,7 +90,7 @@ DEFAULT_TEMPERATURES = "0.5,0.7,0.85,1.0"
 SAMPLE_METRICS = ("digit_fd", "cifar_fd", "simclr_fd", "none")
 METRIC_FILES = {"digit_fd": "digit-cnn.pt", "cifar_fd": "cifar-cnn.pt", "simclr_fd": "simclr-cnn.pt"}  # where evaluate caches them in RUN/eval
 PHASE_OF = {"vaeflow": "glow", "glow": "baseline"}  # the phase each model trains in stops
-LABELS = {"vaeflow_vae": "vaeflow, VAE alone (phase 1)", "vaeflow": "vaeflow, VAE + Glow layer", "glow": "standalone multi-scale Glow"}
+LABELS = {"vaeflow_vae": "vaeflow, VAE alone (phase 1)", "vaeflow": "vaeflow, VAE + flow decoder", "glow": "standalone multi-scale Glow"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--n-samples", type=int, default=2000, help="samples per model and temperature for the sample metric")
     ap.add_argument("--iwae-k", type=int, default=64, help="importance samples of vaeflow's IWAE bound (0: no IWAE bound)")
     ap.add_argument("--grid-n", type=int, default=64, help="samples per model in samples.png")
-    ap.add_argument("--figure-rows", type=int, default=8, help="latents z (rows) in figure4.png, each with 5 Glow-layer samples")
+    ap.add_argument("--figure-rows", type=int, default=8, help="latents z (rows) in figure4.png, each with 5 flow-decoder samples")
     ap.add_argument("--device", default="cpu", help="training and evaluation device for both models (default: cpu)")
     ap.add_argument(
         "--metric-network",
@@ -672,7 +672,7 @@ def markdown(r: dict) -> str:
         f"Figures: {Path(r['figures']['curve']).name} (held-out bits/dim against training seconds), {Path(r['figures']['samples']).name} "
         "(samples at the largest budget)"
         + (
-            f", {Path(r['figures']['figure4']).name} (Figure 4 at T = {s['figure4_temperature']:g}: the VAE mean, then Glow-layer samples of the same z)."
+            f", {Path(r['figures']['figure4']).name} (Figure 4 at T = {s['figure4_temperature']:g}: the VAE mean, then flow-decoder samples of the same z)."
             if "figure4" in r["figures"]
             else "."
         ),
@@ -872,7 +872,7 @@ def sample_figures(p: Plan, rows: list[dict], loaded: dict) -> tuple[dict, float
         per_z = 5
         cmp = loaded["vaeflow"].compare(args.figure_rows, per_z, temperature=figure4_t, seed=seed)
         g = grid(to_uint8(cmp.reshape(-1, *cmp.shape[2:])), nrow=1 + per_z)
-        title = f"vaeflow at {last['vaeflow']['budget_seconds']:g} s, T = {figure4_t:g}: a row per z ~ p(z),\nthe VAE mean g_mu(z), then {per_z} Glow-layer samples of that z"
+        title = f"vaeflow at {last['vaeflow']['budget_seconds']:g} s, T = {figure4_t:g}: a row per z ~ p(z),\nthe VAE mean g_mu(z), then {per_z} flow-decoder samples of that z"
         figures["figure4"] = str(sample_figure(p.out / "figure4.png", [(title, g)]))
     return figures, figure4_t
 

@@ -84,7 +84,7 @@ def test_bpd_and_iwae_bounds_of_both_models(trained_run):
     assert r["bpd_histogram"] == pytest.approx(_histogram_bpd_loop(train, test).mean(), rel=1e-12) == hist["mean"]
     assert 0 < r["bpd_histogram"] < 8 and r["histogram_alpha"] == 0.1 and r["histogram_train_images"] == 96
     assert f"per-pixel histogram baseline  bpd = {r['bpd_histogram']:.4f} (exact" in table
-    assert "per-image bpd" in table and "VAE + Glow layer IWAE_16" in table
+    assert "per-image bpd" in table and "VAE + flow decoder IWAE_16" in table
     assert r["data"] == {"name": "mnist", "root": cfg["data"]["root"], "run_dataset": True}
 
 

@@ -239,3 +239,19 @@ def test_a_set_smaller_than_a_typicality_batch_is_one_warning_line_not_a_numpy_w
     assert warnings[0].startswith("vaeflow: warning:") and "--typicality-batch 6 or less" in warnings[0]
     rows = {(r["out"], r["score"]): r for r in json.loads(proc.stdout)["rows"]}
     assert rows[(str(tmp_path / "few"), "typicality")]["auroc"] is None and (tmp_path / "h.png").is_file()
+
+
+def test_the_histograms_of_a_far_outlying_set_do_not_squash_the_others_into_one_bin():
+    """Uniform noise can score 1e12 bits/dim: the figure's range then ends near the in-distribution
+    set's spread, and the outliers are drawn in the last bin."""
+    import numpy as np
+
+    from vaeflow_cli.evaluation.plots import _histogram_range
+
+    rng = np.random.default_rng(0)
+    inside, near, noise = rng.normal(3.4, 0.3, 500), rng.normal(4.5, 0.4, 500), rng.uniform(1e11, 1e12, 500)
+    lo, hi = _histogram_range([inside, near, noise], 0)
+    assert lo == min(inside.min(), near.min()) and near.max() < hi < 12
+    width = (hi - lo) / 40
+    assert np.ptp(inside) / width > 5  # the in-distribution histogram spans several bins
+    assert _histogram_range([inside, near], 0) == (min(inside.min(), near.min()), max(inside.max(), near.max()))  # no outliers: the full range

@@ -655,7 +655,7 @@ def format_table(r: dict) -> str:
     lines = [f"run {r['run']}, split {r['split']}{where} ({counted(r['images'], 'image')})"]
     names = {
         "vae": "VAE (phase 1)",
-        "full": "VAE + Glow layer",
+        "full": "VAE + flow decoder",
         "prior": "prior retrained",
         "joint": "jointly fine-tuned",
         "baseline": "standalone flow",

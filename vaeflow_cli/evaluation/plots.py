@@ -108,6 +108,24 @@ def temperature_sweep(path: Path, metric: str, scores: dict[str, dict[float, flo
     return _save(plt, fig, path)
 
 
+def _histogram_range(sets: list, in_index: int) -> tuple[float, float]:
+    """The x range of a score's histograms: from the smallest value to the largest, except that
+    a set far outside the in-distribution set's spread (uniform noise can score 1e12 bits/dim)
+    does not squash every other histogram into one bin: the range ends at the in-distribution
+    set's 99th percentile plus 5 times its spread (p99 - p1), and larger values are drawn in the
+    last bin."""
+    import numpy as np
+
+    everything = np.concatenate(sets) if sets else np.zeros(0)
+    if not len(everything):
+        return 0.0, 0.0
+    lo, hi = float(everything.min()), float(everything.max())
+    ref = sets[in_index] if len(sets[in_index]) else everything
+    p1, p99 = np.percentile(ref, [1, 99])
+    cap = float(p99 + 5 * max(p99 - p1, 1e-9))
+    return lo, min(hi, cap)
+
+
 def score_histograms(path, values: dict[str, dict[str, object]], titles: dict[str, str], in_label: str) -> Path:
     """``vaeflow ood``'s figure: one panel per score, a histogram of each set's values in it (the
     in-distribution set ``in_label`` filled, the others outlined), on shared bins, so that their
@@ -122,18 +140,25 @@ def score_histograms(path, values: dict[str, dict[str, object]], titles: dict[st
         ax.set_visible(False)
     for ax, name in zip(axes.ravel(), names, strict=False):
         finite = [np.asarray(v[name], np.float64)[np.isfinite(v[name])] for v in values.values()]
-        everything = np.concatenate(finite) if finite else np.zeros(0)
-        bins = np.histogram_bin_edges(everything, bins=40) if len(everything) else 10
+        lo, hi = _histogram_range(finite, list(values).index(in_label) if in_label in values else 0)
+        bins = np.linspace(lo, hi, 41) if hi > lo else 10
+        clipped = any(len(d) and d.max() > hi for d in finite)
         for (label, _), data in zip(values.items(), finite, strict=True):
             if not len(data):  # no value of this set for this score (fewer images than a typicality batch): nothing to draw
                 continue
+            data = np.clip(data, lo, hi) if hi > lo else data  # far outliers pile up in the last bin (said on the axis)
             short = label if len(label) <= 40 else "..." + label[-37:]
             if label == in_label:
                 ax.hist(data, bins=bins, density=True, alpha=0.45, label=f"in: {short} ({len(data)})")
             else:
                 ax.hist(data, bins=bins, density=True, histtype="step", lw=1.4, label=f"{short} ({len(data)})")
         ax.set_title(titles[name], fontsize=9)
-        ax.set_xlabel("bits/dim" + (" (|batch mean - reference|)" if name == "typicality" else ""), fontsize=8)
+        ax.set_xlabel(
+            "bits/dim"
+            + (" (|batch mean - reference|)" if name == "typicality" else "")
+            + (f"; the last bin holds all values above {hi:.3g}" if clipped else ""),
+            fontsize=8,
+        )
         ax.grid(alpha=0.3)
     for row in axes:
         row[0].set_ylabel("density")
