@@ -163,7 +163,8 @@ class ConditionalFlow(Protocol):
     A conditional flow declares itself with a true attribute ``conditional`` (vaeflow reads it
     once, when the model is built); everything the ``Flow`` protocol says holds for each fixed
     condition: shapes, log-dets, the identity at initialisation for every condition (so phase 2
-    starts at the phase-1 bound). Check it with
+    starts at the phase-1 bound) unless it declares ``identity_at_init = False`` (the built-in
+    ``conditional-glow`` does: its ActNorm initialises from the data). Check it with
     ``vaeflow_cli.testing.check_flow_component(factory, pixel_flow=True)``, which detects the
     attribute and runs ``check_conditional_flow``: every flow check at fixed conditions, and that
     the output depends on the condition."""
