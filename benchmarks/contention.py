@@ -50,10 +50,10 @@ SHAPE = (1, 28, 28)  # the embedded default's data (MNIST digits); timing does n
 # Environment of each side, on top of the caller's environment without the OpenMP variables.
 # "default" adds nothing: train.threads = 0, vaeflow's own policy (an auto count that follows the
 # load, vaeflow_cli.runtime.threads). The others force a fixed count (VAEFLOW_BENCH_THREADS; "cores" = the
-# usable cores, what auto meant before the load governor) with libgomp's wait settings:
-# GOMP_SPINCOUNT=300000 is libgomp's default spin count when OMP_WAIT_POLICY is unset (libgomp
-# env.c), so "old" is the policy before the change; "passive" sleeps at once; "spin10k" spins 30x
-# shorter; "one_thread" is train.threads = 1.
+# usable cores) with libgomp's wait settings: GOMP_SPINCOUNT=300000 is libgomp's default spin count
+# when OMP_WAIT_POLICY is unset (libgomp env.c), so "old" is a fixed count of every usable core with
+# libgomp's default spinning; "passive" sleeps at once; "spin10k" spins 30x shorter; "one_thread"
+# is train.threads = 1.
 SIDES = {
     "default": {},
     "old": {"GOMP_SPINCOUNT": "300000", "VAEFLOW_BENCH_THREADS": "cores"},
@@ -74,7 +74,7 @@ def worker(steps: int, forever: bool) -> None:
 
     import vaeflow_cli  # noqa: F401 -- before torch, as the vaeflow command
     from vaeflow_cli.config import core as config_mod
-    from vaeflow_cli.data.pipeline import BatchLoader
+    from vaeflow_cli.data.loader import BatchLoader
     from vaeflow_cli.model.vaeflow import build_model
     from vaeflow_cli.runtime.devices import set_threads
     from vaeflow_cli.runtime.phases import PHASES
@@ -94,7 +94,7 @@ def worker(steps: int, forever: bool) -> None:
         model = build_model(cfg, SHAPE)
         params = trainable_parameters(model, phase)
         set_phase_mode(model, phase)
-        model.use_flow = PHASES[phase].uses_flow(None)  # the phase's model: its forward is the loss
+        model.use_flow = PHASES[phase].use_flow(None)  # the phase's model: its forward is the loss
         b = cfg["train"][phase]["batch_size"]
         images = np.random.default_rng(0).integers(0, 256, size=(b * 8, *SHAPE), dtype=np.uint8)
         stepper = Stepper(

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vaeflow_cli.data.pipeline import decode_images, dequantize
+from vaeflow_cli.data.decode import decode_images
+from vaeflow_cli.data.dequantization import dequantize
 
 CROP, SIZE = 148, 64
 
@@ -137,7 +138,7 @@ def main() -> None:
     t_numpy = best_time(lambda: np.multiply(x + rng.random(x.shape, dtype=np.float32), np.float32(1 / 256), out=out), args.repeats * 5)
     import torch
 
-    from vaeflow_cli.data.pipeline import dequantize_on_device
+    from vaeflow_cli.data.dequantization import dequantize_on_device
 
     xt, it = torch.from_numpy(x), torch.from_numpy(idx.astype(np.int64))
     t_torch = best_time(lambda: dequantize_on_device(xt, it, seed=0, epoch=0), args.repeats * 2)
@@ -175,7 +176,7 @@ def main() -> None:
             dequantize_on_cuda_speedup=t_host / t_dev,
         )
     # the full loader on a cached (memory-mapped) uint8 dataset, 64x64 batches of 256, one epoch
-    from vaeflow_cli.data.pipeline import BatchLoader
+    from vaeflow_cli.data.loader import BatchLoader
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache.npy"

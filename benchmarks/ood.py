@@ -47,8 +47,8 @@ def pick(n: int, limit: int, rng) -> np.ndarray:
 
 def cifar_sets(celeba: Path | None, crop: int, n: int, seed: int) -> dict[str, np.ndarray]:
     """The out-of-distribution sets of a 3x32x32 run, uint8 (N, 3, 32, 32) each."""
+    from vaeflow_cli.data.decode import decode_files
     from vaeflow_cli.data.images import image_files
-    from vaeflow_cli.data.pipeline import decode_files
 
     rng = np.random.default_rng(seed)
     sets = {}

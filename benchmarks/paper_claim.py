@@ -2,7 +2,7 @@
 multi-scale Glow baseline, trained for the same training time on the same machine, at one budget
 or several.
 
-    python benchmarks/paper_claim.py --out results/paper-claim      # the embedded digits: about 25 min on 2 cores (earlier version)
+    python benchmarks/paper_claim.py --out results/paper-claim      # the embedded digits (docs/reproduce.md has its time)
     python benchmarks/paper_claim.py --out OUT --vae-config configs/cifar10-cpu.toml \\
         --glow-config configs/glow-cifar10-cpu.toml --budgets 600,1200,2400 --side-by-side --threads 1 \\
         --sample-metric cifar_fd --vae-set "data.root='/tmp/data/train'" --glow-set "data.root='/tmp/data/train'"
@@ -246,7 +246,7 @@ class _Trainer:
     snapshots, and the per-epoch held-out bounds placed on the training-seconds axis."""
 
     def __init__(self, spec: dict) -> None:
-        from vaeflow_cli.data.pipeline import load_split
+        from vaeflow_cli.data.splits import load_split
 
         self.spec, self.run = spec, Path(spec["run"])
         self.cfg = _resolve(spec)
@@ -436,7 +436,7 @@ def train_side_by_side(specs: dict[str, dict], out: Path) -> dict[str, dict]:
 def sample_metric(metric: str, vae_cfg: dict, vae_run: Path, glow_run: Path, images: np.ndarray, given: Path | None):
     """(featurize(images, progress), facts) of the sample metric's network, trained once on
     vaeflow's run's training images (or ``given``) and cached in both runs' eval/ folders."""
-    from vaeflow_cli.data.pipeline import build_dataset, load_split
+    from vaeflow_cli.data.splits import build_dataset, load_split
     from vaeflow_cli.evaluation import cifarfd, digitfd, simclrfd
 
     cache = vae_run / "eval" / METRIC_FILES[metric]
@@ -473,7 +473,8 @@ def score(run, images: np.ndarray, *, seed: int, device, iwae_k: int, fd, temper
     """The bounds (a flow's exact bits/dim) of one loaded checkpoint on ``images``, and its sample
     score at each temperature (``fd``: (featurize, reference statistics), or None)."""
     from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
-    from vaeflow_cli.evaluation.evaluate import frechet_by_temperature, per_image_stats
+    from vaeflow_cli.evaluation.results import per_image_stats
+    from vaeflow_cli.evaluation.samples import frechet_by_temperature
     from vaeflow_cli.runtime.phases import PHASES
 
     bar.message(f"paper_claim: bits/dim of {what} on {len(images)} held-out images")
@@ -685,7 +686,7 @@ def markdown(r: dict) -> str:
 
 def check_sample_metric(metric: str, vae_cfg: dict) -> None:
     """Refuse a sample metric that cannot score these images before anything trains (one line)."""
-    from vaeflow_cli.data.pipeline import build_dataset
+    from vaeflow_cli.data.splits import build_dataset
 
     if metric == "none":
         return
@@ -721,8 +722,8 @@ class Plan(NamedTuple):
 
 def plan(args: argparse.Namespace) -> Plan:
     """Check the options, the two configs and the sample metric (one VaeflowError line each)."""
-    from vaeflow_cli.data.pipeline import load_split
-    from vaeflow_cli.evaluation.evaluate import parse_temperatures
+    from vaeflow_cli.cli.options import parse_temperatures
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.runtime.threads import usable_cores
 
     temperatures = parse_temperatures(args.temperatures, "--temperatures")
@@ -787,9 +788,9 @@ def score_all(p: Plan, training: dict[str, dict]) -> dict:
     """Every snapshot scored on the same images, seed and sample count: vaeflow's phase 1 once,
     both models at each budget; the sample metric's network and the yardsticks."""
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation import fid as fid_mod
-    from vaeflow_cli.evaluation.evaluate import per_image_stats
+    from vaeflow_cli.evaluation.results import per_image_stats
     from vaeflow_cli.evaluation.yardsticks import HISTOGRAM_ALPHA, histogram_bpd, png_bpd
     from vaeflow_cli.progress import Progress
     from vaeflow_cli.runtime.devices import set_threads
@@ -852,7 +853,7 @@ def sample_figures(p: Plan, rows: list[dict], loaded: dict) -> tuple[dict, float
     """samples.png (and each model's grid alone, samples-MODEL.png) at the largest budget where the
     model exists, each at its best temperature; figure4.png for vaeflow there. (paths, Figure 4's T)."""
     from vaeflow_cli.data.images import grid, png_bytes, to_uint8
-    from vaeflow_cli.evaluation.evaluate import generate
+    from vaeflow_cli.evaluation.samples import generate
     from vaeflow_cli.files import atomic_write_bytes
 
     args, seed = p.args, p.vae_cfg["train"]["seed"]

@@ -44,7 +44,7 @@ import step_common  # noqa: E402 -- benchmarks/, the scripts' folder, is on sys.
 import torch
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.data.pipeline import BatchLoader
+from vaeflow_cli.data.loader import BatchLoader
 from vaeflow_cli.model.vaeflow import build_model
 from vaeflow_cli.runtime.phases import PHASES
 from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
@@ -66,7 +66,7 @@ class Side:
         self.model = build_model(cfg, shape)
         self.params = trainable_parameters(self.model, phase)
         set_phase_mode(self.model, phase)
-        self.model.use_flow = PHASES[phase].uses_flow(None)  # the phase's model: its forward is the loss
+        self.model.use_flow = PHASES[phase].use_flow(None)  # the phase's model: its forward is the loss
         self.opt = torch.optim.Adam(self.params, lr=cfg["train"][phase]["lr"])
         self.channels_last = channels_last
         self.grad_clip = grad_clip

@@ -14,7 +14,7 @@ from typing import Annotated
 import numpy as np
 
 from vaeflow_cli.hookspecs import hookimpl
-from vaeflow_cli.plugin_api import DEFAULT_MAX_PIXELS, Check, Range, VaeflowError, default_cache_dir
+from vaeflow_cli.plugin_api import DEFAULT_MAX_PIXELS, Check, Range, VaeflowError, check_crop, default_cache_dir
 from vaeflow_plugins.readers import CIFAR_FIX, error_reason, read_cifar_binary_batch, read_cifar_python_batch, read_idx_images, read_text_file
 
 # Valid values of the image datasets' config keys (read by the config validator).
@@ -148,8 +148,9 @@ class DecodedImageFiles:
         crop_name: str | int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        if size < 1 or (isinstance(crop, int) and crop < 0):
-            raise VaeflowError(f"{self.label}: crop must be >= 0 (0: the shorter side) and size positive, got crop={crop}, size={size}")
+        crop = check_crop(crop, f"{self.label}: crop")
+        if size < 1:
+            raise VaeflowError(f"{self.label}: size must be positive, got size={size}")
         if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
             raise VaeflowError(
                 f"{self.label}: data.max_pixels must be a positive integer (the most pixels, width x height, "
@@ -175,10 +176,9 @@ class DecodedImageFiles:
         return {"crop": self.crop, "size": self.size, "max_pixels": self.max_pixels}
 
     def _cache_key(self) -> list:
-        # the folder: the caches of every dataset share one cache directory (file_signature has names only)
-        key = [f"{self.label}-v1", os.path.abspath(self.root), self._crop_key(), self.size, self.skip_bad]
-        # the bound decides which files are skipped; the default keeps the caches built before it
-        return key if self.max_pixels == DEFAULT_MAX_PIXELS else [*key, {"max_pixels": self.max_pixels}]
+        # the folder: the caches of every dataset share one cache directory (file_signature has names
+        # only); max_pixels: the bound decides which files are skipped
+        return [f"{self.label}-v1", os.path.abspath(self.root), self._crop_key(), self.size, self.skip_bad, self.max_pixels]
 
     def _cache(self, name: str):
         """(files, cache name, cache key) of a split."""
@@ -236,34 +236,17 @@ CELEBA_CROPS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def checked_crop_box(crop_box, what: str) -> tuple[int, int, int, int]:
-    """``crop_box`` as a (top, left, height, width) tuple, or one VaeflowError that starts with ``what``."""
-    ok = (
-        isinstance(crop_box, (list, tuple))
-        and len(crop_box) == 4
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in crop_box)
-        and crop_box[0] >= 0
-        and crop_box[1] >= 0
-        and crop_box[2] >= 1
-        and crop_box[3] >= 1
-    )
-    if not ok:
-        shown = list(crop_box) if isinstance(crop_box, (list, tuple)) else crop_box
-        raise VaeflowError(f"{what} data.crop_box = [top, left, height, width] (integers, top and left >= 0, height and width >= 1); got {shown!r}")
-    return tuple(crop_box)
-
-
-def celeba_crop_box(crop: str, crop_box) -> tuple[int, int, int, int]:
-    """The (top, left, height, width) box that CelebA's ``crop`` and ``crop_box`` options name."""
+def celeba_crop(crop: str, crop_box) -> tuple[int, int, int, int]:
+    """The crop, a (top, left, height, width) box, that CelebA's ``crop`` and ``crop_box`` options name."""
     names = ", ".join(f'"{n}"' for n in CELEBA_CROPS)
     if not isinstance(crop, str):
         raise VaeflowError(
             f'celeba: data.crop names a crop convention ({names}) or is "box" with '
-            f"data.crop_box = [top, left, height, width]; got {crop!r} (the old crop = 148, "
-            f'a centred square, is "center-148")'
+            f"data.crop_box = [top, left, height, width]; got {crop!r} (a centred square of "
+            f'side 148 is "center-148")'
         )
     if crop == "box":
-        return checked_crop_box(crop_box, 'celeba: data.crop = "box" needs')
+        return check_crop(crop_box, 'celeba: data.crop = "box" needs data.crop_box', box=True)
     if crop not in CELEBA_CROPS:
         raise VaeflowError(f'celeba: unknown data.crop {crop!r}; use one of {names}, or "box" with data.crop_box')
     if len(crop_box):
@@ -287,8 +270,8 @@ class CelebA(DecodedImageFiles):
     - ``"realnvp-148"`` -- rows 40:188, columns 15:163, a 148 square 5 rows below centre. Real NVP
       (github.com/tensorflow/models, research/real_nvp/real_nvp_multiscale_dataset.py:
       ``image[40:188, 15:163, :]``).
-    - ``"center-148"`` -- rows 35:183, columns 15:163: the truly centred 148 square (what
-      ``crop = 148`` gave in earlier versions; torchvision CenterCrop(148) takes the same pixels).
+    - ``"center-148"`` -- rows 35:183, columns 15:163: the truly centred 148 square (torchvision
+      CenterCrop(148) takes the same pixels).
     - ``"box"`` -- the box ``crop_box = [top, left, height, width]`` (rows top:top+height, columns
       left:left+width); a box that does not fit an image is an error naming the file.
 
@@ -311,9 +294,15 @@ class CelebA(DecodedImageFiles):
         skip_bad: bool = False,
         max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     ) -> None:
-        box = celeba_crop_box(crop, crop_box)
         super().__init__(
-            root=root, crop=box, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad, crop_name=crop, max_pixels=max_pixels
+            root=root,
+            crop=celeba_crop(crop, crop_box),
+            size=size,
+            cache_dir=cache_dir,
+            threads=threads,
+            skip_bad=skip_bad,
+            crop_name=crop,
+            max_pixels=max_pixels,
         )
 
     def files(self, name: str) -> list[Path]:
@@ -383,8 +372,9 @@ class ImageFolder(DecodedImageFiles):
             raise VaeflowError(f"imagefolder: data.test_fraction must be > 0 and < 1, got {test_fraction}: {HELD_OUT_WHY}")
         if len(crop_box) and crop:
             raise VaeflowError(f"imagefolder: data.crop = {crop} and data.crop_box both choose the crop; remove one of them")
-        box = checked_crop_box(crop_box, "imagefolder: a crop box is") if len(crop_box) else crop
-        super().__init__(root=root, crop=box, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad, max_pixels=max_pixels)
+        if len(crop_box):
+            crop = check_crop(crop_box, "imagefolder: a crop box is data.crop_box", box=True)
+        super().__init__(root=root, crop=crop, size=size, cache_dir=cache_dir, threads=threads, skip_bad=skip_bad, max_pixels=max_pixels)
         self.test_fraction = test_fraction
 
     def files(self, name: str) -> list[Path]:

@@ -1,5 +1,6 @@
 """The Glow layer f of the paper (section 3.3): a no-squeeze, no-split stack of ActNorm ->
-invertible 1x1 convolution -> additive coupling blocks in pixel space (Kingma & Dhariwal, 2018).
+invertible 1x1 convolution -> coupling blocks in pixel space (Kingma & Dhariwal, 2018), each
+coupling additive (x_b + t, the paper's) or affine ((x_b + t) * exp(tanh(.)), ``coupling = "affine"``).
 
 Every layer maps x -> (y, log_det) in ``forward`` and y -> (x, log_det) in ``inverse``, log_det of
 shape (B,). The stack is the identity at initialisation (model.md, "decided here"): ActNorm with

@@ -5,8 +5,9 @@ One network G, two uses:
 
 - **Standalone** (``multiscale-glow``, ``vaeflow train-baseline``): ``levels`` levels of squeeze
   -> ``steps`` x [ActNorm with data-dependent initialisation -> invertible 1x1 convolution ->
-  affine coupling] -> split, with learned Gaussian priors for the split-off halves and a learned
-  top prior, all folded into the bijection so that its output G(x) is N(0, I) under the model.
+  coupling, affine with Glow's scale sigmoid(. + 2) or additive (``coupling``)] -> split, with
+  learned Gaussian priors for the split-off halves and a learned top prior, all folded into the
+  bijection so that its output G(x) is N(0, I) under the model.
   Inputs are centred (x - 0.5) first, as in Glow.
 - **Conditional** (``conditional-glow``, a VAE's ``[model.flow]``): the same G, whose coupling
   networks and split and top priors also read feature maps of the decoder's base distribution

@@ -14,8 +14,8 @@ N(mean, gamma I). Both add ``min_std`` to the standard deviation so training sta
 The mean head is linear by default (``mean_activation = "linear"``), not a sigmoid (decided here,
 by measurement): with a per-pixel standard deviation the near-zero MNIST background gets a tiny
 std early, its 1/std^2-weighted gradients push the shared mean logits far negative, the sigmoid
-saturates and the digits never appear (all-black decoder means after 8 epochs of the default
-config, held-out bound ~6 bpd; with a linear head the same run shows digits and a stable bound).
+saturates and the digits never appear, where a linear head learns them (docs/model.md, "Decided
+here", has the measurement).
 ``"sigmoid"`` keeps the mean in [0, 1] for those who want it.
 """
 

@@ -93,6 +93,7 @@ root = "{root}"
 
 [model]
 latent_dim = 4
+pixel_transform = "none"
 
 [model.encoder]
 type = "resnet"
@@ -105,6 +106,8 @@ type = "resnet-diagonal"
 base_channels = 4
 depth = 2
 fc_width = 16
+min_std = 0.001
+init_std = 0.1
 
 [model.prior]
 type = "realnvp"
@@ -115,20 +118,27 @@ hidden = 16
 type = "glow-layer"
 depth = 2
 hidden_channels = 8
+lu = true
 
 [train]
 device = "cpu"
 seed = 0
+channels_last = false
 
 [train.vae]
 epochs = 2
 batch_size = 32
 lr = 1e-3
+lr_halve_every = 0
+grad_clip = 0.0
 
 [train.glow]
 epochs = 1
 batch_size = 32
 lr = 1e-3
+lr_halve_every = 0
+warmup_steps = 0
+grad_clip = 0.0
 
 [run]
 dir = "{run}"

@@ -42,7 +42,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_builds_strictly_with_every_page(site):
     pages = {p.relative_to(ROOT / "docs").with_suffix("").as_posix() for p in (ROOT / "docs").glob("*.md")}
-    assert {"index", "cli", "configs", "data", "gpu", "plugins", "hooks", "model", "reproduce", "design"} <= pages
+    assert {"index", "tutorial", "cli", "reference", "configs", "data", "gpu", "plugins", "hooks", "model", "reproduce", "design"} <= pages
     for page in pages - {"index"}:
         assert (site / page / "index.html").is_file(), page
     assert (site / "index.html").is_file()
@@ -96,6 +96,26 @@ def test_the_hook_reference_is_rendered_from_the_hookspecs(site):
     assert "call register(name, factory) once per logger" in text
 
 
+def test_the_api_reference_is_rendered_from_the_docstrings(site):
+    """docs/reference.md (mkdocstrings): load_run and Run with every public method, the notebook's
+    names of vaeflow_cli.__all__, and every name of the plugin API and of the check kit, each under
+    its own heading, with its docstring."""
+    import vaeflow_cli
+    from vaeflow_cli import plugin_api, testing
+    from vaeflow_cli.api import Run
+
+    raw = (site / "reference" / "index.html").read_text(encoding="utf-8")
+    anchors = set(re.findall(r'id="(vaeflow_cli\.[\w.]+)"', raw))
+    notebook = [f"vaeflow_cli.{name}" for name in vaeflow_cli.__all__ if name not in ("__version__", "PHASES")]
+    methods = [f"vaeflow_cli.Run.{name}" for name, obj in vars(Run).items() if not name.startswith("_") and callable(obj)]
+    kits = [f"vaeflow_cli.plugin_api.{name}" for name in plugin_api.__all__] + [f"vaeflow_cli.testing.{name}" for name in testing.__all__]
+    missing = [name for name in [*notebook, *methods, *kits] if name not in anchors]
+    assert not missing, f"missing from the API reference: {missing}"
+    text = page_text(site, "reference")
+    assert "Load a trained run directory for sampling, inference and scoring." in text
+    assert "Check a registered encoder factory" in text
+
+
 def test_the_readme_is_a_front_page():
     size = len(README.read_bytes())
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes; the front page is at most {README_MAX_BYTES} (move detail to docs/)"
@@ -145,3 +165,67 @@ def test_the_config_on_the_configs_page_is_a_valid_config():
     block = re.search(r"```toml\n(.*?)```", (ROOT / "docs" / "configs.md").read_text(encoding="utf-8"), re.S).group(1)
     cfg = config_mod.resolve(base=tomllib.loads(block), source="docs/configs.md")
     assert cfg["run"]["log_every"] == config_mod.DEFAULTS["run"]["log_every"] and cfg["run"]["loggers"] == []
+
+
+TUTORIAL = ROOT / "docs" / "tutorial.md"
+
+
+def _tutorial_commands() -> list[str]:
+    """The ``vaeflow ...`` command lines of docs/tutorial.md: in its code blocks and inline code."""
+    text = TUTORIAL.read_text(encoding="utf-8")
+    lines = [line for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S) for line in block.splitlines()]
+    lines += re.findall(r"`(vaeflow [^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return [line.strip() for line in lines if line.strip().startswith("vaeflow ")]
+
+
+def _check_command_line(line: str, commands: dict) -> str:
+    """The command path of ``line`` ('data info'); AssertionError for a subcommand or an option that
+    the app does not have."""
+    import shlex
+
+    words = shlex.split(line, comments=True)[1:]
+    path: list[str] = []
+    i = 0
+    while i < len(words):
+        word, cmd = words[i], commands[" ".join(path)]
+        if word.startswith("-") and word != "-":
+            name = word.split("=", 1)[0]
+            param = next((p for p in cmd.params if name in (*p.opts, *p.secondary_opts)), None)
+            assert param is not None, f"docs/tutorial.md: `{line}`: `vaeflow {' '.join(path)}` has no option {name}"
+            takes_value = not getattr(param, "is_flag", False) and not getattr(param, "count", False)
+            i += 2 if takes_value and "=" not in word else 1
+            continue
+        if hasattr(cmd, "commands"):  # a group: the word names one of its commands
+            assert word in cmd.commands, f"docs/tutorial.md: `{line}`: `vaeflow {' '.join(path)}` has no command {word!r}"
+            path.append(word)
+        i += 1  # otherwise a positional argument
+    return " ".join(path)
+
+
+def test_every_command_and_option_of_the_tutorial_exists():
+    commands = _commands()
+    used = {_check_command_line(line, commands) for line in _tutorial_commands()}
+    assert {"data info", "config show", "train-vae", "train-glow", "sample", "evaluate", "score", "ood"} <= used, used
+    # an option named on its own in the prose (`--resume`) is an option of some command
+    every = {opt for cmd in commands.values() for param in cmd.params for opt in (*param.opts, *param.secondary_opts)}
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", TUTORIAL.read_text(encoding="utf-8")))
+    assert named and named <= every, f"docs/tutorial.md names options that no command has: {sorted(named - every)}"
+
+
+@pytest.mark.parametrize("line", ["vaeflow train-vea -c my.toml", "vaeflow sample --run runs/x --no-such-option", "vaeflow data infos x"])
+def test_the_tutorial_check_catches_a_command_or_option_that_does_not_exist(line):
+    with pytest.raises(AssertionError):
+        _check_command_line(line, _commands())
+
+
+def test_the_config_of_the_tutorial_is_a_valid_config():
+    """The TOML of docs/tutorial.md resolves (every key exists and has a valid value)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    from vaeflow_cli.config import core as config_mod
+
+    block = re.search(r"```toml\n(.*?)```", TUTORIAL.read_text(encoding="utf-8"), re.S).group(1)
+    config_mod.resolve(base=tomllib.loads(block), source="docs/tutorial.md")

@@ -113,7 +113,7 @@ def test_the_built_ins_are_a_distribution_registered_by_entry_points_without_a_s
     declared = (ROOT / "plugins" / "pyproject.toml").read_text()
     for ep in eps:
         assert f'{ep.name} = "{ep.value}"' in declared
-    from vaeflow_cli.plugins.registry import build_registry
+    from vaeflow_cli.registry.core import build_registry
 
     registry = build_registry(load_entry_points=False)
     assert {p.name for p in registry.plugins.values() if p.builtin} == {ep.name for ep in eps}

@@ -5,7 +5,8 @@ numpy, so the ``vaeflow`` command starts fast; the first use of a name loads its
 
 - ``load_run(path, *, device="auto", checkpoint=None) -> Run``: a trained run for sampling,
   encoding, reconstruction, interpolation and likelihood bounds (``vaeflow_cli.api``).
-- ``resolve_config(path=None, overrides=())``: a config as training sees it (``vaeflow_cli.config.core``).
+- ``resolve_config(path=None, overrides=())``: a config as training sees it, a ``Config``
+  (typed, frozen: ``cfg.train.phase("vae").lr``; ``vaeflow_cli.config.core``, ``vaeflow_cli.config.typed``).
 - ``train_phase(cfg, run_dir, phase)``: train one phase (``vaeflow_cli.training.loop``; phases in
   ``vaeflow_cli.runtime.phases.PHASES``).
 - ``evaluate_run(run, ...)``: what ``vaeflow evaluate`` computes, as a dict (``vaeflow_cli.evaluation.evaluate``).
@@ -27,6 +28,7 @@ _EXPORTS = {
     "load_run": "vaeflow_cli.api",
     "Run": "vaeflow_cli.api",
     "resolve_config": ("vaeflow_cli.config.core", "resolve"),
+    "Config": "vaeflow_cli.config.typed",
     "train_phase": "vaeflow_cli.training.loop",
     "evaluate_run": "vaeflow_cli.evaluation.evaluate",
     "PHASES": "vaeflow_cli.runtime.phases",
@@ -36,13 +38,14 @@ _EXPORTS = {
 }
 
 # fmt: off
-__all__ = ["__version__", "load_run", "Run", "resolve_config", "train_phase", "evaluate_run", "PHASES",
+__all__ = ["__version__", "load_run", "Run", "resolve_config", "Config", "train_phase", "evaluate_run", "PHASES",
            "VaeflowError", "RuntimeFailure", "Interrupted"]  # = _EXPORTS (tests/test_api.py checks)
 # fmt: on
 
 if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.api import Run, load_run
     from vaeflow_cli.config.core import resolve as resolve_config
+    from vaeflow_cli.config.typed import Config
     from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
     from vaeflow_cli.evaluation.evaluate import evaluate_run
     from vaeflow_cli.runtime.phases import PHASES

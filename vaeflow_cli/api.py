@@ -42,7 +42,7 @@ from vaeflow_cli.config.limits import (
 from vaeflow_cli.console import warning
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import sampling
-from vaeflow_cli.runtime.phases import LOAD_ORDER, PHASES, latest
+from vaeflow_cli.runtime.phases import LOAD_ORDER, PHASES, latest, no_latent_space
 from vaeflow_cli.training import lineage
 
 __all__ = ["Run", "load_run", "as_uint8_images"]
@@ -79,20 +79,20 @@ class Run:
         return tuple(self.model.image_shape)
 
     @property
-    def uses_flow(self) -> bool:
+    def use_flow(self) -> bool:
         """Whether this checkpoint's model runs its Glow layer (False for a phase-1 checkpoint, whose
         layer is still the identity)."""
-        return PHASES[self.phase].uses_flow(self.start)
+        return PHASES[self.phase].use_flow(self.start)
 
     @property
     def seed(self) -> int:
         """The run's ``train.seed``: the default seed of ``log_prob_bound``, as in ``vaeflow evaluate``."""
-        return int(self.config["train"]["seed"])
+        return self.config.train.seed
 
     def images(self, split: str = "test") -> np.ndarray:
         """A split of the run's own dataset (``[data]`` of its config): uint8 (N, C, H, W).
         :raises VaeflowError: an unknown split, or missing or damaged dataset files."""
-        from vaeflow_cli.data.pipeline import load_split
+        from vaeflow_cli.data.splits import load_split
 
         return load_split(self.config, split)
 
@@ -119,7 +119,7 @@ class Run:
         """Decode the straight line between the encoder means of images ``a`` and ``b`` at
         temperature 0 (paper, Figure 5).
 
-        :param a, b: one uint8 image each (see the module docstring for the accepted layouts).
+        :param a: one uint8 image, and ``b`` the other (see the module docstring for the accepted layouts).
         :param steps: images along the path, the endpoints (the two reconstructions) included.
         :returns: float32 (steps, C, H, W) in [0, 1], on the CPU."""
         self._need_vae("interpolation")
@@ -131,8 +131,8 @@ class Run:
         return sampling.interpolate_images(self.model, ya[0], yb[0], steps=steps)
 
     def interpolate_prior(self, pairs: int, steps: int = 8, *, seed: int | None = None, temperature: float = 0.0) -> torch.Tensor:
-        """Spherical paths between ``pairs`` pairs of base points u ~ N(0, I), mapped through the
-        prior and decoded at ``temperature``. :returns: float32 (pairs, steps, C, H, W) in [0, 1]."""
+        """Spherical paths between ``pairs`` pairs of base points u ~ N(0, I), mapped through the prior and decoded at ``temperature``.
+        :returns: float32 (pairs, steps, C, H, W) in [0, 1]."""
         self._need_vae("interpolation")
         check_count(pairs, "pairs")
         check_count(steps, "steps", low=2)
@@ -141,8 +141,8 @@ class Run:
         return sampling.interpolate_prior(self.model, pairs=pairs, steps=steps, seed=_seed(seed), temperature=temperature)
 
     def compare(self, rows: int, per_z: int = 5, *, temperature: float = 0.5, seed: int | None = None) -> torch.Tensor:
-        """The paper's Figure 4: per latent z ~ p(z), the VAE mean g_mu(z), then ``per_z``
-        Glow-layer samples of the same z. :returns: float32 (rows, 1 + per_z, C, H, W) in [0, 1]."""
+        """The paper's Figure 4: per latent z ~ p(z), the VAE mean g_mu(z), then ``per_z`` Glow-layer samples of the same z.
+        :returns: float32 (rows, 1 + per_z, C, H, W) in [0, 1]."""
         self._need_vae("the Figure-4 comparison")
         check_count(rows, "rows")
         check_count(per_z, "per_z")
@@ -243,7 +243,7 @@ class Run:
 
     def _need_vae(self, what: str) -> None:
         if PHASES[self.phase].standalone:
-            raise VaeflowError(f"{self.path} is a standalone flow (train-baseline): it has no latent space for {what}")
+            raise VaeflowError(no_latent_space(self.path, what))
 
 
 BATCH = 500
@@ -265,7 +265,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
     :raises VaeflowError: a folder that is not a run, a missing, damaged or mismatched checkpoint,
         an unknown device (one line each)."""
     from vaeflow_cli.runtime.devices import resolve_device
-    from vaeflow_cli.runtime.runs import RunDir, load_checkpoint
+    from vaeflow_cli.runtime.runs import RunDir, load_checkpoint, not_a_run
     from vaeflow_cli.training.runconfig import check_signature, model_from_state, resolved_config
 
     if not isinstance(path, (str, os.PathLike)) or not str(path):
@@ -274,7 +274,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         raise VaeflowError(f"checkpoint must be None, a phase name ({', '.join(PHASES)}) or a checkpoint file, not {checkpoint!r}")
     rd = RunDir(path)
     if not rd.config_path.is_file():
-        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); train one with vaeflow train-vae --run {rd.path}")
+        raise VaeflowError(not_a_run(rd.path))
     dev = resolve_device(str(device), "device")
     cfg = resolved_config(rd)
     head_of = lineage.heads(rd.path)
@@ -308,7 +308,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         )
     check_signature(state, cfg, file)
     model = model_from_state(cfg, state, device=str(dev), path=file)
-    model.use_flow = PHASES[state["phase"]].uses_flow(state.get("start"))  # the checkpoint's phase decides
+    model.use_flow = PHASES[state["phase"]].use_flow(state.get("start"))  # the checkpoint's phase decides
     stale = _staleness(rd, file, state, head_of)
     if stale is not None:
         warning(f"{stale.message(rd.path)}; loaded it as it is")

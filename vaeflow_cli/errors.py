@@ -85,6 +85,12 @@ def is_input_os_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def describe_os_error(exc: OSError, path=None) -> str:
     """One line for an OSError: the file, the system's reason, and what to do about it."""
     import errno

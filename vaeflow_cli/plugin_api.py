@@ -30,6 +30,9 @@ Datasets (numpy):
 - ``decode_with_fallback(paths, *, crop, size, skip_bad=False, threads=0, max_pixels=...)``: JPEG/PNG
   files -> uint8 (N, size, size, 3) through the Rust data path (``native/``), Pillow for what it
   cannot read.
+- ``check_crop(crop, what="crop", *, box=False)``: a crop (None, an int c >= 0: the centred c x c
+  square, 0: the shorter side's; a [top, left, height, width] box) checked and made canonical, or
+  one VaeflowError line starting with ``what`` (the config key that gave it).
 - ``cached_array(cache_dir, name, key_parts, build)``, ``cache_path(...)``: a decoded split cached
   as a memory-mapped ``.npy`` keyed by ``key_parts`` (use ``file_signature(paths)`` in the key so
   that changed files rebuild it), written atomically; ``default_cache_dir()``: where, unless the
@@ -56,12 +59,13 @@ _HOMES = {
     "gaussian_log_prob": "vaeflow_cli.model.distributions",
     "standard_normal_log_prob": "vaeflow_cli.model.distributions",
     "bits_per_dim": "vaeflow_cli.model.distributions",
-    "DEFAULT_MAX_PIXELS": "vaeflow_cli.data.pipeline",
-    "decode_with_fallback": "vaeflow_cli.data.pipeline",
-    "cached_array": "vaeflow_cli.data.pipeline",
-    "cache_path": "vaeflow_cli.data.pipeline",
-    "file_signature": "vaeflow_cli.data.pipeline",
-    "default_cache_dir": "vaeflow_cli.data.pipeline",
+    "DEFAULT_MAX_PIXELS": "vaeflow_cli.data.decode",
+    "decode_with_fallback": "vaeflow_cli.data.decode",
+    "check_crop": "vaeflow_cli.data.crop",
+    "cached_array": "vaeflow_cli.data.cache",
+    "cache_path": "vaeflow_cli.data.cache",
+    "file_signature": "vaeflow_cli.data.cache",
+    "default_cache_dir": "vaeflow_cli.data.cache",
     "file_problem": "vaeflow_cli.config.limits",
     "check_regular_file": "vaeflow_cli.config.limits",
 }
@@ -69,14 +73,16 @@ _HOMES = {
 # fmt: off
 __all__ = ["Range", "OneOf", "Check", "VaeflowError", "FlowSequence", "global_mean", "global_sum",
            "gaussian_log_prob", "standard_normal_log_prob", "bits_per_dim", "DEFAULT_MAX_PIXELS",
-           "decode_with_fallback", "cached_array", "cache_path", "file_signature", "file_problem",
+           "decode_with_fallback", "check_crop", "cached_array", "cache_path", "file_signature", "file_problem",
            "check_regular_file", "default_cache_dir"]  # = _HOMES (tests/plugins/test_plugins.py checks)
 # fmt: on
 
 if TYPE_CHECKING:  # pragma: no cover
     from vaeflow_cli.config.constraints import Check, OneOf, Range
     from vaeflow_cli.config.limits import check_regular_file, file_problem
-    from vaeflow_cli.data.pipeline import DEFAULT_MAX_PIXELS, cache_path, cached_array, decode_with_fallback, default_cache_dir, file_signature
+    from vaeflow_cli.data.cache import cache_path, cached_array, default_cache_dir, file_signature
+    from vaeflow_cli.data.crop import check_crop
+    from vaeflow_cli.data.decode import DEFAULT_MAX_PIXELS, decode_with_fallback
     from vaeflow_cli.errors import VaeflowError
     from vaeflow_cli.model.distributions import bits_per_dim, gaussian_log_prob, standard_normal_log_prob
     from vaeflow_cli.model.flows import FlowSequence, global_mean, global_sum

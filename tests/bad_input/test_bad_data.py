@@ -108,7 +108,7 @@ def test_an_image_claiming_huge_dimensions_is_refused_from_its_header(image_fold
 
 def test_the_pixel_bound_is_a_config_key_and_is_enforced_for_every_decoder(image_folder):
     from vaeflow_cli.config import core as config_mod
-    from vaeflow_cli.data.pipeline import build_dataset
+    from vaeflow_cli.data.splits import build_dataset
     from vaeflow_plugins.datasets import CelebA, ImageFolder
 
     cfg = config_mod.resolve(None, ["data.name='imagefolder'", f"data.root='{image_folder}'", "data.max_pixels=100"])

@@ -1,4 +1,4 @@
-"""The bad-input corpus (issue 11): every bad config, file, checkpoint and option gives exactly one
+"""The bad-input corpus: every bad config, file, checkpoint and option gives exactly one
 ``vaeflow: error:`` line on stderr, the documented exit code, no traceback, and leaves the run
 directory exactly as it was, so the corrected command just works.
 

@@ -132,7 +132,7 @@ def unwritable_copy(trained_run, tmp_path):
 
 
 def test_evaluate_prints_the_results_of_a_run_it_cannot_write_and_warns_once(trained_run, tmp_path, capsys):
-    from vaeflow_cli.evaluation.evaluate import format_table
+    from vaeflow_cli.evaluation.table import format_table
 
     run = unwritable_copy(trained_run, tmp_path)
     code, out, err = call_main(["evaluate", "--run", run, "--json"], capsys)
@@ -162,7 +162,7 @@ def test_evaluate_prints_the_results_of_a_read_only_run(trained_run, tmp_path, c
 
 
 def test_evaluate_out_saves_the_results_there_and_writes_nothing_into_the_run(trained_run, tmp_path, capsys):
-    from vaeflow_cli.evaluation.evaluate import format_table
+    from vaeflow_cli.evaluation.table import format_table
 
     run = unwritable_copy(trained_run, tmp_path)
     code, out, err = call_main(["evaluate", "--run", run, "--json", "-o", tmp_path / "results.json"], capsys)

@@ -1,4 +1,4 @@
-"""What a new user tripped over (issue 12): hints that name the right path, help that lists what a
+"""What a new user meets first: hints that name the right path, help that lists what a
 command accepts and fits on a line, a data info that reports the splits that are there, and log
 lines that -q and -v control."""
 
@@ -46,7 +46,7 @@ def vaeflow_logger():
 @pytest.mark.parametrize(
     "given, suggested",
     [
-        ("celeba.toml", "configs/celeba.toml"),  # the issue: the file is in ./configs
+        ("celeba.toml", "configs/celeba.toml"),  # the file is in ./configs
         ("celeba", "configs/celeba.toml"),  # no suffix
         ("elsewhere/celeba.toml", "configs/celeba.toml"),  # a folder that does not hold it
         ("configs/celba.toml", "configs/celeba.toml"),  # a typo in the name
@@ -103,7 +103,7 @@ def test_download_help_lists_every_name_the_command_accepts(capsys):
 def test_evaluate_help_lists_every_metric_and_the_cli_imports_no_heavy_module():
     code = (
         "from vaeflow_cli.evaluation import metrics; metrics.METRICS += ('a_new_metric',); "  # the help follows METRICS
-        "import vaeflow_cli.cli.commands; from vaeflow_cli.evaluation import evaluate; assert evaluate.METRICS is metrics.METRICS; "
+        "import vaeflow_cli.cli.commands; from vaeflow_cli.evaluation import arguments; assert arguments.METRICS is metrics.METRICS; "
         "from typer.testing import CliRunner; "
         "out = CliRunner().invoke(vaeflow_cli.cli.commands.app, ['evaluate', '--help'], terminal_width=200).output; "
         "print(' '.join(out.split()))"
@@ -144,7 +144,7 @@ def test_data_info_without_any_split_is_one_error(tmp_path, capsys):
 
 
 def test_dataset_info_of_a_plugin_dataset_with_a_missing_split():
-    from vaeflow_cli.data.pipeline import dataset_info
+    from vaeflow_cli.data.splits import dataset_info
     from vaeflow_cli.errors import VaeflowError
 
     class Halves:

@@ -4,7 +4,7 @@ import pytest
 from conftest import run_cli
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.data.pipeline import build_dataset
+from vaeflow_cli.data.splits import build_dataset
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.vaeflow import build_model
 
@@ -139,3 +139,117 @@ def test_a_config_starting_with_a_utf8_byte_order_mark_is_read(tmp_path, tiny_co
     (tmp_path / "latin1.toml").write_bytes(b"\xef\xbb\xbf[train]\nseed = 1 # caf\xe9\n")
     with pytest.raises(VaeflowError, match=r"not UTF-8 text \(byte 25\)"):
         config_mod.resolve(tmp_path / "latin1.toml")
+
+
+# ------------------------------------------------------------------ the one rule for defaults
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _show(capsys, *args) -> dict:
+    from conftest import call_main
+
+    code, out, err = call_main(["config", "show", *map(str, args)], capsys)
+    assert code == 0, err
+    return config_mod.tomllib.loads(out)
+
+
+PARTIAL = '[model.flow]\ntype = "glow-layer"\ndepth = 4\n\n[train.vae]\nepochs = 1\n'
+
+
+def test_a_partial_file_takes_every_key_it_leaves_out_from_the_embedded_default_and_training_writes_the_same(tmp_path, capsys):
+    """`config show -c FILE` of a file that names no base is `config show` (the embedded default)
+    key by key, except the keys the file sets; and training with the file writes that config into
+    the run."""
+    partial = tmp_path / "partial.toml"
+    partial.write_text(PARTIAL)
+    default, shown = _flat(_show(capsys)), _flat(_show(capsys, "-c", partial))
+    assert set(shown) == set(default)
+    differ = {k for k in default if shown[k] != default[k]}
+    assert differ == {"model.flow.depth", "train.vae.epochs"}
+    assert (shown["model.flow.depth"], shown["train.vae.epochs"]) == (4, 1)
+    assert default["model.latent_dim"] == 16 and default["train.vae.lr"] == 1e-3  # the digits' values, not the paper's
+    from conftest import call_main
+
+    run = tmp_path / "run"
+    code, _, err = call_main(["train-vae", "-c", partial, "--run", run, "--max-steps", "1", "--set", "train.eval_samples=8"], capsys)
+    assert code == 0, err
+    written = _flat(config_mod.tomllib.loads((run / "config.toml").read_text()))
+    expected = {**shown, "train.eval_samples": 8}
+    assert {k: written.get(k) for k in expected} == expected
+    assert set(written) == set(expected)
+
+
+def test_a_file_may_name_another_base_and_the_chain_is_laid_over_the_embedded_default(tmp_path, capsys):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "paper.toml").write_text('[model]\nlatent_dim = 8\n\n[model.flow]\ntype = "glow-layer"\ndepth = 4\n\n[train.vae]\nlr = 2e-4\n')
+    (tmp_path / "sub" / "mine.toml").write_text('base = "../paper.toml"\n\n[train.vae]\nepochs = 2\n')
+    default, shown = _flat(_show(capsys)), _flat(_show(capsys, "-c", tmp_path / "sub" / "mine.toml"))
+    assert {k for k in default if shown[k] != default[k]} == {"model.latent_dim", "model.flow.depth", "train.vae.lr", "train.vae.epochs"}
+    assert (shown["model.latent_dim"], shown["model.flow.depth"], shown["train.vae.lr"], shown["train.vae.epochs"]) == (8, 4, 2e-4, 2)
+    assert "base" not in _show(capsys, "-c", tmp_path / "sub" / "mine.toml")
+
+
+def test_a_component_or_dataset_of_another_type_than_the_base_s_takes_none_of_its_options(tmp_path):
+    """The embedded default's [model.flow] is a glow-layer with depth 8: a file that switches to
+    another flow gets that flow's own defaults, and another dataset none of the digits' options."""
+    path = tmp_path / "switch.toml"
+    path.write_text('[model.flow]\ntype = "multiscale-glow"\nlevels = 2\n\n[data]\nname = "mnist"\nroot = "x"\n')
+    cfg = config_mod.resolve(path)
+    assert "depth" not in cfg["model"]["flow"] and cfg["model"]["flow"]["levels"] == 2
+    assert "holdout" not in cfg["data"]
+    assert cfg["model"]["decoder"]["fc_width"] == 256  # a section of the same type still merges
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"a.toml": 'base = "b.toml"\n', "b.toml": 'base = "a.toml"\n'}, r"b.toml: base = 'a.toml' leads back to .*a.toml: the bases form a loop"),
+        ({"a.toml": 'base = "a.toml"\n'}, r"a.toml: base = 'a.toml' leads back to"),
+        ({"a.toml": 'base = "gone.toml"\n'}, r"config file '.*gone.toml' not found; fix the base in .*a.toml"),
+        ({"a.toml": "base = 3\n"}, r"a.toml: base must name a TOML config file \(a path relative to this file\), got 3"),
+        ({"a.toml": 'base = ""\n'}, r"a.toml: base must name a TOML config file"),
+    ],
+    ids=["loop", "itself", "missing", "not-a-string", "empty"],
+)
+def test_a_bad_base_is_one_clear_error(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(VaeflowError, match=message):
+        config_mod.resolve(tmp_path / "a.toml")
+
+
+def test_the_shipped_configs_state_what_they_change_from_the_embedded_default():
+    """Every shipped config resolves to the same settings whether read by the rule (laid over the
+    embedded default) or over the bare schema: none depends on a value it does not state, except
+    a standalone flow's unused VAE sections."""
+    for path in CONFIGS:
+        raw = config_mod.load_toml(path)
+        laid = _flat(config_mod.resolve(path))
+        bare = _flat(config_mod.validate(config_mod.merge(config_mod.DEFAULTS, raw, where=str(path)), where=str(path), registry=_registry()))
+        unused = (
+            "model.encoder.",
+            "model.decoder.",
+            "model.prior.",
+            "model.latent_dim",
+            "model.pixel_transform",
+            "model.logit_alpha",
+            "train.vae.",
+            "train.glow.",
+        )
+        standalone = path.stem.startswith("glow-")
+        differ = {k for k in laid if laid[k] != bare.get(k) and not (standalone and k.startswith(unused))}
+        if path.stem.startswith("table1-"):  # the flow-prior rows have no phase 2 (identity flow)
+            differ = {k for k in differ if not k.startswith("train.glow.")}
+        assert not differ, f"{path.name} relies on the embedded default for {sorted(differ)}"
+
+
+def _registry():
+    from vaeflow_cli.registry.core import get_registry
+
+    return get_registry()

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_idx
 from PIL import Image
 
-from vaeflow_cli.data.pipeline import decode_images
+from vaeflow_cli.data.decode import decode_images
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_plugins.datasets import CIFAR10, CelebA, FashionMNIST, IDXDataset
 from vaeflow_plugins.readers import read_idx_images
@@ -115,6 +115,25 @@ def test_celeba_bad_input(celeba_root, cache_dir):
         CelebA(root=str(celeba_root)).split("train")
 
 
+def test_a_crop_is_checked_and_made_canonical_by_one_function():
+    """check_crop: the one rule of what a crop is, for the decoders and the datasets' config keys."""
+    from vaeflow_cli.data.crop import check_crop, crop_region, describe_crop
+
+    assert check_crop(None) is None and check_crop(np.int64(0)) == 0 and check_crop(148) == 148
+    assert check_crop([45, 25, 128, 128]) == (45, 25, 128, 128) and check_crop((1, 2, 3, 4), box=True) == (1, 2, 3, 4)
+    for bad in (-1, True, 1.5, "148", [1, 2, 3], [0, -1, 4, 4], [0, 0, 0, 4]):
+        with pytest.raises(VaeflowError, match="^data.crop_box "):
+            check_crop(bad, "data.crop_box")
+    with pytest.raises(VaeflowError, match=r"needs data.crop_box = \[top, left, height, width\].*got 5"):
+        check_crop(5, "needs data.crop_box", box=True)  # a key that holds a box takes no square
+    assert crop_region((10, 3, 60, 90), 100, 80) == (3, 10, 93, 70) and crop_region(0, 100, 80) == (10, 0, 90, 80)
+    with pytest.raises(ValueError, match="does not fit"):
+        crop_region((30, 0, 60, 10), 100, 80)
+    assert describe_crop((10, 3, 60, 90)) == "the box of rows 10:70, columns 3:93" and describe_crop(0) == "the centred square of the shorter side"
+    with pytest.raises(VaeflowError, match="^crop must be None"):
+        decode_images([], crop=-3, size=8)
+
+
 # ---------------------------------------------------------------- CelebA crop conventions
 
 # The documented slices (rows, columns) of the 178 x 218 aligned images, written out here rather
@@ -147,7 +166,7 @@ def coordinate_files(tmp_path):
 
 
 def test_named_celeba_crops_are_the_documented_slices(coordinate_files, celeba_root):
-    from vaeflow_cli.data.pipeline import pillow_decode
+    from vaeflow_cli.data.decode import pillow_decode
     from vaeflow_plugins.datasets import CELEBA_CROPS
 
     assert CELEBA_CROPS == {name: as_box(*sl) for name, sl in CONVENTIONS.items()}
@@ -195,7 +214,7 @@ def test_celeba_crop_options_are_checked(celeba_root, cache_dir):
     root = str(celeba_root)
     for kwargs, message in (
         ({"crop": "dcgan-148"}, r"unknown data.crop 'dcgan-148'; use one of \"two-stage-vae-128\""),
-        ({"crop": 148}, r"the old crop = 148, a centred square, is \"center-148\""),
+        ({"crop": 148}, r"got 148 \(a centred square of side 148 is \"center-148\"\)"),
         ({"crop": "box"}, r"crop = \"box\" needs data.crop_box = \[top, left, height, width\]"),
         ({"crop": "box", "crop_box": [1, 2, 3]}, "needs data.crop_box"),
         ({"crop": "box", "crop_box": [-1, 0, 10, 10]}, "needs data.crop_box"),
@@ -284,7 +303,8 @@ def test_cifar10_refuses_pickled_code_and_truncated_batches(tmp_path):
 
 
 def test_loader_shards_shuffles_and_resumes(tmp_path):
-    from vaeflow_cli.data.pipeline import BatchLoader, dequantize
+    from vaeflow_cli.data.dequantization import dequantize
+    from vaeflow_cli.data.loader import BatchLoader
 
     images = np.random.RandomState(0).randint(0, 256, size=(23, 1, 4, 4)).astype(np.uint8)
     np.save(tmp_path / "x.npy", images)
@@ -312,7 +332,7 @@ def test_loader_ring_of_host_buffers_gives_the_same_batches():
     so the ring runs here with ordinary memory."""
     import torch
 
-    from vaeflow_cli.data.pipeline import BatchLoader, HostBuffers
+    from vaeflow_cli.data.loader import BatchLoader, HostBuffers
 
     images = np.random.RandomState(1).randint(0, 256, size=(37, 1, 3, 3)).astype(np.uint8)
     for dequantize in (True, False):
@@ -327,7 +347,7 @@ def test_loader_ring_of_host_buffers_gives_the_same_batches():
 
 
 def test_loader_stops_cleanly_and_reports_errors():
-    from vaeflow_cli.data.pipeline import BatchLoader
+    from vaeflow_cli.data.loader import BatchLoader
 
     images = np.zeros((50, 1, 2, 2), np.uint8)
     loader = BatchLoader(images, batch_size=2, seed=0, prefetch=1)
@@ -355,7 +375,7 @@ def test_leaving_an_epoch_at_any_batch_ends_the_producer_at_once(leave_by, prefe
 
     import torch
 
-    from vaeflow_cli.data.pipeline import BatchLoader
+    from vaeflow_cli.data.loader import BatchLoader
 
     images = np.zeros((10, 1, 2, 2), np.uint8)
     errors = {"exception": RuntimeError("step failed"), "ctrl-c": KeyboardInterrupt()}
@@ -396,7 +416,7 @@ def test_leaving_an_epoch_at_any_batch_ends_the_producer_at_once(leave_by, prefe
 
 
 def test_imagefolder_reads_every_kind_of_image_and_splits_stably(tmp_path, capfd):
-    from vaeflow_cli.data.pipeline import pillow_decode
+    from vaeflow_cli.data.decode import pillow_decode
     from vaeflow_plugins.datasets import ImageFolder
 
     root = tmp_path / "images"
@@ -471,7 +491,7 @@ def test_imagefolder_crop_box_cuts_the_same_box_of_every_image(tmp_path):
 
 def test_the_embedded_dataset_refuses_a_root_it_would_ignore():
     from vaeflow_cli.config import core as config_mod
-    from vaeflow_cli.data.pipeline import build_dataset
+    from vaeflow_cli.data.splits import build_dataset
     from vaeflow_cli.errors import VaeflowError
 
     cfg = config_mod.resolve(None, ["data.root='/somewhere'"])

@@ -55,7 +55,7 @@ def test_the_cache_is_written_to_the_user_cache_dir_never_into_the_images_folder
 
 @pytest.mark.parametrize("how", ["variable", "setting", "read-only"])
 def test_a_cache_folder_that_cannot_be_written_names_the_setting_before_decoding(tmp_path, monkeypatch, how):
-    from vaeflow_cli.data.pipeline import CACHE_FIX
+    from vaeflow_cli.data.cache import CACHE_FIX
 
     root = photos(tmp_path / "photos")
     (tmp_path / "afile").write_text("")
@@ -80,7 +80,7 @@ def test_a_cache_folder_that_cannot_be_written_names_the_setting_before_decoding
 
 
 def test_the_default_cache_dir_follows_xdg_and_the_variable(tmp_path, monkeypatch):
-    from vaeflow_cli.data.pipeline import default_cache_dir
+    from vaeflow_cli.data.cache import default_cache_dir
 
     monkeypatch.setenv("VAEFLOW_CACHE_DIR", str(tmp_path / "v"))
     assert default_cache_dir() == tmp_path / "v" / "datasets"
@@ -96,7 +96,7 @@ def test_the_default_cache_dir_follows_xdg_and_the_variable(tmp_path, monkeypatc
 
 
 def test_folders_with_the_same_file_names_sizes_and_times_do_not_share_a_cache(tmp_path):
-    """Every dataset's cache now lives in one folder, so the key holds the images' folder too."""
+    """Every dataset's cache lives in one folder, so the key holds the images' folder too."""
     roots = []
     for k, value in enumerate((10, 200)):
         root = tmp_path / f"set{k}"
@@ -116,8 +116,8 @@ def test_folders_with_the_same_file_names_sizes_and_times_do_not_share_a_cache(t
 
 
 def test_a_16_bit_greyscale_png_decodes_by_its_real_range(tmp_path):
+    from vaeflow_cli.data.decode import pillow_decode
     from vaeflow_cli.data.images import read_image
-    from vaeflow_cli.data.pipeline import pillow_decode
 
     root = tmp_path / "g16"
     root.mkdir()
@@ -186,7 +186,7 @@ def test_test_fraction_zero_is_refused_by_the_documented_range_with_the_reason(t
 
 
 def test_a_one_image_folder_says_which_split_is_empty_and_why(tmp_path):
-    from vaeflow_cli.data.pipeline import load_splits
+    from vaeflow_cli.data.splits import load_splits
 
     root = photos(tmp_path / "one", n=1)
     ds = ImageFolder(root=str(root), size=8, test_fraction=0.1)
@@ -230,8 +230,8 @@ def imagefolder_config(tmp_path, root, extra=""):
 
 
 def test_read_images_as_run_applies_the_run_s_crop_and_resize(tmp_path):
+    from vaeflow_cli.data.decode import decode_with_fallback
     from vaeflow_cli.data.images import read_images_as_run
-    from vaeflow_cli.data.pipeline import decode_with_fallback
 
     root = photos(tmp_path / "photos")
     cfg = config_mod.resolve(imagefolder_config(tmp_path, root, "crop_box = [2, 1, 16, 18]"))

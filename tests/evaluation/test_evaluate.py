@@ -57,7 +57,7 @@ def test_bpd_and_iwae_bounds_of_both_models(trained_run):
     table = (trained_run / "eval" / "evaluate-test.txt").read_text()
     assert "<=" in table
     # per-image distributions: the statistics of the per-image bounds, recomputed here with numpy
-    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
     from vaeflow_cli.runtime.runs import RunDir
     from vaeflow_cli.training.runconfig import model_from_state
@@ -90,7 +90,7 @@ def test_bpd_and_iwae_bounds_of_both_models(trained_run):
 
 def test_iwae_tightens_with_k_and_k1_estimates_the_elbo(trained_run):
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation.bounds import held_out_bpd, iwae_bpd
 
     run = load_run(trained_run, device="cpu")
@@ -104,11 +104,12 @@ def test_iwae_tightens_with_k_and_k1_estimates_the_elbo(trained_run):
     assert k64 < k4 < k1
 
 
-def test_per_image_bounds_are_the_batches_bounds_and_their_mean_is_the_old_number(trained_run):
+def test_per_image_bounds_are_the_batches_bounds_and_their_mean_is_the_split_bound(trained_run):
     """elbo_bpd / iwae_bpd_per_image against the model's own bound / iwae_log_likelihood on the
     same dequantized batches with the same generator, computed here batch by batch."""
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.pipeline import EVAL_EPOCH, dequantize, load_split
+    from vaeflow_cli.data.dequantization import EVAL_EPOCH, dequantize
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation.bounds import EVAL_BATCH, elbo_bpd, held_out_bpd, iwae_bpd, iwae_bpd_per_image
     from vaeflow_cli.model.distributions import bits_per_dim
 
@@ -131,7 +132,7 @@ def test_per_image_bounds_are_the_batches_bounds_and_their_mean_is_the_old_numbe
     e = elbo_bpd(model, images, seed=3, use_flow=True, device=cpu)
     assert e.per_image.shape == (32,) and e.per_image.dtype == np.float64
     assert np.array_equal(e.per_image, torch.cat(batches).double().numpy())
-    # the mean is summed as before the per-image split: float32 batch sums added as Python floats
+    # the mean is held_out_bpd exactly: float32 batch sums added as Python floats
     assert e.mean == sum(b.sum().item() for b in batches) / 32 == held_out_bpd(model, images, seed=3, use_flow=True, device=cpu)
     k = 16  # 256 // 16 = 16 images per pass: two batches, the generator running on across them
     batches = direct(EVAL_BATCH // k, lambda y, g: bits_per_dim(model.iwae_log_likelihood(y, k=k, generator=g, chunk=k), model.dims))
@@ -195,7 +196,7 @@ def test_histogram_bpd_matches_the_per_pixel_definition(monkeypatch):
 def test_histogram_bpd_is_the_bpd_of_a_density_on_dequantized_images():
     """The docstring's claim: the categorical read as a piecewise-uniform density p(y) =
     prod_j 256 p_j(floor(256 y_j)) on y = (x + u)/256 has, by the models' bits_per_dim, the same bpd."""
-    from vaeflow_cli.data.pipeline import dequantize
+    from vaeflow_cli.data.dequantization import dequantize
     from vaeflow_cli.evaluation.yardsticks import histogram_bpd, histogram_counts
     from vaeflow_cli.model.distributions import bits_per_dim
 
@@ -293,7 +294,7 @@ def other_digits(tmp_path_factory, digits):
 
 def test_evaluate_on_another_dataset_through_the_cli(trained_run, other_digits):
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation.bounds import held_out_bpd
     from vaeflow_cli.evaluation.yardsticks import histogram_bpd
 
@@ -348,7 +349,7 @@ def test_evaluate_other_data_errors_are_one_line(trained_run, tmp_path, digits):
         evaluate_run(trained_run, data="mnist", data_root=str(small), split="val")
     with pytest.raises(VaeflowError, match=r"evaluate --data-root .*not found"):
         evaluate_run(trained_run, data_root=str(tmp_path / "nowhere"))
-    from vaeflow_cli.evaluation.evaluate import eval_data_config
+    from vaeflow_cli.evaluation.selection import eval_data_config
 
     with pytest.raises(VaeflowError, match="unknown key 'data.crop'"):  # options are validated like a config's [data]
         eval_data_config(
@@ -397,7 +398,7 @@ def test_fid_end_to_end_with_a_locally_made_weights_file(trained_run, local_weig
     again = evaluate_run(trained_run, metrics=["fid"], n_samples=24, temperatures=[0.5], fid_weights=local_weights)
     assert again["fid"] == pytest.approx(r["fid"]["0.5"], rel=1e-9)
     net = fid.build_extractor(local_weights)
-    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.data.splits import load_split
 
     real = load_split(config_mod.resolve(trained_run / "config.toml"), "test")
     mu, sigma = fid.statistics(fid.features(net, real))
@@ -502,7 +503,7 @@ def test_digit_fd_and_training_curves(trained_run):
     assert r["digit_fd_classifier_accuracy"] > 0.9  # the features come from a working classifier
     assert math.isfinite(r["digit_fd_vae"]) and math.isfinite(r["digit_fd_full"]) and r["digit_fd_full"] > 0
     assert (trained_run / "eval" / "digit-cnn.pt").exists()
-    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation import digitfd
 
     net, _ = digitfd.load_or_train(trained_run / "eval" / "digit-cnn.pt")
@@ -517,7 +518,7 @@ def test_digit_fd_and_training_curves(trained_run):
 # decoder space and Glow layer.
 COLOUR_RUN = (
     TINY.replace('name = "mnist"\nroot = "{root}"', 'name = "imagefolder"\nroot = "{root}"\nsize = 8\ntest_fraction = 0.3')
-    .replace("latent_dim = 4\n", 'latent_dim = 4\npixel_transform = "logit"\nlogit_alpha = 0.05\n')
+    .replace('pixel_transform = "none"\n', 'pixel_transform = "logit"\nlogit_alpha = 0.05\n')
     .replace("hidden_channels = 8\n", 'hidden_channels = 8\nsplit = "alternate"\ncoupling = "affine"\n')
     .replace("batch_size = 32", "batch_size = 16")
     .replace("epochs = 2", "epochs = 1")
@@ -529,7 +530,7 @@ def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folde
     run's training images with their folder names as labels (it separates red from blue), cached
     with the classes and a fingerprint of the files, reused, refused when the files change; the
     Frechet distance of the real images to themselves is zero; digit runs get one line."""
-    from vaeflow_cli.data.pipeline import build_dataset, load_split
+    from vaeflow_cli.data.splits import build_dataset, load_split
     from vaeflow_cli.errors import VaeflowError
     from vaeflow_cli.evaluation import cifarfd
     from vaeflow_cli.training.loop import train_phase
@@ -590,7 +591,7 @@ def test_results_of_different_metrics_accumulate_in_the_eval_file(trained_run):
     evaluate_run(trained_run, metrics=["iwae"], iwae_k=2)
     both = json.loads(path.read_text())
     assert both["bpd_elbo_full"] == first["bpd_elbo_full"] and both["iwae_k"] == 2 and "bpd_iwae_full" in both
-    from vaeflow_cli.evaluation.evaluate import format_table
+    from vaeflow_cli.evaluation.table import format_table
 
     assert (trained_run / "eval" / "evaluate-test.txt").read_text() == format_table(both) + "\n"
 
@@ -664,9 +665,9 @@ def test_evaluate_draws_progress_bars_on_a_terminal_and_nothing_under_quiet(trai
 
 def test_the_progress_of_every_long_loop_counts_every_image(trained_run):
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.pipeline import load_split
+    from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation.bounds import elbo_bpd, iwae_bpd_per_image
-    from vaeflow_cli.evaluation.evaluate import generate
+    from vaeflow_cli.evaluation.samples import generate
     from vaeflow_cli.evaluation.yardsticks import png_bpd
 
     run = load_run(trained_run, device="cpu")
@@ -691,7 +692,7 @@ def test_the_progress_of_every_long_loop_counts_every_image(trained_run):
 
 def test_every_sample_score_of_a_temperature_sweep_gets_its_plot(trained_run, tmp_path, monkeypatch):
     from vaeflow_cli.evaluation import plots
-    from vaeflow_cli.evaluation.evaluate import format_table
+    from vaeflow_cli.evaluation.table import format_table
 
     figures = []
     save = plots._save

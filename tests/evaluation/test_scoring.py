@@ -50,7 +50,7 @@ def run_state(path) -> dict:
 def direct_elbo(model, images, seed, use_flow=None):
     """The model's own bound on evaluate's batches (256 images), noise (EVAL_EPOCH, image index)
     and latent stream, computed here: (bpd, latent_bpd, pixel_bpd) float64 each."""
-    from vaeflow_cli.data.pipeline import EVAL_EPOCH, dequantize
+    from vaeflow_cli.data.dequantization import EVAL_EPOCH, dequantize
 
     g = torch.Generator().manual_seed(seed)
     out = [[], [], []]
@@ -64,7 +64,8 @@ def direct_elbo(model, images, seed, use_flow=None):
 
 
 def test_the_elbo_and_its_terms_are_evaluate_s_per_image_numbers(trained_run, run, images, tmp_path):
-    from vaeflow_cli.evaluation.evaluate import evaluate_run, per_image_stats
+    from vaeflow_cli.evaluation.evaluate import evaluate_run
+    from vaeflow_cli.evaluation.results import per_image_stats
 
     s = run.score(images)
     assert s.bound == "elbo" and s.model == "full" and s.labels == [str(i) for i in range(32)]
@@ -89,7 +90,7 @@ def test_the_elbo_and_its_terms_are_evaluate_s_per_image_numbers(trained_run, ru
 
 
 def test_iwae_scores_are_the_iwae_bound_and_keep_the_elbo_s_terms(run, images):
-    from vaeflow_cli.data.pipeline import EVAL_EPOCH, dequantize
+    from vaeflow_cli.data.dequantization import EVAL_EPOCH, dequantize
     from vaeflow_cli.model.distributions import bits_per_dim
 
     s = run.score(images, k=8, seed=3)
@@ -251,7 +252,7 @@ def test_the_same_seed_gives_the_same_numbers(trained_run, images, tmp_path):
 
 def test_a_phase_1_run_and_a_standalone_flow_say_what_they_score(trained_run, images, tmp_path):
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.pipeline import EVAL_EPOCH, dequantize
+    from vaeflow_cli.data.dequantization import EVAL_EPOCH, dequantize
     from vaeflow_cli.model.distributions import bits_per_dim, standard_normal_log_prob
     from vaeflow_cli.training.loop import train_phase
 
@@ -267,9 +268,8 @@ def test_a_phase_1_run_and_a_standalone_flow_say_what_they_score(trained_run, im
         0
     ].tolist()
 
-    cfg = config_mod.resolve(
-        base=config_mod.resolve(trained_run / "config.toml"), overrides=["train.baseline.epochs=1", "train.baseline.batch_size=32"]
-    )
+    cfg = config_mod.resolve(base=config_mod.resolve(trained_run / "config.toml")).to_dict()
+    cfg["train"]["baseline"].update(epochs=1, batch_size=32)
     cfg["model"]["flow"] = {"type": "multiscale-glow", "levels": 2, "steps": 2, "hidden_channels": 8, "coupling": "affine", "lu": True}
     train_phase(cfg, tmp_path / "baseline", "baseline", progress=False)
     proc = run_cli("score", "--run", tmp_path / "baseline", "--json", "--iwae-k", "4", tmp_path / "pngs")
@@ -285,7 +285,7 @@ def test_a_phase_1_run_and_a_standalone_flow_say_what_they_score(trained_run, im
 
 def test_crop_resize_applies_the_run_s_own_crop_and_resize(tmp_path):
     from vaeflow_cli.api import load_run
-    from vaeflow_cli.data.pipeline import decode_with_fallback
+    from vaeflow_cli.data.decode import decode_with_fallback
     from vaeflow_cli.training.loop import train_phase
 
     rng = np.random.RandomState(0)

@@ -62,8 +62,8 @@ def test_simclr_fd_scores_colour_samples_and_caches_its_network(tmp_path, small_
     alone and the full model, the sweep plot and the table line; the held-out images against
     themselves score 0; the network is cached in RUN/eval with the training images' fingerprint
     and the input side, reused as it is, refused when either changed."""
-    from vaeflow_cli.data.pipeline import load_split
-    from vaeflow_cli.evaluation.evaluate import format_table
+    from vaeflow_cli.data.splits import load_split
+    from vaeflow_cli.evaluation.table import format_table
     from vaeflow_cli.training.loop import train_phase
 
     root = tmp_path / "images"

@@ -7,8 +7,9 @@ from torch import nn
 
 from vaeflow_cli.api import load_run
 from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.data.dequantization import dequantize
 from vaeflow_cli.data.images import to_uint8
-from vaeflow_cli.data.pipeline import dequantize, load_splits
+from vaeflow_cli.data.splits import load_splits
 from vaeflow_cli.evaluation.bounds import held_out_bpd
 from vaeflow_cli.model.distributions import bits_per_dim, gaussian_log_prob
 from vaeflow_cli.model.vaeflow import LogitTransform, VAEFlow, build_model, slerp
@@ -107,6 +108,37 @@ def test_bound_in_logit_space_matches_a_closed_form():
     # decoding maps back through the transform: the decoder mean -1 is sigmoid(-1) in pixel space
     img = model.decode(torch.zeros(1, d), vae_only=True)
     assert torch.allclose(img, torch.full((1, *shape), (torch.sigmoid(torch.tensor(-1.0)).item() - a) / (1 - 2 * a)), atol=1e-6)
+
+
+class ShiftFlow(nn.Module):
+    """f(x) = x + 1, log-det 0: a flow that is not the identity, to see whether it runs."""
+
+    def forward(self, x):
+        return x + 1.0, x.new_zeros(x.shape[0])
+
+    def inverse(self, x):
+        return x - 1.0, x.new_zeros(x.shape[0])
+
+
+def test_the_models_use_flow_decides_whether_decode_and_the_bound_run_the_flow():
+    shape, d = (1, 2, 2), 2
+    model = VAEFlow(
+        encoder=ConstantEncoder(d),
+        decoder=ConstantDecoder(shape, 0.25, 0.1),
+        prior=GaussianPrior(latent_dim=d),
+        flow=ShiftFlow(),
+        image_shape=shape,
+        latent_dim=d,
+    )
+    z, y = torch.zeros(1, d), torch.full((1, *shape), 0.5)
+    model.use_flow = False  # a phase-1 model: f is the identity and is not run
+    assert torch.equal(model.decode(z, temperature=0.0), torch.full((1, *shape), 0.25))
+    assert torch.equal(model.from_decoder_space(y), y) and torch.equal(model.to_decoder_space(y)[0], y)
+    assert torch.equal(model.log_px_given_z(y, z), model.log_px_given_z(y, z, use_flow=False))
+    model.use_flow = True
+    assert torch.equal(model.decode(z, temperature=0.0), torch.full((1, *shape), -0.75))
+    assert torch.equal(model.to_decoder_space(y)[0], y + 1.0)
+    assert torch.equal(model.decode(z, temperature=0.0, vae_only=True), torch.full((1, *shape), 0.25))  # vae_only: g_mu, whatever the state
 
 
 def test_gaussian_log_prob_matches_torch_distributions():
@@ -212,6 +244,7 @@ def test_phase_two_starts_at_the_phase_one_bound_and_trains_only_the_glow_layer(
 
 
 def test_interrupted_training_resumes_exactly(tiny, tmp_path):
+    tiny = config_mod.resolve(base=tiny, overrides=["train.threads=1"])  # bit for bit at a fixed thread count (docs/gpu.md, CPU threads)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     train_phase(tiny, straight, "vae", progress=False)
     with pytest.raises(Interrupted):
@@ -258,7 +291,7 @@ def test_slerp_endpoints_and_norm():
 
 
 def test_device_dequantization_is_bit_identical_to_rust():
-    from vaeflow_cli.data.pipeline import dequantize_on_device
+    from vaeflow_cli.data.dequantization import dequantize_on_device
 
     x = np.random.RandomState(3).randint(0, 256, size=(9, 3, 5, 3)).astype(np.uint8)
     idx = np.array([0, 5, 2**40, 7, 99, 3, 1, 2, 12345678901])
@@ -330,5 +363,5 @@ def test_training_loss_is_the_bound_unless_a_kl_warm_up_or_free_bits_reweight_it
     training_loss(Bound(log_px_z=log_px, log_pz=log_pz + z, entropy=entropy, dims=12), free_bits=free).backward()
     assert torch.equal(z.grad, torch.zeros(4))
     assert training_loss(bound, free_bits=free).item() == pytest.approx((bound.pixel_bpd.mean() + free / scale).item(), rel=1e-6)
-    assert [kl_weight({"kl_warmup_steps": 4}, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert kl_weight({"kl_warmup_steps": 0}, 0) == 1.0
+    assert [kl_weight(4, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert kl_weight(0, 0) == 1.0

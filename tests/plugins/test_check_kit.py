@@ -21,7 +21,7 @@ from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.contracts import check_components
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
-from vaeflow_cli.plugins.registry import get_registry
+from vaeflow_cli.registry.core import get_registry
 from vaeflow_cli.runtime.runs import RunDir
 from vaeflow_cli.training import loop as train_mod
 from vaeflow_cli.training.loop import train_phase
@@ -59,8 +59,8 @@ def small_kwargs(kind: str, factory) -> dict:
 
 
 # Built-ins that are checked with other settings than the defaults of their kind's entry point, and
-# why. Each reason is verified by a test below (the exemption must still be needed), and a name that
-# is no longer registered fails test_declarations_name_registered_components.
+# why. Each reason is verified by a test below (the exemption must be needed), and a name that is
+# not registered fails test_declarations_name_registered_components.
 DECLARED = {
     ("flow", "multiscale-glow"): (
         {"pixel_flow": False},
@@ -82,7 +82,7 @@ def kit_kwargs(kind: str, name: str) -> dict:
 
 def test_declarations_name_registered_components():
     for kind, name in DECLARED:
-        assert name in REGISTRY.names(kind), f"{kind} {name!r} is declared here but no longer registered"
+        assert name in REGISTRY.names(kind), f"{kind} {name!r} is declared here but not registered"
 
 
 @pytest.mark.parametrize("image_shape", FLOW_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -421,6 +421,54 @@ def test_a_bijective_prior_is_checked_against_the_change_of_variables():
         kit.check_prior(Affine1d, latent_dim=3, forget_log_det=True)
 
 
+class OneSample(Affine1d):
+    """Its sampler ignores the base points: every sample is the same latent."""
+
+    def from_base(self, u):
+        return self.inverse(torch.zeros_like(u))[0]
+
+
+class WrongInverse(Affine1d):
+    """inverse forgets the shift: not the inverse of forward (its log-det is right)."""
+
+    def inverse(self, u):
+        return u * torch.exp(-self.s), -self.s.sum().expand(u.shape[0])
+
+
+class DoubleLogProb(Affine1d):
+    def log_prob(self, z):
+        return super().log_prob(z).double()
+
+
+class ColumnLogProb(Affine1d):
+    def log_prob(self, z):
+        return super().log_prob(z)[:, None]
+
+
+class NoGradient(Affine1d):
+    """log_prob detached from the parameters."""
+
+    def log_prob(self, z):
+        return super().log_prob(z).detach()
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (OneSample, "from_base\\(u\\) does not depend on u"),
+        (WrongInverse, "inverse\\(forward\\(x\\)\\) differs from x"),
+        (DoubleLogProb, "log_prob must be torch.float32"),
+        (ColumnLogProb, "log_prob must have shape \\(4,\\)"),
+        (NoGradient, "depend on any parameter"),
+    ],
+)
+def test_a_broken_prior_fails_the_prior_check(broken, message):
+    """Each way a prior can be wrong (its sampling, its bijection, its dtype and shape, its
+    gradient) is one AssertionError naming it; the unbroken Affine1d passes (above)."""
+    with pytest.raises(AssertionError, match=message):
+        kit.check_prior(broken, latent_dim=3)
+
+
 # ---------------------------------------------------------------- datasets
 
 
@@ -507,10 +555,10 @@ def test_train_vae_refuses_a_pixel_flow_that_is_not_the_identity(tiny_config, tm
 
 
 def test_phase_2_refuses_it_when_its_flow_is_fresh_and_not_when_it_resumes(tiny_config, tmp_path, monkeypatch):
-    """A run made before the rule (its config names multiscale-glow): train-glow refuses to start
-    it, writing nothing; resuming a phase 2 that has a checkpoint is not refused for it."""
+    """A run whose config names multiscale-glow (written directly: train-vae refuses it): train-glow
+    refuses to start it, writing nothing; resuming a phase 2 that has a checkpoint is not refused."""
     cfg = config_mod.resolve(tiny_config, overrides=MULTISCALE)
-    run = tmp_path / "old-run"
+    run = tmp_path / "multiscale-run"
     write_config(RunDir(run), cfg)
     before = tree(run)
     with pytest.raises(VaeflowError) as exc:

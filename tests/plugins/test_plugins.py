@@ -12,7 +12,7 @@ from vaeflow_cli import hookspecs
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.hookspecs import hookimpl
-from vaeflow_cli.plugins.registry import build_registry, parse_selection
+from vaeflow_cli.registry.core import build_registry, parse_selection
 from vaeflow_cli.testing import check_flow_component
 
 PLUGIN = '''
@@ -75,7 +75,7 @@ def test_third_party_flow_trains_from_a_toml_config(site, tmp_path, tiny_config)
     env = {"PYTHONPATH": str(site), "VAEFLOW_PLUGINS": "pixel_affine"}
     rows = json.loads(run_cli("plugins", "--json", env=env).stdout)
     assert {"name": "pixel_affine", "version": "0.3.0", "builtin": False, "registered": {"flow": ["pixel-affine"]}, "error": None} in rows
-    cfg = tiny_config.read_text().replace('type = "glow-layer"\ndepth = 2\nhidden_channels = 8', 'type = "pixel-affine"\nscale_init = 0.0')
+    cfg = tiny_config.read_text().replace('type = "glow-layer"\ndepth = 2\nhidden_channels = 8\nlu = true', 'type = "pixel-affine"\nscale_init = 0.0')
     path = tmp_path / "third.toml"
     path.write_text(cfg)
     run = tmp_path / "third-run"
@@ -281,7 +281,7 @@ def test_other_commands_warn_once_and_fail_only_when_they_need_a_missing_compone
     assert proc.stderr.splitlines() == [warning]
     # the working plugin's component validates and trains
     cfg = tmp_path / "third.toml"
-    cfg.write_text(tiny_config.read_text().replace('type = "glow-layer"\ndepth = 2\nhidden_channels = 8', 'type = "pixel-affine"'))
+    cfg.write_text(tiny_config.read_text().replace('type = "glow-layer"\ndepth = 2\nhidden_channels = 8\nlu = true', 'type = "pixel-affine"'))
     assert b'type = "pixel-affine"' in run_cli("config", "show", "--config", cfg, env=env).stdout
     run = tmp_path / "third-run"
     proc = run_cli("train-vae", "--config", cfg, "--run", run, "--set", "train.vae.epochs=1", env=env)

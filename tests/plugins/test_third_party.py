@@ -205,9 +205,9 @@ def test_a_run_records_which_distribution_built_each_component_and_names_it_when
     assert "unknown encoder 'demo-mlp'" in lines[0] and "install it with pip install 'vaeflow-demo==0.2.0'" in lines[0]
 
 
-def test_weights_that_no_longer_fit_name_the_plugin_version_that_changed():
-    from vaeflow_cli.plugins.provenance import version_note
-    from vaeflow_cli.plugins.registry import build_registry
+def test_the_version_note_names_each_component_whose_plugin_version_differs_from_the_recorded_one():
+    from vaeflow_cli.registry.core import build_registry
+    from vaeflow_cli.registry.provenance import version_note
 
     registry = build_registry(load_entry_points=False)
     entry = {"name": "resnet-diagonal", "plugin": "builtin-models", "distribution": "vaeflow-builtins"}

@@ -263,7 +263,7 @@ def main(argv=None) -> int:
 
     import vaeflow_cli.training.loop as train_mod
     from vaeflow_cli.config import core as config_mod
-    from vaeflow_cli.plugins.registry import get_registry
+    from vaeflow_cli.registry.core import get_registry
 
     base = config_mod.load_toml(args.config)
     plan = make_plan(get_registry(), base["model"])

@@ -9,7 +9,6 @@ to vaeflow (built into a wheel, on PYTHONPATH, selected by VAEFLOW_PLUGINS), and
 cases follow the built-ins' (``test_a_third_party_plugin_is_covered_too``). One torchrun launch
 (tests/training/ddp_job.py) trains them all in sequence in one process group, one epoch each on 64
 tiny MNIST images, and saves each rank's state_dict per phase; the tests here compare the files.
-Issue 11, "Kind 3".
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import pytest
 import torch
 from conftest import TINY, torchrun, write_idx
 
-from vaeflow_cli.plugins.registry import get_registry
+from vaeflow_cli.registry.core import get_registry
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -1,4 +1,4 @@
-"""Faults during training (issue 11, kinds 2 and 2b): non-finite gradients, skipped steps that must
+"""Faults during training: non-finite gradients, skipped steps that must
 leave no trace, a full disk, a second process on the same run, SIGTERM from a scheduler."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from conftest import run_cli
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.data.pipeline import load_splits
+from vaeflow_cli.data.splits import load_splits
 from vaeflow_cli.errors import Interrupted, VaeflowError
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.runtime.runs import RunDir

@@ -123,8 +123,9 @@ def test_latest_passes_over_a_stale_phase():
     assert latest(["glow"], starts, stale=lambda p: True) == "glow"  # nothing else to load
 
 
-def test_a_checkpoint_records_the_digest_of_its_weights(tiny_config, tmp_path):
+def test_a_checkpoint_records_the_digest_of_its_weights_and_is_refused_without_it(tiny_config, tmp_path):
     from vaeflow_cli.runtime.runs import weights_digest
+    from vaeflow_cli.training.lineage import read_head
 
     run = tmp_path / "run"
     train_phase(config_mod.resolve(tiny_config, FAST), run, "vae", progress=False)
@@ -134,3 +135,10 @@ def test_a_checkpoint_records_the_digest_of_its_weights(tiny_config, tmp_path):
     name = next(k for k, v in changed.items() if v.is_floating_point())
     changed[name] = torch.nextafter(changed[name], torch.full_like(changed[name], float("inf")))
     assert weights_digest(changed) != state["digest"]
+    path = RunDir(run).checkpoint_path("vae")
+    torch.save({k: v for k, v in state.items() if k != "digest"}, path)
+    refused = "has no 'digest' entry; it is damaged or not a vaeflow checkpoint"
+    with pytest.raises(VaeflowError, match=refused):
+        read_head(path)
+    with pytest.raises(VaeflowError, match=refused):
+        RunDir(run).load_checkpoint("vae")

@@ -16,8 +16,8 @@ from conftest import call_main, run_cli
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import Interrupted, VaeflowError
 from vaeflow_cli.hookspecs import MetricsLogger, hookimpl
-from vaeflow_cli.plugins import registry as plugins_mod
-from vaeflow_cli.plugins.registry import build_registry
+from vaeflow_cli.registry import core as plugins_mod
+from vaeflow_cli.registry.core import build_registry
 
 FAST = ["--set", "train.threads=1", "--set", "train.vae.epochs=2", "--set", "train.glow.epochs=1"]
 

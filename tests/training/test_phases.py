@@ -1,5 +1,9 @@
 """The phase table: what differs between phases is read from its fields."""
 
+from pathlib import Path
+
+import pytest
+
 from vaeflow_cli.runtime.phases import PHASES
 
 
@@ -19,7 +23,7 @@ def test_which_phases_run_the_glow_layer_follows_what_they_train_and_start_from(
         ("prior", "glow"): True,
         ("prior", "vae"): False,
     }
-    assert {key: PHASES[key[0]].uses_flow(key[1]) for key in expected} == expected
+    assert {key: PHASES[key[0]].use_flow(key[1]) for key in expected} == expected
 
 
 def test_each_phase_that_continues_another_has_a_start_note_and_one_phase_is_standalone():
@@ -27,3 +31,37 @@ def test_each_phase_that_continues_another_has_a_start_note_and_one_phase_is_sta
         assert bool(phase.start_note) == bool(phase.starts_from), phase.name
     assert [p.name for p in PHASES.values() if p.standalone] == ["baseline"]
     assert PHASES["prior"].start_note.format(start=PHASES["glow"].title) == "start of prior training (from phase 2)"
+
+
+def test_a_phase_goes_on_with_the_config_its_run_was_trained_with(tiny_config, tmp_path, monkeypatch):
+    """runconfig.phase_config, the rule of train-PHASE and of train_phase(None, ...): a run directory
+    with a config.toml keeps it (with --set on top), a config file given wins, a run without one
+    takes the embedded default; the default run is continued only by a phase that starts from another."""
+    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.runtime.runs import RunDir
+    from vaeflow_cli.training.runconfig import phase_config, write_config
+
+    trained = config_mod.resolve(tiny_config)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(RunDir(run), trained)
+    cfg, where = phase_config("glow", run)
+    assert where == run and cfg["model"] == trained["model"] and cfg["train"]["glow"]["epochs"] == 1
+    cfg, _ = phase_config("glow", run, overrides=["train.glow.epochs=3"])
+    assert cfg["model"] == trained["model"] and cfg["train"]["glow"]["epochs"] == 3
+    embedded = config_mod.resolve()
+    assert phase_config("glow", tmp_path / "new")[0]["model"] == embedded["model"]
+    cfg, where = phase_config("vae", None, config=tiny_config)
+    assert cfg["model"] == trained["model"] and where == run  # the file's [run] dir
+    monkeypatch.chdir(tmp_path)  # the default run, [run] dir of the embedded config
+    default = RunDir(embedded["run"]["dir"])
+    default.path.mkdir(parents=True)
+    write_config(default, config_mod.resolve(tiny_config, [f"run.dir={embedded['run']['dir']}"]))
+    cfg, where = phase_config("glow")
+    assert cfg["model"] == trained["model"] and where == Path(embedded["run"]["dir"])
+    assert phase_config("vae")[0]["model"] == embedded["model"]
+    from vaeflow_cli.errors import VaeflowError
+    from vaeflow_cli.training.loop import train_phase
+
+    with pytest.raises(VaeflowError, match="resume must be"):  # cfg None is taken (the rule above), the next check refuses
+        train_phase(None, run, "glow", resume="yes", progress=False)

@@ -18,7 +18,7 @@ from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.flows import WithCondition, is_conditional
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
-from vaeflow_cli.plugins.registry import build_registry
+from vaeflow_cli.registry.core import build_registry
 from vaeflow_cli.runtime.runs import RunDir
 from vaeflow_cli.testing import perturb
 from vaeflow_cli.training.loop import train_phase

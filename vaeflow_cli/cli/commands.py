@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from vaeflow_cli.cli.exits import cli_errors, exit_process, run, streamed_rows
+from vaeflow_cli.cli.options import DEVICE_HELP, JSON_HELP, RUN_HELP, parse_metrics, parse_temperatures
 from vaeflow_cli.cli.output import _check_out, _out, _out_format, _run_or_default, _write_output
 from vaeflow_cli.cli.scoring import ood as ood_command
 from vaeflow_cli.cli.scoring import score as score_command
@@ -20,7 +21,7 @@ from vaeflow_cli.config.limits import IWAE_K_MAX, N_SAMPLES_MAX, SEED_MAX, TEMPE
 from vaeflow_cli.data.download import names_help as download_names_help  # stdlib only, its network modules imported lazily
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.evaluation.metrics import METRICS
-from vaeflow_cli.runtime.phases import PHASES, Phase
+from vaeflow_cli.runtime.phases import PHASES, Phase, no_latent_space
 from vaeflow_cli.runtime.threads import keeps_callers_threads
 
 app = typer.Typer(
@@ -98,7 +99,7 @@ SAMPLE_N = 64  # vaeflow sample: images in a sample grid
 COMPARE_ROWS = 6  # vaeflow sample --compare/--temperatures: rows of the figure (the paper's Figure 4 has a handful)
 
 
-DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+DeviceOpt = typer.Option("auto", "--device", help=DEVICE_HELP)
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: the embedded MNIST config).")
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.vae.epochs=3 (repeatable).")
 RunOpt = typer.Option(
@@ -119,22 +120,13 @@ def _train(
     max_steps: int | None = None,
     max_seconds: float | None = None,
 ) -> None:
-    from vaeflow_cli.config import core as config_mod
-    from vaeflow_cli.runtime.runs import RunDir
     from vaeflow_cli.training.loop import train_phase
-    from vaeflow_cli.training.runconfig import resolved_config
+    from vaeflow_cli.training.runconfig import phase_config
 
-    if config is None and run is not None and RunDir(run).config_path.exists():
-        cfg = resolved_config(RunDir(run), overrides or [])
-    else:
-        cfg = config_mod.resolve(config, overrides or [])
-        if run is None and config is None and PHASES[phase].starts_from:
-            rd = RunDir(cfg["run"]["dir"])
-            if rd.config_path.exists():  # the default run: continue with the config it was trained with
-                cfg = resolved_config(rd, overrides or [])
+    cfg, run_dir = phase_config(phase, run, config=config, overrides=overrides or [])
     result = train_phase(
         cfg,
-        run if run is not None else cfg["run"]["dir"],
+        run_dir,
         phase,
         resume=resume,
         restart=restart,
@@ -196,7 +188,7 @@ for _phase in PHASES.values():
 @cli_errors
 @keeps_callers_threads  # sets the run's thread policy; an in-process caller (cli.main) gets its own back
 def sample(
-    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    run: Path | None = typer.Option(None, "--run", help=RUN_HELP),
     n: int | None = typer.Option(
         None,
         "--n",
@@ -238,8 +230,6 @@ def sample(
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
     figure = compare or temperatures is not None
     if figure:
-        from vaeflow_cli.evaluation.evaluate import parse_temperatures
-
         if compare and temperatures is not None:
             raise VaeflowError("--compare and --temperatures make different figures; give one")
         if fmt != "png" or not as_grid:
@@ -248,10 +238,10 @@ def sample(
     _check_out(out, folder=fmt == "png" and not as_grid and not figure)
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
-    set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
+    set_threads(r.config.train.threads, log=False)  # the run's thread policy, as in training
     if PHASES[r.phase].standalone and (vae_only or figure):
-        raise VaeflowError(f"{run} is a standalone flow (train-baseline): --vae-only, --compare and --temperatures need a VAE")
-    if not r.uses_flow and not vae_only and not RunDir(run).checkpoint_path("glow").exists():  # one there is stale: load_run said so
+        raise VaeflowError(no_latent_space(run, "--vae-only, --compare and --temperatures"))
+    if not r.use_flow and not vae_only and not RunDir(run).checkpoint_path("glow").exists():  # one there is stale: load_run said so
         log(f"{run} has no phase-2 checkpoint: sampling the phase-1 model (Glow layer = identity)")
     samples_dir = RunDir(run).samples_dir
     if figure:
@@ -295,7 +285,7 @@ def _sample_figure(r, rows: int, per_z: int | None, temperatures: list[float], *
 @cli_errors
 @keeps_callers_threads  # sets the run's thread policy; an in-process caller (cli.main) gets its own back
 def interpolate(
-    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    run: Path | None = typer.Option(None, "--run", help=RUN_HELP),
     steps: int = typer.Option(8, "--steps", min=2, max=4096, help="Images per path, endpoints included."),
     pairs: int = typer.Option(4, "--pairs", min=1, max=10**9, help="Number of random pairs (rows)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed for the endpoints."),
@@ -322,9 +312,9 @@ def interpolate(
     _check_out(out, example="interpolate.png")
     run = _run_or_default(run)
     r = load_run(run, device=resolve_device(device, "--device"))
-    set_threads(r.config["train"].get("threads", 0), log=False)  # the run's thread policy, as in training
+    set_threads(r.config.train.threads, log=False)  # the run's thread policy, as in training
     if PHASES[r.phase].standalone:
-        raise VaeflowError(f"{run} is a standalone flow (train-baseline): it has no latent space to interpolate in")
+        raise VaeflowError(no_latent_space(run, "interpolation"))
     _require_image_memory(steps * (1 if src is not None else pairs), r.image_shape, f"--pairs {pairs} x --steps {steps}")
     if src is not None:
         (a, b), note = read_images_as_run([src, dst], r.config, r.image_shape)
@@ -341,7 +331,7 @@ def interpolate(
 @app.command(short_help="Held-out bits/dim bounds (ELBO, IWAE), FID, digit_fd, cifar_fd, simclr_fd.")
 @cli_errors
 def evaluate(
-    run: Path | None = typer.Option(None, "--run", help="Trained run directory (default: the embedded config's, runs/default)."),
+    run: Path | None = typer.Option(None, "--run", help=RUN_HELP),
     split: str = typer.Option("test", "--split", help="Held-out split (test; val for CelebA)."),
     metrics: str = typer.Option("bpd", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
     iwae_k: int = typer.Option(64, "--iwae-k", min=1, max=IWAE_K_MAX, help="Importance samples K of the IWAE bound (the IWAE paper uses 5000)."),
@@ -351,7 +341,7 @@ def evaluate(
     temperature: str = typer.Option("0.5", "--temperature", "-t", help="Temperature for FID and *_fd, or a comma-separated sweep (writes a plot)."),
     fid_weights: Path | None = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $VAEFLOW_FID_WEIGHTS)."),
     device: str = DeviceOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     data: str | None = typer.Option(
         None, "--data", help="Score --split of this registered dataset (see vaeflow plugins) instead of the run's own; same image shape required."
     ),
@@ -368,7 +358,9 @@ def evaluate(
     The results are printed on stdout, and saved into RUN/eval/evaluate-SPLIT.json and .txt
     (evaluate-NAME-SPLIT.* with --data or --data-root), or with --out into that file; a run
     directory that cannot be written (read-only) is one warning line, the results still printed."""
-    from vaeflow_cli.evaluation.evaluate import OUT_FORMATS, ResultsNotSaved, evaluate_run, format_table, parse_metrics, parse_temperatures
+    from vaeflow_cli.evaluation.arguments import OUT_FORMATS
+    from vaeflow_cli.evaluation.evaluate import ResultsNotSaved, evaluate_run
+    from vaeflow_cli.evaluation.table import format_table
 
     if out == "-":
         raise VaeflowError("--out -: the results are on stdout already; --out saves them to a .json or .txt file")
@@ -412,12 +404,12 @@ def timing(
     glow_levels: int = typer.Option(3, "--glow-levels", help="Standalone Glow: levels L (paper's baseline: 3)."),
     glow_steps: int = typer.Option(32, "--glow-steps", help="Standalone Glow: steps per level K (32)."),
     glow_width: int = typer.Option(512, "--glow-width", help="Standalone Glow: coupling width (512)."),
-    glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine or additive."),
+    glow_coupling: str = typer.Option("affine", "--glow-coupling", help="Standalone Glow: affine (Glow's sigmoid scale) or additive coupling."),
     device: str | None = typer.Option(None, "--device", help="Device (default: train.device of the config)."),
     threads: int | None = typer.Option(
         None, "--threads", min=0, max=1024, help="torch CPU threads (default: train.threads; 0 = usable cores / local processes)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Seconds per epoch of the VAE phase, the Glow-layer phase and a standalone multi-scale Glow
     on the config's data shape and batch size (the paper's Table 4), and the speedup. The three
@@ -462,7 +454,7 @@ def plot(
 @cli_errors
 def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
     """List each plugin, its version and the components it registered, or why it failed to load."""
-    from vaeflow_cli.plugins.registry import get_registry
+    from vaeflow_cli.registry.core import get_registry
 
     registry = get_registry(warn_failures=False)  # failed plugins are listed below, with their errors
     rows = [
@@ -484,7 +476,8 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON f
 @config_app.command("show", short_help="Print the resolved config as TOML.")
 @cli_errors
 def config_show(config: Path | None = ConfigOpt, set: list[str] | None = SetOpt):
-    """Print the resolved config (defaults, file and --set overrides, component defaults) as TOML."""
+    """Print the resolved config as TOML: the file laid over its base (the embedded default unless the
+    file names another with base = "..."), then the --set overrides, with component defaults filled in."""
     from vaeflow_cli.config import core as config_mod
 
     _out(config_mod.dumps(config_mod.resolve(config, set or [])), nl=False)
@@ -509,7 +502,7 @@ def data_info(
     name: str = typer.Argument(..., help="A registered dataset."), root: str = typer.Option("", "--root", help="The dataset's folder (data.root).")
 ):
     """Print a dataset's split sizes, image shape and cache state as JSON."""
-    from vaeflow_cli.data.pipeline import dataset_info
+    from vaeflow_cli.data.splits import dataset_info
 
     _out(json.dumps(dataset_info(name, root), indent=2))
 

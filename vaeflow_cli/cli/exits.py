@@ -82,7 +82,7 @@ def report_exception(exc: BaseException) -> int:
         typer.echo(f"vaeflow: error: {line(describe_os_error(exc))}", err=True)
         return 2 if is_input_os_error(exc) else 1  # a path too long is bad input, like any other
     if os.environ.get("VAEFLOW_DEBUG") in (None, "", "0"):
-        from vaeflow_cli.plugins.registry import blame
+        from vaeflow_cli.registry.core import blame
 
         culprit = blame(exc)
         if culprit is not None:

@@ -108,7 +108,7 @@ def _check_out(out: str | None, *, folder: bool = False, option: str = "--out", 
 
 
 # What a file extension names, for --out: the commands write the format its extension names, and
-# refuse one they cannot write (PNG bytes in x.npy were silently written before).
+# refuse one they cannot write (never PNG bytes in a file named x.npy).
 FORMAT_OF_EXTENSION = {
     ".png": "png",
     ".npy": "npy",

@@ -11,12 +11,12 @@ from pathlib import Path
 import typer
 
 from vaeflow_cli.cli.exits import cli_errors, print_error, streamed_rows
+from vaeflow_cli.cli.options import DEVICE_HELP, JSON_HELP, RUN_HELP
 from vaeflow_cli.cli.output import _check_out, _out, _out_format, _run_or_default
 from vaeflow_cli.config.limits import IWAE_K_MAX, SEED_MAX
 from vaeflow_cli.errors import SomeInputsFailed, VaeflowError
 from vaeflow_cli.runtime.threads import keeps_callers_threads
 
-RUN_HELP = "Trained run directory (default: the embedded config's, runs/default)."
 IWAE_HELP = "Score with the IWAE_K bound (tighter; K importance samples) instead of the single-sample ELBO."
 SEED_HELP = "Dequantization and latent noise; the same seed gives the same numbers (default: the run's train.seed, as evaluate)."
 CROP_RESIZE_HELP = (
@@ -32,7 +32,7 @@ def _open_run(run: Path | None, device: str):
     from vaeflow_cli.runtime.devices import resolve_device, set_threads
 
     r = load_run(_run_or_default(run), device=resolve_device(device, "--device"))
-    set_threads(r.config["train"].get("threads", 0), log=False)
+    set_threads(r.config.train.threads, log=False)
     return r
 
 
@@ -93,7 +93,7 @@ def score(
     crop_resize: bool = typer.Option(False, "--crop-resize", help=CROP_RESIZE_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON lines, one object per image, instead of TSV."),
     no_header: bool = typer.Option(False, "--no-header", help="Leave out the TSV's header line (for sort, awk)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Per-image scores in bits/dim, one row per image on stdout, in the order given: the path,
     the bound (the single-sample ELBO, or IWAE_K), its latent (KL) and pixel terms, a PNG file's
@@ -126,7 +126,7 @@ def score(
     if from_data:
         r = _open_run(run, device)
         images = _split_images(r, data, data_root, split)
-        name = data or r.config["data"]["name"]
+        name = data or r.config.data.name
         total, labels = len(images), [f"{name}:{split}:{i}" for i in range(len(images))]
     else:
         total, files = _inputs(paths, failed)  # checked before the run is loaded: nothing to score is one line
@@ -135,7 +135,7 @@ def score(
         if crop_resize and note is None:
             c, h, w = r.image_shape
             raise VaeflowError(
-                f"--crop-resize: the run's dataset, {r.config['data']['name']}, has no crop or resize for image files; give images already {w}x{h}"
+                f"--crop-resize: the run's dataset, {r.config.data.name}, has no crop or resize for image files; give images already {w}x{h}"
             )
     log(describe(r, iwae_k)[2])
     if not from_data and note:
@@ -188,8 +188,8 @@ def _write_rows(parts, *, as_json: bool, header_line: bool, header) -> int:
 
 def _split_images(r, data: str | None, data_root: str | None, split: str):
     """``--split`` of the run's dataset, or of ``--data``: uint8 (N, C, H, W) of the run's shape."""
-    from vaeflow_cli.data.pipeline import load_split
-    from vaeflow_cli.evaluation.evaluate import eval_data_config, load_eval_images
+    from vaeflow_cli.data.splits import load_split
+    from vaeflow_cli.evaluation.selection import eval_data_config, load_eval_images
 
     if data is None and data_root is None:
         return load_split(r.config, split)
@@ -223,8 +223,8 @@ def ood(
     seed: int | None = typer.Option(None, "--seed", min=0, max=SEED_MAX, help=SEED_HELP),
     crop_resize: bool = typer.Option(False, "--crop-resize", help=CROP_RESIZE_HELP),
     figure: str | None = typer.Option(None, "--figure", help="The PNG of the score histograms per set (default: RUN/eval/ood-histograms.png)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Out-of-distribution detection: for each score (the bound, bound - PNG, the latent term, the
     pixel term, the typicality test on batches of M), AUROC, AUPR and the false-positive rate at
@@ -244,7 +244,7 @@ def ood(
     if crop_resize and crop_resize_note(r) is None:
         c, h, w = r.image_shape
         raise VaeflowError(
-            f"--crop-resize: the run's dataset, {r.config['data']['name']}, has no crop or resize for image files; give images already {w}x{h}"
+            f"--crop-resize: the run's dataset, {r.config.data.name}, has no crop or resize for image files; give images already {w}x{h}"
         )
     path = Path(figure) if figure is not None else r.path / "eval" / "ood-histograms.png"
     failures = []

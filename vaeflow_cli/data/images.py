@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from vaeflow_cli.console import counted
+from vaeflow_cli.data.crop import describe_crop
 from vaeflow_cli.errors import VaeflowError
 
 
@@ -59,7 +60,7 @@ def read_image(path, image_shape: tuple[int, int, int], *, why: str = "") -> np.
     greyscale by its real range; must have that size: ``why`` says why, in the error). The size is
     checked on the header, before anything is decoded, so a file that claims 60000 x 60000 pixels
     costs nothing; any unreadable file is one VaeflowError."""
-    from vaeflow_cli.data.pipeline import DEFAULT_MAX_PIXELS, eight_bit, open_image
+    from vaeflow_cli.data.decode import DEFAULT_MAX_PIXELS, eight_bit, open_image
     from vaeflow_cli.errors import ImageProblem, VaeflowError
 
     c, h, w = image_shape
@@ -89,16 +90,6 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     601-2: 0.299 R + 0.587 G + 0.114 B in 16-bit fixed point, rounded)."""
     r, g, b = (rgb[..., k].astype(np.uint32) for k in range(3))
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
-
-
-def describe_crop(crop) -> str:
-    """A crop as ``decode_images`` takes it, in words."""
-    if crop is None:
-        return "the whole image"
-    if isinstance(crop, (tuple, list)):
-        top, left, h, w = crop
-        return f"the box of rows {top}:{top + h}, columns {left}:{left + w}"
-    return "the centred square of the shorter side" if crop == 0 else f"the centred {crop}x{crop} square"
 
 
 def read_images_as_run(paths, config: dict, image_shape, *, registry=None, threads: int = 0) -> tuple[np.ndarray, str | None]:
@@ -138,12 +129,13 @@ def decode_as_run(
     each file must then be the model's size). Without it, each file must already be the model's
     size (checked on its header, before anything is decoded; ``size_fix`` ends the line of one
     that is not) and is taken as it is. Either way the pixels come from the data path that decodes
-    the run's training files (``pipeline.decode_files``: JPEGs in Rust, the rest through Pillow),
+    the run's training files (``decode.decode_files``: JPEGs in Rust, the rest through Pillow),
     then to the model's channels (greyscale as Pillow's convert("L")). ``dataset``: the run's
     dataset object, when the caller has built it already. Raises VaeflowError only for a run whose
     config does not match its model."""
     from vaeflow_cli.config.limits import file_problem
-    from vaeflow_cli.data.pipeline import DEFAULT_MAX_PIXELS, build_dataset, decode_files
+    from vaeflow_cli.data.decode import DEFAULT_MAX_PIXELS, decode_files
+    from vaeflow_cli.data.splits import build_dataset
 
     c, h, w = (int(v) for v in image_shape)
     paths = [str(p) for p in paths]
@@ -156,7 +148,7 @@ def decode_as_run(
             failures[i] = f"{p}: permission denied; {PERMISSION_FIX}"
         elif problem is not None:
             failures[i] = f"{p} {problem}; give a PNG or JPEG file"
-    name = config["data"]["name"]
+    name = config.data.name
     dataset = dataset if dataset is not None else build_dataset(config, registry)
     decoding = getattr(dataset, "file_decoding", None)
     resizing = crop_resize and callable(decoding)
@@ -222,7 +214,7 @@ def decode_as_run(
 
 def _header_size(path: str, max_pixels: int) -> tuple[int, int] | None:
     """(width, height) from an image file's header, or None when it cannot be read."""
-    from vaeflow_cli.data.pipeline import open_image
+    from vaeflow_cli.data.decode import open_image
     from vaeflow_cli.errors import ImageProblem
 
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vaeflow_cli.data.pipeline import EVAL_EPOCH, dequantize
+from vaeflow_cli.data.dequantization import EVAL_EPOCH, dequantize
 from vaeflow_cli.model.distributions import bits_per_dim
 from vaeflow_cli.runtime.threads import tick
 

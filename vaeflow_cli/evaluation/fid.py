@@ -119,7 +119,8 @@ def load_weights_file(path: Path, *, what: str, fix: str) -> object:
 def state_dict_problem(state, reference: dict) -> str | None:
     """Why ``state`` is not a state dict for a module whose own state dict is ``reference`` (keys,
     types, shapes, floating point or not, finite values), or None. BatchNorm's
-    ``num_batches_tracked`` may be missing (older files lack it; load_state_dict accepts that)."""
+    ``num_batches_tracked`` may be missing (weights files saved by other tools may lack it;
+    load_state_dict accepts that)."""
     import torch
 
     if not isinstance(state, dict):

@@ -109,7 +109,7 @@ def load_set(
     One VaeflowError line naming ``option`` for what names nothing to score. A folder inside a
     folder that cannot be listed is ``unreadable(subfolder, line)`` (``expand``), the rest kept."""
     from vaeflow_cli.data.images import expand
-    from vaeflow_cli.evaluation.evaluate import eval_data_config, load_eval_images
+    from vaeflow_cli.evaluation.selection import eval_data_config, load_eval_images
 
     where = f"ood {option} {spec}"
     if os.path.lexists(spec):
@@ -120,7 +120,7 @@ def load_set(
     name, _, rest = spec.partition(":")
     split, _, root = rest.partition(":")
     if not name or not split:
-        own = run.config["data"]["name"]
+        own = run.config.data.name
         raise VaeflowError(
             f"{where}: no such file or folder, and not NAME:SPLIT[:ROOT] of a registered dataset (the run's own test images: {own}:test)"
         )
@@ -133,7 +133,7 @@ def reference_mean(run, *, k, seed: int, count: int = REFERENCE_IMAGES) -> tuple
     the run's own held-out validation split ("val") when its dataset has one, else of its training
     split (images the model was trained on: see docs/scoring.md), drawn with ``seed``. Returns
     (mean, {"split", "images"})."""
-    from vaeflow_cli.data.pipeline import build_dataset, load_split
+    from vaeflow_cli.data.splits import build_dataset, load_split
     from vaeflow_cli.evaluation.scoring import score_images
 
     dataset = build_dataset(run.config)

@@ -99,7 +99,7 @@ def describe(run, k: int | None) -> tuple[str, int | None, str]:
         extra = "; --iwae-k changes nothing for it" if k else ""
         return "exact", None, f"{run.path} is a standalone flow ({phase.command}): exact bits/dim, and no latent term (latent_bpd 0){extra}"
     bound = "the single-sample ELBO" if k is None else f"the IWAE_{k} bound"
-    if not run.uses_flow:
+    if not run.use_flow:
         return (
             ("elbo" if k is None else "iwae"),
             k,
@@ -243,11 +243,11 @@ def score_files(
     chunk of n files. Raises VaeflowError for ``crop_resize`` on a run whose dataset has no crop
     or resize for image files (mnist, cifar10: arrays)."""
     from vaeflow_cli.data.images import decode_as_run
-    from vaeflow_cli.data.pipeline import build_dataset
+    from vaeflow_cli.data.splits import build_dataset
 
     dataset = build_dataset(run.config)
     if crop_resize and not callable(getattr(dataset, "file_decoding", None)):
-        name = run.config["data"]["name"]
+        name = run.config.data.name
         c, h, w = run.image_shape
         raise VaeflowError(f"the run's dataset, {name}, has no crop or resize for image files (its images are arrays): give images already {w}x{h}")
     with scorer_for(run, k=k, seed=seed) as scorer:
@@ -317,14 +317,14 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def crop_resize_note(run) -> str | None:
     """The line saying which crop and resize ``crop_resize`` applies for this run, or None."""
-    from vaeflow_cli.data.images import describe_crop
-    from vaeflow_cli.data.pipeline import build_dataset
+    from vaeflow_cli.data.crop import describe_crop
+    from vaeflow_cli.data.splits import build_dataset
 
     decoding = getattr(build_dataset(run.config), "file_decoding", None)
     if not callable(decoding):
         return None
     spec = decoding()
-    return f"applying the run's preprocessing ({run.config['data']['name']}): {describe_crop(spec['crop'])}, resized to {spec['size']}x{spec['size']}"
+    return f"applying the run's preprocessing ({run.config.data.name}): {describe_crop(spec['crop'])}, resized to {spec['size']}x{spec['size']}"
 
 
 # ------------------------------------------------------------------------------ rows on stdout

@@ -6,7 +6,7 @@ distribution is the base of a Glow layer f in pixel space (paper eqs. 3-4; model
 
 The model's forward is its bound: ``loss = model(y).bpd.mean()`` is the training loss of every
 phase. ``model.use_flow`` is the phase's state, set once where the phase's model is built or
-loaded (``runtime.phases.Phase.uses_flow``): False gives the phase-1 model (f = identity), which
+loaded (``runtime.phases.Phase.use_flow``): False gives the phase-1 model (f = identity), which
 phase 1 trains without running f.
 """
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vaeflow_cli.config.constraints import problem
-from vaeflow_cli.config.core import CONSTRAINTS
+from vaeflow_cli.config.core import CONSTRAINTS, as_config
 from vaeflow_cli.model.distributions import LOG_2PI, bits_per_dim, gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
 from vaeflow_cli.model.flows import is_conditional
 
@@ -181,25 +181,30 @@ class VAEFlow(nn.Module):
             raise ValueError("the flow is conditional: pass condition=(mean, std), the decoder's output for the same z")
         return step(x, condition=condition)
 
-    def to_decoder_space(self, y: torch.Tensor, *, use_flow: bool = True, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_decoder_space(self, y: torch.Tensor, *, use_flow: bool | None = None, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
         """xbar = f(t(y)) and log|det dxbar/dy| (B,) in float32: the pixel transform t (identity
-        or logit), then the Glow layer f unless ``use_flow`` is off (phase 1: f = identity).
-        ``condition``: the decoder's (mean, std), each (B, C, H, W), which a conditional flow reads."""
+        or logit), then the Glow layer f unless ``use_flow`` (None: the model's ``use_flow``) is
+        off (phase 1: f = identity). ``condition``: the decoder's (mean, std), each (B, C, H, W),
+        which a conditional flow reads."""
+        use_flow = self.use_flow if use_flow is None else use_flow
         xbar, log_det = self.transform(y)
         if use_flow:
             xbar, flow_log_det = self._run_flow(xbar, condition)
             log_det = log_det.float() + flow_log_det.float()
         return xbar.float(), log_det.float()
 
-    def from_decoder_space(self, xbar: torch.Tensor, *, use_flow: bool = True, condition=None) -> torch.Tensor:
-        """y = t^-1(f^-1(xbar)), the inverse of ``to_decoder_space`` (log-det not needed)."""
+    def from_decoder_space(self, xbar: torch.Tensor, *, use_flow: bool | None = None, condition=None) -> torch.Tensor:
+        """y = t^-1(f^-1(xbar)), the inverse of ``to_decoder_space`` (log-det not needed); f^-1 runs
+        when ``use_flow`` (None: the model's ``use_flow``) is on."""
+        use_flow = self.use_flow if use_flow is None else use_flow
         if use_flow:
             xbar = self._run_flow(xbar, condition, inverse=True)[0]
         return self.transform.inverse(xbar)[0]
 
-    def log_px_given_z(self, y: torch.Tensor, z: torch.Tensor, *, use_flow: bool = True) -> torch.Tensor:
-        """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32.
-        A conditional flow reads the decoder's output for the same z."""
+    def log_px_given_z(self, y: torch.Tensor, z: torch.Tensor, *, use_flow: bool | None = None) -> torch.Tensor:
+        """log p(y|z) -> (B,); the Glow layer's log-det and the Gaussian term are summed in float32
+        (``use_flow`` None: the model's ``use_flow``). A conditional flow reads the decoder's output
+        for the same z."""
         mean, std = self.decoder(z)  # (B, C, H, W) each
         mean, std = mean.float(), std.float()
         xbar, log_det = self.to_decoder_space(y, use_flow=use_flow, condition=(mean, std))
@@ -250,7 +255,8 @@ class VAEFlow(nn.Module):
 
     def decode(self, z: torch.Tensor, *, temperature: float = 0.5, vae_only: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [0,1]-ish space from latents: xbar = g_mu + T g_sigma eps, x = t^-1(f^-1(xbar))
-        (t: the pixel transform); ``vae_only`` returns t^-1(g_mu(z)) (the paper's Figure 4, left
+        (t: the pixel transform; f^-1 only where the model's ``use_flow`` is on, so a phase-1 model
+        decodes with f = identity); ``vae_only`` returns t^-1(g_mu(z)) (the paper's Figure 4, left
         column)."""
         mean, std = self.decoder(z)
         if vae_only:
@@ -324,15 +330,15 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
     """The model described by a resolved config's [model] section: the VAE with its flow decoder,
     or with ``baseline`` the [model.flow] alone as a density (FlowModel)."""
     if registry is None:
-        from vaeflow_cli.plugins.registry import get_registry
+        from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
-    m = cfg["model"]
-    d = m["latent_dim"]
+    m = as_config(cfg, source="the config given to build_model").model
+    d = m.latent_dim
 
     def make(kind, section, **context):
-        kwargs = {k: v for k, v in m[section].items() if k != "type"}
-        return registry.get(kind, m[section]["type"]).build(f"[model.{section}]", **context, **kwargs)
+        part = m.part(section)
+        return registry.get(kind, part.name).build(f"[model.{section}]", **context, **part.kwargs())
 
     shape = tuple(image_shape)
     if baseline:
@@ -341,7 +347,7 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
             from vaeflow_cli.errors import VaeflowError
 
             raise VaeflowError(
-                f"[model.flow] type = {m['flow']['type']!r} is a conditional flow: it reads a VAE's decoder output, so it cannot be "
+                f"[model.flow] type = {m.flow.name!r} is a conditional flow: it reads a VAE's decoder output, so it cannot be "
                 f"trained alone as a density; train it as the VAE's flow decoder (vaeflow train-vae, then vaeflow train-glow), or "
                 f'choose an unconditional flow for the baseline (type = "multiscale-glow")'
             )
@@ -353,5 +359,5 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
         flow=make("flow", "flow", image_shape=shape),
         image_shape=shape,
         latent_dim=d,
-        transform=pixel_transform(m["pixel_transform"], m["logit_alpha"]),
+        transform=pixel_transform(m.pixel_transform, m.logit_alpha),
     )

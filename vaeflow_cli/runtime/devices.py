@@ -83,17 +83,17 @@ def set_threads(threads: int, *, log: bool = True) -> int:
 
 
 @contextlib.contextmanager
-def configure_backends(device: torch.device, train_cfg: dict):
+def configure_backends(device: torch.device, *, threads: int, tf32: bool):
     """The process-wide settings a training or timing run holds while it runs, the caller's again
     on exit (``callers_threads``, and the CUDA flags): torch's CPU thread count (``train.threads``,
     see set_threads) and, on CUDA, TF32 matmuls and convolutions where allowed (``train.tf32``)."""
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     with callers_threads():
         try:
-            set_threads(train_cfg.get("threads", 0))
+            set_threads(threads)
             if device.type == "cuda":
-                torch.backends.cuda.matmul.allow_tf32 = bool(train_cfg["tf32"])
-                torch.backends.cudnn.allow_tf32 = bool(train_cfg["tf32"])
+                torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+                torch.backends.cudnn.allow_tf32 = bool(tf32)
                 torch.backends.cudnn.benchmark = True
             yield
         finally:

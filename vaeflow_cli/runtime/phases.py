@@ -56,81 +56,81 @@ class Phase:
     def command(self) -> str:
         return f"train-{self.name}"
 
-    def trained_parts(self, pcfg: dict | None = None) -> tuple[str, ...]:
+    def trained_parts(self, train_prior: bool = False) -> tuple[str, ...]:
         """The model parts this phase trains: ``trains``, and the prior too where the phase's
-        config section ``pcfg`` sets ``train_prior`` (phase 2's option)."""
-        extra = ("prior",) if pcfg and pcfg.get("train_prior") and "prior" not in self.trains else ()
+        section sets ``train_prior`` (phase 2's option, ``PhaseSettings.train_prior``)."""
+        extra = ("prior",) if train_prior and "prior" not in self.trains else ()
         return self.trains + extra
 
-    def uses_flow(self, start: str | None) -> bool:
+    def use_flow(self, start: str | None) -> bool:
         """Whether this phase's model runs the Glow layer, given the phase it started from: when
         it trains the layer, or starts from a phase that does (so not phase 1, where the layer is
         the identity, nor a prior trained on phase 1). An unknown start (None) is the phase's
         preferred one, the first of ``starts_from``."""
         start = start if start is not None else (self.starts_from[0] if self.starts_from else None)
-        return "flow" in self.trains or (start is not None and PHASES[start].uses_flow(None))
+        return "flow" in self.trains or (start is not None and PHASES[start].use_flow(None))
 
 
 PHASES: dict[str, Phase] = {
     p.name: p
     for p in (
         Phase(
-            "vae",
-            "phase 1",
-            "vae",
-            ("encoder", "decoder", "prior"),
-            (),
-            "Phase 1: train encoder, decoder and prior on the ELBO.",
-            "Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory.",
+            name="vae",
+            title="phase 1",
+            label="vae",
+            trains=("encoder", "decoder", "prior"),
+            starts_from=(),
+            summary="Phase 1: train encoder, decoder and prior on the ELBO.",
+            help="Phase 1: train encoder, decoder and prior on the ELBO. Prints the run directory.",
             flow_at_init=True,
         ),
         Phase(
-            "glow",
-            "phase 2",
-            "full",
-            ("flow",),
-            ("vae", "prior"),
-            "Phase 2: train the Glow layer on the frozen VAE.",
-            "Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory.",
+            name="glow",
+            title="phase 2",
+            label="full",
+            trains=("flow",),
+            starts_from=("vae", "prior"),
+            summary="Phase 2: train the Glow layer on the frozen VAE.",
+            help="Phase 2: freeze the VAE and train the Glow layer on top of it. Prints the run directory.",
             flow_at_init=True,
             start_note="start of phase 2 (Glow layer = identity)",
             defaults={"train_prior": False},
         ),
         Phase(
-            "baseline",
-            "the baseline",
-            "baseline",
-            ("flow",),
-            (),
-            "Train the flow alone: the standalone Glow baseline.",
-            "Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's "
+            name="baseline",
+            title="the baseline",
+            label="baseline",
+            trains=("flow",),
+            starts_from=(),
+            summary="Train the flow alone: the standalone Glow baseline.",
+            help="Train the config's [model.flow] alone as a density model with a N(0, I) base (the paper's "
             "standalone Glow baseline: configs/glow-cifar10.toml). Prints the run directory.",
             standalone=True,
         ),
         Phase(
-            "joint",
-            "the joint fine-tuning",
-            "joint",
-            MODEL_PARTS,
-            ("glow",),
-            "Fine-tune all parts together after both phases.",
-            "After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full "
+            name="joint",
+            title="the joint fine-tuning",
+            label="joint",
+            trains=MODEL_PARTS,
+            starts_from=("glow",),
+            summary="Fine-tune all parts together after both phases.",
+            help="After both phases: fine-tune encoder, decoder, prior and Glow layer together on the full "
             "model's ELBO ([train.joint]; the paper's section 3.4). Prints the run directory.",
-            {"epochs": 5, "lr": 1e-5},
+            defaults={"epochs": 5, "lr": 1e-5},
             start_note="start of joint fine-tuning (the two-phase model)",
         ),
         Phase(
-            "prior",
-            "the prior training",
-            "prior",
-            ("prior",),
-            ("glow", "vae"),
-            "Train the prior alone on the frozen encoder's z.",
-            "Train the prior alone on z ~ q(z|x) of the frozen encoder ([train.prior]), starting from "
+            name="prior",
+            title="the prior training",
+            label="prior",
+            trains=("prior",),
+            starts_from=("glow", "vae"),
+            summary="Train the prior alone on the frozen encoder's z.",
+            help="Train the prior alone on z ~ q(z|x) of the frozen encoder ([train.prior]), starting from "
             "phase 2 (or phase 1): the second stage of a two-stage VAE prior (model.prior.type = "
             '"two-stage-vae"; Dai & Wipf, the paper\'s Table 1), or more steps for any other prior. '
             "Prints the run directory.",
-            {"epochs": 20, "lr": 1e-3},
+            defaults={"epochs": 20, "lr": 1e-3},
             prior_alone=True,
             start_note="start of prior training (from {start})",
         ),
@@ -141,6 +141,13 @@ PHASES: dict[str, Phase] = {
 LOAD_ORDER = ("joint", "prior", "glow", "vae")
 """The VAE phases ``load_run`` may pick (``latest``), in the order that breaks ties; the baseline
 only when none of these exists."""
+
+
+def no_latent_space(path, what: str) -> str:
+    """The one line for a run of a standalone flow (the ``standalone`` phase: ``train-baseline``)
+    asked for ``what``, which needs a VAE's latent space."""
+    standalone = next(p for p in PHASES.values() if p.standalone)
+    return f"{path} is a standalone flow ({standalone.command}): it has no latent space for {what}"
 
 
 def latest(found: list[str], start_of: Callable[[str], str | None], stale: Callable[[str], bool] = lambda p: False) -> str:

@@ -37,6 +37,12 @@ from vaeflow_cli.files import atomic_write, atomic_write_bytes, fsync_dir
 CHECKPOINT_FORMAT = 1
 
 
+def not_a_run(path: str | Path, then: str | None = None) -> str:
+    """The one line for a folder that holds no ``config.toml``: "PATH is not a vaeflow run (no
+    config.toml); THEN", THEN by default how to make it one."""
+    return f"{path} is not a vaeflow run (no config.toml); " + (then or f"train one with: vaeflow train-vae --run {path}")
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -240,6 +246,7 @@ CHECKPOINT_SCHEMA: dict[str, tuple] = {
     "rng": (dict,),
     "loss_sum": (int, float),
     "loss_n": (int, float),
+    "digest": (str,),  # weights_digest of "model"
 }
 CHECKPOINT_OPTIONAL: dict[str, tuple] = {
     "scaler": (dict,),
@@ -249,7 +256,6 @@ CHECKPOINT_OPTIONAL: dict[str, tuple] = {
     "lr": (int, float),
     "start": (str, type(None)),
     "components": (dict,),  # plugins.provenance.built_with: who registered each component
-    "digest": (str,),  # weights_digest of "model"
     "start_digest": (str, type(None)),  # the digest of the checkpoint this phase started from ...
     "start_step": (int, type(None)),  # ... and its global step (lineage.stale_link)
 }

@@ -13,16 +13,13 @@ threads spin for a while at the end of each parallel region before they sleep (l
 ``GOMP_SPINCOUNT``, 300,000 iterations by default). Alone on its cores that saves a wake-up per
 region; beside another CPU-bound job, the thread it waits for is often descheduled, and the
 spinning thread burns its time slice waiting. A small model runs thousands of short parallel
-regions per step, so the waste compounds: on 2 cores, beside a second training, the embedded
-default's steps ran 5.4x (phase 1) and 4.3x (phase 2) slower (median over rounds; one round
-85x), where a fair share is 2x. One thread has no team to wait for. ``benchmarks/contention.py``
-measured the alternatives (``docs/gpu.md``, "CPU threads", has the tables): sleeping at once
-(``OMP_WAIT_POLICY=PASSIVE``) kept contention near 2x but made the phase-1 step alone 1.39x
-slower (a wake-up per region); a shorter spin (``GOMP_SPINCOUNT=10000``) was worse under
-contention; a single thread is 1.4-1.7x slower alone. The governor keeps libgomp's default
-alone (1.01x and 0.92x the old step time) and drops to what the other processes leave free when
-they appear (1.38x and 2.00x beside a second training). A user's own
-``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left as it is.
+regions per step, so the waste compounds: its steps slow down far more than a fair share of
+the cores explains. One thread has no team to wait for. ``benchmarks/contention.py`` measures the alternatives (``docs/gpu.md``, "CPU
+threads", has the tables): sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) slows every step
+alone (a wake-up per region), a shorter spin (``GOMP_SPINCOUNT``) is worse under
+contention, and a single thread is slower alone. The governor keeps libgomp's default alone,
+at its speed, and drops to what the other processes leave free when they appear, near a fair
+share. A user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left as it is.
 """
 
 from __future__ import annotations

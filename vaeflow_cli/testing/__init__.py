@@ -1,7 +1,7 @@
 """The check kit for component authors (and vaeflow's own test suite).
 
 One entry point per component kind builds the component from its registered factory on small
-shapes and runs every check below that applies; use them from pytest::
+shapes and runs every check below that applies; use them from pytest:
 
     from vaeflow_cli.testing import check_flow_component, check_encoder, check_decoder, check_prior, check_dataset
 
@@ -22,6 +22,8 @@ rule is. The checks (each also public, for use on a module built by hand):
   formula), and the two are opposite;
 * **change of variables** (bijective priors; ``check_log_prob_change_of_variables``):
   ``log_prob(z) = log N(h(z); 0, I) + log|det dh/dz|`` with the Jacobian from autograd;
+* **sampling** (priors; ``check_prior``): ``from_base(u)`` changes with the base points u, and
+  ``log_prob`` is finite at the samples it gives (for a bijective prior, ``from_base = h^-1``);
 * **gradients** (``check_gradients``): every trainable parameter gets a finite gradient from a
   scalar loss of the component's outputs (a flow: its forward outputs and its log-det; an encoder
   or decoder: both outputs; a prior: ``log_prob``), non-zero wherever a finite difference shows
@@ -67,14 +69,7 @@ torch RNG is forked around every seeded call.
 """
 
 from vaeflow_cli.testing._helpers import MODE_DEPENDENT_LAYERS, mode_dependent_layers, perturb
-from vaeflow_cli.testing.components import (
-    check_conditional_flow,
-    check_decoder,
-    check_encoder,
-    check_flow_component,
-    check_prior,
-    check_prior_component,
-)
+from vaeflow_cli.testing.components import check_conditional_flow, check_decoder, check_encoder, check_flow_component, check_prior
 from vaeflow_cli.testing.datasets import check_dataset, check_dataset_missing_files
 from vaeflow_cli.testing.mathematics import check_bijection, check_flow_outputs, check_log_prob_change_of_variables
 from vaeflow_cli.testing.modules import check_gradients, check_identity_at_init, check_modes_agree, check_state_dict_round_trip
@@ -95,7 +90,6 @@ __all__ = [
     "check_encoder",
     "check_decoder",
     "check_prior",
-    "check_prior_component",
     "check_dataset",
     "check_dataset_missing_files",
 ]

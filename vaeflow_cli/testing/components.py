@@ -247,8 +247,9 @@ def _check_gaussian_module(
 
 
 def _prior_contract(prior: nn.Module, z: torch.Tensor, u: torch.Tensor, *, mathematics: bool = True) -> None:
-    """Prior protocol: log_prob (B,) and from_base (B, d), finite float32; a bijective prior (with
-    ``inverse``): forward and inverse give (B, d) and (B,), and with ``mathematics`` h is a
+    """Prior protocol: log_prob (B,) and from_base (B, d), finite float32; sampling: from_base
+    depends on its base points u, and log_prob is finite at the samples it gives; a bijective prior
+    (with ``inverse``): forward and inverse give (B, d) and (B,), and with ``mathematics`` h is a
     bijection on R^d, its log_prob is the change of variables, and from_base = h^-1."""
     from vaeflow_cli.hookspecs import Prior
 
@@ -259,6 +260,9 @@ def _prior_contract(prior: nn.Module, z: torch.Tensor, u: torch.Tensor, *, mathe
         _expect(_seeded(lambda: prior.log_prob(z), 0), (b,), "log_prob")
         zs = _seeded(lambda: prior.from_base(u), 0)
         _expect(zs, (b, d), "from_base")
+        other = _seeded(lambda: prior.from_base(u.flip(0) + 1.0), 0)
+        assert _max_diff(zs, other) > 1e-6, "from_base(u) does not depend on u: every sample z = from_base(u), u ~ N(0, I), is the same"
+        _expect(_seeded(lambda: prior.log_prob(zs), 0), (b,), "log_prob of the prior's own samples from_base(u)")
         if hasattr(prior, "inverse"):
             for direction, out in (("forward", prior(z)), ("inverse", prior.inverse(u))):
                 v, ld = _pair(out, direction)
@@ -273,19 +277,6 @@ def _prior_contract(prior: nn.Module, z: torch.Tensor, u: torch.Tensor, *, mathe
             assert torch.allclose(prior.inverse(u)[0], zs, atol=1e-6), "from_base(u) differs from inverse(u)[0]"
 
 
-def check_prior_component(factory, *, latent_dim: int = 5, batch: int = 4, seed: int = 0, **kwargs) -> None:
-    """Build a registered prior (``PriorFactory``), perturb it, and check the protocol: ``log_prob``
-    finite (B,), ``from_base`` (B, latent_dim); when it is a bijection h (has ``inverse``), that h
-    inverts with both log-dets matching autograd, that ``log_prob`` is the change of variables
-    (autograd), and that ``from_base`` is h^-1. The mathematical part of ``check_prior``, without
-    the gradient, mode and round-trip checks. Raises AssertionError."""
-    kwargs = _kwargs(factory, kwargs)
-    prior = perturb(_seeded(lambda: factory(latent_dim=latent_dim, **kwargs), seed), seed=seed).eval()
-    z = _randn((batch, latent_dim), seed)
-    u = _randn((batch, latent_dim), seed + 1)
-    _prior_contract(prior, z, u)
-
-
 def check_prior(
     factory,
     *,
@@ -297,9 +288,15 @@ def check_prior(
     prepare: Callable[[nn.Module], Any] | None = None,
     **kwargs,
 ) -> None:
-    """Check a registered prior factory (``PriorFactory``): everything ``check_prior_component``
-    checks, plus a gradient for every parameter from a loss of ``log_prob`` (B,) on latents
-    (B, latent_dim), eval()/train() agreement, and the state_dict round trip.
+    """Check a registered prior factory (``PriorFactory``), the prior's counterpart of
+    ``check_flow_component``: built, perturbed and warmed up, the protocol's shapes and dtypes
+    (``log_prob`` finite float32 (B,) on latents (B, latent_dim), ``from_base`` (B, latent_dim));
+    sampling (``from_base`` depends on its base points, and ``log_prob`` is finite at its
+    samples); when the prior is a bijection h (has ``inverse``), forward and inverse shapes, that h
+    inverts with both log-dets matching autograd (``check_bijection``), that ``log_prob`` is the
+    change of variables computed independently (``check_log_prob_change_of_variables``) and that
+    ``from_base`` is h^-1; a gradient for every parameter from a loss of ``log_prob``,
+    eval()/train() agreement, and the state_dict round trip.
 
     ``prepare(prior)`` runs after the build and perturbation, before anything is checked, to put a
     component with states in the one to check (e.g. a two-stage prior marked trained, whose

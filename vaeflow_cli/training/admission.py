@@ -11,7 +11,7 @@ from pathlib import Path
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.runtime.phases import PHASES
-from vaeflow_cli.runtime.runs import RunDir
+from vaeflow_cli.runtime.runs import RunDir, not_a_run
 from vaeflow_cli.training.runconfig import resolved_config, write_components, write_config
 
 
@@ -46,21 +46,21 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, restart: bool 
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
     elif PHASES[phase].starts_from:  # a phase that continues another needs the run it continues
         hint = f"vaeflow train-vae --config {config_path} --run {rd.path}" if config_path else f"vaeflow train-vae --run {rd.path}"
-        data, root = cfg["data"]["name"], cfg["data"].get("root", "")
+        data, root = cfg.data.name, cfg.data.options.get("root", "")
         needs = (
             f" (it trains on the {data} dataset at data.root = {root!r}, which is not there yet: vaeflow data download {data} --root {root})"
             if root and not os.path.exists(root)
             else ""
         )
-        raise VaeflowError(f"{rd.path} is not a vaeflow run (no config.toml); {PHASES[phase].title} starts from phase 1: run {hint} first{needs}")
+        raise VaeflowError(not_a_run(rd.path, f"{PHASES[phase].title} starts from phase 1: run {hint} first{needs}"))
 
 
 def prepare_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool = False, restart: bool = False) -> None:
     """Check that ``cfg`` fits the run directory (check_run) and write it there, with what built
     the run (``components.toml``: ``plugins.provenance``), unless the files already hold exactly
     that: a no-op resume rewrites nothing."""
-    from vaeflow_cli.plugins.provenance import built_with
-    from vaeflow_cli.plugins.registry import get_registry
+    from vaeflow_cli.registry.core import get_registry
+    from vaeflow_cli.registry.provenance import built_with
 
     check_run(cfg, rd, phase, resume=resume, restart=restart)
     text = config_mod.dumps(cfg).encode()

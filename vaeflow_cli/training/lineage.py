@@ -22,18 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow_cli.runtime.phases import PHASES
-from vaeflow_cli.runtime.runs import load_checkpoint, weights_digest
+from vaeflow_cli.runtime.runs import load_checkpoint
 
 HEAD_KEYS = ("phase", "start", "start_digest", "start_step", "digest", "global_step", "epoch", "step", "epochs", "complete")
-"""The small entries of a checkpoint that lineage checks read (never the weights, unless an old
-checkpoint lacks its ``digest``)."""
+"""The small entries of a checkpoint that lineage checks read (never the weights)."""
 
 
 def read_head(path: Path) -> dict[str, Any] | None:
     """The HEAD_KEYS of the checkpoint at ``path`` (None where there is none), read through a
-    memory map; a file that cannot be read so is loaded and checked in full
-    (``runs.load_checkpoint``), which names its problem. An old checkpoint without ``digest`` gets
-    one computed from its weights."""
+    memory map; a file that cannot be read so, or that lacks its ``digest``, is loaded and checked
+    in full (``runs.load_checkpoint``), which names its problem."""
     import torch
 
     from vaeflow_cli.config.limits import file_problem
@@ -46,12 +44,9 @@ def read_head(path: Path) -> dict[str, Any] | None:
             state = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
         except Exception:  # noqa: BLE001 - load_checkpoint turns every problem into one line
             state = None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(state.get("digest"), str):
         state = load_checkpoint(path)
-    head = {k: state.get(k) for k in HEAD_KEYS}
-    if not isinstance(head["digest"], str):
-        head["digest"] = weights_digest(state["model"])
-    return head
+    return {k: state.get(k) for k in HEAD_KEYS}
 
 
 def tagged_name(phase: str, global_step: int) -> str:
@@ -115,9 +110,8 @@ class Stale:
 def stale_link(asked: str, head_of: Callable[[str], dict | None]) -> Stale | None:
     """The first link of ``asked``'s chain of starts (``asked`` -> what it started from -> ...)
     whose start's checkpoint no longer holds the state the later phase was trained on; None when
-    every link holds (or cannot be told: a checkpoint made before vaeflow recorded the digest, or
-    a start whose checkpoint is gone). ``head_of(phase)``: ``read_head`` of that phase's
-    checkpoint in the run (None where there is none)."""
+    every link holds (or cannot be told: a start whose checkpoint is gone). ``head_of(phase)``:
+    ``read_head`` of that phase's checkpoint in the run (None where there is none)."""
     phase, seen = asked, set()
     while phase not in seen:
         seen.add(phase)

@@ -51,7 +51,7 @@ class _Guarded:
 
     def _warn(self, what: str, exc: BaseException) -> None:
         from vaeflow_cli.console import warning
-        from vaeflow_cli.plugins.registry import describe_exception
+        from vaeflow_cli.registry.core import describe_exception
 
         self.failed = True
         warning(
@@ -94,7 +94,7 @@ def open_loggers(names: Iterable[str], *, run_dir: str, phase: str, config: Mapp
     returns something without ``log`` and ``close``, raises one-line VaeflowError after closing
     the loggers already opened."""
     if registry is None:
-        from vaeflow_cli.plugins.registry import get_registry
+        from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
     opened: list[_Guarded] = []

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,12 @@ import numpy as np
 import torch
 
 from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.config.typed import PhaseSettings
 from vaeflow_cli.console import counted, log, warning
+from vaeflow_cli.data.dequantization import dequantize_on_device
 from vaeflow_cli.data.images import grid, png_bytes, to_uint8
-from vaeflow_cli.data.pipeline import BatchLoader, Splits, dequantize_on_device, load_splits
+from vaeflow_cli.data.loader import BatchLoader
+from vaeflow_cli.data.splits import Splits, load_splits
 from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
 from vaeflow_cli.evaluation.bounds import elbo_bpd
 from vaeflow_cli.files import atomic_write_bytes
@@ -35,13 +39,13 @@ from vaeflow_cli.model.sampling import bin_centres
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.progress import Progress
 from vaeflow_cli.runtime.devices import configure_backends, resolve_device
-from vaeflow_cli.runtime.distributed import init_distributed
+from vaeflow_cli.runtime.distributed import Dist, init_distributed
 from vaeflow_cli.runtime.phases import PHASES, previous
-from vaeflow_cli.runtime.runs import RunDir, all_finite, load_weights, weights_digest
+from vaeflow_cli.runtime.runs import RunDir, all_finite, load_weights
 from vaeflow_cli.training import lineage
 from vaeflow_cli.training.admission import check_run, prepare_run
 from vaeflow_cli.training.loggers import MetricsSink
-from vaeflow_cli.training.runconfig import check_signature
+from vaeflow_cli.training.runconfig import check_signature, phase_config
 from vaeflow_cli.training.signals import stop_on_signals
 from vaeflow_cli.training.state import Snapshot, TrainingState, rng_state
 from vaeflow_cli.training.step import Stepper
@@ -60,23 +64,22 @@ class _TooManyBadSteps(Exception):
 # ------------------------------------------------------------------ the training loop
 
 
-def learning_rate(pcfg: dict, epoch: int, global_step: int) -> float:
+def learning_rate(pcfg: PhaseSettings, epoch: int, global_step: int) -> float:
     """The schedule: ``lr`` halved every ``lr_halve_every`` epochs (paper: 250), after a linear
     warm-up over the first ``warmup_steps`` steps. A function of the position alone, so a resumed
     run continues it exactly."""
-    lr = pcfg["lr"]
-    if pcfg["lr_halve_every"] > 0:
-        lr *= 0.5 ** (epoch // pcfg["lr_halve_every"])
-    if pcfg["warmup_steps"] > 0:
-        lr *= min(1.0, (global_step + 1) / pcfg["warmup_steps"])
+    lr = pcfg.lr
+    if pcfg.lr_halve_every > 0:
+        lr *= 0.5 ** (epoch // pcfg.lr_halve_every)
+    if pcfg.warmup_steps > 0:
+        lr *= min(1.0, (global_step + 1) / pcfg.warmup_steps)
     return lr
 
 
-def kl_weight(pcfg: dict, global_step: int) -> float:
+def kl_weight(kl_warmup_steps: int, global_step: int) -> float:
     """The KL term's weight in the training loss at ``global_step``: rising linearly from 1 /
     kl_warmup_steps to 1 over the first ``kl_warmup_steps`` steps, then 1 (always 1 without a warm-up)."""
-    warm = pcfg["kl_warmup_steps"]
-    return min(1.0, (global_step + 1) / warm) if warm > 0 else 1.0
+    return min(1.0, (global_step + 1) / kl_warmup_steps) if kl_warmup_steps > 0 else 1.0
 
 
 def _split(bound: float, latent: float | None) -> str:
@@ -98,12 +101,12 @@ class PhaseResult:
     and sample grid at each epoch end (not the start-up: data, model, checks)."""
 
 
-def phase_modules(model, phase: str, pcfg: dict | None = None) -> list[torch.nn.Module]:
+def phase_modules(model, phase: str, train_prior: bool = False) -> list[torch.nn.Module]:
     """The model parts ``phase`` trains (``PHASES[phase].trains``, and the prior too where the
     phase's config ``pcfg`` sets ``train_prior``); a FlowModel is its flow alone."""
     if not isinstance(model, VAEFlow):
         return [model.flow]
-    return [getattr(model, part) for part in PHASES[phase].trained_parts(pcfg)]
+    return [getattr(model, part) for part in PHASES[phase].trained_parts(train_prior)]
 
 
 def previous_phase(rd: RunDir, phase: str, head_of=None) -> str | None:
@@ -113,21 +116,21 @@ def previous_phase(rd: RunDir, phase: str, head_of=None) -> str | None:
     return previous(phase, has=lambda p: rd.checkpoint_path(p).exists(), start_of=lambda p: (head_of(p) or {}).get("start"))
 
 
-def trainable_parameters(model, phase: str, pcfg: dict | None = None) -> list[torch.nn.Parameter]:
+def trainable_parameters(model, phase: str, train_prior: bool = False) -> list[torch.nn.Parameter]:
     """The parameters ``phase`` trains (``phase_modules``). The other modules are frozen
     (requires_grad off): the VAE in phase 2, the unused Glow layer in phase 1 (which DDP requires)."""
     if isinstance(model, VAEFlow):
         for m in (model.encoder, model.decoder, model.prior, model.flow):
             m.requires_grad_(False)
-    for m in phase_modules(model, phase, pcfg):
+    for m in phase_modules(model, phase, train_prior):
         m.requires_grad_(True)
-    return [p for m in phase_modules(model, phase, pcfg) for p in m.parameters()]
+    return [p for m in phase_modules(model, phase, train_prior) for p in m.parameters()]
 
 
-def set_phase_mode(model: VAEFlow, phase: str, pcfg: dict | None = None) -> None:
+def set_phase_mode(model: VAEFlow, phase: str, train_prior: bool = False) -> None:
     """Train mode for what this phase trains; the frozen parts stay in eval mode."""
     model.eval()
-    for m in phase_modules(model, phase, pcfg):
+    for m in phase_modules(model, phase, train_prior):
         m.train()
 
 
@@ -136,6 +139,7 @@ def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: in
     g = torch.Generator().manual_seed(SAMPLE_SEED)
     with torch.no_grad():
         model.eval()
+        # a model without its Glow layer (phase 1) shows its decoder means g_mu(z); the others sample at T = 0.5
         x = model.sample(n, temperature=0.5, vae_only=not model.use_flow, generator=g)
     path = rd.samples_dir / (name or f"{phase}-epoch{epoch:04d}.png")
     picture = grid(to_uint8(x))
@@ -176,8 +180,7 @@ def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device, *, resuming
             raise VaeflowError(f"{PHASES[before].title} of {rd.path} is not finished ({where}); run vaeflow train-{before} --run {rd.path} --resume")
         log(f"{PHASES[phase].title} starts from an unfinished {PHASES[before].title} ({where}): a smoke test (--max-steps)")
     load_weights(model, prev_state["model"], rd.checkpoint_path(before))
-    digest = prev_state.get("digest") if isinstance(prev_state.get("digest"), str) else weights_digest(prev_state["model"])
-    return before, {"start_digest": digest, "start_step": prev_state["global_step"]}
+    return before, {"start_digest": prev_state["digest"], "start_step": prev_state["global_step"]}
 
 
 def _restart(rd: RunDir, phase: str) -> None:
@@ -223,7 +226,7 @@ def _check_finite_weights(model, what: str) -> None:
 
 
 def train_phase(
-    cfg: dict,
+    cfg: dict | None,
     run_dir: str | Path,
     phase: str,
     *,
@@ -255,16 +258,20 @@ def train_phase(
     may then start from an earlier phase that a smoke run left unfinished.
     ``restart``: train the phase again from its start, its checkpoints replaced (after the phase it
     starts from changed: ``lineage``). ``config_path``: the config file the user gave, for the
-    commands that error messages suggest.
+    commands that error messages suggest. ``cfg`` None: the config ``vaeflow train-PHASE`` would
+    take without ``--config`` (``runconfig.phase_config``: the one ``run_dir`` was trained with,
+    when it holds one; else the embedded default).
     Raises VaeflowError (bad input), RuntimeFailure (a run that cannot go on), Interrupted."""
     from vaeflow_cli.config.limits import check_bool, check_count
 
     if not isinstance(phase, str) or phase not in PHASES:
         raise VaeflowError(f"phase must be one of {', '.join(PHASES)}, not {phase!r}")
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("train"), dict) or phase not in cfg["train"]:
-        raise VaeflowError("cfg must be a resolved config (vaeflow_cli.resolve_config), not " + type(cfg).__name__)
     if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
         raise VaeflowError(f"run_dir must be the path of a run directory (a str or Path), not {run_dir!r}")
+    if cfg is None:
+        cfg, _ = phase_config(phase, run_dir)
+    if not isinstance(cfg, Mapping) or not isinstance(cfg.get("train"), Mapping) or phase not in cfg["train"]:
+        raise VaeflowError("cfg must be a resolved config (vaeflow_cli.resolve_config) or None, not " + type(cfg).__name__)
     check_bool(resume, "resume")
     check_bool(progress, "progress")
     check_bool(restart, "restart")
@@ -279,23 +286,23 @@ def train_phase(
         raise VaeflowError("smoke ends a run after max_steps steps or max_seconds seconds (--max-steps N, --max-seconds S); give one of them too")
     # validated again, as resolve validates a file: a dict edited after resolve_config gets the same rules
     cfg = config_mod.resolve(base=cfg, source="the config given to train_phase")
-    tcfg, pcfg = cfg["train"], cfg["train"][phase]
-    ddp, ddp_device = init_distributed(tcfg["device"])
+    tcfg, pcfg = cfg.train, cfg.train.phase(phase)
+    ddp, ddp_device = init_distributed(tcfg.device)
     rd = RunDir(run_dir)
-    if pcfg["batch_size"] % ddp.world_size:
-        raise VaeflowError(f"train.{phase}.batch_size = {pcfg['batch_size']} is the global batch and must divide by the {ddp.world_size} processes")
+    if pcfg.batch_size % ddp.world_size:
+        raise VaeflowError(f"train.{phase}.batch_size = {pcfg.batch_size} is the global batch and must divide by the {ddp.world_size} processes")
     with contextlib.ExitStack() as held:
         locked = ddp.broadcast(rd.path.is_dir())  # an existing run is held from the start: a second process fails fast
         if locked:
             ddp.main_only(lambda: held.enter_context(rd.lock()))
         check_run(cfg, rd, phase, resume=resume, restart=restart, config_path=config_path)
-        device = ddp_device or resolve_device(tcfg["device"])
+        device = ddp_device or resolve_device(tcfg.device)
         resuming = resume and rd.checkpoint_path(phase).exists()
         p = PHASES[phase]
         data, model = _data_and_model(cfg, phase, ddp, device, fresh_flow=p.flow_at_init and not (resuming and "flow" in p.trains))
         before, record = _load_previous(rd, phase, cfg, model, device, resuming=resuming, unfinished_ok=smoke)
-        model.use_flow = p.uses_flow(before)  # the phase's model, set once: its forward is the loss
-        state, stepper, loader = _training_state(cfg, phase, ddp, device, data, model)
+        model.use_flow = p.use_flow(before)  # the phase's model, set once: its forward is the loss
+        state, stepper, loader = training_state(cfg, phase, model, data.train, device=device, ddp=ddp)
         if resuming:
             path = rd.checkpoint_path(phase)
             saved = rd.load_checkpoint(phase, map_location=device)
@@ -305,8 +312,8 @@ def train_phase(
             model.prior.start_own_training()  # a second-stage prior: from now on log p(z) is its ELBO
 
         metrics = held.enter_context(MetricsSink(rd))  # metrics.jsonl and the [run] loggers, closed on every exit
-        ddp.main_only(lambda: metrics.open(cfg["run"]["loggers"], phase=phase, config=cfg))  # rank 0 only; writes nothing yet
-        trains = not (state.restored_complete and state.position.epoch >= pcfg["epochs"])  # not a no-op resume
+        ddp.main_only(lambda: metrics.open(cfg.run.loggers, phase=phase, config=cfg))  # rank 0 only; writes nothing yet
+        trains = not (state.restored_complete and state.position.epoch >= pcfg.epochs)  # not a no-op resume
         warnings, pinned = _built_on_this(rd, phase, resuming=resuming and trains, restart=restart)
         ddp.main_only(
             lambda: _start_writing(cfg, rd, phase, held, locked=locked, resume=resume, restart=restart, state=state, world_size=ddp.world_size)
@@ -314,9 +321,9 @@ def train_phase(
         for line in warnings if ddp.is_main else ():
             warning(line)
         # after the checks (a failed start prints its error line only); the caller's settings again on exit
-        held.enter_context(configure_backends(device, tcfg))
-        from vaeflow_cli.plugins.provenance import built_with
-        from vaeflow_cli.plugins.registry import get_registry
+        held.enter_context(configure_backends(device, threads=tcfg.threads, tf32=tcfg.tf32))
+        from vaeflow_cli.registry.core import get_registry
+        from vaeflow_cli.registry.provenance import built_with
 
         record = {**record, "components": built_with(cfg, get_registry())}
         trainer = _Trainer(cfg, rd, phase, ddp, data, loader, state, stepper, metrics, before=before, record=record, pinned=pinned)
@@ -332,41 +339,60 @@ def _data_and_model(cfg: dict, phase: str, ddp, device: torch.device, *, fresh_f
         raise VaeflowError(
             f"the dataset has {len(data.train)} training and {len(data.test)} held-out images; training needs at least {ddp.world_size} and 1"
         )
-    torch.manual_seed(cfg["train"]["seed"] + list(PHASES).index(phase) + 1000 * ddp.rank)
+    torch.manual_seed(cfg.train.seed + list(PHASES).index(phase) + 1000 * ddp.rank)
     model = build_model(cfg, data.image_shape, baseline=PHASES[phase].standalone).to(device)
     y = bin_centres(data.train[:2], device)
-    check_components(model, y, identity_flow=fresh_flow, flow_type=cfg["model"]["flow"]["type"])
+    check_components(model, y, identity_flow=fresh_flow, flow_type=cfg.model.flow.name)
     return data, model
 
 
-def _training_state(cfg: dict, phase: str, ddp, device: torch.device, data: Splits, model):
-    """A fresh TrainingState of ``model`` for ``phase`` (Adam on the parameters it trains), its
-    Stepper (the training step) and the rank's BatchLoader."""
-    tcfg, pcfg = cfg["train"], cfg["train"][phase]
-    params = trainable_parameters(model, phase, pcfg)
+def training_state(
+    cfg: dict,
+    phase: str,
+    model,
+    images: np.ndarray,
+    *,
+    device: torch.device,
+    ddp: Dist | None = None,
+    batch_size: int | None = None,
+    drop_last: bool = False,
+    dequantize: bool | None = None,
+) -> tuple[TrainingState, Stepper, BatchLoader]:
+    """A fresh TrainingState of ``model`` for ``phase`` (Adam on the parameters it trains, at the
+    phase's ``lr``), its Stepper (the training step, with the phase's ``grad_clip`` and
+    ``free_bits``) and the rank's BatchLoader over the uint8 ``images``. The trainer and the
+    timing (``training.timing``) both start from here. ``batch_size``: the global batch
+    (default ``train.<phase>.batch_size``); ``dequantize``: whether the loader dequantizes on the
+    host (default: unless ``train.dequantize`` is "device")."""
+    ddp = ddp or Dist()
+    tcfg, pcfg = cfg.train, cfg.train.phase(phase)
+    batch_size = pcfg.batch_size if batch_size is None else batch_size
+    dequantize = tcfg.dequantize != "device" if dequantize is None else dequantize
+    params = trainable_parameters(model, phase, pcfg.train_prior)
     if not params:
         raise VaeflowError(
             f"the {phase} phase has no parameters to train: the components it trains "
-            f"({', '.join(type(m).__name__ for m in phase_modules(model, phase, pcfg))}) have none; check the [model] types"
+            f"({', '.join(type(m).__name__ for m in phase_modules(model, phase, pcfg.train_prior))}) have none; check the [model] types"
         )
-    opt = torch.optim.Adam(params, lr=pcfg["lr"])
+    opt = torch.optim.Adam(params, lr=pcfg.lr)
     stepper = Stepper(
         model,
         params,
         opt,
         device=device,
-        precision=tcfg["precision"],
-        grad_clip=pcfg["grad_clip"],
-        compile=tcfg["compile"],
-        channels_last=tcfg["channels_last"],
+        precision=tcfg.precision,
+        grad_clip=pcfg.grad_clip,
+        compile=tcfg.compile,
+        channels_last=tcfg.channels_last,
         dist=ddp,
     )
-    stepper.free_bits = pcfg["free_bits"]
+    stepper.free_bits = pcfg.free_bits
     loader = BatchLoader(
-        data.train,
-        batch_size=pcfg["batch_size"] // ddp.world_size,
-        seed=tcfg["seed"],
-        dequantize=tcfg["dequantize"] != "device",
+        images,
+        batch_size=batch_size // ddp.world_size,
+        seed=tcfg.seed,
+        drop_last=drop_last,
+        dequantize=dequantize,
         rank=ddp.rank,
         world_size=ddp.world_size,
         pin_memory=device.type == "cuda",
@@ -431,7 +457,7 @@ class _Trainer:
         self.before = before
         self.record = record or {}  # what built the run, what the phase started from: into every checkpoint
         self.pinned = pinned  # step-tagged checkpoints that later phases were trained on: never pruned
-        self.tcfg, self.pcfg = cfg["train"], cfg["train"][phase]
+        self.tcfg, self.pcfg = cfg.train, cfg.train.phase(phase)
         self.signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
         self.steps_this_call = 0
         self.recent_loss = [0.0, 0]  # sum and count of the finite losses since the loggers' last step record
@@ -453,14 +479,14 @@ class _Trainer:
     def held_out_bound(self) -> tuple[float, float | None]:
         """(the ELBO bound, its latent part: the mean KL term) in bits/dim on the held-out split
         (``train.eval_samples`` of it); the latent part is None for a flow alone (no latent)."""
-        bound = elbo_bpd(self.state.model, self.data.test, seed=self.tcfg["seed"], device=self.state.device, limit=self.tcfg["eval_samples"])
+        bound = elbo_bpd(self.state.model, self.data.test, seed=self.tcfg.seed, device=self.state.device, limit=self.tcfg.eval_samples)
         latent = None if PHASES[self.phase].standalone or bound.latent is None else float(bound.latent.mean())
         return bound.mean, latent
 
     def remember(self) -> None:
         """Keep this state in memory for ``rescue`` (every rank; two at most, on the CPU): at the
         start of the call and after each epoch end whose last step was finite."""
-        if (self.snapshots and not self.last_step_finite) or self.state.position.epoch >= self.pcfg["epochs"]:
+        if (self.snapshots and not self.last_step_finite) or self.state.position.epoch >= self.pcfg.epochs:
             return  # a state after a skipped step, or a finished phase: nothing to go back to
         self.snapshots = [*self.snapshots[-1:], self.state.snapshot()]
 
@@ -558,14 +584,14 @@ class _Trainer:
             )
             ckpt = state.checkpoint(
                 rngs=rngs,
-                epochs=self.pcfg["epochs"],
+                epochs=self.pcfg.epochs,
                 complete=complete,
                 signature=self.signature,
                 world_size=self.ddp.world_size,
                 start=self.before,
                 extra=self.record,
             )
-            return rd.save_checkpoint(phase, ckpt, keep=self.tcfg["keep_checkpoints"], tag=f"step{p.global_step:09d}", pinned=self.pinned)
+            return rd.save_checkpoint(phase, ckpt, keep=self.tcfg.keep_checkpoints, tag=f"step{p.global_step:09d}", pinned=self.pinned)
 
         return self.ddp.main_only(save)
 
@@ -586,7 +612,7 @@ class _Trainer:
         with stop_on_signals(saved=lambda: rd.checkpoint_path(phase).exists()) as interrupt:  # installed until the final checkpoint is saved
             try:
                 with Progress(enabled=progress and self.ddp.is_main, fields={"loss": "-"}) as bar:
-                    while p.epoch < self.pcfg["epochs"]:
+                    while p.epoch < self.pcfg.epochs:
                         t0 = time.perf_counter()
                         self.run_epoch(bar, interrupt)
                         test_bpd, path = self.end_epoch(bar, t0)
@@ -602,7 +628,7 @@ class _Trainer:
                 ) from None
             except _TooManyBadSteps as bad:
                 raise self.rescue(str(bad), before_step=self.last_finite) from None
-            if self.pcfg["epochs"] <= p.epoch and test_bpd is None:
+            if self.pcfg.epochs <= p.epoch and test_bpd is None:
                 if self.ddp.is_main:
                     log(f"phase {phase} of {rd.path} is already complete ({counted(p.epoch, 'epoch')}); raise train.{phase}.epochs to train further")
                 # a no-op resume of a finished phase changes nothing (file times included)
@@ -624,7 +650,7 @@ class _Trainer:
 
         def report() -> float:
             bound = self.held_out_bpd()
-            n = min(len(self.data.test), self.tcfg["eval_samples"] or len(self.data.test))
+            n = min(len(self.data.test), self.tcfg.eval_samples or len(self.data.test))
             if not math.isfinite(bound):
                 raise RuntimeFailure(
                     f"the held-out bound of {PHASES[phase].title} is {bound} {stopped}: the model in "
@@ -632,7 +658,7 @@ class _Trainer:
                     f"again: vaeflow train-{phase} --run {rd.path} --restart {again}"
                 )
             grid_path, _ = _write_sample_grid(
-                self.state.model, rd, phase, p.epoch, self.cfg["run"]["sample_n"], name=f"{phase}-step{p.global_step:09d}.png"
+                self.state.model, rd, phase, p.epoch, self.cfg.run.sample_n, name=f"{phase}-step{p.global_step:09d}.png"
             )
             train = f"train loss {p.loss_sum / p.loss_n:.4f} bpd, " if p.loss_n else ""
             log(
@@ -650,12 +676,12 @@ class _Trainer:
         at a step boundary (a signal, ``max_steps``, ``max_seconds``) and _TooManyBadSteps."""
         max_steps, max_seconds = self.budget
         p, phase, tcfg, device = self.state.position, self.phase, self.tcfg, self.state.device
-        on_device = tcfg["dequantize"] == "device"
+        on_device = tcfg.dequantize == "device"
         self.loader.wait_seconds = 0.0
         self.epoch_finite = self.epoch_skipped = 0
         whole_epoch = p.step == 0
-        bar.start(f"{phase} {p.epoch + 1}/{self.pcfg['epochs']}", len(self.loader), p.step)
-        set_phase_mode(self.state.model, phase, self.pcfg)
+        bar.start(f"{phase} {p.epoch + 1}/{self.pcfg.epochs}", len(self.loader), p.step)
+        set_phase_mode(self.state.model, phase, self.pcfg.train_prior)
         batches = self.loader.device_epoch(p.epoch, device, start=p.step)
         with contextlib.closing(batches):  # a step that raises ends the loader's producer at once
             for idx, y in batches:
@@ -670,10 +696,10 @@ class _Trainer:
                     self.stopped_by_budget = by_budget and not interrupt["stop"]
                     raise _StopRequested
                 if on_device:  # uint8 crossed to the device; the same noise, computed there
-                    y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=tcfg["seed"], epoch=p.epoch)
+                    y = dequantize_on_device(y, torch.from_numpy(idx.astype(np.int64)).to(device), seed=tcfg.seed, epoch=p.epoch)
                 for group in self.state.opt.param_groups:
                     group["lr"] = learning_rate(self.pcfg, p.epoch, p.global_step)
-                self.stepper.kl_weight = kl_weight(self.pcfg, p.global_step)
+                self.stepper.kl_weight = kl_weight(self.pcfg.kl_warmup_steps, p.global_step)
                 value = self.stepper.step(y)
                 p.step += 1
                 p.global_step += 1
@@ -684,12 +710,12 @@ class _Trainer:
                     self.epoch_skipped += 1
                     log(
                         f"{phase} epoch {p.epoch + 1} step {p.step}: non-finite loss or gradient, step skipped "
-                        f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg['max_bad_steps']})"
+                        f"({self.stepper.bad_steps} in a row, limit train.max_bad_steps = {tcfg.max_bad_steps})"
                     )
-                    if self.stepper.bad_steps >= tcfg["max_bad_steps"]:
+                    if self.stepper.bad_steps >= tcfg.max_bad_steps:
                         raise _TooManyBadSteps(
                             f"{self.stepper.bad_steps} non-finite steps (loss or gradient) in a row at {phase} epoch {p.epoch + 1} "
-                            f"step {p.step} (train.max_bad_steps = {tcfg['max_bad_steps']})"
+                            f"step {p.step} (train.max_bad_steps = {tcfg.max_bad_steps})"
                         )
                 else:
                     self.last_finite = p.global_step
@@ -700,7 +726,7 @@ class _Trainer:
                     self.recent_loss[0] += value
                     self.recent_loss[1] += 1
                 self.log_step()
-                every = tcfg["checkpoint_every"]
+                every = tcfg.checkpoint_every
                 if every > 0 and p.global_step % every == 0 and p.step < len(self.loader):
                     self.checkpoint()
         if whole_epoch and self.epoch_skipped and not self.epoch_finite:  # fewer steps than train.max_bad_steps, every one skipped
@@ -709,14 +735,14 @@ class _Trainer:
     def sample_grid(self) -> Path:
         """Rank 0, at an epoch's end: the sample grid, written and given to the loggers; its path."""
         p = self.state.position
-        path, picture = _write_sample_grid(self.state.model, self.rd, self.phase, p.epoch, self.cfg["run"]["sample_n"])
+        path, picture = _write_sample_grid(self.state.model, self.rd, self.phase, p.epoch, self.cfg.run.sample_n)
         self.metrics.log_image(f"{self.phase}/samples", picture, step=p.global_step)
         return path
 
     def log_step(self) -> None:
         """Every ``[run] log_every`` optimizer steps, the mean loss of the steps since the last time
         to the loggers (rank 0; nothing to do without loggers): a few float additions per step."""
-        every, (total, n) = self.cfg["run"]["log_every"], self.recent_loss
+        every, (total, n) = self.cfg.run.log_every, self.recent_loss
         if every > 0 and self.metrics.loggers and self.state.position.global_step % every == 0 and n:
             self.metrics.log_step(self.phase, step=self.state.position.global_step, train_bpd=total / n)
             self.recent_loss = [0.0, 0]
@@ -745,12 +771,12 @@ class _Trainer:
         }
         p.epoch, p.step, p.loss_sum, p.loss_n = p.epoch + 1, 0, 0.0, 0
         ddp.main_only(lambda: self.metrics.append(record, step=p.global_step))  # first: a kill before the checkpoint only repeats the epoch
-        path = self.checkpoint(complete=p.epoch >= self.pcfg["epochs"])
+        path = self.checkpoint(complete=p.epoch >= self.pcfg.epochs)
         self.remember()
         grid_path = ddp.main_only(self.sample_grid)
         if ddp.is_main:
             bar.message(
-                f"{phase} epoch {p.epoch}/{self.pcfg['epochs']}: train loss {record['train_bpd']:.4f} bpd, "
+                f"{phase} epoch {p.epoch}/{self.pcfg.epochs}: train loss {record['train_bpd']:.4f} bpd, "
                 f"held-out bound <= {test_bpd:.4f} bpd{_split(test_bpd, test_latent)}, lr {record['lr']:.2e}, {record['seconds']:.1f} s "
                 f"({100 * record['data_wait_share']:.1f}% waiting for data); {grid_path}"
             )

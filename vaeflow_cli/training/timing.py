@@ -2,7 +2,7 @@
 Glow-layer phase and a standalone multi-scale Glow (Kingma & Dhariwal) on the same data shape,
 batch size and device.
 
-Each model runs the real training step (``engine.Stepper``: the loss, backward, Adam) on
+Each model runs the real training step (``training.step.Stepper``: the loss, backward, Adam) on
 batches from the real loader (Rust dequantization, background prefetch) over synthetic uint8
 images of the dataset's shape, so the data need not be downloaded. ``warmup`` steps of each model
 run first (data-dependent ActNorm init, allocator and kernel caches). Then the three models'
@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.console import log
-from vaeflow_cli.data.pipeline import BatchLoader, build_dataset
+from vaeflow_cli.data.loader import BatchLoader
+from vaeflow_cli.data.splits import build_dataset
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.vaeflow import FlowModel, build_model
 from vaeflow_cli.runtime.devices import configure_backends, resolve_device
 from vaeflow_cli.runtime.phases import PHASES
-from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+from vaeflow_cli.training.loop import set_phase_mode, training_state
 from vaeflow_cli.training.step import Stepper
 
 PAPER_SPEEDUP = 3.5  # Table 4: Glow 512 s/epoch against VAE 118 s and Glow layer 162 s (GTX 1080 Ti)
@@ -83,26 +85,13 @@ class _Timed:
                 self.peak = max(self.peak or 0, torch.cuda.max_memory_allocated(self.device))
 
 
-def _prepare(
-    name: str,
-    model,
-    phase: str,
-    *,
-    images: np.ndarray,
-    batch_size: int,
-    device: torch.device,
-    lr: float,
-    seed: int,
-    precision: str = "fp32",
-    compile: bool = False,
-    channels_last: bool = False,
-) -> _Timed:
-    params = trainable_parameters(model, phase)
-    opt = torch.optim.Adam(params, lr=lr)
-    set_phase_mode(model, phase)
-    model.use_flow = PHASES[phase].uses_flow(None)
-    stepper = Stepper(model, params, opt, device=device, precision=precision, compile=compile, channels_last=channels_last)
-    loader = BatchLoader(images, batch_size=batch_size, seed=seed, drop_last=True, pin_memory=device.type == "cuda")
+def _prepare(name: str, model, phase: str, cfg: dict, *, images: np.ndarray, batch_size: int, device: torch.device) -> _Timed:
+    """``model``'s training step for ``phase`` as the trainer builds it (``loop.training_state``:
+    the phase's own lr, grad_clip and free_bits, the config's precision, compile and
+    channels_last), on ``batch_size`` batches of ``images`` dequantized on the host."""
+    _, stepper, loader = training_state(cfg, phase, model, images, device=device, batch_size=batch_size, drop_last=True, dequantize=True)
+    set_phase_mode(model, phase, cfg.train.phase(phase).train_prior)
+    model.use_flow = PHASES[phase].use_flow(None)
     return _Timed(name, phase, stepper, loader, loader.device_epoch(0, device), device)
 
 
@@ -139,7 +128,7 @@ def spread(times) -> dict:
 
 
 def run_timing(
-    cfg: dict,
+    cfg,
     *,
     steps: int = 20,
     warmup: int = 3,
@@ -156,20 +145,20 @@ def run_timing(
     (``threads`` overrides train.threads)."""
     if steps < 1 or warmup < 1:
         raise VaeflowError("timing needs --steps >= 1 and --warmup >= 1")
-    tcfg = dict(cfg["train"])
-    if threads is not None:
-        tcfg["threads"] = threads
-    dev = resolve_device(device or tcfg["device"], "--device" if device else "train.device")
+    cfg = config_mod.as_config(cfg, source="the config given to run_timing")
+    tcfg = cfg.train
+    threads = tcfg.threads if threads is None else threads
+    dev = resolve_device(device or tcfg.device, "--device" if device else "train.device")
     if image_shape is not None:
         shape, n_train, size_source = tuple(image_shape), int(train_images), "given"
     else:
         shape, n_train, size_source = dataset_shape(cfg)
-    b = batch_size or cfg["train"]["vae"]["batch_size"]
+    b = batch_size or tcfg.phase("vae").batch_size
     if b > n_train:
         source = f"--batch-size {b}" if batch_size else f"train.vae.batch_size = {b}"
         raise VaeflowError(f"{source} is larger than the training split ({n_train} images); give a smaller --batch-size")
     baseline = _baseline_options(baseline, shape)
-    seed = cfg["train"]["seed"]
+    seed = tcfg.seed
     n_images = b * (steps + warmup)
     from vaeflow_cli.config.limits import require_memory
 
@@ -184,20 +173,20 @@ def run_timing(
     vae = build_model(cfg, shape).to(dev)
     torch.manual_seed(seed)
     vae2 = build_model(cfg, shape).to(dev)  # phase 2's own copy: the phases' frozen parts and modes differ
-    from vaeflow_cli.plugins.registry import get_registry
+    from vaeflow_cli.registry.core import get_registry
 
     glow_flow = get_registry().get("flow", "multiscale-glow").build("timing's standalone Glow (--glow-*)", image_shape=shape, **baseline)
     glow = FlowModel(flow=glow_flow, image_shape=shape).to(dev)
-    lr = cfg["train"]["vae"]["lr"]
-    with configure_backends(dev, tcfg):  # after the checks: a refused start prints its error line only; the caller's threads again after
-        options = {"precision": tcfg["precision"], "compile": tcfg["compile"], "channels_last": tcfg["channels_last"]}
+    with configure_backends(
+        dev, threads=threads, tf32=tcfg.tf32
+    ):  # after the checks: a refused start prints its error line only; the caller's threads again after
         timed = [
-            _prepare(name, model, phase, images=images, batch_size=b, device=dev, lr=lr, seed=seed, **options)
+            _prepare(name, model, phase, cfg, images=images, batch_size=b, device=dev)
             for name, model, phase in (("vae", vae, "vae"), ("glow_layer", vae2, "glow"), ("glow_baseline", glow, "baseline"))
         ]
         log(
             f"timing: {warmup} warm-up steps of each model, then {steps} rounds of one step of each (interleaved), "
-            f"batch {b} on {dev} ({tcfg['precision']}, torch threads = {torch.get_num_threads()})"
+            f"batch {b} on {dev} ({tcfg.precision}, torch threads = {torch.get_num_threads()})"
         )
         try:
             interleave(timed, steps=steps, warmup=warmup)
@@ -215,7 +204,7 @@ def run_timing(
             n_train=(n_train, size_source),
             steps=steps,
             warmup=warmup,
-            precision=tcfg["precision"],
+            precision=tcfg.precision,
         )
 
 
@@ -228,7 +217,7 @@ def _baseline_options(given: dict | None, shape) -> dict:
     levels as the image sides allow (each level halves them). Raises VaeflowError naming the
     ``--glow-*`` option."""
     from vaeflow_cli.config.core import component_options
-    from vaeflow_cli.plugins.registry import get_registry
+    from vaeflow_cli.registry.core import get_registry
 
     given = {k: v for k, v in (given or {}).items() if v is not None}
     unknown = sorted(set(given) - set(BASELINE_OPTIONS))
@@ -279,7 +268,7 @@ def _result(cfg, timed, baseline, models, *, device, batch_size, shape, n_train,
         "steps_per_epoch": steps_per_epoch,
         "timed_steps": steps,
         "warmup_steps": warmup,
-        "glow_layer": dict(cfg["model"]["flow"]),
+        "glow_layer": {"type": cfg.model.flow.name, **cfg.model.flow.kwargs()},
         "glow_baseline": baseline,
         "parameters": {
             "vae": sum(p.numel() for m in (vae.encoder, vae.decoder, vae.prior) for p in m.parameters()),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from vaeflow_cli.errors import VaeflowError
@@ -31,7 +31,7 @@ HEADER = (
 def _section(cfg: dict, dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+        node = node.get(part) if isinstance(node, Mapping) else None
     return node
 
 
@@ -84,10 +84,10 @@ def unknown_component(run: os.PathLike | str, kind: str, name: str, entry: dict 
     """The clause an "unknown KIND NAME" error of a run adds: who provided it when the run was
     trained and what to do now (install that distribution and version; or let the installed one
     load, when ``VAEFLOW_PLUGINS`` leaves it out or it failed to load)."""
-    from vaeflow_cli.plugins.registry import ENV_VAR
+    from vaeflow_cli.registry.core import ENV_VAR
 
     if not entry or entry.get("name") != name:
-        return f"{run} does not record which plugin provided it (trained before vaeflow recorded that, or components.toml was removed)"
+        return f"{run} does not record which plugin provided it (neither its components.toml nor a checkpoint names it)"
     plugin, dist, version = entry.get("plugin", ""), entry.get("distribution", ""), entry.get("version", "")
     if not dist:
         return f"{run} was trained with it from plugin {plugin!r} (handed to build_registry(extra=...), not an installed distribution): register that plugin again"
