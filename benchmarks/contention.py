@@ -79,7 +79,7 @@ def worker(steps: int, forever: bool) -> None:
     from vaeflow_cli.runtime.devices import set_threads
     from vaeflow_cli.runtime.phases import PHASES
     from vaeflow_cli.runtime.threads import usable_cores
-    from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+    from vaeflow_cli.training.setup import set_phase_mode, trainable_parameters
     from vaeflow_cli.training.step import Stepper
 
     forced = os.environ.get("VAEFLOW_BENCH_THREADS", "0")

@@ -24,22 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from best_time import best_time  # benchmarks/, the scripts' folder, is on sys.path
 from PIL import Image
 
 from vaeflow_cli.data.decode import decode_images
 from vaeflow_cli.data.dequantization import dequantize
 
 CROP, SIZE = 148, 64
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def make_jpegs(folder: Path, n: int) -> list[Path]:

@@ -23,10 +23,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from best_time import best_time  # benchmarks/, the scripts' folder, is on sys.path
 from PIL import Image
 
 
@@ -38,15 +38,6 @@ def write_images(images: np.ndarray, folder: Path, n: int, fmt: str) -> None:
             picture.save(folder / f"{i:06d}.jpg", quality=95)
         else:
             picture.save(folder / f"{i:06d}.png")
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv=None) -> None:
@@ -72,9 +63,9 @@ def main(argv=None) -> None:
         k = [] if args.iwae_k is None else ["--iwae-k", str(args.iwae_k)]
         command = [sys.executable, "-m", "vaeflow_cli", "-q", "score", "--run", args.run, "--device", args.device, *k, str(folder)]
         with open(os.devnull, "wb") as null:
-            cli = best(lambda: subprocess.run(command, stdout=null, check=True), args.repeats)
+            cli = best_time(lambda: subprocess.run(command, stdout=null, check=True), args.repeats, warm_up=False)
         scores = run.score(str(folder), k=args.iwae_k)  # warm-up, and the count
-        in_process = best(lambda: run.score(str(folder), k=args.iwae_k), args.repeats)
+        in_process = best_time(lambda: run.score(str(folder), k=args.iwae_k), args.repeats, warm_up=False)
     result = {
         "run": args.run,
         "images": len(scores),

@@ -47,7 +47,7 @@ from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.data.loader import BatchLoader
 from vaeflow_cli.model.vaeflow import build_model
 from vaeflow_cli.runtime.phases import PHASES
-from vaeflow_cli.training.loop import set_phase_mode, trainable_parameters
+from vaeflow_cli.training.setup import set_phase_mode, trainable_parameters
 from vaeflow_cli.training.step import Stepper
 from vaeflow_cli.training.timing import rotating_cycles, spread
 

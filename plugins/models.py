@@ -129,13 +129,17 @@ def two_stage_vae_prior(*, latent_dim: int, hidden: Annotated[int, Range(1, 6553
 
 
 ConditionChannels = Annotated[int, Range(1, 4096)]
+HiddenChannels = Annotated[int, Range(1, 16384)]  # a coupling's width
+Levels = Annotated[int, Range(1, 10)]  # the multi-scale Glow's scales; H and W divisible by 2**levels
+Steps = Annotated[int, Range(1, 1024)]  # the multi-scale Glow's steps per level
+GlowCoupling = Literal["affine", "additive"]
 
 
 def glow_layer(
     *,
     image_shape: ImageShape,
     depth: Annotated[int, Range(1, 1024)] = 32,
-    hidden_channels: Annotated[int, Range(1, 16384)] = 128,
+    hidden_channels: HiddenChannels = 128,
     lu: bool = True,
     split: Literal["auto", "channel", "checkerboard", "alternate"] = "auto",
     coupling: Literal["additive", "affine"] = "additive",
@@ -169,10 +173,10 @@ def glow_layer(
 def conditional_glow(
     *,
     image_shape: ImageShape,
-    levels: Annotated[int, Range(1, 10)] = 3,
-    steps: Annotated[int, Range(1, 1024)] = 8,
-    hidden_channels: Annotated[int, Range(1, 16384)] = 64,
-    coupling: Literal["affine", "additive"] = "affine",
+    levels: Levels = 3,
+    steps: Steps = 8,
+    hidden_channels: HiddenChannels = 64,
+    coupling: GlowCoupling = "affine",
     lu: bool = True,
     condition_channels: ConditionChannels = 8,
 ) -> Flow:
@@ -209,10 +213,10 @@ def identity_flow(*, image_shape: ImageShape) -> Flow:
 def multiscale_glow(
     *,
     image_shape: ImageShape,
-    levels: Annotated[int, Range(1, 10)] = 3,
-    steps: Annotated[int, Range(1, 1024)] = 32,
-    hidden_channels: Annotated[int, Range(1, 16384)] = 512,
-    coupling: Literal["affine", "additive"] = "affine",
+    levels: Levels = 3,
+    steps: Steps = 32,
+    hidden_channels: HiddenChannels = 512,
+    coupling: GlowCoupling = "affine",
     lu: bool = True,
 ) -> Flow:
     """The standalone Glow of Kingma & Dhariwal (the paper's baseline; ``vaeflow train-baseline``):

@@ -161,10 +161,11 @@ def test_the_config_on_the_configs_page_is_a_valid_config():
         import tomli as tomllib
 
     from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.config import schema
 
     block = re.search(r"```toml\n(.*?)```", (ROOT / "docs" / "configs.md").read_text(encoding="utf-8"), re.S).group(1)
     cfg = config_mod.resolve(base=tomllib.loads(block), source="docs/configs.md")
-    assert cfg["run"]["log_every"] == config_mod.DEFAULTS["run"]["log_every"] and cfg["run"]["loggers"] == []
+    assert cfg["run"]["log_every"] == schema.DEFAULTS["run"]["log_every"] and cfg["run"]["loggers"] == []
 
 
 TUTORIAL = ROOT / "docs" / "tutorial.md"

@@ -40,7 +40,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("runtime", ("vaeflow_cli.runtime",)),  # the ground floor: threads, devices, distributed, run directories, the phase table
     ("plugins", ("vaeflow_cli.hookspecs", "vaeflow_cli.registry")),  # the hook contract, the registry, provenance
-    ("config", ("vaeflow_cli.config.core", "vaeflow_cli.config.typed")),  # the config schema, validated against the registry; its typed view
+    (
+        "config",
+        (
+            "vaeflow_cli.config.core",
+            "vaeflow_cli.config.files",
+            "vaeflow_cli.config.schema",
+            "vaeflow_cli.config.signature",
+            "vaeflow_cli.config.typed",
+        ),
+    ),  # the config schema, validated against the registry; its typed view
     ("components", ("vaeflow_cli.model", "vaeflow_cli.data")),  # the model and the data path
     ("measures", ("vaeflow_cli.evaluation",)),  # bounds, yardsticks, Frechet distances, scoring, plots
     ("training", ("vaeflow_cli.training",)),  # the trainer of a phase, its step, state, lineage, loggers, timing

@@ -11,11 +11,27 @@ from vaeflow_cli.runtime.runs import RunDir
 QUICK = ["--set", "train.threads=1", "--set", "train.eval_samples=8"]
 
 
+def stopped_phase1(tiny_config, run, option: str, value: str, capsys) -> str:
+    """Phase 1 of ``tiny_config`` trained into RUN with a stop option (``--max-steps N`` or
+    ``--max-seconds S``), which succeeds and prints the run; the line of stderr that says where it
+    stopped."""
+    code, out, err = call_main(["train-vae", "--config", tiny_config, "--run", run, option, value, *QUICK], capsys)
+    assert code == 0 and out.strip() == str(run), err
+    return next(x for x in err.splitlines() if option in x)
+
+
+def assert_phase1_matches_an_uninterrupted_run(tiny_config, run, clean, capsys) -> dict:
+    """Phase 1 of ``tiny_config`` trained in one go into CLEAN has the weights of RUN's phase-1
+    checkpoint; returns that checkpoint."""
+    assert call_main(["train-vae", "--config", tiny_config, "--run", clean, *QUICK], capsys)[0] == 0
+    a, b = RunDir(run).load_checkpoint("vae"), RunDir(clean).load_checkpoint("vae")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    return a
+
+
 def test_max_steps_smoke_tests_both_phases_and_resume_continues_exactly(tiny_config, tmp_path, capsys):
     run, clean = tmp_path / "run", tmp_path / "clean"
-    code, out, err = call_main(["train-vae", "--config", tiny_config, "--run", run, "--max-steps", "2", *QUICK], capsys)
-    assert code == 0 and out.strip() == str(run), err
-    line = next(x for x in err.splitlines() if "--max-steps" in x)
+    line = stopped_phase1(tiny_config, run, "--max-steps", "2", capsys)
     assert line.startswith("vae stopped after 2 steps (--max-steps) at epoch 1 step 2: train loss ") and "held-out bound <= " in line
     assert "on 8 images" in line and f"continue with: vaeflow train-vae --run {run} --resume" in line
     assert (run / "samples" / "vae-step000000002.png").is_file()
@@ -33,9 +49,8 @@ def test_max_steps_smoke_tests_both_phases_and_resume_continues_exactly(tiny_con
 
     # --resume continues phase 1 exactly: the weights of one uninterrupted run
     assert call_main(["train-vae", "--run", run, "--resume", *QUICK], capsys)[0] == 0
-    assert call_main(["train-vae", "--config", tiny_config, "--run", clean, *QUICK], capsys)[0] == 0
-    a, b = RunDir(run).load_checkpoint("vae"), RunDir(clean).load_checkpoint("vae")
-    assert a["complete"] and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    resumed = assert_phase1_matches_an_uninterrupted_run(tiny_config, run, clean, capsys)
+    assert resumed["complete"]
     # and the smoke run of phase 2 now sits on an older phase 1: say so, train it again
     code, _, err = call_main(["train-glow", "--run", run, "--resume", *QUICK], capsys)
     assert code == 2 and "was trained on phase 1 at step 2" in err and f"vaeflow train-glow --run {run} --restart" in err
@@ -56,17 +71,13 @@ def test_max_seconds_is_a_time_budget_that_stops_at_a_step_and_resumes_exactly(t
     from vaeflow_cli.training.loop import train_phase
 
     run, clean = tmp_path / "run", tmp_path / "clean"
-    code, out, err = call_main(["train-vae", "--config", tiny_config, "--run", run, "--max-seconds", "0.001", *QUICK], capsys)
-    assert code == 0 and out.strip() == str(run), err
-    line = next(x for x in err.splitlines() if "--max-seconds" in x)
+    line = stopped_phase1(tiny_config, run, "--max-seconds", "0.001", capsys)
     assert line.startswith("vae stopped after ") and "1 step (--max-seconds 0.001) at epoch 1 step 1" in line
     assert RunDir(run).load_checkpoint("vae")["global_step"] == 1
     cfg = config_mod.resolve(tiny_config, ["train.threads=1", "train.eval_samples=8"])
     result = train_phase(cfg, run, "vae", resume=True, progress=False, max_seconds=1e6)
     assert result.complete and result.seconds > 0
-    assert call_main(["train-vae", "--config", tiny_config, "--run", clean, *QUICK], capsys)[0] == 0
-    a, b = RunDir(run).load_checkpoint("vae"), RunDir(clean).load_checkpoint("vae")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert_phase1_matches_an_uninterrupted_run(tiny_config, run, clean, capsys)
     code, _, err = call_main(["train-vae", "--config", tiny_config, "--run", tmp_path / "x", "--max-seconds", "0", *QUICK], capsys)
     assert code == 2 and "--max-seconds" in err
 

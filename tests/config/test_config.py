@@ -4,6 +4,7 @@ import pytest
 from conftest import run_cli
 
 from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.config import files, schema
 from vaeflow_cli.data.splits import build_dataset
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.vaeflow import build_model
@@ -229,9 +230,9 @@ def test_the_shipped_configs_state_what_they_change_from_the_embedded_default():
     embedded default) or over the bare schema: none depends on a value it does not state, except
     a standalone flow's unused VAE sections."""
     for path in CONFIGS:
-        raw = config_mod.load_toml(path)
+        raw = files.load_toml(path)
         laid = _flat(config_mod.resolve(path))
-        bare = _flat(config_mod.validate(config_mod.merge(config_mod.DEFAULTS, raw, where=str(path)), where=str(path), registry=_registry()))
+        bare = _flat(config_mod.validate(config_mod.merge(schema.DEFAULTS, raw, where=str(path)), where=str(path), registry=_registry()))
         unused = (
             "model.encoder.",
             "model.decoder.",

@@ -525,16 +525,10 @@ COLOUR_RUN = (
 )
 
 
-def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folders(tmp_path):
-    """cifar_fd end to end on a tiny run of two colour classes: the classifier is trained on the
-    run's training images with their folder names as labels (it separates red from blue), cached
-    with the classes and a fingerprint of the files, reused, refused when the files change; the
-    Frechet distance of the real images to themselves is zero; digit runs get one line."""
-    from vaeflow_cli.data.splits import build_dataset, load_split
-    from vaeflow_cli.errors import VaeflowError
-    from vaeflow_cli.evaluation import cifarfd
-    from vaeflow_cli.training.loop import train_phase
-
+def train_colour_run(tmp_path):
+    """COLOUR_RUN trained (both phases) in TMP_PATH/run on 60 8x8 colour images in two class
+    folders of TMP_PATH/images, "red" and "blue" (30 each, the class's channel bright); returns
+    (the images' root, the resolved config, the run)."""
     root = tmp_path / "images"
     rng = np.random.RandomState(0)
     for name, channel in (("red", 0), ("blue", 2)):
@@ -549,6 +543,19 @@ def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folde
     run = tmp_path / "run"
     train_phase(cfg, run, "vae", progress=False)
     train_phase(cfg, run, "glow", progress=False)
+    return root, cfg, run
+
+
+def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folders(tmp_path):
+    """cifar_fd end to end on a tiny run of two colour classes: the classifier is trained on the
+    run's training images with their folder names as labels (it separates red from blue), cached
+    with the classes and a fingerprint of the files, reused, refused when the files change; the
+    Frechet distance of the real images to themselves is zero; digit runs get one line."""
+    from vaeflow_cli.data.splits import build_dataset, load_split
+    from vaeflow_cli.errors import VaeflowError
+    from vaeflow_cli.evaluation import cifarfd
+
+    root, cfg, run = train_colour_run(tmp_path)
 
     r = evaluate_run(run, metrics=["cifar_fd"], n_samples=20, temperatures=[0.5, 1.0])
     assert r["cifar_fd_classes"] == 2 and r["cifar_fd_classifier_accuracy"] == 1.0  # red against blue

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import call_main
-from PIL import Image
-from test_evaluate import COLOUR_RUN  # the tiny run of cifar_fd's test: 8x8 colour images in class folders
+from test_evaluate import train_colour_run  # the tiny run of cifar_fd's test: 8x8 colour images in class folders
 
-from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.evaluation import fid, simclrfd
 from vaeflow_cli.evaluation.evaluate import evaluate_run
@@ -64,22 +62,8 @@ def test_simclr_fd_scores_colour_samples_and_caches_its_network(tmp_path, small_
     and the input side, reused as it is, refused when either changed."""
     from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation.table import format_table
-    from vaeflow_cli.training.loop import train_phase
 
-    root = tmp_path / "images"
-    rng = np.random.RandomState(0)
-    for name, channel in (("red", 0), ("blue", 2)):  # class folders mean nothing to simclr_fd; the layout is cifar_fd's test's
-        (root / name).mkdir(parents=True)
-        for i in range(30):
-            x = rng.randint(0, 80, (8, 8, 3)).astype(np.uint8)
-            x[:, :, channel] = rng.randint(150, 256, (8, 8))
-            Image.fromarray(x).save(root / name / f"{i:03d}.png")
-    config = tmp_path / "colour.toml"
-    config.write_text(COLOUR_RUN.format(root=root, run=tmp_path / "run"))
-    cfg = config_mod.resolve(config)
-    run = tmp_path / "run"
-    train_phase(cfg, run, "vae", progress=False)
-    train_phase(cfg, run, "glow", progress=False)
+    _, cfg, run = train_colour_run(tmp_path)  # class folders mean nothing to simclr_fd; the layout is cifar_fd's test's
 
     r = evaluate_run(run, metrics=["simclr_fd"], n_samples=20, temperatures=[0.5, 1.0])
     for label in ("vae", "full"):

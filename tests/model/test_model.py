@@ -347,7 +347,7 @@ def test_to_uint8_floors_clamps_and_maps_non_finite_values_to_fixed_pixels():
 
 def test_training_loss_is_the_bound_unless_a_kl_warm_up_or_free_bits_reweight_its_kl_term():
     from vaeflow_cli.model.vaeflow import Bound, training_loss
-    from vaeflow_cli.training.loop import kl_weight
+    from vaeflow_cli.training.setup import kl_weight
 
     g = torch.Generator().manual_seed(0)
     log_px = -torch.rand(4, generator=g) * 1000

@@ -574,7 +574,7 @@ def test_phase_2_refuses_it_when_its_flow_is_fresh_and_not_when_it_resumes(tiny_
     def stop(*args, **kwargs):
         raise PastTheCheck
 
-    monkeypatch.setattr(train_mod, "_load_previous", stop)  # what train_phase does right after check_components
+    monkeypatch.setattr(train_mod, "load_previous", stop)  # what train_phase does right after check_components
     with pytest.raises(PastTheCheck):
         train_phase(cfg, run, "glow", resume=True, progress=False)
     for phase in ("prior", "joint"):  # they start from a trained flow (or do not run it)

@@ -159,13 +159,14 @@ def test_the_decoder_mean_ranges_on_the_page_are_the_pixel_transforms():
     import torch
 
     from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.config import schema
     from vaeflow_cli.model.vaeflow import pixel_transform
 
     text = " ".join(demo_plugin.PAGE.read_text(encoding="utf-8").split())
     claim = re.search(r"puts them in about \[(-?[\d.]+), ([\d.]+)\] at `alpha = model.logit_alpha = ([\de.-]+)`", text)
     assert claim, "the sentence on the logit range is gone from docs/plugins.md"
     low, high, alpha = map(float, claim.groups())
-    assert config_mod.DEFAULTS["model"]["pixel_transform"] == "none" and config_mod.DEFAULTS["model"]["logit_alpha"] == alpha
+    assert schema.DEFAULTS["model"]["pixel_transform"] == "none" and schema.DEFAULTS["model"]["logit_alpha"] == alpha
     assert config_mod.resolve()["model"]["pixel_transform"] == "logit"
     ends = pixel_transform("logit", alpha)(torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1))[0].flatten().tolist()
     assert [round(v, 1) for v in ends] == [low, high]
@@ -179,7 +180,7 @@ def test_a_run_records_which_distribution_built_each_component_and_names_it_when
     that VAEFLOW_PLUGINS leaves it out), from the checkpoint when components.toml is gone."""
     import torch
 
-    from vaeflow_cli.config.core import load_toml
+    from vaeflow_cli.config.files import load_toml
 
     config = tmp_path / "demo.toml"
     config.write_text(CONFIG.replace("ROOT", str(mnist_root)))

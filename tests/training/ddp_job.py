@@ -262,10 +262,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     import vaeflow_cli.training.loop as train_mod
-    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.config import files
     from vaeflow_cli.registry.core import get_registry
 
-    base = config_mod.load_toml(args.config)
+    base = files.load_toml(args.config)
     plan = make_plan(get_registry(), base["model"])
     if rank == 0:
         (out / "plan.json").write_text(json.dumps(plan, indent=1))

@@ -21,8 +21,9 @@ from vaeflow_cli.data.splits import load_splits
 from vaeflow_cli.errors import Interrupted, VaeflowError
 from vaeflow_cli.model.vaeflow import VAEFlow, build_model
 from vaeflow_cli.runtime.runs import RunDir
-from vaeflow_cli.training.loop import train_phase, trainable_parameters
+from vaeflow_cli.training.loop import train_phase
 from vaeflow_cli.training.runconfig import write_config
+from vaeflow_cli.training.setup import trainable_parameters
 from vaeflow_cli.training.step import Stepper
 
 

@@ -69,9 +69,9 @@ def _run_or_default(run: Path | None) -> Path:
     """--run, or the run directory of the embedded default config."""
     if run is not None:
         return run
-    from vaeflow_cli.config import core as config_mod
+    from vaeflow_cli.config import files, schema
 
-    return Path(config_mod.embedded_default().get("run", {}).get("dir", config_mod.DEFAULTS["run"]["dir"]))
+    return Path(files.embedded_default().get("run", {}).get("dir", schema.DEFAULTS["run"]["dir"]))
 
 
 def names_a_folder(out: str) -> bool:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from vaeflow_cli.config.constraints import problem
-from vaeflow_cli.config.core import CONSTRAINTS, as_config
+from vaeflow_cli.config.core import as_config
+from vaeflow_cli.config.schema import CONSTRAINTS
 from vaeflow_cli.model.distributions import LOG_2PI, bits_per_dim, gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
 from vaeflow_cli.model.flows import is_conditional
 
@@ -128,7 +129,7 @@ def pixel_transform(name: str, alpha: float = 1e-6) -> nn.Module:
 
 
 def _check_model_key(key: str, value) -> None:
-    """The config's declared constraint on ``key`` (config.core.CONSTRAINTS, the one home of the
+    """The config's declared constraint on ``key`` (config.schema.CONSTRAINTS, the one home of the
     rule), for callers that build the model without a config. Raises ValueError."""
     found = problem(value, CONSTRAINTS[key])
     if found:

@@ -43,25 +43,23 @@ def not_a_run(path: str | Path, then: str | None = None) -> str:
     return f"{path} is not a vaeflow run (no config.toml); " + (then or f"train one with: vaeflow train-vae --run {path}")
 
 
+def _in_run(name: str) -> property:
+    """A read-only property of ``RunDir``: the path ``NAME`` in the run directory."""
+
+    def path(self: RunDir) -> Path:
+        return self.path / name
+
+    return property(path, doc=f"RUN/{name}")
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.toml"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.path / "samples"
-
-    @property
-    def components_path(self) -> Path:
-        return self.path / "components.toml"
+    config_path = _in_run("config.toml")
+    metrics_path = _in_run("metrics.jsonl")
+    samples_dir = _in_run("samples")
+    components_path = _in_run("components.toml")
 
     def checkpoint_path(self, phase: str) -> Path:
         return self.path / "checkpoints" / f"{phase}.pt"

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.config import signature
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.runtime.phases import PHASES
 from vaeflow_cli.runtime.runs import RunDir, not_a_run
@@ -42,7 +43,7 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, restart: bool 
         )
     if rd.config_path.exists():
         existing = resolved_config(rd)
-        if config_mod.model_signature(existing) != config_mod.model_signature(cfg):
+        if signature.model_signature(existing) != signature.model_signature(cfg):
             raise VaeflowError(f"{rd.path} was created with a different [model]/[data] config; use its own config (omit --config) or a new --run")
     elif PHASES[phase].starts_from:  # a phase that continues another needs the run it continues
         hint = f"vaeflow train-vae --config {config_path} --run {rd.path}" if config_path else f"vaeflow train-vae --run {rd.path}"

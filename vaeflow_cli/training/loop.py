@@ -25,28 +25,28 @@ import numpy as np
 import torch
 
 from vaeflow_cli.config import core as config_mod
-from vaeflow_cli.config.typed import PhaseSettings
+from vaeflow_cli.config import signature
 from vaeflow_cli.console import counted, log, warning
 from vaeflow_cli.data.dequantization import dequantize_on_device
 from vaeflow_cli.data.images import grid, png_bytes, to_uint8
 from vaeflow_cli.data.loader import BatchLoader
-from vaeflow_cli.data.splits import Splits, load_splits
+from vaeflow_cli.data.splits import Splits
 from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
 from vaeflow_cli.evaluation.bounds import elbo_bpd
 from vaeflow_cli.files import atomic_write_bytes
-from vaeflow_cli.model.contracts import check_components, starts_at_identity
-from vaeflow_cli.model.sampling import bin_centres
-from vaeflow_cli.model.vaeflow import VAEFlow, build_model
+from vaeflow_cli.model.contracts import starts_at_identity
+from vaeflow_cli.model.vaeflow import VAEFlow
 from vaeflow_cli.progress import Progress
 from vaeflow_cli.runtime.devices import configure_backends, resolve_device
-from vaeflow_cli.runtime.distributed import Dist, init_distributed
-from vaeflow_cli.runtime.phases import PHASES, previous
-from vaeflow_cli.runtime.runs import RunDir, all_finite, load_weights
-from vaeflow_cli.training import lineage
+from vaeflow_cli.runtime.distributed import init_distributed
+from vaeflow_cli.runtime.phases import PHASES
+from vaeflow_cli.runtime.runs import RunDir, all_finite
 from vaeflow_cli.training.admission import check_run, prepare_run
 from vaeflow_cli.training.loggers import MetricsSink
 from vaeflow_cli.training.runconfig import check_signature, phase_config
+from vaeflow_cli.training.setup import data_and_model, kl_weight, learning_rate, set_phase_mode, training_state
 from vaeflow_cli.training.signals import stop_on_signals
+from vaeflow_cli.training.start import built_on_this, load_previous, remove_for_restart
 from vaeflow_cli.training.state import Snapshot, TrainingState, rng_state
 from vaeflow_cli.training.step import Stepper
 
@@ -62,24 +62,6 @@ class _TooManyBadSteps(Exception):
 
 
 # ------------------------------------------------------------------ the training loop
-
-
-def learning_rate(pcfg: PhaseSettings, epoch: int, global_step: int) -> float:
-    """The schedule: ``lr`` halved every ``lr_halve_every`` epochs (paper: 250), after a linear
-    warm-up over the first ``warmup_steps`` steps. A function of the position alone, so a resumed
-    run continues it exactly."""
-    lr = pcfg.lr
-    if pcfg.lr_halve_every > 0:
-        lr *= 0.5 ** (epoch // pcfg.lr_halve_every)
-    if pcfg.warmup_steps > 0:
-        lr *= min(1.0, (global_step + 1) / pcfg.warmup_steps)
-    return lr
-
-
-def kl_weight(kl_warmup_steps: int, global_step: int) -> float:
-    """The KL term's weight in the training loss at ``global_step``: rising linearly from 1 /
-    kl_warmup_steps to 1 over the first ``kl_warmup_steps`` steps, then 1 (always 1 without a warm-up)."""
-    return min(1.0, (global_step + 1) / kl_warmup_steps) if kl_warmup_steps > 0 else 1.0
 
 
 def _split(bound: float, latent: float | None) -> str:
@@ -101,39 +83,6 @@ class PhaseResult:
     and sample grid at each epoch end (not the start-up: data, model, checks)."""
 
 
-def phase_modules(model, phase: str, train_prior: bool = False) -> list[torch.nn.Module]:
-    """The model parts ``phase`` trains (``PHASES[phase].trains``, and the prior too where the
-    phase's config ``pcfg`` sets ``train_prior``); a FlowModel is its flow alone."""
-    if not isinstance(model, VAEFlow):
-        return [model.flow]
-    return [getattr(model, part) for part in PHASES[phase].trained_parts(train_prior)]
-
-
-def previous_phase(rd: RunDir, phase: str, head_of=None) -> str | None:
-    """The finished phase whose checkpoint ``phase`` starts from in ``rd`` (``phases.previous``);
-    ``head_of``: ``lineage.heads`` of the run, to read each checkpoint's small entries once."""
-    head_of = head_of or lineage.heads(rd.path)
-    return previous(phase, has=lambda p: rd.checkpoint_path(p).exists(), start_of=lambda p: (head_of(p) or {}).get("start"))
-
-
-def trainable_parameters(model, phase: str, train_prior: bool = False) -> list[torch.nn.Parameter]:
-    """The parameters ``phase`` trains (``phase_modules``). The other modules are frozen
-    (requires_grad off): the VAE in phase 2, the unused Glow layer in phase 1 (which DDP requires)."""
-    if isinstance(model, VAEFlow):
-        for m in (model.encoder, model.decoder, model.prior, model.flow):
-            m.requires_grad_(False)
-    for m in phase_modules(model, phase, train_prior):
-        m.requires_grad_(True)
-    return [p for m in phase_modules(model, phase, train_prior) for p in m.parameters()]
-
-
-def set_phase_mode(model: VAEFlow, phase: str, train_prior: bool = False) -> None:
-    """Train mode for what this phase trains; the frozen parts stay in eval mode."""
-    model.eval()
-    for m in phase_modules(model, phase, train_prior):
-        m.train()
-
-
 def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: int, *, name: str | None = None) -> tuple[Path, np.ndarray]:
     """The epoch's sample grid (or ``name``), written to RUN/samples/: its path and the picture, uint8 (H, W, C)."""
     g = torch.Generator().manual_seed(SAMPLE_SEED)
@@ -145,78 +94,6 @@ def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: in
     picture = grid(to_uint8(x))
     atomic_write_bytes(path, png_bytes(picture))
     return path, picture
-
-
-def _load_previous(rd: RunDir, phase: str, cfg: dict, model, device, *, resuming: bool = False, unfinished_ok: bool = False):
-    """Load the finished phase that ``phase`` starts from into ``model`` (reading only). Returns
-    (its name, the lineage entries of ``phase``'s checkpoints: that start's digest and step), or
-    (None, {}) for a phase that starts from scratch.
-
-    Refuses (one line, ``lineage.Stale``) to resume ``phase`` when the state it was trained on is
-    no longer its start's checkpoint (phase 1 trained further since phase 2 was), and to start
-    from a phase that is itself stale so. A resumed phase continues from the phase its checkpoint
-    records. ``unfinished_ok`` (a ``--max-steps`` smoke run) starts from an unfinished phase."""
-    head_of = lineage.heads(rd.path)
-    stale = lineage.stale_link(phase, head_of) if resuming else None
-    if stale is not None:
-        raise VaeflowError(
-            f"cannot resume {PHASES[phase].title}: {stale.what(rd.path)}; resuming would go on training on the old "
-            f"{PHASES[stale.start].title}: {stale.ways_out(rd.path)}"
-        )
-    recorded = (head_of(phase) or {}).get("start") if resuming else None
-    before = recorded if recorded in PHASES and recorded in PHASES[phase].starts_from else previous_phase(rd, phase, head_of)
-    if before is None:
-        return None, {}
-    if not rd.checkpoint_path(before).exists():
-        raise VaeflowError(f"{rd.path} has no checkpoint of {PHASES[before].title}; run vaeflow train-{before} --run {rd.path} first")
-    stale = lineage.stale_link(before, head_of)
-    if stale is not None:
-        raise VaeflowError(f"{PHASES[phase].title} starts from {PHASES[before].title}, and {stale.what(rd.path)}: {stale.ways_out(rd.path)}")
-    prev_state = rd.load_checkpoint(before, map_location=device)
-    check_signature(prev_state, cfg, rd.checkpoint_path(before))
-    if not prev_state.get("complete"):
-        where = f"epoch {prev_state['epoch']}/{prev_state['epochs']}" + (f", step {prev_state['step']}" if prev_state["step"] else "")
-        if not unfinished_ok:
-            raise VaeflowError(f"{PHASES[before].title} of {rd.path} is not finished ({where}); run vaeflow train-{before} --run {rd.path} --resume")
-        log(f"{PHASES[phase].title} starts from an unfinished {PHASES[before].title} ({where}): a smoke test (--max-steps)")
-    load_weights(model, prev_state["model"], rd.checkpoint_path(before))
-    return before, {"start_digest": prev_state["digest"], "start_step": prev_state["global_step"]}
-
-
-def _restart(rd: RunDir, phase: str) -> None:
-    """Rank 0, under the lock, after every check: remove ``phase``'s checkpoints (``--restart``)."""
-    gone = rd.remove_checkpoints(phase)
-    if gone:
-        log(
-            f"restarting {PHASES[phase].title} of {rd.path} from the beginning: removed its {len(gone)} checkpoint file{'s' if len(gone) != 1 else ''}"
-        )
-
-
-def _built_on_this(rd: RunDir, phase: str, *, resuming: bool, restart: bool) -> tuple[list[str], set[str]]:
-    """Before ``phase`` trains further (a resume) or again (``--restart``): the warnings for the
-    later phases trained on its current state, which then belong to the old one, and the file
-    names of the step-tagged checkpoints of ``phase`` that later phases record as their start
-    (kept, so that the old state can be put back: ``lineage.Stale.ways_out``)."""
-    path = rd.checkpoint_path(phase)
-    if not path.exists() or not (resuming or restart):
-        return [], set()
-    head_of = lineage.heads(rd.path)
-    pinned = set()
-    for later in PHASES:
-        head = head_of(later) if later != phase else None
-        if head and head.get("start") == phase and isinstance(head.get("start_step"), int):
-            pinned.add(lineage.tagged_name(phase, head["start_step"]))
-    warnings = []
-    for later, step in lineage.built_on(rd.path, phase, head_of(phase)["digest"], head_of):
-        kept = rd.path / "checkpoints" / lineage.tagged_name(phase, step) if step is not None else None
-        keep = f" (kept as {kept})" if kept is not None and kept.exists() and not restart else ""
-        warnings.append(
-            f"{rd.checkpoint_path(later)} ({PHASES[later].title}) was trained on this {PHASES[phase].title}"
-            + (f" (step {step})" if step is not None else "")
-            + f"; once it trains {'again' if restart else 'further'}, {PHASES[later].title} belongs to the old one{keep}: "
-            f"train it again afterwards (vaeflow train-{later} --run {rd.path} --restart)"
-        )
-    return warnings, pinned
 
 
 def _check_finite_weights(model, what: str) -> None:
@@ -299,8 +176,8 @@ def train_phase(
         device = ddp_device or resolve_device(tcfg.device)
         resuming = resume and rd.checkpoint_path(phase).exists()
         p = PHASES[phase]
-        data, model = _data_and_model(cfg, phase, ddp, device, fresh_flow=p.flow_at_init and not (resuming and "flow" in p.trains))
-        before, record = _load_previous(rd, phase, cfg, model, device, resuming=resuming, unfinished_ok=smoke)
+        data, model = data_and_model(cfg, phase, ddp, device, fresh_flow=p.flow_at_init and not (resuming and "flow" in p.trains))
+        before, record = load_previous(rd, phase, cfg, model, device, resuming=resuming, unfinished_ok=smoke)
         model.use_flow = p.use_flow(before)  # the phase's model, set once: its forward is the loss
         state, stepper, loader = training_state(cfg, phase, model, data.train, device=device, ddp=ddp)
         if resuming:
@@ -314,7 +191,7 @@ def train_phase(
         metrics = held.enter_context(MetricsSink(rd))  # metrics.jsonl and the [run] loggers, closed on every exit
         ddp.main_only(lambda: metrics.open(cfg.run.loggers, phase=phase, config=cfg))  # rank 0 only; writes nothing yet
         trains = not (state.restored_complete and state.position.epoch >= pcfg.epochs)  # not a no-op resume
-        warnings, pinned = _built_on_this(rd, phase, resuming=resuming and trains, restart=restart)
+        warnings, pinned = built_on_this(rd, phase, resuming=resuming and trains, restart=restart)
         ddp.main_only(
             lambda: _start_writing(cfg, rd, phase, held, locked=locked, resume=resume, restart=restart, state=state, world_size=ddp.world_size)
         )
@@ -328,76 +205,6 @@ def train_phase(
         record = {**record, "components": built_with(cfg, get_registry())}
         trainer = _Trainer(cfg, rd, phase, ddp, data, loader, state, stepper, metrics, before=before, record=record, pinned=pinned)
         return trainer.run(progress=progress, max_steps=max_steps, max_seconds=max_seconds, smoke=smoke)
-
-
-def _data_and_model(cfg: dict, phase: str, ddp, device: torch.device, *, fresh_flow: bool):
-    """The decoded data and the model, built on ``device`` with the phase's seed, every component
-    run once on two training images (``check_components``; ``fresh_flow``: a VAE's pixel flow is
-    still at its initialisation and must be the identity there)."""
-    data: Splits = load_splits(cfg)
-    if len(data.train) < ddp.world_size or len(data.test) < 1:
-        raise VaeflowError(
-            f"the dataset has {len(data.train)} training and {len(data.test)} held-out images; training needs at least {ddp.world_size} and 1"
-        )
-    torch.manual_seed(cfg.train.seed + list(PHASES).index(phase) + 1000 * ddp.rank)
-    model = build_model(cfg, data.image_shape, baseline=PHASES[phase].standalone).to(device)
-    y = bin_centres(data.train[:2], device)
-    check_components(model, y, identity_flow=fresh_flow, flow_type=cfg.model.flow.name)
-    return data, model
-
-
-def training_state(
-    cfg: dict,
-    phase: str,
-    model,
-    images: np.ndarray,
-    *,
-    device: torch.device,
-    ddp: Dist | None = None,
-    batch_size: int | None = None,
-    drop_last: bool = False,
-    dequantize: bool | None = None,
-) -> tuple[TrainingState, Stepper, BatchLoader]:
-    """A fresh TrainingState of ``model`` for ``phase`` (Adam on the parameters it trains, at the
-    phase's ``lr``), its Stepper (the training step, with the phase's ``grad_clip`` and
-    ``free_bits``) and the rank's BatchLoader over the uint8 ``images``. The trainer and the
-    timing (``training.timing``) both start from here. ``batch_size``: the global batch
-    (default ``train.<phase>.batch_size``); ``dequantize``: whether the loader dequantizes on the
-    host (default: unless ``train.dequantize`` is "device")."""
-    ddp = ddp or Dist()
-    tcfg, pcfg = cfg.train, cfg.train.phase(phase)
-    batch_size = pcfg.batch_size if batch_size is None else batch_size
-    dequantize = tcfg.dequantize != "device" if dequantize is None else dequantize
-    params = trainable_parameters(model, phase, pcfg.train_prior)
-    if not params:
-        raise VaeflowError(
-            f"the {phase} phase has no parameters to train: the components it trains "
-            f"({', '.join(type(m).__name__ for m in phase_modules(model, phase, pcfg.train_prior))}) have none; check the [model] types"
-        )
-    opt = torch.optim.Adam(params, lr=pcfg.lr)
-    stepper = Stepper(
-        model,
-        params,
-        opt,
-        device=device,
-        precision=tcfg.precision,
-        grad_clip=pcfg.grad_clip,
-        compile=tcfg.compile,
-        channels_last=tcfg.channels_last,
-        dist=ddp,
-    )
-    stepper.free_bits = pcfg.free_bits
-    loader = BatchLoader(
-        images,
-        batch_size=batch_size // ddp.world_size,
-        seed=tcfg.seed,
-        drop_last=drop_last,
-        dequantize=dequantize,
-        rank=ddp.rank,
-        world_size=ddp.world_size,
-        pin_memory=device.type == "cuda",
-    )
-    return TrainingState(model, opt, stepper.scaler, device), stepper, loader
 
 
 def _start_writing(
@@ -420,7 +227,7 @@ def _start_writing(
     prepare_run(cfg, rd, phase, resume=resume, restart=restart)
     rd.remove_stale_temporaries()  # of a writer killed mid-write (SIGKILL): we hold the lock
     if restart:
-        _restart(rd, phase)
+        remove_for_restart(rd, phase)
     p = state.position
     if rd.metrics_path.exists():  # records a killed or refused earlier start left beyond this position
         rd.truncate_metrics(phase, p.epoch)
@@ -458,7 +265,7 @@ class _Trainer:
         self.record = record or {}  # what built the run, what the phase started from: into every checkpoint
         self.pinned = pinned  # step-tagged checkpoints that later phases were trained on: never pruned
         self.tcfg, self.pcfg = cfg.train, cfg.train.phase(phase)
-        self.signature = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
+        self.signature = json.dumps(signature.model_signature(cfg), sort_keys=True)
         self.steps_this_call = 0
         self.recent_loss = [0.0, 0]  # sum and count of the finite losses since the loggers' last step record
         self.stopped_by_budget = False

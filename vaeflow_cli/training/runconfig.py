@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from vaeflow_cli.config import core as config_mod
+from vaeflow_cli.config import files, signature
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.files import atomic_write_bytes
 from vaeflow_cli.runtime.phases import PHASES
@@ -23,7 +24,7 @@ def read_config(rd: RunDir) -> dict:
     """The run's ``config.toml`` as it is stored (not validated)."""
     if not rd.config_path.exists():
         raise VaeflowError(not_a_run(rd.path))
-    return config_mod.load_toml(rd.config_path, fix="the run's config.toml is damaged: restore it, or start a new --run")
+    return files.load_toml(rd.config_path, fix="the run's config.toml is damaged: restore it, or start a new --run")
 
 
 def resolved_config(rd: RunDir, overrides: list[str] = ()) -> dict:
@@ -83,7 +84,7 @@ def recorded_components(rd: RunDir) -> dict[str, dict]:
     from vaeflow_cli.registry import provenance
 
     try:
-        found = provenance.parse(config_mod.load_toml(rd.components_path)) if rd.components_path.is_file() else {}
+        found = provenance.parse(files.load_toml(rd.components_path)) if rd.components_path.is_file() else {}
     except VaeflowError:
         found = {}
     for phase in PHASES if not found else ():
@@ -99,9 +100,9 @@ def recorded_components(rd: RunDir) -> dict[str, dict]:
 
 def check_signature(state: dict, cfg: dict, path: Path) -> None:
     """A checkpoint must come from the same model and data config as the run's."""
-    want = json.dumps(config_mod.model_signature(cfg), sort_keys=True)
+    want = json.dumps(signature.model_signature(cfg), sort_keys=True)
     try:
-        got = json.dumps(config_mod.normalize_signature(json.loads(state.get("signature") or "null") or {}), sort_keys=True)
+        got = json.dumps(signature.normalize_signature(json.loads(state.get("signature") or "null") or {}), sort_keys=True)
     except (TypeError, ValueError):
         got = None
     if got != want:

@@ -31,7 +31,7 @@ from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.vaeflow import FlowModel, build_model
 from vaeflow_cli.runtime.devices import configure_backends, resolve_device
 from vaeflow_cli.runtime.phases import PHASES
-from vaeflow_cli.training.loop import set_phase_mode, training_state
+from vaeflow_cli.training.setup import set_phase_mode, training_state
 from vaeflow_cli.training.step import Stepper
 
 PAPER_SPEEDUP = 3.5  # Table 4: Glow 512 s/epoch against VAE 118 s and Glow layer 162 s (GTX 1080 Ti)
@@ -86,7 +86,7 @@ class _Timed:
 
 
 def _prepare(name: str, model, phase: str, cfg: dict, *, images: np.ndarray, batch_size: int, device: torch.device) -> _Timed:
-    """``model``'s training step for ``phase`` as the trainer builds it (``loop.training_state``:
+    """``model``'s training step for ``phase`` as the trainer builds it (``setup.training_state``:
     the phase's own lr, grad_clip and free_bits, the config's precision, compile and
     channels_last), on ``batch_size`` batches of ``images`` dequantized on the host."""
     _, stepper, loader = training_state(cfg, phase, model, images, device=device, batch_size=batch_size, drop_last=True, dequantize=True)

@@ -1,0 +1,52 @@
+"""A run's signature: the parts of its config that fix the model's parameters and the data; a
+checkpoint resumes only under a config of the same signature."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+from vaeflow_cli.config.core import CONTEXT_ARGS, DEFAULTS, factory_defaults
+from vaeflow_cli.config.files import COMPONENT_SECTIONS
+from vaeflow_cli.errors import VaeflowError
+
+# Plain [model] keys left out of a signature at their schema value, as component keys at their factory's default are
+PLAIN_MODEL_DEFAULTS = {k: DEFAULTS["model"][k] for k in ("pixel_transform", "logit_alpha")}
+
+
+def model_signature(cfg: dict, registry=None) -> dict:
+    """The parts of a config that fix the model's parameters and the data (must match to resume).
+    Component keys at their factory's default are left out, so that a component gaining a new
+    option (with a default) still resumes the checkpoints of its earlier version."""
+    return normalize_signature({"data": cfg["data"], "model": cfg["model"]}, registry)
+
+
+def normalize_signature(sig: dict, registry=None) -> dict:
+    """``sig`` without the component keys that equal their factory's default (see model_signature)."""
+    if registry is None:
+        from vaeflow_cli.registry.core import get_registry
+
+        registry = get_registry()
+
+    def strip(section, kind: str, name_key: str):
+        if not isinstance(section, dict):
+            return section
+        try:
+            comp = registry.get(kind, section.get(name_key))
+        except (VaeflowError, TypeError):
+            return section
+        defaults = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
+        return {k: v for k, v in section.items() if not (k in defaults and defaults[k] is not inspect.Parameter.empty and defaults[k] == v)}
+
+    if not isinstance(sig, dict) or not all(isinstance(sig.get(k, {}), dict) for k in ("data", "model")):
+        return {"damaged": repr(sig)[:200]}  # never equal to a real config's signature
+    out = copy.deepcopy(sig)
+    for key, default in PLAIN_MODEL_DEFAULTS.items():
+        if out.get("model", {}).get(key, default) == default:
+            out.get("model", {}).pop(key, None)
+    if "data" in out:
+        out["data"] = strip(out["data"], "dataset", "name")
+    for sec, kind in COMPONENT_SECTIONS.items():
+        if sec in out.get("model", {}):
+            out["model"][sec] = strip(out["model"][sec], kind, "type")
+    return out
