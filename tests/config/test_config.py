@@ -254,3 +254,52 @@ def _registry():
     from vaeflow_cli.registry.core import get_registry
 
     return get_registry()
+
+
+def test_an_error_in_a_base_names_the_base_file_and_a_misplaced_base_says_where_it_belongs(tmp_path):
+    (tmp_path / "wrong.toml").write_text('[train.vae]\nepochs = "three"\n')
+    (tmp_path / "top.toml").write_text('base = "wrong.toml"\n\n[run]\nsample_n = 16\n')
+    with pytest.raises(VaeflowError, match=r"wrong.toml: 'train.vae.epochs' must be an integer"):
+        config_mod.resolve(tmp_path / "top.toml")
+    (tmp_path / "nested.toml").write_text('[train]\nbase = "wrong.toml"\n')
+    with pytest.raises(VaeflowError, match=r"'train.base': base is a top-level key of a config file, before its first \[table\]"):
+        config_mod.resolve(tmp_path / "nested.toml")
+    with pytest.raises(VaeflowError, match=r"--set base=x.toml: base names a config file's base; it is set in the file"):
+        config_mod.resolve(overrides=["base=x.toml"])
+    with pytest.raises(VaeflowError, match=r"give a config file \(path\) or a config \(base\), not both"):
+        config_mod.resolve(tmp_path / "top.toml", base=config_mod.resolve())
+
+
+def test_a_linked_config_finds_its_base_beside_the_file_it_links_to(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "y.toml").write_text("[train.vae]\nepochs = 5\n")
+    (tmp_path / "real" / "x.toml").write_text('base = "y.toml"\n')
+    (tmp_path / "link.toml").symlink_to(tmp_path / "real" / "x.toml")
+    assert config_mod.resolve(tmp_path / "link.toml").train.phase("vae").epochs == 5
+
+
+def test_a_config_dict_follows_the_same_rule_as_a_file(tmp_path):
+    """A dict (the Python API's, or a run's own config.toml) takes what it leaves out from the
+    embedded default, as a file does."""
+    assert config_mod.resolve(base={}) == config_mod.resolve()
+    assert config_mod.resolve(base={"train": {"vae": {"epochs": 3}}}) == config_mod.resolve(overrides=["train.vae.epochs=3"])
+    with pytest.raises(VaeflowError, match=r"'base' names a base file only in a config file given as a path"):
+        config_mod.resolve(base={"base": "x.toml"})
+
+
+def test_a_config_is_read_only_all_the_way_down_and_a_pickled_one_is_validated_again():
+    import pickle
+
+    cfg = config_mod.resolve()
+    with pytest.raises(TypeError):
+        cfg.tables["train"]["vae"]["lr"] = 7.0
+    with pytest.raises(AttributeError):
+        cfg.tables["run"]["loggers"].append("x")
+    edited = cfg.to_dict()
+    edited["train"]["vae"]["lr"] = 7.0
+    assert cfg.train.phase("vae").lr == cfg["train"]["vae"]["lr"] == 1e-3
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    from vaeflow_cli.config.typed import _validated
+
+    with pytest.raises(VaeflowError, match="a pickled Config: 'train.vae.lr' must be"):
+        _validated({**edited, "train": {**edited["train"], "vae": {**edited["train"]["vae"], "lr": -1.0}}})

@@ -29,7 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from vaeflow_cli.config.constraints import declared_constraints, problem
-from vaeflow_cli.config.files import COMPONENT_SECTIONS, MAX_DEPTH, depth, embedded_default, file_config, is_component
+from vaeflow_cli.config.files import BASE_KEY, COMPONENT_SECTIONS, MAX_DEPTH, depth, embedded_default, file_config, is_component, overlay
 from vaeflow_cli.config.schema import DEFAULTS, plain_constraints
 from vaeflow_cli.config.typed import Config
 from vaeflow_cli.console import debug
@@ -42,14 +42,16 @@ def resolve(
     path: str | Path | None = None,
     overrides: list[str] = (),
     *,
-    base: dict | None = None,
+    base: Config | dict | None = None,
     source: str = "run config",
     registry=None,
     check_loggers: bool = True,
-) -> dict[str, Any]:
+) -> Config:
     """The validated, fully-resolved config from a file laid over its base (``file_config``: the
-    embedded default unless the file names another), or from ``base`` (a config dict, named
-    ``source`` in errors), or the embedded default alone; then ``--set KEY=VALUE`` overrides. Component sections are filled with
+    embedded default unless the file names another; each base file is validated on its own
+    first, so an error names the file that holds the key), or from ``base`` (a config dict or
+    ``Config``, named ``source`` in errors, laid over the embedded default by the same rule), or the
+    embedded default alone; then ``--set KEY=VALUE`` overrides. Give ``path`` or ``base``, not both. Component sections are filled with
     their factories' defaults. ``check_loggers`` off: ``run.loggers`` may name loggers that are not
     installed (a stored run read back to sample or evaluate; training opens its loggers, and
     refuses unknown ones, before it writes anything).
@@ -64,17 +66,27 @@ def resolve(
     if isinstance(base, Config):
         base = base.to_dict()
     if base is not None and (not isinstance(base, dict) or not all(isinstance(k, str) for k in base)):
-        raise VaeflowError(f"base must be None or a config dict with str keys (a resolved config, say), not {type(base).__name__}")
-    if path is not None:
-        raw, where = file_config(path), str(path)
-    elif base is not None:
-        raw, where = copy.deepcopy(base), source
-    else:
-        raw, where = embedded_default(), DEFAULT_CONFIG_NAME
+        hint = "; a config file is the path argument" if isinstance(base, (str, os.PathLike)) else ""
+        raise VaeflowError(f"base must be None or a config dict with str keys (a resolved config, say), not {type(base).__name__}{hint}")
+    if path is not None and base is not None:
+        raise VaeflowError("give a config file (path) or a config (base), not both; to change a file's values, pass overrides")
     if registry is None:
         from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
+    if path is not None:
+        raw, bases = file_config(path)
+        where = str(path)
+        for below in bases:  # each base is a config of its own: its errors name it
+            resolve(below, registry=registry, check_loggers=check_loggers)
+    elif base is not None:
+        if BASE_KEY in base:
+            raise VaeflowError(
+                f"{source}: {BASE_KEY!r} names a base file only in a config file given as a path; lay the dict over the file's config instead"
+            )
+        raw, where = overlay(embedded_default(), base), source
+    else:
+        raw, where = embedded_default(), DEFAULT_CONFIG_NAME
     cfg = merge(DEFAULTS, raw, where=where)
     set_by = {}
     for item in overrides:
@@ -102,7 +114,9 @@ def merge(defaults: dict, raw: dict, *, where: str, prefix: str = "") -> dict:
             if prefix == "data.":  # dataset keyword arguments are checked against the dataset
                 out[key] = value
                 continue
-            raise VaeflowError(f"{where}: unknown key {dotted!r}{_suggest(key, defaults)}")
+            if key == BASE_KEY:
+                raise VaeflowError(f"{where}: {dotted!r}: {BASE_KEY} is a top-level key of a config file, before its first [table]; move it there")
+            raise VaeflowError(f"{where}: unknown key {dotted!r}{_suggest(key, [*defaults, BASE_KEY] if not prefix else defaults)}")
         default = defaults[key]
         if is_component(dotted):
             if not isinstance(value, dict):
@@ -119,6 +133,8 @@ def merge(defaults: dict, raw: dict, *, where: str, prefix: str = "") -> dict:
 
 
 def _suggest(key: str, choices) -> str:
+    if not choices:
+        return "; it takes no keys"
     close = difflib.get_close_matches(key, list(choices), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{hint}; valid keys here: {', '.join(sorted(choices))}"
@@ -168,6 +184,8 @@ def apply_override(cfg: dict, item: str) -> None:
         raise VaeflowError(f"{where}: expected KEY=VALUE, e.g. --set train.vae.epochs=3")
     key, text = item.split("=", 1)
     key = key.strip()
+    if key == BASE_KEY:
+        raise VaeflowError(f'{where}: {BASE_KEY} names a config file\'s base; it is set in the file (base = "other.toml" at its top), not with --set')
     parts = key.split(".")
     node = cfg
     for i, part in enumerate(parts[:-1]):

@@ -106,28 +106,32 @@ BASE_KEY = "base"  # a file's top-level key naming the config it takes its missi
 MAX_BASES = 8  # a chain of bases deeper than this is a mistake (or a loop)
 
 
-def file_config(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The config file ``path`` laid over its base, unresolved: the one rule for defaults.
+def file_config(path: str | Path, *, fix: str | None = None, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """The config file ``path`` laid over its base, unresolved (the one rule for defaults), and
+    the base files it was laid over, nearest first.
 
     A file takes every key it leaves out from its base: the embedded default (what ``vaeflow
     config show`` prints) unless it names another with a top-level ``base = "other.toml"`` (a path
-    relative to the file's folder; that file may name its own base). The layering is
-    ``overlay``'s. Raises VaeflowError for an unreadable file, a base that is not a string, a
-    missing base, or a chain of bases that loops or is more than MAX_BASES deep."""
+    relative to the folder of the file, a link followed to the file it names; that file may name
+    its own base, up to MAX_BASES deep). The layering is ``overlay``'s. Raises VaeflowError (ending
+    with ``fix`` for the file itself) for an unreadable file, a base that is not a string, a
+    missing base, or a chain of bases that loops or is too deep."""
     p = Path(path)
-    raw = load_toml(p, fix=config_fix(p) if not _chain else f"fix the base in {_chain[-1]}")
+    raw = load_toml(p, fix=(fix or config_fix(p)) if not _chain else f"fix the base in {_chain[-1]}")
     named = raw.pop(BASE_KEY, None)
     if named is None:
-        return overlay(embedded_default(), raw)
+        return overlay(embedded_default(), raw), ()
     if not isinstance(named, str) or not named or "\x00" in named:
         raise VaeflowError(f'{p}: {BASE_KEY} must name a TOML config file (a path relative to this file), got {named!r}; e.g. base = "cifar10.toml"')
-    target = (p.parent / named).resolve()
-    chain = (*_chain, p.resolve())
+    here = p.resolve()
+    target = (here.parent / named).resolve()
+    chain = (*_chain, here)
     if target in chain:
         raise VaeflowError(f"{p}: {BASE_KEY} = {named!r} leads back to {target}: the bases form a loop; remove {BASE_KEY} from one of them")
     if len(chain) > MAX_BASES:
-        raise VaeflowError(f"{p}: more than {MAX_BASES} bases in a chain; name a base that has none")
-    return overlay(file_config(target, _chain=chain), raw)
+        raise VaeflowError(f"{chain[0]}: more than {MAX_BASES} bases in its chain (at {p}); name a base that has none of its own sooner")
+    below, bases = file_config(target, _chain=chain)
+    return overlay(below, raw), (target, *bases)
 
 
 def overlay(base: dict, raw: dict, *, prefix: str = "") -> dict:

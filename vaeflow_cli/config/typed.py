@@ -24,8 +24,30 @@ from typing import Any
 from vaeflow_cli.runtime.phases import MODEL_PARTS, PHASES, Phase
 
 
-def _frozen(options: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(copy.deepcopy(dict(options)))
+def _frozen(value: Any) -> Any:
+    """``value`` (TOML tables, arrays and values) made read-only all the way down: tables become
+    read-only mappings, arrays tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _thawed(value: Any) -> Any:
+    """The inverse of ``_frozen``: fresh dicts and lists, as TOML and the factories take them."""
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def _validated(tables: dict) -> Config:
+    """A pickled ``Config`` read back: validated again (``resolve``), as any config from outside."""
+    from vaeflow_cli.config.core import resolve
+
+    return resolve(base=tables, source="a pickled Config")
 
 
 @dataclass(frozen=True)
@@ -38,8 +60,8 @@ class Component:
     options: Mapping[str, Any]
 
     def kwargs(self) -> dict[str, Any]:
-        """The factory's keyword arguments, a fresh dict."""
-        return copy.deepcopy(dict(self.options))
+        """The factory's keyword arguments, a fresh dict (arrays as lists)."""
+        return _thawed(self.options)
 
 
 @dataclass(frozen=True)
@@ -132,7 +154,8 @@ class Config(Mapping):
     train: TrainSettings
     run: RunSettings
     tables: Mapping[str, Any]
-    """The config's nested tables, as ``resolve`` validated them (read through ``to_dict`` or ``[]``)."""
+    """The config's nested tables, as ``resolve`` validated them, read-only all the way down (a
+    copy to edit: ``to_dict()``)."""
 
     @classmethod
     def from_tables(cls, tables: Mapping[str, Any]) -> Config:
@@ -162,10 +185,10 @@ class Config(Mapping):
 
     def to_dict(self) -> dict[str, Any]:
         """The config's nested tables, a fresh dict (what ``RUN/config.toml`` holds)."""
-        return copy.deepcopy(dict(self.tables))
+        return _thawed(self.tables)
 
     def __getitem__(self, key: str) -> Any:
-        return copy.deepcopy(self.tables[key])
+        return _thawed(self.tables[key])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tables)
@@ -187,7 +210,7 @@ class Config(Mapping):
         return self
 
     def __reduce__(self):
-        return (Config.from_tables, (self.to_dict(),))
+        return (_validated, (self.to_dict(),))
 
     def __repr__(self) -> str:
         return f"Config(data={self.data.name!r}, model=..., train=..., run={self.run.dir!r})"

@@ -26,6 +26,7 @@ import torch
 
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.config import signature
+from vaeflow_cli.config.typed import Config
 from vaeflow_cli.console import counted, log, warning
 from vaeflow_cli.data.dequantization import dequantize_on_device
 from vaeflow_cli.data.images import grid, png_bytes, to_uint8
@@ -103,7 +104,7 @@ def _check_finite_weights(model, what: str) -> None:
 
 
 def train_phase(
-    cfg: dict | None,
+    cfg: Config | dict | None,
     run_dir: str | Path,
     phase: str,
     *,
@@ -208,7 +209,7 @@ def train_phase(
 
 
 def _start_writing(
-    cfg: dict,
+    cfg: Config,
     rd: RunDir,
     phase: str,
     held: contextlib.ExitStack,
@@ -245,7 +246,7 @@ class _Trainer:
 
     def __init__(
         self,
-        cfg: dict,
+        cfg: Config,
         rd: RunDir,
         phase: str,
         ddp,

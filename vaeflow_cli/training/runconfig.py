@@ -21,10 +21,12 @@ from vaeflow_cli.runtime.runs import RunDir, load_weights, not_a_run
 
 
 def read_config(rd: RunDir) -> dict:
-    """The run's ``config.toml`` as it is stored (not validated)."""
+    """The run's ``config.toml`` laid over its base by the rule of every config file
+    (``config.files.file_config``; training writes it whole), not validated."""
     if not rd.config_path.exists():
         raise VaeflowError(not_a_run(rd.path))
-    return files.load_toml(rd.config_path, fix="the run's config.toml is damaged: restore it, or start a new --run")
+    raw, _ = files.file_config(rd.config_path, fix="the run's config.toml is damaged: restore it, or start a new --run")
+    return raw
 
 
 def resolved_config(rd: RunDir, overrides: list[str] = ()) -> dict:
