@@ -299,7 +299,5 @@ def test_a_config_is_read_only_all_the_way_down_and_a_pickled_one_is_validated_a
     edited["train"]["vae"]["lr"] = 7.0
     assert cfg.train.phase("vae").lr == cfg["train"]["vae"]["lr"] == 1e-3
     assert pickle.loads(pickle.dumps(cfg)) == cfg
-    from vaeflow_cli.config.typed import _validated
-
     with pytest.raises(VaeflowError, match="a pickled Config: 'train.vae.lr' must be"):
-        _validated({**edited, "train": {**edited["train"], "vae": {**edited["train"]["vae"], "lr": -1.0}}})
+        config_mod.unpickled_config({**edited, "train": {**edited["train"], "vae": {**edited["train"]["vae"], "lr": -1.0}}})

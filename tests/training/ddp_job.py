@@ -262,6 +262,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     import vaeflow_cli.training.loop as train_mod
+    import vaeflow_cli.training.setup as setup_mod
     from vaeflow_cli.config import files
     from vaeflow_cli.registry.core import get_registry
 
@@ -271,13 +272,13 @@ def main(argv=None) -> int:
         (out / "plan.json").write_text(json.dumps(plan, indent=1))
 
     built = {}
-    original_build = train_mod.build_model
+    original_build = setup_mod.build_model
 
     def capturing_build(*a, **k):
         built["model"] = original_build(*a, **k)
         return built["model"]
 
-    train_mod.build_model = capturing_build
+    setup_mod.build_model = capturing_build  # data_and_model builds each phase's model
     if dist.get_world_size() == len(ACTNORM_SHARDS):
         actnorm_check(out, rank)
     status_path = out / f"status-rank{rank}.jsonl"

@@ -96,6 +96,14 @@ def resolve(
     return Config.from_tables(validate(cfg, where=where, registry=registry, set_by=set_by, check_loggers=check_loggers))
 
 
+def unpickled_config(tables: dict) -> Config:
+    """A pickled ``Config`` read back: its tables validated again, as any config from outside."""
+    return resolve(base=tables, source="a pickled Config")
+
+
+Config.validate_tables = unpickled_config  # noqa: B010  (typed.py cannot import this module)
+
+
 def as_config(cfg: Config | dict, *, source: str = "the config given") -> Config:
     """``cfg`` as a ``Config``: itself when it is one, else a config dict (a resolved config's
     tables, edited, say) resolved and validated by the same rules as a file, errors naming ``source``.

@@ -43,13 +43,6 @@ def _thawed(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _validated(tables: dict) -> Config:
-    """A pickled ``Config`` read back: validated again (``resolve``), as any config from outside."""
-    from vaeflow_cli.config.core import resolve
-
-    return resolve(base=tables, source="a pickled Config")
-
-
 @dataclass(frozen=True)
 class Component:
     """A component section: ``[model.encoder|decoder|prior|flow]`` (named by ``type``) or
@@ -209,8 +202,12 @@ class Config(Mapping):
     def __deepcopy__(self, memo: dict) -> Config:
         return self
 
+    validate_tables = None
+    """Set by ``config.core``: the function that validates a pickled ``Config``'s tables again when
+    it is read back (``core.unpickled_config``), as any config from outside."""
+
     def __reduce__(self):
-        return (_validated, (self.to_dict(),))
+        return (type(self).validate_tables, (self.to_dict(),))
 
     def __repr__(self) -> str:
         return f"Config(data={self.data.name!r}, model=..., train=..., run={self.run.dir!r})"
