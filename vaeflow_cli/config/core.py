@@ -77,8 +77,8 @@ def resolve(
     if path is not None:
         raw, bases = file_config(path)
         where = str(path)
-        for below in bases:  # each base is a config of its own: its errors name it
-            resolve(below, registry=registry, check_loggers=check_loggers)
+        if bases:  # each base is a config of its own, its errors naming it; resolving the nearest validates the chain below it
+            resolve(bases[0], registry=registry, check_loggers=check_loggers)
     elif base is not None:
         if BASE_KEY in base:
             raise VaeflowError(
