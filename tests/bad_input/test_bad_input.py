@@ -433,6 +433,7 @@ def test_a_file_name_that_is_not_utf8_is_decoded_not_a_crash(world, tmp_path, mo
                 "data.size=8",
                 "data.test_fraction=0.3",
                 "model.flow.type=glow-layer",
+                "model.flow.conditional=false",
                 "model.flow.depth=1",
                 "model.flow.hidden_channels=4",
                 "train.baseline.epochs=1",

@@ -292,3 +292,17 @@ def test_a_library_line_reaches_a_redirected_stderr(vaeflow_logger):
         vaeflow_logger.log("to the buffer")
     assert buffer.getvalue() == "to the buffer\n"
     assert logging.getLogger("vaeflow").propagate is False
+
+
+def test_train_baseline_of_the_embedded_default_says_its_glow_layer_is_conditional_and_how_to_train_it_alone(tmp_path, capsys):
+    """The embedded default's Glow layer reads the decoder's output: as a standalone density it is
+    refused in one line that names the switch, before anything is written; with the switch it trains."""
+    run = tmp_path / "run"
+    code, out, err = call_main(["train-baseline", "--run", run, "--max-steps", "1", "--set", "train.eval_samples=8"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "is a conditional flow" in err and "--set model.flow.conditional=false" in err and "Traceback" not in err
+    assert not run.exists()
+    sets = ["--set", "train.eval_samples=8", "--set", "model.flow.conditional=false", "--set", "train.threads=1"]
+    code, out, err = call_main(["train-baseline", "--run", run, "--max-steps", "1", *sets], capsys)
+    assert code == 0, err
+    assert out.strip() == str(run)

@@ -316,8 +316,10 @@ def test_standalone_glow_baseline_trains_from_a_config_and_its_bpd_is_exact(tiny
     from vaeflow_cli.model.distributions import standard_normal_log_prob
     from vaeflow_cli.model.vaeflow import FlowModel
 
-    tiny = config_mod.resolve(base=tiny, overrides=["train.baseline.epochs=2", "train.baseline.batch_size=32", "train.baseline.lr=1e-3"])
+    tiny = config_mod.resolve(base=tiny, overrides=["train.baseline.epochs=2", "train.baseline.batch_size=32", "train.baseline.lr=1e-3"]).to_dict()
     tiny["model"]["flow"] = {"type": "multiscale-glow", "levels": 2, "steps": 2, "hidden_channels": 8, "coupling": "affine", "lu": True}
+    tiny = config_mod.resolve(base=tiny)
+    assert tiny.model.flow.name == "multiscale-glow"
     run = tmp_path / "baseline"
     result = train_phase(tiny, run, "baseline", progress=False)
     records = [r for r in RunDir(run).read_metrics() if r["phase"] == "baseline"]

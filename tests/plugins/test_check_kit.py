@@ -91,6 +91,14 @@ def test_every_registered_flow_passes_the_kit(name, image_shape):
     kit.check_flow_component(REGISTRY.get("flow", name).factory, image_shape=image_shape, **{"pixel_flow": True, **kit_kwargs("flow", name)})
 
 
+@pytest.mark.parametrize("image_shape", [(1, 4, 4), (3, 4, 4)], ids=["grey", "colour"])
+def test_the_conditional_glow_layer_of_the_embedded_default_passes_the_conditional_flow_kit(image_shape):
+    """The embedded default's flow decoder is the Glow layer with conditional couplings: every
+    conditional-flow check, the identity at initialisation for two conditions included."""
+    kwargs = {**kit_kwargs("flow", "glow-layer"), "conditional": True, "condition_channels": 3}
+    kit.check_conditional_flow(REGISTRY.get("flow", "glow-layer").factory, image_shape=image_shape, pixel_flow=True, **kwargs)
+
+
 @pytest.mark.parametrize("name", REGISTRY.names("encoder"))
 def test_every_registered_encoder_passes_the_kit(name):
     kit.check_encoder(REGISTRY.get("encoder", name).factory, image_shape=(1, 8, 8), latent_dim=3, **kit_kwargs("encoder", name))

@@ -114,12 +114,17 @@ def make_plan(registry, tiny_model: dict) -> dict:
     cases do not change with what else is installed; then the third-party ones, planned the same
     way (runs ``plugin0``, ...), a kind that no third-party plugin provides taking the first
     built-in component of that kind."""
+    from vaeflow_cli.config.files import embedded_default
+
+    default_model = embedded_default()["model"]
     comps: dict[str, list[dict]] = {}
     for kind in KINDS:
         comps[kind] = []
         for name in registry.names(kind):
             component = registry.get(kind, name)
             kwargs = tiny_kwargs(component.factory, tiny_model.get(kind, {}))
+            if default_model.get(kind, {}).get("type") == name:  # as a run resolves it: the rest from the embedded default
+                kwargs = {**tiny_kwargs(component.factory, default_model[kind]), **kwargs}
             comps[kind].append(
                 {
                     "name": name,

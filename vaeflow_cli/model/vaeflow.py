@@ -347,10 +347,11 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
         if is_conditional(flow):
             from vaeflow_cli.errors import VaeflowError
 
+            switch = "--set model.flow.conditional=false, or " if m.flow.options.get("conditional") is True else ""
             raise VaeflowError(
                 f"[model.flow] type = {m.flow.name!r} is a conditional flow: it reads a VAE's decoder output, so it cannot be "
                 f"trained alone as a density; train it as the VAE's flow decoder (vaeflow train-vae, then vaeflow train-glow), or "
-                f'choose an unconditional flow for the baseline (type = "multiscale-glow")'
+                f'choose an unconditional flow for the baseline ({switch}type = "multiscale-glow")'
             )
         return FlowModel(flow=flow, image_shape=shape)
     return VAEFlow(

@@ -1,0 +1,112 @@
+"""Seconds per training step of config variants, interleaved: what a model choice costs per step.
+
+    python benchmarks/step_cost.py --threads 2 --shape 1,28,28 --batch-size 64 \\
+        "unconditional=:glow:model.flow.conditional=false" "conditional=:glow"
+    python benchmarks/step_cost.py --threads 1 --shape 3,32,32 --batch-size 32 \\
+        "glow=configs/glow-cifar10-cpu.toml:baseline" "vaeflow=configs/cifar10-cpu.toml:glow"
+
+Each variant is NAME=CONFIG:PHASE[:KEY=VALUE,...] (CONFIG empty: the embedded default; the
+overrides as --set takes them). Every variant builds its model from the same seed and takes real
+training steps of PHASE (``training.step.Stepper``: the loss, the backward pass, clipping and the
+Adam step, with only the phase's trainable parts) on random dequantized images of --shape; the
+variants are interleaved step by step, the first one alternating (``timing.rotating_cycles``), so
+that a noisy, shared machine slows them alike. Prints one JSON object: each variant's median
+seconds per step over the rounds and its ratio to the first variant's. Timing does not depend on
+the pixels, so the images are synthetic; the phase's frozen parts are at their initialisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from vaeflow_cli.config.core import resolve
+from vaeflow_cli.model.vaeflow import build_model
+from vaeflow_cli.runtime.devices import set_threads
+from vaeflow_cli.runtime.phases import PHASES
+from vaeflow_cli.training.setup import set_phase_mode, trainable_parameters
+from vaeflow_cli.training.step import Stepper
+from vaeflow_cli.training.timing import rotating_cycles
+
+
+def parse_variant(text: str) -> tuple[str, str | None, str, list[str]]:
+    name, _, rest = text.partition("=")
+    config, _, rest = rest.partition(":")
+    phase, _, sets = rest.partition(":")
+    if not name or phase not in PHASES:
+        raise SystemExit(f"step_cost: {text!r} is not NAME=CONFIG:PHASE[:KEY=VALUE,...] with PHASE one of {', '.join(PHASES)}")
+    return name, config or None, phase, [s for s in sets.split(",") if s]
+
+
+def make_step(config: str | None, phase: str, sets: list[str], shape: tuple[int, ...], batch: int, seed: int):
+    """One variant's timed step (a callable returning its seconds)."""
+    cfg = resolve(config, overrides=sets)
+    torch.manual_seed(seed)
+    model = build_model(cfg, shape, baseline=PHASES[phase].standalone)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = trainable_parameters(model, phase, train_prior=cfg.train.phase(phase).train_prior)
+    set_phase_mode(model, phase, train_prior=cfg.train.phase(phase).train_prior)
+    model.use_flow = PHASES[phase].use_flow(None)
+    opt = torch.optim.Adam(params, lr=cfg.train.phase(phase).lr)
+    stepper = Stepper(model, params, opt, device=torch.device("cpu"), grad_clip=cfg.train.phase(phase).grad_clip)
+    g = torch.Generator().manual_seed(seed)
+
+    def step() -> float:
+        y = (torch.randint(0, 256, (batch, *shape), generator=g).float() + torch.rand(batch, *shape, generator=g)) / 256
+        t = time.perf_counter()
+        stepper.step(y)
+        return time.perf_counter() - t
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="+", help="NAME=CONFIG:PHASE[:KEY=VALUE,...]; the first is the reference")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--shape", default="3,32,32", help="C,H,W of the images")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=6, help="steps of every variant per round")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    threads = set_threads(args.threads)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    parsed = [parse_variant(v) for v in args.variants]
+    steps = {name: make_step(config, phase, sets, shape, args.batch_size, args.seed) for name, config, phase, sets in parsed}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    per_round = {name: [] for name in steps}
+    for r in range(args.rounds):
+        times = rotating_cycles(steps, args.steps, start=r)
+        for name, t in times.items():
+            per_round[name].append(statistics.median(t))
+        print(f"step_cost: round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {per_round[n][-1] * 1000:.0f} ms" for n in steps), file=sys.stderr)
+    ref = statistics.median(per_round[parsed[0][0]])
+    result = {
+        "threads": threads,
+        "shape": list(shape),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "variants": {
+            name: {"spec": text, "s_per_step": statistics.median(per_round[name]), "ratio": statistics.median(per_round[name]) / ref}
+            for (name, *_), text in zip(parsed, args.variants, strict=True)
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
