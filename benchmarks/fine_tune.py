@@ -50,7 +50,7 @@ def worker(run: str, phase: str, seconds: float, threads: int, sets: list[str]) 
     cfg = resolve(Path(run) / "config.toml", overrides=[f"train.threads={threads}", *sets])
     # the budget, not the epoch count, ends the phase (no schedule depends on the epoch count)
     epochs = f"train.{phase}.epochs={cfg.train.phase(phase).epochs + 100_000}"
-    cfg = resolve(Path(run) / "config.toml", overrides=[f"train.threads={threads}", *sets, epochs])
+    cfg = resolve(base=cfg, overrides=[epochs])
     ckpt = Path(run) / "checkpoints" / f"{phase}.pt"
     before = _steps(ckpt) if phase == "glow" else 0
     r = train_phase(cfg, run, phase, resume=(phase == "glow"), progress=False, max_seconds=seconds, smoke=True)

@@ -114,17 +114,18 @@ def make_plan(registry, tiny_model: dict) -> dict:
     cases do not change with what else is installed; then the third-party ones, planned the same
     way (runs ``plugin0``, ...), a kind that no third-party plugin provides taking the first
     built-in component of that kind."""
-    from vaeflow_cli.config.files import embedded_default
+    from vaeflow_cli.config.files import embedded_default, overlay
 
-    default_model = embedded_default()["model"]
+    default = embedded_default()
     comps: dict[str, list[dict]] = {}
     for kind in KINDS:
         comps[kind] = []
         for name in registry.names(kind):
             component = registry.get(kind, name)
             kwargs = tiny_kwargs(component.factory, tiny_model.get(kind, {}))
-            if default_model.get(kind, {}).get("type") == name:  # as a run resolves it: the rest from the embedded default
-                kwargs = {**tiny_kwargs(component.factory, default_model[kind]), **kwargs}
+            # the section as a run resolves it (the one rule for defaults: a section of the embedded default's type takes its other options)
+            section = overlay(default, {"model": {kind: {"type": name, **kwargs}}})["model"][kind]
+            kwargs = {k: v for k, v in section.items() if k != "type"}
             comps[kind].append(
                 {
                     "name": name,

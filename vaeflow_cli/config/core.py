@@ -101,7 +101,7 @@ def unpickled_config(tables: dict) -> Config:
     return resolve(base=tables, source="a pickled Config")
 
 
-Config.validate_tables = unpickled_config  # noqa: B010  (typed.py cannot import this module)
+Config.validate_tables = unpickled_config  # set here: typed.py cannot import this module
 
 
 def as_config(cfg: Config | dict, *, source: str = "the config given") -> Config:
