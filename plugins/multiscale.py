@@ -55,7 +55,7 @@ class _Level(nn.Module):
 
     ``condition_in``: channels of the raw condition maps at this level's input resolution (0:
     unconditional); they are squeezed with the image and projected to ``features`` channels once
-    per call, then shared by the level's couplings and prior."""
+    per call, then shared by the level's prior and, with ``condition_couplings``, its couplings."""
 
     def __init__(
         self,
@@ -71,16 +71,19 @@ class _Level(nn.Module):
         data_init: bool,
         condition_in: int,
         features: int,
+        condition_couplings: bool = True,
     ) -> None:
         super().__init__()
         c, h, w = 4 * channels, height // 2, width // 2
         p = features if condition_in else 0
+        self.coupling_features = p if condition_couplings else 0
         self.project = nn.Conv2d(4 * condition_in, p, 3, padding=1) if condition_in else None
         norm = DataInitActNorm if data_init else ActNorm
         self.norms = nn.ModuleList(norm(c) for _ in range(steps))
         self.convs = nn.ModuleList(InvConv1x1(c, lu=lu) for _ in range(steps))
         self.couplings = nn.ModuleList(
-            Coupling((c, h, w), hidden=hidden, parity=k, split="channel", scale=scale, condition_channels=p) for k in range(steps)
+            Coupling((c, h, w), hidden=hidden, parity=k, split="channel", scale=scale, condition_channels=self.coupling_features)
+            for k in range(steps)
         )
         self.top = levels == 1
         if self.top:
@@ -101,11 +104,15 @@ class _Level(nn.Module):
                 data_init=data_init,
                 condition_in=4 * condition_in,
                 features=features,
+                condition_couplings=condition_couplings,
             )
 
     def _features(self, condition):
         squeezed = squeeze(condition) if self.project is not None else None
         return squeezed, (self.project(squeezed) if squeezed is not None else None)
+
+    def _coupling_features(self, feats):
+        return feats if self.coupling_features else None
 
     def _prior(self, kept_or_none, feats, like):
         """(mean, log_std) of the split-off half (given the kept half) or of the top's output."""
@@ -122,10 +129,11 @@ class _Level(nn.Module):
         squeezed, feats = self._features(condition)
         h = squeeze(x)
         log_det = h.new_zeros(h.shape[0], dtype=torch.float32)
+        cf = self._coupling_features(feats)
         for norm, conv, coupling in zip(self.norms, self.convs, self.couplings, strict=True):
             h, a = norm(h)
             h, b = conv(h)
-            h, c = coupling(h, feats)
+            h, c = coupling(h, cf)
             log_det = log_det + a + b + c
         if self.top:
             mean, log_std = self._prior(None, feats, h)
@@ -148,8 +156,9 @@ class _Level(nn.Module):
             mean, log_std = self._prior(kept, feats, eps)
             h = torch.cat([kept, eps * torch.exp(log_std) + mean], 1)
             log_det = log_det + log_std.flatten(1).sum(1)
+        cf = self._coupling_features(feats)
         for norm, conv, coupling in zip(reversed(self.norms), reversed(self.convs), reversed(self.couplings), strict=True):
-            h, c = coupling.inverse(h, feats)
+            h, c = coupling.inverse(h, cf)
             h, b = conv.inverse(h)
             h, a = norm.inverse(h)
             log_det = log_det + a + b + c
@@ -163,7 +172,8 @@ class MultiScaleGlow(nn.Module):
     (Glow's s = sigmoid(raw + 2)) or "additive"; ``lu``: LU-parametrised 1x1 convolutions.
     ``conditional``: forward and inverse take ``condition=(mean, std)``, the decoder's base
     distribution, each (B, C, H, W), and return f = mean + std * G(x; c) (forward) and its
-    inverse; ``condition_channels`` feature maps of the condition per level. Standalone,
+    inverse; ``condition_channels`` feature maps of the condition per level, read by the split and
+    top priors and, with ``condition_couplings`` (default), by every coupling. Standalone,
     forward(x) -> (G(x), log|det dG/dx|) with G(x) ~ N(0, I) under the model. Shapes: out as x,
     log-dets (B,). Raises ValueError for H or W not divisible by 2**levels."""
 
@@ -178,6 +188,7 @@ class MultiScaleGlow(nn.Module):
         lu: bool,
         conditional: bool = False,
         condition_channels: int = 8,
+        condition_couplings: bool = True,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -202,6 +213,7 @@ class MultiScaleGlow(nn.Module):
             data_init=True,
             condition_in=2 * c if conditional else 0,
             features=condition_channels,
+            condition_couplings=condition_couplings,
         )
 
     def _maps(self, condition):

@@ -99,6 +99,22 @@ def test_the_conditional_glow_layer_of_the_embedded_default_passes_the_condition
     kit.check_conditional_flow(REGISTRY.get("flow", "glow-layer").factory, image_shape=image_shape, pixel_flow=True, **kwargs)
 
 
+@pytest.mark.parametrize("image_shape", [(1, 8, 8), (3, 4, 4)], ids=["grey", "colour"])
+def test_the_conditional_glow_whose_priors_alone_read_the_condition_passes_the_conditional_flow_kit(image_shape):
+    """``condition_couplings = false``: no coupling has a path from the condition, the split and
+    top priors still read it, and the flow passes every conditional-flow check (its output depends
+    on the condition)."""
+    factory = REGISTRY.get("flow", "conditional-glow").factory
+    kwargs = {**kit_kwargs("flow", "conditional-glow"), "condition_couplings": False}
+    kit.check_conditional_flow(factory, image_shape=image_shape, **kwargs)
+    small = {**factory.test_kwargs, **kwargs}  # the sizes the kit builds it with
+    names = [n for n, _ in factory(image_shape=image_shape, **small).named_parameters()]
+    assert not [n for n in names if ".couplings." in n and "condition" in n]
+    assert [n for n in names if "prior" in n or "project" in n]
+    with_couplings = [n for n, _ in factory(image_shape=image_shape, **{**small, "condition_couplings": True}).named_parameters()]
+    assert [n for n in with_couplings if ".couplings." in n and "condition" in n]
+
+
 @pytest.mark.parametrize("name", REGISTRY.names("encoder"))
 def test_every_registered_encoder_passes_the_kit(name):
     kit.check_encoder(REGISTRY.get("encoder", name).factory, image_shape=(1, 8, 8), latent_dim=3, **kit_kwargs("encoder", name))
