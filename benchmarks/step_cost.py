@@ -7,8 +7,9 @@
 
 Each variant is NAME=CONFIG:PHASE[:KEY=VALUE,...] (CONFIG empty: the embedded default; the
 overrides as --set takes them). Every variant builds its model from the same seed and takes real
-training steps of PHASE (``training.step.Stepper``: the loss, the backward pass, clipping and the
-Adam step, with only the phase's trainable parts) on random dequantized images of --shape; the
+training steps of PHASE as the trainer builds them (``training.setup.training_state``: the loss,
+the backward pass, clipping and the Adam step on the phase's trainable parts, with the phase's
+free bits and the config's precision and channels_last) on random dequantized images of --shape; the
 variants are interleaved step by step, the first one alternating (``timing.rotating_cycles``), so
 that a noisy, shared machine slows them alike. Prints one JSON object: each variant's median
 seconds per step over the rounds and its ratio to the first variant's. Timing does not depend on
@@ -24,14 +25,14 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 from vaeflow_cli.config.core import resolve
 from vaeflow_cli.model.vaeflow import build_model
 from vaeflow_cli.runtime.devices import set_threads
 from vaeflow_cli.runtime.phases import PHASES
-from vaeflow_cli.training.setup import set_phase_mode, trainable_parameters
-from vaeflow_cli.training.step import Stepper
+from vaeflow_cli.training.setup import set_phase_mode, training_state
 from vaeflow_cli.training.timing import rotating_cycles
 
 
@@ -44,22 +45,22 @@ def parse_variant(text: str) -> tuple[str, str | None, str, list[str]]:
     return name, config or None, phase, [s for s in sets.split(",") if s]
 
 
-def make_step(config: str | None, phase: str, sets: list[str], shape: tuple[int, ...], batch: int, seed: int):
-    """One variant's timed step (a callable returning its seconds)."""
+def make_step(config: str | None, phase: str, sets: list[str], shape: tuple[int, ...], batch: int, seed: int, n_batches: int):
+    """One variant's timed step (a callable returning its seconds): the model's training step for
+    ``phase`` as the trainer builds it (``setup.training_state``), over ``n_batches`` batches of
+    synthetic uint8 images dequantized on the host."""
     cfg = resolve(config, overrides=sets)
     torch.manual_seed(seed)
     model = build_model(cfg, shape, baseline=PHASES[phase].standalone)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    params = trainable_parameters(model, phase, train_prior=cfg.train.phase(phase).train_prior)
-    set_phase_mode(model, phase, train_prior=cfg.train.phase(phase).train_prior)
+    images = np.random.default_rng(seed).integers(0, 256, size=(batch * n_batches, *shape), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    _, stepper, loader = training_state(cfg, phase, model, images, device=cpu, batch_size=batch, drop_last=True, dequantize=True)
+    set_phase_mode(model, phase, cfg.train.phase(phase).train_prior)
     model.use_flow = PHASES[phase].use_flow(None)
-    opt = torch.optim.Adam(params, lr=cfg.train.phase(phase).lr)
-    stepper = Stepper(model, params, opt, device=torch.device("cpu"), grad_clip=cfg.train.phase(phase).grad_clip)
-    g = torch.Generator().manual_seed(seed)
+    batches = loader.device_epoch(0, cpu)
 
     def step() -> float:
-        y = (torch.randint(0, 256, (batch, *shape), generator=g).float() + torch.rand(batch, *shape, generator=g)) / 256
+        _, y = next(batches)
         t = time.perf_counter()
         stepper.step(y)
         return time.perf_counter() - t
@@ -81,7 +82,8 @@ def main() -> None:
     threads = set_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
     parsed = [parse_variant(v) for v in args.variants]
-    steps = {name: make_step(config, phase, sets, shape, args.batch_size, args.seed) for name, config, phase, sets in parsed}
+    n_batches = args.warmup + args.rounds * args.steps
+    steps = {name: make_step(config, phase, sets, shape, args.batch_size, args.seed, n_batches) for name, config, phase, sets in parsed}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
