@@ -39,7 +39,7 @@ from vaeflow_cli.config.limits import (
     require_image_memory,
     temperature_list,
 )
-from vaeflow_cli.console import warning
+from vaeflow_cli.console import shell_arg, warning
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model import sampling
 from vaeflow_cli.runtime.phases import LOAD_ORDER, PHASES, latest, no_latent_space
@@ -288,7 +288,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", checkpoin
         elif rd.checkpoint_path("baseline").exists():
             checkpoint = "baseline"
         else:
-            raise VaeflowError(f"{rd.path} has no checkpoint yet; train it first (vaeflow train-vae --run {rd.path})")
+            raise VaeflowError(f"{rd.path} has no checkpoint yet; train it first (vaeflow train-vae --run {shell_arg(rd.path)})")
     if isinstance(checkpoint, str) and checkpoint in PHASES:
         file = rd.checkpoint_path(checkpoint)
         if not file.exists():

@@ -21,6 +21,7 @@ bare message, as before vaeflow used ``logging``; a warning starts with ``vaeflo
 """
 
 import logging
+import shlex
 import sys
 
 LOGGER_NAME = "vaeflow"
@@ -79,6 +80,12 @@ def debug(msg: str) -> None:
 def warning(msg: str) -> None:
     _default()
     logger.warning(msg)
+
+
+def shell_arg(value) -> str:
+    """A path or value as one shell word, for a command that a message suggests: ``shlex.quote``
+    ("runs/default" unchanged, "runs/my run" -> "'runs/my run'"), so the command pastes as written."""
+    return shlex.quote(str(value))
 
 
 def counted(n: int, noun: str) -> str:

@@ -16,6 +16,28 @@ from pathlib import Path
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error, is_input_os_error, shorten_words
 
 
+def can_create_in(folder: Path) -> bool:
+    """Whether an entry can be created in the existing ``folder``, tried (an empty folder made and
+    removed at once): ``os.access`` says yes to root everywhere, also on a file system that takes
+    no new entries (/proc, a read-only mount)."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vaeflow-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest ancestor that does (what a writer that makes
+    the missing folders creates its first entry in)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, and rename it over
     ``path``. On any failure the temporary file is removed and ``path`` is left as it was; an OS

@@ -242,3 +242,19 @@ def test_a_count_of_one_is_singular(trained_run, tmp_path, capsys):
     code, out, err = call_main(["train-glow", "--run", run, "--resume", "--set", "train.threads=1"], capsys)  # one epoch, finished
     assert code == 0, err
     assert "is already complete (1 epoch); raise train.glow.epochs" in err and "1 epochs" not in err
+
+
+def test_plugins_stops_quietly_when_the_reader_of_its_rows_leaves(monkeypatch, capsys):
+    """A listing is rows, as score's: `vaeflow plugins | head -1` stops without a word, exit 141."""
+    from vaeflow_cli.cli import commands
+
+    rows = []
+
+    def out(text, nl=True):
+        rows.append(text)
+        if len(rows) > 1:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(commands, "_out", out)
+    code, _, err = call_main(["plugins"], capsys)
+    assert code == 141 and err == "" and len(rows) == 2, (code, err)

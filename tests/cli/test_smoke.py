@@ -29,6 +29,18 @@ def assert_phase1_matches_an_uninterrupted_run(tiny_config, run, clean, capsys) 
     return a
 
 
+def test_the_commands_that_messages_suggest_paste_into_a_shell_as_written(tiny_config, tmp_path, capsys):
+    import shlex
+
+    run = tmp_path / "my \u00fc run"  # a space and a non-ASCII letter: the path is one quoted shell word
+    line = stopped_phase1(tiny_config, run, "--max-steps", "1", capsys)
+    hint = line.split("continue with: ")[1].rstrip(")")
+    assert shlex.split(hint) == ["vaeflow", "train-vae", "--run", str(run), "--resume"], hint
+    code, _, err = call_main(["train-glow", "--run", run, "--resume", *QUICK], capsys)
+    assert code == 2 and "is not finished" in err
+    assert shlex.split(err.strip().split("; run ")[-1]) == ["vaeflow", "train-vae", "--run", str(run), "--resume"], err
+
+
 def test_max_steps_smoke_tests_both_phases_and_resume_continues_exactly(tiny_config, tmp_path, capsys):
     run, clean = tmp_path / "run", tmp_path / "clean"
     line = stopped_phase1(tiny_config, run, "--max-steps", "2", capsys)
@@ -77,6 +89,7 @@ def test_max_seconds_is_a_time_budget_that_stops_at_a_step_and_resumes_exactly(t
     cfg = config_mod.resolve(tiny_config, ["train.threads=1", "train.eval_samples=8"])
     result = train_phase(cfg, run, "vae", resume=True, progress=False, max_seconds=1e6)
     assert result.complete and result.seconds > 0
+    assert result.steps == RunDir(run).load_checkpoint("vae")["global_step"] - 1 > 0  # the steps this call took
     assert_phase1_matches_an_uninterrupted_run(tiny_config, run, clean, capsys)
     code, _, err = call_main(["train-vae", "--config", tiny_config, "--run", tmp_path / "x", "--max-seconds", "0", *QUICK], capsys)
     assert code == 2 and "--max-seconds" in err

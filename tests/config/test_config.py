@@ -301,3 +301,16 @@ def test_a_config_is_read_only_all_the_way_down_and_a_pickled_one_is_validated_a
     assert pickle.loads(pickle.dumps(cfg)) == cfg
     with pytest.raises(VaeflowError, match="a pickled Config: 'train.vae.lr' must be"):
         config_mod.unpickled_config({**edited, "train": {**edited["train"], "vae": {**edited["train"]["vae"], "lr": -1.0}}})
+
+
+def test_signature_differences_names_each_differing_key_with_both_values():
+    from vaeflow_cli.config.signature import signature_differences
+
+    run = {"data": {"root": "a"}, "model": {"latent_dim": 16, "flow": {"depth": 2}}}
+    given = {"data": {}, "model": {"latent_dim": 16, "flow": {"depth": 3, "lu": True}}}
+    assert signature_differences(run, given) == (
+        "data.root: the run has 'a'; model.flow.depth: the run has 2, this config 3; model.flow.lu: this config has True"
+    )
+    assert signature_differences(run, run) == ""
+    many = signature_differences({"model": {str(i): i for i in range(5)}}, {"model": {}}, limit=2)
+    assert many == "model.0: the run has 0; model.1: the run has 1, and 3 more"

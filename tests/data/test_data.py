@@ -76,6 +76,27 @@ def test_decode_images_names_a_corrupt_or_truncated_file(tmp_path, celeba_root):
         decode_images([truncated, garbage], crop=148, size=8)
 
 
+def test_an_empty_file_and_a_truncated_png_are_named_for_what_they_are(tmp_path):
+    """Not "not a JPEG": an empty file says it is empty, a cut PNG that it is a damaged PNG."""
+    import io
+
+    from PIL import Image
+
+    from vaeflow_cli.data.decode import decode_files
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32, 3)).astype(np.uint8)).save(buf, "PNG")
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:60])
+    (tmp_path / "good.png").write_bytes(buf.getvalue())
+    paths = [tmp_path / n for n in ("good.png", "zero.png", "cut.png")]
+    _, bad = decode_files(paths, crop=None, size=8)
+    messages = dict((i, m) for i, m, _ in bad)
+    assert sorted(messages) == [1, 2]
+    assert messages[1] == f"{paths[1]}: an empty file (0 bytes); replace it with the image, or remove it"
+    assert messages[2].startswith(f"{paths[2]}: a damaged PNG file") and "JPEG" not in messages[2]
+
+
 def test_a_decoder_panic_is_one_error_and_prints_nothing(capfd):
     """cargo fuzz found a file on which zune-jpeg panics: it must become the file's error, with
     no Rust panic message or backtrace on stderr."""

@@ -556,6 +556,10 @@ def test_cifar_fd_scores_colour_samples_in_a_classifier_of_the_run_s_class_folde
     from vaeflow_cli.evaluation import cifarfd
 
     root, cfg, run = train_colour_run(tmp_path)
+    # digit_fd of a colour run: one line before its classifier trains, nothing written
+    with pytest.raises(VaeflowError, match=r"digit_fd scores 1x28x28 digit images, not \(3, 8, 8\); use cifar_fd"):
+        evaluate_run(run, metrics=["bpd", "digit_fd"], n_samples=8)
+    assert not (run / "eval").exists()
 
     r = evaluate_run(run, metrics=["cifar_fd"], n_samples=20, temperatures=[0.5, 1.0])
     assert r["cifar_fd_classes"] == 2 and r["cifar_fd_classifier_accuracy"] == 1.0  # red against blue

@@ -338,6 +338,14 @@ def test_standalone_glow_baseline_trains_from_a_config_and_its_bpd_is_exact(tiny
     assert all(v.item() for k, v in RunDir(run).load_checkpoint("baseline")["model"].items() if k.endswith("initialized"))
     samples = to_uint8(loaded.sample(3, temperature=0.7, seed=0))
     assert samples.shape == (3, 1, 28, 28) and samples.dtype == np.uint8
+    # a standalone flow's run has no VAE: phase 1 or 2 there is one line, before anything is written
+    from vaeflow_cli.errors import VaeflowError
+
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for phase in ("vae", "glow"):
+        with pytest.raises(VaeflowError, match=r"holds a standalone flow \(vaeflow train-baseline\).*choose a new --run"):
+            train_phase(None, run, phase, progress=False)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
 def test_to_uint8_floors_clamps_and_maps_non_finite_values_to_fixed_pixels():

@@ -184,10 +184,29 @@ for _phase in PHASES.values():
     app.command(_phase.command, short_help=_phase.summary)(_train_command(_phase))
 
 
+def _refuse_unused(ctx: typer.Context, *, compare: bool, temperatures: str | None, vae_only: bool) -> None:
+    """``vaeflow sample``: an option that the other options given leave without effect is refused
+    (one line), never silently ignored."""
+
+    def given(name: str) -> bool:  # by name: Typer may bring its own copy of click's ParameterSource
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    if given("per_z") and not compare:
+        raise VaeflowError("--per-z sets the samples per z of --compare's figure; add --compare or leave --per-z out")
+    if vae_only and (compare or temperatures is not None):
+        raise VaeflowError("--vae-only draws decoder means, and --compare and --temperatures draw their own figures; give one")
+    if temperatures is not None and given("temperature"):
+        raise VaeflowError("--temperatures gives each row its temperature, so -t/--temperature has no effect; give one of them")
+    if vae_only and given("temperature"):
+        raise VaeflowError("--vae-only draws the decoder means g_mu(z), which have no temperature; leave out -t/--temperature")
+
+
 @app.command(short_help="Draw samples of a trained run (PNG grid or NPY).")
 @cli_errors
 @keeps_callers_threads  # sets the run's thread policy; an in-process caller (cli.main) gets its own back
 def sample(
+    ctx: typer.Context,
     run: Path | None = typer.Option(None, "--run", help=RUN_HELP),
     n: int | None = typer.Option(
         None,
@@ -229,6 +248,7 @@ def sample(
     if fmt == "png" and not as_grid and out == "-":
         raise VaeflowError("--no-grid writes one file per sample and cannot go to stdout; use --grid or --format npy")
     figure = compare or temperatures is not None
+    _refuse_unused(ctx, compare=compare, temperatures=temperatures, vae_only=vae_only)
     if figure:
         if compare and temperatures is not None:
             raise VaeflowError("--compare and --temperatures make different figures; give one")
@@ -463,14 +483,15 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON f
     if as_json:
         _out(json.dumps(rows, indent=2))
         return
-    for row in rows:
-        kind = "built-in" if row["builtin"] else "external"
-        if row["error"] is not None:
-            _out(f"{row['name']} {row['version']} ({kind}, FAILED to load): {row['error']}")
-            continue
-        _out(f"{row['name']} {row['version']} ({kind})")
-        for k, names in row["registered"].items():
-            _out(f"  {k}: {', '.join(names)}")
+    with streamed_rows():  # a listing: a reader that leaves (| head -1) stops it quietly
+        for row in rows:
+            kind = "built-in" if row["builtin"] else "external"
+            if row["error"] is not None:
+                _out(f"{row['name']} {row['version']} ({kind}, FAILED to load): {row['error']}")
+                continue
+            _out(f"{row['name']} {row['version']} ({kind})")
+            for k, names in row["registered"].items():
+                _out(f"  {k}: {', '.join(names)}")
 
 
 @config_app.command("show", short_help="Print the resolved config as TOML.")

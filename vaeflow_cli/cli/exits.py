@@ -63,7 +63,7 @@ def report_exception(exc: BaseException) -> int:
         _silence_stdout()
         typer.echo(
             "vaeflow: error: the reader of stdout closed the pipe before the result was written; "
-            "write to a file with --out FILE (or > FILE) to keep all of it",
+            "redirect it to a file (> FILE, or --out FILE where the command has it) to keep all of it",
             err=True,
         )
         return 1
@@ -224,6 +224,21 @@ def _leave_process_group(finished: bool) -> None:
         pass
 
 
+def _refuse_empty_arguments(args: list[str]) -> None:
+    """No vaeflow option or argument takes an empty value: ``--run ""`` (an unset shell variable,
+    typically) would otherwise read as the current directory. Raises VaeflowError naming it."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            what = f"{arg[:-1]} is given an empty value"
+        elif arg == "":
+            what = f"the argument after {args[i - 1]} is empty" if i else "the first argument is empty"
+        else:
+            continue
+        raise VaeflowError(f"{what} (an unset shell variable?); give a value, or leave the option out for its default")
+
+
 def run(app: typer.Typer, argv: list[str] | None, *, exiting: bool = False) -> int:
     """Run the Typer ``app`` on ``argv``: every failure, parse errors included, ends as one stderr
     line and an exit code (see report_exception). Returns the exit code.
@@ -237,6 +252,7 @@ def run(app: typer.Typer, argv: list[str] | None, *, exiting: bool = False) -> i
     previous = _sigterm_interrupts()
     code = 1
     try:
+        _refuse_empty_arguments(sys.argv[1:] if argv is None else [str(a) for a in argv])
         code = app(args=argv, prog_name="vaeflow", standalone_mode=False)
     except tuple({typer.Exit, getattr(click, "Exit", typer.Exit)}) as exc:
         code = exc.exit_code

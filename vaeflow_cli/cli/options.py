@@ -25,8 +25,10 @@ def parse_metrics(text: str) -> list[str]:
 def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:
     """A temperature, or a comma-separated list of them (``option`` names the option in errors),
     as checked floats (``limits.temperature_list``)."""
+    if any(not t.strip() for t in text.split(",")):
+        raise VaeflowError(f"{option} {text!r} has an empty item; give numbers separated by single commas, e.g. 0,0.25,0.5")
     try:
-        values = [float(t) for t in text.split(",") if t.strip()]
+        values = [float(t) for t in text.split(",")]
     except ValueError:
         raise VaeflowError(f"{option} {text!r} must be a number or a comma-separated list, e.g. 0,0.25,0.5") from None
     try:

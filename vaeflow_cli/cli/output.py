@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from vaeflow_cli.errors import VaeflowError
+from vaeflow_cli.files import can_create_in, nearest_existing
 
 
 def _out(text: str, nl: bool = True) -> None:
@@ -98,12 +99,10 @@ def _check_out(out: str | None, *, folder: bool = False, option: str = "--out", 
         raise VaeflowError(f"{option} {out} names a folder (it ends in {out[-1]}); give a file path (e.g. {path / example})")
     if path.exists() and not path.is_dir() and folder:
         raise VaeflowError(f"{option} {out} is an existing file; --no-grid writes one PNG per sample into a folder")
-    parent = path if folder and path.is_dir() else path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(path if folder and path.is_dir() else path.parent)
     if not parent.is_dir():
         raise VaeflowError(f"{option} {out}: {parent} is not a directory; fix the path")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK) or not can_create_in(parent):
         raise VaeflowError(f"{option} {out}: the folder {parent} is not writable; choose a path you may write to")
 
 

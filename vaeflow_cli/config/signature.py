@@ -21,6 +21,31 @@ def model_signature(cfg: dict, registry=None) -> dict:
     return normalize_signature({"data": cfg["data"], "model": cfg["model"]}, registry)
 
 
+def signature_differences(run: dict, given: dict, limit: int = 3) -> str:
+    """Where two model signatures differ, for a message: "model.flow.steps: the run has 2, this
+    config 3" per dotted key (at most ``limit`` of them, then how many more), "" when equal."""
+
+    def leaves(d, prefix=""):
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        out = {}
+        for k, v in d.items():
+            out.update(leaves(v, f"{prefix}{k}."))
+        return out
+
+    a, b = leaves(run), leaves(given)
+    missing = object()
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    shown = [
+        f"{k}: the run has {a[k]!r}"
+        if k not in b
+        else (f"{k}: this config has {b[k]!r}" if k not in a else f"{k}: the run has {a[k]!r}, this config {b[k]!r}")
+        for k in keys[:limit]
+    ]
+    more = f", and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(shown) + more
+
+
 def normalize_signature(sig: dict, registry=None) -> dict:
     """``sig`` without the component keys that equal their factory's default (see model_signature)."""
     if registry is None:

@@ -97,10 +97,26 @@ def decode_files(paths, *, crop: Crop, size: int, threads: int = 0, max_pixels: 
         try:
             pixels[i] = pillow_decode(paths[i], crop=crop, size=size, max_pixels=max_pixels)
         except ImageProblem as exc:
-            bad.append((i, f"{paths[i]}: {exc}" if exc.kind in ("size", "crop") else f"{message}; Pillow: {exc}", exc.kind))
+            bad.append((i, f"{paths[i]}: {exc}" if exc.kind in ("size", "crop") else _both_failed(paths[i], message, str(exc)), exc.kind))
         except Exception as exc:  # noqa: BLE001 -- any failure of Pillow on a hostile file is that file's
-            bad.append((i, f"{message}; Pillow: {type(exc).__name__}: {first_line(exc)}", "decode"))
+            bad.append((i, _both_failed(paths[i], message, f"{type(exc).__name__}: {first_line(exc)}"), "decode"))
     return pixels, bad
+
+
+def _both_failed(path: str, native: str, pillow: str) -> str:
+    """The message for a file that neither the Rust JPEG decoder nor Pillow could decode: an empty
+    file says so; a file that starts as a PNG gets Pillow's reason alone (the JPEG decoder's "not a
+    JPEG" would only mislead); others get both reasons."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        head = None
+    if head == b"":
+        return f"{path}: an empty file (0 bytes); replace it with the image, or remove it"
+    if head is not None and head.startswith(b"\x89PNG"):
+        return f"{path}: a damaged PNG file (truncated, or not all PNG); Pillow: {pillow}"
+    return f"{native}; Pillow: {pillow}"
 
 
 # What vaeflow decodes through Pillow: PNG and JPEG (MPO is how Pillow names many camera JPEGs).

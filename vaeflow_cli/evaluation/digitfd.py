@@ -104,11 +104,18 @@ def load_or_train(cache: Path) -> tuple[DigitCNN, float]:
     return net, accuracy
 
 
+def check_images(images: np.ndarray) -> None:
+    """One VaeflowError for images digit_fd cannot score: anything but (N, 1, 28, 28) digits."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+        raise VaeflowError(
+            f"digit_fd scores 1x28x28 digit images, not {tuple(images.shape[1:])}; use cifar_fd (class folders) or simclr_fd for colour images, or fid"
+        )
+
+
 @torch.no_grad()
 def features(net: DigitCNN, images: np.ndarray, batch: int = 500, progress=None) -> np.ndarray:
-    """(N, 128) float64 features of uint8 (N, 1, 28, 28) images."""
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-        raise VaeflowError(f"digit_fd scores 1x28x28 digit images, not {tuple(images.shape[1:])}; use fid for other data")
+    """(N, 128) float64 features of uint8 (N, 1, 28, 28) images. Raises VaeflowError for other shapes."""
+    check_images(images)
     from vaeflow_cli.evaluation.fid import batched_features
 
     return np.concatenate(batched_features(lambda x: net.features(_to_input(x)), images, batch, progress))

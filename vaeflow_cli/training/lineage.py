@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaeflow_cli.console import shell_arg
 from vaeflow_cli.runtime.phases import PHASES
 from vaeflow_cli.runtime.runs import load_checkpoint
 
@@ -86,7 +87,7 @@ class Stale:
         step-tagged checkpoint is still kept)."""
         title = lambda p: PHASES[p].title  # noqa: E731
         then = f", then {title(self.asked)} again" if self.asked != self.phase else ""
-        again = f"train {title(self.phase)} again on the new {title(self.start)} (vaeflow train-{self.phase} --run {run} --restart{then})"
+        again = f"train {title(self.phase)} again on the new {title(self.start)} (vaeflow train-{self.phase} --run {shell_arg(run)} --restart{then})"
         old = self.old_start_file(run)
         if old is None:
             return f"{again}; the old {title(self.start)} is not kept as a checkpoint of its own"

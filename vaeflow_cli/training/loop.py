@@ -27,7 +27,7 @@ import torch
 from vaeflow_cli.config import core as config_mod
 from vaeflow_cli.config import signature
 from vaeflow_cli.config.typed import Config
-from vaeflow_cli.console import counted, log, warning
+from vaeflow_cli.console import counted, log, shell_arg, warning
 from vaeflow_cli.data.dequantization import dequantize_on_device
 from vaeflow_cli.data.images import grid, png_bytes, to_uint8
 from vaeflow_cli.data.loader import BatchLoader
@@ -82,6 +82,8 @@ class PhaseResult:
     seconds: float = 0.0
     """Wall-clock seconds of this call's training loop: its steps, and the held-out bound, checkpoint
     and sample grid at each epoch end (not the start-up: data, model, checks)."""
+    steps: int = 0
+    """Optimizer steps this call took (the phase's step count at its end minus at its start)."""
 
 
 def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: int, *, name: str | None = None) -> tuple[Path, np.ndarray]:
@@ -129,7 +131,8 @@ def train_phase(
     is raised on every rank. ``max_steps`` stops after that many optimizer steps in this call
     (checkpointing first), as a Ctrl-C would; tests use it to interrupt and resume deterministically.
     ``max_seconds`` stops the same way at the first step boundary after that many seconds of this
-    call's training loop (a time budget: ``PhaseResult.seconds`` says how long it ran).
+    call's training loop (a time budget: ``PhaseResult.seconds`` says how long it ran and
+    ``PhaseResult.steps`` how many optimizer steps it took).
     With ``smoke`` (the command line's ``--max-steps`` and ``--max-seconds``) that stop is the end of the call instead: the
     held-out bound of the model there (on ``train.eval_samples`` images) and a sample grid, the
     checkpoint that ``resume`` continues exactly, and a PhaseResult with ``complete`` False; a phase
@@ -307,7 +310,7 @@ class _Trainer:
         state with a lower learning rate retraces none of the steps that damaged the weights. A
         fresh start rolled back to its beginning saves nothing: a resume starts from the beginning."""
         p, phase, rd = self.state.position, self.phase, self.rd
-        again = f"lower train.{phase}.lr (or set train.{phase}.grad_clip), then vaeflow train-{phase} --run {rd.path} --resume"
+        again = f"lower train.{phase}.lr (or set train.{phase}.grad_clip), then vaeflow train-{phase} --run {shell_arg(rd.path)} --resume"
         usable = [s for s in self.snapshots if before_step is None or s.position.global_step < before_step]
         if not usable:  # no finite step in this call
             if self.state.resumed_ranks is not None:
@@ -315,7 +318,7 @@ class _Trainer:
                     f"{head}, every step since this resume: the checkpoint it resumed from gives non-finite losses or gradients "
                     f"whatever the learning rate (the steps that made it damaged its weights), so nothing was saved and a lower "
                     f"learning rate cannot rescue it; train the phase again with a lower train.{phase}.lr (and train.{phase}.grad_clip): "
-                    f"vaeflow train-{phase} --run {rd.path} --restart --set train.{phase}.lr=..."
+                    f"vaeflow train-{phase} --run {shell_arg(rd.path)} --restart --set train.{phase}.lr=..."
                 )
             return RuntimeFailure(
                 f"{head}, from the first step: the model gives non-finite losses or gradients at its initialisation, whatever "
@@ -388,7 +391,7 @@ class _Trainer:
                 state.model,
                 f"the weights of {PHASES[phase].title} became non-finite at epoch {p.epoch + 1} step {p.step}; "
                 f"nothing was saved, the last checkpoint {rd.checkpoint_path(phase)} is kept; lower train.{phase}.lr "
-                f"or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {rd.path} --resume",
+                f"or set train.{phase}.grad_clip, then vaeflow train-{phase} --run {shell_arg(rd.path)} --resume",
             )
             ckpt = state.checkpoint(
                 rngs=rngs,
@@ -406,6 +409,7 @@ class _Trainer:
     def run(self, *, progress: bool, max_steps: int | None, max_seconds: float | None = None, smoke: bool = False) -> PhaseResult:
         result = self._run(progress=progress, max_steps=max_steps, max_seconds=max_seconds, smoke=smoke)
         result.seconds = round(self.loop_seconds, 3)
+        result.steps = self.state.position.global_step - self.first_step
         return result
 
     def _run(self, *, progress: bool, max_steps: int | None, max_seconds: float | None, smoke: bool) -> PhaseResult:
@@ -432,7 +436,7 @@ class _Trainer:
                     return self.end_smoke(path)
                 raise Interrupted(
                     f"interrupted at {phase} epoch {p.epoch + 1} step {p.step}; saved {path}; "
-                    f"continue with: vaeflow train-{phase} --run {rd.path} --resume"
+                    f"continue with: vaeflow train-{phase} --run {shell_arg(rd.path)} --resume"
                 ) from None
             except _TooManyBadSteps as bad:
                 raise self.rescue(str(bad), before_step=self.last_finite) from None
@@ -463,7 +467,7 @@ class _Trainer:
                 raise RuntimeFailure(
                     f"the held-out bound of {PHASES[phase].title} is {bound} {stopped}: the model in "
                     f"eval mode gives non-finite values; lower train.{phase}.lr (or set train.{phase}.grad_clip) and train it "
-                    f"again: vaeflow train-{phase} --run {rd.path} --restart {again}"
+                    f"again: vaeflow train-{phase} --run {shell_arg(rd.path)} --restart {again}"
                 )
             grid_path, _ = _write_sample_grid(
                 self.state.model, rd, phase, p.epoch, self.cfg.run.sample_n, name=f"{phase}-step{p.global_step:09d}.png"
@@ -472,7 +476,7 @@ class _Trainer:
             log(
                 f"{phase} stopped {stopped} at epoch {p.epoch + 1} step {p.step}: "
                 f"{train}held-out bound <= {bound:.4f} bpd on {n} images; {grid_path}; saved {path} "
-                f"(continue with: vaeflow train-{phase} --run {rd.path} --resume)"
+                f"(continue with: vaeflow train-{phase} --run {shell_arg(rd.path)} --resume)"
             )
             return bound
 

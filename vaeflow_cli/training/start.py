@@ -4,7 +4,7 @@ to the later phases built on it (``built_on_this``, ``remove_for_restart``)."""
 
 from __future__ import annotations
 
-from vaeflow_cli.console import log
+from vaeflow_cli.console import log, shell_arg
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.runtime.phases import PHASES, previous
 from vaeflow_cli.runtime.runs import RunDir, load_weights
@@ -40,7 +40,7 @@ def load_previous(rd: RunDir, phase: str, cfg: dict, model, device, *, resuming:
     if before is None:
         return None, {}
     if not rd.checkpoint_path(before).exists():
-        raise VaeflowError(f"{rd.path} has no checkpoint of {PHASES[before].title}; run vaeflow train-{before} --run {rd.path} first")
+        raise VaeflowError(f"{rd.path} has no checkpoint of {PHASES[before].title}; run vaeflow train-{before} --run {shell_arg(rd.path)} first")
     stale = lineage.stale_link(before, head_of)
     if stale is not None:
         raise VaeflowError(f"{PHASES[phase].title} starts from {PHASES[before].title}, and {stale.what(rd.path)}: {stale.ways_out(rd.path)}")
@@ -49,7 +49,9 @@ def load_previous(rd: RunDir, phase: str, cfg: dict, model, device, *, resuming:
     if not prev_state.get("complete"):
         where = f"epoch {prev_state['epoch']}/{prev_state['epochs']}" + (f", step {prev_state['step']}" if prev_state["step"] else "")
         if not unfinished_ok:
-            raise VaeflowError(f"{PHASES[before].title} of {rd.path} is not finished ({where}); run vaeflow train-{before} --run {rd.path} --resume")
+            raise VaeflowError(
+                f"{PHASES[before].title} of {rd.path} is not finished ({where}); run vaeflow train-{before} --run {shell_arg(rd.path)} --resume"
+            )
         log(f"{PHASES[phase].title} starts from an unfinished {PHASES[before].title} ({where}): a smoke test (--max-steps)")
     load_weights(model, prev_state["model"], rd.checkpoint_path(before))
     return before, {"start_digest": prev_state["digest"], "start_step": prev_state["global_step"]}
@@ -86,6 +88,6 @@ def built_on_this(rd: RunDir, phase: str, *, resuming: bool, restart: bool) -> t
             f"{rd.checkpoint_path(later)} ({PHASES[later].title}) was trained on this {PHASES[phase].title}"
             + (f" (step {step})" if step is not None else "")
             + f"; once it trains {'again' if restart else 'further'}, {PHASES[later].title} belongs to the old one{keep}: "
-            f"train it again afterwards (vaeflow train-{later} --run {rd.path} --restart)"
+            f"train it again afterwards (vaeflow train-{later} --run {shell_arg(rd.path)} --restart)"
         )
     return warnings, pinned
