@@ -85,9 +85,8 @@ def names_a_folder(out: str) -> bool:
 def _check_out(out: str | None, *, folder: bool = False, option: str = "--out", example: str = "samples.png") -> None:
     """Refuse an --out that cannot be written BEFORE any work: a directory where a file is
     wanted (an existing one, or a path that ends in a separator), a missing or read-only parent
-    folder. ``option`` is the option's name in the messages; ``example`` a file name for the fix."""
-    import os
-
+    folder (tried: ``files.can_create_in``). ``option`` is the option's name in the messages;
+    ``example`` a file name for the fix."""
     if out == "-" and sys.stdout is None:
         raise VaeflowError(f"{option} - writes to stdout, which is closed; give {option} FILE or redirect stdout")
     if out is None or out == "-":
@@ -102,7 +101,7 @@ def _check_out(out: str | None, *, folder: bool = False, option: str = "--out", 
     parent = nearest_existing(path if folder and path.is_dir() else path.parent)
     if not parent.is_dir():
         raise VaeflowError(f"{option} {out}: {parent} is not a directory; fix the path")
-    if not os.access(parent, os.W_OK | os.X_OK) or not can_create_in(parent):
+    if not can_create_in(parent):
         raise VaeflowError(f"{option} {out}: the folder {parent} is not writable; choose a path you may write to")
 
 
