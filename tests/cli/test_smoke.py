@@ -102,6 +102,8 @@ def test_max_seconds_nan_or_inf_is_not_a_finite_number_and_out_of_range_says_the
         ("-inf", "-inf is not a finite number"),
         ("2e9", "2e9 is not in [0.001, 1e9]"),
         ("0", "0 is not in [0.001"),
+        ("1e400", "1e400 is not a finite number in [0.001, 1e9]"),  # the text as given, not float()'s inf
+        ("ten", "'ten' is not a number"),
     ):
         code, out, err = call_main(["train-vae", "--config", tiny_config, "--run", tmp_path / "x", "--max-seconds", value, *QUICK], capsys)
         lines = err.strip().splitlines()

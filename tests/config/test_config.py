@@ -314,3 +314,19 @@ def test_signature_differences_names_each_differing_key_with_both_values():
     assert signature_differences(run, run) == ""
     many = signature_differences({"model": {str(i): i for i in range(5)}}, {"model": {}}, limit=2)
     assert many == "model.0: the run has 0; model.1: the run has 1, and 3 more"
+
+
+def test_train_device_is_checked_with_the_config_so_the_error_names_the_file_or_the_set(tmp_path):
+    """The device's name is part of the config's validation (where it came from is named); whether
+    the machine has it is the run's question (runtime.devices.resolve_device)."""
+    from vaeflow_cli.config.core import resolve
+    from vaeflow_cli.config.limits import is_device_name
+
+    assert [is_device_name(v) for v in ("auto", "cpu", "cuda", "cuda:0", "cuda:12")] == [True] * 5
+    assert not any(is_device_name(v) for v in ("tpu", "mps", "cuda:", "cuda:x", "CPU", "cpu ", "", None, 0))
+    with pytest.raises(VaeflowError, match=r"^--set train.device=tpu: 'train.device' must be auto, cpu, cuda or cuda:N, got 'tpu'$"):
+        resolve(overrides=["train.device=tpu"])
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\ndevice = "mps"\n')
+    with pytest.raises(VaeflowError, match=r"c.toml: 'train.device' must be auto, cpu, cuda or cuda:N, got 'mps'"):
+        resolve(f)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from vaeflow_cli.runtime.phases import PHASES
 
@@ -65,3 +66,29 @@ def test_a_phase_goes_on_with_the_config_its_run_was_trained_with(tiny_config, t
 
     with pytest.raises(VaeflowError, match="resume must be"):  # cfg None is taken (the rule above), the next check refuses
         train_phase(None, run, "glow", resume="yes", progress=False)
+
+
+def test_the_cosine_decay_follows_torch_cosine_annealing_after_the_warm_up_and_holds_its_floor():
+    """learning_rate against an independent computation: torch's CosineAnnealingLR (eta_min = f lr)
+    stepped once per optimizer step after a linear warm-up, on a real optimizer."""
+    from dataclasses import replace
+
+    from vaeflow_cli.config.core import resolve
+    from vaeflow_cli.training.setup import learning_rate
+
+    pcfg = resolve().train.phase("glow")
+    pcfg = replace(pcfg, lr=2e-3, lr_halve_every=0, warmup_steps=5, lr_cosine_steps=20, lr_final_fraction=0.1)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20, eta_min=2e-4)
+    expected = [2e-3 * (s + 1) / 5 for s in range(5)]
+    for _ in range(30):
+        expected.append(opt.param_groups[0]["lr"])
+        if len(expected) - 5 <= 20:  # 20 scheduler steps, then the floor
+            cosine.step()
+    got = [learning_rate(pcfg, 0, s) for s in range(35)]
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert got[-1] == pytest.approx(2e-4)  # held at the floor after the decay
+    # composed with the halving by epochs; and no decay when lr_cosine_steps = 0
+    halved = replace(pcfg, lr_halve_every=2)
+    assert learning_rate(halved, 3, 12) == pytest.approx(0.5 * learning_rate(pcfg, 3, 12))
+    assert learning_rate(replace(pcfg, lr_cosine_steps=0), 0, 1000) == 2e-3

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from vaeflow_cli.cli.exits import cli_errors, exit_process, run, streamed_rows
-from vaeflow_cli.cli.options import DEVICE_HELP, JSON_HELP, RUN_HELP, parse_metrics, parse_temperatures
+from vaeflow_cli.cli.options import DEVICE_HELP, JSON_HELP, RUN_HELP, parse_metrics, parse_number, parse_temperatures
 from vaeflow_cli.cli.output import _check_out, _out, _out_format, _run_or_default, _write_output
 from vaeflow_cli.cli.scoring import ood as ood_command
 from vaeflow_cli.cli.scoring import score as score_command
@@ -70,29 +70,24 @@ def _require_image_memory(count: int, image_shape, what: str) -> None:
     require_image_memory(count, image_shape, what, "ask for fewer images, or write several smaller batches with different --seed")
 
 
-def _temperature(value: float) -> float:
-    """Option callback: the sampling temperature rule (config.limits.check_temperature) as a usage
-    error (exit 2) naming the option."""
+def _temperature(text) -> float:
+    """Option parser of --temperature: the sampling temperature rule (config.limits.check_temperature)
+    as a usage error (exit 2) naming the option and echoing its text as given."""
     try:
-        return check_temperature(value)
-    except VaeflowError:
-        why = "is not a finite number in" if value != value or value in (float("inf"), float("-inf")) else "is not in"
-        raise typer.BadParameter(f"{value:g} {why} [0, {TEMPERATURE_MAX:g}]") from None
+        return check_temperature(parse_number(str(text), 0, TEMPERATURE_MAX))
+    except VaeflowError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 MAX_SECONDS = (0.001, 1e9)  # the range of --max-seconds
 
 
-def _max_seconds(value: float | None) -> float | None:
-    """Option callback: --max-seconds in MAX_SECONDS, a NaN or infinity named as not finite (a
-    range check alone calls nan "not <= 1e9")."""
-    import math
-
-    low, high = MAX_SECONDS
-    if value is not None and not (math.isfinite(value) and low <= value <= high):
-        why = "is not in" if math.isfinite(value) else "is not a finite number in"
-        raise typer.BadParameter(f"{value:g} {why} [{low:g}, {high:.0e}]".replace("e+0", "e"))
-    return value
+def _max_seconds(text) -> float:
+    """Option parser of --max-seconds: a finite number in MAX_SECONDS, echoed as given in the usage error."""
+    try:
+        return parse_number(str(text), *MAX_SECONDS)
+    except VaeflowError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 SAMPLE_N = 64  # vaeflow sample: images in a sample grid
@@ -168,7 +163,7 @@ def _train_command(phase: Phase):
         max_seconds: float | None = typer.Option(
             None,
             "--max-seconds",
-            callback=_max_seconds,
+            parser=_max_seconds,
             help="A time budget: stop at the first step boundary after this many seconds of training in this call (one step at least), and end as --max-steps "
             "does (held-out bound, sample grid, a checkpoint that --resume continues exactly). With --max-steps, whichever comes first.",
         ),
@@ -216,7 +211,7 @@ def sample(
         show_default=False,
         help=f"Number of samples (default {SAMPLE_N}; with --compare or --temperatures, rows: default {COMPARE_ROWS}). Refused when they would not fit in memory.",
     ),
-    temperature: float = typer.Option(0.5, "--temperature", "-t", callback=_temperature, help="Glow-layer temperature T in [0, 100] (paper: 0.5)."),
+    temperature: float = typer.Option(0.5, "--temperature", "-t", parser=_temperature, help="Glow-layer temperature T in [0, 100] (paper: 0.5)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed; the same seed gives the same images."),
     vae_only: bool = typer.Option(False, "--vae-only", help="Decoder means g_mu(z) (paper, Figure 4 left)."),
     fmt: str | None = typer.Option(

@@ -4,6 +4,8 @@ their comma-separated values (``--metrics``, ``--temperature`` / ``--temperature
 
 from __future__ import annotations
 
+import math
+
 from vaeflow_cli.config.limits import TEMPERATURE_MAX, temperature_list
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.evaluation.metrics import METRICS
@@ -20,6 +22,22 @@ def parse_metrics(text: str) -> list[str]:
     if bad or not names:
         raise VaeflowError(f"--metrics {text!r}: choose from {', '.join(METRICS)} (comma-separated)")
     return names
+
+
+def parse_number(text: str, low: float, high: float) -> float:
+    """A number option's text (``--temperature``, ``--max-seconds``) as a float in [low, high], or one
+    VaeflowError that echoes the text as the user gave it: ``'abc' is not a number``, ``1e400 is not
+    a finite number in [0, 100]`` (float() reads 1e400 as inf), ``-1 is not in [0, 100]``."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise VaeflowError(f"{text!r} is not a number") from None
+    bounds = f"[{low:g}, {high:g}]".replace("e+", "e").replace("e0", "e")
+    if not math.isfinite(value):
+        raise VaeflowError(f"{text} is not a finite number in {bounds}")
+    if not low <= value <= high:
+        raise VaeflowError(f"{text} is not in {bounds}")
+    return value
 
 
 def parse_temperatures(text: str, option: str = "--temperature") -> list[float]:

@@ -8,6 +8,7 @@ later in the allocator (or being killed by the kernel's out-of-memory killer).
 from __future__ import annotations
 
 import os
+import re
 
 from vaeflow_cli.errors import VaeflowError
 
@@ -17,6 +18,18 @@ from vaeflow_cli.errors import VaeflowError
 TEMPERATURE_MAX = 100.0
 """The largest sampling temperature accepted (the paper samples at 0.5): T multiplies the decoder's
 standard deviation, and far above this the float32 images overflow to nothing but noise."""
+
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+"""The devices vaeflow runs on (``train.device``, ``--device``, the Python API's ``device``);
+whether the machine has the one named is asked when a command starts (runtime.devices.resolve_device)."""
+
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def is_device_name(value) -> bool:
+    """Whether ``value`` is a str naming one of DEVICE_NAMES (N a CUDA device index)."""
+    return isinstance(value, str) and _DEVICE_NAME.fullmatch(value) is not None
 
 
 SEED_MAX = 2**32 - 1

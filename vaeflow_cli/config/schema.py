@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vaeflow_cli.config.constraints import Check, OneOf, Range
-from vaeflow_cli.config.limits import SEED_MAX
+from vaeflow_cli.config.limits import DEVICE_NAMES, SEED_MAX, is_device_name
 from vaeflow_cli.runtime.phases import PHASES
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision (training.step maps them to autocast dtypes)
@@ -20,6 +20,8 @@ _PHASE = {
     "lr": 1e-4,  # Adam
     "lr_halve_every": 0,  # epochs; 0 keeps the learning rate constant
     "warmup_steps": 0,  # linear learning-rate warm-up at the start of the phase
+    "lr_cosine_steps": 0,  # optimizer steps after the warm-up over which lr falls along a half cosine; 0 = no decay
+    "lr_final_fraction": 0.0,  # the cosine decay's end, a fraction of lr (held after lr_cosine_steps)
     "grad_clip": 0.0,  # max gradient norm; 0 disables clipping
     "kl_warmup_steps": 0,  # the KL term's weight in the training loss rises linearly from 0 to 1 over these steps
     "free_bits": 0.0,  # nats: the training loss's KL term is max(free_bits, the batch's mean KL) (Kingma et al., 2016)
@@ -69,6 +71,7 @@ CONSTRAINTS: dict[str, list] = {
     "model.latent_dim": [Range(1, 65536)],
     "model.pixel_transform": [OneOf(PIXEL_TRANSFORMS)],
     "model.logit_alpha": [Range(gt=0, lt=0.5)],
+    "train.device": [Check(is_device_name, f"must be {DEVICE_NAMES}")],
     "train.seed": [Range(0, SEED_MAX)],
     "train.eval_samples": [Range(0)],
     "train.dequantize": [OneOf(("host", "device"))],
@@ -82,6 +85,8 @@ CONSTRAINTS: dict[str, list] = {
     "train.*.lr": [Range(gt=0, le=10)],
     "train.*.lr_halve_every": [Range(0)],
     "train.*.warmup_steps": [Range(0)],
+    "train.*.lr_cosine_steps": [Range(0)],
+    "train.*.lr_final_fraction": [Range(0, 1)],
     "train.*.grad_clip": [Range(0)],
     "train.*.kl_warmup_steps": [Range(0)],
     "train.*.free_bits": [Range(0, 1e9)],

@@ -67,6 +67,8 @@ class PhaseSettings:
     lr: float
     lr_halve_every: int
     warmup_steps: int
+    lr_cosine_steps: int
+    lr_final_fraction: float
     grad_clip: float
     kl_warmup_steps: int
     free_bits: float

@@ -15,6 +15,7 @@ import contextlib
 
 import torch
 
+from vaeflow_cli.config.limits import DEVICE_NAMES, is_device_name
 from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.runtime.threads import LoadGovernor, busy_seconds, callers_threads, install, local_processes, resolve_threads, usable_cores
 
@@ -25,12 +26,9 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
     fix = {"--": "--device cpu", "de": 'device="cpu" (or "auto")'}.get(option[:2], "--set train.device=cpu (or auto)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise VaeflowError(f"{option} = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise VaeflowError(f"{option} = {name!r}: vaeflow runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if not is_device_name(name):
+        raise VaeflowError(f"{option} = {name!r} is not a device; use {DEVICE_NAMES}")
+    dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise VaeflowError(f"{option} = {name!r} but no CUDA device is available; use {fix}")

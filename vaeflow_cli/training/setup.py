@@ -5,6 +5,8 @@ start from here."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -22,12 +24,21 @@ from vaeflow_cli.training.step import Stepper
 
 
 def learning_rate(pcfg: PhaseSettings, epoch: int, global_step: int) -> float:
-    """The schedule: ``lr`` halved every ``lr_halve_every`` epochs (paper: 250), after a linear
-    warm-up over the first ``warmup_steps`` steps. A function of the position alone, so a resumed
-    run continues it exactly."""
+    """The learning rate at ``epoch`` and ``global_step`` (the phase's optimizer steps before this
+    one): ``lr``, halved every ``lr_halve_every`` epochs (paper: 250); times a cosine decay over the
+    ``lr_cosine_steps`` steps after the warm-up, from 1 to ``lr_final_fraction`` along
+    ``f + (1 - f) (1 + cos(pi t)) / 2``, t = min(1, (global_step - warmup_steps) / lr_cosine_steps),
+    held at ``f`` after it (Loshchilov & Hutter, 2017, SGDR without restarts; torch's
+    CosineAnnealingLR with eta_min = f lr); times ``min(1, (global_step + 1) / warmup_steps)``
+    during a linear warm-up over the first ``warmup_steps`` steps. A function of the position
+    alone, so a resumed run continues it exactly."""
     lr = pcfg.lr
     if pcfg.lr_halve_every > 0:
         lr *= 0.5 ** (epoch // pcfg.lr_halve_every)
+    if pcfg.lr_cosine_steps > 0:
+        t = min(1.0, max(0, global_step - pcfg.warmup_steps) / pcfg.lr_cosine_steps)
+        f = pcfg.lr_final_fraction
+        lr *= f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * t))
     if pcfg.warmup_steps > 0:
         lr *= min(1.0, (global_step + 1) / pcfg.warmup_steps)
     return lr
