@@ -322,7 +322,7 @@ def test_train_device_is_checked_with_the_config_so_the_error_names_the_file_or_
     from vaeflow_cli.config.core import resolve
     from vaeflow_cli.config.limits import is_device_name
 
-    assert [is_device_name(v) for v in ("auto", "cpu", "cuda", "cuda:0", "cuda:12")] == [True] * 5
+    assert [is_device_name(v) for v in ("auto", "cpu", "cpu:0", "cuda", "cuda:0", "cuda:12")] == [True] * 6
     assert not any(is_device_name(v) for v in ("tpu", "mps", "cuda:", "cuda:x", "CPU", "cpu ", "", None, 0))
     with pytest.raises(VaeflowError, match=r"^--set train.device=tpu: 'train.device' must be auto, cpu, cuda or cuda:N, got 'tpu'$"):
         resolve(overrides=["train.device=tpu"])

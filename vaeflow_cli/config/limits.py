@@ -24,7 +24,7 @@ DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 """The devices vaeflow runs on (``train.device``, ``--device``, the Python API's ``device``);
 whether the machine has the one named is asked when a command starts (runtime.devices.resolve_device)."""
 
-_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+_DEVICE_NAME = re.compile(r"auto|cpu(:0)?|cuda(:[0-9]+)?")  # cpu:0 is str(torch.device("cpu", 0))
 
 
 def is_device_name(value) -> bool:
