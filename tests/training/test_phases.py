@@ -83,6 +83,7 @@ def test_the_cosine_decay_follows_torch_cosine_annealing_after_the_warm_up_and_h
     expected = [2e-3 * (s + 1) / 5 for s in range(5)]
     for _ in range(30):
         expected.append(opt.param_groups[0]["lr"])
+        opt.step()  # no gradient: the parameter stays; the scheduler follows an optimizer step, as in training
         if len(expected) - 5 <= 20:  # 20 scheduler steps, then the floor
             cosine.step()
     got = [learning_rate(pcfg, 0, s) for s in range(35)]
