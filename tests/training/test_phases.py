@@ -93,3 +93,52 @@ def test_the_cosine_decay_follows_torch_cosine_annealing_after_the_warm_up_and_h
     halved = replace(pcfg, lr_halve_every=2)
     assert learning_rate(halved, 3, 12) == pytest.approx(0.5 * learning_rate(pcfg, 3, 12))
     assert learning_rate(replace(pcfg, lr_cosine_steps=0), 0, 1000) == 2e-3
+
+
+def test_the_training_optimizer_is_adam_as_an_independent_numpy_computation_and_falls_back_where_torch_has_no_fused_kernel(monkeypatch):
+    """setup.adam (fused where torch has the kernel) against Adam written out in numpy from Kingma &
+    Ba (2015), Algorithm 1, over steps with changing gradients and learning rates; and where torch
+    refuses fused=True it builds the default Adam, which gives the same update."""
+    import numpy as np
+
+    from vaeflow_cli.training.setup import adam
+
+    def numpy_adam(w, grads, lrs, b1=0.9, b2=0.999, eps=1e-8):
+        m, v = np.zeros_like(w), np.zeros_like(w)
+        for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            w = w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        return w
+
+    rng = np.random.default_rng(0)
+    w0 = [rng.normal(size=(4, 3)), rng.normal(size=(7,))]
+    grads = [[rng.normal(size=w.shape) * 10.0 ** rng.integers(-3, 2) for w in w0] for _ in range(6)]
+    lrs = [1e-3, 2e-3, 5e-4, 1e-3, 1e-2, 1e-4]  # the schedule sets each group's lr before a step, as training does
+
+    def run(opt_factory):
+        params = [torch.nn.Parameter(torch.tensor(w, dtype=torch.float32)) for w in w0]
+        opt = opt_factory(params)
+        for g, lr in zip(grads, lrs, strict=True):
+            for p, gi in zip(params, g, strict=True):
+                p.grad = torch.tensor(gi, dtype=torch.float32)
+            opt.param_groups[0]["lr"] = lr
+            opt.step()
+        return opt, [p.detach().double().numpy() for p in params]
+
+    opt, got = run(lambda params: adam(params, lr=1e-3))
+    assert opt.param_groups[0]["fused"]  # this torch has the fused kernel on the CPU
+    for i, w in enumerate(w0):
+        np.testing.assert_allclose(got[i], numpy_adam(w, [g[i] for g in grads], lrs), rtol=0, atol=2e-6)
+
+    real = torch.optim.Adam
+
+    def no_fused(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt, fallback = run(lambda params: adam(params, lr=1e-3))
+    assert not opt.param_groups[0]["fused"]
+    for a, b in zip(got, fallback, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

@@ -1,0 +1,120 @@
+"""Seconds per training step with torch's fused Adam (what training uses, ``training.setup.adam``)
+against the for-loop Adam (torch's default on the CPU), interleaved on the same model.
+
+    python benchmarks/adam_impl.py --threads 1 configs/cifar10-cpu.toml:glow configs/glow-cifar10-cpu.toml:baseline
+
+Each CONFIG:PHASE builds the phase's model from the same seed and takes real training steps as the
+trainer builds them (``training.setup.training_state``: the loss, the backward pass, clipping and
+the Adam step on the phase's trainable parts) on random dequantized images of --shape, twice: once
+with the fused Adam and once with ``torch.optim.Adam(foreach=False)``; the two alternate step by
+step, who goes first alternating (``timing.rotating_cycles``), so that a noisy, shared machine slows
+them alike. It also times the optimizer step alone on the same parameters and gradients. Prints
+one JSON object per CONFIG:PHASE: median seconds per step and per optimizer step of each, and the
+ratios fused / loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from vaeflow_cli.config.core import resolve
+from vaeflow_cli.model.vaeflow import build_model
+from vaeflow_cli.runtime.devices import set_threads
+from vaeflow_cli.runtime.phases import PHASES
+from vaeflow_cli.training.setup import set_phase_mode, training_state
+from vaeflow_cli.training.timing import rotating_cycles
+
+
+def make_steps(config: str, phase: str, shape, batch: int, seed: int, n_batches: int, fused: bool):
+    """(one training step, one optimizer step alone, each returning its seconds; the number of
+    trained parameters)."""
+    cfg = resolve(config)
+    torch.manual_seed(seed)
+    model = build_model(cfg, shape, baseline=PHASES[phase].standalone)
+    images = np.random.default_rng(seed).integers(0, 256, size=(batch * n_batches, *shape), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    state, stepper, loader = training_state(cfg, phase, model, images, device=cpu, batch_size=batch, drop_last=True, dequantize=True)
+    if not fused:
+        stepper.opt = state.opt = torch.optim.Adam(stepper.params, lr=stepper.opt.param_groups[0]["lr"], foreach=False)
+    elif not stepper.opt.param_groups[0]["fused"]:
+        raise SystemExit("adam_impl: this torch has no fused Adam for the CPU (torch >= 2.4 has one)")
+    set_phase_mode(model, phase, cfg.train.phase(phase).train_prior)
+    model.use_flow = PHASES[phase].use_flow(None)
+    batches = loader.device_epoch(0, cpu)
+
+    def step() -> float:
+        _, y = next(batches)
+        t = time.perf_counter()
+        stepper.step(y)
+        return time.perf_counter() - t
+
+    def opt_step() -> float:
+        with torch.no_grad():
+            for p in stepper.params:
+                p.grad = torch.randn_like(p) * 1e-3
+        t = time.perf_counter()
+        stepper.opt.step()
+        return time.perf_counter() - t
+
+    return step, opt_step, sum(p.numel() for p in stepper.params)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="CONFIG:PHASE")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--shape", default="3,32,32", help="C,H,W of the images")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=6, help="steps of each side per round")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    threads = set_threads(args.threads)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    n_batches = args.warmup + args.rounds * args.steps
+    for spec in args.models:
+        config, _, phase = spec.rpartition(":")
+        if phase not in PHASES or not config:
+            raise SystemExit(f"adam_impl: {spec!r} is not CONFIG:PHASE with PHASE one of {', '.join(PHASES)}")
+        sides = {name: make_steps(config, phase, shape, args.batch_size, args.seed, n_batches, name == "fused") for name in ("fused", "loop")}
+        for step, _, _ in sides.values():
+            for _ in range(args.warmup):
+                step()
+        whole = {name: [] for name in sides}
+        alone = {name: [] for name in sides}
+        for r in range(args.rounds):
+            for name, t in rotating_cycles({n: s[0] for n, s in sides.items()}, args.steps, start=r).items():
+                whole[name].append(statistics.median(t))
+            for name, t in rotating_cycles({n: s[1] for n, s in sides.items()}, 3 * args.steps, start=r).items():
+                alone[name].append(statistics.median(t))
+            print(f"adam_impl: {spec} round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {whole[n][-1] * 1000:.0f} ms" for n in sides), file=sys.stderr)
+        med = {kind: {n: statistics.median(v[n]) for n in sides} for kind, v in (("step", whole), ("optimizer_step", alone))}
+        n_params = sides["fused"][2]
+        print(
+            json.dumps(
+                {
+                    "model": spec,
+                    "threads": threads,
+                    "batch_size": args.batch_size,
+                    "rounds": args.rounds,
+                    "trained_parameters": n_params,
+                    "torch": torch.__version__,
+                    "s_per_step": med["step"],
+                    "s_per_optimizer_step": med["optimizer_step"],
+                    "ratio_step_fused_over_loop": med["step"]["fused"] / med["step"]["loop"],
+                    "ratio_optimizer_step_fused_over_loop": med["optimizer_step"]["fused"] / med["optimizer_step"]["loop"],
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
