@@ -30,9 +30,11 @@ def adam(params: list[torch.nn.Parameter], *, lr: float) -> torch.optim.Adam:
     dozen small ops per tensor, the same update up to float rounding. Measured by
     ``benchmarks/adam_impl.py``: on one CPU thread the fused step over phase 2's 1.7 million
     parameters of ``configs/cifar10-cpu.toml`` (the flow decoder and the prior) takes 0.30 of the
-    loop's time, and the whole training step 0.95 (docs/gpu.md). A checkpoint's optimizer keeps
-    the choice it was written with (torch's ``load_state_dict`` restores each group's ``fused``). Where torch refuses ``fused=True`` (an older torch on the CPU, a
-    device without the kernel) it builds the default Adam; the update is the same."""
+    loop's time, and the whole training step 0.95 (docs/gpu.md). Where torch refuses
+    ``fused=True`` (an older torch on the CPU, a device without the kernel) it builds the default
+    Adam; the update is the same. A checkpoint's optimizer keeps the choice it was written with
+    (torch's ``load_state_dict`` restores each group's ``fused``), so a resumed run goes on as it
+    would have."""
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # no fused kernel for a parameter's device or dtype in this torch
