@@ -21,39 +21,23 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
+from step_cost import make_stepper  # this folder's step benchmark: the same model, data and training step
 
-from vaeflow_cli.config.core import resolve
-from vaeflow_cli.model.vaeflow import build_model
 from vaeflow_cli.runtime.devices import set_threads
 from vaeflow_cli.runtime.phases import PHASES
-from vaeflow_cli.training.setup import set_phase_mode, training_state
 from vaeflow_cli.training.timing import rotating_cycles
 
 
 def make_steps(config: str, phase: str, shape, batch: int, seed: int, n_batches: int, fused: bool):
     """(one training step, one optimizer step alone, each returning its seconds; the number of
-    trained parameters)."""
-    cfg = resolve(config)
-    torch.manual_seed(seed)
-    model = build_model(cfg, shape, baseline=PHASES[phase].standalone)
-    images = np.random.default_rng(seed).integers(0, 256, size=(batch * n_batches, *shape), dtype=np.uint8)
-    cpu = torch.device("cpu")
-    state, stepper, loader = training_state(cfg, phase, model, images, device=cpu, batch_size=batch, drop_last=True, dequantize=True)
+    trained parameters). The training step is step_cost's (``step_cost.make_stepper``), with the
+    for-loop Adam swapped in unless ``fused``."""
+    stepper, step = make_stepper(config, phase, [], shape, batch, seed, n_batches)
     if not fused:
-        stepper.opt = state.opt = torch.optim.Adam(stepper.params, lr=stepper.opt.param_groups[0]["lr"], foreach=False)
+        stepper.opt = torch.optim.Adam(stepper.params, lr=stepper.opt.param_groups[0]["lr"], foreach=False)
     elif not stepper.opt.param_groups[0]["fused"]:
         raise SystemExit("adam_impl: this torch has no fused Adam for the CPU (torch >= 2.4 has one)")
-    set_phase_mode(model, phase, cfg.train.phase(phase).train_prior)
-    model.use_flow = PHASES[phase].use_flow(None)
-    batches = loader.device_epoch(0, cpu)
-
-    def step() -> float:
-        _, y = next(batches)
-        t = time.perf_counter()
-        stepper.step(y)
-        return time.perf_counter() - t
 
     def opt_step() -> float:
         with torch.no_grad():

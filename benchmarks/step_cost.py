@@ -49,6 +49,12 @@ def make_step(config: str | None, phase: str, sets: list[str], shape: tuple[int,
     """One variant's timed step (a callable returning its seconds): the model's training step for
     ``phase`` as the trainer builds it (``setup.training_state``), over ``n_batches`` batches of
     synthetic uint8 images dequantized on the host."""
+    return make_stepper(config, phase, sets, shape, batch, seed, n_batches)[1]
+
+
+def make_stepper(config: str | None, phase: str, sets: list[str], shape: tuple[int, ...], batch: int, seed: int, n_batches: int):
+    """(the Stepper, its timed step): ``make_step``'s step with the Stepper that takes it, for a
+    benchmark that changes a part of it (benchmarks/adam_impl.py swaps its optimizer)."""
     cfg = resolve(config, overrides=sets)
     torch.manual_seed(seed)
     model = build_model(cfg, shape, baseline=PHASES[phase].standalone)
@@ -65,7 +71,7 @@ def make_step(config: str | None, phase: str, sets: list[str], shape: tuple[int,
         stepper.step(y)
         return time.perf_counter() - t
 
-    return step
+    return stepper, step
 
 
 def main() -> None:
