@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="train.threads (0: the machine's share)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override, as vaeflow --set takes it")
     ap.add_argument("--resume", action="store_true", help="resume the run's phase 2 (trained this way before)")
+    ap.add_argument("--restart", action="store_true", help="train the run's phase 2 again from the start (its checkpoints replaced)")
     args = ap.parse_args()
 
     from vaeflow_cli.errors import VaeflowError
@@ -61,7 +62,7 @@ def main() -> None:
     setup.phase_modules = with_decoder
     try:
         cfg, run_dir = phase_config("glow", args.run, overrides=[f"train.threads={args.threads}", *args.set])  # as vaeflow train-glow --run
-        train_phase(cfg, run_dir, "glow", resume=args.resume, progress=False)
+        train_phase(cfg, run_dir, "glow", resume=args.resume, restart=args.restart, progress=False)
     except VaeflowError as e:
         raise SystemExit(f"phase2_parts: {e}") from None
     print(run_dir)

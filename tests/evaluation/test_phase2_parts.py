@@ -50,7 +50,14 @@ def test_phase_2_trains_the_flow_and_the_parts_named_and_never_the_encoder(train
     assert (decoder - heads != set()) == (parts == "decoder")  # the trunk trains only with --parts decoder
 
 
-def test_a_folder_that_is_not_a_run_is_refused_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--run", tmp_path, "--parts", "heads"], capture_output=True, text=True, timeout=120)
+def test_a_folder_that_is_not_a_run_and_a_finished_phase_2_are_refused_in_one_line(trained_run, tmp_path):
+    def script(*args):
+        return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+    proc = script("--run", tmp_path, "--parts", "heads")
     assert proc.returncode != 0 and "phase2_parts: " in proc.stderr and "is not a vaeflow run" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    before = (trained_run / "checkpoints" / "glow.pt").read_bytes()
+    proc = script("--run", trained_run, "--parts", "decoder")  # phase 2 trained already: --resume or --restart
+    assert proc.returncode != 0 and "already has a phase 2 checkpoint" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (trained_run / "checkpoints" / "glow.pt").read_bytes() == before
