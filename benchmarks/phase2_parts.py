@@ -21,8 +21,9 @@ bound (RUN/metrics.jsonl, or ``vaeflow evaluate --run RUN``) and seconds per epo
 the same phase-1 run trained by ``vaeflow train-glow`` beside it (``--threads`` each).
 
 The extra parts are chosen by replacing ``training.setup.phase_modules`` in this process only; a
-run trained this way loads and evaluates as any other (its checkpoint holds the whole model). Prints
-the run directory on stdout; progress goes to stderr.
+run trained this way loads and evaluates as any other (its checkpoint holds the whole model), and
+its phase 2 resumes with this script and the same ``--parts`` (its optimizer state holds those
+parts). Prints the run directory on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
