@@ -163,7 +163,7 @@ class Coupling(nn.Module):
             if condition is None:
                 raise ValueError("this coupling is conditional: pass the condition feature maps")
             first, *rest = self.net
-            out = first(inp) + self.condition_in(condition)
+            out = first(inp).add_(self.condition_in(condition))  # in place: a convolution's backward does not read its output
             for layer in rest:
                 out = layer(out)
         return out if self.split == "channel" else out * (1.0 - self.mask)  # zero on the conditioner pixels
