@@ -129,6 +129,7 @@ def two_stage_vae_prior(*, latent_dim: int, hidden: Annotated[int, Range(1, 6553
 
 
 ConditionChannels = Annotated[int, Range(1, 4096)]
+PositionalChannels = Annotated[int, Range(0, 4096)]  # 0: none (the paper's Glow)
 HiddenChannels = Annotated[int, Range(1, 16384)]  # a coupling's width
 Levels = Annotated[int, Range(1, 10)]  # the multi-scale Glow's scales; H and W divisible by 2**levels
 Steps = Annotated[int, Range(1, 1024)]  # the multi-scale Glow's steps per level
@@ -221,13 +222,25 @@ def multiscale_glow(
     hidden_channels: HiddenChannels = 512,
     coupling: GlowCoupling = "affine",
     lu: bool = True,
+    positional_channels: PositionalChannels = 0,
 ) -> Flow:
     """The standalone Glow of Kingma & Dhariwal (the paper's baseline; ``vaeflow train-baseline``):
     ``levels`` levels of ``steps`` steps with learned split and top priors folded into the
-    bijection; needs H and W divisible by 2**levels. Not the identity at initialisation."""
+    bijection; needs H and W divisible by 2**levels. Not the identity at initialisation.
+    ``positional_channels`` P > 0: its couplings and split and top priors also read P learned
+    positional maps per level (the conditional flow decoder's condition path with a learned
+    constant in place of the decoder's output); 0 is the paper's Glow."""
     from vaeflow_plugins.multiscale import MultiScaleGlow
 
-    return MultiScaleGlow(image_shape=image_shape, levels=levels, steps=steps, hidden_channels=hidden_channels, coupling=coupling, lu=lu)
+    return MultiScaleGlow(
+        image_shape=image_shape,
+        levels=levels,
+        steps=steps,
+        hidden_channels=hidden_channels,
+        coupling=coupling,
+        lu=lu,
+        positional_channels=positional_channels,
+    )
 
 
 multiscale_glow.test_kwargs = {"levels": 2, "steps": 2, "hidden_channels": 8}  # fits the component suite's 4x4 images

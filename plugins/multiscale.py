@@ -122,8 +122,9 @@ class _Level(nn.Module):
                 dm, dl = self.top_prior(feats).float().chunk(2, dim=1)
                 mean, log_std = mean + dm, log_std + dl
             return mean.expand_as(like), log_std.expand_as(like)
-        inp = kept_or_none if feats is None else torch.cat([kept_or_none, feats], 1)
-        return self.split_prior(inp).float().chunk(2, dim=1)
+        if feats is not None:  # a positional map has batch 1: broadcast it to the batch
+            kept_or_none = torch.cat([kept_or_none, feats.expand(kept_or_none.shape[0], -1, -1, -1)], 1)
+        return self.split_prior(kept_or_none).float().chunk(2, dim=1)
 
     def forward(self, x, condition=None):
         squeezed, feats = self._features(condition)
@@ -174,8 +175,14 @@ class MultiScaleGlow(nn.Module):
     distribution, each (B, C, H, W), and return f = mean + std * G(x; c) (forward) and its
     inverse; ``condition_channels`` feature maps of the condition per level, read by the split and
     top priors and, with ``condition_couplings`` (default), by every coupling. Standalone,
-    forward(x) -> (G(x), log|det dG/dx|) with G(x) ~ N(0, I) under the model. Shapes: out as x,
-    log-dets (B,). Raises ValueError for H or W not divisible by 2**levels."""
+    forward(x) -> (G(x), log|det dG/dx|) with G(x) ~ N(0, I) under the model.
+    ``positional_channels`` P > 0 (standalone only): the same condition path reads a learned
+    constant instead of the decoder's output, P maps of shape (P, H, W) (initialised to 1, one
+    for every image), squeezed to each level and projected to P feature maps there: a learned
+    positional encoding that every coupling and prior sees (Glow's learned top prior, ``learntop``,
+    is the special case at the top level's prior). The density stays exact: the maps do not
+    depend on x. Shapes: out as x, log-dets (B,). Raises ValueError for H or W not divisible by
+    2**levels, or for ``positional_channels`` with ``conditional``."""
 
     def __init__(
         self,
@@ -189,13 +196,21 @@ class MultiScaleGlow(nn.Module):
         conditional: bool = False,
         condition_channels: int = 8,
         condition_couplings: bool = True,
+        positional_channels: int = 0,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
+        name = "conditional-glow" if conditional else "multiscale-glow"
         if h % 2**levels or w % 2**levels:
-            name = "conditional-glow" if conditional else "multiscale-glow"
             raise ValueError(f"{name} with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
+        if positional_channels and conditional:
+            raise ValueError(f"{name}: positional_channels is for the standalone Glow; the conditional Glow reads the decoder's output instead")
         self.conditional = conditional
+        # The learned positional maps (batch 1, broadcast to the batch where they meet the image).
+        # They start constant: the zero padding of each level's 3x3 projection tells the couplings
+        # and priors where the image's borders are, and the maps learn the rest (measured against
+        # N(0, 1) and 0.1 N(0, 1) starts on CIFAR-10, docs/reproduce.md).
+        self.position = nn.Parameter(torch.ones(1, positional_channels, h, w)) if positional_channels else None
         if conditional:
             # Not the identity at initialisation (data-dependent ActNorm): as a flow decoder its
             # phase 2 starts from its own initialisation (the Flow protocol, vaeflow_cli.hookspecs).
@@ -211,12 +226,14 @@ class MultiScaleGlow(nn.Module):
             scale="none" if coupling == "additive" else "sigmoid",
             lu=lu,
             data_init=True,
-            condition_in=2 * c if conditional else 0,
-            features=condition_channels,
+            condition_in=2 * c if conditional else positional_channels,
+            features=condition_channels if conditional else positional_channels,
             condition_couplings=condition_couplings,
         )
 
     def _maps(self, condition):
+        if self.position is not None:
+            return self.position
         if not self.conditional:
             return None
         if condition is None:
@@ -237,5 +254,5 @@ class MultiScaleGlow(nn.Module):
             mean, std = condition
             x, log_det = self.body.inverse((y - mean) / std, maps)
             return x + 0.5, log_det - torch.log(std).flatten(1).sum(1)
-        x, log_det = self.body.inverse(y)
+        x, log_det = self.body.inverse(y, maps)
         return x + 0.5, log_det

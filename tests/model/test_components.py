@@ -8,7 +8,7 @@ import torch
 from vaeflow_cli.model.distributions import gaussian_log_prob
 from vaeflow_cli.registry.core import build_registry
 from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior, perturb
-from vaeflow_plugins.glow import ActNorm, Coupling, DataInitActNorm, InvConv1x1, squeeze, unsqueeze
+from vaeflow_plugins.glow import ActNorm, Coupling, DataInitActNorm, InvConv1x1, add_over_batch, squeeze, unsqueeze
 from vaeflow_plugins.models import conditional_glow, glow_layer, multiscale_glow
 
 REGISTRY = build_registry(allowed=None)  # every installed plugin, third-party ones too
@@ -241,6 +241,70 @@ def test_conditional_glow_is_the_decoder_affine_map_of_a_glow_and_the_standalone
     glow_log_p = -0.5 * (g * g).flatten(1).sum(1) - 0.5 * 48 * math.log(2 * math.pi) + ld_g
     assert torch.allclose(log_p, glow_log_p, atol=1e-3)
     assert torch.allclose(back, x, atol=1e-5) and torch.allclose(ld_back, -ld, atol=1e-4)
+
+
+def test_positional_glow_inverts_matches_autograd_and_learns_its_maps():
+    """The standalone Glow with learned positional maps: a bijection whose log-det matches
+    autograd's Jacobian, the same maps for every image (they do not depend on x, so the density
+    stays exact), and the maps get a gradient from the likelihood."""
+    glow = perturb(multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, positional_channels=3), scale=0.3, seed=4).eval()
+    assert glow.position.shape == (1, 3, 4, 4)
+    check_bijection(glow, torch.rand(3, 3, 4, 4))
+    x = torch.rand(4, 3, 4, 4)
+    z, log_det = glow(x)
+    z1, log_det1 = glow(x[1:2])
+    assert torch.allclose(z[1:2], z1, atol=1e-6) and torch.allclose(log_det[1:2], log_det1, atol=1e-5)  # one image's output is its own
+    (0.5 * z.square().sum() - log_det.sum()).backward()
+    assert glow.position.grad is not None and glow.position.grad.abs().sum() > 0
+
+
+def test_positional_glow_whose_maps_are_unread_is_the_paper_glow():
+    """With the projections of its positional maps at zero (and the split priors' weights on them),
+    the positional Glow is the plain multi-scale Glow with the same weights: the maps add only the
+    path from a learned constant."""
+    torch.manual_seed(0)
+    pos = perturb(multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, positional_channels=3), scale=0.3, seed=4).eval()
+    with torch.no_grad():
+        for name, p in pos.named_parameters():
+            if "condition_in" in name or "project" in name or "top_prior" in name:
+                p.zero_()
+            elif name.endswith("split_prior.weight"):
+                p[:, -3:].zero_()  # the 3 positional feature channels are the last inputs of the split prior
+    plain = multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8).eval()
+    shared = {k: v for k, v in pos.state_dict().items() if k != "position" and not any(t in k for t in ("condition_in", "project", "top_prior"))}
+    plain.load_state_dict({k: v[:, :-3] if k.endswith("split_prior.weight") else v for k, v in shared.items()})
+    x = torch.rand(3, 3, 4, 4)
+    with torch.no_grad():
+        (z, ld), (z_plain, ld_plain) = pos(x), plain(x)
+    assert torch.allclose(z, z_plain, atol=1e-5) and torch.allclose(ld, ld_plain, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("other_batch", [1, 4])
+def test_add_over_batch_is_the_broadcast_addition_with_its_gradients(channels_last, other_batch):
+    """add_over_batch adds in its own memory order; values and both gradients are plain autograd's."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 3, 2).contiguous(memory_format=fmt).requires_grad_()
+    other = torch.randn(other_batch, 5, 3, 2).contiguous(memory_format=fmt).requires_grad_()
+    weight = torch.randn(4, 5, 3, 2)
+    out = add_over_batch(x * 1.0, other)  # in place on a non-leaf, as in the coupling
+    assert out.is_contiguous(memory_format=fmt)
+    (out * weight).sum().backward()
+    gx, go = x.grad.clone(), other.grad.clone()
+    x.grad = other.grad = None
+    ref = x * 1.0 + other
+    (ref * weight).sum().backward()
+    assert torch.allclose(out, ref) and torch.allclose(gx, x.grad) and torch.allclose(go, other.grad, atol=1e-6)
+
+
+def test_positional_maps_are_refused_for_the_conditional_glow():
+    from vaeflow_plugins.multiscale import MultiScaleGlow
+
+    with pytest.raises(ValueError, match="positional_channels is for the standalone Glow"):
+        MultiScaleGlow(
+            image_shape=(3, 4, 4), levels=2, steps=1, hidden_channels=4, coupling="affine", lu=True, conditional=True, positional_channels=2
+        )
 
 
 class _FixedFeatures(torch.nn.Module):
