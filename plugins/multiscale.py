@@ -8,7 +8,9 @@ One network G, two uses:
   coupling, affine with Glow's scale sigmoid(. + 2) or additive (``coupling``)] -> split, with
   learned Gaussian priors for the split-off halves and a learned top prior, all folded into the
   bijection so that its output G(x) is N(0, I) under the model.
-  Inputs are centred (x - 0.5) first, as in Glow.
+  Inputs are centred (x - 0.5) first, as in Glow. With ``positional_channels`` its couplings and
+  priors also read learned positional maps, through the conditional path below with a learned
+  constant in place of the decoder's output.
 - **Conditional** (``conditional-glow``, a VAE's ``[model.flow]``): the same G, whose coupling
   networks and split and top priors also read feature maps of the decoder's base distribution
   c = (g_mu(z), log g_sigma(z)) at their resolution (a conditional Glow, as in f-VAEs, Su & Wu
