@@ -214,21 +214,31 @@ def test_conditional_glow_layer_is_the_identity_at_initialisation_for_every_cond
         assert torch.equal(ld, torch.zeros(3)) and torch.equal(ldi, torch.zeros(3))
 
 
+def _plain_glow_with_paths_zeroed(glow, *, features: int):
+    """Zero every path from ``glow``'s condition or positional maps (their projections, the
+    couplings' condition inputs, the top prior's and the split priors' weights on the ``features``
+    feature channels, their last inputs) and return the plain multi-scale Glow (3x4x4, 2 levels
+    of 2 steps, width 8) holding the rest of ``glow``'s weights."""
+    paths = ("condition_in", "project", "top_prior")
+    with torch.no_grad():
+        for name, p in glow.named_parameters():
+            if any(t in name for t in paths):
+                p.zero_()
+            elif name.endswith("split_prior.weight"):
+                p[:, -features:].zero_()
+    plain = multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8).eval()
+    shared = {k: v for k, v in glow.state_dict().items() if k != "position" and not any(t in k for t in paths)}
+    plain.load_state_dict({k: v[:, :-features] if k.endswith("split_prior.weight") else v for k, v in shared.items()})
+    return plain
+
+
 def test_conditional_glow_is_the_decoder_affine_map_of_a_glow_and_the_standalone_glow_when_it_ignores_the_condition():
     """f(x; c) = mean + std * G(x; c), log|det df/dx| = log|det dG/dx| + sum log std: with every
     path from the condition zeroed, G is the standalone multi-scale Glow with the same weights, so
     the bound's Gaussian term cancels into the Glow's own N(0, I) density (model.md)."""
     torch.manual_seed(0)
     cond = perturb(conditional_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, condition_channels=3), scale=0.3, seed=4).eval()
-    with torch.no_grad():
-        for name, p in cond.named_parameters():
-            if "condition_in" in name or "project" in name or "top_prior" in name:
-                p.zero_()
-            elif name.endswith("split_prior.weight"):
-                p[:, -3:].zero_()  # the 3 condition feature channels are the last inputs of the split prior
-    plain = multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8).eval()
-    shared = {k: v for k, v in cond.state_dict().items() if not any(t in k for t in ("condition_in", "project", "top_prior"))}
-    plain.load_state_dict({k: v[:, :-3] if k.endswith("split_prior.weight") else v for k, v in shared.items()})
+    plain = _plain_glow_with_paths_zeroed(cond, features=3)
     mean, std = _base((3, 4, 4), 5)
     x = torch.rand(3, 3, 4, 4)
     with torch.no_grad():
@@ -264,15 +274,7 @@ def test_positional_glow_whose_maps_are_unread_is_the_paper_glow():
     path from a learned constant."""
     torch.manual_seed(0)
     pos = perturb(multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, positional_channels=3), scale=0.3, seed=4).eval()
-    with torch.no_grad():
-        for name, p in pos.named_parameters():
-            if "condition_in" in name or "project" in name or "top_prior" in name:
-                p.zero_()
-            elif name.endswith("split_prior.weight"):
-                p[:, -3:].zero_()  # the 3 positional feature channels are the last inputs of the split prior
-    plain = multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8).eval()
-    shared = {k: v for k, v in pos.state_dict().items() if k != "position" and not any(t in k for t in ("condition_in", "project", "top_prior"))}
-    plain.load_state_dict({k: v[:, :-3] if k.endswith("split_prior.weight") else v for k, v in shared.items()})
+    plain = _plain_glow_with_paths_zeroed(pos, features=3)
     x = torch.rand(3, 3, 4, 4)
     with torch.no_grad():
         (z, ld), (z_plain, ld_plain) = pos(x), plain(x)
