@@ -181,14 +181,17 @@ def conditional_glow(
     lu: bool = True,
     condition_channels: ConditionChannels = 8,
     condition_couplings: bool = True,
+    positional_channels: PositionalChannels = 0,
 ) -> Flow:
     """vaeflow's conditional flow decoder: f(x; c) = g_mu + g_sigma * G(x; c), with G a
     multi-scale Glow (``levels`` levels of ``steps`` steps of width ``hidden_channels``, squeeze
     and split, data-dependent ActNorm, as the standalone ``multiscale-glow``) whose split and top
     priors read ``condition_channels`` feature maps of the decoder's (g_mu, log g_sigma) at each
     level's resolution, and so do its couplings unless ``condition_couplings = false`` (then only
-    the priors read the condition: cheaper steps). Not the identity at initialisation: phase 2
-    starts from its own. Needs H and W divisible by 2**levels."""
+    the priors read the condition: cheaper steps). ``positional_channels`` P > 0: P learned
+    positional maps are stacked on (g_mu, log g_sigma) before each level's projection, as the
+    standalone Glow's ``positional_channels``; 0 reads the decoder alone. Not the identity at
+    initialisation: phase 2 starts from its own. Needs H and W divisible by 2**levels."""
     from vaeflow_plugins.multiscale import MultiScaleGlow
 
     return MultiScaleGlow(
@@ -201,6 +204,7 @@ def conditional_glow(
         conditional=True,
         condition_channels=condition_channels,
         condition_couplings=condition_couplings,
+        positional_channels=positional_channels,
     )
 
 

@@ -10,7 +10,7 @@ One network G, two uses:
   bijection so that its output G(x) is N(0, I) under the model.
   Inputs are centred (x - 0.5) first, as in Glow. With ``positional_channels`` its couplings and
   priors also read learned positional maps, through the conditional path below with a learned
-  constant in place of the decoder's output.
+  constant in place of the decoder's output (the conditional flow can read both).
 - **Conditional** (``conditional-glow``, a VAE's ``[model.flow]``): the same G, whose coupling
   networks and split and top priors also read feature maps of the decoder's base distribution
   c = (g_mu(z), log g_sigma(z)) at their resolution (a conditional Glow, as in f-VAEs, Su & Wu
@@ -178,13 +178,14 @@ class MultiScaleGlow(nn.Module):
     inverse; ``condition_channels`` feature maps of the condition per level, read by the split and
     top priors and, with ``condition_couplings`` (default), by every coupling. Standalone,
     forward(x) -> (G(x), log|det dG/dx|) with G(x) ~ N(0, I) under the model.
-    ``positional_channels`` P > 0 (standalone only): the same condition path reads a learned
-    constant instead of the decoder's output, P maps of shape (P, H, W) (initialised to 1, one
-    for every image), squeezed to each level and projected to P feature maps there: a learned
-    positional encoding that every coupling and prior sees (Glow's learned top prior, ``learntop``,
-    is the special case at the top level's prior). The density stays exact: the maps do not
+    ``positional_channels`` P > 0: the same condition path reads a learned constant, P maps of
+    shape (P, H, W) (initialised to 1, one for every image), squeezed to each level and projected
+    there: a learned positional encoding that every coupling and prior sees (Glow's learned top
+    prior, ``learntop``, is the special case at the top level's prior). Standalone it is the whole
+    condition (P feature maps per level); with ``conditional`` the maps are stacked on the
+    decoder's (g_mu, log g_sigma) before the projection. The density stays exact: the maps do not
     depend on x. Shapes: out as x, log-dets (B,). Raises ValueError for H or W not divisible by
-    2**levels, or for ``positional_channels`` with ``conditional``."""
+    2**levels."""
 
     def __init__(
         self,
@@ -205,8 +206,6 @@ class MultiScaleGlow(nn.Module):
         name = "conditional-glow" if conditional else "multiscale-glow"
         if h % 2**levels or w % 2**levels:
             raise ValueError(f"{name} with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
-        if positional_channels and conditional:
-            raise ValueError(f"{name}: positional_channels is for the standalone Glow; the conditional Glow reads the decoder's output instead")
         self.conditional = conditional
         # The learned positional maps (batch 1, broadcast to the batch where they meet the image).
         # They start constant: the zero padding of each level's 3x3 projection tells the couplings
@@ -228,19 +227,20 @@ class MultiScaleGlow(nn.Module):
             scale="none" if coupling == "additive" else "sigmoid",
             lu=lu,
             data_init=True,
-            condition_in=2 * c if conditional else positional_channels,
+            condition_in=(2 * c if conditional else 0) + positional_channels,
             features=condition_channels if conditional else positional_channels,
             condition_couplings=condition_couplings,
         )
 
     def _maps(self, condition):
-        if self.position is not None:
-            return self.position
         if not self.conditional:
-            return None
+            return self.position  # None for the paper's Glow
         if condition is None:
             raise ValueError("this flow is conditional: pass condition=(mean, std) of the decoder")
-        return condition_maps(*condition)
+        maps = condition_maps(*condition)
+        if self.position is None:
+            return maps
+        return torch.cat([maps, self.position.expand(maps.shape[0], -1, -1, -1).to(maps.dtype)], 1)
 
     def forward(self, x, condition=None):
         maps = self._maps(condition)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vaeflow_cli.model.distributions import gaussian_log_prob
+from vaeflow_cli.model.flows import WithCondition
 from vaeflow_cli.registry.core import build_registry
 from vaeflow_cli.testing import check_bijection, check_flow_component, check_prior, perturb
 from vaeflow_plugins.glow import ActNorm, Coupling, DataInitActNorm, InvConv1x1, add_over_batch, squeeze, unsqueeze
@@ -300,13 +301,48 @@ def test_add_over_batch_is_the_broadcast_addition_with_its_gradients(channels_la
     assert torch.allclose(out, ref) and torch.allclose(gx, x.grad) and torch.allclose(go, other.grad, atol=1e-6)
 
 
-def test_positional_maps_are_refused_for_the_conditional_glow():
-    from vaeflow_plugins.multiscale import MultiScaleGlow
+def test_conditional_glow_with_positional_maps_inverts_matches_autograd_and_learns_its_maps():
+    """The conditional flow decoder with learned positional maps beside the decoder's output: for a
+    fixed condition a bijection whose log-det matches autograd's Jacobian, one image's output is
+    its own, and the maps get a gradient."""
+    glow = perturb(
+        conditional_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, condition_channels=3, positional_channels=2), scale=0.3, seed=4
+    ).eval()
+    assert glow.position.shape == (1, 2, 4, 4)
+    mean, std = _base((3, 4, 4), 5)
+    check_bijection(WithCondition(glow, (mean[:1], std[:1])), torch.rand(2, 3, 4, 4))
+    x = torch.rand(3, 3, 4, 4)
+    f, log_det = glow(x, condition=(mean, std))
+    f1, log_det1 = glow(x[1:2], condition=(mean[1:2], std[1:2]))
+    assert torch.allclose(f[1:2], f1, atol=1e-5) and torch.allclose(log_det[1:2], log_det1, atol=1e-4)
+    (-(gaussian_log_prob(f, mean, std) + log_det).sum()).backward()
+    assert glow.position.grad is not None and glow.position.grad.abs().sum() > 0
 
-    with pytest.raises(ValueError, match="positional_channels is for the standalone Glow"):
-        MultiScaleGlow(
-            image_shape=(3, 4, 4), levels=2, steps=1, hidden_channels=4, coupling="affine", lu=True, conditional=True, positional_channels=2
-        )
+
+def test_conditional_glow_whose_positional_maps_are_unread_is_the_conditional_glow():
+    """With each level's projection weights on the positional maps at zero (the maps are stacked
+    after (g_mu, log g_sigma), and squeezing keeps each input channel's four sub-pixels together,
+    so they are the last 4**level * P inputs), the flow is the conditional Glow without them."""
+    torch.manual_seed(0)
+    kw = {"image_shape": (3, 4, 4), "levels": 2, "steps": 2, "hidden_channels": 8, "condition_channels": 3}
+    pos = perturb(conditional_glow(**kw, positional_channels=2), scale=0.3, seed=4).eval()
+    cond = conditional_glow(**kw).eval()
+    state = {}
+    with torch.no_grad():
+        for k, v in pos.state_dict().items():
+            if k == "position":
+                continue
+            if k.endswith("project.weight"):
+                kept = cond.state_dict()[k].shape[1]
+                v[:, kept:].zero_()
+                v = v[:, :kept]
+            state[k] = v
+    cond.load_state_dict(state)
+    mean, std = _base((3, 4, 4), 6)
+    x = torch.rand(3, 3, 4, 4)
+    with torch.no_grad():
+        (f, ld), (f_cond, ld_cond) = pos(x, condition=(mean, std)), cond(x, condition=(mean, std))
+    assert torch.allclose(f, f_cond, atol=1e-5) and torch.allclose(ld, ld_cond, atol=1e-4)
 
 
 class _FixedFeatures(torch.nn.Module):

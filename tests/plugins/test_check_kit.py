@@ -100,6 +100,14 @@ def test_the_conditional_glow_layer_of_the_embedded_default_passes_the_condition
 
 
 @pytest.mark.parametrize("image_shape", [(1, 8, 8), (3, 4, 4)], ids=["grey", "colour"])
+def test_the_conditional_glow_with_positional_maps_passes_the_conditional_flow_kit(image_shape):
+    """``positional_channels`` with the decoder's condition: every conditional-flow check (the maps
+    are parameters, so the kit's gradient check covers them)."""
+    factory = REGISTRY.get("flow", "conditional-glow").factory
+    kit.check_conditional_flow(factory, image_shape=image_shape, **{**kit_kwargs("flow", "conditional-glow"), "positional_channels": 2})
+
+
+@pytest.mark.parametrize("image_shape", [(1, 8, 8), (3, 4, 4)], ids=["grey", "colour"])
 def test_the_conditional_glow_whose_priors_alone_read_the_condition_passes_the_conditional_flow_kit(image_shape):
     """``condition_couplings = false``: no coupling has a path from the condition, the split and
     top priors still read it, and the flow passes every conditional-flow check (its output depends
