@@ -375,3 +375,29 @@ def test_training_loss_is_the_bound_unless_a_kl_warm_up_or_free_bits_reweight_it
     assert training_loss(bound, free_bits=free).item() == pytest.approx((bound.pixel_bpd.mean() + free / scale).item(), rel=1e-6)
     assert [kl_weight(4, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert kl_weight(0, 0) == 1.0
+
+
+class _Diverging(torch.nn.Module):
+    """A model whose sampler returns NaN in the first image of each batch and +inf in the second."""
+
+    image_shape = (1, 2, 2)
+
+    def sample(self, m, *, temperature, vae_only, generator):
+        x = torch.rand(m, *self.image_shape, generator=generator)
+        x[0::3, 0, 0, 0] = float("nan")
+        x[1::3, 0, 1, 1] = float("inf")
+        return x
+
+
+def test_samples_whose_inverse_diverged_are_drawn_and_counted_in_one_warning_line(capsys):
+    from vaeflow_cli.model.sampling import sample
+
+    out = sample(_Diverging(), 7, temperature=0.7, seed=0, batch=3)  # batches of 3, 3 and 1: 2 + 2 + 1 diverged
+    assert out.shape == (7, 1, 2, 2) and bool(torch.isfinite(out).all())
+    assert out[0, 0, 0, 0] == 0.0 and out[1, 0, 1, 1] == 1.0 and out[6, 0, 0, 0] == 0.0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning: 5 of 7 samples at T=0.7 have non-finite pixels (the flow's inverse diverged)" in err[0], err
+    finite = _Diverging()
+    finite.sample = lambda m, **kw: torch.rand(m, 1, 2, 2, generator=kw["generator"])
+    sample(finite, 4, temperature=0.5, seed=0)
+    assert capsys.readouterr().err == ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vaeflow_cli.console import warning
 from vaeflow_cli.model.vaeflow import VAEFlow, slerp
 from vaeflow_cli.runtime.threads import tick
 
@@ -19,6 +20,22 @@ def unit_images(x: torch.Tensor) -> torch.Tensor:
     rest is clamped. ``to_uint8`` gives the same pixels for ``x`` and ``unit_images(x)``."""
     x = x.detach().float().cpu()
     return torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+
+def diverged(x: torch.Tensor) -> int:
+    """How many of the images ``x`` (B, ...) have a non-finite value: samples whose flow inverse
+    overflowed (an affine coupling's inverse divides by its scale, so activations outside the
+    range the flow was trained on can grow without bound)."""
+    return int((~torch.isfinite(x)).flatten(1).any(1).sum())
+
+
+def warn_diverged(count: int, n: int, temperature: float) -> None:
+    """One warning line on stderr when ``count`` of ``n`` samples at ``temperature`` diverged."""
+    if count:
+        warning(
+            f"{count} of {n} samples at T={temperature:g} have non-finite pixels (the flow's inverse diverged), "
+            "drawn black (NaN, -inf) or white (+inf); a lower temperature or an earlier checkpoint may avoid it"
+        )
 
 
 def bin_centres(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -33,14 +50,19 @@ def _device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0, vae_only: bool = False, batch: int = SAMPLE_BATCH) -> torch.Tensor:
     """n samples, float32 (n, C, H, W) in [0, 1], drawn ``batch`` at a time from one seeded CPU
-    stream: the same seed (and ``batch``) gives the same images on any device."""
+    stream: the same seed (and ``batch``) gives the same images on any device. Samples whose
+    inverse diverged (``diverged``) are kept as ``unit_images`` makes them, with one warning line."""
     g = torch.Generator().manual_seed(seed)
     model.eval()
     out = torch.empty((n, *model.image_shape), dtype=torch.float32)
+    bad = 0
     for i in range(0, n, batch):
         tick()  # the thread count follows the machine's load (vaeflow_cli.runtime.threads)
         m = min(batch, n - i)
-        out[i : i + m] = unit_images(model.sample(m, temperature=temperature, vae_only=vae_only, generator=g))
+        x = model.sample(m, temperature=temperature, vae_only=vae_only, generator=g)
+        bad += diverged(x)
+        out[i : i + m] = unit_images(x)
+    warn_diverged(bad, n, temperature)
     return out
 
 

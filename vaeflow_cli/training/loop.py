@@ -36,6 +36,7 @@ from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
 from vaeflow_cli.evaluation.bounds import elbo_bpd
 from vaeflow_cli.files import atomic_write_bytes
 from vaeflow_cli.model.contracts import starts_at_identity
+from vaeflow_cli.model.sampling import diverged, warn_diverged
 from vaeflow_cli.model.vaeflow import VAEFlow
 from vaeflow_cli.progress import Progress
 from vaeflow_cli.runtime.devices import configure_backends, resolve_device
@@ -93,6 +94,7 @@ def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: in
         model.eval()
         # a model without its Glow layer (phase 1) shows its decoder means g_mu(z); the others sample at T = 0.5
         x = model.sample(n, temperature=0.5, vae_only=not model.use_flow, generator=g)
+    warn_diverged(diverged(x), n, 0.5)
     path = rd.samples_dir / (name or f"{phase}-epoch{epoch:04d}.png")
     picture = grid(to_uint8(x))
     atomic_write_bytes(path, png_bytes(picture))
