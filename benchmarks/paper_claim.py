@@ -219,6 +219,12 @@ def _score(x) -> str:
     return _fmt(x, ".1f" if x is None or not math.isfinite(x) or abs(x) >= 10 else ".3f")
 
 
+def _scored(d: dict, t: str) -> str:
+    """A model's sample score at temperature ``t``, with how many of its samples diverged, if any."""
+    n = d.get("samples_diverged", {}).get(t)
+    return _score(d["sample_scores"].get(t)) + (f" ({n} diverged)" if n else "")
+
+
 def _budget_name(b: float) -> str:
     return f"{b:g}s"
 
@@ -493,13 +499,14 @@ def score(run, images: np.ndarray, *, seed: int, device, iwae_k: int, fd, temper
             w = iwae_bpd_per_image(run.model, images, k=iwae_k, seed=seed, device=device, progress=bar.start(f"IWAE_{iwae_k}: {what}", len(images)))
             out["bpd_iwae"] = w.mean
             out["per_image"][f"IWAE_{iwae_k}"] = per_image_stats(w.per_image, w.mean)
-    scores = {}
+    scores, diverged = {}, {}
     if fd is not None:
         featurize, reference = fd
-        raw = frechet_by_temperature(run.model, featurize, reference, temperatures, n_samples, seed, f"paper_claim: {what}", bar)
+        raw = frechet_by_temperature(run.model, featurize, reference, temperatures, n_samples, seed, f"paper_claim: {what}", bar, diverged=diverged)
         scores = {f"{t:g}": float(v) for t, v in raw.items()}
     t, v = best_temperature(scores)
-    return {**out, "sample_scores": scores, "best_temperature": t, "sample_score_best": v}
+    diverged = {f"{t:g}": c for t, c in diverged.items()}
+    return {**out, "sample_scores": scores, "best_temperature": t, "sample_score_best": v, "samples_diverged": diverged}
 
 
 # ------------------------------------------------------------------ outputs
@@ -628,15 +635,17 @@ def markdown(r: dict) -> str:
     if metric != "none":
         lines += [f"## {metric} per temperature (lower is better; {s['n_samples']} samples each)", ""]
         lines += ["| model | budget s | " + " | ".join(f"T = {t}" for t in temps) + " |", "|---|---|" + "---:|" * len(temps)]
-        lines.append(f"| {LABELS['vaeflow_vae']} | {p1['seconds']:.1f} | " + " | ".join(_score(p1["sample_scores"].get(t)) for t in temps) + " |")
+        lines.append(f"| {LABELS['vaeflow_vae']} | {p1['seconds']:.1f} | " + " | ".join(_scored(p1, t) for t in temps) + " |")
         for b in r["budgets"]:
             for model in ("vaeflow", "glow"):
                 d = b[model]
                 if d["available"]:
-                    lines.append(
-                        f"| {LABELS[model]} | {b['budget_seconds']:g} | " + " | ".join(_score(d["sample_scores"].get(t)) for t in temps) + " |"
-                    )
-        lines.append("")
+                    lines.append(f"| {LABELS[model]} | {b['budget_seconds']:g} | " + " | ".join(_scored(d, t) for t in temps) + " |")
+        lines += [
+            "",
+            "(N diverged): N of the samples had non-finite pixels (the flow's inverse overflowed); they are scored as drawn, those pixels black or white.",
+            "",
+        ]
     y = r["yardsticks"]
     lines += [
         "## Yardsticks and training",

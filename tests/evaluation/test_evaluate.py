@@ -502,6 +502,7 @@ def test_digit_fd_and_training_curves(trained_run):
     r = evaluate_run(trained_run, metrics=["digit_fd"], n_samples=64)
     assert r["digit_fd_classifier_accuracy"] > 0.9  # the features come from a working classifier
     assert math.isfinite(r["digit_fd_vae"]) and math.isfinite(r["digit_fd_full"]) and r["digit_fd_full"] > 0
+    assert r["digit_fd_vae_diverged"] == 0 and r["digit_fd_full_diverged"] == 0  # how many samples had non-finite pixels
     assert (trained_run / "eval" / "digit-cnn.pt").exists()
     from vaeflow_cli.data.splits import load_split
     from vaeflow_cli.evaluation import digitfd

@@ -172,6 +172,7 @@ def test_two_budgets_one_after_the_other(tmp_path, tiny_config, mnist_root, untr
     for d in (data["vaeflow_phase1"], v, data["budgets"][1]["glow"]):
         assert set(d["sample_scores"]) == {"0.5", "1"} and d["sample_score_best"] == min(d["sample_scores"].values())
         assert d["best_temperature"] == float(min(d["sample_scores"], key=d["sample_scores"].get))
+        assert set(d["samples_diverged"]) == {"0.5", "1"} and all(isinstance(c, int) and c >= 0 for c in d["samples_diverged"].values())
     network = data["sample_metric_network"]
     assert network["name"] == "digit_fd" and network["accuracy"] == 0.0
     glow_copy = Path(data["runs"]["glow"]) / "eval" / "digit-cnn.pt"

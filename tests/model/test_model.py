@@ -397,6 +397,12 @@ def test_samples_whose_inverse_diverged_are_drawn_and_counted_in_one_warning_lin
     assert out[0, 0, 0, 0] == 0.0 and out[1, 0, 1, 1] == 1.0 and out[6, 0, 0, 0] == 0.0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "warning: 5 of 7 samples at T=0.7 have non-finite pixels (the flow's inverse diverged)" in err[0], err
+    from vaeflow_cli.evaluation.samples import generate
+
+    counts = []
+    images = generate(_Diverging(), 7, temperature=1.0, seed=0, batch=3, diverged_counts=counts)
+    assert counts == [5] and images.dtype == np.uint8 and images[0, 0, 0, 0] == 0 and images[1, 0, 1, 1] == 255
+    capsys.readouterr()
     finite = _Diverging()
     finite.sample = lambda m, **kw: torch.rand(m, 1, 2, 2, generator=kw["generator"])
     sample(finite, 4, temperature=0.5, seed=0)

@@ -275,8 +275,12 @@ class _Evaluation:
         self.result.update(facts, n_samples=n_samples)
         for phase, run in self.runs.items():
             label = PHASES[phase].label
-            scores = frechet_by_temperature(run.model, features, reference, temperatures, n_samples, self.seed, f"{metric} ({label} model)", self.bar)
+            diverged: dict = {}
+            scores = frechet_by_temperature(
+                run.model, features, reference, temperatures, n_samples, self.seed, f"{metric} ({label} model)", self.bar, diverged=diverged
+            )
             self.scored(metric, label, scores, temperatures)
+            self.result[f"{metric}_{label}_diverged"] = per_temperature(diverged, temperatures)
 
     def digit_fd(self, temperatures, n_samples: int) -> None:
         """The Frechet distance of samples in a digit classifier's features, every checkpoint."""
@@ -344,7 +348,9 @@ class _Evaluation:
             self.seed,
             f"fid ({label} model)",
             self.bar,
+            diverged=(diverged := {}),
         )
+        self.result[f"fid_{label}_diverged"] = per_temperature(diverged, temperatures)
         standard = sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX)
         self.scored("fid", label, scores, temperatures, key="fid")
         self.result.update(fid_model=label, n_samples=n_samples, fid_weights={"path": str(weights), "sha256": sha, "standard": standard})

@@ -15,14 +15,18 @@ from vaeflow_cli.progress import Progress
 SAMPLE_BATCH = 500  # samples drawn per forward pass when generating images for FID
 
 
-def generate(model, n: int, *, temperature: float, seed: int, batch: int = SAMPLE_BATCH, progress=None) -> np.ndarray:
+def generate(model, n: int, *, temperature: float, seed: int, batch: int = SAMPLE_BATCH, progress=None, diverged_counts=None) -> np.ndarray:
     """n samples as uint8 (n, C, H, W), drawn ``batch`` at a time from one seeded stream
     (``sampling.sample``, quantized as the CLI's ``sample`` does); ``progress(k)`` after each batch
-    of k samples."""
+    of k samples; how many diverged (non-finite pixels, drawn 0 or 255) is appended to the list
+    ``diverged_counts`` when given."""
     from vaeflow_cli.data.images import to_uint8
     from vaeflow_cli.model.sampling import sample
 
-    return to_uint8(sample(model if progress is None else _Counted(model, progress), n, temperature=temperature, seed=seed, batch=batch))
+    drawn = sample(
+        model if progress is None else _Counted(model, progress), n, temperature=temperature, seed=seed, batch=batch, diverged_counts=diverged_counts
+    )
+    return to_uint8(drawn)
 
 
 class _Counted:
@@ -57,18 +61,24 @@ def split_statistics(rd, net, images: np.ndarray, split: str, weights_sha: str, 
     return mu, sigma
 
 
-def frechet_by_temperature(model, featurize, reference, temperatures, n: int, seed: int, what: str, bar: Progress) -> dict:
+def frechet_by_temperature(
+    model, featurize, reference, temperatures, n: int, seed: int, what: str, bar: Progress, *, diverged: dict | None = None
+) -> dict:
     """{T: Frechet distance between the features of n samples at T and the reference (mu, sigma)};
-    ``featurize(images, progress)``. The one loop of every sample score (``evaluate`` and
-    benchmarks/paper_claim.py)."""
+    ``featurize(images, progress)``. With ``diverged`` (a dict), {T: how many of the n samples
+    diverged} goes into it: they are scored as drawn (non-finite pixels black or white). The one
+    loop of every sample score (``evaluate`` and benchmarks/paper_claim.py)."""
     from vaeflow_cli.evaluation import fid
 
     scores = {}
     for t in temperatures:
         bar.message(f"{what}: {n} samples at T={t:g}")
-        images = generate(model, n, temperature=t, seed=seed, progress=bar.start(f"{what}: samples at T={t:g}", n))
+        counts: list[int] = []
+        images = generate(model, n, temperature=t, seed=seed, progress=bar.start(f"{what}: samples at T={t:g}", n), diverged_counts=counts)
         mu, sigma = fid.statistics(featurize(images, bar.start(f"{what}: features at T={t:g}", n)))
         scores[t] = fid.frechet_distance(mu, sigma, *reference)
+        if diverged is not None:
+            diverged[t] = counts[0]
     return scores
 
 

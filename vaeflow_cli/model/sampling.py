@@ -48,10 +48,20 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0, vae_only: bool = False, batch: int = SAMPLE_BATCH) -> torch.Tensor:
+def sample(
+    model: VAEFlow,
+    n: int,
+    *,
+    temperature: float = 0.5,
+    seed: int = 0,
+    vae_only: bool = False,
+    batch: int = SAMPLE_BATCH,
+    diverged_counts: list[int] | None = None,
+) -> torch.Tensor:
     """n samples, float32 (n, C, H, W) in [0, 1], drawn ``batch`` at a time from one seeded CPU
     stream: the same seed (and ``batch``) gives the same images on any device. Samples whose
-    inverse diverged (``diverged``) are kept as ``unit_images`` makes them, with one warning line."""
+    inverse diverged (``diverged``) are kept as ``unit_images`` makes them, with one warning line;
+    their number is also appended to ``diverged_counts`` when given."""
     g = torch.Generator().manual_seed(seed)
     model.eval()
     out = torch.empty((n, *model.image_shape), dtype=torch.float32)
@@ -63,6 +73,8 @@ def sample(model: VAEFlow, n: int, *, temperature: float = 0.5, seed: int = 0, v
         bad += diverged(x)
         out[i : i + m] = unit_images(x)
     warn_diverged(bad, n, temperature)
+    if diverged_counts is not None:
+        diverged_counts.append(bad)
     return out
 
 
