@@ -34,7 +34,7 @@ def warn_diverged(count: int, n: int, temperature: float) -> None:
     if count:
         warning(
             f"{count} of {n} samples at T={temperature:g} have non-finite pixels (the flow's inverse diverged), "
-            "drawn black (NaN, -inf) or white (+inf); a lower temperature or an earlier checkpoint may avoid it"
+            "drawn black (NaN, -inf) or white (+inf); an earlier checkpoint of the run may diverge less"
         )
 
 
