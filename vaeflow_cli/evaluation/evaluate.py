@@ -279,8 +279,7 @@ class _Evaluation:
             scores = frechet_by_temperature(
                 run.model, features, reference, temperatures, n_samples, self.seed, f"{metric} ({label} model)", self.bar, diverged=diverged
             )
-            self.scored(metric, label, scores, temperatures)
-            self.result[f"{metric}_{label}_diverged"] = per_temperature(diverged, temperatures)
+            self.scored(metric, label, scores, temperatures, diverged=diverged)
 
     def digit_fd(self, temperatures, n_samples: int) -> None:
         """The Frechet distance of samples in a digit classifier's features, every checkpoint."""
@@ -339,6 +338,7 @@ class _Evaluation:
         label = PHASES[phase].label
         sha = fid_mod.file_sha256(weights)
         reference = split_statistics(self.rd, net, self.images, self.tag, sha, self.bar)
+        diverged: dict = {}
         scores = frechet_by_temperature(
             self.runs[phase].model,
             lambda x, progress: fid_mod.features(net, x, progress=progress),
@@ -348,21 +348,22 @@ class _Evaluation:
             self.seed,
             f"fid ({label} model)",
             self.bar,
-            diverged=(diverged := {}),
+            diverged=diverged,
         )
-        self.result[f"fid_{label}_diverged"] = per_temperature(diverged, temperatures)
         standard = sha.startswith(fid_mod.WEIGHTS_SHA256_PREFIX)
-        self.scored("fid", label, scores, temperatures, key="fid")
+        self.scored("fid", label, scores, temperatures, key="fid", diverged=diverged)
         self.result.update(fid_model=label, n_samples=n_samples, fid_weights={"path": str(weights), "sha256": sha, "standard": standard})
         if not standard:
             self.bar.message(
                 f"fid: {weights} is not the standard {fid_mod.WEIGHTS_FILE} (sha256 {sha[:12]}...): these FIDs are not comparable with published ones"
             )
 
-    def scored(self, metric: str, label: str, scores: dict, temperatures, *, key: str | None = None) -> None:
+    def scored(self, metric: str, label: str, scores: dict, temperatures, *, diverged: dict, key: str | None = None) -> None:
         """Record a sample score of one model at each temperature (result key ``key``, by default
-        METRIC_LABEL), and keep it for the temperature plot."""
+        METRIC_LABEL) and how many of its samples diverged (METRIC_LABEL_diverged), and keep the
+        score for the temperature plot."""
         self.result[key or f"{metric}_{label}"] = per_temperature(scores, temperatures)
+        self.result[f"{metric}_{label}_diverged"] = per_temperature(diverged, temperatures)
         self.sweeps.setdefault(metric, {})[label] = scores
 
     def sweep_plots(self, n_samples: int) -> None:

@@ -36,7 +36,7 @@ from vaeflow_cli.errors import Interrupted, RuntimeFailure, VaeflowError
 from vaeflow_cli.evaluation.bounds import elbo_bpd
 from vaeflow_cli.files import atomic_write_bytes
 from vaeflow_cli.model.contracts import starts_at_identity
-from vaeflow_cli.model.sampling import diverged, warn_diverged
+from vaeflow_cli.model.sampling import sample
 from vaeflow_cli.model.vaeflow import VAEFlow
 from vaeflow_cli.progress import Progress
 from vaeflow_cli.runtime.devices import configure_backends, resolve_device
@@ -89,12 +89,9 @@ class PhaseResult:
 
 def _write_sample_grid(model: VAEFlow, rd: RunDir, phase: str, epoch: int, n: int, *, name: str | None = None) -> tuple[Path, np.ndarray]:
     """The epoch's sample grid (or ``name``), written to RUN/samples/: its path and the picture, uint8 (H, W, C)."""
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
-    with torch.no_grad():
-        model.eval()
-        # a model without its Glow layer (phase 1) shows its decoder means g_mu(z); the others sample at T = 0.5
-        x = model.sample(n, temperature=0.5, vae_only=not model.use_flow, generator=g)
-    warn_diverged(diverged(x), n, 0.5)
+    # a model without its Glow layer (phase 1) shows its decoder means g_mu(z); the others sample at T = 0.5;
+    # one batch of n from the seeded stream (the shared sampler also says how many diverged)
+    x = sample(model, n, temperature=0.5, seed=SAMPLE_SEED, vae_only=not model.use_flow, batch=n)
     path = rd.samples_dir / (name or f"{phase}-epoch{epoch:04d}.png")
     picture = grid(to_uint8(x))
     atomic_write_bytes(path, png_bytes(picture))
