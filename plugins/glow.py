@@ -121,6 +121,15 @@ class Coupling(nn.Module):
     initialisation: close to, not exactly, the identity). log|det| = sum of log_s over the moved
     entries, (B,), in float32.
 
+    ``min_scale`` m in [0, 1), "sigmoid" only: s = m + (1 - m) sigmoid(raw + 2), so the inverse
+    divides by a scale of at least m: one coupling's inverse multiplies its moved entries by at most
+    1/m (plus the shift). 0 (the default) is Glow's scale, whose inverse divides by
+    sigmoid(raw + 2) without a floor: off the data, where sampling goes, raw can fall to -22 and
+    one coupling multiplies by 3e9, and the sample diverges
+    (non-finite pixels; measured in docs/reproduce.md). Behrmann et al. (2021, "Understanding and
+    Mitigating Exploding Inverses in Invertible Neural Networks", arXiv:2006.09347) describe this
+    failure and argue for building blocks whose inverse has a bounded Lipschitz constant.
+
     ``condition_channels`` P > 0 makes the coupling conditional: NN's first hidden layer adds a
     1x1 convolution of condition feature maps (B, P, H, W) given to forward/inverse, so t and s
     depend on x_a and the condition (a conditional coupling, as in conditional Glow / SRFlow).
@@ -129,7 +138,15 @@ class Coupling(nn.Module):
     """
 
     def __init__(
-        self, image_shape: tuple[int, int, int], *, hidden: int, parity: int, split: str, scale: str = "none", condition_channels: int = 0
+        self,
+        image_shape: tuple[int, int, int],
+        *,
+        hidden: int,
+        parity: int,
+        split: str,
+        scale: str = "none",
+        condition_channels: int = 0,
+        min_scale: float = 0.0,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -137,7 +154,12 @@ class Coupling(nn.Module):
             raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+        if not 0.0 <= min_scale < 1.0:
+            raise ValueError(f"min_scale must be in [0, 1), got {min_scale}")
+        if min_scale and scale != "sigmoid":
+            raise ValueError(f"min_scale applies to the affine coupling's sigmoid scale, not to scale={scale!r}; leave it at 0")
         self.split, self.scale, self.parity = split, scale, parity % 2
+        self.min_scale = float(min_scale)
         per = 1 if scale == "none" else 2  # the network's outputs per moved entry: a shift (and a log-scale)
         if split == "channel":
             if c < 2:
@@ -174,7 +196,12 @@ class Coupling(nn.Module):
             return raw, None
         raw = raw.float()  # float32 under autocast: the log-det sums log_s
         shift, s = raw[:, 0::2], raw[:, 1::2]
-        log_s = torch.tanh(s) if self.scale == "tanh" else F.logsigmoid(s + 2.0)
+        if self.scale == "tanh":
+            log_s = torch.tanh(s)
+        elif self.min_scale:
+            log_s = torch.log(self.min_scale + (1.0 - self.min_scale) * torch.sigmoid(s + 2.0))
+        else:
+            log_s = F.logsigmoid(s + 2.0)
         if self.split == "checkerboard":
             log_s = log_s * (1.0 - self.mask)
         return shift, log_s

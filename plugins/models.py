@@ -134,6 +134,7 @@ HiddenChannels = Annotated[int, Range(1, 16384)]  # a coupling's width
 Levels = Annotated[int, Range(1, 10)]  # the multi-scale Glow's scales; H and W divisible by 2**levels
 Steps = Annotated[int, Range(1, 1024)]  # the multi-scale Glow's steps per level
 GlowCoupling = Literal["affine", "additive"]
+MinScale = Annotated[float, Range(ge=0, lt=1)]  # the affine coupling's scale floor; 0: Glow's sigmoid(raw + 2)
 
 
 def glow_layer(
@@ -182,6 +183,7 @@ def conditional_glow(
     condition_channels: ConditionChannels = 8,
     condition_couplings: bool = True,
     positional_channels: PositionalChannels = 0,
+    min_scale: MinScale = 0.0,
 ) -> Flow:
     """vaeflow's conditional flow decoder: f(x; c) = g_mu + g_sigma * G(x; c), with G a
     multi-scale Glow (``levels`` levels of ``steps`` steps of width ``hidden_channels``, squeeze
@@ -190,8 +192,11 @@ def conditional_glow(
     level's resolution, and so do its couplings unless ``condition_couplings = false`` (then only
     the priors read the condition: cheaper steps). ``positional_channels`` P > 0: P learned
     positional maps are stacked on (g_mu, log g_sigma) before each level's projection, as the
-    standalone Glow's ``positional_channels``; 0 reads the decoder alone. Not the identity at
-    initialisation: phase 2 starts from its own. Needs H and W divisible by 2**levels."""
+    standalone Glow's ``positional_channels``; 0 reads the decoder alone. ``min_scale`` m > 0
+    (affine coupling only): each coupling's scale is m + (1 - m) sigmoid(raw + 2), a floor that
+    bounds its inverse (0 is Glow's scale, whose inverse can diverge when sampling). Not the
+    identity at initialisation: phase 2 starts from its own. Needs H and W divisible by
+    2**levels."""
     from vaeflow_plugins.multiscale import MultiScaleGlow
 
     return MultiScaleGlow(
@@ -205,6 +210,7 @@ def conditional_glow(
         condition_channels=condition_channels,
         condition_couplings=condition_couplings,
         positional_channels=positional_channels,
+        min_scale=min_scale,
     )
 
 
@@ -227,13 +233,16 @@ def multiscale_glow(
     coupling: GlowCoupling = "affine",
     lu: bool = True,
     positional_channels: PositionalChannels = 0,
+    min_scale: MinScale = 0.0,
 ) -> Flow:
     """The standalone Glow of Kingma & Dhariwal (the paper's baseline; ``vaeflow train-baseline``):
     ``levels`` levels of ``steps`` steps with learned split and top priors folded into the
     bijection; needs H and W divisible by 2**levels. Not the identity at initialisation.
     ``positional_channels`` P > 0: its couplings and split and top priors also read P learned
     positional maps per level (the conditional flow decoder's condition path with a learned
-    constant in place of the decoder's output); 0 is the paper's Glow."""
+    constant in place of the decoder's output); 0 is the paper's Glow. ``min_scale`` m > 0 (affine
+    coupling only): each coupling's scale is m + (1 - m) sigmoid(raw + 2), a floor that bounds its
+    inverse; 0 is Glow's scale."""
     from vaeflow_plugins.multiscale import MultiScaleGlow
 
     return MultiScaleGlow(
@@ -244,6 +253,7 @@ def multiscale_glow(
         coupling=coupling,
         lu=lu,
         positional_channels=positional_channels,
+        min_scale=min_scale,
     )
 
 

@@ -74,6 +74,7 @@ class _Level(nn.Module):
         condition_in: int,
         features: int,
         condition_couplings: bool = True,
+        min_scale: float = 0.0,
     ) -> None:
         super().__init__()
         c, h, w = 4 * channels, height // 2, width // 2
@@ -84,7 +85,7 @@ class _Level(nn.Module):
         self.norms = nn.ModuleList(norm(c) for _ in range(steps))
         self.convs = nn.ModuleList(InvConv1x1(c, lu=lu) for _ in range(steps))
         self.couplings = nn.ModuleList(
-            Coupling((c, h, w), hidden=hidden, parity=k, split="channel", scale=scale, condition_channels=self.coupling_features)
+            Coupling((c, h, w), hidden=hidden, parity=k, split="channel", scale=scale, condition_channels=self.coupling_features, min_scale=min_scale)
             for k in range(steps)
         )
         self.top = levels == 1
@@ -107,6 +108,7 @@ class _Level(nn.Module):
                 condition_in=4 * condition_in,
                 features=features,
                 condition_couplings=condition_couplings,
+                min_scale=min_scale,
             )
 
     def _features(self, condition):
@@ -172,7 +174,9 @@ class MultiScaleGlow(nn.Module):
     """The multi-scale Glow G, standalone or conditional (see the module docstring).
 
     ``levels`` (L), ``steps`` (K) and ``hidden_channels`` as in Glow; ``coupling``: "affine"
-    (Glow's s = sigmoid(raw + 2)) or "additive"; ``lu``: LU-parametrised 1x1 convolutions.
+    (Glow's s = sigmoid(raw + 2)) or "additive"; ``min_scale`` m > 0 (affine only): s = m + (1 - m)
+    sigmoid(raw + 2), a floor that bounds each coupling's inverse (``glow.Coupling``); ``lu``:
+    LU-parametrised 1x1 convolutions.
     ``conditional``: forward and inverse take ``condition=(mean, std)``, the decoder's base
     distribution, each (B, C, H, W), and return f = mean + std * G(x; c) (forward) and its
     inverse; ``condition_channels`` feature maps of the condition per level, read by the split and
@@ -200,12 +204,15 @@ class MultiScaleGlow(nn.Module):
         condition_channels: int = 8,
         condition_couplings: bool = True,
         positional_channels: int = 0,
+        min_scale: float = 0.0,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
         name = "conditional-glow" if conditional else "multiscale-glow"
         if h % 2**levels or w % 2**levels:
             raise ValueError(f"{name} with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
+        if min_scale and coupling == "additive":
+            raise ValueError(f"{name}: min_scale applies to coupling = 'affine' (an additive coupling has no scale); leave it at 0")
         self.conditional = conditional
         # The learned positional maps (batch 1, broadcast to the batch where they meet the image).
         # They start constant: the zero padding of each level's 3x3 projection tells the couplings
@@ -230,6 +237,7 @@ class MultiScaleGlow(nn.Module):
             condition_in=(2 * c if conditional else 0) + positional_channels,
             features=condition_channels if conditional else positional_channels,
             condition_couplings=condition_couplings,
+            min_scale=min_scale,
         )
 
     def _maps(self, condition):

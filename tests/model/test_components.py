@@ -76,6 +76,8 @@ GLOW_PARTS = {
     "glow-affine-alternate": (lambda: glow_layer(image_shape=(3, 4, 4), depth=4, hidden_channels=8, split="alternate", coupling="affine"), 3),
     "affine0": (lambda: Coupling((4, 4, 4), hidden=8, parity=0, split="channel", scale="sigmoid"), 4),
     "affine1": (lambda: Coupling((3, 4, 4), hidden=8, parity=1, split="channel", scale="sigmoid"), 3),
+    "affine-floor": (lambda: Coupling((3, 4, 4), hidden=8, parity=0, split="channel", scale="sigmoid", min_scale=0.05), 3),
+    "affine-floor-checker": (lambda: Coupling((3, 4, 4), hidden=8, parity=1, split="checkerboard", scale="sigmoid", min_scale=0.3), 3),
 }
 
 
@@ -371,3 +373,67 @@ def test_a_conditional_coupling_without_its_condition_is_refused():
     coupling = Coupling((3, 4, 4), hidden=8, parity=0, split="channel", condition_channels=2)
     with pytest.raises(ValueError, match="conditional"):
         coupling(torch.randn(2, 3, 4, 4))
+
+
+def _scale_bias(coupling: Coupling, value: float) -> Coupling:
+    """The coupling with its network's log-scale outputs pinned at ``value`` (the shift at 0)."""
+    last = coupling.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[1::2] = value
+    return coupling
+
+
+@pytest.mark.parametrize("m", [0.05, 0.5])
+def test_affine_coupling_scale_floor_is_the_closed_form(m):
+    """s = m + (1 - m) sigmoid(raw + 2): at raw = 0 that is m + (1 - m) * 0.8808; at raw = -60 the
+    scale is the floor m, the inverse multiplies by exactly 1/m and the log-det is -n log(1/m),
+    where Glow's scale (m = 0) multiplies by 1 / sigmoid(-58), about 1.5e25."""
+    y = torch.randn(2, 4, 4, 4)
+    for raw, s in ((0.0, m + (1 - m) * torch.sigmoid(torch.tensor(2.0)).item()), (-60.0, m)):
+        coupling = _scale_bias(Coupling((4, 4, 4), hidden=8, parity=0, split="channel", scale="sigmoid", min_scale=m), raw)
+        x, log_det = coupling.inverse(y)
+        assert torch.allclose(x[:, 2:], y[:, 2:] / s, rtol=1e-5) and torch.equal(x[:, :2], y[:, :2])
+        assert torch.allclose(log_det, torch.full((2,), -32 * math.log(s)), rtol=1e-5)
+        back, log_det_fwd = coupling(x)
+        assert torch.allclose(back, y, rtol=1e-5, atol=1e-6) and torch.allclose(log_det_fwd, -log_det, rtol=1e-5)
+    glow_scale = _scale_bias(Coupling((4, 4, 4), hidden=8, parity=0, split="channel", scale="sigmoid"), -60.0)
+    assert glow_scale.inverse(y)[0][:, 2:].abs().max() > 1e20
+
+
+def test_a_scale_floor_keeps_the_glow_inverse_finite_where_glow_scale_diverges():
+    """Every coupling of a multi-scale Glow pinned at a log-scale output of -60 (as off the data,
+    where sampling goes): with Glow's scale the inverse of a standard normal draw overflows to
+    non-finite values; with a floor of 0.05 it stays finite, expanded by at most 20 per coupling."""
+
+    def pinned(min_scale):
+        torch.manual_seed(0)
+        glow = multiscale_glow(image_shape=(3, 8, 8), levels=2, steps=4, hidden_channels=8, min_scale=min_scale).eval()
+        for module in glow.modules():
+            if isinstance(module, Coupling):
+                _scale_bias(module, -60.0)
+        return glow
+
+    z = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert not torch.isfinite(pinned(0.0).inverse(z)[0]).all()
+        x, _ = pinned(0.05).inverse(z)
+    assert torch.isfinite(x).all()
+
+
+def test_a_scale_floor_is_refused_where_there_is_no_sigmoid_scale():
+    with pytest.raises(ValueError, match="min_scale"):
+        Coupling((3, 4, 4), hidden=8, parity=0, split="channel", scale="tanh", min_scale=0.1)
+    with pytest.raises(ValueError, match="min_scale"):
+        Coupling((3, 4, 4), hidden=8, parity=0, split="channel", scale="sigmoid", min_scale=1.0)
+    with pytest.raises(ValueError, match="additive"):
+        multiscale_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, coupling="additive", min_scale=0.1)
+    with pytest.raises(ValueError, match="additive"):
+        conditional_glow(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, coupling="additive", min_scale=0.1)
+
+
+def test_the_glow_factories_give_every_coupling_the_floor():
+    for factory in (multiscale_glow, conditional_glow):
+        glow = factory(image_shape=(3, 4, 4), levels=2, steps=2, hidden_channels=8, min_scale=0.2)
+        assert {m.min_scale for m in glow.modules() if isinstance(m, Coupling)} == {0.2}

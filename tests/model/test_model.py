@@ -407,3 +407,36 @@ def test_samples_whose_inverse_diverged_are_drawn_and_counted_in_one_warning_lin
     finite.sample = lambda m, **kw: torch.rand(m, 1, 2, 2, generator=kw["generator"])
     sample(finite, 4, temperature=0.5, seed=0)
     assert capsys.readouterr().err == ""
+
+
+def test_every_figure_counts_the_images_whose_inverse_diverged(tiny, capsys):
+    """The Figure-4 comparison, the temperature sweep, both interpolations and the reconstructions
+    draw a diverged image as the samples do (0 for NaN) and say how many in one warning line each;
+    the VAE means of the comparison (no flow) are not counted."""
+    from vaeflow_cli.model import sampling
+
+    model = build_model(tiny, load_splits(tiny).image_shape).eval()
+    plain = model.from_decoder_space
+
+    def first_diverges(xbar, *, use_flow=None, condition=None):
+        x = plain(xbar, use_flow=use_flow, condition=condition)
+        if use_flow is not False:
+            x[0] = float("nan")
+        return x
+
+    model.from_decoder_space = first_diverges
+    images = np.zeros((2, *model.image_shape), dtype=np.uint8)
+    grids = {
+        "1 of 6 samples at T=0.5": sampling.compare_grid(model, rows=2, per_z=3, temperature=0.5),
+        "1 of 3 samples at T=0.7": sampling.temperature_grid(model, temperatures=[0.7, 1.0], n=3),
+        "1 of 8 frames at T=0": sampling.interpolate_prior(model, pairs=2, steps=4),
+        "1 of 5 frames at T=0 ": sampling.interpolate_images(model, images[0], images[1], steps=5),
+        "1 of 2 reconstructions at T=0": sampling.reconstruct(model, images),
+    }
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 6 and "1 of 3 samples at T=1 " in err[2], err  # the sweep warns once per temperature
+    for (expected, grid), line in zip(grids.items(), [err[0], err[1], err[3], err[4], err[5]], strict=True):
+        assert expected in line and "non-finite pixels" in line, (expected, line)
+        assert bool(torch.isfinite(grid).all())
+    flat = grids["1 of 6 samples at T=0.5"].flatten(0, 1)
+    assert float(flat[1].abs().sum()) == 0.0 and float(flat[0].abs().sum()) > 0  # the first sample drawn black, its VAE mean kept

@@ -1,6 +1,7 @@
 """Sampling, reconstruction and interpolation from a trained model (paper, section 3.5 and
 Figures 4 and 5). Every function runs without gradients and returns float32 CPU images in [0, 1]
-(non-finite values, from a diverged inverse, become 0 or 1); ``images.to_uint8`` quantizes them.
+(non-finite values, from a diverged inverse, become 0 or 1, with one warning line on stderr that
+counts those images); ``images.to_uint8`` quantizes them.
 ``vaeflow_cli.api.Run`` is the public face of these functions."""
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ def diverged(x: torch.Tensor) -> int:
     return int((~torch.isfinite(x)).flatten(1).any(1).sum())
 
 
-def warn_diverged(count: int, n: int, temperature: float) -> None:
-    """One warning line on stderr when ``count`` of ``n`` samples at ``temperature`` diverged."""
+def warn_diverged(count: int, n: int, temperature: float, what: str = "samples") -> None:
+    """One warning line on stderr when ``count`` of ``n`` images (``what``: "samples", "frames",
+    "reconstructions") drawn at ``temperature`` diverged."""
     if count:
         warning(
-            f"{count} of {n} samples at T={temperature:g} have non-finite pixels (the flow's inverse diverged), "
+            f"{count} of {n} {what} at T={temperature:g} have non-finite pixels (the flow's inverse diverged), "
             "drawn black (NaN, -inf) or white (+inf); an earlier checkpoint of the run may diverge less"
         )
+
+
+def _drawn(x: torch.Tensor, temperature: float, what: str) -> torch.Tensor:
+    """``unit_images(x)`` after one warning line for those of the images ``x`` (B, ...) that diverged."""
+    warn_diverged(diverged(x), len(x), temperature, what)
+    return unit_images(x)
 
 
 def bin_centres(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -89,7 +97,7 @@ def interpolate_prior(model: VAEFlow, *, pairs: int, steps: int, seed: int = 0, 
     ub = torch.randn(pairs, model.latent_dim, generator=g)
     u = slerp(ua, ub, torch.linspace(0, 1, steps)).reshape(pairs * steps, -1).to(_device(model))
     x = model.decode(model.prior.from_base(u), temperature=temperature, generator=g)
-    return unit_images(x).reshape(pairs, steps, *model.image_shape)
+    return _drawn(x, temperature, "frames").reshape(pairs, steps, *model.image_shape)
 
 
 @torch.no_grad()
@@ -101,14 +109,14 @@ def interpolate_images(model: VAEFlow, a: np.ndarray, b: np.ndarray, *, steps: i
     mean, _ = model.encode(bin_centres(np.stack([a, b]), device))  # (2, d)
     t = torch.linspace(0, 1, steps, device=device)[:, None]
     z = (1 - t) * mean[0] + t * mean[1]  # (steps, d)
-    return unit_images(model.decode(z, temperature=0.0))
+    return _drawn(model.decode(z, temperature=0.0), 0.0, "frames")
 
 
 @torch.no_grad()
 def reconstruct(model: VAEFlow, images: np.ndarray) -> torch.Tensor:
     """f^-1(g_mu(m(y))) for uint8 images (N, C, H, W) -> float32 (N, C, H, W)."""
     model.eval()
-    return unit_images(model.decode(model.encode(bin_centres(images, _device(model)))[0], temperature=0.0))
+    return _drawn(model.decode(model.encode(bin_centres(images, _device(model)))[0], temperature=0.0), 0.0, "reconstructions")
 
 
 @torch.no_grad()
@@ -121,8 +129,8 @@ def compare_grid(model: VAEFlow, *, rows: int, per_z: int, temperature: float = 
     z = model.prior.from_base(torch.randn(rows, model.latent_dim, generator=g).to(_device(model)))
     mean = model.decode(z, vae_only=True)
     zz = z.repeat_interleave(per_z, 0)
-    samples = model.decode(zz, temperature=temperature, generator=g).reshape(rows, per_z, *model.image_shape)
-    return unit_images(torch.cat([mean[:, None], samples], 1))
+    samples = _drawn(model.decode(zz, temperature=temperature, generator=g), temperature, "samples").reshape(rows, per_z, *model.image_shape)
+    return torch.cat([unit_images(mean)[:, None], samples], 1)
 
 
 @torch.no_grad()
@@ -136,4 +144,4 @@ def temperature_grid(model: VAEFlow, *, temperatures, n: int, seed: int = 0) -> 
     mean, std = model.decoder(z)
     eps = torch.randn(mean.shape, generator=g).to(device=device, dtype=mean.dtype)
     base = (mean.float(), std.float())
-    return unit_images(torch.stack([model.from_decoder_space(mean + t * std * eps, condition=base) for t in temperatures]))
+    return torch.stack([_drawn(model.from_decoder_space(mean + t * std * eps, condition=base), t, "samples") for t in temperatures])
