@@ -124,11 +124,11 @@ class Coupling(nn.Module):
     ``min_scale`` m in [0, 1), "sigmoid" only: s = m + (1 - m) sigmoid(raw + 2), so the inverse
     divides by a scale of at least m: one coupling's inverse multiplies its moved entries by at most
     1/m (plus the shift). 0 (the default) is Glow's scale, whose inverse divides by
-    sigmoid(raw + 2) without a floor: off the data, where sampling goes, raw can fall to -22 and
-    one coupling multiplies by 3e9, and the sample diverges
-    (non-finite pixels; measured in docs/reproduce.md). Behrmann et al. (2021, "Understanding and
-    Mitigating Exploding Inverses in Invertible Neural Networks", arXiv:2006.09347) describe this
-    failure and argue for building blocks whose inverse has a bounded Lipschitz constant.
+    sigmoid(raw + 2) without a floor: off the data, where sampling goes, raw can fall to -22, one
+    coupling multiplies by 3e9 and the sample diverges (non-finite pixels; measured in
+    docs/reproduce.md). Behrmann et al. (2021, "Understanding and Mitigating Exploding Inverses in
+    Invertible Neural Networks", arXiv:2006.09347) describe this failure and argue for building
+    blocks whose inverse has a bounded Lipschitz constant.
 
     ``condition_channels`` P > 0 makes the coupling conditional: NN's first hidden layer adds a
     1x1 convolution of condition feature maps (B, P, H, W) given to forward/inverse, so t and s

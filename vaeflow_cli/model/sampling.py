@@ -36,7 +36,8 @@ def warn_diverged(count: int, n: int, temperature: float, what: str = "samples")
     if count:
         warning(
             f"{count} of {n} {what} at T={temperature:g} have non-finite pixels (the flow's inverse diverged), "
-            "drawn black (NaN, -inf) or white (+inf); an earlier checkpoint of the run may diverge less"
+            "drawn black (NaN, -inf) or white (+inf); an earlier checkpoint of the run may diverge less, "
+            "and a flow trained with [model.flow] min_scale (a floor under its couplings' scales) rarely does"
         )
 
 
