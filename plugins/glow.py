@@ -10,6 +10,8 @@ coupling outputs. Phase 2 therefore starts exactly at the phase-1 bound.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -198,8 +200,8 @@ class Coupling(nn.Module):
         shift, s = raw[:, 0::2], raw[:, 1::2]
         if self.scale == "tanh":
             log_s = torch.tanh(s)
-        elif self.min_scale:
-            log_s = torch.log(self.min_scale + (1.0 - self.min_scale) * torch.sigmoid(s + 2.0))
+        elif self.min_scale:  # log(m + (1 - m) sigmoid(s + 2)), finite for every s and every m in (0, 1)
+            log_s = torch.logaddexp(torch.full_like(s, math.log(self.min_scale)), math.log1p(-self.min_scale) + F.logsigmoid(s + 2.0))
         else:
             log_s = F.logsigmoid(s + 2.0)
         if self.split == "checkerboard":

@@ -309,11 +309,14 @@ def test_signature_differences_names_each_differing_key_with_both_values():
     run = {"data": {"root": "a"}, "model": {"latent_dim": 16, "flow": {"depth": 2}}}
     given = {"data": {}, "model": {"latent_dim": 16, "flow": {"depth": 3, "lu": True}}}
     assert signature_differences(run, given) == (
-        "data.root: the run has 'a'; model.flow.depth: the run has 2, this config 3; model.flow.lu: this config has True"
+        "data.root: the run has 'a', this config unset or at its default; model.flow.depth: the run has 2, this config 3; "
+        "model.flow.lu: the run unset or at its default, this config has True"
     )
     assert signature_differences(run, run) == ""
     many = signature_differences({"model": {str(i): i for i in range(5)}}, {"model": {}}, limit=2)
-    assert many == "model.0: the run has 0; model.1: the run has 1, and 3 more"
+    assert (
+        many == "model.0: the run has 0, this config unset or at its default; model.1: the run has 1, this config unset or at its default, and 3 more"
+    )
 
 
 def test_train_device_is_checked_with_the_config_so_the_error_names_the_file_or_the_set(tmp_path):

@@ -23,7 +23,9 @@ def model_signature(cfg: dict, registry=None) -> dict:
 
 def signature_differences(run: dict, given: dict, limit: int = 3) -> str:
     """Where two model signatures differ, for a message: "model.flow.steps: the run has 2, this
-    config 3" per dotted key (at most ``limit`` of them, then how many more), "" when equal."""
+    config 3" per dotted key (at most ``limit`` of them, then how many more), "" when equal. A key
+    on one side only is one that the other leaves unset, or at its component's default (which a
+    signature leaves out)."""
 
     def leaves(d, prefix=""):
         if not isinstance(d, dict):
@@ -36,10 +38,11 @@ def signature_differences(run: dict, given: dict, limit: int = 3) -> str:
     a, b = leaves(run), leaves(given)
     missing = object()
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    unset = "unset or at its default"
     shown = [
-        f"{k}: the run has {a[k]!r}"
+        f"{k}: the run has {a[k]!r}, this config {unset}"
         if k not in b
-        else (f"{k}: this config has {b[k]!r}" if k not in a else f"{k}: the run has {a[k]!r}, this config {b[k]!r}")
+        else (f"{k}: the run {unset}, this config has {b[k]!r}" if k not in a else f"{k}: the run has {a[k]!r}, this config {b[k]!r}")
         for k in keys[:limit]
     ]
     more = f", and {len(keys) - limit} more" if len(keys) > limit else ""

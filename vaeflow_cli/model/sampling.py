@@ -30,20 +30,30 @@ def diverged(x: torch.Tensor) -> int:
     return int((~torch.isfinite(x)).flatten(1).any(1).sum())
 
 
-def warn_diverged(count: int, n: int, temperature: float, what: str = "samples") -> None:
+def warn_diverged(count: int, n: int, temperature: float, what: str = "samples", *, suggest_floor: bool = False) -> None:
     """One warning line on stderr when ``count`` of ``n`` images (``what``: "samples", "frames",
-    "reconstructions") drawn at ``temperature`` diverged."""
+    "reconstructions") drawn at ``temperature`` diverged; ``suggest_floor`` adds that a flow
+    trained with ``min_scale`` rarely diverges (for a model whose affine couplings have none)."""
     if count:
+        floor = ", and a flow trained with [model.flow] min_scale (a floor under its couplings' scales) rarely does" if suggest_floor else ""
         warning(
             f"{count} of {n} {what} at T={temperature:g} have non-finite pixels (the flow's inverse diverged), "
-            "drawn black (NaN, -inf) or white (+inf); an earlier checkpoint of the run may diverge less, "
-            "and a flow trained with [model.flow] min_scale (a floor under its couplings' scales) rarely does"
+            f"drawn black (NaN, -inf) or white (+inf); an earlier checkpoint of the run may diverge less{floor}"
         )
 
 
-def _drawn(x: torch.Tensor, temperature: float, what: str) -> torch.Tensor:
-    """``unit_images(x)`` after one warning line for those of the images ``x`` (B, ...) that diverged."""
-    warn_diverged(diverged(x), len(x), temperature, what)
+def unfloored(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has an affine coupling on Glow's scale sigmoid(r + 2) without a floor
+    (``min_scale`` 0, the built-in ``Coupling``'s attributes), whose inverse can diverge."""
+    return any(getattr(m, "scale", None) == "sigmoid" and getattr(m, "min_scale", None) == 0.0 for m in model.modules())
+
+
+def _drawn(model: torch.nn.Module, x: torch.Tensor, temperature: float, what: str) -> torch.Tensor:
+    """``unit_images(x)`` after one warning line for those of the images ``x`` (B, ...) of
+    ``model`` that diverged."""
+    bad = diverged(x)
+    if bad:
+        warn_diverged(bad, len(x), temperature, what, suggest_floor=unfloored(model))
     return unit_images(x)
 
 
@@ -81,7 +91,8 @@ def sample(
         x = model.sample(m, temperature=temperature, vae_only=vae_only, generator=g)
         bad += diverged(x)
         out[i : i + m] = unit_images(x)
-    warn_diverged(bad, n, temperature)
+    if bad:
+        warn_diverged(bad, n, temperature, suggest_floor=unfloored(model))
     if diverged_counts is not None:
         diverged_counts.append(bad)
     return out
@@ -98,7 +109,7 @@ def interpolate_prior(model: VAEFlow, *, pairs: int, steps: int, seed: int = 0, 
     ub = torch.randn(pairs, model.latent_dim, generator=g)
     u = slerp(ua, ub, torch.linspace(0, 1, steps)).reshape(pairs * steps, -1).to(_device(model))
     x = model.decode(model.prior.from_base(u), temperature=temperature, generator=g)
-    return _drawn(x, temperature, "frames").reshape(pairs, steps, *model.image_shape)
+    return _drawn(model, x, temperature, "frames").reshape(pairs, steps, *model.image_shape)
 
 
 @torch.no_grad()
@@ -110,14 +121,14 @@ def interpolate_images(model: VAEFlow, a: np.ndarray, b: np.ndarray, *, steps: i
     mean, _ = model.encode(bin_centres(np.stack([a, b]), device))  # (2, d)
     t = torch.linspace(0, 1, steps, device=device)[:, None]
     z = (1 - t) * mean[0] + t * mean[1]  # (steps, d)
-    return _drawn(model.decode(z, temperature=0.0), 0.0, "frames")
+    return _drawn(model, model.decode(z, temperature=0.0), 0.0, "frames")
 
 
 @torch.no_grad()
 def reconstruct(model: VAEFlow, images: np.ndarray) -> torch.Tensor:
     """f^-1(g_mu(m(y))) for uint8 images (N, C, H, W) -> float32 (N, C, H, W)."""
     model.eval()
-    return _drawn(model.decode(model.encode(bin_centres(images, _device(model)))[0], temperature=0.0), 0.0, "reconstructions")
+    return _drawn(model, model.decode(model.encode(bin_centres(images, _device(model)))[0], temperature=0.0), 0.0, "reconstructions")
 
 
 @torch.no_grad()
@@ -130,7 +141,7 @@ def compare_grid(model: VAEFlow, *, rows: int, per_z: int, temperature: float = 
     z = model.prior.from_base(torch.randn(rows, model.latent_dim, generator=g).to(_device(model)))
     mean = model.decode(z, vae_only=True)
     zz = z.repeat_interleave(per_z, 0)
-    samples = _drawn(model.decode(zz, temperature=temperature, generator=g), temperature, "samples").reshape(rows, per_z, *model.image_shape)
+    samples = _drawn(model, model.decode(zz, temperature=temperature, generator=g), temperature, "samples").reshape(rows, per_z, *model.image_shape)
     return torch.cat([unit_images(mean)[:, None], samples], 1)
 
 
@@ -145,4 +156,4 @@ def temperature_grid(model: VAEFlow, *, temperatures, n: int, seed: int = 0) -> 
     mean, std = model.decoder(z)
     eps = torch.randn(mean.shape, generator=g).to(device=device, dtype=mean.dtype)
     base = (mean.float(), std.float())
-    return torch.stack([_drawn(model.from_decoder_space(mean + t * std * eps, condition=base), t, "samples") for t in temperatures])
+    return torch.stack([_drawn(model, model.from_decoder_space(mean + t * std * eps, condition=base), t, "samples") for t in temperatures])

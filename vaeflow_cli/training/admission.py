@@ -64,7 +64,7 @@ def check_run(cfg: dict, rd: RunDir, phase: str, *, resume: bool, restart: bool 
     rd.read_metrics()  # a damaged metrics.jsonl is refused now, before anything is written
     if ckpt_path.exists() and not (resume or restart):
         raise VaeflowError(
-            f"{rd.path} already has a {PHASES[phase].title} checkpoint ({ckpt_path}); pass --resume to continue it, "
+            f"{rd.path} already has a {PHASES[phase].title.removeprefix('the ')} checkpoint ({ckpt_path}); pass --resume to continue it, "
             "--restart to train it again from the start (its checkpoints replaced), or choose a new --run"
         )
     if rd.config_path.exists():
