@@ -159,7 +159,10 @@ class Coupling(nn.Module):
         if not 0.0 <= min_scale < 1.0:
             raise ValueError(f"min_scale must be in [0, 1), got {min_scale}")
         if min_scale and scale != "sigmoid":
-            raise ValueError(f"min_scale applies to the affine coupling's sigmoid scale, not to scale={scale!r}; leave it at 0")
+            kind = "an additive coupling has no scale" if scale == "none" else f"scale {scale!r} is bounded already"
+            raise ValueError(
+                f"min_scale = {min_scale} applies to Glow's affine coupling (sigmoid scale) only ({kind}); set min_scale = 0 or coupling = 'affine'"
+            )
         self.split, self.scale, self.parity = split, scale, parity % 2
         self.min_scale = float(min_scale)
         per = 1 if scale == "none" else 2  # the network's outputs per moved entry: a shift (and a log-scale)

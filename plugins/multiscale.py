@@ -211,11 +211,6 @@ class MultiScaleGlow(nn.Module):
         name = "conditional-glow" if conditional else "multiscale-glow"
         if h % 2**levels or w % 2**levels:
             raise ValueError(f"{name} with levels={levels} needs H and W divisible by {2**levels}, got {h}x{w}")
-        if min_scale and coupling == "additive":
-            raise ValueError(
-                f"{name}: min_scale = {min_scale} applies to coupling = 'affine' only (an additive coupling has no scale); "
-                "set min_scale = 0 or coupling = 'affine'"
-            )
         self.conditional = conditional
         # The learned positional maps (batch 1, broadcast to the batch where they meet the image).
         # They start constant: the zero padding of each level's 3x3 projection tells the couplings

@@ -446,8 +446,8 @@ def test_the_diverged_warning_suggests_a_floor_only_where_the_couplings_have_non
     assert unfloored(multiscale_glow(**kw)) and unfloored(conditional_glow(**kw))
     assert not unfloored(multiscale_glow(**kw, min_scale=0.05)) and not unfloored(multiscale_glow(**kw, coupling="additive"))
     assert not unfloored(glow_layer(image_shape=(3, 4, 4), depth=2, hidden_channels=8, coupling="affine"))  # a tanh log-scale is bounded
-    warn_diverged(1, 4, 0.5, suggest_floor=True)
-    warn_diverged(1, 4, 0.5)
-    warn_diverged(0, 4, 0.5, suggest_floor=True)
+    warn_diverged(multiscale_glow(**kw), 1, 4, 0.5)
+    warn_diverged(multiscale_glow(**kw, min_scale=0.05), 1, 4, 0.5)
+    warn_diverged(multiscale_glow(**kw), 0, 4, 0.5)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "min_scale" in err[0] and "min_scale" not in err[1], err

@@ -30,12 +30,13 @@ def diverged(x: torch.Tensor) -> int:
     return int((~torch.isfinite(x)).flatten(1).any(1).sum())
 
 
-def warn_diverged(count: int, n: int, temperature: float, what: str = "samples", *, suggest_floor: bool = False) -> None:
+def warn_diverged(model: torch.nn.Module, count: int, n: int, temperature: float, what: str = "samples") -> None:
     """One warning line on stderr when ``count`` of ``n`` images (``what``: "samples", "frames",
-    "reconstructions") drawn at ``temperature`` diverged; ``suggest_floor`` adds that a flow
-    trained with ``min_scale`` rarely diverges (for a model whose affine couplings have none)."""
+    "reconstructions") of ``model`` drawn at ``temperature`` diverged; where the model's affine
+    couplings have no floor (``unfloored``) it adds that a flow trained with ``min_scale`` rarely
+    diverges."""
     if count:
-        floor = ", and a flow trained with [model.flow] min_scale (a floor under its couplings' scales) rarely does" if suggest_floor else ""
+        floor = ", and a flow trained with [model.flow] min_scale (a floor under its couplings' scales) rarely does" if unfloored(model) else ""
         warning(
             f"{count} of {n} {what} at T={temperature:g} have non-finite pixels (the flow's inverse diverged), "
             f"drawn black (NaN, -inf) or white (+inf); an earlier checkpoint of the run may diverge less{floor}"
@@ -51,9 +52,7 @@ def unfloored(model: torch.nn.Module) -> bool:
 def _drawn(model: torch.nn.Module, x: torch.Tensor, temperature: float, what: str) -> torch.Tensor:
     """``unit_images(x)`` after one warning line for those of the images ``x`` (B, ...) of
     ``model`` that diverged."""
-    bad = diverged(x)
-    if bad:
-        warn_diverged(bad, len(x), temperature, what, suggest_floor=unfloored(model))
+    warn_diverged(model, diverged(x), len(x), temperature, what)
     return unit_images(x)
 
 
@@ -91,8 +90,7 @@ def sample(
         x = model.sample(m, temperature=temperature, vae_only=vae_only, generator=g)
         bad += diverged(x)
         out[i : i + m] = unit_images(x)
-    if bad:
-        warn_diverged(bad, n, temperature, suggest_floor=unfloored(model))
+    warn_diverged(model, bad, n, temperature)
     if diverged_counts is not None:
         diverged_counts.append(bad)
     return out
