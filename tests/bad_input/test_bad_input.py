@@ -174,7 +174,13 @@ CASES = [
             *_set("model.flow.type=multiscale-glow", "model.flow.levels=3", "model.flow.steps=1", "model.flow.hidden_channels=4"),
         ],
         2,
-        ["[model.flow]", "multiscale-glow", "divisible by 8"],
+        [
+            "--set model.flow.type=multiscale-glow, --set model.flow.levels=3",
+            "[model.flow]",
+            "multiscale-glow",
+            "divisible by 8",
+            "fix [model.flow] in {cfg} or the --set",
+        ],
     ),
     ("unknown-key", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.vae.epoch=3")], 2, ["unknown key", "epochs"]),
     ("set-without-equals", ["config", "show", "--set", "train.vae.epochs"], 2, ["KEY=VALUE"]),
@@ -190,7 +196,10 @@ CASES = [
         "init-std-below-min-std",
         ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("model.decoder.init_std=0.001", "model.decoder.min_std=0.01")],
         2,
-        ["[model.decoder]", "init_std (0.001) must be above min_std (0.01)"],
+        [
+            "{cfg}, --set model.decoder.init_std=0.001, --set model.decoder.min_std=0.01: [model.decoder]",
+            "init_std (0.001) must be above min_std (0.01)",
+        ],
     ),
     ("phase-1-again", ["train-vae", "--run", "{run}"], 2, ["already has a phase 1 checkpoint", "--resume"]),
     (

@@ -1,3 +1,4 @@
+import shlex
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,92 @@ def test_set_overrides_are_type_checked():
         config_mod.resolve(overrides=["train.vae.epochs=three"])
     with pytest.raises(VaeflowError, match=r"'model.flow.depth' must be an integer"):
         config_mod.resolve(overrides=["model.flow.depth=2.5"])
+
+
+@pytest.mark.parametrize(
+    "override, fix",
+    [
+        ('train.vae.epochs="3"', "; write it without quotes: --set train.vae.epochs=3"),
+        ('train.vae.lr="1e-3"', "; write it without quotes: --set train.vae.lr=0.001"),
+        ('train.channels_last="true"', "; write it without quotes: --set train.channels_last=true"),
+        ("train.vae.epochs=three", "; for example --set train.vae.epochs=25"),
+        ('train.vae.epochs="2.5"', "; for example --set train.vae.epochs=25"),
+        ("train.channels_last=1", "; for example --set train.channels_last=true"),
+        ("model.flow.depth=2.5", "; for example --set model.flow.depth=32"),
+        ("model.flow.coupling=3", """; for example --set 'model.flow.coupling="additive"'"""),
+        ("run.loggers=tensorboard", """; put it in a list: --set 'run.loggers=["tensorboard"]'"""),
+        ("run.loggers=it's", """; put it in a list: --set 'run.loggers=["it'"'"'s"]'"""),
+        ('train.vae.lr="nan"', "; for example --set train.vae.lr=0.001"),  # not a fix that fails again
+        ('train.vae.epochs="0"', "; for example --set train.vae.epochs=25"),  # 0 is below the key's range
+        ("run.loggers=3", "; for example --set 'run.loggers=[]'"),  # [3] is not a list of names
+        ("train.vae.epochs=3.0", "; write it as an integer: --set train.vae.epochs=3"),
+        ("run.dir=2024-01-01", """; quote it: --set 'run.dir="2024-01-01"'"""),
+        ("data.root=3", """; quote it: --set 'data.root="3"'"""),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_told_how_to_write_it(override, fix):
+    """The type error ends with the fix: a quoted number or boolean without its quotes, a single
+    value put in a list, anything else beside an example of its type (the value the config had, or
+    the component's own default), quoted for the shell where the shell would strip its quotes."""
+    with pytest.raises(VaeflowError) as err:
+        config_mod.resolve(overrides=[override])
+    assert str(err.value).endswith(fix), str(err.value)
+    [fixed] = shlex.split(fix.rpartition("--set ")[2])  # as a shell passes it
+    config_mod.resolve(overrides=[fixed], check_loggers=False)  # the fix as written is accepted
+
+
+def test_a_wrong_type_from_python_is_told_how_to_write_it():
+    """A config dict from Python: a tuple is a list (a Config's own lists read back as tuples), a
+    fix never spans lines, and a multi-line string is not read as a number."""
+    cfg = config_mod.resolve()
+    assert config_mod.resolve(base={"run": {"loggers": cfg.run.loggers + ("jsonl",)}}, check_loggers=False).run.loggers[-1] == "jsonl"
+    with pytest.raises(VaeflowError, match=r"'train.vae.epochs' must be an integer, got str '3\\nlr = 5'; for example epochs = 10 in \[train.vae\]$"):
+        config_mod.resolve(base={"train": {"vae": {"epochs": "3\nlr = 5"}}})
+
+
+def test_a_wrong_type_in_a_file_names_the_line_to_write(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text('[train.vae]\nepochs = "3"\n[model.flow]\ntype = "glow-layer"\ndepth = "x"\n')
+    with pytest.raises(
+        VaeflowError, match=r"x.toml: 'train.vae.epochs' must be an integer, got str '3'; write it without quotes: epochs = 3 in \[train.vae\]$"
+    ):
+        config_mod.resolve(path)
+    path.write_text('[model.flow]\ntype = "glow-layer"\ndepth = "x"\n')
+    with pytest.raises(VaeflowError, match=r"x.toml: 'model.flow.depth' must be an integer, got str 'x'; for example depth = 32 in \[model.flow\]$"):
+        config_mod.resolve(path)
+
+
+def test_a_component_that_refuses_its_options_is_named_with_where_they_came_from(tmp_path):
+    """A factory's own refusal (here a floor under the scale of an additive coupling) names the
+    file or the --set items that gave the section its values and says which to fix; a config
+    validated again (as train_phase does) keeps that, and a plain dict, whose values came from
+    elsewhere, names the section alone."""
+    path = tmp_path / "x.toml"
+    path.write_text('[model.flow]\ntype = "multiscale-glow"\nlevels = 2\ncoupling = "additive"\nmin_scale = 0.1\n')
+    shape = (1, 28, 28)
+    cfg = config_mod.resolve(path)
+    assert cfg.origin("model.flow") == (str(path), f"fix [model.flow] in {path}")
+    assert cfg.origin("model.encoder") == (str(path), f"fix [model.encoder] in {path}")
+    with pytest.raises(VaeflowError, match=rf"^{path}: \[model.flow\]: flow 'multiscale-glow' .*min_scale = 0.1.*; fix \[model.flow\] in {path}$"):
+        build_model(cfg, shape)
+    with pytest.raises(VaeflowError, match=rf"^{path}: \[model.flow\]: .*; fix \[model.flow\] in {path}$"):
+        build_model(config_mod.resolve(base=cfg), shape)  # validated again from the Config
+    with pytest.raises(VaeflowError, match=r"^\[model.flow\]: flow 'multiscale-glow' .*; fix \[model.flow\]$"):
+        build_model(cfg.to_dict(), shape)
+
+    sets = ["model.flow.type=multiscale-glow", "model.flow.levels=2", "model.flow.coupling=additive", "model.flow.min_scale=0.1"]
+    cfg = config_mod.resolve(overrides=sets)  # the embedded default: only the --set can be fixed
+    where = ", ".join(f"--set {s}" for s in sets)
+    assert cfg.origin("model.flow") == (where, "fix the --set") and cfg.origin("model.prior") is None
+    with pytest.raises(VaeflowError, match=rf"^{where}: \[model.flow\]: .*; fix the --set$"):
+        build_model(cfg, shape)
+    path.write_text('[model.flow]\ntype = "multiscale-glow"\nlevels = 2\n')
+    cfg = config_mod.resolve(path, overrides=sets[2:])
+    assert cfg.origin("model.flow") == (f"{path}, " + ", ".join(f"--set {s}" for s in sets[2:]), f"fix [model.flow] in {path} or the --set")
+    assert config_mod.resolve(base=cfg, overrides=["model.flow.steps=2"]).origin("model.flow")[1] == f"fix [model.flow] in {path} or the --set"
+    child = tmp_path / "child.toml"
+    child.write_text('base = "x.toml"\n[train.vae]\nepochs = 2\n')  # [model.flow] comes from the base
+    assert config_mod.resolve(child).origin("model.flow") == (str(child), f"fix [model.flow] in {child} or its base {path}")
 
 
 def test_changing_a_component_type_starts_from_its_defaults():

@@ -19,6 +19,7 @@ import copy
 import difflib
 import inspect
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,16 +56,17 @@ def resolve(
     their factories' defaults. ``check_loggers`` off: ``run.loggers`` may name loggers that are not
     installed (a stored run read back to sample or evaluate; training opens its loggers, and
     refuses unknown ones, before it writes anything).
-    Returns a ``Config`` (``config.typed``): typed, frozen attributes, and a read-only mapping of
-    the nested tables. Raises VaeflowError (one line) for a bad file or value, and for arguments of
-    the wrong type."""
+    Returns a ``Config`` (``config.typed``): typed, frozen attributes, a read-only mapping of the
+    nested tables, and where each component section's values came from (``Config.origin``).
+    Raises VaeflowError (one line) for a bad file or value, and for arguments of the wrong type."""
 
     if path is not None and (not isinstance(path, (str, os.PathLike)) or not str(path) or "\x00" in str(path)):
         raise VaeflowError(f"path must be None or the path of a TOML config file (a str or Path without NUL bytes), not {path!r}")
     if isinstance(overrides, (str, bytes)) or not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
         raise VaeflowError(f'overrides must be a list of "KEY=VALUE" strings (as --set takes them), not {overrides!r}')
+    kept = {}
     if isinstance(base, Config):
-        base = base.to_dict()
+        base, kept = base.to_dict(), dict(base.origins)  # validated again; where its values came from stays known
     if base is not None and (not isinstance(base, dict) or not all(isinstance(k, str) for k in base)):
         hint = "; a config file is the path argument" if isinstance(base, (str, os.PathLike)) else ""
         raise VaeflowError(f"base must be None or a config dict with str keys (a resolved config, say), not {type(base).__name__}{hint}")
@@ -74,6 +76,7 @@ def resolve(
         from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
+    bases = ()
     if path is not None:
         raw, bases = file_config(path)
         where = str(path)
@@ -93,7 +96,20 @@ def resolve(
         apply_override(cfg, item)
         set_by[item.split("=", 1)[0].strip()] = f"--set {item}"
     debug(f"config: {where}" + "".join(f", --set {item}" for item in overrides))
-    return Config.from_tables(validate(cfg, where=where, registry=registry, set_by=set_by, check_loggers=check_loggers))
+    tables = validate(cfg, where=where, registry=registry, set_by=set_by, check_loggers=check_loggers)
+    files = f"{where} or its base{'s' if len(bases) > 1 else ''} {', '.join(map(str, bases))}" if bases else where
+    origins = {}
+    for sec in ("data", *(f"model.{p}" for p in COMPONENT_SECTIONS)):
+        # the file (and its bases), or what a Config validated again knew; a plain dict's values
+        # came from elsewhere and the embedded default builds as it is, so neither is named
+        known = (where, f"fix [{sec}] in {files}") if path is not None else kept.get(sec)
+        sets = ", ".join(item for key, item in set_by.items() if key == sec or key.startswith(sec + "."))
+        if sets:
+            fix = known[1] if known and known[1].endswith("the --set") else f"{known[1]} or the --set" if known else "fix the --set"
+            known = (f"{known[0]}, {sets}" if known else sets, fix)
+        if known:
+            origins[sec] = known
+    return Config.from_tables(tables, origins=origins)
 
 
 def unpickled_config(tables: dict) -> Config:
@@ -136,7 +152,7 @@ def merge(defaults: dict, raw: dict, *, where: str, prefix: str = "") -> dict:
                 raise VaeflowError(f"{where}: {dotted!r} must be a table ([{dotted}])")
             out[key] = merge(default, value, where=where, prefix=dotted + ".")
         else:
-            out[key] = check_type(value, default, key=dotted, where=where)
+            out[key] = check_type(value, default, key=dotted, where=where, constraints=plain_constraints(dotted))
     return out
 
 
@@ -148,11 +164,15 @@ def _suggest(key: str, choices) -> str:
     return f"{hint}; valid keys here: {', '.join(sorted(choices))}"
 
 
-def check_type(value: Any, default: Any, *, key: str, where: str) -> Any:
-    """``value`` converted to the type of ``default`` (int -> float allowed), or a clear error."""
+def check_type(value: Any, default: Any, *, key: str, where: str, constraints=()) -> Any:
+    """``value`` converted to the type of ``default`` (int -> float and tuple -> list allowed), or
+    a clear error whose fix, where it suggests a value, meets ``constraints`` (the key's declared
+    ones, which the caller checks next)."""
     if default is None:
         return value
     want = type(default)
+    if want is list and isinstance(value, tuple):
+        value = list(value)  # a Config's own lists read back as tuples (cfg.run.loggers)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             return float(value)
@@ -164,7 +184,72 @@ def check_type(value: Any, default: Any, *, key: str, where: str) -> Any:
             raise VaeflowError(f"{where}: {key!r} {found}, got {value!r}")
         return value
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
-    raise VaeflowError(f"{where}: {key!r} must be {names.get(want, want.__name__)}, got {type(value).__name__} {value!r}")
+    raise VaeflowError(
+        f"{where}: {key!r} must be {names.get(want, want.__name__)}, got {type(value).__name__} {value!r}; {_type_fix(value, default, key, where, constraints)}"
+    )
+
+
+def _type_fix(value: Any, default: Any, key: str, where: str, constraints=()) -> str:
+    """How to fix a value of the wrong type, for ``check_type``'s error: a quoted string that reads
+    (whole, on one line) as the wanted type loses its quotes, a float with an integer's value
+    becomes one, a value given where a string belongs is quoted, a single string where a list of
+    strings belongs is put in one, and anything else is shown ``default``'s TOML literal; each
+    suggestion meets ``constraints``, and is written as a --set (quoted for the shell) or as a file
+    line, as ``where`` says the value came."""
+    section, _, leaf = key.rpartition(".")
+
+    def written(v: Any) -> str:
+        literal = _literal(v)
+        if len(literal) > 120 or not literal.isprintable():
+            raise TypeError("not shown")
+        if where.startswith("--set "):
+            return f"--set {shlex.quote(f'{key}={literal}')}"  # as the shell must pass it
+        return f"{leaf} = {literal} in [{section}]" if section else f"{leaf} = {literal}"
+
+    def fits(v: Any) -> bool:
+        same = isinstance(v, type(default)) and not (isinstance(v, bool) and not isinstance(default, bool))
+        return (same or (isinstance(default, float) and type(v) is int)) and not problem(v, constraints)
+
+    candidates = []
+    if isinstance(value, str) and "\n" not in value and "\r" not in value:
+        try:
+            parsed = tomllib.loads(f"v = {value}")
+        except (tomllib.TOMLDecodeError, RecursionError):
+            parsed = {}
+        if list(parsed) == ["v"] and fits(parsed["v"]):
+            candidates.append(("write it without quotes:", parsed["v"]))
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer() and fits(int(value)):
+        candidates.append(("write it as an integer:", int(value)))
+    if isinstance(default, str) and (isinstance(value, (int, float)) or type(value).__module__ == "datetime"):
+        text = _literal_or_none(value)
+        if text is not None and fits(text):
+            candidates.append(("quote it:", text))
+    if isinstance(default, list) and all(isinstance(x, str) for x in default) and isinstance(value, str) and fits([value]):
+        candidates.append(("put it in a list:", [value]))
+    if fits(default):
+        candidates.append(("for example", default))
+    for text, v in candidates:
+        try:
+            return f"{text} {written(v)}"
+        except TypeError:  # a value TOML cannot write, or not fit to show
+            continue
+    return "give it the type of its default"
+
+
+def _literal_or_none(v: Any) -> str | None:
+    try:
+        return _literal(v)
+    except TypeError:
+        return None
+
+
+def _literal(v: Any) -> str:
+    """``v`` (a scalar or a list of them) as a one-line TOML literal. Raises TypeError otherwise."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    import tomli_w
+
+    return tomli_w.dumps({"v": v}).partition("=")[2].strip()
 
 
 # ------------------------------------------------------------------ --set KEY=VALUE
@@ -215,7 +300,7 @@ def apply_override(cfg: dict, item: str) -> None:
         raise VaeflowError(f"{where}: unknown key {key!r}{_suggest(leaf, node)}")
     if isinstance(node[leaf], dict):
         raise VaeflowError(f"{where}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(node[leaf]), 'x')}=...")
-    node[leaf] = check_type(value, node[leaf], key=key, where=where)
+    node[leaf] = check_type(value, node[leaf], key=key, where=where, constraints=plain_constraints(key))
 
 
 # ------------------------------------------------------------------ validation against the registry
@@ -262,6 +347,8 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
     params = factory_defaults(comp.factory, skip=CONTEXT_ARGS[kind])
     fixed = {name_key} | ({"root"} if kind == "dataset" else set())
     out = {k: section[k] for k in section if k in fixed}
+    if "root" in out:  # a dataset's folder, given to its factory beside its options
+        out["root"] = check_type(out["root"], "", key=f"{key}.root", where=_source(set_by, f"{key}.root", where))
     declared = declared_constraints(comp.factory)
     for k, v in section.items():
         if k in fixed:
@@ -270,7 +357,7 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
         if k not in params:
             raise VaeflowError(f"{src}: unknown key '{key}.{k}' for {kind} {name!r}{_suggest(k, params)}")
         default = params[k]
-        out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=src)
+        out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=src, constraints=declared.get(k, []))
         found = problem(out[k], declared.get(k, []))
         if found:
             fix = f"fix it in [{key}]" if src == where else "fix the --set" if src.startswith("--set") else f"fix {src.split()[0]}"

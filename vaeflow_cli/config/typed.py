@@ -151,11 +151,22 @@ class Config(Mapping):
     tables: Mapping[str, Any]
     """The config's nested tables, as ``resolve`` validated them, read-only all the way down (a
     copy to edit: ``to_dict()``)."""
+    origins: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    """For error lines about a component that refuses its options: component section ("data",
+    "model.flow", ...) -> (where its values came from: the config file, or the ``--set`` items that
+    touched it; how to fix them). A run's config names its config.toml; a config resolved from a
+    dict or read back from a pickle names none (a ``Config`` validated again keeps its own). Not
+    part of the config's value: equality, pickling and ``to_dict`` ignore it."""
+
+    def origin(self, section: str) -> tuple[str, str] | None:
+        """``origins[section]``, or None where the config does not know (``Component.build`` then
+        names the section alone)."""
+        return self.origins.get(section)
 
     @classmethod
-    def from_tables(cls, tables: Mapping[str, Any]) -> Config:
+    def from_tables(cls, tables: Mapping[str, Any], origins: Mapping[str, tuple[str, str]] | None = None) -> Config:
         """The typed view of a resolved config's nested tables (``resolve`` calls it; they are
-        already validated: this only arranges them)."""
+        already validated: this only arranges them), with the component sections' ``origins``."""
         t = copy.deepcopy(dict(tables))
         d, m, tr, r = t["data"], t["model"], t["train"], t["run"]
 
@@ -176,6 +187,7 @@ class Config(Mapping):
             train=TrainSettings(**plain, phases=MappingProxyType(phases)),
             run=RunSettings(dir=r["dir"], sample_n=r["sample_n"], loggers=tuple(r["loggers"]), log_every=r["log_every"]),
             tables=_frozen(t),
+            origins=MappingProxyType(dict(origins or {})),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,8 +25,8 @@ def build_dataset(cfg: dict, registry=None):
         from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
-    data = as_config(cfg, source="the config given to build_dataset").data
-    return registry.get("dataset", data.name).build("[data]", **data.kwargs())
+    cfg = as_config(cfg, source="the config given to build_dataset")
+    return registry.get("dataset", cfg.data.name).build("[data]", cfg.origin("data"), **cfg.data.kwargs())
 
 
 def dataset_info(name: str, root: str, registry=None) -> dict:

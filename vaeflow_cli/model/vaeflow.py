@@ -334,12 +334,13 @@ def build_model(cfg: dict, image_shape: tuple[int, int, int], registry=None, *, 
         from vaeflow_cli.registry.core import get_registry
 
         registry = get_registry()
-    m = as_config(cfg, source="the config given to build_model").model
+    cfg = as_config(cfg, source="the config given to build_model")
+    m = cfg.model
     d = m.latent_dim
 
     def make(kind, section, **context):
         part = m.part(section)
-        return registry.get(kind, part.name).build(f"[model.{section}]", **context, **part.kwargs())
+        return registry.get(kind, part.name).build(f"[model.{section}]", cfg.origin(f"model.{section}"), **context, **part.kwargs())
 
     shape = tuple(image_shape)
     if baseline:

@@ -68,13 +68,18 @@ class Component:
     factory: Callable[..., Any]
     plugin: str
 
-    def build(self, section: str, **kwargs: Any) -> Any:
+    def build(self, section: str, origin: tuple[str, str] | None = None, /, **kwargs: Any) -> Any:
         """``factory(**kwargs)``; an exception it raises (other than VaeflowError and memory
         exhaustion) becomes one line naming ``section`` (e.g. "[model.flow]"), the component and
-        its plugin: a factory's own ValueError is a config problem, not a crash."""
+        its plugin: a factory's own ValueError is a config problem, not a crash. ``origin``:
+        (where the section's values came from, how to fix them), ``Config.origin``'s answer, which
+        leads and ends the line; None: the section alone. A factory's own VaeflowError keeps its
+        line, led by where the values came from."""
         try:
             return self.factory(**kwargs)
-        except VaeflowError:
+        except VaeflowError as exc:
+            if origin and type(exc) is VaeflowError:  # a factory's own one line (a dataset's): where its options came from first
+                raise VaeflowError(f"{origin[0]}: {exc}") from None
             raise
         except MemoryError:
             raise
@@ -82,9 +87,9 @@ class Component:
             if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc):
                 raise
             first = (str(exc).strip().splitlines() or [""])[0][:300]
+            where, fix = (f"{origin[0]}: {section}", origin[1]) if origin else (section, f"fix {section}")
             raise VaeflowError(
-                f"{section}: {self.kind} {self.name!r} (plugin {self.plugin!r}) cannot be built with these options: "
-                f"{type(exc).__name__}: {first}; fix {section}"
+                f"{where}: {self.kind} {self.name!r} (plugin {self.plugin!r}) cannot be built with these options: {type(exc).__name__}: {first}; {fix}"
             ) from None
 
 
