@@ -153,10 +153,11 @@ class Config(Mapping):
     copy to edit: ``to_dict()``)."""
     origins: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     """For error lines about a component that refuses its options: component section ("data",
-    "model.flow", ...) -> (where its values came from: the config file, or the ``--set`` items that
-    touched it; how to fix them). A run's config names its config.toml; a config resolved from a
-    dict or read back from a pickle names none (a ``Config`` validated again keeps its own). Not
-    part of the config's value: equality, pickling and ``to_dict`` ignore it."""
+    "model.flow", ...) -> (where its values came from: the config file and its bases, and the
+    ``--set`` items that touched it; how to fix them). A run's config names its config.toml; a
+    config resolved from a dict or read back from a pickle names none (a ``Config`` validated
+    again keeps its own). Not part of the config's value: equality, pickling and ``to_dict``
+    ignore it."""
 
     def origin(self, section: str) -> tuple[str, str] | None:
         """``origins[section]``, or None where the config does not know (``Component.build`` then
