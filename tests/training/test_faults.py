@@ -279,8 +279,10 @@ def test_a_second_signal_aborts_at_once_with_one_line_and_sigterm_before_trainin
     err = err.decode()
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("vaeflow: error:"), err
-    early = _start(["train-vae", "--config", tiny_config, "--run", tmp_path / "early", "--set", "train.threads=1"])
-    time.sleep(2.0)  # importing torch and checking: no training loop yet
+    # importing torch and checking take about 2 s: no training loop yet on a slow machine; on a fast
+    # one the signal may land in the first epochs, so the run is long enough to be stopped either way
+    early = _start(["train-vae", "--config", tiny_config, "--run", tmp_path / "early", "--set", "train.threads=1", "--set", "train.vae.epochs=200"])
+    time.sleep(2.0)
     early.send_signal(signal.SIGTERM)
     _, err = early.communicate(timeout=120)
     err = err.decode()
