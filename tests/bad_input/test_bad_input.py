@@ -256,6 +256,12 @@ CASES = [
     ("fid-weights-empty", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}/empty.pt"], 2, ["empty.pt"]),
     ("fid-weights-directory", ["evaluate", "--run", "{run}", "--metrics", "fid", "--n-samples", "4", "--fid-weights", "{bad}"], 2, ["fid"]),
     ("timing-bad-coupling", ["timing", "--config", "{cfg}", "--glow-coupling", "spline"], 2, ["--glow-coupling"]),
+    (  # its own Glow's fewer levels on 28x28 images are logged only once every model is built
+        "timing-flow-levels-on-28x28",
+        ["timing", "--config", "{cfg}", *_set("model.flow.type=multiscale-glow", "model.flow.levels=3")],
+        2,
+        ["--set model.flow.type=multiscale-glow", "[model.flow]", "divisible by 8", "fix [model.flow] in {cfg} or the --set"],
+    ),
     ("device-cuda-without-gpu", ["train-vae", "--config", "{cfg}", "--run", "{new}", *_set("train.device=cuda:7")], 2, ["train.device"]),
     ("data-info-unknown", ["data", "info", "mnistt"], 2, ["unknown dataset"]),
     ("data-download-unknown", ["data", "download", "imagenet", "--root", "{new}"], 2, ["imagenet"]),

@@ -157,7 +157,7 @@ def run_timing(
     if b > n_train:
         source = f"--batch-size {b}" if batch_size else f"train.vae.batch_size = {b}"
         raise VaeflowError(f"{source} is larger than the training split ({n_train} images); give a smaller --batch-size")
-    baseline = _baseline_options(baseline, shape)
+    baseline, levels_note = _baseline_options(baseline, shape)
     seed = tcfg.seed
     n_images = b * (steps + warmup)
     from vaeflow_cli.config.limits import require_memory
@@ -177,6 +177,8 @@ def run_timing(
 
     glow_flow = get_registry().get("flow", "multiscale-glow").build("timing's standalone Glow (--glow-*)", image_shape=shape, **baseline)
     glow = FlowModel(flow=glow_flow, image_shape=shape).to(dev)
+    if levels_note:
+        log(levels_note)
     with configure_backends(
         dev, threads=threads, tf32=tcfg.tf32
     ):  # after the checks: a refused start prints its error line only; the caller's threads again after
@@ -211,11 +213,12 @@ def run_timing(
 BASELINE_OPTIONS = {"levels": "--glow-levels", "steps": "--glow-steps", "hidden_channels": "--glow-width", "coupling": "--glow-coupling"}
 
 
-def _baseline_options(given: dict | None, shape) -> dict:
+def _baseline_options(given: dict | None, shape) -> tuple[dict, str | None]:
     """The standalone Glow's options: BASELINE overridden by ``given``, checked by the
     multiscale-glow flow's declared constraints (the rules of a [model.flow] section), with as many
-    levels as the image sides allow (each level halves them). Raises VaeflowError naming the
-    ``--glow-*`` option."""
+    levels as the image sides allow (each level halves them); and the line to log where it took
+    fewer levels (None otherwise), which the caller logs once every model is built, so that a
+    refused start prints its error line only. Raises VaeflowError naming the ``--glow-*`` option."""
     from vaeflow_cli.config.core import component_options
     from vaeflow_cli.registry.core import get_registry
 
@@ -229,10 +232,11 @@ def _baseline_options(given: dict | None, shape) -> dict:
     levels = baseline["levels"]
     while levels > 1 and (shape[1] % 2**levels or shape[2] % 2**levels):
         levels -= 1  # e.g. 28x28 MNIST: 2 levels (28 is not divisible by 8)
+    note = None
     if levels != baseline["levels"]:
-        log(f"timing: {shape[1]}x{shape[2]} images are not divisible by 2^{baseline['levels']}: the standalone Glow uses {levels} levels")
+        note = f"timing: {shape[1]}x{shape[2]} images are not divisible by 2^{baseline['levels']}: the standalone Glow uses {levels} levels"
         baseline["levels"] = levels
-    return baseline
+    return baseline, note
 
 
 def _result(cfg, timed, baseline, models, *, device, batch_size, shape, n_train, steps, warmup, precision) -> dict:
