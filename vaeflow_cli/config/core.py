@@ -104,9 +104,10 @@ def resolve(
         # came from elsewhere and the embedded default builds as it is, so neither is named
         known = (where, f"fix [{sec}] in {files}") if path is not None else kept.get(sec)
         sets = ", ".join(item for key, item in set_by.items() if key == sec or key.startswith(sec + "."))
-        if sets:
-            fix = known[1] if known and known[1].endswith("the --set") else f"{known[1]} or the --set" if known else "fix the --set"
-            known = (f"{known[0]}, {sets}" if known else sets, fix)
+        if sets and known:  # a Config validated again may name its own --set already
+            known = (f"{known[0]}, {sets}", known[1] if known[1].endswith("the --set") else f"{known[1]} or the --set")
+        elif sets:
+            known = (sets, "fix the --set")
         if known:
             origins[sec] = known
     return Config.from_tables(tables, origins=origins)
@@ -247,9 +248,7 @@ def _literal(v: Any) -> str:
     """``v`` (a scalar or a list of them) as a one-line TOML literal. Raises TypeError otherwise."""
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_literal(x) for x in v) + "]"
-    import tomli_w
-
-    return tomli_w.dumps({"v": v}).partition("=")[2].strip()
+    return dumps({"v": v}).partition("=")[2].strip()
 
 
 # ------------------------------------------------------------------ --set KEY=VALUE
