@@ -32,7 +32,7 @@ else:  # pragma: no cover
 from vaeflow_cli.config.constraints import declared_constraints, problem
 from vaeflow_cli.config.files import BASE_KEY, COMPONENT_SECTIONS, MAX_DEPTH, depth, embedded_default, file_config, is_component, overlay
 from vaeflow_cli.config.schema import DEFAULTS, plain_constraints
-from vaeflow_cli.config.typed import Config
+from vaeflow_cli.config.typed import Config, Origin
 from vaeflow_cli.console import debug
 from vaeflow_cli.errors import VaeflowError
 
@@ -97,17 +97,14 @@ def resolve(
         set_by[item.split("=", 1)[0].strip()] = f"--set {item}"
     debug(f"config: {where}" + "".join(f", --set {item}" for item in overrides))
     tables = validate(cfg, where=where, registry=registry, set_by=set_by, check_loggers=check_loggers)
-    files = f"{where} or its base{'s' if len(bases) > 1 else ''} {', '.join(map(str, bases))}" if bases else where
     origins = {}
     for sec in ("data", *(f"model.{p}" for p in COMPONENT_SECTIONS)):
         # the file (and its bases), or what a Config validated again knew; a plain dict's values
         # came from elsewhere and the embedded default builds as it is, so neither is named
-        known = (where, f"fix [{sec}] in {files}") if path is not None else kept.get(sec)
-        sets = ", ".join(item for key, item in set_by.items() if key == sec or key.startswith(sec + "."))
-        if sets and known:  # a Config validated again may name its own --set already
-            known = (f"{known[0]}, {sets}", known[1] if known[1].endswith("the --set") else f"{known[1]} or the --set")
-        elif sets:
-            known = (sets, "fix the --set")
+        known = Origin(sec, file=where, bases=tuple(map(str, bases))) if path is not None else kept.get(sec)
+        sets = tuple(item for key, item in set_by.items() if key == sec or key.startswith(sec + "."))
+        if sets:
+            known = (known or Origin(sec)).with_sets(sets)
         if known:
             origins[sec] = known
     return Config.from_tables(tables, origins=origins)
@@ -359,7 +356,7 @@ def _validate_component(section: dict, kind: str, key: str, *, where: str, regis
         out[k] = v if default is inspect.Parameter.empty else check_type(v, default, key=f"{key}.{k}", where=src, constraints=declared.get(k, []))
         found = problem(out[k], declared.get(k, []))
         if found:
-            fix = f"fix it in [{key}]" if src == where else "fix the --set" if src.startswith("--set") else f"fix {src.split()[0]}"
+            fix = f"fix it in [{key}]" if src == where else "fix the --set"  # _source: the file, or the --set that gave it
             raise VaeflowError(f"{src}: '{key}.{k}' {found} for {kind} {name!r}, got {out[k]!r}; {fix}")
     for k, default in params.items():
         if k in out:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -32,6 +32,36 @@ def _frozen(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v) for v in value)
     return copy.deepcopy(value)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a component section's values came from, for the error line of a component that
+    refuses its options: the config file (None for a config given as a dict, or the embedded
+    default), the base files below it, and the ``--set`` items that touched the section.
+    ``where`` and ``fix`` word it; this is the one place that does."""
+
+    section: str
+    file: str | None = None
+    bases: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()
+
+    @property
+    def where(self) -> str:
+        """The file, then the ``--set`` items: ``"x.toml, --set model.flow.steps=2"``."""
+        return ", ".join(([self.file] if self.file else []) + list(self.sets))
+
+    @property
+    def fix(self) -> str:
+        """Which to fix: ``"fix [model.flow] in x.toml or its base b.toml or the --set"``."""
+        if self.file is None:
+            return "fix the --set"
+        files = f"{self.file} or its base{'s' if len(self.bases) > 1 else ''} {', '.join(self.bases)}" if self.bases else self.file
+        return f"fix [{self.section}] in {files}" + (" or the --set" if self.sets else "")
+
+    def with_sets(self, sets: tuple[str, ...]) -> Origin:
+        """The same origin after more ``--set`` items touched the section."""
+        return replace(self, sets=self.sets + tuple(sets))
 
 
 def _thawed(value: Any) -> Any:
@@ -151,21 +181,22 @@ class Config(Mapping):
     tables: Mapping[str, Any]
     """The config's nested tables, as ``resolve`` validated them, read-only all the way down (a
     copy to edit: ``to_dict()``)."""
-    origins: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    origins: Mapping[str, Origin] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     """For error lines about a component that refuses its options: component section ("data",
-    "model.flow", ...) -> (where its values came from: the config file and its bases, and the
-    ``--set`` items that touched it; how to fix them). A run's config names its config.toml; a
+    "model.flow", ...) -> its ``Origin`` (the config file and its bases, and the ``--set`` items
+    that touched it). A run's config names its config.toml; a
     config resolved from a dict or read back from a pickle names none (a ``Config`` validated
     again keeps its own). Not part of the config's value: equality, pickling and ``to_dict``
     ignore it."""
 
     def origin(self, section: str) -> tuple[str, str] | None:
-        """``origins[section]``, or None where the config does not know (``Component.build`` then
-        names the section alone)."""
-        return self.origins.get(section)
+        """``(where, fix)`` of ``origins[section]``, as ``Component.build`` takes it, or None where
+        the config does not know (``Component.build`` then names the section alone)."""
+        found = self.origins.get(section)
+        return (found.where, found.fix) if found else None
 
     @classmethod
-    def from_tables(cls, tables: Mapping[str, Any], origins: Mapping[str, tuple[str, str]] | None = None) -> Config:
+    def from_tables(cls, tables: Mapping[str, Any], origins: Mapping[str, Origin] | None = None) -> Config:
         """The typed view of a resolved config's nested tables (``resolve`` calls it; they are
         already validated: this only arranges them), with the component sections' ``origins``."""
         t = copy.deepcopy(dict(tables))
