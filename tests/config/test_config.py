@@ -149,6 +149,12 @@ def test_a_component_that_refuses_its_options_is_named_with_where_they_came_from
     child = tmp_path / "child.toml"
     child.write_text('base = "x.toml"\n[train.vae]\nepochs = 2\n')  # [model.flow] comes from the base
     assert config_mod.resolve(child).origin("model.flow") == (str(child), f"fix [model.flow] in {child} or its base {path}")
+    grandchild = tmp_path / "grandchild.toml"
+    grandchild.write_text('base = "child.toml"\n')
+    found = config_mod.resolve(grandchild, overrides=["model.flow.steps=3"]).origins["model.flow"]
+    assert (found.file, found.bases, found.sets) == (str(grandchild), (str(child), str(path)), ("--set model.flow.steps=3",))
+    assert found.fix == f"fix [model.flow] in {grandchild} or its bases {child}, {path} or the --set"
+    assert found.where == f"{grandchild}, --set model.flow.steps=3"
 
 
 def test_changing_a_component_type_starts_from_its_defaults():
