@@ -39,7 +39,8 @@ class Origin:
     """Where a component section's values came from, for the error line of a component that
     refuses its options: the config file (None for a config given as a dict, or the embedded
     default), the base files below it, and the ``--set`` items that touched the section.
-    ``where`` and ``fix`` word it; this is the one place that does."""
+    ``where`` and ``fix`` word it for the whole section, here only (the component check in
+    ``config.core`` words its own line about a single key: the file, or the ``--set`` that gave it)."""
 
     section: str
     file: str | None = None
