@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,7 +42,8 @@ def parse_variant(text: str) -> tuple[str, str | None, str, list[str]]:
     config, _, rest = rest.partition(":")
     phase, _, sets = rest.partition(":")
     if not name or phase not in PHASES:
-        raise SystemExit(f"step_cost: {text!r} is not NAME=CONFIG:PHASE[:KEY=VALUE,...] with PHASE one of {', '.join(PHASES)}")
+        prog = Path(sys.argv[0]).stem  # the script that was run: this one or one that imports it
+        raise SystemExit(f"{prog}: {text!r} is not NAME=CONFIG:PHASE[:KEY=VALUE,...] with PHASE one of {', '.join(PHASES)}")
     return name, config or None, phase, [s for s in sets.split(",") if s]
 
 
@@ -85,9 +87,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    parsed = [parse_variant(v) for v in args.variants]  # every variant checked before any work
     threads = set_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
-    parsed = [parse_variant(v) for v in args.variants]
     n_batches = args.warmup + args.rounds * args.steps
     steps = {name: make_step(config, phase, sets, shape, args.batch_size, args.seed, n_batches) for name, config, phase, sets in parsed}
     for step in steps.values():

@@ -1,0 +1,39 @@
+"""benchmarks/step_profile.py: a profile per variant of real training steps, as JSON on stdout; a
+malformed variant is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "step_profile.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_each_variant_gets_its_seconds_per_step_and_its_operators_per_step():
+    proc = _run("--threads", "1", "--shape", "1,28,28", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--rows", "5", "vae=:vae", "flow=:glow")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["threads"] == 1 and out["shape"] == [1, 28, 28] and out["steps"] == 2
+    assert set(out["variants"]) == {"vae", "flow"}
+    for name, v in out["variants"].items():
+        assert v["spec"].startswith(f"{name}=:")
+        assert v["s_per_step"] > 0
+        ops = v["top_ops"]
+        assert 0 < len(ops) <= 5
+        assert all(o["self_ms_per_step"] >= 0 and o["calls_per_step"] > 0 for o in ops)
+        assert [o["self_ms_per_step"] for o in ops] == sorted((o["self_ms_per_step"] for o in ops), reverse=True)
+        assert any("conv" in o["op"] for o in ops), ops  # both phases are convolutional
+
+
+def test_a_malformed_variant_is_one_line():
+    proc = _run("vae=:nophase")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "NAME=CONFIG:PHASE" in proc.stderr
+    assert "Traceback" not in proc.stderr
