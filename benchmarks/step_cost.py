@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vaeflow_cli.config.core import resolve
+from vaeflow_cli.errors import VaeflowError
 from vaeflow_cli.model.vaeflow import build_model
 from vaeflow_cli.runtime.devices import set_threads
 from vaeflow_cli.runtime.phases import PHASES
@@ -37,14 +38,41 @@ from vaeflow_cli.training.setup import set_phase_mode, training_state
 from vaeflow_cli.training.timing import rotating_cycles
 
 
+def _prog() -> str:
+    """The script that was run (this one, or one that imports it), for its error lines."""
+    return Path(sys.argv[0]).stem
+
+
 def parse_variant(text: str) -> tuple[str, str | None, str, list[str]]:
     name, _, rest = text.partition("=")
     config, _, rest = rest.partition(":")
     phase, _, sets = rest.partition(":")
     if not name or phase not in PHASES:
-        prog = Path(sys.argv[0]).stem  # the script that was run: this one or one that imports it
-        raise SystemExit(f"{prog}: {text!r} is not NAME=CONFIG:PHASE[:KEY=VALUE,...] with PHASE one of {', '.join(PHASES)}")
+        raise SystemExit(f"{_prog()}: {text!r} is not NAME=CONFIG:PHASE[:KEY=VALUE,...] with PHASE one of {', '.join(PHASES)}")
     return name, config or None, phase, [s for s in sets.split(",") if s]
+
+
+def check_variants(texts: list[str]) -> list[tuple[str, str | None, str, list[str]]]:
+    """Every variant parsed and its config resolved before any work: a malformed variant, a config
+    that is not there or a bad override is one line (SystemExit), not a traceback halfway."""
+    parsed = [parse_variant(t) for t in texts]
+    for name, config, _, sets in parsed:
+        try:
+            resolve(config, overrides=sets)
+        except VaeflowError as exc:
+            raise SystemExit(f"{_prog()}: variant {name}: {exc}") from None
+    return parsed
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """--shape C,H,W as positive integers, or one line (SystemExit)."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise SystemExit(f"{_prog()}: --shape {text!r} is not C,H,W (three positive integers, e.g. 3,32,32)")
+    return shape
 
 
 def make_step(config: str | None, phase: str, sets: list[str], shape: tuple[int, ...], batch: int, seed: int, n_batches: int):
@@ -87,9 +115,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    parsed = [parse_variant(v) for v in args.variants]  # every variant checked before any work
+    parsed = check_variants(args.variants)
+    shape = parse_shape(args.shape)
     threads = set_threads(args.threads)
-    shape = tuple(int(v) for v in args.shape.split(","))
     n_batches = args.warmup + args.rounds * args.steps
     steps = {name: make_step(config, phase, sets, shape, args.batch_size, args.seed, n_batches) for name, config, phase, sets in parsed}
     for step in steps.values():

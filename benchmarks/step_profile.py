@@ -20,7 +20,7 @@ import json
 import platform
 
 import torch
-from step_cost import make_stepper, parse_variant  # this folder's step benchmark: the same model, data and step
+from step_cost import check_variants, make_stepper, parse_shape, parse_variant  # this folder's step benchmark: the same model, data and step
 from torch.profiler import ProfilerActivity, profile
 
 from vaeflow_cli.runtime.devices import set_threads
@@ -53,10 +53,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=12, help="operators listed per variant")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    for spec in args.variants:  # every variant checked before any work
-        parse_variant(spec)
+    check_variants(args.variants)
+    shape = parse_shape(args.shape)
     threads = set_threads(args.threads)
-    shape = tuple(int(v) for v in args.shape.split(","))
     result = {
         "threads": threads,
         "shape": list(shape),

@@ -1,5 +1,5 @@
 """benchmarks/step_profile.py: a profile per variant of real training steps, as JSON on stdout; a
-malformed variant is one line and a non-zero exit."""
+malformed variant, a missing config, a bad override or shape is one line and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "step_profile.py"
@@ -32,8 +34,18 @@ def test_each_variant_gets_its_seconds_per_step_and_its_operators_per_step():
         assert any("conv" in o["op"] for o in ops), ops  # both phases are convolutional
 
 
-def test_a_malformed_variant_is_one_line():
-    proc = _run("vae=:nophase")
-    assert proc.returncode != 0
-    assert proc.stderr.strip().count("\n") == 0 and "NAME=CONFIG:PHASE" in proc.stderr
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["vae=:nophase"], "NAME=CONFIG:PHASE"),
+        (["vae=no-such-config.toml:vae"], "no-such-config.toml"),
+        (["vae=:vae:train.vae.epochs=x"], "train.vae.epochs"),
+        (["--shape", "3,x", "vae=:vae"], "C,H,W"),
+        (["--shape", "28,28", "vae=:vae"], "C,H,W"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(args, says):
+    proc = _run(*args, "ok=:vae")
+    assert proc.returncode != 0 and proc.stdout == ""
+    line = proc.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith("step_profile: ") and says in line, proc.stderr
