@@ -22,7 +22,7 @@ import sys
 import time
 
 import torch
-from step_cost import make_stepper  # this folder's step benchmark: the same model, data and training step
+from step_cost import check_variants, make_stepper, parse_shape  # this folder's step benchmark: the same model, data and training step
 
 from vaeflow_cli.runtime.devices import set_threads
 from vaeflow_cli.runtime.phases import PHASES
@@ -61,13 +61,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    threads = set_threads(args.threads)
-    shape = tuple(int(v) for v in args.shape.split(","))
-    n_batches = args.warmup + args.rounds * args.steps
-    for spec in args.models:
+    models = []
+    for spec in args.models:  # every model checked before any work
         config, _, phase = spec.rpartition(":")
         if phase not in PHASES or not config:
             raise SystemExit(f"adam_impl: {spec!r} is not CONFIG:PHASE with PHASE one of {', '.join(PHASES)}")
+        models.append((config, phase))
+    check_variants([f"{config}={config}:{phase}" for config, phase in models])
+    shape = parse_shape(args.shape)
+    threads = set_threads(args.threads)
+    n_batches = args.warmup + args.rounds * args.steps
+    for spec, (config, phase) in zip(args.models, models, strict=True):
         sides = {name: make_steps(config, phase, shape, args.batch_size, args.seed, n_batches, name == "fused") for name in ("fused", "loop")}
         for step, _, _ in sides.values():
             for _ in range(args.warmup):
