@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=12, help="operators listed per variant")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if min(args.steps, args.rows, args.batch_size, args.threads) < 1 or args.warmup < 0:
+        raise SystemExit("step_profile: --steps, --rows, --batch-size and --threads must be at least 1, --warmup at least 0")
     check_variants(args.variants)
     shape = parse_shape(args.shape)
     threads = set_threads(args.threads)

@@ -19,7 +19,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_each_variant_gets_its_seconds_per_step_and_its_operators_per_step():
-    proc = _run("--threads", "1", "--shape", "1,28,28", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--rows", "5", "vae=:vae", "flow=:glow")
+    proc = _run(
+        "--threads", "1", "--shape", "1,28,28", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--rows", "40", "vae=:vae", "flow=:glow"
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["threads"] == 1 and out["shape"] == [1, 28, 28] and out["steps"] == 2
@@ -28,7 +30,7 @@ def test_each_variant_gets_its_seconds_per_step_and_its_operators_per_step():
         assert v["spec"].startswith(f"{name}=:")
         assert v["s_per_step"] > 0
         ops = v["top_ops"]
-        assert 0 < len(ops) <= 5
+        assert 0 < len(ops) <= 40
         assert all(o["self_ms_per_step"] >= 0 and o["calls_per_step"] > 0 for o in ops)
         assert [o["self_ms_per_step"] for o in ops] == sorted((o["self_ms_per_step"] for o in ops), reverse=True)
         assert any("conv" in o["op"] for o in ops), ops  # both phases are convolutional
@@ -42,6 +44,7 @@ def test_each_variant_gets_its_seconds_per_step_and_its_operators_per_step():
         (["vae=:vae:train.vae.epochs=x"], "train.vae.epochs"),
         (["--shape", "3,x", "vae=:vae"], "C,H,W"),
         (["--shape", "28,28", "vae=:vae"], "C,H,W"),
+        (["--steps", "0", "vae=:vae"], "--steps"),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(args, says):
