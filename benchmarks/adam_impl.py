@@ -22,7 +22,13 @@ import sys
 import time
 
 import torch
-from step_cost import check_variants, make_stepper, parse_shape  # this folder's step benchmark: the same model, data and training step
+from step_cost import (  # this folder's step benchmark: the same model, data and training step
+    add_step_options,
+    check_counts,
+    check_variants,
+    make_stepper,
+    parse_shape,
+)
 
 from vaeflow_cli.runtime.devices import set_threads
 from vaeflow_cli.runtime.phases import PHASES
@@ -53,14 +59,9 @@ def make_steps(config: str, phase: str, shape, batch: int, seed: int, n_batches:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="CONFIG:PHASE")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--shape", default="3,32,32", help="C,H,W of the images")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=6, help="steps of each side per round")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    add_step_options(ap, steps=6, steps_help="steps of each side per round", warmup=2, rounds=5)
     args = ap.parse_args()
+    check_counts(args)
     models = []
     for spec in args.models:  # every model checked before any work
         config, _, phase = spec.rpartition(":")

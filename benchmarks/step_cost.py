@@ -64,6 +64,33 @@ def check_variants(texts: list[str]) -> list[tuple[str, str | None, str, list[st
     return parsed
 
 
+def add_step_options(ap: argparse.ArgumentParser, *, steps: int, steps_help: str, warmup: int, rounds: int | None = None) -> None:
+    """The options every step benchmark of this folder takes (threads, image shape, batch size,
+    steps, warm-up, seed, and rounds where it repeats), with its own defaults."""
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--shape", default="3,32,32", help="C,H,W of the images")
+    ap.add_argument("--batch-size", type=int, default=32)
+    if rounds is not None:
+        ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--steps", type=int, default=steps, help=steps_help)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """The counts among ``args`` (threads, batch size, rounds, steps, rows: at least 1; warm-up: at
+    least 0), or one line (SystemExit) naming each that is not."""
+    bad = [
+        f"--{n.replace('_', '-')} must be at least 1, got {getattr(args, n)}"
+        for n in ("threads", "batch_size", "rounds", "steps", "rows")
+        if getattr(args, n, 1) < 1
+    ]
+    if args.warmup < 0:
+        bad.append(f"--warmup must be at least 0, got {args.warmup}")
+    if bad:
+        raise SystemExit(f"{_prog()}: {'; '.join(bad)}")
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """--shape C,H,W as positive integers, or one line (SystemExit)."""
     try:
@@ -107,14 +134,9 @@ def make_stepper(config: str | None, phase: str, sets: list[str], shape: tuple[i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", help="NAME=CONFIG:PHASE[:KEY=VALUE,...]; the first is the reference")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--shape", default="3,32,32", help="C,H,W of the images")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=6, help="steps of every variant per round")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    add_step_options(ap, steps=6, steps_help="steps of every variant per round", warmup=3, rounds=5)
     args = ap.parse_args()
+    check_counts(args)
     parsed = check_variants(args.variants)
     shape = parse_shape(args.shape)
     threads = set_threads(args.threads)

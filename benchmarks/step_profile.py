@@ -20,7 +20,14 @@ import json
 import platform
 
 import torch
-from step_cost import check_variants, make_stepper, parse_shape, parse_variant  # this folder's step benchmark: the same model, data and step
+from step_cost import (  # this folder's step benchmark: the same model, data and step
+    add_step_options,
+    check_counts,
+    check_variants,
+    make_stepper,
+    parse_shape,
+    parse_variant,
+)
 from torch.profiler import ProfilerActivity, profile
 
 from vaeflow_cli.runtime.devices import set_threads
@@ -45,16 +52,10 @@ def profile_variant(spec: str, shape: tuple[int, ...], batch: int, seed: int, wa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", help="NAME=CONFIG:PHASE[:KEY=VALUE,...]")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--shape", default="3,32,32", help="C,H,W of the images")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=4, help="profiled steps per variant")
-    ap.add_argument("--warmup", type=int, default=3)
+    add_step_options(ap, steps=4, steps_help="profiled steps per variant", warmup=3)
     ap.add_argument("--rows", type=int, default=12, help="operators listed per variant")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if min(args.steps, args.rows, args.batch_size, args.threads) < 1 or args.warmup < 0:
-        raise SystemExit("step_profile: --steps, --rows, --batch-size and --threads must be at least 1, --warmup at least 0")
+    check_counts(args)
     check_variants(args.variants)
     shape = parse_shape(args.shape)
     threads = set_threads(args.threads)

@@ -1,5 +1,6 @@
 """benchmarks/step_profile.py: a profile per variant of real training steps, as JSON on stdout; a
-malformed variant, a missing config, a bad override or shape is one line and a non-zero exit."""
+malformed variant, a missing config, a bad override, shape or count is one line and a non-zero exit,
+as in the step benchmarks beside it (step_cost.py, adam_impl.py), whose options and checks it shares."""
 
 from __future__ import annotations
 
@@ -52,3 +53,18 @@ def test_bad_input_is_one_line_before_any_work(args, says):
     assert proc.returncode != 0 and proc.stdout == ""
     line = proc.stderr.strip()
     assert line.count("\n") == 0 and line.startswith("step_profile: ") and says in line, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "says"),
+    [
+        ("step_cost.py", ["--rounds", "0", "a=:vae"], "--rounds must be at least 1, got 0"),
+        ("step_cost.py", ["--warmup", "-1", "a=:vae"], "--warmup must be at least 0, got -1"),
+        ("adam_impl.py", ["--steps", "0", ":vae"], "--steps must be at least 1, got 0"),
+    ],
+)
+def test_the_other_step_benchmarks_check_their_counts_the_same_way(script, args, says):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0 and proc.stdout == ""
+    line = proc.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith(f"{script[:-3]}: ") and says in line, proc.stderr
